@@ -1,0 +1,110 @@
+//! The engine's one error type. Bad input and I/O failures are values; bugs panic.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use crate::types::{Offset, Position};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A record batch (from a client or from disk) is malformed.
+    InvalidBatch { reason: String },
+    /// A batch's stored CRC-32C does not match its bytes.
+    ChecksumMismatch { expected: u32, actual: u32, position: Option<Position> },
+    /// A batch is larger than the log accepts.
+    BatchTooLarge { size: usize, max: usize },
+    /// A compressed batch inflates past the bound.
+    DecompressedTooLarge { max: usize },
+    /// The compression codec id is not one Kafka defines.
+    UnknownCompression { id: u8 },
+    /// A topic or log name that Kafka would reject.
+    InvalidName { name: String, reason: &'static str },
+    /// A requested offset lies outside `[log_start, log_end]`.
+    OffsetOutOfRange { requested: Offset, log_start: Offset, log_end: Offset },
+    /// A configuration value is out of its range.
+    InvalidConfig { key: &'static str, reason: String },
+    /// The log does not exist (and was not asked to be created).
+    UnknownLog { name: String },
+    /// The device is full: the append was not stored; the log is unchanged and usable.
+    DiskFull { path: PathBuf },
+    /// An fsync failed earlier: the log refuses writes until reopened.
+    Fenced { path: PathBuf, cause: String },
+    /// A file on disk is corrupt beyond what recovery repairs.
+    Corrupt { path: PathBuf, reason: String },
+    /// Any other I/O failure, with the file it concerns.
+    Io { path: PathBuf, op: &'static str, source: io::Error },
+    /// The engine (or the shard owning the log) has shut down.
+    ShuttingDown,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidBatch { reason } => write!(f, "invalid record batch: {reason}"),
+            Error::ChecksumMismatch { expected, actual, position } => {
+                write!(f, "record batch CRC-32C mismatch: stored {expected:#010x}, ")?;
+                write!(f, "computed {actual:#010x}")?;
+                match position {
+                    Some(position) => write!(f, " at file position {}", position.0),
+                    None => Ok(()),
+                }
+            }
+            Error::BatchTooLarge { size, max } => {
+                write!(f, "record batch of {size} bytes exceeds the limit of {max} bytes")
+            }
+            Error::DecompressedTooLarge { max } => {
+                write!(f, "record batch decompresses to more than {max} bytes")
+            }
+            Error::UnknownCompression { id } => write!(f, "unknown compression codec id {id}"),
+            Error::InvalidName { name, reason } => write!(f, "invalid log name {name:?}: {reason}"),
+            Error::OffsetOutOfRange { requested, log_start, log_end } => write!(
+                f,
+                "offset {} is out of range: the log holds [{}, {})",
+                requested.0, log_start.0, log_end.0
+            ),
+            Error::InvalidConfig { key, reason } => write!(f, "invalid config {key}: {reason}"),
+            Error::UnknownLog { name } => write!(f, "log {name} does not exist"),
+            Error::DiskFull { path } => write!(
+                f,
+                "no space left on device writing {}: the append was not stored; \
+                 free space and retry",
+                path.display()
+            ),
+            Error::Fenced { path, cause } => write!(
+                f,
+                "log {} is fenced after a failed fsync ({cause}): writes are refused \
+                 until the log is reopened",
+                path.display()
+            ),
+            Error::Corrupt { path, reason } => write!(f, "corrupt file {}: {reason}", path.display()),
+            Error::Io { path, op, source } => {
+                write!(f, "I/O error during {op} on {}: {source}", path.display())
+            }
+            Error::ShuttingDown => write!(f, "the engine is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn invalid_batch(reason: impl Into<String>) -> Error {
+        Error::InvalidBatch { reason: reason.into() }
+    }
+
+    /// Whether retrying the same call later can succeed (disk full, shutdown races).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Error::DiskFull { .. })
+    }
+}

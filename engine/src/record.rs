@@ -1,0 +1,347 @@
+//! Records inside a RecordBatch v2: zigzag varints, decoding a batch's records, and the
+//! builder the embedded API uses to make batches.
+
+use bytes::{BufMut, Bytes};
+
+use crate::batch::{self, BatchHeader, TimestampType};
+use crate::compression::{self, Compression};
+use crate::error::{Error, Result};
+use crate::types::{Offset, Timestamp};
+
+/// One record header: a key (UTF-8 by Kafka's convention, kept as bytes) and a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub key: Bytes,
+    pub value: Option<Bytes>,
+}
+
+/// A record with its absolute offset and timestamp, as decoded from a stored batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: Offset,
+    pub timestamp: Timestamp,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+}
+
+fn put_varint(out: &mut Vec<u8>, value: i64) {
+    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    while zigzag >= 0x80 {
+        out.push((zigzag as u8) | 0x80);
+        zigzag >>= 7;
+    }
+    out.push(zigzag as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => put_varint(out, -1),
+        Some(bytes) => {
+            put_varint(out, bytes.len() as i64);
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// A cursor over untrusted record bytes; every read is bounds-checked.
+struct Reader {
+    bytes: Bytes,
+    at: usize,
+}
+
+impl Reader {
+    fn varint(&mut self) -> Result<i64> {
+        let mut value = 0u64;
+        for shift in (0..70).step_by(7) {
+            let Some(&byte) = self.bytes.get(self.at) else {
+                return Err(Error::invalid_batch("record varint runs past the batch"));
+            };
+            self.at += 1;
+            if shift == 63 && byte > 1 {
+                return Err(Error::invalid_batch("record varint overflows 64 bits"));
+            }
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
+            }
+        }
+        Err(Error::invalid_batch("record varint is longer than 10 bytes"))
+    }
+
+    fn byte(&mut self) -> Result<u8> {
+        let byte = *self
+            .bytes
+            .get(self.at)
+            .ok_or_else(|| Error::invalid_batch("record runs past the batch"))?;
+        self.at += 1;
+        Ok(byte)
+    }
+
+    fn bytes(&mut self) -> Result<Option<Bytes>> {
+        let length = self.varint()?;
+        if length < 0 {
+            return Ok(None);
+        }
+        let length = length as usize;
+        if length > self.bytes.len() - self.at {
+            return Err(Error::invalid_batch("record field length runs past the batch"));
+        }
+        let slice = self.bytes.slice(self.at..self.at + length);
+        self.at += length;
+        Ok(Some(slice))
+    }
+}
+
+/// Decodes every record of one verified batch (`batch` holds exactly the batch), inflating
+/// it if compressed, refusing more than `decompressed_bytes_max` of record bytes.
+pub fn decode_records(batch: &Bytes, decompressed_bytes_max: usize) -> Result<Vec<Record>> {
+    let header = BatchHeader::parse(batch)?;
+    if header.total_bytes() != batch.len() {
+        return Err(Error::invalid_batch("batch length does not match the bytes given"));
+    }
+    let body = batch.slice(batch::BATCH_HEADER_BYTES..);
+    let body = match header.compression()? {
+        Compression::None => body,
+        codec => Bytes::from(compression::decompress(codec, &body, decompressed_bytes_max)?),
+    };
+    let mut reader = Reader { bytes: body, at: 0 };
+    // Each record is at least 7 bytes, which bounds the allocation by the bytes present.
+    let capacity = (header.records_count as usize).min(reader.bytes.len() / 7);
+    let mut records = Vec::with_capacity(capacity);
+    for _ in 0..header.records_count {
+        records.push(decode_record(&mut reader, &header)?);
+    }
+    if reader.at != reader.bytes.len() {
+        return Err(Error::invalid_batch("bytes left over after the last record"));
+    }
+    Ok(records)
+}
+
+fn decode_record(reader: &mut Reader, header: &BatchHeader) -> Result<Record> {
+    let length = reader.varint()?;
+    let start = reader.at;
+    if length < 0 || length as usize > reader.bytes.len() - start {
+        return Err(Error::invalid_batch(format!("record length {length} is out of range")));
+    }
+    let _attributes = reader.byte()?;
+    let timestamp_delta = reader.varint()?;
+    let offset_delta = reader.varint()?;
+    if offset_delta < 0 || offset_delta > i64::from(header.last_offset_delta) {
+        return Err(Error::invalid_batch(format!("record offset delta {offset_delta} is out of range")));
+    }
+    let key = reader.bytes()?;
+    let value = reader.bytes()?;
+    let header_count = reader.varint()?;
+    if header_count < 0 || header_count as usize > reader.bytes.len() - reader.at {
+        return Err(Error::invalid_batch(format!("record header count {header_count} is out of range")));
+    }
+    let mut headers = Vec::with_capacity(header_count as usize);
+    for _ in 0..header_count {
+        let key = reader.bytes()?.ok_or_else(|| Error::invalid_batch("null header key"))?;
+        let value = reader.bytes()?;
+        headers.push(Header { key, value });
+    }
+    if reader.at - start != length as usize {
+        return Err(Error::invalid_batch("record length does not match its fields"));
+    }
+    let timestamp = match header.timestamp_type() {
+        TimestampType::LogAppendTime => header.max_timestamp,
+        TimestampType::CreateTime => Timestamp(header.base_timestamp.0.wrapping_add(timestamp_delta)),
+    };
+    Ok(Record {
+        offset: Offset(header.base_offset.0 + offset_delta as u64),
+        timestamp,
+        key,
+        value,
+        headers,
+    })
+}
+
+/// Builds one RecordBatch v2. The engine assigns the real base offset at append time.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    compression: Compression,
+    records: Vec<u8>,
+    scratch: Vec<u8>,
+    count: u32,
+    base_timestamp: Option<Timestamp>,
+    max_timestamp: Timestamp,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+}
+
+impl BatchBuilder {
+    pub fn new(compression: Compression) -> BatchBuilder {
+        BatchBuilder {
+            compression,
+            records: Vec::new(),
+            scratch: Vec::new(),
+            count: 0,
+            base_timestamp: None,
+            max_timestamp: Timestamp(-1),
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+        }
+    }
+
+    /// Marks the batch as from an idempotent producer.
+    pub fn producer(mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Self {
+        self.producer_id = producer_id;
+        self.producer_epoch = producer_epoch;
+        self.base_sequence = base_sequence;
+        self
+    }
+
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Uncompressed bytes of the records pushed so far.
+    pub fn records_bytes(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn push(
+        &mut self,
+        timestamp: Timestamp,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[Header],
+    ) -> &mut Self {
+        self.push_at(self.count, timestamp, key, value, headers)
+    }
+
+    /// Pushes a record with an explicit offset delta (compaction keeps the original deltas).
+    pub(crate) fn push_at(
+        &mut self,
+        offset_delta: u32,
+        timestamp: Timestamp,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[Header],
+    ) -> &mut Self {
+        let base_timestamp = *self.base_timestamp.get_or_insert(timestamp);
+        self.max_timestamp = self.max_timestamp.max(timestamp);
+        let body = &mut self.scratch;
+        body.clear();
+        body.push(0);
+        put_varint(body, timestamp.0.wrapping_sub(base_timestamp.0));
+        put_varint(body, i64::from(offset_delta));
+        put_bytes(body, key);
+        put_bytes(body, value);
+        put_varint(body, headers.len() as i64);
+        for header in headers {
+            put_bytes(body, Some(&header.key));
+            put_bytes(body, header.value.as_deref());
+        }
+        put_varint(&mut self.records, body.len() as i64);
+        self.records.put_slice(body);
+        self.count += 1;
+        self
+    }
+
+    /// Finishes the batch with base offset 0 and one offset per record.
+    pub fn build(self) -> Bytes {
+        let last_offset_delta = self.count.saturating_sub(1);
+        self.build_with(Offset(0), last_offset_delta, Timestamp(-1))
+    }
+
+    /// Finishes the batch with an explicit base offset and last offset delta.
+    /// `max_timestamp_floor` keeps a compacted batch's max timestamp when records go.
+    pub(crate) fn build_with(
+        self,
+        base_offset: Offset,
+        last_offset_delta: u32,
+        max_timestamp_floor: Timestamp,
+    ) -> Bytes {
+        assert!(self.count > 0, "a batch must hold at least one record");
+        let body = compression::compress(self.compression, &self.records);
+        let header = BatchHeader {
+            base_offset,
+            batch_length: 0,
+            partition_leader_epoch: -1,
+            magic: batch::MAGIC,
+            crc: 0,
+            attributes: batch::attributes(self.compression, TimestampType::CreateTime),
+            last_offset_delta,
+            base_timestamp: self.base_timestamp.unwrap_or(Timestamp(-1)),
+            max_timestamp: self.max_timestamp.max(max_timestamp_floor),
+            producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
+            base_sequence: self.base_sequence,
+            records_count: self.count,
+        };
+        Bytes::from(batch::encode(&header, &body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varint_matches_kafka_zigzag() {
+        let cases: [(i64, &[u8]); 5] =
+            [(0, &[0]), (-1, &[1]), (1, &[2]), (63, &[0x7e]), (-65, &[0x81, 0x01])];
+        for (value, encoded) in cases {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            assert_eq!(out, encoded, "{value}");
+            let mut reader = Reader { bytes: Bytes::from(out), at: 0 };
+            assert_eq!(reader.varint().unwrap(), value);
+        }
+        for value in [i64::MIN, i64::MAX, 300, -300] {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            assert_eq!(Reader { bytes: Bytes::from(out), at: 0 }.varint().unwrap(), value);
+        }
+    }
+
+    #[test]
+    fn builder_round_trips_with_every_codec() {
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut builder = BatchBuilder::new(codec);
+            let headers = [Header { key: Bytes::from_static(b"h"), value: None }];
+            builder.push(Timestamp(1_000), Some(b"k1"), Some(b"v1"), &[]);
+            builder.push(Timestamp(900), None, None, &headers);
+            builder.push(Timestamp(1_500), Some(b""), Some(&[7u8; 3000]), &[]);
+            let batch = builder.build();
+            let header = batch::validate_for_append(&batch, 1 << 20).unwrap();
+            assert_eq!(header.records_count, 3);
+            assert_eq!(header.max_timestamp, Timestamp(1_500));
+            let records = decode_records(&batch, 1 << 20).unwrap();
+            assert_eq!(records.len(), 3);
+            assert_eq!(records[0].key.as_deref(), Some(&b"k1"[..]));
+            assert_eq!(records[1].timestamp, Timestamp(900));
+            assert_eq!(records[1].value, None);
+            assert_eq!(records[1].headers, headers);
+            assert_eq!(records[2].offset, Offset(2));
+            assert_eq!(records[2].value.as_ref().unwrap().len(), 3000);
+        }
+    }
+
+    #[test]
+    fn truncated_records_are_errors_not_panics() {
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder.push(Timestamp(1), Some(b"key"), Some(b"value"), &[]);
+        let batch = builder.build();
+        let mut short = batch.to_vec();
+        short.truncate(short.len() - 2);
+        let batch_length = (short.len() - batch::LOG_OVERHEAD) as i32;
+        short[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        assert!(decode_records(&Bytes::from(short), 1 << 20).is_err());
+    }
+}

@@ -1,0 +1,143 @@
+//! The sparse time index: 12-byte entries (max timestamp i64 BE, relative offset u32 BE),
+//! added when a batch raises the segment's max timestamp and the index interval has passed.
+//! Timestamps in the index strictly increase.
+
+use crate::error::{Error, Result};
+use crate::offset_index::partition_point;
+use crate::types::{Offset, Timestamp};
+
+pub const ENTRY_BYTES: usize = 12;
+
+/// A read-only view of encoded time index entries.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeIndex<'a> {
+    entries: &'a [u8],
+    base_offset: Offset,
+}
+
+impl<'a> TimeIndex<'a> {
+    pub fn new(entries: &'a [u8], base_offset: Offset) -> TimeIndex<'a> {
+        debug_assert_eq!(entries.len() % ENTRY_BYTES, 0);
+        TimeIndex { entries, base_offset }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len() / ENTRY_BYTES
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn entry(&self, n: usize) -> (Timestamp, Offset) {
+        let at = n * ENTRY_BYTES;
+        let timestamp = i64::from_be_bytes(self.entries[at..at + 8].try_into().expect("8 bytes"));
+        let relative =
+            u32::from_be_bytes(self.entries[at + 8..at + 12].try_into().expect("4 bytes"));
+        (Timestamp(timestamp), Offset(self.base_offset.0 + u64::from(relative)))
+    }
+
+    /// An offset from which a forward scan finds the first record with timestamp >= `target`:
+    /// the offset of the last entry whose timestamp is below `target`, or the segment start.
+    /// Every batch before that entry's batch holds only timestamps below it.
+    pub fn lookup(&self, target: Timestamp) -> Offset {
+        let below = partition_point(self.len(), |n| self.entry(n).0 < target);
+        if below == 0 { self.base_offset } else { self.entry(below - 1).1 }
+    }
+
+    /// Checks index bytes read from disk: whole entries, strictly increasing timestamps,
+    /// non-decreasing offsets no later than `last_offset`.
+    pub fn check(entries: &[u8], base_offset: Offset, last_offset: Offset) -> Result<()> {
+        if entries.len() % ENTRY_BYTES != 0 {
+            return Err(Error::invalid_batch("time index is not a whole number of entries"));
+        }
+        let index = TimeIndex::new(entries, base_offset);
+        let mut previous: Option<(Timestamp, Offset)> = None;
+        for n in 0..index.len() {
+            let (timestamp, offset) = index.entry(n);
+            if offset > last_offset {
+                return Err(Error::invalid_batch(format!("time index entry {n} is past the log")));
+            }
+            if let Some((last_timestamp, previous_offset)) = previous
+                && (timestamp <= last_timestamp || offset < previous_offset)
+            {
+                return Err(Error::invalid_batch(format!("time index entry {n} is out of order")));
+            }
+            previous = Some((timestamp, offset));
+        }
+        Ok(())
+    }
+}
+
+/// Builds the time index of a segment as batches are appended.
+#[derive(Debug, Clone)]
+pub struct TimeIndexWriter {
+    entries: Vec<u8>,
+    base_offset: Offset,
+    interval_bytes: u64,
+    bytes_since_entry: u64,
+    max_timestamp: Option<Timestamp>,
+}
+
+impl TimeIndexWriter {
+    pub fn new(base_offset: Offset, interval_bytes: u64) -> TimeIndexWriter {
+        TimeIndexWriter {
+            entries: Vec::new(),
+            base_offset,
+            interval_bytes,
+            bytes_since_entry: 0,
+            max_timestamp: None,
+        }
+    }
+
+    pub fn on_batch(&mut self, base_offset: Offset, max_timestamp: Timestamp, batch_bytes: u64) {
+        let raises_max = self.max_timestamp.is_none_or(|max| max_timestamp > max);
+        if raises_max {
+            self.max_timestamp = Some(max_timestamp);
+            if self.entries.is_empty() || self.bytes_since_entry >= self.interval_bytes {
+                let relative = base_offset.0 - self.base_offset.0;
+                assert!(relative <= u64::from(u32::MAX), "relative offset overflows the index");
+                self.entries.extend_from_slice(&max_timestamp.0.to_be_bytes());
+                self.entries.extend_from_slice(&(relative as u32).to_be_bytes());
+                self.bytes_since_entry = 0;
+            }
+        }
+        self.bytes_since_entry += batch_bytes;
+    }
+
+    /// The largest batch max timestamp seen, if any batch was seen.
+    pub fn max_timestamp(&self) -> Option<Timestamp> {
+        self.max_timestamp
+    }
+
+    pub fn view(&self) -> TimeIndex<'_> {
+        TimeIndex::new(&self.entries, self.base_offset)
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_starts_before_the_first_later_timestamp() {
+        let mut writer = TimeIndexWriter::new(Offset(0), 0);
+        for n in 0..10u64 {
+            writer.on_batch(Offset(n * 10), Timestamp(1_000 + n as i64 * 100), 100);
+        }
+        writer.on_batch(Offset(100), Timestamp(1_050), 100);
+        let index = writer.view();
+        assert_eq!(index.len(), 10, "a batch that does not raise the max is not indexed");
+        assert_eq!(index.lookup(Timestamp(0)), Offset(0));
+        assert_eq!(index.lookup(Timestamp(1_000)), Offset(0));
+        assert_eq!(index.lookup(Timestamp(1_250)), Offset(20));
+        assert_eq!(index.lookup(Timestamp(99_999)), Offset(90));
+        assert_eq!(writer.max_timestamp(), Some(Timestamp(1_900)));
+        TimeIndex::check(writer.bytes(), Offset(0), Offset(100)).unwrap();
+        assert!(TimeIndex::check(writer.bytes(), Offset(0), Offset(50)).is_err());
+    }
+}
