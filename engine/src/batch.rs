@@ -90,7 +90,9 @@ impl BatchHeader {
         let last_offset_delta = be_i32(bytes, LAST_OFFSET_DELTA_OFFSET);
         let records_count = be_i32(bytes, RECORDS_COUNT_OFFSET);
         if base_offset < 0 {
-            return Err(Error::invalid_batch(format!("negative base offset {base_offset}")));
+            return Err(Error::invalid_batch(format!(
+                "negative base offset {base_offset}"
+            )));
         }
         if magic != MAGIC {
             return Err(Error::invalid_batch(format!(
@@ -108,7 +110,9 @@ impl BatchHeader {
                 "negative last offset delta {last_offset_delta} or record count {records_count}"
             )));
         }
-        if (base_offset as u64).checked_add(last_offset_delta as u64).is_none_or(|l| l > i64::MAX as u64)
+        if (base_offset as u64)
+            .checked_add(last_offset_delta as u64)
+            .is_none_or(|l| l > i64::MAX as u64)
         {
             return Err(Error::invalid_batch("last offset overflows"));
         }
@@ -181,7 +185,11 @@ pub fn verify(batch: &[u8], position: Option<Position>) -> Result<BatchHeader> {
     }
     let actual = compute_crc(batch);
     if actual != header.crc {
-        return Err(Error::ChecksumMismatch { expected: header.crc, actual, position });
+        return Err(Error::ChecksumMismatch {
+            expected: header.crc,
+            actual,
+            position,
+        });
     }
     if header.records_count > header.last_offset_delta + 1 {
         return Err(Error::invalid_batch(format!(
@@ -197,11 +205,16 @@ pub fn verify(batch: &[u8], position: Option<Position>) -> Result<BatchHeader> {
 /// batch within `batch_bytes_max`, holding at least one record, with one offset per record.
 pub fn validate_for_append(batch: &[u8], batch_bytes_max: usize) -> Result<BatchHeader> {
     if batch.len() > batch_bytes_max {
-        return Err(Error::BatchTooLarge { size: batch.len(), max: batch_bytes_max });
+        return Err(Error::BatchTooLarge {
+            size: batch.len(),
+            max: batch_bytes_max,
+        });
     }
     let header = verify(batch, None)?;
     if header.records_count == 0 {
-        return Err(Error::invalid_batch("a batch must hold at least one record"));
+        return Err(Error::invalid_batch(
+            "a batch must hold at least one record",
+        ));
     }
     if header.records_count != header.last_offset_delta + 1 {
         return Err(Error::invalid_batch(format!(
@@ -351,7 +364,13 @@ mod tests {
         let mut bytes = encode(&header(1), b"payload");
         bytes[BATCH_HEADER_BYTES + 2] ^= 0x10;
         let error = verify(&bytes, Some(Position(4096))).unwrap_err();
-        assert!(matches!(error, Error::ChecksumMismatch { position: Some(Position(4096)), .. }));
+        assert!(matches!(
+            error,
+            Error::ChecksumMismatch {
+                position: Some(Position(4096)),
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -72,7 +72,9 @@ pub fn compress(codec: Compression, input: &[u8]) -> Vec<u8> {
         Compression::Gzip => {
             let mut encoder =
                 flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            encoder.write_all(input).expect("writing to a Vec cannot fail");
+            encoder
+                .write_all(input)
+                .expect("writing to a Vec cannot fail");
             encoder.finish().expect("writing to a Vec cannot fail")
         }
         Compression::Snappy => {
@@ -82,8 +84,9 @@ pub fn compress(codec: Compression, input: &[u8]) -> Vec<u8> {
             output.extend_from_slice(&1i32.to_be_bytes());
             let mut encoder = snap::raw::Encoder::new();
             for block in input.chunks(XERIAL_BLOCK_BYTES) {
-                let compressed =
-                    encoder.compress_vec(block).expect("a 32 KiB block is within snappy's limit");
+                let compressed = encoder
+                    .compress_vec(block)
+                    .expect("a 32 KiB block is within snappy's limit");
                 output.extend_from_slice(&(compressed.len() as i32).to_be_bytes());
                 output.extend_from_slice(&compressed);
             }
@@ -91,7 +94,9 @@ pub fn compress(codec: Compression, input: &[u8]) -> Vec<u8> {
         }
         Compression::Lz4 => {
             let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::new());
-            encoder.write_all(input).expect("writing to a Vec cannot fail");
+            encoder
+                .write_all(input)
+                .expect("writing to a Vec cannot fail");
             encoder.finish().expect("writing to a Vec cannot fail")
         }
         Compression::Zstd => zstd::bulk::compress(input, ZSTD_LEVEL_DEFAULT)
@@ -108,17 +113,23 @@ pub fn decompress(
     match codec {
         Compression::None => {
             if input.len() > decompressed_bytes_max {
-                return Err(Error::DecompressedTooLarge { max: decompressed_bytes_max });
+                return Err(Error::DecompressedTooLarge {
+                    max: decompressed_bytes_max,
+                });
             }
             Ok(input.to_vec())
         }
-        Compression::Gzip => {
-            read_bounded(flate2::read::MultiGzDecoder::new(input), decompressed_bytes_max, "gzip")
-        }
+        Compression::Gzip => read_bounded(
+            flate2::read::MultiGzDecoder::new(input),
+            decompressed_bytes_max,
+            "gzip",
+        ),
         Compression::Snappy => decompress_snappy(input, decompressed_bytes_max),
-        Compression::Lz4 => {
-            read_bounded(lz4_flex::frame::FrameDecoder::new(input), decompressed_bytes_max, "lz4")
-        }
+        Compression::Lz4 => read_bounded(
+            lz4_flex::frame::FrameDecoder::new(input),
+            decompressed_bytes_max,
+            "lz4",
+        ),
         Compression::Zstd => {
             let decoder = zstd::stream::read::Decoder::with_buffer(input)
                 .map_err(|e| Error::invalid_batch(format!("zstd: {e}")))?;
@@ -151,7 +162,9 @@ fn decompress_snappy(input: &[u8], max: usize) -> Result<Vec<u8>> {
     let mut output = Vec::new();
     while !rest.is_empty() {
         let Some((length, tail)) = rest.split_first_chunk::<4>() else {
-            return Err(Error::invalid_batch("snappy: truncated xerial block length"));
+            return Err(Error::invalid_batch(
+                "snappy: truncated xerial block length",
+            ));
         };
         let length = i32::from_be_bytes(*length);
         let length = usize::try_from(length)
@@ -191,7 +204,9 @@ mod tests {
     ];
 
     fn sample() -> Vec<u8> {
-        (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+        (0..100_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect()
     }
 
     #[test]
@@ -212,7 +227,10 @@ mod tests {
         for codec in ALL {
             let compressed = compress(codec, &input);
             let error = decompress(codec, &compressed, 1000).unwrap_err();
-            assert!(matches!(error, Error::DecompressedTooLarge { max: 1000 }), "{codec:?}");
+            assert!(
+                matches!(error, Error::DecompressedTooLarge { max: 1000 }),
+                "{codec:?}"
+            );
         }
     }
 
@@ -220,12 +238,17 @@ mod tests {
     fn raw_snappy_from_librdkafka_is_accepted() {
         let input = sample();
         let raw = snap::raw::Encoder::new().compress_vec(&input).unwrap();
-        assert_eq!(decompress(Compression::Snappy, &raw, input.len()).unwrap(), input);
+        assert_eq!(
+            decompress(Compression::Snappy, &raw, input.len()).unwrap(),
+            input
+        );
     }
 
     #[test]
     fn garbage_is_an_error_for_every_codec() {
-        let garbage = [0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0, 0, 0, 0, 1, 0, 0, 0, 1, 9];
+        let garbage = [
+            0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0, 0, 0, 0, 1, 0, 0, 0, 1, 9,
+        ];
         for codec in ALL.into_iter().skip(1) {
             assert!(decompress(codec, &garbage, 1 << 20).is_err(), "{codec:?}");
         }

@@ -14,7 +14,11 @@ pub enum Error {
     /// A record batch (from a client or from disk) is malformed.
     InvalidBatch { reason: String },
     /// A batch's stored CRC-32C does not match its bytes.
-    ChecksumMismatch { expected: u32, actual: u32, position: Option<Position> },
+    ChecksumMismatch {
+        expected: u32,
+        actual: u32,
+        position: Option<Position>,
+    },
     /// A batch is larger than the log accepts.
     BatchTooLarge { size: usize, max: usize },
     /// A compressed batch inflates past the bound.
@@ -24,7 +28,11 @@ pub enum Error {
     /// A topic or log name that Kafka would reject.
     InvalidName { name: String, reason: &'static str },
     /// A requested offset lies outside `[log_start, log_end]`.
-    OffsetOutOfRange { requested: Offset, log_start: Offset, log_end: Offset },
+    OffsetOutOfRange {
+        requested: Offset,
+        log_start: Offset,
+        log_end: Offset,
+    },
     /// A configuration value is out of its range.
     InvalidConfig { key: &'static str, reason: String },
     /// The log does not exist (and was not asked to be created).
@@ -36,7 +44,11 @@ pub enum Error {
     /// A file on disk is corrupt beyond what recovery repairs.
     Corrupt { path: PathBuf, reason: String },
     /// Any other I/O failure, with the file it concerns.
-    Io { path: PathBuf, op: &'static str, source: io::Error },
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: io::Error,
+    },
     /// The engine (or the shard owning the log) has shut down.
     ShuttingDown,
 }
@@ -45,8 +57,15 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::InvalidBatch { reason } => write!(f, "invalid record batch: {reason}"),
-            Error::ChecksumMismatch { expected, actual, position } => {
-                write!(f, "record batch CRC-32C mismatch: stored {expected:#010x}, ")?;
+            Error::ChecksumMismatch {
+                expected,
+                actual,
+                position,
+            } => {
+                write!(
+                    f,
+                    "record batch CRC-32C mismatch: stored {expected:#010x}, "
+                )?;
                 write!(f, "computed {actual:#010x}")?;
                 match position {
                     Some(position) => write!(f, " at file position {}", position.0),
@@ -54,14 +73,21 @@ impl fmt::Display for Error {
                 }
             }
             Error::BatchTooLarge { size, max } => {
-                write!(f, "record batch of {size} bytes exceeds the limit of {max} bytes")
+                write!(
+                    f,
+                    "record batch of {size} bytes exceeds the limit of {max} bytes"
+                )
             }
             Error::DecompressedTooLarge { max } => {
                 write!(f, "record batch decompresses to more than {max} bytes")
             }
             Error::UnknownCompression { id } => write!(f, "unknown compression codec id {id}"),
             Error::InvalidName { name, reason } => write!(f, "invalid log name {name:?}: {reason}"),
-            Error::OffsetOutOfRange { requested, log_start, log_end } => write!(
+            Error::OffsetOutOfRange {
+                requested,
+                log_start,
+                log_end,
+            } => write!(
                 f,
                 "offset {} is out of range: the log holds [{}, {})",
                 requested.0, log_start.0, log_end.0
@@ -80,7 +106,9 @@ impl fmt::Display for Error {
                  until the log is reopened",
                 path.display()
             ),
-            Error::Corrupt { path, reason } => write!(f, "corrupt file {}: {reason}", path.display()),
+            Error::Corrupt { path, reason } => {
+                write!(f, "corrupt file {}: {reason}", path.display())
+            }
             Error::Io { path, op, source } => {
                 write!(f, "I/O error during {op} on {}: {source}", path.display())
             }
@@ -100,7 +128,9 @@ impl std::error::Error for Error {
 
 impl Error {
     pub(crate) fn invalid_batch(reason: impl Into<String>) -> Error {
-        Error::InvalidBatch { reason: reason.into() }
+        Error::InvalidBatch {
+            reason: reason.into(),
+        }
     }
 
     /// Whether retrying the same call later can succeed (disk full, shutdown races).

@@ -21,7 +21,10 @@ impl<'a> OffsetIndex<'a> {
     /// by [`OffsetIndexWriter`]).
     pub fn new(entries: &'a [u8], base_offset: Offset) -> OffsetIndex<'a> {
         debug_assert_eq!(entries.len() % ENTRY_BYTES, 0);
-        OffsetIndex { entries, base_offset }
+        OffsetIndex {
+            entries,
+            base_offset,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -37,14 +40,21 @@ impl<'a> OffsetIndex<'a> {
         let relative = u32::from_be_bytes(self.entries[at..at + 4].try_into().expect("4 bytes"));
         let position =
             u32::from_be_bytes(self.entries[at + 4..at + 8].try_into().expect("4 bytes"));
-        (Offset(self.base_offset.0 + u64::from(relative)), Position(u64::from(position)))
+        (
+            Offset(self.base_offset.0 + u64::from(relative)),
+            Position(u64::from(position)),
+        )
     }
 
     /// The last indexed batch starting at or before `target`; the segment start if none.
     pub fn lookup(&self, target: Offset) -> (Offset, Position) {
         let count = self.len();
         let after = partition_point(count, |n| self.entry(n).0 <= target);
-        if after == 0 { (self.base_offset, Position(0)) } else { self.entry(after - 1) }
+        if after == 0 {
+            (self.base_offset, Position(0))
+        } else {
+            self.entry(after - 1)
+        }
     }
 
     /// Checks the structure of index bytes read from disk against the log file's size:
@@ -68,7 +78,9 @@ impl<'a> OffsetIndex<'a> {
             if let Some((last_offset, last_position)) = previous
                 && (offset <= last_offset || position <= last_position)
             {
-                return Err(Error::invalid_batch(format!("offset index entry {n} is out of order")));
+                return Err(Error::invalid_batch(format!(
+                    "offset index entry {n} is out of order"
+                )));
             }
             previous = Some((offset, position));
         }
@@ -101,7 +113,12 @@ pub struct OffsetIndexWriter {
 
 impl OffsetIndexWriter {
     pub fn new(base_offset: Offset, interval_bytes: u64) -> OffsetIndexWriter {
-        OffsetIndexWriter { entries: Vec::new(), base_offset, interval_bytes, bytes_since_entry: 0 }
+        OffsetIndexWriter {
+            entries: Vec::new(),
+            base_offset,
+            interval_bytes,
+            bytes_since_entry: 0,
+        }
     }
 
     /// Records a batch at `position` of `batch_bytes` bytes that starts at `base_offset`.
@@ -109,10 +126,18 @@ impl OffsetIndexWriter {
     pub fn on_batch(&mut self, base_offset: Offset, position: Position, batch_bytes: u64) {
         if self.entries.is_empty() || self.bytes_since_entry >= self.interval_bytes {
             let relative = base_offset.0 - self.base_offset.0;
-            assert!(relative <= u64::from(u32::MAX), "relative offset overflows the index");
-            assert!(position.0 <= u64::from(u32::MAX), "segment position overflows the index");
-            self.entries.extend_from_slice(&(relative as u32).to_be_bytes());
-            self.entries.extend_from_slice(&(position.0 as u32).to_be_bytes());
+            assert!(
+                relative <= u64::from(u32::MAX),
+                "relative offset overflows the index"
+            );
+            assert!(
+                position.0 <= u64::from(u32::MAX),
+                "segment position overflows the index"
+            );
+            self.entries
+                .extend_from_slice(&(relative as u32).to_be_bytes());
+            self.entries
+                .extend_from_slice(&(position.0 as u32).to_be_bytes());
             self.bytes_since_entry = 0;
         }
         self.bytes_since_entry += batch_bytes;
@@ -145,7 +170,11 @@ mod tests {
             writer.on_batch(Offset(100 + n * 10), Position(n * 1000), 1000);
         }
         let index = writer.view();
-        assert!(index.len() > 10 && index.len() < 30, "sparse: {}", index.len());
+        assert!(
+            index.len() > 10 && index.len() < 30,
+            "sparse: {}",
+            index.len()
+        );
         assert_eq!(index.lookup(Offset(50)), (Offset(100), Position(0)));
         assert_eq!(index.lookup(Offset(100)), (Offset(100), Position(0)));
         for target in [105, 150, 599, 1000, 5000] {

@@ -66,7 +66,9 @@ impl Reader {
                 return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
             }
         }
-        Err(Error::invalid_batch("record varint is longer than 10 bytes"))
+        Err(Error::invalid_batch(
+            "record varint is longer than 10 bytes",
+        ))
     }
 
     fn byte(&mut self) -> Result<u8> {
@@ -85,7 +87,9 @@ impl Reader {
         }
         let length = length as usize;
         if length > self.bytes.len() - self.at {
-            return Err(Error::invalid_batch("record field length runs past the batch"));
+            return Err(Error::invalid_batch(
+                "record field length runs past the batch",
+            ));
         }
         let slice = self.bytes.slice(self.at..self.at + length);
         self.at += length;
@@ -98,12 +102,18 @@ impl Reader {
 pub fn decode_records(batch: &Bytes, decompressed_bytes_max: usize) -> Result<Vec<Record>> {
     let header = BatchHeader::parse(batch)?;
     if header.total_bytes() != batch.len() {
-        return Err(Error::invalid_batch("batch length does not match the bytes given"));
+        return Err(Error::invalid_batch(
+            "batch length does not match the bytes given",
+        ));
     }
     let body = batch.slice(batch::BATCH_HEADER_BYTES..);
     let body = match header.compression()? {
         Compression::None => body,
-        codec => Bytes::from(compression::decompress(codec, &body, decompressed_bytes_max)?),
+        codec => Bytes::from(compression::decompress(
+            codec,
+            &body,
+            decompressed_bytes_max,
+        )?),
     };
     let mut reader = Reader { bytes: body, at: 0 };
     // Each record is at least 7 bytes, which bounds the allocation by the bytes present.
@@ -113,7 +123,9 @@ pub fn decode_records(batch: &Bytes, decompressed_bytes_max: usize) -> Result<Ve
         records.push(decode_record(&mut reader, &header)?);
     }
     if reader.at != reader.bytes.len() {
-        return Err(Error::invalid_batch("bytes left over after the last record"));
+        return Err(Error::invalid_batch(
+            "bytes left over after the last record",
+        ));
     }
     Ok(records)
 }
@@ -122,32 +134,44 @@ fn decode_record(reader: &mut Reader, header: &BatchHeader) -> Result<Record> {
     let length = reader.varint()?;
     let start = reader.at;
     if length < 0 || length as usize > reader.bytes.len() - start {
-        return Err(Error::invalid_batch(format!("record length {length} is out of range")));
+        return Err(Error::invalid_batch(format!(
+            "record length {length} is out of range"
+        )));
     }
     let _attributes = reader.byte()?;
     let timestamp_delta = reader.varint()?;
     let offset_delta = reader.varint()?;
     if offset_delta < 0 || offset_delta > i64::from(header.last_offset_delta) {
-        return Err(Error::invalid_batch(format!("record offset delta {offset_delta} is out of range")));
+        return Err(Error::invalid_batch(format!(
+            "record offset delta {offset_delta} is out of range"
+        )));
     }
     let key = reader.bytes()?;
     let value = reader.bytes()?;
     let header_count = reader.varint()?;
     if header_count < 0 || header_count as usize > reader.bytes.len() - reader.at {
-        return Err(Error::invalid_batch(format!("record header count {header_count} is out of range")));
+        return Err(Error::invalid_batch(format!(
+            "record header count {header_count} is out of range"
+        )));
     }
     let mut headers = Vec::with_capacity(header_count as usize);
     for _ in 0..header_count {
-        let key = reader.bytes()?.ok_or_else(|| Error::invalid_batch("null header key"))?;
+        let key = reader
+            .bytes()?
+            .ok_or_else(|| Error::invalid_batch("null header key"))?;
         let value = reader.bytes()?;
         headers.push(Header { key, value });
     }
     if reader.at - start != length as usize {
-        return Err(Error::invalid_batch("record length does not match its fields"));
+        return Err(Error::invalid_batch(
+            "record length does not match its fields",
+        ));
     }
     let timestamp = match header.timestamp_type() {
         TimestampType::LogAppendTime => header.max_timestamp,
-        TimestampType::CreateTime => Timestamp(header.base_timestamp.0.wrapping_add(timestamp_delta)),
+        TimestampType::CreateTime => {
+            Timestamp(header.base_timestamp.0.wrapping_add(timestamp_delta))
+        }
     };
     Ok(Record {
         offset: Offset(header.base_offset.0 + offset_delta as u64),
@@ -288,19 +312,35 @@ mod tests {
 
     #[test]
     fn varint_matches_kafka_zigzag() {
-        let cases: [(i64, &[u8]); 5] =
-            [(0, &[0]), (-1, &[1]), (1, &[2]), (63, &[0x7e]), (-65, &[0x81, 0x01])];
+        let cases: [(i64, &[u8]); 5] = [
+            (0, &[0]),
+            (-1, &[1]),
+            (1, &[2]),
+            (63, &[0x7e]),
+            (-65, &[0x81, 0x01]),
+        ];
         for (value, encoded) in cases {
             let mut out = Vec::new();
             put_varint(&mut out, value);
             assert_eq!(out, encoded, "{value}");
-            let mut reader = Reader { bytes: Bytes::from(out), at: 0 };
+            let mut reader = Reader {
+                bytes: Bytes::from(out),
+                at: 0,
+            };
             assert_eq!(reader.varint().unwrap(), value);
         }
         for value in [i64::MIN, i64::MAX, 300, -300] {
             let mut out = Vec::new();
             put_varint(&mut out, value);
-            assert_eq!(Reader { bytes: Bytes::from(out), at: 0 }.varint().unwrap(), value);
+            assert_eq!(
+                Reader {
+                    bytes: Bytes::from(out),
+                    at: 0
+                }
+                .varint()
+                .unwrap(),
+                value
+            );
         }
     }
 
@@ -314,7 +354,10 @@ mod tests {
             Compression::Zstd,
         ] {
             let mut builder = BatchBuilder::new(codec);
-            let headers = [Header { key: Bytes::from_static(b"h"), value: None }];
+            let headers = [Header {
+                key: Bytes::from_static(b"h"),
+                value: None,
+            }];
             builder.push(Timestamp(1_000), Some(b"k1"), Some(b"v1"), &[]);
             builder.push(Timestamp(900), None, None, &headers);
             builder.push(Timestamp(1_500), Some(b""), Some(&[7u8; 3000]), &[]);

@@ -58,13 +58,19 @@ pub fn scan(bytes: &[u8], base_offset: Offset, index_interval_bytes: u64) -> Sca
                 break;
             }
             Err(error) => {
-                result.stop = Some(Stop::Corrupt { position: at, error });
+                result.stop = Some(Stop::Corrupt {
+                    position: at,
+                    error,
+                });
                 break;
             }
         };
         let batch = &rest[..header.total_bytes()];
         if let Err(error) = batch::verify(batch, Some(at)) {
-            result.stop = Some(Stop::Corrupt { position: at, error });
+            result.stop = Some(Stop::Corrupt {
+                position: at,
+                error,
+            });
             break;
         }
         if header.base_offset < result.next_offset {
@@ -72,17 +78,27 @@ pub fn scan(bytes: &[u8], base_offset: Offset, index_interval_bytes: u64) -> Sca
                 "batch base offset {} goes back before {}",
                 header.base_offset, result.next_offset
             ));
-            result.stop = Some(Stop::Corrupt { position: at, error });
+            result.stop = Some(Stop::Corrupt {
+                position: at,
+                error,
+            });
             break;
         }
         if header.last_offset().0 - base_offset.0 > u64::from(u32::MAX) {
             let error = Error::invalid_batch("batch offset is too far from the segment base");
-            result.stop = Some(Stop::Corrupt { position: at, error });
+            result.stop = Some(Stop::Corrupt {
+                position: at,
+                error,
+            });
             break;
         }
         let batch_bytes = header.total_bytes() as u64;
-        result.offset_index.on_batch(header.base_offset, at, batch_bytes);
-        result.time_index.on_batch(header.base_offset, header.max_timestamp, batch_bytes);
+        result
+            .offset_index
+            .on_batch(header.base_offset, at, batch_bytes);
+        result
+            .time_index
+            .on_batch(header.base_offset, header.max_timestamp, batch_bytes);
         result.next_offset = header.next_offset();
         result.batch_count += 1;
         position += header.total_bytes();
@@ -93,7 +109,10 @@ pub fn scan(bytes: &[u8], base_offset: Offset, index_interval_bytes: u64) -> Sca
 }
 
 fn is_zero(bytes: &[u8]) -> bool {
-    bytes.iter().take(batch::BATCH_HEADER_BYTES).all(|&b| b == 0)
+    bytes
+        .iter()
+        .take(batch::BATCH_HEADER_BYTES)
+        .all(|&b| b == 0)
 }
 
 #[cfg(test)]
@@ -151,7 +170,10 @@ mod tests {
         assert_eq!(result.valid_bytes, 2 * batch_bytes as u64);
         assert!(matches!(
             result.stop,
-            Some(Stop::Corrupt { error: Error::ChecksumMismatch { .. }, .. })
+            Some(Stop::Corrupt {
+                error: Error::ChecksumMismatch { .. },
+                ..
+            })
         ));
     }
 

@@ -76,7 +76,12 @@ impl fmt::Display for TopicPartition {
 }
 
 pub fn validate_topic_name(name: &str) -> Result<()> {
-    let invalid = |reason| Err(Error::InvalidName { name: name.to_string(), reason });
+    let invalid = |reason| {
+        Err(Error::InvalidName {
+            name: name.to_string(),
+            reason,
+        })
+    };
     if name.is_empty() {
         return invalid("the name is empty");
     }

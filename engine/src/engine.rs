@@ -1,0 +1,640 @@
+//! The shard-per-core engine: one pinned glommio executor per shard, each owning its logs
+//! outright. A cloneable, `Send` [`Handle`] routes each call to the shard owning the log
+//! over a bounded channel; a caller already on that shard runs the call directly.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use glommio::sync::Semaphore;
+use glommio::{ExecutorJoinHandle, Latency, LocalExecutorBuilder, Placement, Shares};
+
+use crate::compaction::{self, CompactionReport};
+use crate::config::{EngineConfig, LogConfig};
+use crate::error::{Error, Result};
+use crate::log::{AppendInfo, Isolation, Log, LogOffsets, ReadBatches};
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::types::{Offset, Timestamp, TopicPartition};
+
+/// Tasks one shard runs at once for callers; past it the shard stops taking from its queue
+/// and callers wait on the bounded channel (backpressure, not growth).
+const SHARD_TASKS_MAX: u64 = 4096;
+/// Suffix of a log directory being deleted.
+const DELETE_SUFFIX: &str = "-delete";
+
+type Job = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+enum Message {
+    Job(Job),
+    Shutdown(std::sync::mpsc::Sender<Result<()>>),
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+/// The shard owning `topic_partition`: a fixed placement if configured, else a stable
+/// hash (CRC-32C of `topic-partition`) modulo the shard count.
+pub fn placement(
+    topic_partition: &TopicPartition,
+    shards: usize,
+    fixed: &BTreeMap<String, usize>,
+) -> usize {
+    let name = topic_partition.dir_name();
+    match fixed.get(&name) {
+        Some(&shard) => shard % shards,
+        None => crc32c::crc32c(name.as_bytes()) as usize % shards,
+    }
+}
+
+/// One shard's state, reachable only from its own executor thread.
+pub struct Shard {
+    id: usize,
+    config: Arc<EngineConfig>,
+    logs: RefCell<HashMap<TopicPartition, Rc<Log>>>,
+    metrics: Rc<Metrics>,
+    stopping: Cell<bool>,
+}
+
+impl Shard {
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// The shard running on this thread, if this is a shard thread.
+    pub fn current() -> Option<Rc<Shard>> {
+        CURRENT.with(|current| current.borrow().clone())
+    }
+
+    pub fn log(&self, topic_partition: &TopicPartition) -> Result<Rc<Log>> {
+        self.logs
+            .borrow()
+            .get(topic_partition)
+            .cloned()
+            .ok_or_else(|| Error::UnknownLog {
+                name: topic_partition.to_string(),
+            })
+    }
+
+    pub fn logs(&self) -> Vec<Rc<Log>> {
+        self.logs.borrow().values().cloned().collect()
+    }
+
+    fn log_dir(&self, topic_partition: &TopicPartition) -> PathBuf {
+        self.config.data_dir.join(topic_partition.dir_name())
+    }
+
+    /// Creates the log; `false` if it already exists (left unchanged).
+    pub async fn create_log(
+        &self,
+        topic_partition: TopicPartition,
+        config: Option<LogConfig>,
+    ) -> Result<bool> {
+        if self.logs.borrow().contains_key(&topic_partition) {
+            return Ok(false);
+        }
+        let config = config.unwrap_or_else(|| self.config.log_defaults.clone());
+        let dir = self.log_dir(&topic_partition);
+        let log = Log::create(
+            &dir,
+            topic_partition.clone(),
+            config,
+            self.metrics.clone(),
+            self.config.faults.clone(),
+        )
+        .await?;
+        let mut logs = self.logs.borrow_mut();
+        if logs.contains_key(&topic_partition) {
+            return Ok(false);
+        }
+        logs.insert(topic_partition, log);
+        Ok(true)
+    }
+
+    /// Closes the log and removes its directory (renamed first, so a crash midway leaves
+    /// nothing that reopens as a log).
+    pub async fn delete_log(&self, topic_partition: &TopicPartition) -> Result<()> {
+        let log = self.log(topic_partition)?;
+        self.logs.borrow_mut().remove(topic_partition);
+        let _ = log.close().await;
+        self.metrics
+            .segments
+            .set(self.metrics.segments.get() - log.segment_count() as u64);
+        let dir = self.log_dir(topic_partition);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let doomed = self.config.data_dir.join(format!(
+            "{}.{nanos}{DELETE_SUFFIX}",
+            topic_partition.dir_name()
+        ));
+        std::fs::rename(&dir, &doomed).map_err(|source| Error::Io {
+            path: dir.clone(),
+            op: "rename",
+            source,
+        })?;
+        crate::checkpoint::sync_dir(&self.config.data_dir)?;
+        std::fs::remove_dir_all(&doomed).map_err(|source| Error::Io {
+            path: doomed,
+            op: "remove",
+            source,
+        })
+    }
+
+    async fn open_existing(&self, shards: usize) -> Result<()> {
+        let data_dir = &self.config.data_dir;
+        let entries = std::fs::read_dir(data_dir).map_err(|source| Error::Io {
+            path: data_dir.clone(),
+            op: "list",
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| Error::Io {
+                path: data_dir.clone(),
+                op: "list",
+                source,
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(topic_partition) = TopicPartition::from_dir_name(&name) else {
+                continue;
+            };
+            if !entry.path().join(crate::log::CONFIG_FILE).exists()
+                || placement(&topic_partition, shards, &self.config.placement) != self.id
+            {
+                continue;
+            }
+            let log = Log::open(
+                &entry.path(),
+                topic_partition.clone(),
+                self.metrics.clone(),
+                self.config.faults.clone(),
+            )
+            .await?;
+            self.logs.borrow_mut().insert(topic_partition, log);
+        }
+        Ok(())
+    }
+
+    /// Retention and compaction for every log of this shard, in a low-priority task queue.
+    async fn cleanup_loop(self: Rc<Self>) {
+        let interval = Duration::from_millis(self.config.cleanup_interval_ms.max(1));
+        while !self.stopping.get() {
+            glommio::timer::sleep(interval).await;
+            for log in self.logs() {
+                if self.stopping.get() {
+                    return;
+                }
+                run_cleanup(&log).await;
+            }
+        }
+    }
+}
+
+async fn run_cleanup(log: &Rc<Log>) {
+    let now = Timestamp::now();
+    if let Err(error) = log.enforce_retention(now).await {
+        log::warn!("{}: retention failed: {error}", log.topic_partition());
+    }
+    if let Err(error) = compaction::compact(log, now).await {
+        log::warn!("{}: compaction failed: {error}", log.topic_partition());
+    }
+}
+
+async fn shard_main(
+    id: usize,
+    shards: usize,
+    config: Arc<EngineConfig>,
+    receiver: flume::Receiver<Message>,
+    ready: std::sync::mpsc::Sender<(usize, Result<()>)>,
+) {
+    let shard = Rc::new(Shard {
+        id,
+        config,
+        logs: RefCell::new(HashMap::new()),
+        metrics: Rc::new(Metrics::default()),
+        stopping: Cell::new(false),
+    });
+    CURRENT.with(|current| *current.borrow_mut() = Some(shard.clone()));
+    let opened = shard.open_existing(shards).await;
+    let failed = opened.is_err();
+    let _ = ready.send((id, opened));
+    if failed {
+        return;
+    }
+    let cleanup_queue = glommio::executor().create_task_queue(
+        Shares::Static(100),
+        Latency::NotImportant,
+        "cleanup",
+    );
+    glommio::spawn_local_into(shard.clone().cleanup_loop(), cleanup_queue)
+        .expect("the queue was just created")
+        .detach();
+    let tasks = Rc::new(Semaphore::new(SHARD_TASKS_MAX));
+    let reply = loop {
+        match receiver.recv_async().await {
+            Ok(Message::Job(job)) => {
+                let Ok(permit) = tasks.acquire_static_permit(1).await else {
+                    break None;
+                };
+                let future = job(shard.clone());
+                glommio::spawn_local(async move {
+                    future.await;
+                    drop(permit);
+                })
+                .detach();
+            }
+            Ok(Message::Shutdown(reply)) => break Some(reply),
+            Err(_) => break None,
+        }
+    };
+    shard.stopping.set(true);
+    let _ = tasks.acquire(SHARD_TASKS_MAX).await;
+    let mut result = Ok(());
+    for log in shard.logs() {
+        if let Err(error) = log.close().await {
+            result = Err(error);
+        }
+    }
+    CURRENT.with(|current| current.borrow_mut().take());
+    if let Some(reply) = reply {
+        let _ = reply.send(result);
+    }
+}
+
+/// A cloneable, `Send` handle to a running engine.
+#[derive(Clone)]
+pub struct Handle {
+    senders: Arc<Vec<flume::Sender<Message>>>,
+    placement: Arc<BTreeMap<String, usize>>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("shards", &self.senders.len())
+            .finish()
+    }
+}
+
+impl Handle {
+    pub fn shard_count(&self) -> usize {
+        self.senders.len()
+    }
+
+    pub fn shard_of(&self, topic_partition: &TopicPartition) -> usize {
+        placement(topic_partition, self.senders.len(), &self.placement)
+    }
+
+    /// Runs `work` on shard `shard` and returns its result: directly if the caller is on
+    /// that shard, else over the shard's bounded channel.
+    pub async fn on_shard<T, F, Fut>(&self, shard: usize, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + 'static,
+    {
+        if let Some(local) = Shard::current()
+            && local.id == shard
+            && !local.stopping.get()
+        {
+            return work(local).await;
+        }
+        let (reply, answer) = flume::bounded(1);
+        let job: Job = Box::new(move |shard| {
+            Box::pin(async move {
+                let _ = reply.send(work(shard).await);
+            })
+        });
+        self.senders[shard]
+            .send_async(Message::Job(job))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.recv_async().await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    async fn with_log<T, F, Fut>(&self, topic_partition: &TopicPartition, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Log>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + 'static,
+    {
+        let shard = self.shard_of(topic_partition);
+        let topic_partition = topic_partition.clone();
+        self.on_shard(shard, move |shard| async move {
+            work(shard.log(&topic_partition)?).await
+        })
+        .await
+    }
+
+    /// Creates a log with `config` (or the engine's defaults); `false` if it existed.
+    pub async fn create_log(
+        &self,
+        topic_partition: &TopicPartition,
+        config: Option<LogConfig>,
+    ) -> Result<bool> {
+        let shard = self.shard_of(topic_partition);
+        let topic_partition = topic_partition.clone();
+        self.on_shard(shard, move |shard| async move {
+            shard.create_log(topic_partition, config).await
+        })
+        .await
+    }
+
+    pub async fn delete_log(&self, topic_partition: &TopicPartition) -> Result<()> {
+        let shard = self.shard_of(topic_partition);
+        let topic_partition = topic_partition.clone();
+        self.on_shard(shard, move |shard| async move {
+            shard.delete_log(&topic_partition).await
+        })
+        .await
+    }
+
+    /// Every log of every shard.
+    pub async fn list_logs(&self) -> Result<Vec<TopicPartition>> {
+        let mut all = Vec::new();
+        for shard in 0..self.shard_count() {
+            let logs = self
+                .on_shard(shard, |shard| async move {
+                    Ok(shard
+                        .logs()
+                        .iter()
+                        .map(|log| log.topic_partition().clone())
+                        .collect())
+                })
+                .await?;
+            all.extend::<Vec<_>>(logs);
+        }
+        all.sort();
+        Ok(all)
+    }
+
+    /// Appends one RecordBatch v2 (see [`Log::append`]).
+    pub async fn append(
+        &self,
+        topic_partition: &TopicPartition,
+        batch: Bytes,
+    ) -> Result<AppendInfo> {
+        self.with_log(
+            topic_partition,
+            |log| async move { log.append(batch).await },
+        )
+        .await
+    }
+
+    /// Reads whole batches from `from` (see [`Log::read`]).
+    pub async fn read(
+        &self,
+        topic_partition: &TopicPartition,
+        from: Offset,
+        max_bytes: usize,
+        isolation: Isolation,
+    ) -> Result<ReadBatches> {
+        self.with_log(topic_partition, move |log| async move {
+            log.read(from, max_bytes, isolation).await
+        })
+        .await
+    }
+
+    pub async fn offsets(&self, topic_partition: &TopicPartition) -> Result<LogOffsets> {
+        self.with_log(topic_partition, |log| async move { Ok(log.offsets()) })
+            .await
+    }
+
+    /// The first record at or after `timestamp`: offset and timestamp.
+    pub async fn offset_for_timestamp(
+        &self,
+        topic_partition: &TopicPartition,
+        timestamp: Timestamp,
+    ) -> Result<Option<(Offset, Timestamp)>> {
+        self.with_log(topic_partition, move |log| async move {
+            log.offset_for_timestamp(timestamp).await
+        })
+        .await
+    }
+
+    pub async fn set_committed(
+        &self,
+        topic_partition: &TopicPartition,
+        offset: Offset,
+    ) -> Result<()> {
+        self.with_log(topic_partition, move |log| async move {
+            log.set_committed(offset);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Moves the log start (Kafka DeleteRecords); returns the new log start.
+    pub async fn delete_records(
+        &self,
+        topic_partition: &TopicPartition,
+        offset: Offset,
+    ) -> Result<Offset> {
+        self.with_log(topic_partition, move |log| async move {
+            log.delete_records(offset)
+        })
+        .await
+    }
+
+    pub async fn config(&self, topic_partition: &TopicPartition) -> Result<LogConfig> {
+        self.with_log(topic_partition, |log| async move { Ok(log.config()) })
+            .await
+    }
+
+    pub async fn set_config(
+        &self,
+        topic_partition: &TopicPartition,
+        config: LogConfig,
+    ) -> Result<()> {
+        self.with_log(
+            topic_partition,
+            move |log| async move { log.set_config(config) },
+        )
+        .await
+    }
+
+    pub async fn flush(&self, topic_partition: &TopicPartition) -> Result<()> {
+        self.with_log(topic_partition, |log| async move { log.flush().await })
+            .await
+    }
+
+    /// Runs retention on one log now; returns the number of segments deleted.
+    pub async fn enforce_retention(&self, topic_partition: &TopicPartition) -> Result<usize> {
+        self.with_log(topic_partition, |log| async move {
+            log.enforce_retention(Timestamp::now()).await
+        })
+        .await
+    }
+
+    /// Runs one compaction pass on one log now.
+    pub async fn compact(&self, topic_partition: &TopicPartition) -> Result<CompactionReport> {
+        self.with_log(topic_partition, |log| async move {
+            compaction::compact(&log, Timestamp::now()).await
+        })
+        .await
+    }
+
+    /// Drops a log's tail cache so the next reads come from disk.
+    pub async fn clear_cache(&self, topic_partition: &TopicPartition) -> Result<()> {
+        self.with_log(topic_partition, |log| async move {
+            log.clear_cache();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Metrics of all shards, merged.
+    pub async fn metrics(&self) -> Result<MetricsSnapshot> {
+        let mut total = MetricsSnapshot::default();
+        for shard in 0..self.shard_count() {
+            let snapshot = self
+                .on_shard(shard, |shard| async move { Ok(shard.metrics.snapshot()) })
+                .await?;
+            total.merge(&snapshot);
+        }
+        Ok(total)
+    }
+}
+
+/// A running engine. Dropping it without [`Engine::shutdown`] leaves the shards running
+/// until every [`Handle`] is gone.
+pub struct Engine {
+    handle: Handle,
+    threads: Vec<ExecutorJoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts one executor per shard, each opening (and recovering) the logs it owns.
+    pub fn start(config: EngineConfig) -> Result<Engine> {
+        if config.shards == 0 {
+            return Err(Error::InvalidConfig {
+                key: "shards",
+                reason: "must be at least 1".into(),
+            });
+        }
+        config.log_defaults.validate()?;
+        prepare_data_dir(&config.data_dir)?;
+        raise_memlock(config.io_memory_bytes as u64 * config.shards as u64);
+        let cpus = online_cpus();
+        let config = Arc::new(config);
+        let (ready_sender, ready) = std::sync::mpsc::channel();
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for id in 0..config.shards {
+            let (sender, receiver) = flume::bounded(config.shard_queue_depth);
+            senders.push(sender);
+            let placement = match (&cpus[..], config.pin_shards) {
+                ([], _) | (_, false) => Placement::Unbound,
+                (cpus, true) => Placement::Fixed(cpus[id % cpus.len()]),
+            };
+            let shard_config = config.clone();
+            let ready_sender = ready_sender.clone();
+            let shards = config.shards;
+            let thread = LocalExecutorBuilder::new(placement)
+                .name(&format!("coremq-shard-{id}"))
+                .io_memory(config.io_memory_bytes)
+                .preempt_timer(Duration::from_millis(2))
+                .spawn(move || shard_main(id, shards, shard_config, receiver, ready_sender))
+                .map_err(|error| Error::Io {
+                    path: config.data_dir.clone(),
+                    op: "start shard executor (io_uring)",
+                    source: std::io::Error::other(error.to_string()),
+                })?;
+            threads.push(thread);
+        }
+        drop(ready_sender);
+        let handle = Handle {
+            senders: Arc::new(senders),
+            placement: Arc::new(config.placement.clone()),
+        };
+        let engine = Engine { handle, threads };
+        let mut failure = None;
+        for _ in 0..config.shards {
+            match ready.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((_, Err(error))) => {
+                    failure.get_or_insert(error);
+                }
+                Err(_) => {
+                    failure.get_or_insert(Error::ShuttingDown);
+                }
+            }
+        }
+        match failure {
+            None => Ok(engine),
+            Some(error) => {
+                let _ = engine.shutdown();
+                Err(error)
+            }
+        }
+    }
+
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Stops every shard after its in-flight calls finish; flushes and closes every log.
+    pub fn shutdown(self) -> Result<()> {
+        let mut result = Ok(());
+        let mut replies = Vec::new();
+        for sender in self.handle.senders.iter() {
+            let (reply, answer) = std::sync::mpsc::channel();
+            if sender.send(Message::Shutdown(reply)).is_ok() {
+                replies.push(answer);
+            }
+        }
+        for answer in replies {
+            if let Ok(Err(error)) = answer.recv() {
+                result = Err(error);
+            }
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+        result
+    }
+}
+
+fn prepare_data_dir(data_dir: &Path) -> Result<()> {
+    let io = |op, source| Error::Io {
+        path: data_dir.to_path_buf(),
+        op,
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(|e| io("create directory", e))?;
+    for entry in std::fs::read_dir(data_dir).map_err(|e| io("list", e))? {
+        let entry = entry.map_err(|e| io("list", e))?;
+        if entry.file_name().to_string_lossy().ends_with(DELETE_SUFFIX) {
+            std::fs::remove_dir_all(entry.path()).map_err(|e| io("remove", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Raises the soft memlock limit toward what the shards register with io_uring, as far
+/// as the hard limit allows. glommio falls back to unregistered buffers beyond it.
+fn raise_memlock(needed: u64) {
+    let Ok((soft, hard)) = rlimit::Resource::MEMLOCK.get() else {
+        return;
+    };
+    let wanted = (needed + (8 << 20)).min(hard);
+    if soft < wanted {
+        let _ = rlimit::Resource::MEMLOCK.set(wanted, hard);
+    }
+}
+
+fn online_cpus() -> Vec<usize> {
+    let mut cpus: Vec<usize> = match glommio::CpuSet::online() {
+        Ok(set) => set.into_iter().map(|location| location.cpu).collect(),
+        Err(_) => Vec::new(),
+    };
+    cpus.sort_unstable();
+    cpus
+}

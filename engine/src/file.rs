@@ -1,0 +1,166 @@
+//! Segment files through glommio's DMA (O_DIRECT, io_uring) API, with optional fault
+//! injection for tests. The only module besides the shard runtime that names glommio files.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use glommio::GlommioError;
+use glommio::io::{DmaFile, OpenOptions};
+
+use crate::error::{Error, Result};
+
+/// Block size used for O_DIRECT writes; glommio's alignment never exceeds it.
+pub const BLOCK_BYTES: u64 = 4096;
+
+/// Failures a test can ask the file layer to produce (one relaxed atomic load per write or
+/// fdatasync when a hook is installed; nothing when none is).
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Fail every fdatasync while set.
+    pub fail_fsync: AtomicBool,
+    /// Fail every write with ENOSPC while set.
+    pub fail_write_no_space: AtomicBool,
+}
+
+pub(crate) fn io_error(error: GlommioError<()>) -> io::Error {
+    match error {
+        GlommioError::IoError(source) | GlommioError::EnhancedIoError { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// One open segment file.
+#[derive(Debug, Clone)]
+pub struct SegmentFile {
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    faults: Option<Arc<Faults>>,
+}
+
+impl SegmentFile {
+    pub async fn open(
+        path: &Path,
+        create: bool,
+        faults: Option<Arc<Faults>>,
+    ) -> Result<SegmentFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .dma_open(path)
+            .await
+            .map_err(|e| classify(path, "open", io_error(e)))?;
+        Ok(SegmentFile {
+            file: Rc::new(file),
+            path: path.to_path_buf(),
+            faults,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `parts`, concatenated and zero-padded to a whole block, at the block-aligned
+    /// `position`. The bytes are copied into one aligned buffer before the first await.
+    pub async fn write_parts(&self, position: u64, parts: &[&[u8]]) -> Result<()> {
+        assert_eq!(
+            position % BLOCK_BYTES,
+            0,
+            "unaligned O_DIRECT write position"
+        );
+        let length: usize = parts.iter().map(|part| part.len()).sum();
+        let padded = length.next_multiple_of(BLOCK_BYTES as usize);
+        if let Some(faults) = &self.faults
+            && faults.fail_write_no_space.load(Ordering::Relaxed)
+        {
+            return Err(classify(
+                &self.path,
+                "write",
+                io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
+        }
+        let mut buffer = self.file.alloc_dma_buffer(padded);
+        let target = buffer.as_bytes_mut();
+        let mut at = 0;
+        for part in parts {
+            target[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        target[at..].fill(0);
+        let written = self
+            .file
+            .write_at(buffer, position)
+            .await
+            .map_err(|e| classify(&self.path, "write", io_error(e)))?;
+        if written != padded {
+            return Err(Error::Io {
+                path: self.path.clone(),
+                op: "write",
+                source: io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short write: {written} of {padded} bytes"),
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn fdatasync(&self) -> Result<()> {
+        if let Some(faults) = &self.faults
+            && faults.fail_fsync.load(Ordering::Relaxed)
+        {
+            return Err(classify(
+                &self.path,
+                "fdatasync",
+                io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
+        self.file
+            .fdatasync()
+            .await
+            .map_err(|e| classify(&self.path, "fdatasync", io_error(e)))
+    }
+
+    /// Reads up to `length` bytes at `position` (fewer at the end of the file).
+    pub async fn read_at(&self, position: u64, length: usize) -> Result<Bytes> {
+        let result = self
+            .file
+            .read_at(position, length)
+            .await
+            .map_err(|e| classify(&self.path, "read", io_error(e)))?;
+        Ok(Bytes::copy_from_slice(&result))
+    }
+
+    pub async fn truncate(&self, length: u64) -> Result<()> {
+        self.file
+            .truncate(length)
+            .await
+            .map_err(|e| classify(&self.path, "truncate", io_error(e)))
+    }
+
+    pub async fn size(&self) -> Result<u64> {
+        self.file
+            .file_size()
+            .await
+            .map_err(|e| classify(&self.path, "stat", io_error(e)))
+    }
+}
+
+/// Turns an I/O error into the engine's error, singling out a full device.
+pub fn classify(path: &Path, op: &'static str, source: io::Error) -> Error {
+    if source.raw_os_error() == Some(libc::ENOSPC) || source.kind() == io::ErrorKind::StorageFull {
+        return Error::DiskFull {
+            path: path.to_path_buf(),
+        };
+    }
+    Error::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
+}

@@ -1,0 +1,916 @@
+//! One partition's log: a directory of segments, the append path with its durability
+//! policy and group commit, reads by offset and by timestamp, rolling, and recovery on open.
+//!
+//! A `Log` lives on exactly one shard and is used through `Rc`; no state is borrowed across
+//! an await. Watermarks, in order: `log_end` (appended) >= `written` (in the file, the
+//! high watermark readers see) >= `flushed` (fdatasync'd); `committed` is set from outside.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use glommio::sync::Semaphore;
+
+use crate::batch::{self, BatchHeader, TimestampType};
+use crate::cache::TailCache;
+use crate::checkpoint;
+use crate::config::{Durability, LogConfig};
+use crate::error::{Error, Result};
+use crate::file::{Faults, SegmentFile};
+use crate::metrics::{Metrics, add};
+use crate::notify::Notify;
+use crate::record;
+use crate::retention::{self, SegmentSummary};
+use crate::segment::{self, ActiveSegment, ReadView, SealedSegment};
+use crate::types::{Offset, Position, Timestamp, TopicPartition};
+
+/// The configuration file in each log directory.
+pub const CONFIG_FILE: &str = "log.conf";
+/// Most bytes one write round hands to the file.
+const WRITE_BYTES_MAX: usize = 8 << 20;
+/// Smallest disk read, so short fetches still read a useful chunk.
+const READ_BYTES_MIN: u64 = 64 << 10;
+
+/// Which watermark bounds a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// Everything written to the file (the single-node high watermark).
+    #[default]
+    Written,
+    /// Only up to the committed watermark that replication sets.
+    Committed,
+}
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    /// The broker's timestamp when the log uses LogAppendTime.
+    pub log_append_time: Option<Timestamp>,
+}
+
+/// Whole stored batches, as Kafka fetch responses carry them.
+#[derive(Debug, Clone, Default)]
+pub struct ReadBatches {
+    pub batches: Vec<Bytes>,
+    pub high_watermark: Offset,
+    pub log_start: Offset,
+}
+
+impl ReadBatches {
+    pub fn bytes(&self) -> usize {
+        self.batches.iter().map(Bytes::len).sum()
+    }
+}
+
+/// A log's watermarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOffsets {
+    pub log_start: Offset,
+    /// The next offset to be assigned.
+    pub log_end: Offset,
+    /// Everything below is in the file and readable.
+    pub high_watermark: Offset,
+    /// Everything below has been fdatasync'd.
+    pub flushed: Offset,
+    pub committed: Offset,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: LogConfig,
+    sealed: BTreeMap<Offset, SealedSegment>,
+    active: ActiveSegment,
+    log_start: Offset,
+    written: Offset,
+    flushed: Offset,
+    committed: Offset,
+    /// Appended batches not yet handed to the file, oldest first.
+    pending: VecDeque<Bytes>,
+    pending_bytes: usize,
+    cache: TailCache,
+    /// Set by a failed fsync or write: writes are refused until reopened.
+    fenced: Option<String>,
+    /// Bumped each time unwritten appends are dropped after a failed write.
+    rollbacks: u64,
+    last_write_error: Option<String>,
+    last_write_disk_full: bool,
+}
+
+#[derive(Debug)]
+pub struct Log {
+    topic_partition: TopicPartition,
+    dir: PathBuf,
+    inner: RefCell<Inner>,
+    /// Woken whenever `written`, `flushed` or `fenced` change.
+    progress: Notify,
+    /// Serializes the synchronous part of appends with rolls.
+    append_gate: Semaphore,
+    writer_active: Cell<bool>,
+    closed: Cell<bool>,
+    pub(crate) compacting: Cell<bool>,
+    pub(crate) metrics: Rc<Metrics>,
+    pub(crate) faults: Option<Arc<Faults>>,
+}
+
+impl Log {
+    /// Creates a new, empty log directory with `config`.
+    pub async fn create(
+        dir: &Path,
+        topic_partition: TopicPartition,
+        config: LogConfig,
+        metrics: Rc<Metrics>,
+        faults: Option<Arc<Faults>>,
+    ) -> Result<Rc<Log>> {
+        config.validate()?;
+        std::fs::create_dir_all(dir)
+            .map_err(|source| crate::file::classify(dir, "create directory", source))?;
+        checkpoint::write_atomically(dir, CONFIG_FILE, config.encode().as_bytes())?;
+        if let Some(parent) = dir.parent() {
+            checkpoint::sync_dir(parent)?;
+        }
+        Log::open(dir, topic_partition, metrics, faults).await
+    }
+
+    /// Opens an existing log directory: finishes interrupted compaction swaps, opens sealed
+    /// segments, recovers the last one, and restores the log start offset.
+    pub async fn open(
+        dir: &Path,
+        topic_partition: TopicPartition,
+        metrics: Rc<Metrics>,
+        faults: Option<Arc<Faults>>,
+    ) -> Result<Rc<Log>> {
+        let config_path = dir.join(CONFIG_FILE);
+        let config_text = std::fs::read_to_string(&config_path).map_err(|source| Error::Io {
+            path: config_path.clone(),
+            op: "read",
+            source,
+        })?;
+        let config = LogConfig::decode(&config_text)?;
+        let bases = crate::compaction::recover_swaps(dir)?;
+        let interval = config.index_interval_bytes;
+        let mut sealed = BTreeMap::new();
+        let last = bases.last().copied();
+        for &base in bases.iter().filter(|&&base| Some(base) != last) {
+            let segment = SealedSegment::open(dir, base, interval, faults.clone()).await?;
+            sealed.insert(base, segment);
+        }
+        let active = match last {
+            Some(base) => ActiveSegment::recover(dir, base, interval, faults.clone()).await?,
+            None => ActiveSegment::create(dir, Offset(0), interval, faults.clone()).await?,
+        };
+        let first_base = sealed.keys().next().copied().unwrap_or(active.base_offset);
+        let log_end = active.next_offset;
+        let log_start = checkpoint::load(dir)
+            .unwrap_or(first_base)
+            .clamp(first_base, log_end);
+        add(&metrics.segments, sealed.len() as u64 + 1);
+        let log = Rc::new(Log {
+            topic_partition,
+            dir: dir.to_path_buf(),
+            inner: RefCell::new(Inner {
+                config,
+                sealed,
+                active,
+                log_start,
+                written: log_end,
+                flushed: log_end,
+                committed: log_end,
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+                cache: TailCache::default(),
+                fenced: None,
+                rollbacks: 0,
+                last_write_error: None,
+                last_write_disk_full: false,
+            }),
+            progress: Notify::default(),
+            append_gate: Semaphore::new(1),
+            writer_active: Cell::new(false),
+            closed: Cell::new(false),
+            compacting: Cell::new(false),
+            metrics,
+            faults,
+        });
+        Log::start_flush_timer(&log);
+        Ok(log)
+    }
+
+    pub fn topic_partition(&self) -> &TopicPartition {
+        &self.topic_partition
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.inner.borrow().config.clone()
+    }
+
+    /// Replaces the configuration, persisting it first.
+    pub fn set_config(&self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        checkpoint::write_atomically(&self.dir, CONFIG_FILE, config.encode().as_bytes())?;
+        self.inner.borrow_mut().config = config;
+        Ok(())
+    }
+
+    pub fn offsets(&self) -> LogOffsets {
+        let inner = self.inner.borrow();
+        LogOffsets {
+            log_start: inner.log_start,
+            log_end: inner.active.next_offset,
+            high_watermark: inner.written,
+            flushed: inner.flushed,
+            committed: inner.committed,
+        }
+    }
+
+    /// Sets the committed watermark (replication drives it), bounded by the log end.
+    pub fn set_committed(&self, offset: Offset) {
+        let mut inner = self.inner.borrow_mut();
+        inner.committed = offset.min(inner.active.next_offset);
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.inner.borrow().sealed.len() + 1
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.closed.get() {
+            return Err(Error::ShuttingDown);
+        }
+        match &self.inner.borrow().fenced {
+            Some(cause) => Err(Error::Fenced {
+                path: self.dir.clone(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends one RecordBatch v2 from a producer. The engine assigns its offsets (and its
+    /// timestamp under LogAppendTime) and returns once the durability policy is met.
+    pub async fn append(self: &Rc<Self>, batch: Bytes) -> Result<AppendInfo> {
+        let result = self.append_inner(batch).await;
+        if result.is_err() {
+            add(&self.metrics.append_errors, 1);
+        }
+        result
+    }
+
+    async fn append_inner(self: &Rc<Self>, batch: Bytes) -> Result<AppendInfo> {
+        let (batch_bytes_max, pending_bytes_max) = {
+            let inner = self.inner.borrow();
+            (inner.config.batch_bytes_max, inner.config.pending_bytes_max)
+        };
+        let header = batch::validate_for_append(&batch, batch_bytes_max)?;
+        let mut batch = batch
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        let size = batch.len();
+
+        let gate = self
+            .append_gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        loop {
+            self.check_writable()?;
+            if self.inner.borrow().pending_bytes + size <= pending_bytes_max {
+                break;
+            }
+            self.progress.notified().await;
+        }
+        if self.needs_roll(size as u64) {
+            self.roll().await?;
+        }
+        let (info, rollbacks, durability) = {
+            let mut inner = self.inner.borrow_mut();
+            let base_offset = inner.active.next_offset;
+            batch::set_base_offset(&mut batch, base_offset);
+            let log_append_time = (inner.config.timestamp_type == TimestampType::LogAppendTime)
+                .then(|| {
+                    let now = Timestamp::now();
+                    batch::set_log_append_time(&mut batch, now);
+                    now
+                });
+            let header = BatchHeader::parse(&batch).expect("validated before");
+            let batch = batch.freeze();
+            inner.active.on_append(&header);
+            inner
+                .cache
+                .push(base_offset, header.next_offset(), batch.clone());
+            inner.pending.push_back(batch);
+            inner.pending_bytes += size;
+            let info = AppendInfo {
+                base_offset,
+                last_offset: header.last_offset(),
+                log_append_time,
+            };
+            (info, inner.rollbacks, inner.config.durability)
+        };
+        drop(gate);
+        add(&self.metrics.bytes_appended, size as u64);
+        add(
+            &self.metrics.records_appended,
+            u64::from(header.records_count),
+        );
+        add(&self.metrics.batches_appended, 1);
+        self.start_writer();
+        self.wait_stored(info.last_offset, rollbacks, durability)
+            .await?;
+        Ok(info)
+    }
+
+    /// Waits until `last_offset` is written (or flushed, under `Always`).
+    async fn wait_stored(
+        &self,
+        last_offset: Offset,
+        rollbacks: u64,
+        policy: Durability,
+    ) -> Result<()> {
+        loop {
+            {
+                let inner = self.inner.borrow();
+                let stored = match policy {
+                    Durability::Always => inner.flushed,
+                    Durability::IntervalMs(_) | Durability::Never => inner.written,
+                };
+                if stored > last_offset {
+                    return Ok(());
+                }
+                if let Some(cause) = &inner.fenced {
+                    return Err(Error::Fenced {
+                        path: self.dir.clone(),
+                        cause: cause.clone(),
+                    });
+                }
+                if inner.rollbacks != rollbacks && inner.written <= last_offset {
+                    let reason = inner.last_write_error.clone().unwrap_or_default();
+                    return Err(if inner.last_write_disk_full {
+                        Error::DiskFull {
+                            path: inner.active.file.path().to_path_buf(),
+                        }
+                    } else {
+                        Error::Io {
+                            path: inner.active.file.path().to_path_buf(),
+                            op: "write",
+                            source: std::io::Error::other(reason),
+                        }
+                    });
+                }
+            }
+            self.progress.notified().await;
+        }
+    }
+
+    fn needs_roll(&self, batch_bytes: u64) -> bool {
+        let inner = self.inner.borrow();
+        let active = &inner.active;
+        !active.is_empty()
+            && (active.appended_bytes + batch_bytes > inner.config.segment_bytes
+                || active.created.elapsed() >= Duration::from_millis(inner.config.segment_ms))
+    }
+
+    fn start_writer(self: &Rc<Self>) {
+        if self.writer_active.replace(true) {
+            return;
+        }
+        let log = self.clone();
+        glommio::spawn_local(async move {
+            log.write_rounds().await;
+            log.writer_active.set(false);
+            log.progress.notify_all();
+        })
+        .detach();
+    }
+
+    /// Hands pending batches to the file, round after round, with one fdatasync per round
+    /// under `Always`: appends that arrive during a round share the next (group commit).
+    async fn write_rounds(&self) {
+        loop {
+            let (file, position, parts, end_bytes, end_offset, taken_bytes, durability) = {
+                let mut inner = self.inner.borrow_mut();
+                if inner.pending.is_empty() || inner.fenced.is_some() {
+                    return;
+                }
+                let (position, tail) = inner.active.write_start();
+                let mut parts = vec![Bytes::copy_from_slice(tail)];
+                let mut taken_bytes = 0;
+                while let Some(next) = inner.pending.front() {
+                    if taken_bytes > 0 && taken_bytes + next.len() > WRITE_BYTES_MAX {
+                        break;
+                    }
+                    taken_bytes += next.len();
+                    parts.push(inner.pending.pop_front().expect("front exists"));
+                }
+                let last = BatchHeader::parse(parts.last().expect("one batch")).expect("valid");
+                let end_bytes = inner.active.written_bytes + taken_bytes as u64;
+                let file = inner.active.file.clone();
+                (
+                    file,
+                    position,
+                    parts,
+                    end_bytes,
+                    last.next_offset(),
+                    taken_bytes,
+                    inner.config.durability,
+                )
+            };
+            let slices: Vec<&[u8]> = parts.iter().map(|part| &part[..]).collect();
+            if let Err(error) = file.write_parts(position, &slices).await {
+                self.fail_write(&file, error).await;
+                continue;
+            }
+            {
+                let mut inner = self.inner.borrow_mut();
+                inner.active.on_written(end_bytes, &parts);
+                inner.written = end_offset;
+                inner.pending_bytes -= taken_bytes;
+                let budget = inner.config.tail_cache_bytes;
+                inner.cache.evict(budget, end_offset);
+            }
+            if durability == Durability::Always {
+                self.sync_file(&file, end_offset).await;
+            }
+            self.progress.notify_all();
+        }
+    }
+
+    /// A failed write drops every unwritten append (each gets the error) and leaves the log
+    /// exactly as it was before them. A full disk is not sticky; anything else fences.
+    async fn fail_write(&self, file: &SegmentFile, error: Error) {
+        let written_bytes = {
+            let mut inner = self.inner.borrow_mut();
+            let written = inner.written;
+            inner.pending.clear();
+            inner.pending_bytes = 0;
+            inner.active.roll_back_to_written(written);
+            inner.cache.truncate_from(written);
+            inner.rollbacks += 1;
+            inner.last_write_disk_full = matches!(error, Error::DiskFull { .. });
+            inner.last_write_error = Some(error.to_string());
+            if !inner.last_write_disk_full {
+                inner.fenced = Some(error.to_string());
+            }
+            inner.active.written_bytes
+        };
+        log::warn!("{}: append failed: {error}", self.topic_partition);
+        // Cut anything the failed write left past the last good byte so a crash cannot
+        // resurrect it; if this fails too, recovery still stops at the torn bytes.
+        let _ = file.truncate(written_bytes).await;
+        self.progress.notify_all();
+    }
+
+    /// fdatasync `file`; on success everything below `written` is flushed, on failure the
+    /// log is fenced: the page cache state after a failed fsync cannot be trusted.
+    async fn sync_file(&self, file: &SegmentFile, written: Offset) -> bool {
+        let started = Instant::now();
+        let result = file.fdatasync().await;
+        self.metrics.record_fsync(started.elapsed());
+        let mut inner = self.inner.borrow_mut();
+        match result {
+            Ok(()) => {
+                inner.flushed = inner.flushed.max(written);
+                true
+            }
+            Err(error) => {
+                log::error!(
+                    "{}: fdatasync failed, fencing the log: {error}",
+                    self.topic_partition
+                );
+                inner.fenced = Some(error.to_string());
+                false
+            }
+        }
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<()> {
+        let (file, written, flushed) = {
+            let inner = self.inner.borrow();
+            (inner.active.file.clone(), inner.written, inner.flushed)
+        };
+        if written > flushed && !self.sync_file(&file, written).await {
+            self.check_writable()?;
+        }
+        self.progress.notify_all();
+        self.check_writable()
+    }
+
+    fn start_flush_timer(log: &Rc<Log>) {
+        let weak = Rc::downgrade(log);
+        glommio::spawn_local(async move {
+            loop {
+                let interval = match weak.upgrade() {
+                    Some(log) if !log.closed.get() => match log.inner.borrow().config.durability {
+                        Durability::IntervalMs(ms) => Some(ms),
+                        _ => None,
+                    },
+                    _ => return,
+                };
+                glommio::timer::sleep(Duration::from_millis(interval.unwrap_or(1000))).await;
+                if interval.is_some()
+                    && let Some(log) = weak.upgrade()
+                {
+                    let _ = log.flush().await;
+                }
+            }
+        })
+        .detach();
+    }
+
+    /// Seals the active segment and starts a new one at the log end. The caller holds the
+    /// append gate, so no append is in between; the segment's writes are drained first.
+    async fn roll(&self) -> Result<()> {
+        loop {
+            self.check_writable()?;
+            let idle = self.inner.borrow().pending.is_empty() && !self.writer_active.get();
+            if idle {
+                break;
+            }
+            self.progress.notified().await;
+        }
+        let (file, size, next_offset, interval) = {
+            let inner = self.inner.borrow();
+            let active = &inner.active;
+            (
+                active.file.clone(),
+                active.written_bytes,
+                active.next_offset,
+                inner.config.index_interval_bytes,
+            )
+        };
+        file.truncate(size).await?;
+        if !self.sync_file(&file, next_offset).await {
+            self.check_writable()?;
+        }
+        let new =
+            ActiveSegment::create(&self.dir, next_offset, interval, self.faults.clone()).await?;
+        let mut inner = self.inner.borrow_mut();
+        let old = std::mem::replace(&mut inner.active, new);
+        let base = old.base_offset;
+        match old.seal(&self.dir) {
+            Ok(sealed) => {
+                inner.sealed.insert(base, sealed);
+                add(&self.metrics.segments, 1);
+                Ok(())
+            }
+            Err(error) => {
+                inner.fenced = Some(format!("sealing segment {base} failed: {error}"));
+                Err(error)
+            }
+        }
+    }
+
+    /// Reads whole batches starting with the one that holds `from`, up to `max_bytes`
+    /// (at least one batch), bounded by the watermark `isolation` names.
+    pub async fn read(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+        isolation: Isolation,
+    ) -> Result<ReadBatches> {
+        let (upper, log_start, log_end) = {
+            let inner = self.inner.borrow();
+            let upper = match isolation {
+                Isolation::Written => inner.written,
+                Isolation::Committed => inner.committed.min(inner.written),
+            };
+            (upper, inner.log_start, inner.active.next_offset)
+        };
+        if from < log_start || from > log_end {
+            return Err(Error::OffsetOutOfRange {
+                requested: from,
+                log_start,
+                log_end,
+            });
+        }
+        let mut result = ReadBatches {
+            batches: Vec::new(),
+            high_watermark: upper,
+            log_start,
+        };
+        if from >= upper {
+            return Ok(result);
+        }
+        {
+            let inner = self.inner.borrow();
+            if inner.cache.covers(from) {
+                result.batches = inner.cache.read(from, upper, max_bytes);
+                add(&self.metrics.cache_hits, 1);
+                self.count_read(&result.batches);
+                return Ok(result);
+            }
+        }
+        add(&self.metrics.cache_misses, 1);
+        let mut target = from;
+        loop {
+            let (view, segment_end) = {
+                let inner = self.inner.borrow();
+                let sealed = inner
+                    .sealed
+                    .range(..=target)
+                    .next_back()
+                    .filter(|(_, segment)| segment.next_offset > target)
+                    .or_else(|| inner.sealed.range(target..).next())
+                    .map(|(_, segment)| segment);
+                match sealed {
+                    Some(segment) => (segment.read_view(target), Some(segment.next_offset)),
+                    None => (inner.active.read_view(target), None),
+                }
+            };
+            let interval = self.inner.borrow().config.index_interval_bytes;
+            result.batches = read_segment(&view, target, upper, max_bytes, interval).await?;
+            match segment_end {
+                Some(next) if result.batches.is_empty() => target = next,
+                _ => break,
+            }
+        }
+        self.count_read(&result.batches);
+        Ok(result)
+    }
+
+    fn count_read(&self, batches: &[Bytes]) {
+        for batch in batches {
+            add(&self.metrics.bytes_read, batch.len() as u64);
+            if let Ok(header) = BatchHeader::parse(batch) {
+                add(&self.metrics.records_read, u64::from(header.records_count));
+            }
+        }
+    }
+
+    /// The first record at or after `timestamp` (Kafka ListOffsets by time): its offset and
+    /// timestamp, or `None` if every record is older.
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp: Timestamp,
+    ) -> Result<Option<(Offset, Timestamp)>> {
+        let (mut from, decompressed_bytes_max) = {
+            let inner = self.inner.borrow();
+            let sealed = inner
+                .sealed
+                .values()
+                .find(|segment| segment.max_timestamp.is_some_and(|max| max >= timestamp))
+                .map(|segment| segment.time_index().lookup(timestamp));
+            let active = &inner.active;
+            let start = sealed.or_else(|| {
+                active
+                    .max_timestamp()
+                    .is_some_and(|max| max >= timestamp)
+                    .then(|| active.time_index().lookup(timestamp))
+            });
+            match start {
+                Some(start) => (
+                    start.max(inner.log_start),
+                    inner.config.decompressed_bytes_max,
+                ),
+                None => return Ok(None),
+            }
+        };
+        loop {
+            let read = self.read(from, 1 << 20, Isolation::Written).await?;
+            let Some(last) = read.batches.last() else {
+                return Ok(None);
+            };
+            for batch in &read.batches {
+                let header = BatchHeader::parse(batch)?;
+                if header.max_timestamp < timestamp {
+                    continue;
+                }
+                let records = record::decode_records(batch, decompressed_bytes_max)?;
+                let found = records
+                    .iter()
+                    .find(|record| record.offset >= from && record.timestamp >= timestamp);
+                if let Some(record) = found {
+                    return Ok(Some((record.offset, record.timestamp)));
+                }
+            }
+            from = BatchHeader::parse(last)?.next_offset();
+        }
+    }
+
+    /// Moves the log start to `offset` (Kafka DeleteRecords) and deletes the segments wholly
+    /// below it. Returns the new log start.
+    pub fn delete_records(&self, offset: Offset) -> Result<Offset> {
+        let (log_start, high_watermark) = {
+            let inner = self.inner.borrow();
+            (inner.log_start, inner.written)
+        };
+        if offset > high_watermark {
+            return Err(Error::OffsetOutOfRange {
+                requested: offset,
+                log_start,
+                log_end: high_watermark,
+            });
+        }
+        if offset > log_start {
+            checkpoint::store(&self.dir, offset)?;
+            self.inner.borrow_mut().log_start = offset;
+            self.delete_segments_below(offset)?;
+        }
+        Ok(self.inner.borrow().log_start)
+    }
+
+    fn delete_segments_below(&self, offset: Offset) -> Result<()> {
+        loop {
+            let segment = {
+                let mut inner = self.inner.borrow_mut();
+                match inner.sealed.first_key_value() {
+                    Some((&base, segment)) if segment.next_offset <= offset => {
+                        inner.sealed.remove(&base).expect("first key exists")
+                    }
+                    _ => return Ok(()),
+                }
+            };
+            self.metrics.segments.set(self.metrics.segments.get() - 1);
+            add(&self.metrics.segments_deleted, 1);
+            segment.delete(&self.dir)?;
+        }
+    }
+
+    /// Applies retention by size and age (cleanup.policy delete): rolls an expired active
+    /// segment, deletes the oldest sealed segments past the limits, moves the log start.
+    pub async fn enforce_retention(self: &Rc<Self>, now: Timestamp) -> Result<usize> {
+        let (config, active_expired) = {
+            let inner = self.inner.borrow();
+            let expired = inner.config.retention_ms.is_some_and(|ms| {
+                !inner.active.is_empty()
+                    && inner
+                        .active
+                        .max_timestamp()
+                        .is_some_and(|max| max.0 < now.0 - ms as i64)
+            });
+            (inner.config.clone(), expired)
+        };
+        if !config.cleanup_policy.deletes() {
+            return Ok(0);
+        }
+        if active_expired {
+            let gate = self
+                .append_gate
+                .acquire_permit(1)
+                .await
+                .map_err(|_| Error::ShuttingDown)?;
+            if !self.inner.borrow().active.is_empty() {
+                self.roll().await?;
+            }
+            drop(gate);
+        }
+        let (count, new_start) = {
+            let inner = self.inner.borrow();
+            let summaries: Vec<SegmentSummary> = inner
+                .sealed
+                .values()
+                .map(|segment| SegmentSummary {
+                    next_offset: segment.next_offset,
+                    size: segment.size,
+                    max_timestamp: segment.max_timestamp,
+                })
+                .collect();
+            let count = retention::segments_to_delete(
+                &summaries,
+                inner.active.appended_bytes,
+                &config,
+                now,
+                inner.log_start,
+            );
+            let next_base = inner
+                .sealed
+                .keys()
+                .nth(count)
+                .copied()
+                .unwrap_or(inner.active.base_offset);
+            (count, next_base.max(inner.log_start))
+        };
+        if count == 0 {
+            return Ok(0);
+        }
+        checkpoint::store(&self.dir, new_start)?;
+        self.inner.borrow_mut().log_start = new_start;
+        self.delete_segments_below(new_start)?;
+        Ok(count)
+    }
+
+    /// Sealed segments for the compactor: base offset, end and file.
+    pub(crate) fn sealed_segments(&self) -> Vec<(Offset, Offset, PathBuf)> {
+        let inner = self.inner.borrow();
+        inner
+            .sealed
+            .values()
+            .map(|segment| {
+                (
+                    segment.base_offset,
+                    segment.next_offset,
+                    segment::log_path(&self.dir, segment.base_offset),
+                )
+            })
+            .collect()
+    }
+
+    /// Swaps in a compacted segment if the original is still there; false if retention
+    /// deleted it meanwhile.
+    pub(crate) fn replace_sealed(&self, segment: SealedSegment) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        match inner.sealed.get_mut(&segment.base_offset) {
+            Some(slot) => {
+                *slot = segment;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Finishes in-flight writes, flushes, and refuses further appends.
+    pub async fn close(&self) -> Result<()> {
+        while self.writer_active.get() {
+            self.progress.notified().await;
+        }
+        let flushed = self.flush().await;
+        self.closed.set(true);
+        self.append_gate.close();
+        self.progress.notify_all();
+        flushed
+    }
+
+    /// Discards the cached batches (tests use it to force reads from disk).
+    pub fn clear_cache(&self) {
+        self.inner.borrow_mut().cache.clear();
+    }
+}
+
+/// Reads whole batches of one segment starting at the one holding `from`, verifying each
+/// batch's CRC-32C: corrupt bytes are an error to the reader, never served.
+async fn read_segment(
+    view: &ReadView,
+    from: Offset,
+    upper: Offset,
+    max_bytes: usize,
+    index_interval_bytes: u64,
+) -> Result<Vec<Bytes>> {
+    let mut position = view.start_position.0;
+    let mut want = index_interval_bytes
+        .saturating_add(max_bytes as u64)
+        .max(READ_BYTES_MIN);
+    loop {
+        if position >= view.end {
+            return Ok(Vec::new());
+        }
+        let length = want.min(view.end - position) as usize;
+        let chunk = view.file.read_at(position, length).await?;
+        let mut batches = Vec::new();
+        let mut bytes = 0;
+        let mut consumed = 0;
+        for frame in batch::frames(&chunk) {
+            let size = frame.header.total_bytes();
+            if frame.header.next_offset() <= from {
+                consumed = frame.end();
+                continue;
+            }
+            if frame.header.base_offset >= upper
+                || (!batches.is_empty() && bytes + size > max_bytes)
+            {
+                return Ok(batches);
+            }
+            let batch = chunk.slice(frame.position..frame.end());
+            batch::verify(&batch, Some(Position(position + frame.position as u64)))?;
+            bytes += size;
+            consumed = frame.end();
+            batches.push(batch);
+        }
+        if !batches.is_empty() {
+            return Ok(batches);
+        }
+        let read_to_end = position + chunk.len() as u64 >= view.end;
+        position += consumed as u64;
+        if position >= view.end {
+            return Ok(Vec::new());
+        }
+        let corrupt = |reason: String| Error::Corrupt {
+            path: view.file.path().to_path_buf(),
+            reason,
+        };
+        match BatchHeader::parse(&chunk[consumed..]) {
+            Ok(header) if position + header.total_bytes() as u64 > view.end => {
+                return Err(corrupt(format!(
+                    "batch at position {position} claims {} bytes past the end of the segment",
+                    header.total_bytes()
+                )));
+            }
+            Ok(header) => want = want.max(header.total_bytes() as u64),
+            Err(error) if read_to_end || chunk.len() - consumed >= batch::BATCH_HEADER_BYTES => {
+                return Err(corrupt(format!(
+                    "unreadable batch at position {position}: {error}"
+                )));
+            }
+            Err(_) => {}
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! Segments: one `.log` file of batches plus its offset and time indexes.
+//!
+//! An [`ActiveSegment`] takes appends; its indexes live in memory and its file is written
+//! through O_DIRECT in whole blocks, the partial last block kept in memory and rewritten by
+//! the next write. [`ActiveSegment::seal`] makes it a [`SealedSegment`]: the file is cut to
+//! its exact length, the indexes are written once and memory-mapped read-only.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use memmap2::Mmap;
+
+use crate::batch;
+use crate::checkpoint;
+use crate::error::{Error, Result};
+use crate::file::{BLOCK_BYTES, Faults, SegmentFile};
+use crate::mmap::map_read_only;
+use crate::offset_index::{OffsetIndex, OffsetIndexWriter};
+use crate::recovery::{self, Stop};
+use crate::time_index::{TimeIndex, TimeIndexWriter};
+use crate::types::{Offset, Position, Timestamp};
+
+pub fn file_stem(base_offset: Offset) -> String {
+    format!("{:020}", base_offset.0)
+}
+
+pub fn log_path(dir: &Path, base_offset: Offset) -> PathBuf {
+    dir.join(format!("{}.log", file_stem(base_offset)))
+}
+
+pub fn offset_index_path(dir: &Path, base_offset: Offset) -> PathBuf {
+    dir.join(format!("{}.index", file_stem(base_offset)))
+}
+
+pub fn time_index_path(dir: &Path, base_offset: Offset) -> PathBuf {
+    dir.join(format!("{}.timeindex", file_stem(base_offset)))
+}
+
+/// Parses `00000000000000001234.log` into its base offset.
+pub fn parse_log_name(name: &str) -> Option<Offset> {
+    let stem = name.strip_suffix(".log")?;
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok().map(Offset))
+        .flatten()
+}
+
+/// What readers need to read one segment without borrowing the log across an await.
+#[derive(Debug, Clone)]
+pub struct ReadView {
+    pub file: SegmentFile,
+    pub base_offset: Offset,
+    /// Readable bytes (written, for the active segment).
+    pub end: u64,
+    pub start_position: Position,
+}
+
+#[derive(Debug)]
+pub struct ActiveSegment {
+    pub base_offset: Offset,
+    pub file: SegmentFile,
+    /// Logical size including batches not yet written.
+    pub appended_bytes: u64,
+    /// Bytes durably handed to the file.
+    pub written_bytes: u64,
+    /// The bytes of the block containing `written_bytes`, from its start.
+    tail_block: Vec<u8>,
+    offset_index: OffsetIndexWriter,
+    time_index: TimeIndexWriter,
+    pub next_offset: Offset,
+    pub created: Instant,
+}
+
+impl ActiveSegment {
+    pub async fn create(
+        dir: &Path,
+        base_offset: Offset,
+        index_interval_bytes: u64,
+        faults: Option<Arc<Faults>>,
+    ) -> Result<ActiveSegment> {
+        let file = SegmentFile::open(&log_path(dir, base_offset), true, faults).await?;
+        file.truncate(0).await?;
+        checkpoint::sync_dir(dir)?;
+        Ok(ActiveSegment {
+            base_offset,
+            file,
+            appended_bytes: 0,
+            written_bytes: 0,
+            tail_block: Vec::new(),
+            offset_index: OffsetIndexWriter::new(base_offset, index_interval_bytes),
+            time_index: TimeIndexWriter::new(base_offset, index_interval_bytes),
+            next_offset: base_offset,
+            created: Instant::now(),
+        })
+    }
+
+    /// Opens the last segment of a log after a restart or crash: scans every batch, cuts the
+    /// file at the first torn or corrupt one, and rebuilds the indexes.
+    #[allow(unsafe_code)]
+    pub async fn recover(
+        dir: &Path,
+        base_offset: Offset,
+        index_interval_bytes: u64,
+        faults: Option<Arc<Faults>>,
+    ) -> Result<ActiveSegment> {
+        let path = log_path(dir, base_offset);
+        // SAFETY: nothing writes the file until this function has dropped the map.
+        let map = unsafe { map_read_only(&path) }.map_err(|source| Error::Io {
+            path: path.clone(),
+            op: "mmap",
+            source,
+        })?;
+        let bytes: &[u8] = map.as_deref().unwrap_or_default();
+        let scan = recovery::scan(bytes, base_offset, index_interval_bytes);
+        let file_bytes = bytes.len() as u64;
+        let tail_start = scan.valid_bytes - scan.valid_bytes % BLOCK_BYTES;
+        let tail_block = bytes[tail_start as usize..scan.valid_bytes as usize].to_vec();
+        drop(map);
+        match &scan.stop {
+            Some(Stop::Corrupt { position, error }) => log::warn!(
+                "{}: corrupt batch at position {} ({error}); truncating {} bytes",
+                path.display(),
+                position.0,
+                file_bytes - scan.valid_bytes
+            ),
+            Some(Stop::Truncated { position }) if file_bytes - position.0 >= BLOCK_BYTES => {
+                log::info!(
+                    "{}: torn tail at position {}; truncating {} bytes",
+                    path.display(),
+                    position.0,
+                    file_bytes - scan.valid_bytes
+                )
+            }
+            _ => {}
+        }
+        let file = SegmentFile::open(&path, false, faults).await?;
+        if file_bytes != scan.valid_bytes {
+            file.truncate(scan.valid_bytes).await?;
+            file.fdatasync().await?;
+        }
+        Ok(ActiveSegment {
+            base_offset,
+            file,
+            appended_bytes: scan.valid_bytes,
+            written_bytes: scan.valid_bytes,
+            tail_block,
+            offset_index: scan.offset_index,
+            time_index: scan.time_index,
+            next_offset: scan.next_offset,
+            created: Instant::now(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.appended_bytes == 0
+    }
+
+    pub fn max_timestamp(&self) -> Option<Timestamp> {
+        self.time_index.max_timestamp()
+    }
+
+    /// Accounts for a batch appended at the end (not yet written).
+    pub fn on_append(&mut self, header: &batch::BatchHeader) -> Position {
+        let position = Position(self.appended_bytes);
+        let size = header.total_bytes() as u64;
+        self.offset_index
+            .on_batch(header.base_offset, position, size);
+        self.time_index
+            .on_batch(header.base_offset, header.max_timestamp, size);
+        self.appended_bytes += size;
+        self.next_offset = header.next_offset();
+        position
+    }
+
+    /// Where the next write starts (block-aligned) and the partial block it must rewrite.
+    pub fn write_start(&self) -> (u64, &[u8]) {
+        (
+            self.written_bytes - self.tail_block.len() as u64,
+            &self.tail_block,
+        )
+    }
+
+    /// Records that everything up to `written_bytes` is in the file; `last_bytes` are the
+    /// final bytes of that write (at least the new partial block).
+    pub fn on_written(&mut self, written_bytes: u64, last_bytes: &[Bytes]) {
+        self.written_bytes = written_bytes;
+        let keep = (written_bytes % BLOCK_BYTES) as usize;
+        let mut tail = Vec::with_capacity(keep);
+        let mut need = keep;
+        for part in last_bytes.iter().rev() {
+            if need == 0 {
+                break;
+            }
+            let take = need.min(part.len());
+            tail.splice(0..0, part[part.len() - take..].iter().copied());
+            need -= take;
+        }
+        if need > 0 {
+            let old = &self.tail_block;
+            tail.splice(0..0, old[old.len() - need..].iter().copied());
+        }
+        self.tail_block = tail;
+    }
+
+    /// Forgets appended but unwritten batches (their write failed).
+    pub fn roll_back_to_written(&mut self, next_offset: Offset) {
+        self.appended_bytes = self.written_bytes;
+        self.offset_index.truncate_to(Position(self.written_bytes));
+        self.time_index.truncate_to(next_offset);
+        self.next_offset = next_offset;
+    }
+
+    pub fn offset_index(&self) -> OffsetIndex<'_> {
+        self.offset_index.view()
+    }
+
+    pub fn time_index(&self) -> TimeIndex<'_> {
+        self.time_index.view()
+    }
+
+    pub fn read_view(&self, target: Offset) -> ReadView {
+        ReadView {
+            file: self.file.clone(),
+            base_offset: self.base_offset,
+            end: self.written_bytes,
+            start_position: self.offset_index.view().lookup(target).1,
+        }
+    }
+
+    /// Makes the segment immutable: it must be fully written, and the caller must already
+    /// have cut the file to `written_bytes` and synced it. Writes both indexes (temporary
+    /// file, fsync, rename) and maps them.
+    pub fn seal(mut self, dir: &Path) -> Result<SealedSegment> {
+        assert_eq!(
+            self.appended_bytes, self.written_bytes,
+            "sealing a segment with unwritten data"
+        );
+        self.time_index.seal();
+        write_indexes(
+            dir,
+            self.base_offset,
+            self.offset_index.bytes(),
+            self.time_index.bytes(),
+        )?;
+        SealedSegment::from_parts(
+            dir,
+            self.file,
+            self.base_offset,
+            self.next_offset,
+            self.written_bytes,
+            self.time_index.max_timestamp(),
+        )
+    }
+}
+
+fn write_indexes(dir: &Path, base_offset: Offset, offsets: &[u8], times: &[u8]) -> Result<()> {
+    let name = |path: PathBuf| path.file_name().expect("index path has a name").to_owned();
+    let offset_name = name(offset_index_path(dir, base_offset));
+    let time_name = name(time_index_path(dir, base_offset));
+    checkpoint::write_atomically(dir, &offset_name.to_string_lossy(), offsets)?;
+    checkpoint::write_atomically(dir, &time_name.to_string_lossy(), times)
+}
+
+#[derive(Debug)]
+pub struct SealedSegment {
+    pub base_offset: Offset,
+    pub next_offset: Offset,
+    pub size: u64,
+    pub max_timestamp: Option<Timestamp>,
+    pub file: SegmentFile,
+    offset_index: Option<Mmap>,
+    time_index: Option<Mmap>,
+}
+
+impl SealedSegment {
+    #[allow(unsafe_code)]
+    fn from_parts(
+        dir: &Path,
+        file: SegmentFile,
+        base_offset: Offset,
+        next_offset: Offset,
+        size: u64,
+        max_timestamp: Option<Timestamp>,
+    ) -> Result<SealedSegment> {
+        let map = |path: PathBuf| {
+            // SAFETY: index files are written once, before sealing completes, and never
+            // modified; compaction replaces them by rename.
+            unsafe { map_read_only(&path) }.map_err(|source| Error::Io {
+                path,
+                op: "mmap",
+                source,
+            })
+        };
+        Ok(SealedSegment {
+            base_offset,
+            next_offset,
+            size,
+            max_timestamp,
+            file,
+            offset_index: map(offset_index_path(dir, base_offset))?,
+            time_index: map(time_index_path(dir, base_offset))?,
+        })
+    }
+
+    /// Opens a sealed segment after a restart. Indexes that are missing or fail their checks
+    /// are rebuilt from the log; the log's tail is checked from the last index entry.
+    #[allow(unsafe_code)]
+    pub async fn open(
+        dir: &Path,
+        base_offset: Offset,
+        index_interval_bytes: u64,
+        faults: Option<Arc<Faults>>,
+    ) -> Result<SealedSegment> {
+        let path = log_path(dir, base_offset);
+        // SAFETY: a sealed segment's log file is never modified; recovery below writes it
+        // only after the map is dropped.
+        let map = unsafe { map_read_only(&path) }.map_err(|source| Error::Io {
+            path: path.clone(),
+            op: "mmap",
+            source,
+        })?;
+        let bytes: &[u8] = map.as_deref().unwrap_or_default();
+        let offsets = std::fs::read(offset_index_path(dir, base_offset)).ok();
+        let times = std::fs::read(time_index_path(dir, base_offset)).ok();
+        let valid_indexes = match (&offsets, &times) {
+            (Some(offsets), Some(times)) => {
+                OffsetIndex::check(offsets, base_offset, bytes.len() as u64).is_ok()
+                    && TimeIndex::check(times, base_offset, Offset(u64::MAX)).is_ok()
+            }
+            _ => false,
+        };
+        let (next_offset, size, max_timestamp) = if valid_indexes {
+            let offsets = offsets.as_deref().expect("checked");
+            let times = times.as_deref().expect("checked");
+            let view = OffsetIndex::new(offsets, base_offset);
+            let (last_offset, last_position) = if view.is_empty() {
+                (base_offset, Position(0))
+            } else {
+                view.entry(view.len() - 1)
+            };
+            let tail = recovery::scan(&bytes[last_position.0 as usize..], last_offset, u64::MAX);
+            if tail.stop.is_some() {
+                return Err(Error::Corrupt {
+                    path,
+                    reason: format!(
+                        "sealed segment tail after position {} does not scan cleanly",
+                        last_position.0
+                    ),
+                });
+            }
+            let time_view = TimeIndex::new(times, base_offset);
+            let indexed_max =
+                (!time_view.is_empty()).then(|| time_view.entry(time_view.len() - 1).0);
+            let max_timestamp = indexed_max.max(tail.max_timestamp);
+            (tail.next_offset, bytes.len() as u64, max_timestamp)
+        } else {
+            let mut scan = recovery::scan(bytes, base_offset, index_interval_bytes);
+            if let Some(stop) = &scan.stop {
+                log::warn!(
+                    "{}: rebuilding indexes, log cut at {stop:?}",
+                    path.display()
+                );
+            }
+            scan.time_index.seal();
+            write_indexes(
+                dir,
+                base_offset,
+                scan.offset_index.bytes(),
+                scan.time_index.bytes(),
+            )?;
+            (scan.next_offset, scan.valid_bytes, scan.max_timestamp)
+        };
+        let file_bytes = bytes.len() as u64;
+        drop(map);
+        let file = SegmentFile::open(&path, false, faults).await?;
+        if size != file_bytes {
+            file.truncate(size).await?;
+            file.fdatasync().await?;
+        }
+        SealedSegment::from_parts(dir, file, base_offset, next_offset, size, max_timestamp)
+    }
+
+    pub fn offset_index(&self) -> OffsetIndex<'_> {
+        OffsetIndex::new(
+            self.offset_index.as_deref().unwrap_or_default(),
+            self.base_offset,
+        )
+    }
+
+    pub fn time_index(&self) -> TimeIndex<'_> {
+        TimeIndex::new(
+            self.time_index.as_deref().unwrap_or_default(),
+            self.base_offset,
+        )
+    }
+
+    pub fn read_view(&self, target: Offset) -> ReadView {
+        ReadView {
+            file: self.file.clone(),
+            base_offset: self.base_offset,
+            end: self.size,
+            start_position: self.offset_index().lookup(target).1,
+        }
+    }
+
+    /// Removes the segment's files. Open readers keep their file handle.
+    pub fn delete(self, dir: &Path) -> Result<()> {
+        for path in [
+            log_path(dir, self.base_offset),
+            offset_index_path(dir, self.base_offset),
+            time_index_path(dir, self.base_offset),
+        ] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Io {
+                        path,
+                        op: "remove",
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,123 @@
+//! The engine's public API end to end: append, read back byte for byte, offsets, reads by
+//! timestamp, reopen, errors with precise messages, several shards.
+
+mod common;
+
+use bytes::Bytes;
+use common::{batch, block_on, start, tp};
+use coremq_engine::record::decode_records;
+use coremq_engine::{BatchHeader, Compression, Error, Isolation, Offset, Timestamp};
+
+#[test]
+fn append_read_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let quotes = tp("quotes", 0);
+    let appended: Vec<Bytes>;
+    {
+        let (engine, handle) = start(dir.path(), 2);
+        assert!(block_on(handle.create_log(&quotes, Some(common::small_segments()))).unwrap());
+        assert!(!block_on(handle.create_log(&quotes, None)).unwrap());
+        for n in 0..200u64 {
+            let codec = [Compression::None, Compression::Zstd, Compression::Lz4][n as usize % 3];
+            let info = block_on(handle.append(&quotes, batch(n, 5, 100, 1_000 + n as i64, codec)))
+                .unwrap();
+            assert_eq!(info.base_offset, Offset(n * 5));
+            assert_eq!(info.last_offset, Offset(n * 5 + 4));
+        }
+        let read =
+            block_on(handle.read(&quotes, Offset(0), usize::MAX, Isolation::Written)).unwrap();
+        appended = read.batches.clone();
+        assert_eq!(appended.len(), 200);
+        let offsets = block_on(handle.offsets(&quotes)).unwrap();
+        assert_eq!(offsets.log_end, Offset(1000));
+        assert_eq!(offsets.high_watermark, Offset(1000));
+        engine.shutdown().unwrap();
+    }
+    let (engine, handle) = start(dir.path(), 2);
+    assert_eq!(block_on(handle.list_logs()).unwrap(), vec![quotes.clone()]);
+    let offsets = block_on(handle.offsets(&quotes)).unwrap();
+    assert_eq!(offsets.log_end, Offset(1000));
+    let mut from = Offset(0);
+    let mut reread = Vec::new();
+    while from < Offset(1000) {
+        let read = block_on(handle.read(&quotes, from, 10_000, Isolation::Written)).unwrap();
+        assert!(!read.batches.is_empty());
+        for batch in &read.batches {
+            let header = BatchHeader::parse(batch).unwrap();
+            from = header.next_offset();
+        }
+        reread.extend(read.batches);
+    }
+    assert_eq!(
+        reread, appended,
+        "every batch comes back byte for byte after reopen"
+    );
+    let records = decode_records(&reread[7], 1 << 20).unwrap();
+    assert_eq!(records[2].offset, Offset(37));
+    assert_eq!(&records[2].value.as_ref().unwrap()[..6], b"7:2:xx");
+    let middle = block_on(handle.read(&quotes, Offset(503), 1, Isolation::Written)).unwrap();
+    assert_eq!(
+        middle.batches.len(),
+        1,
+        "one batch at least, even over max_bytes"
+    );
+    assert_eq!(
+        BatchHeader::parse(&middle.batches[0]).unwrap().base_offset,
+        Offset(500)
+    );
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn timestamps_offsets_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, handle) = start(dir.path(), 1);
+    let log = tp("ticks", 3);
+    block_on(handle.create_log(&log, Some(common::small_segments()))).unwrap();
+    for n in 0..300u64 {
+        block_on(handle.append(
+            &log,
+            batch(n, 2, 200, 10_000 + 10 * n as i64, Compression::None),
+        ))
+        .unwrap();
+    }
+    let lookup = |t: i64| block_on(handle.offset_for_timestamp(&log, Timestamp(t))).unwrap();
+    assert_eq!(lookup(0), Some((Offset(0), Timestamp(10_000))));
+    assert_eq!(lookup(10_005), Some((Offset(2), Timestamp(10_010))));
+    assert_eq!(lookup(12_990), Some((Offset(598), Timestamp(12_990))));
+    assert_eq!(lookup(13_000), None);
+    block_on(handle.clear_cache(&log)).unwrap();
+    assert_eq!(lookup(11_500), Some((Offset(300), Timestamp(11_500))));
+
+    let error = block_on(handle.read(&log, Offset(601), 100, Isolation::Written)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::OffsetOutOfRange {
+                requested: Offset(601),
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("[0, 600)"), "{error}");
+    let end = block_on(handle.read(&log, Offset(600), 100, Isolation::Written)).unwrap();
+    assert!(end.batches.is_empty());
+    let missing = block_on(handle.append(&tp("nope", 0), batch(0, 1, 1, 0, Compression::None)));
+    assert!(matches!(missing, Err(Error::UnknownLog { .. })));
+    let oversized = batch(0, 1, 2 << 20, 0, Compression::None);
+    let error = block_on(handle.append(&log, oversized)).unwrap_err();
+    assert!(matches!(error, Error::BatchTooLarge { .. }), "{error}");
+    let mut corrupt = batch(0, 1, 10, 0, Compression::None).to_vec();
+    corrupt[70] ^= 1;
+    let error = block_on(handle.append(&log, Bytes::from(corrupt))).unwrap_err();
+    assert!(matches!(error, Error::ChecksumMismatch { .. }), "{error}");
+
+    block_on(handle.set_committed(&log, Offset(100))).unwrap();
+    let committed =
+        block_on(handle.read(&log, Offset(0), usize::MAX, Isolation::Committed)).unwrap();
+    let last = BatchHeader::parse(committed.batches.last().unwrap()).unwrap();
+    assert!(last.base_offset < Offset(100));
+    assert_eq!(committed.high_watermark, Offset(100));
+    engine.shutdown().unwrap();
+}
