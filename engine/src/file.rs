@@ -92,20 +92,32 @@ impl SegmentFile {
             at += part.len();
         }
         target[at..].fill(0);
-        let written = self
-            .file
-            .write_at(buffer, position)
-            .await
-            .map_err(|e| classify(&self.path, "write", io_error(e)))?;
-        if written != padded {
-            return Err(Error::Io {
-                path: self.path.clone(),
-                op: "write",
-                source: io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    format!("short write: {written} of {padded} bytes"),
-                ),
-            });
+        let buffer = Rc::new(buffer);
+        let mut done = 0;
+        while done < padded {
+            let pending = if done == 0 {
+                buffer.clone()
+            } else {
+                // A short write (the device filling up): write the rest, which then either
+                // lands or fails with ENOSPC.
+                let mut rest = self.file.alloc_dma_buffer(padded - done);
+                rest.as_bytes_mut()
+                    .copy_from_slice(&buffer.as_bytes()[done..]);
+                Rc::new(rest)
+            };
+            let written = self
+                .file
+                .write_rc_at(pending, position + done as u64)
+                .await
+                .map_err(|e| classify(&self.path, "write", io_error(e)))?;
+            if written == 0 || written % BLOCK_BYTES as usize != 0 {
+                let source = io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!("short write: {written} of {} bytes", padded - done),
+                );
+                return Err(classify(&self.path, "write", source));
+            }
+            done += written;
         }
         Ok(())
     }

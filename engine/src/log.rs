@@ -833,6 +833,14 @@ impl Log {
         while self.writer_active.get() {
             self.progress.notified().await;
         }
+        // Cut the block padding of the last O_DIRECT write so the file ends at its last batch.
+        let (file, written_bytes) = {
+            let inner = self.inner.borrow();
+            (inner.active.file.clone(), inner.active.written_bytes)
+        };
+        if inner_fenced(&self.inner.borrow()).is_none() {
+            file.truncate(written_bytes).await?;
+        }
         let flushed = self.flush().await;
         self.closed.set(true);
         self.append_gate.close();
@@ -844,6 +852,10 @@ impl Log {
     pub fn clear_cache(&self) {
         self.inner.borrow_mut().cache.clear();
     }
+}
+
+fn inner_fenced(inner: &Inner) -> Option<&String> {
+    inner.fenced.as_ref()
 }
 
 /// Reads whole batches of one segment starting at the one holding `from`, verifying each

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need on a fresh Debian machine, then runs
+# formatting, clippy, every unit and integration test, the benches in test mode, and a short
+# run of every fuzz target. Usage: tools/test-all.sh   (FUZZ_SECONDS=N to fuzz longer)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fuzz_seconds="${FUZZ_SECONDS:-20}"
+
+say() { printf '\n=== %s\n' "$*"; }
+
+say "toolchain"
+if command -v rustup >/dev/null 2>&1; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+if ! command -v cargo-fuzz >/dev/null 2>&1 && ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+cargo --version
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+say "tests (unit, integration, crash and fault tests) and benches in test mode"
+cargo test --workspace --all-targets
+
+say "doc tests"
+cargo test --workspace --doc
+
+say "fuzz targets (${fuzz_seconds}s each)"
+export RUSTC_BOOTSTRAP=1
+(
+  cd fuzz
+  cargo fuzz build --sanitizer none
+  for target in $(cargo fuzz list); do
+    mkdir -p "corpus/$target"
+    cargo fuzz run --sanitizer none "$target" "corpus/$target" -- \
+      -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=10 \
+      -print_final_stats=1 2>&1 | tail -n 3
+  done
+)
+
+say "all checks passed"
