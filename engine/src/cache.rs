@@ -49,6 +49,18 @@ impl TailCache {
         }
     }
 
+    /// Drops batches that end at or before `offset` (compaction rewrote them on disk).
+    pub fn drop_through(&mut self, offset: Offset) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|first| first.next_offset <= offset)
+        {
+            let first = self.entries.pop_front().expect("checked non-empty");
+            self.bytes -= first.batch.len();
+        }
+    }
+
     /// Drops batches at or after `offset` (their append was rolled back).
     pub fn truncate_from(&mut self, offset: Offset) {
         while self

@@ -611,26 +611,31 @@ impl Log {
             }
         }
         add(&self.metrics.cache_misses, 1);
-        let mut target = from;
+        // Walk segments in order from the one holding `from`; a segment may hold nothing at
+        // or after the target (compaction leaves gaps, even empty segments).
+        let target = from;
+        let mut after: Option<Offset> = None;
         loop {
-            let (view, segment_end) = {
+            let (view, sealed_base) = {
                 let inner = self.inner.borrow();
-                let sealed = inner
-                    .sealed
-                    .range(..=target)
-                    .next_back()
-                    .filter(|(_, segment)| segment.next_offset > target)
-                    .or_else(|| inner.sealed.range(target..).next())
-                    .map(|(_, segment)| segment);
+                let sealed = match after {
+                    None => inner
+                        .sealed
+                        .range(..=target)
+                        .next_back()
+                        .filter(|(_, segment)| segment.next_offset > target)
+                        .or_else(|| inner.sealed.range(target..).next()),
+                    Some(previous) => inner.sealed.range(previous.next()..).next(),
+                };
                 match sealed {
-                    Some(segment) => (segment.read_view(target), Some(segment.next_offset)),
+                    Some((&base, segment)) => (segment.read_view(target.max(base)), Some(base)),
                     None => (inner.active.read_view(target), None),
                 }
             };
             let interval = self.inner.borrow().config.index_interval_bytes;
             result.batches = read_segment(&view, target, upper, max_bytes, interval).await?;
-            match segment_end {
-                Some(next) if result.batches.is_empty() => target = next,
+            match sealed_base {
+                Some(base) if result.batches.is_empty() => after = Some(base),
                 _ => break,
             }
         }
@@ -819,9 +824,11 @@ impl Log {
     /// deleted it meanwhile.
     pub(crate) fn replace_sealed(&self, segment: SealedSegment) -> bool {
         let mut inner = self.inner.borrow_mut();
+        let end = segment.next_offset;
         match inner.sealed.get_mut(&segment.base_offset) {
             Some(slot) => {
                 *slot = segment;
+                inner.cache.drop_through(end);
                 true
             }
             None => false,
