@@ -720,6 +720,21 @@ impl Log {
             checkpoint::store(&self.dir, offset)?;
             self.inner.borrow_mut().log_start = offset;
             self.delete_segments_below(offset)?;
+            // Segments compaction emptied may leave the first segment past `offset`; the
+            // log start follows it, as it would after a restart.
+            let first_base = {
+                let inner = self.inner.borrow();
+                inner
+                    .sealed
+                    .keys()
+                    .next()
+                    .copied()
+                    .unwrap_or(inner.active.base_offset)
+            };
+            if first_base > offset {
+                checkpoint::store(&self.dir, first_base)?;
+                self.inner.borrow_mut().log_start = first_base;
+            }
         }
         Ok(self.inner.borrow().log_start)
     }
