@@ -206,14 +206,9 @@ fn compaction_keeps_the_latest_value_per_key_and_appends_go_on() {
     let check = |after: &[Record]| {
         let by_offset: HashMap<Offset, &Record> = after.iter().map(|r| (r.offset, r)).collect();
         for (key, (offset, value)) in &latest {
-            match value {
-                Some(value) => {
-                    let record = by_offset
-                        .get(offset)
-                        .unwrap_or_else(|| panic!("latest {key} lost"));
-                    assert_eq!(record.value.as_deref(), Some(value.as_bytes()));
-                }
-                None => {}
+            if let Some(value) = value {
+                let record = by_offset.get(offset).unwrap_or_else(|| panic!("latest {key} lost"));
+                assert_eq!(record.value.as_deref(), Some(value.as_bytes()));
             }
         }
         let originals: HashMap<Offset, &Record> = before.iter().map(|r| (r.offset, r)).collect();

@@ -33,7 +33,7 @@ fn log_config() -> LogConfig {
 
 /// The batch a child appends for `tag`: deterministic, so the parent can rebuild it.
 fn tagged_batch(tag: u64) -> Bytes {
-    let codec = if tag % 2 == 0 {
+    let codec = if tag.is_multiple_of(2) {
         Compression::None
     } else {
         Compression::Zstd

@@ -60,7 +60,7 @@ impl<'a> OffsetIndex<'a> {
     /// Checks the structure of index bytes read from disk against the log file's size:
     /// whole entries, strictly increasing offsets and positions, positions inside the log.
     pub fn check(entries: &[u8], base_offset: Offset, log_bytes: u64) -> Result<()> {
-        if entries.len() % ENTRY_BYTES != 0 {
+        if !entries.len().is_multiple_of(ENTRY_BYTES) {
             return Err(Error::invalid_batch(format!(
                 "offset index of {} bytes is not a whole number of entries",
                 entries.len()

@@ -58,7 +58,7 @@ impl<'a> TimeIndex<'a> {
     /// Checks index bytes read from disk: whole entries, strictly increasing timestamps,
     /// non-decreasing offsets no later than `last_offset`.
     pub fn check(entries: &[u8], base_offset: Offset, last_offset: Offset) -> Result<()> {
-        if entries.len() % ENTRY_BYTES != 0 {
+        if !entries.len().is_multiple_of(ENTRY_BYTES) {
             return Err(Error::invalid_batch(
                 "time index is not a whole number of entries",
             ));
