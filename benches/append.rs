@@ -7,7 +7,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use futures_lite::future::block_on;
 
 fn append(c: &mut Criterion) {
-    let dir = tempfile::tempdir_in(std::env::var("COREMQ_BENCH_DIR").unwrap_or(".".into())).unwrap();
+    let dir =
+        tempfile::tempdir_in(std::env::var("COREMQ_BENCH_DIR").unwrap_or(".".into())).unwrap();
     let mut config = EngineConfig::new(dir.path());
     config.shards = 1;
     let engine = Engine::start(config).unwrap();
@@ -22,7 +23,10 @@ fn append(c: &mut Criterion) {
     ];
     for (name, durability) in policies {
         let log = TopicPartition::new(format!("append-{name}"), 0).unwrap();
-        let config = LogConfig { durability, ..LogConfig::default() };
+        let config = LogConfig {
+            durability,
+            ..LogConfig::default()
+        };
         block_on(handle.create_log(&log, Some(config))).unwrap();
         group.bench_with_input(BenchmarkId::from_parameter(name), &log, |b, log| {
             b.iter(|| block_on(handle.append(log, batch.clone())).unwrap())

@@ -2,9 +2,9 @@
 
 mod common;
 
+use coremq_engine::Compression;
 use coremq_engine::batch::validate_for_append;
 use coremq_engine::record::decode_records;
-use coremq_engine::Compression;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn codec(c: &mut Criterion) {
@@ -14,10 +14,14 @@ fn codec(c: &mut Criterion) {
     group.bench_function("encode_100x100B", |b| {
         b.iter(|| common::batch(100, 100, Compression::None))
     });
-    group.bench_function("decode_100x100B", |b| b.iter(|| decode_records(&batch, 1 << 20).unwrap()));
+    group.bench_function("decode_100x100B", |b| {
+        b.iter(|| decode_records(&batch, 1 << 20).unwrap())
+    });
     let large = common::batch(1024, 1000, Compression::None);
     group.throughput(Throughput::Bytes(large.len() as u64));
-    group.bench_function("validate_1MiB", |b| b.iter(|| validate_for_append(&large, 2 << 20).unwrap()));
+    group.bench_function("validate_1MiB", |b| {
+        b.iter(|| validate_for_append(&large, 2 << 20).unwrap())
+    });
     group.finish();
 }
 

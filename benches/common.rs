@@ -10,8 +10,8 @@ pub fn batch(records: u32, value_bytes: usize, codec: Compression) -> Bytes {
     let mut builder = BatchBuilder::new(codec);
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     for n in 0..records {
-        let mut value = format!("{{\"px\":{}.{},\"qty\":{}}}", 100 + n % 7, n % 100, n % 13)
-            .into_bytes();
+        let mut value =
+            format!("{{\"px\":{}.{},\"qty\":{}}}", 100 + n % 7, n % 100, n % 13).into_bytes();
         while value.len() < value_bytes {
             state ^= state << 13;
             state ^= state >> 7;
@@ -20,7 +20,12 @@ pub fn batch(records: u32, value_bytes: usize, codec: Compression) -> Bytes {
         }
         value.truncate(value_bytes);
         let key = format!("SYM{}", n % 50);
-        builder.push(Timestamp(1_700_000_000_000 + i64::from(n)), Some(key.as_bytes()), Some(&value), &[]);
+        builder.push(
+            Timestamp(1_700_000_000_000 + i64::from(n)),
+            Some(key.as_bytes()),
+            Some(&value),
+            &[],
+        );
     }
     builder.build()
 }

@@ -11,13 +11,18 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_lite::future::block_on;
 
 fn read(c: &mut Criterion) {
-    let dir = tempfile::tempdir_in(std::env::var("COREMQ_BENCH_DIR").unwrap_or(".".into())).unwrap();
+    let dir =
+        tempfile::tempdir_in(std::env::var("COREMQ_BENCH_DIR").unwrap_or(".".into())).unwrap();
     let mut config = EngineConfig::new(dir.path());
     config.shards = 1;
     let engine = Engine::start(config).unwrap();
     let handle = engine.handle();
     let log = TopicPartition::new("read", 0).unwrap();
-    let config = LogConfig { durability: Durability::Never, tail_cache_bytes: 64 << 20, ..LogConfig::default() };
+    let config = LogConfig {
+        durability: Durability::Never,
+        tail_cache_bytes: 64 << 20,
+        ..LogConfig::default()
+    };
     block_on(handle.create_log(&log, Some(config))).unwrap();
     let batch = common::batch(160, 100, Compression::None);
     for _ in 0..2048 {
@@ -30,7 +35,11 @@ fn read(c: &mut Criterion) {
     let next = |from: &mut Offset| {
         let read = block_on(handle.read(&log, *from, 1 << 20, Isolation::Written)).unwrap();
         let last = BatchHeader::parse(read.batches.last().unwrap()).unwrap();
-        *from = if last.next_offset() >= end { Offset(0) } else { last.next_offset() };
+        *from = if last.next_offset() >= end {
+            Offset(0)
+        } else {
+            last.next_offset()
+        };
         read
     };
     group.bench_function("tail_cache", |b| b.iter(|| next(&mut from)));

@@ -207,7 +207,9 @@ fn compaction_keeps_the_latest_value_per_key_and_appends_go_on() {
         let by_offset: HashMap<Offset, &Record> = after.iter().map(|r| (r.offset, r)).collect();
         for (key, (offset, value)) in &latest {
             if let Some(value) = value {
-                let record = by_offset.get(offset).unwrap_or_else(|| panic!("latest {key} lost"));
+                let record = by_offset
+                    .get(offset)
+                    .unwrap_or_else(|| panic!("latest {key} lost"));
                 assert_eq!(record.value.as_deref(), Some(value.as_bytes()));
             }
         }

@@ -1,1 +1,412 @@
-fn main() {}
+//! `coremq-bench engine [--json] [--dir DIR] [--gib N]`: the engine against the raw device
+//! in one run, on one disk.
+//!
+//! 1. Writes N GiB (default 2) of 1 KiB records in 1 MiB batches through the engine
+//!    (`interval_ms` policy, 4 appenders), then the same bytes with plain O_DIRECT io_uring
+//!    writes (1 MiB, 4 in flight). Both end with one fdatasync.
+//! 2. Reads both back from disk (the engine's tail cache dropped; O_DIRECT bypasses the page
+//!    cache): engine reads of 1 MiB per call, raw reads of 1 MiB, 4 in flight.
+//! 3. Append latency with `always` (one 1 KiB record per append) against raw 4 KiB write +
+//!    fdatasync, one at a time.
+//! 4. 100-byte records in batches of 100 on one shard (`interval_ms`), 4 appenders.
+//!
+//! The last line printed is one JSON object with the figures.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use coremq_engine::{
+    BatchBuilder, BatchHeader, Compression, Durability, Engine, EngineConfig, Handle, Isolation,
+    LogConfig, Offset, Timestamp, TopicPartition,
+};
+use futures_lite::future::block_on;
+use glommio::io::{DmaFile, OpenOptions};
+use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+use rand::RngCore;
+
+const MIB: usize = 1 << 20;
+const APPENDERS: usize = 4;
+const RAW_IN_FLIGHT: usize = 4;
+const LATENCY_SAMPLES: usize = 2000;
+
+struct Options {
+    json: bool,
+    dir: PathBuf,
+    gib: u64,
+}
+
+fn parse_options() -> Result<Options, String> {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("engine") => {}
+        _ => return Err("usage: coremq-bench engine [--json] [--dir DIR] [--gib N]".into()),
+    }
+    let mut options = Options {
+        json: false,
+        dir: PathBuf::from("bench-data"),
+        gib: 2,
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--json" => options.json = true,
+            "--dir" => options.dir = args.next().ok_or("--dir needs a value")?.into(),
+            "--gib" => {
+                options.gib = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&v| v > 0)
+                    .ok_or("--gib needs a positive integer")?
+            }
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(options)
+}
+
+fn main() {
+    let options = match parse_options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    let _ = std::fs::remove_dir_all(&options.dir);
+    std::fs::create_dir_all(&options.dir).expect("create the bench directory");
+    let total_bytes = options.gib << 30;
+    let report = run(&options.dir, total_bytes);
+    let _ = std::fs::remove_dir_all(&options.dir);
+    if !options.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serializable")
+        );
+    }
+    println!("{report}");
+}
+
+fn run(dir: &Path, total_bytes: u64) -> serde_json::Value {
+    let batches = build_large_batches(16);
+    let count = (total_bytes / MIB as u64) as usize;
+    eprintln!("writing {count} MiB through the engine");
+    let engine_dir = dir.join("engine");
+    let engine = Engine::start(engine_config(&engine_dir)).expect("engine starts");
+    let handle = engine.handle();
+    let log = TopicPartition::new("bench", 0).unwrap();
+    let config = LogConfig {
+        durability: Durability::IntervalMs(1000),
+        batch_bytes_max: 2 * MIB,
+        pending_bytes_max: 64 * MIB,
+        retention_ms: None,
+        ..LogConfig::default()
+    };
+    block_on(handle.create_log(&log, Some(config))).unwrap();
+    let started = Instant::now();
+    let appended =
+        append_concurrently(&handle, &log, count, |n| batches[n % batches.len()].clone());
+    block_on(handle.flush(&log)).unwrap();
+    let write_seconds = started.elapsed().as_secs_f64();
+    let write_mb_s = appended as f64 / MIB as f64 / write_seconds;
+
+    eprintln!("writing {count} MiB with raw O_DIRECT io_uring writes");
+    let raw_path = dir.join("raw.dat");
+    let raw_write_mb_s = raw_write(&raw_path, count);
+
+    eprintln!("reading both back");
+    block_on(handle.clear_cache(&log)).unwrap();
+    let started = Instant::now();
+    let mut read_bytes = 0usize;
+    let mut from = Offset(0);
+    let end = block_on(handle.offsets(&log)).unwrap().log_end;
+    while from < end {
+        let read = block_on(handle.read(&log, from, MIB, Isolation::Written)).unwrap();
+        read_bytes += read.bytes();
+        from = BatchHeader::parse(read.batches.last().unwrap())
+            .unwrap()
+            .next_offset();
+    }
+    let read_mb_s = read_bytes as f64 / MIB as f64 / started.elapsed().as_secs_f64();
+    let raw_read_mb_s = raw_read(&raw_path, count);
+    let _ = std::fs::remove_file(&raw_path);
+
+    eprintln!("append latency with durability always");
+    let always = TopicPartition::new("always", 0).unwrap();
+    let config = LogConfig {
+        durability: Durability::Always,
+        ..LogConfig::default()
+    };
+    block_on(handle.create_log(&always, Some(config))).unwrap();
+    let record = {
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder.push(Timestamp::now(), Some(b"k"), Some(&[7u8; 1024]), &[]);
+        builder.build()
+    };
+    let mut append_always = histogram();
+    for _ in 0..LATENCY_SAMPLES {
+        let started = Instant::now();
+        block_on(handle.append(&always, record.clone())).unwrap();
+        append_always.record(micros(started.elapsed())).unwrap();
+    }
+    let raw_fdatasync = raw_sync_latency(&dir.join("sync.dat"));
+
+    eprintln!("100-byte records in batches of 100");
+    let small = TopicPartition::new("quotes", 0).unwrap();
+    let config = LogConfig {
+        durability: Durability::IntervalMs(1000),
+        ..LogConfig::default()
+    };
+    block_on(handle.create_log(&small, Some(config))).unwrap();
+    let small_batches = build_small_batches(256);
+    let small_count = 40_000;
+    let started = Instant::now();
+    append_concurrently(&handle, &small, small_count, |n| {
+        small_batches[n % small_batches.len()].clone()
+    });
+    let small_records_per_s = small_count as f64 * 100.0 / started.elapsed().as_secs_f64();
+    let metrics = block_on(handle.metrics()).unwrap();
+    engine.shutdown().unwrap();
+
+    let write_ratio = write_mb_s / raw_write_mb_s;
+    let read_ratio = read_mb_s / raw_read_mb_s;
+    serde_json::json!({
+        "machine": machine(),
+        "bytes": total_bytes,
+        "write_mb_s": round(write_mb_s),
+        "raw_write_mb_s": round(raw_write_mb_s),
+        "write_ratio": round(write_ratio),
+        "read_mb_s": round(read_mb_s),
+        "raw_read_mb_s": round(raw_read_mb_s),
+        "read_ratio": round(read_ratio),
+        "append_always_p50_us": append_always.value_at_quantile(0.5),
+        "append_always_p99_us": append_always.value_at_quantile(0.99),
+        "append_always_p999_us": append_always.value_at_quantile(0.999),
+        "raw_fdatasync_p50_us": raw_fdatasync.value_at_quantile(0.5),
+        "raw_fdatasync_p99_us": raw_fdatasync.value_at_quantile(0.99),
+        "raw_fdatasync_p999_us": raw_fdatasync.value_at_quantile(0.999),
+        "append_always_p99_over_raw": round(
+            append_always.value_at_quantile(0.99) as f64
+                / raw_fdatasync.value_at_quantile(0.99).max(1) as f64
+        ),
+        "small_records_per_s": small_records_per_s.round(),
+        "engine_fsync_p99_us": metrics.fsync_latency_us.value_at_quantile(0.99),
+    })
+}
+
+fn round(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|name| name.trim().to_string())
+        })
+        .unwrap_or_default();
+    format!("{cores} cores, {model}")
+}
+
+fn engine_config(dir: &Path) -> EngineConfig {
+    let mut config = EngineConfig::new(dir);
+    config.shards = 1;
+    config
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()
+}
+
+fn micros(elapsed: Duration) -> u64 {
+    (elapsed.as_micros() as u64).clamp(1, 60_000_000)
+}
+
+/// 1 MiB batches of 1 KiB incompressible records (codec none, so engine and raw bytes match).
+fn build_large_batches(count: usize) -> Vec<Bytes> {
+    let mut rng = rand::rng();
+    let mut value = vec![0u8; 1000];
+    (0..count)
+        .map(|_| {
+            let mut builder = BatchBuilder::new(Compression::None);
+            while builder.records_bytes() + 1100 < MIB - 100 {
+                rng.fill_bytes(&mut value);
+                builder.push(Timestamp::now(), Some(b"key"), Some(&value), &[]);
+            }
+            builder.build()
+        })
+        .collect()
+}
+
+/// Batches of 100 quote-sized (100-byte) records, zstd-compressed as the engine builds them.
+fn build_small_batches(count: usize) -> Vec<Bytes> {
+    let mut rng = rand::rng();
+    (0..count)
+        .map(|batch| {
+            let mut builder = BatchBuilder::new(Compression::Zstd);
+            for n in 0..100 {
+                let mut value = format!(
+                    "{{\"s\":\"SYM{}\",\"px\":{}.{:02},\"q\":",
+                    n % 40,
+                    100 + batch % 50,
+                    n
+                )
+                .into_bytes();
+                while value.len() < 100 {
+                    value.push(b'0' + (rng.next_u32() % 10) as u8);
+                }
+                builder.push(Timestamp::now(), Some(b"SYM"), Some(&value), &[]);
+            }
+            builder.build()
+        })
+        .collect()
+}
+
+/// Appends `count` batches from `APPENDERS` threads; returns the bytes appended.
+fn append_concurrently(
+    handle: &Handle,
+    log: &TopicPartition,
+    count: usize,
+    batch: impl Fn(usize) -> Bytes + Sync,
+) -> u64 {
+    let next = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..APPENDERS {
+            scope.spawn(|| {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if n >= count {
+                        return;
+                    }
+                    let batch = batch(n);
+                    bytes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    block_on(handle.append(log, batch)).expect("append");
+                }
+            });
+        }
+    });
+    bytes.into_inner()
+}
+
+fn on_executor<T: Send + 'static>(
+    work: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+) -> T {
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(MIB)
+        .spawn(move || work())
+        .expect("executor starts")
+        .join()
+        .expect("executor finishes")
+}
+
+fn raw_write(path: &Path, count: usize) -> f64 {
+    let path = path.to_path_buf();
+    on_executor(move || {
+        Box::pin(async move {
+            let file = Rc::new(
+                OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .read(true)
+                    .dma_open(&path)
+                    .await
+                    .unwrap(),
+            );
+            let mut rng = rand::rng();
+            let mut template = vec![0u8; MIB];
+            rng.fill_bytes(&mut template);
+            let template = Arc::new(template);
+            let started = Instant::now();
+            let next = Rc::new(std::cell::Cell::new(0usize));
+            let workers: Vec<_> = (0..RAW_IN_FLIGHT)
+                .map(|_| {
+                    let (file, next, template) = (file.clone(), next.clone(), template.clone());
+                    glommio::spawn_local(async move {
+                        loop {
+                            let n = next.get();
+                            if n >= count {
+                                return;
+                            }
+                            next.set(n + 1);
+                            let mut buffer = file.alloc_dma_buffer(MIB);
+                            buffer.as_bytes_mut().copy_from_slice(&template);
+                            file.write_at(buffer, (n * MIB) as u64).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                worker.await;
+            }
+            file.fdatasync().await.unwrap();
+            (count * MIB) as f64 / MIB as f64 / started.elapsed().as_secs_f64()
+        })
+    })
+}
+
+fn raw_read(path: &Path, count: usize) -> f64 {
+    let path = path.to_path_buf();
+    on_executor(move || {
+        Box::pin(async move {
+            let file = Rc::new(DmaFile::open(&path).await.unwrap());
+            let started = Instant::now();
+            let next = Rc::new(std::cell::Cell::new(0usize));
+            let workers: Vec<_> = (0..RAW_IN_FLIGHT)
+                .map(|_| {
+                    let (file, next) = (file.clone(), next.clone());
+                    glommio::spawn_local(async move {
+                        let mut sum = 0u64;
+                        loop {
+                            let n = next.get();
+                            if n >= count {
+                                return sum;
+                            }
+                            next.set(n + 1);
+                            let read = file.read_at_aligned((n * MIB) as u64, MIB).await.unwrap();
+                            sum += u64::from(read[0]);
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                worker.await;
+            }
+            (count * MIB) as f64 / MIB as f64 / started.elapsed().as_secs_f64()
+        })
+    })
+}
+
+fn raw_sync_latency(path: &Path) -> Histogram<u64> {
+    let path = path.to_path_buf();
+    on_executor(move || {
+        Box::pin(async move {
+            let file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .read(true)
+                .dma_open(&path)
+                .await
+                .unwrap();
+            let mut latency = histogram();
+            for n in 0..LATENCY_SAMPLES {
+                let started = Instant::now();
+                let mut buffer = file.alloc_dma_buffer(4096);
+                buffer.as_bytes_mut().fill(n as u8);
+                file.write_at(buffer, (n * 4096) as u64).await.unwrap();
+                file.fdatasync().await.unwrap();
+                latency.record(micros(started.elapsed())).unwrap();
+            }
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            latency
+        })
+    })
+}
