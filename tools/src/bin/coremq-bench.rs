@@ -2,20 +2,19 @@
 //! in one run, on one disk.
 //!
 //! 1. Writes N GiB (default 2) of 1 KiB records in 1 MiB batches through the engine
-//!    (`interval_ms` policy, 4 appenders), then the same bytes with plain O_DIRECT io_uring
+//!    (`interval_ms` policy, 4 appends in flight), then the same bytes with plain O_DIRECT io_uring
 //!    writes (1 MiB, 4 in flight). Both end with one fdatasync.
 //! 2. Reads both back from disk (the engine's tail cache dropped; O_DIRECT bypasses the page
 //!    cache): engine reads of 1 MiB per call, raw reads of 1 MiB, 4 in flight.
 //! 3. Append latency with `always` (one 1 KiB record per append) against raw 4 KiB write +
 //!    fdatasync, one at a time.
-//! 4. 100-byte records in batches of 100 on one shard (`interval_ms`), 4 appenders.
+//! 4. 100-byte records in batches of 100 on one shard (`interval_ms`), 64 appends in flight.
 //!
 //! The last line printed is one JSON object with the figures.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,7 +29,9 @@ use hdrhistogram::Histogram;
 use rand::RngCore;
 
 const MIB: usize = 1 << 20;
-const APPENDERS: usize = 4;
+/// Appends outstanding at once: 1 MiB batches, and 100-record batches.
+const LARGE_IN_FLIGHT: usize = 4;
+const SMALL_IN_FLIGHT: usize = 64;
 const RAW_IN_FLIGHT: usize = 4;
 const LATENCY_SAMPLES: usize = 2000;
 
@@ -91,7 +92,7 @@ fn main() {
 }
 
 fn run(dir: &Path, total_bytes: u64) -> serde_json::Value {
-    let batches = build_large_batches(16);
+    let batches = Arc::new(build_large_batches(16));
     let count = (total_bytes / MIB as u64) as usize;
     eprintln!("writing {count} MiB through the engine");
     let engine_dir = dir.join("engine");
@@ -107,8 +108,7 @@ fn run(dir: &Path, total_bytes: u64) -> serde_json::Value {
     };
     block_on(handle.create_log(&log, Some(config))).unwrap();
     let started = Instant::now();
-    let appended =
-        append_concurrently(&handle, &log, count, |n| batches[n % batches.len()].clone());
+    let appended = append_concurrently(&handle, &log, count, LARGE_IN_FLIGHT, batches);
     block_on(handle.flush(&log)).unwrap();
     let write_seconds = started.elapsed().as_secs_f64();
     let write_mb_s = appended as f64 / MIB as f64 / write_seconds;
@@ -161,12 +161,10 @@ fn run(dir: &Path, total_bytes: u64) -> serde_json::Value {
         ..LogConfig::default()
     };
     block_on(handle.create_log(&small, Some(config))).unwrap();
-    let small_batches = build_small_batches(256);
-    let small_count = 40_000;
+    let small_batches = Arc::new(build_small_batches(256));
+    let small_count = 100_000;
     let started = Instant::now();
-    append_concurrently(&handle, &small, small_count, |n| {
-        small_batches[n % small_batches.len()].clone()
-    });
+    append_concurrently(&handle, &small, small_count, SMALL_IN_FLIGHT, small_batches);
     let small_records_per_s = small_count as f64 * 100.0 / started.elapsed().as_secs_f64();
     let metrics = block_on(handle.metrics()).unwrap();
     engine.shutdown().unwrap();
@@ -269,31 +267,45 @@ fn build_small_batches(count: usize) -> Vec<Bytes> {
         .collect()
 }
 
-/// Appends `count` batches from `APPENDERS` threads; returns the bytes appended.
+/// Appends `count` batches with `in_flight` appends outstanding, from a client executor on
+/// its own thread (as a producer connection would); each batch is a fresh buffer, as one
+/// read off a socket is. Returns the bytes appended.
 fn append_concurrently(
     handle: &Handle,
     log: &TopicPartition,
     count: usize,
-    batch: impl Fn(usize) -> Bytes + Sync,
+    in_flight: usize,
+    batches: Arc<Vec<Bytes>>,
 ) -> u64 {
-    let next = AtomicU64::new(0);
-    let bytes = AtomicU64::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..APPENDERS {
-            scope.spawn(|| {
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    if n >= count {
-                        return;
-                    }
-                    let batch = batch(n);
-                    bytes.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    block_on(handle.append(log, batch)).expect("append");
-                }
-            });
-        }
-    });
-    bytes.into_inner()
+    let (handle, log) = (handle.clone(), log.clone());
+    on_executor(move || {
+        Box::pin(async move {
+            let next = Rc::new(std::cell::Cell::new(0usize));
+            let bytes = Rc::new(std::cell::Cell::new(0u64));
+            let tasks: Vec<_> = (0..in_flight)
+                .map(|_| {
+                    let (handle, log, batches) = (handle.clone(), log.clone(), batches.clone());
+                    let (next, bytes) = (next.clone(), bytes.clone());
+                    glommio::spawn_local(async move {
+                        loop {
+                            let n = next.get();
+                            if n >= count {
+                                return;
+                            }
+                            next.set(n + 1);
+                            let batch = Bytes::copy_from_slice(&batches[n % batches.len()]);
+                            bytes.set(bytes.get() + batch.len() as u64);
+                            handle.append(&log, batch).await.expect("append");
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await;
+            }
+            bytes.get()
+        })
+    })
 }
 
 fn on_executor<T: Send + 'static>(
@@ -301,7 +313,7 @@ fn on_executor<T: Send + 'static>(
 ) -> T {
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(MIB)
-        .spawn(move || work())
+        .spawn(work)
         .expect("executor starts")
         .join()
         .expect("executor finishes")
