@@ -5,7 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use glommio::GlommioError;
@@ -24,6 +24,27 @@ pub struct Faults {
     pub fail_fsync: AtomicBool,
     /// Fail every write with ENOSPC while set.
     pub fail_write_no_space: AtomicBool,
+    /// Delay each write by a pseudo-random 0..N microseconds, so writes complete out of the
+    /// order they were issued in (as a device may complete them).
+    pub write_delay_max_us: AtomicU64,
+    delay_state: AtomicU64,
+}
+
+impl Faults {
+    fn write_delay(&self) -> Option<std::time::Duration> {
+        let max = self.write_delay_max_us.load(Ordering::Relaxed);
+        if max == 0 {
+            return None;
+        }
+        let mut x = self
+            .delay_state
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            | 1;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        Some(std::time::Duration::from_micros(x % max))
+    }
 }
 
 pub(crate) fn io_error(error: GlommioError<()>) -> io::Error {
@@ -83,6 +104,9 @@ impl SegmentFile {
                 "write",
                 io::Error::from_raw_os_error(libc::ENOSPC),
             ));
+        }
+        if let Some(delay) = self.faults.as_ref().and_then(|faults| faults.write_delay()) {
+            glommio::timer::sleep(delay).await;
         }
         let mut buffer = self.file.alloc_dma_buffer(padded);
         let target = buffer.as_bytes_mut();

@@ -20,7 +20,7 @@ use crate::cache::TailCache;
 use crate::checkpoint;
 use crate::config::{Durability, LogConfig};
 use crate::error::{Error, Result};
-use crate::file::{Faults, SegmentFile};
+use crate::file::{BLOCK_BYTES, Faults, SegmentFile};
 use crate::metrics::{Metrics, add};
 use crate::notify::Notify;
 use crate::record;
@@ -31,7 +31,9 @@ use crate::types::{Offset, Position, Timestamp, TopicPartition};
 /// The configuration file in each log directory.
 pub const CONFIG_FILE: &str = "log.conf";
 /// Most bytes one write round hands to the file.
-const WRITE_BYTES_MAX: usize = 8 << 20;
+const WRITE_BYTES_MAX: usize = 4 << 20;
+/// Write rounds in flight per log.
+const WRITES_IN_FLIGHT: usize = 4;
 /// Smallest disk read, so short fetches still read a useful chunk.
 const READ_BYTES_MIN: u64 = 64 << 10;
 
@@ -109,6 +111,8 @@ pub struct Log {
     inner: RefCell<Inner>,
     /// Woken whenever `written`, `flushed` or `fenced` change.
     progress: Notify,
+    /// Woken when a batch joins the pending queue.
+    appended: Notify,
     /// Serializes the synchronous part of appends with rolls.
     append_gate: Semaphore,
     writer_active: Cell<bool>,
@@ -190,6 +194,7 @@ impl Log {
                 last_write_disk_full: false,
             }),
             progress: Notify::default(),
+            appended: Notify::default(),
             append_gate: Semaphore::new(1),
             writer_active: Cell::new(false),
             closed: Cell::new(false),
@@ -323,6 +328,7 @@ impl Log {
             u64::from(header.records_count),
         );
         add(&self.metrics.batches_appended, 1);
+        self.appended.notify_all();
         self.start_writer();
         self.wait_stored(info.last_offset, rollbacks, durability)
             .await?;
@@ -392,56 +398,150 @@ impl Log {
         .detach();
     }
 
-    /// Hands pending batches to the file, round after round, with one fdatasync per round
-    /// under `Always`: appends that arrive during a round share the next (group commit).
-    async fn write_rounds(&self) {
+    /// Hands pending batches to the file in rounds, up to `WRITES_IN_FLIGHT` at once, and
+    /// acknowledges them in order. Under `Always`, one fdatasync follows each completed round
+    /// and covers everything written before it: appends that arrive meanwhile share the next
+    /// one (group commit).
+    async fn write_rounds(self: &Rc<Self>) {
+        let mut in_flight: VecDeque<Round> = VecDeque::new();
         loop {
-            let (file, position, parts, end_bytes, end_offset, taken_bytes, durability) = {
-                let mut inner = self.inner.borrow_mut();
-                if inner.pending.is_empty() || inner.fenced.is_some() {
-                    return;
+            while in_flight.len() < WRITES_IN_FLIGHT {
+                let previous = in_flight.back().map(|round| round.done.clone());
+                let Some(round) = self.submit_round(previous) else {
+                    break;
+                };
+                in_flight.push_back(round);
+            }
+            let slot_free = in_flight.len() < WRITES_IN_FLIGHT;
+            let Some(front) = in_flight.front_mut() else {
+                return;
+            };
+            // Wait for the oldest round, or for new appends while a write slot is free.
+            let completed = if slot_free {
+                let appended = self.appended.notified();
+                futures_lite::future::or(async { Some((&mut front.task).await) }, async {
+                    appended.await;
+                    None
+                })
+                .await
+            } else {
+                Some((&mut front.task).await)
+            };
+            let Some(mut result) = completed else {
+                continue;
+            };
+            let mut last = in_flight.pop_front().expect("front exists").end;
+            // Complete every round that is already done, so one fdatasync covers them all.
+            loop {
+                if let Err(error) = result {
+                    for round in in_flight.drain(..) {
+                        let _ = round.task.await;
+                    }
+                    self.fail_write(&last.file, error).await;
+                    break;
                 }
-                let (position, tail) = inner.active.write_start();
-                let mut parts = vec![Bytes::copy_from_slice(tail)];
-                let mut taken_bytes = 0;
-                while let Some(next) = inner.pending.front() {
-                    if taken_bytes > 0 && taken_bytes + next.len() > WRITE_BYTES_MAX {
+                self.complete_round(last);
+                match in_flight.front() {
+                    Some(next) if next.done.get() => {
+                        let next = in_flight.pop_front().expect("front exists");
+                        result = next.task.await;
+                        last = next.end;
+                    }
+                    _ => {
+                        let (durability, file, written) = {
+                            let inner = self.inner.borrow();
+                            (
+                                inner.config.durability,
+                                inner.active.file.clone(),
+                                inner.written,
+                            )
+                        };
+                        if durability == Durability::Always {
+                            self.sync_file(&file, written).await;
+                        }
                         break;
                     }
-                    taken_bytes += next.len();
-                    parts.push(inner.pending.pop_front().expect("front exists"));
                 }
-                let last = BatchHeader::parse(parts.last().expect("one batch")).expect("valid");
-                let end_bytes = inner.active.written_bytes + taken_bytes as u64;
-                let file = inner.active.file.clone();
-                (
-                    file,
-                    position,
-                    parts,
-                    end_bytes,
-                    last.next_offset(),
-                    taken_bytes,
-                    inner.config.durability,
-                )
-            };
-            let slices: Vec<&[u8]> = parts.iter().map(|part| &part[..]).collect();
-            if let Err(error) = file.write_parts(position, &slices).await {
-                self.fail_write(&file, error).await;
-                continue;
-            }
-            {
-                let mut inner = self.inner.borrow_mut();
-                inner.active.on_written(end_bytes, &parts);
-                inner.written = end_offset;
-                inner.pending_bytes -= taken_bytes;
-                let budget = inner.config.tail_cache_bytes;
-                inner.cache.evict(budget, end_offset);
-            }
-            if durability == Durability::Always {
-                self.sync_file(&file, end_offset).await;
             }
             self.progress.notify_all();
         }
+    }
+
+    fn complete_round(&self, end: RoundEnd) {
+        let mut inner = self.inner.borrow_mut();
+        inner.active.on_written(end.bytes, end.tail);
+        inner.written = end.offset;
+        inner.pending_bytes -= end.taken_bytes;
+        let budget = inner.config.tail_cache_bytes;
+        inner.cache.evict(budget, end.offset);
+    }
+
+    /// Starts writing the pending batches, if any. The first block of the write is shared
+    /// with the previous round when that round ended mid-block: it is written only after the
+    /// previous round completes, so the newer contents of that block land last.
+    fn submit_round(self: &Rc<Self>, previous_done: Option<Rc<Cell<bool>>>) -> Option<Round> {
+        let mut inner = self.inner.borrow_mut();
+        if inner.pending.is_empty() || inner.fenced.is_some() {
+            return None;
+        }
+        let (position, tail) = inner.active.write_start();
+        let shares_block =
+            !tail.is_empty() && previous_done.as_ref().is_some_and(|done| !done.get());
+        let mut parts = vec![Bytes::copy_from_slice(tail)];
+        let mut taken_bytes = 0;
+        while let Some(next) = inner.pending.front() {
+            if taken_bytes > 0 && taken_bytes + next.len() > WRITE_BYTES_MAX {
+                break;
+            }
+            taken_bytes += next.len();
+            parts.push(inner.pending.pop_front().expect("front exists"));
+        }
+        let last = BatchHeader::parse(parts.last().expect("one batch")).expect("validated");
+        let end_bytes = inner.active.submitted_bytes + taken_bytes as u64;
+        let tail = inner.active.on_submitted(end_bytes, &parts);
+        let file = inner.active.file.clone();
+        let end = RoundEnd {
+            file: file.clone(),
+            bytes: end_bytes,
+            offset: last.next_offset(),
+            taken_bytes,
+            tail,
+        };
+        drop(inner);
+        let done = Rc::new(Cell::new(false));
+        let log = self.clone();
+        let round_done = done.clone();
+        let task = glommio::spawn_local(async move {
+            let result = if shares_block {
+                let block = BLOCK_BYTES as usize;
+                let (first, rest) = (
+                    slice_parts(&parts, 0, block),
+                    slice_parts(&parts, block, usize::MAX),
+                );
+                let rest_write = async {
+                    if rest.is_empty() {
+                        Ok(())
+                    } else {
+                        write_slices(&file, position + BLOCK_BYTES, &rest).await
+                    }
+                };
+                let first_write = async {
+                    let previous = previous_done.expect("shares_block implies a previous round");
+                    while !previous.get() {
+                        log.progress.notified().await;
+                    }
+                    write_slices(&file, position, &first).await
+                };
+                let (first, rest) = futures_lite::future::zip(first_write, rest_write).await;
+                first.and(rest)
+            } else {
+                write_slices(&file, position, &parts).await
+            };
+            round_done.set(true);
+            log.progress.notify_all();
+            result
+        });
+        Some(Round { task, end, done })
     }
 
     /// A failed write drops every unwritten append (each gets the error) and leaves the log
@@ -874,6 +974,43 @@ impl Log {
     pub fn clear_cache(&self) {
         self.inner.borrow_mut().cache.clear();
     }
+}
+
+/// A write in flight.
+struct Round {
+    task: glommio::Task<Result<()>>,
+    end: RoundEnd,
+    /// Set when the round's writes have completed (successfully or not).
+    done: Rc<Cell<bool>>,
+}
+
+/// Where a write round leaves the segment once it completes.
+struct RoundEnd {
+    file: SegmentFile,
+    bytes: u64,
+    offset: Offset,
+    taken_bytes: usize,
+    tail: Vec<u8>,
+}
+
+/// The bytes `from..to` of the concatenation of `parts`, as cheap `Bytes` slices.
+fn slice_parts(parts: &[Bytes], from: usize, to: usize) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for part in parts {
+        let (start, end) = (at, at + part.len());
+        at = end;
+        let (low, high) = (from.max(start), to.min(end));
+        if low < high {
+            out.push(part.slice(low - start..high - start));
+        }
+    }
+    out
+}
+
+async fn write_slices(file: &SegmentFile, position: u64, parts: &[Bytes]) -> Result<()> {
+    let slices: Vec<&[u8]> = parts.iter().map(|part| &part[..]).collect();
+    file.write_parts(position, &slices).await
 }
 
 fn inner_fenced(inner: &Inner) -> Option<&String> {

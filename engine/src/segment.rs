@@ -62,10 +62,14 @@ pub struct ActiveSegment {
     pub file: SegmentFile,
     /// Logical size including batches not yet written.
     pub appended_bytes: u64,
-    /// Bytes durably handed to the file.
+    /// Bytes handed to writes, in flight or done.
+    pub submitted_bytes: u64,
+    /// Bytes whose writes completed, in order.
     pub written_bytes: u64,
+    /// The bytes of the block containing `submitted_bytes`, from its start.
+    submitted_tail: Vec<u8>,
     /// The bytes of the block containing `written_bytes`, from its start.
-    tail_block: Vec<u8>,
+    written_tail: Vec<u8>,
     offset_index: OffsetIndexWriter,
     time_index: TimeIndexWriter,
     pub next_offset: Offset,
@@ -86,8 +90,10 @@ impl ActiveSegment {
             base_offset,
             file,
             appended_bytes: 0,
+            submitted_bytes: 0,
             written_bytes: 0,
-            tail_block: Vec::new(),
+            submitted_tail: Vec::new(),
+            written_tail: Vec::new(),
             offset_index: OffsetIndexWriter::new(base_offset, index_interval_bytes),
             time_index: TimeIndexWriter::new(base_offset, index_interval_bytes),
             next_offset: base_offset,
@@ -143,8 +149,10 @@ impl ActiveSegment {
             base_offset,
             file,
             appended_bytes: scan.valid_bytes,
+            submitted_bytes: scan.valid_bytes,
             written_bytes: scan.valid_bytes,
-            tail_block,
+            submitted_tail: tail_block.clone(),
+            written_tail: tail_block,
             offset_index: scan.offset_index,
             time_index: scan.time_index,
             next_offset: scan.next_offset,
@@ -176,19 +184,19 @@ impl ActiveSegment {
     /// Where the next write starts (block-aligned) and the partial block it must rewrite.
     pub fn write_start(&self) -> (u64, &[u8]) {
         (
-            self.written_bytes - self.tail_block.len() as u64,
-            &self.tail_block,
+            self.submitted_bytes - self.submitted_tail.len() as u64,
+            &self.submitted_tail,
         )
     }
 
-    /// Records that everything up to `written_bytes` is in the file; `last_bytes` are the
-    /// final bytes of that write (at least the new partial block).
-    pub fn on_written(&mut self, written_bytes: u64, last_bytes: &[Bytes]) {
-        self.written_bytes = written_bytes;
-        let keep = (written_bytes % BLOCK_BYTES) as usize;
+    /// Records that a write of `parts` (starting with the old partial block) ending at
+    /// `submitted_bytes` was issued; returns the new partial block, which the write's
+    /// completion hands to [`ActiveSegment::on_written`].
+    pub fn on_submitted(&mut self, submitted_bytes: u64, parts: &[Bytes]) -> Vec<u8> {
+        let keep = (submitted_bytes % BLOCK_BYTES) as usize;
         let mut tail = Vec::with_capacity(keep);
         let mut need = keep;
-        for part in last_bytes.iter().rev() {
+        for part in parts.iter().rev() {
             if need == 0 {
                 break;
             }
@@ -196,16 +204,27 @@ impl ActiveSegment {
             tail.splice(0..0, part[part.len() - take..].iter().copied());
             need -= take;
         }
-        if need > 0 {
-            let old = &self.tail_block;
-            tail.splice(0..0, old[old.len() - need..].iter().copied());
-        }
-        self.tail_block = tail;
+        assert_eq!(need, 0, "a write's parts start with its partial block");
+        self.submitted_bytes = submitted_bytes;
+        self.submitted_tail = tail.clone();
+        tail
+    }
+
+    /// Records that the writes up to `written_bytes` completed, in order.
+    pub fn on_written(&mut self, written_bytes: u64, tail: Vec<u8>) {
+        assert!(
+            written_bytes <= self.submitted_bytes,
+            "completion past submission"
+        );
+        self.written_bytes = written_bytes;
+        self.written_tail = tail;
     }
 
     /// Forgets appended but unwritten batches (their write failed).
     pub fn roll_back_to_written(&mut self, next_offset: Offset) {
         self.appended_bytes = self.written_bytes;
+        self.submitted_bytes = self.written_bytes;
+        self.submitted_tail = self.written_tail.clone();
         self.offset_index.truncate_to(Position(self.written_bytes));
         self.time_index.truncate_to(next_offset);
         self.next_offset = next_offset;
@@ -330,46 +349,47 @@ impl SealedSegment {
             }
             _ => false,
         };
-        let (next_offset, size, max_timestamp) = if valid_indexes {
+        let tail = valid_indexes.then(|| {
             let offsets = offsets.as_deref().expect("checked");
-            let times = times.as_deref().expect("checked");
             let view = OffsetIndex::new(offsets, base_offset);
             let (last_offset, last_position) = if view.is_empty() {
                 (base_offset, Position(0))
             } else {
                 view.entry(view.len() - 1)
             };
-            let tail = recovery::scan(&bytes[last_position.0 as usize..], last_offset, u64::MAX);
-            if tail.stop.is_some() {
-                return Err(Error::Corrupt {
-                    path,
-                    reason: format!(
-                        "sealed segment tail after position {} does not scan cleanly",
-                        last_position.0
-                    ),
-                });
+            recovery::scan(&bytes[last_position.0 as usize..], last_offset, u64::MAX)
+        });
+        let (next_offset, size, max_timestamp) = match tail {
+            Some(tail) if tail.stop.is_none() => {
+                let times = times.as_deref().expect("checked");
+                let time_view = TimeIndex::new(times, base_offset);
+                let indexed_max =
+                    (!time_view.is_empty()).then(|| time_view.entry(time_view.len() - 1).0);
+                (
+                    tail.next_offset,
+                    bytes.len() as u64,
+                    indexed_max.max(tail.max_timestamp),
+                )
             }
-            let time_view = TimeIndex::new(times, base_offset);
-            let indexed_max =
-                (!time_view.is_empty()).then(|| time_view.entry(time_view.len() - 1).0);
-            let max_timestamp = indexed_max.max(tail.max_timestamp);
-            (tail.next_offset, bytes.len() as u64, max_timestamp)
-        } else {
-            let mut scan = recovery::scan(bytes, base_offset, index_interval_bytes);
-            if let Some(stop) = &scan.stop {
-                log::warn!(
-                    "{}: rebuilding indexes, log cut at {stop:?}",
-                    path.display()
-                );
+            _ => {
+                // Rebuild from the log. A sealed segment that does not scan cleanly is cut
+                // at the first bad batch (reported, never served).
+                let mut scan = recovery::scan(bytes, base_offset, index_interval_bytes);
+                if let Some(stop) = &scan.stop {
+                    log::error!(
+                        "{}: sealed segment damaged, cut at {stop:?}",
+                        path.display()
+                    );
+                }
+                scan.time_index.seal();
+                write_indexes(
+                    dir,
+                    base_offset,
+                    scan.offset_index.bytes(),
+                    scan.time_index.bytes(),
+                )?;
+                (scan.next_offset, scan.valid_bytes, scan.max_timestamp)
             }
-            scan.time_index.seal();
-            write_indexes(
-                dir,
-                base_offset,
-                scan.offset_index.bytes(),
-                scan.time_index.bytes(),
-            )?;
-            (scan.next_offset, scan.valid_bytes, scan.max_timestamp)
         };
         let file_bytes = bytes.len() as u64;
         drop(map);
