@@ -23,6 +23,7 @@ cargo fmt --all -- --check
 
 say "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p coremq-engine --no-default-features -- -D warnings
 
 say "tests (unit, integration, crash and fault tests) and benches in test mode"
 cargo test --workspace --all-targets

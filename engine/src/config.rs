@@ -1,7 +1,9 @@
 //! Per-log and per-engine settings, with Kafka's names and defaults where Kafka has them.
 
+#[cfg(feature = "runtime")]
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+#[cfg(feature = "runtime")]
 use std::path::PathBuf;
 
 use crate::batch::TimestampType;
