@@ -2,16 +2,12 @@
 
 mod common;
 
-use coremq_engine::{Compression, Durability, Engine, EngineConfig, LogConfig, TopicPartition};
+use coremq_engine::{Compression, Durability, LogConfig, TopicPartition};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures_lite::future::block_on;
 
 fn append(c: &mut Criterion) {
-    let dir =
-        tempfile::tempdir_in(std::env::var("COREMQ_BENCH_DIR").unwrap_or(".".into())).unwrap();
-    let mut config = EngineConfig::new(dir.path());
-    config.shards = 1;
-    let engine = Engine::start(config).unwrap();
+    let (_dir, engine) = common::engine();
     let handle = engine.handle();
     let batch = common::batch(160, 100, Compression::None);
     let mut group = c.benchmark_group("append_16KiB");

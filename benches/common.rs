@@ -2,7 +2,18 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use coremq_engine::{BatchBuilder, Compression, Timestamp};
+use coremq_engine::{BatchBuilder, Compression, Engine, EngineConfig, Timestamp};
+
+/// A one-shard engine in a temporary directory under `COREMQ_BENCH_DIR` (default: the
+/// current directory, so it measures the project's disk rather than a tmpfs).
+pub fn engine() -> (tempfile::TempDir, Engine) {
+    let parent = std::env::var("COREMQ_BENCH_DIR").unwrap_or(".".into());
+    let dir = tempfile::tempdir_in(parent).unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    config.shards = 1;
+    let engine = Engine::start(config).unwrap();
+    (dir, engine)
+}
 
 /// Quote-like records: a short symbol key and a `value_bytes` payload that compresses the
 /// way market data does (some repetition, some noise).

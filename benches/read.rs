@@ -4,18 +4,13 @@
 mod common;
 
 use coremq_engine::{
-    BatchHeader, Compression, Durability, Engine, EngineConfig, Isolation, LogConfig, Offset,
-    TopicPartition,
+    BatchHeader, Compression, Durability, Isolation, LogConfig, Offset, TopicPartition,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_lite::future::block_on;
 
 fn read(c: &mut Criterion) {
-    let dir =
-        tempfile::tempdir_in(std::env::var("COREMQ_BENCH_DIR").unwrap_or(".".into())).unwrap();
-    let mut config = EngineConfig::new(dir.path());
-    config.shards = 1;
-    let engine = Engine::start(config).unwrap();
+    let (_dir, engine) = common::engine();
     let handle = engine.handle();
     let log = TopicPartition::new("read", 0).unwrap();
     let config = LogConfig {

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::file::{BLOCK_BYTES, SegmentFile};
 use crate::log::Log;
 use crate::metrics::add;
-use crate::mmap::map_read_only;
+use crate::mmap::{map_read_only, remove_if_exists};
 use crate::record::{self, BatchBuilder};
 use crate::segment::{self, SealedSegment};
 use crate::types::{Offset, Timestamp};
@@ -75,17 +75,7 @@ fn finish_swap(dir: &Path, base: Offset) -> Result<()> {
         segment::offset_index_path(dir, base),
         segment::time_index_path(dir, base),
     ] {
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    path,
-                    op: "remove",
-                    source,
-                });
-            }
-        }
+        remove_if_exists(&path)?;
     }
     let log_path = segment::log_path(dir, base);
     std::fs::rename(swap_path(dir, base), &log_path).map_err(|source| Error::Io {
@@ -252,11 +242,7 @@ async fn compact_segments(
 fn map_sealed(path: &Path) -> Result<Option<memmap2::Mmap>> {
     // SAFETY: sealed segment files are never modified; compaction replaces them by rename
     // and retention unlinks them, neither of which disturbs an existing map.
-    unsafe { map_read_only(path) }.map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        op: "mmap",
-        source,
-    })
+    unsafe { map_read_only(path) }
 }
 
 /// A batch holding only `kept` of the original's records, with the original base offset,

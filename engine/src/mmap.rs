@@ -2,10 +2,11 @@
 #![allow(unsafe_code)]
 
 use std::fs::File;
-use std::io;
 use std::path::Path;
 
 use memmap2::Mmap;
+
+use crate::error::{Error, Result};
 
 /// Maps the whole file read-only; `None` for an empty file (which cannot be mapped).
 ///
@@ -14,12 +15,30 @@ use memmap2::Mmap;
 /// sealed segment files and their indexes, which it never modifies after sealing (compaction
 /// writes a new file and renames it over the old path, leaving the mapped inode intact), and
 /// a log directory belongs to one engine (shard) at a time.
-pub unsafe fn map_read_only(path: &Path) -> io::Result<Option<Mmap>> {
-    let file = File::open(path)?;
-    if file.metadata()?.len() == 0 {
+pub unsafe fn map_read_only(path: &Path) -> Result<Option<Mmap>> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        op: "mmap",
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    if file.metadata().map_err(io)?.len() == 0 {
         return Ok(None);
     }
     // SAFETY: the caller guarantees the file is not modified while mapped (see above).
-    let map = unsafe { Mmap::map(&file)? };
+    let map = unsafe { Mmap::map(&file) }.map_err(io)?;
     Ok(Some(map))
+}
+
+/// Removes a file; a file that is already gone is fine.
+pub fn remove_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            path: path.to_path_buf(),
+            op: "remove",
+            source,
+        }),
+    }
 }

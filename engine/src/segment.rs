@@ -14,9 +14,9 @@ use memmap2::Mmap;
 
 use crate::batch;
 use crate::checkpoint;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::file::{BLOCK_BYTES, Faults, SegmentFile};
-use crate::mmap::map_read_only;
+use crate::mmap::{map_read_only, remove_if_exists};
 use crate::offset_index::{OffsetIndex, OffsetIndexWriter};
 use crate::recovery::{self, Stop};
 use crate::time_index::{TimeIndex, TimeIndexWriter};
@@ -112,11 +112,7 @@ impl ActiveSegment {
     ) -> Result<ActiveSegment> {
         let path = log_path(dir, base_offset);
         // SAFETY: nothing writes the file until this function has dropped the map.
-        let map = unsafe { map_read_only(&path) }.map_err(|source| Error::Io {
-            path: path.clone(),
-            op: "mmap",
-            source,
-        })?;
+        let map = unsafe { map_read_only(&path) }?;
         let bytes: &[u8] = map.as_deref().unwrap_or_default();
         let scan = recovery::scan(bytes, base_offset, index_interval_bytes);
         let file_bytes = bytes.len() as u64;
@@ -305,11 +301,7 @@ impl SealedSegment {
         let map = |path: PathBuf| {
             // SAFETY: index files are written once, before sealing completes, and never
             // modified; compaction replaces them by rename.
-            unsafe { map_read_only(&path) }.map_err(|source| Error::Io {
-                path,
-                op: "mmap",
-                source,
-            })
+            unsafe { map_read_only(&path) }
         };
         Ok(SealedSegment {
             base_offset,
@@ -334,11 +326,7 @@ impl SealedSegment {
         let path = log_path(dir, base_offset);
         // SAFETY: a sealed segment's log file is never modified; recovery below writes it
         // only after the map is dropped.
-        let map = unsafe { map_read_only(&path) }.map_err(|source| Error::Io {
-            path: path.clone(),
-            op: "mmap",
-            source,
-        })?;
+        let map = unsafe { map_read_only(&path) }?;
         let bytes: &[u8] = map.as_deref().unwrap_or_default();
         let offsets = std::fs::read(offset_index_path(dir, base_offset)).ok();
         let times = std::fs::read(time_index_path(dir, base_offset)).ok();
@@ -431,17 +419,7 @@ impl SealedSegment {
             offset_index_path(dir, self.base_offset),
             time_index_path(dir, self.base_offset),
         ] {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(Error::Io {
-                        path,
-                        op: "remove",
-                        source,
-                    });
-                }
-            }
+            remove_if_exists(&path)?;
         }
         Ok(())
     }
