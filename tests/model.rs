@@ -1,6 +1,6 @@
 //! Model test: random appends, reads, rolls (small segments), retention, DeleteRecords,
 //! compaction, cache drops and reopens, checked after every step against an in-memory model
-//! of the records. Seeded, so a failure replays.
+//! of the records. Seeded, so a failure replays; `MODEL_TRACE=1` prints each step.
 
 mod common;
 
@@ -153,7 +153,14 @@ fn run(seed: u64) {
         compacted: false,
     };
     for _ in 0..250 {
-        match rng.random_range(0..100) {
+        let op = rng.random_range(0..100);
+        if std::env::var("MODEL_TRACE").is_ok() {
+            eprintln!(
+                "seed {seed} op {op} start {} end {}",
+                model.log_start, model.log_end
+            );
+        }
+        match op {
             0..70 => {
                 let (batch, entries) = random_batch(&mut rng);
                 let info = block_on(handle.append(&log, batch)).unwrap();

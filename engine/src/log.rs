@@ -598,8 +598,8 @@ impl Log {
             let inner = self.inner.borrow();
             (inner.active.file.clone(), inner.written, inner.flushed)
         };
-        if written > flushed && !self.sync_file(&file, written).await {
-            self.check_writable()?;
+        if written > flushed {
+            self.sync_file(&file, written).await;
         }
         self.progress.notify_all();
         self.check_writable()
@@ -816,27 +816,38 @@ impl Log {
                 log_end: high_watermark,
             });
         }
-        if offset > log_start {
-            checkpoint::store(&self.dir, offset)?;
-            self.inner.borrow_mut().log_start = offset;
-            self.delete_segments_below(offset)?;
-            // Segments compaction emptied may leave the first segment past `offset`; the
-            // log start follows it, as it would after a restart.
-            let first_base = {
-                let inner = self.inner.borrow();
-                inner
-                    .sealed
-                    .keys()
-                    .next()
-                    .copied()
-                    .unwrap_or(inner.active.base_offset)
-            };
-            if first_base > offset {
-                checkpoint::store(&self.dir, first_base)?;
-                self.inner.borrow_mut().log_start = first_base;
+        self.advance_log_start(offset)
+    }
+
+    /// Moves the log start forward to `offset` (checkpointed before any file goes), deletes
+    /// the sealed segments wholly below it, and follows the first remaining segment when that
+    /// starts later (compaction can leave segments empty), as a restart would. Returns the
+    /// new log start.
+    fn advance_log_start(&self, offset: Offset) -> Result<Offset> {
+        let new_start = {
+            let inner = self.inner.borrow();
+            if offset <= inner.log_start {
+                return Ok(inner.log_start);
             }
-        }
-        Ok(self.inner.borrow().log_start)
+            // Segments ending at or before the start go; the start then moves up to the first
+            // kept segment, which may in turn let an emptied segment go.
+            let mut start = offset;
+            loop {
+                let first_kept = inner
+                    .sealed
+                    .values()
+                    .find(|segment| segment.next_offset > start)
+                    .map_or(inner.active.base_offset, |segment| segment.base_offset);
+                if first_kept <= start {
+                    break start;
+                }
+                start = first_kept;
+            }
+        };
+        checkpoint::store(&self.dir, new_start)?;
+        self.inner.borrow_mut().log_start = new_start;
+        self.delete_segments_below(new_start)?;
+        Ok(new_start)
     }
 
     fn delete_segments_below(&self, offset: Offset) -> Result<()> {
@@ -884,7 +895,7 @@ impl Log {
             }
             drop(gate);
         }
-        let (count, new_start) = {
+        let (count, next_base) = {
             let inner = self.inner.borrow();
             let summaries: Vec<SegmentSummary> = inner
                 .sealed
@@ -902,20 +913,12 @@ impl Log {
                 now,
                 inner.log_start,
             );
-            let next_base = inner
-                .sealed
-                .keys()
-                .nth(count)
-                .copied()
-                .unwrap_or(inner.active.base_offset);
-            (count, next_base.max(inner.log_start))
+            let next_base = inner.sealed.keys().nth(count).copied();
+            (count, next_base.unwrap_or(inner.active.base_offset))
         };
-        if count == 0 {
-            return Ok(0);
+        if count > 0 {
+            self.advance_log_start(next_base)?;
         }
-        checkpoint::store(&self.dir, new_start)?;
-        self.inner.borrow_mut().log_start = new_start;
-        self.delete_segments_below(new_start)?;
         Ok(count)
     }
 
@@ -960,7 +963,7 @@ impl Log {
             let inner = self.inner.borrow();
             (inner.active.file.clone(), inner.active.written_bytes)
         };
-        if inner_fenced(&self.inner.borrow()).is_none() {
+        if self.inner.borrow().fenced.is_none() {
             file.truncate(written_bytes).await?;
         }
         let flushed = self.flush().await;
@@ -1011,10 +1014,6 @@ fn slice_parts(parts: &[Bytes], from: usize, to: usize) -> Vec<Bytes> {
 async fn write_slices(file: &SegmentFile, position: u64, parts: &[Bytes]) -> Result<()> {
     let slices: Vec<&[u8]> = parts.iter().map(|part| &part[..]).collect();
     file.write_parts(position, &slices).await
-}
-
-fn inner_fenced(inner: &Inner) -> Option<&String> {
-    inner.fenced.as_ref()
 }
 
 /// Reads whole batches of one segment starting at the one holding `from`, verifying each
