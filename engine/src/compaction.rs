@@ -31,6 +31,8 @@ pub struct CompactionReport {
     pub records_removed: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Tombstones kept because they are younger than `delete.retention.ms`.
+    pub tombstones_kept: u64,
 }
 
 /// Cleans up after an interrupted compaction and lists the directory's segment bases.
@@ -120,13 +122,23 @@ impl SegmentWriter {
     }
 }
 
-/// One compaction pass over the log's sealed segments.
+/// One compaction pass over the log's sealed segments. A pass is skipped when no segment was
+/// sealed since the last one and that pass left no tombstone waiting for its deletion time.
 pub async fn compact(log: &Rc<Log>, now: Timestamp) -> Result<CompactionReport> {
     let config = log.config();
-    if !config.cleanup_policy.compacts() || log.compacting.replace(true) {
+    let sealed_end = log.sealed_segments().last().map(|(_, end, _)| *end);
+    if !config.cleanup_policy.compacts()
+        || sealed_end.is_none()
+        || sealed_end == log.compacted_through.get()
+        || log.compacting.replace(true)
+    {
         return Ok(CompactionReport::default());
     }
     let result = compact_segments(log, now, &config).await;
+    if let Ok(report) = &result {
+        log.compacted_through
+            .set(sealed_end.filter(|_| report.tombstones_kept == 0));
+    }
     log.compacting.set(false);
     result
 }
@@ -194,6 +206,10 @@ async fn compact_segments(
                 })
                 .collect();
             removed += (total - kept.len()) as u64;
+            report.tombstones_kept += kept
+                .iter()
+                .filter(|record| record.key.is_some() && record.value.is_none())
+                .count() as u64;
             if kept.len() == total {
                 writer.push(original).await?;
             } else if !kept.is_empty() {

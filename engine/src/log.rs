@@ -118,6 +118,9 @@ pub struct Log {
     writer_active: Cell<bool>,
     closed: Cell<bool>,
     pub(crate) compacting: Cell<bool>,
+    /// End of the sealed segments the last compaction pass fully cleaned (no tombstone left
+    /// waiting); the next pass runs only once more segments are sealed.
+    pub(crate) compacted_through: Cell<Option<Offset>>,
     pub(crate) metrics: Rc<Metrics>,
     pub(crate) faults: Option<Arc<Faults>>,
 }
@@ -199,6 +202,7 @@ impl Log {
             writer_active: Cell::new(false),
             closed: Cell::new(false),
             compacting: Cell::new(false),
+            compacted_through: Cell::new(None),
             metrics,
             faults,
         });
