@@ -202,7 +202,10 @@ fn compaction_keeps_the_latest_value_per_key_and_appends_go_on() {
     );
     assert!(report.bytes_after < report.bytes_before);
     let again = block_on(handle.compact(&log)).unwrap();
-    assert_eq!(again.bytes_before, 0, "nothing sealed since the last pass: skipped");
+    assert_eq!(
+        again.bytes_before, 0,
+        "nothing sealed since the last pass: skipped"
+    );
     let after = records(&handle, &log);
     assert!(after.len() < before.len());
     let check = |after: &[Record]| {

@@ -12,6 +12,8 @@
 //!
 //! The last line printed is one JSON object with the figures.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -290,32 +292,46 @@ fn append_concurrently(
     let (handle, log) = (handle.clone(), log.clone());
     on_executor(move || {
         Box::pin(async move {
-            let next = Rc::new(std::cell::Cell::new(0usize));
-            let bytes = Rc::new(std::cell::Cell::new(0u64));
-            let tasks: Vec<_> = (0..in_flight)
-                .map(|_| {
-                    let (handle, log, batches) = (handle.clone(), log.clone(), batches.clone());
-                    let (next, bytes) = (next.clone(), bytes.clone());
-                    glommio::spawn_local(async move {
-                        loop {
-                            let n = next.get();
-                            if n >= count {
-                                return;
-                            }
-                            next.set(n + 1);
-                            let batch = Bytes::copy_from_slice(&batches[n % batches.len()]);
-                            bytes.set(bytes.get() + batch.len() as u64);
-                            handle.append(&log, batch).await.expect("append");
-                        }
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await;
-            }
-            bytes.get()
+            let bytes = Rc::new(Cell::new(0u64));
+            let total = bytes.clone();
+            spread(count, in_flight, move |n| {
+                let (handle, log, bytes) = (handle.clone(), log.clone(), bytes.clone());
+                let batch = Bytes::copy_from_slice(&batches[n % batches.len()]);
+                async move {
+                    bytes.set(bytes.get() + batch.len() as u64);
+                    handle.append(&log, batch).await.expect("append");
+                }
+            })
+            .await;
+            total.get()
         })
     })
+}
+
+/// Runs `work(n)` for every `n` in `0..count` on `workers` concurrent tasks of the current
+/// executor, each taking the next `n` when it finishes one.
+async fn spread<F, Fut>(count: usize, workers: usize, work: F)
+where
+    F: Fn(usize) -> Fut + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let next = Rc::new(Cell::new(0usize));
+    let work = Rc::new(work);
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (next, work) = (next.clone(), work.clone());
+            glommio::spawn_local(async move {
+                while next.get() < count {
+                    let n = next.get();
+                    next.set(n + 1);
+                    work(n).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await;
+    }
 }
 
 fn on_executor<T: Send + 'static>(
@@ -333,8 +349,9 @@ fn raw_write(path: &Path, count: usize) -> f64 {
     let path = path.to_path_buf();
     on_executor(move || {
         Box::pin(async move {
+            let mut options = OpenOptions::new();
             let file = Rc::new(
-                OpenOptions::new()
+                options
                     .create(true)
                     .write(true)
                     .read(true)
@@ -342,34 +359,22 @@ fn raw_write(path: &Path, count: usize) -> f64 {
                     .await
                     .unwrap(),
             );
-            let mut rng = rand::rng();
             let mut template = vec![0u8; MIB];
-            rng.fill_bytes(&mut template);
-            let template = Arc::new(template);
+            rand::rng().fill_bytes(&mut template);
+            let template = Rc::new(template);
             let started = Instant::now();
-            let next = Rc::new(std::cell::Cell::new(0usize));
-            let workers: Vec<_> = (0..RAW_IN_FLIGHT)
-                .map(|_| {
-                    let (file, next, template) = (file.clone(), next.clone(), template.clone());
-                    glommio::spawn_local(async move {
-                        loop {
-                            let n = next.get();
-                            if n >= count {
-                                return;
-                            }
-                            next.set(n + 1);
-                            let mut buffer = file.alloc_dma_buffer(MIB);
-                            buffer.as_bytes_mut().copy_from_slice(&template);
-                            file.write_at(buffer, (n * MIB) as u64).await.unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for worker in workers {
-                worker.await;
-            }
+            let writer = file.clone();
+            spread(count, RAW_IN_FLIGHT, move |n| {
+                let (file, template) = (writer.clone(), template.clone());
+                async move {
+                    let mut buffer = file.alloc_dma_buffer(MIB);
+                    buffer.as_bytes_mut().copy_from_slice(&template);
+                    file.write_at(buffer, (n * MIB) as u64).await.unwrap();
+                }
+            })
+            .await;
             file.fdatasync().await.unwrap();
-            (count * MIB) as f64 / MIB as f64 / started.elapsed().as_secs_f64()
+            count as f64 / started.elapsed().as_secs_f64()
         })
     })
 }
@@ -380,28 +385,15 @@ fn raw_read(path: &Path, count: usize) -> f64 {
         Box::pin(async move {
             let file = Rc::new(DmaFile::open(&path).await.unwrap());
             let started = Instant::now();
-            let next = Rc::new(std::cell::Cell::new(0usize));
-            let workers: Vec<_> = (0..RAW_IN_FLIGHT)
-                .map(|_| {
-                    let (file, next) = (file.clone(), next.clone());
-                    glommio::spawn_local(async move {
-                        let mut sum = 0u64;
-                        loop {
-                            let n = next.get();
-                            if n >= count {
-                                return sum;
-                            }
-                            next.set(n + 1);
-                            let read = file.read_at_aligned((n * MIB) as u64, MIB).await.unwrap();
-                            sum += u64::from(read[0]);
-                        }
-                    })
-                })
-                .collect();
-            for worker in workers {
-                worker.await;
-            }
-            (count * MIB) as f64 / MIB as f64 / started.elapsed().as_secs_f64()
+            spread(count, RAW_IN_FLIGHT, move |n| {
+                let file = file.clone();
+                async move {
+                    let read = file.read_at_aligned((n * MIB) as u64, MIB).await.unwrap();
+                    assert_eq!(read.len(), MIB);
+                }
+            })
+            .await;
+            count as f64 / started.elapsed().as_secs_f64()
         })
     })
 }
