@@ -191,6 +191,7 @@ impl Shard {
                 if self.stopping.get() {
                     return;
                 }
+                log.expire_streams(interval);
                 run_cleanup(&log).await;
             }
         }

@@ -7,16 +7,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use bytes::Bytes;
 use glommio::GlommioError;
-use glommio::io::{DmaFile, OpenOptions};
+use glommio::io::{DmaFile, OpenOptions, ReadResult};
 
 use crate::error::{Error, Result};
 
 /// Block size used for O_DIRECT writes; glommio's alignment never exceeds it.
 pub const BLOCK_BYTES: u64 = 4096;
-/// Reads larger than this are split into concurrent requests of this size.
-const READ_CHUNK_BYTES: usize = 256 << 10;
 
 /// Failures a test can ask the file layer to produce (one relaxed atomic load per write or
 /// fdatasync when a hook is installed; nothing when none is).
@@ -82,6 +79,12 @@ impl SegmentFile {
             path: path.to_path_buf(),
             faults,
         })
+    }
+
+    /// Whether both handles are the same open file (a compacted segment swapped in under
+    /// the same name is a different one).
+    pub fn same_file(&self, other: &SegmentFile) -> bool {
+        Rc::ptr_eq(&self.file, &other.file)
     }
 
     pub fn path(&self) -> &Path {
@@ -164,41 +167,13 @@ impl SegmentFile {
             .map_err(|e| classify(&self.path, "fdatasync", io_error(e)))
     }
 
-    /// Reads up to `length` bytes at `position` (fewer at the end of the file). Reads over
-    /// `READ_CHUNK_BYTES` are split into chunks read concurrently, so one large read keeps
-    /// several requests in flight at the device.
-    pub async fn read_at(&self, position: u64, length: usize) -> Result<Bytes> {
-        if length <= READ_CHUNK_BYTES {
-            let result = self
-                .file
-                .read_at(position, length)
-                .await
-                .map_err(|e| classify(&self.path, "read", io_error(e)))?;
-            return Ok(Bytes::copy_from_slice(&result));
-        }
-        let chunks: Vec<_> = (0..length.div_ceil(READ_CHUNK_BYTES))
-            .map(|n| {
-                let file = self.file.clone();
-                let at = position + (n * READ_CHUNK_BYTES) as u64;
-                let size = READ_CHUNK_BYTES.min(length - n * READ_CHUNK_BYTES);
-                (
-                    size,
-                    glommio::spawn_local(async move { file.read_at(at, size).await }),
-                )
-            })
-            .collect();
-        let mut out = bytes::BytesMut::with_capacity(length);
-        let mut ended = false;
-        for (size, chunk) in chunks {
-            let chunk = chunk
-                .await
-                .map_err(|e| classify(&self.path, "read", io_error(e)))?;
-            if !ended {
-                out.extend_from_slice(&chunk);
-                ended = chunk.len() < size;
-            }
-        }
-        Ok(out.freeze())
+    /// Reads up to `length` bytes at `position` (fewer at the end of the file) into a DMA
+    /// buffer.
+    pub async fn read_chunk(&self, position: u64, length: usize) -> Result<ReadResult> {
+        self.file
+            .read_at(position, length)
+            .await
+            .map_err(|e| classify(&self.path, "read", io_error(e)))
     }
 
     pub async fn truncate(&self, length: u64) -> Result<()> {

@@ -36,6 +36,8 @@ mod mmap;
 #[cfg(feature = "runtime")]
 mod notify;
 #[cfg(feature = "runtime")]
+mod readahead;
+#[cfg(feature = "runtime")]
 pub mod segment;
 
 pub use batch::{BatchHeader, TimestampType};

@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::file::{BLOCK_BYTES, Faults, SegmentFile};
 use crate::metrics::{Metrics, add};
 use crate::notify::Notify;
+use crate::readahead::ReadStream;
 use crate::record;
 use crate::retention::{self, SegmentSummary};
 use crate::segment::{self, ActiveSegment, ReadView, SealedSegment};
@@ -36,6 +37,8 @@ const WRITE_BYTES_MAX: usize = 4 << 20;
 const WRITES_IN_FLIGHT: usize = 4;
 /// Smallest disk read, so short fetches still read a useful chunk.
 const READ_BYTES_MIN: u64 = 64 << 10;
+/// Readers a log keeps read streams (and their readahead) for.
+const READ_STREAMS_MAX: usize = 4;
 
 /// Which watermark bounds a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -109,6 +112,9 @@ pub struct Log {
     topic_partition: TopicPartition,
     dir: PathBuf,
     inner: RefCell<Inner>,
+    /// The last readers' places in their segments, each with its readahead; a read takes
+    /// out the one it continues (or starts a new one) and puts it back when done.
+    streams: RefCell<VecDeque<ReadStream>>,
     /// Woken whenever `written`, `flushed` or `fenced` change.
     progress: Notify,
     /// Woken when a batch joins the pending queue.
@@ -196,6 +202,7 @@ impl Log {
                 last_write_error: None,
                 last_write_disk_full: false,
             }),
+            streams: RefCell::new(VecDeque::new()),
             progress: Notify::default(),
             appended: Notify::default(),
             append_gate: Semaphore::new(1),
@@ -720,7 +727,7 @@ impl Log {
         let target = from;
         let mut after: Option<Offset> = None;
         loop {
-            let (view, sealed_base) = {
+            let (mut view, sealed_base, interval) = {
                 let inner = self.inner.borrow();
                 let sealed = match after {
                     None => inner
@@ -731,13 +738,26 @@ impl Log {
                         .or_else(|| inner.sealed.range(target..).next()),
                     Some(previous) => inner.sealed.range(previous.next()..).next(),
                 };
-                match sealed {
-                    Some((&base, segment)) => (segment.read_view(target.max(base)), Some(base)),
-                    None => (inner.active.read_view(target), None),
-                }
+                let view = match sealed {
+                    Some((&base, segment)) => segment.read_view(target.max(base)),
+                    None => inner.active.read_view(target),
+                };
+                (
+                    view,
+                    sealed.map(|(&base, _)| base),
+                    inner.config.index_interval_bytes,
+                )
             };
-            let interval = self.inner.borrow().config.index_interval_bytes;
-            result.batches = read_segment(&view, target, upper, max_bytes, interval).await?;
+            let mut stream = self.take_stream(&mut view, target);
+            let want = interval
+                .saturating_add(max_bytes as u64)
+                .max(READ_BYTES_MIN);
+            let read = read_segment(&mut stream, &view, target, upper, max_bytes, want).await?;
+            result.batches = read.batches;
+            if let Some(last) = result.batches.last() {
+                stream.set_next(BatchHeader::parse(last)?.next_offset(), read.end);
+                self.put_stream(stream);
+            }
             match sealed_base {
                 Some(base) if result.batches.is_empty() => after = Some(base),
                 _ => break,
@@ -745,6 +765,40 @@ impl Log {
         }
         self.count_read(&result.batches);
         Ok(result)
+    }
+
+    /// The stream of the reader whose last read in `view`'s file ended at `from`, with the
+    /// view moved to where that read ended; a new stream for any other read.
+    fn take_stream(&self, view: &mut ReadView, from: Offset) -> ReadStream {
+        let mut streams = self.streams.borrow_mut();
+        let found = streams
+            .iter()
+            .enumerate()
+            .find_map(|(index, stream)| Some((index, stream.continues_at(&view.file, from)?)));
+        match found {
+            Some((index, position)) => {
+                add(&self.metrics.readahead_hits, 1);
+                view.start_position = Position(position);
+                streams.remove(index).expect("index was just found")
+            }
+            None => ReadStream::new(view.file.clone()),
+        }
+    }
+
+    fn put_stream(&self, stream: ReadStream) {
+        let mut streams = self.streams.borrow_mut();
+        if streams.len() == READ_STREAMS_MAX {
+            streams.pop_front();
+        }
+        streams.push_back(stream);
+    }
+
+    /// Drops the streams of readers that have not read for `max_age`, with the memory their
+    /// readahead holds.
+    pub(crate) fn expire_streams(&self, max_age: Duration) {
+        self.streams
+            .borrow_mut()
+            .retain(|stream| stream.used.elapsed() < max_age);
     }
 
     fn count_read(&self, batches: &[Bytes]) {
@@ -980,6 +1034,7 @@ impl Log {
     /// Discards the cached batches (tests use it to force reads from disk).
     pub fn clear_cache(&self) {
         self.inner.borrow_mut().cache.clear();
+        self.streams.borrow_mut().clear();
     }
 }
 
@@ -1020,28 +1075,36 @@ async fn write_slices(file: &SegmentFile, position: u64, parts: &[Bytes]) -> Res
     file.write_parts(position, &slices).await
 }
 
+/// Batches read from one segment, and the file position just after the last.
+struct SegmentRead {
+    batches: Vec<Bytes>,
+    end: u64,
+}
+
 /// Reads whole batches of one segment starting at the one holding `from`, verifying each
 /// batch's CRC-32C: corrupt bytes are an error to the reader, never served.
 async fn read_segment(
+    stream: &mut ReadStream,
     view: &ReadView,
     from: Offset,
     upper: Offset,
     max_bytes: usize,
-    index_interval_bytes: u64,
-) -> Result<Vec<Bytes>> {
+    mut want: u64,
+) -> Result<SegmentRead> {
     let mut position = view.start_position.0;
-    let mut want = index_interval_bytes
-        .saturating_add(max_bytes as u64)
-        .max(READ_BYTES_MIN);
+    let none = SegmentRead {
+        batches: Vec::new(),
+        end: position,
+    };
     loop {
         if position >= view.end {
-            return Ok(Vec::new());
+            return Ok(none);
         }
-        let length = want.min(view.end - position) as usize;
-        let chunk = view.file.read_at(position, length).await?;
+        let chunk = stream.read(position, want, view.end).await?;
         let mut batches = Vec::new();
         let mut bytes = 0;
         let mut consumed = 0;
+        let mut stopped = false;
         for frame in batch::frames(&chunk) {
             let size = frame.header.total_bytes();
             if frame.header.next_offset() <= from {
@@ -1051,7 +1114,8 @@ async fn read_segment(
             if frame.header.base_offset >= upper
                 || (!batches.is_empty() && bytes + size > max_bytes)
             {
-                return Ok(batches);
+                stopped = true;
+                break;
             }
             let batch = chunk.slice(frame.position..frame.end());
             batch::verify(&batch, Some(Position(position + frame.position as u64)))?;
@@ -1059,13 +1123,16 @@ async fn read_segment(
             consumed = frame.end();
             batches.push(batch);
         }
-        if !batches.is_empty() {
-            return Ok(batches);
+        if stopped || !batches.is_empty() {
+            return Ok(SegmentRead {
+                batches,
+                end: position + consumed as u64,
+            });
         }
         let read_to_end = position + chunk.len() as u64 >= view.end;
         position += consumed as u64;
         if position >= view.end {
-            return Ok(Vec::new());
+            return Ok(none);
         }
         let corrupt = |reason: String| Error::Corrupt {
             path: view.file.path().to_path_buf(),

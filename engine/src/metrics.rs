@@ -15,6 +15,8 @@ pub struct Metrics {
     pub records_read: Cell<u64>,
     pub cache_hits: Cell<u64>,
     pub cache_misses: Cell<u64>,
+    /// Disk reads served from a readahead chunk.
+    pub readahead_hits: Cell<u64>,
     pub append_errors: Cell<u64>,
     pub segments: Cell<u64>,
     pub segments_deleted: Cell<u64>,
@@ -32,6 +34,7 @@ impl Default for Metrics {
             records_read: Cell::default(),
             cache_hits: Cell::default(),
             cache_misses: Cell::default(),
+            readahead_hits: Cell::default(),
             append_errors: Cell::default(),
             segments: Cell::default(),
             segments_deleted: Cell::default(),
@@ -67,6 +70,7 @@ impl Metrics {
             records_read: self.records_read.get(),
             cache_hits: self.cache_hits.get(),
             cache_misses: self.cache_misses.get(),
+            readahead_hits: self.readahead_hits.get(),
             append_errors: self.append_errors.get(),
             segments: self.segments.get(),
             segments_deleted: self.segments_deleted.get(),
@@ -86,6 +90,8 @@ pub struct MetricsSnapshot {
     pub records_read: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// Disk reads served from a readahead chunk.
+    pub readahead_hits: u64,
     pub append_errors: u64,
     /// Segments currently open (sealed and active).
     pub segments: u64,
@@ -120,6 +126,7 @@ impl MetricsSnapshot {
         self.records_read += other.records_read;
         self.cache_hits += other.cache_hits;
         self.cache_misses += other.cache_misses;
+        self.readahead_hits += other.readahead_hits;
         self.append_errors += other.append_errors;
         self.segments += other.segments;
         self.segments_deleted += other.segments_deleted;

@@ -2,10 +2,12 @@
 //! in one run, on one disk.
 //!
 //! 1. Writes N GiB (default 2) of 1 KiB records in 1 MiB batches through the engine
-//!    (`interval_ms` policy, 4 appends in flight), then the same bytes with plain O_DIRECT io_uring
-//!    writes (1 MiB, 4 in flight). Both end with one fdatasync.
+//!    (`interval_ms` policy, 4 appends in flight) and the same bytes with plain O_DIRECT io_uring
+//!    writes (1 MiB, 4 in flight), in four alternating rounds so drift in the disk's speed
+//!    falls on both. Each round ends with an fdatasync.
 //! 2. Reads both back from disk (the engine's tail cache dropped; O_DIRECT bypasses the page
-//!    cache): engine reads of 1 MiB per call, raw reads of 1 MiB, 4 in flight.
+//!    cache), alternating twice: engine reads of 1 MiB per call, one call at a time (the
+//!    engine reads ahead), raw reads of 1 MiB, 4 in flight.
 //! 3. Append latency with `always` (one 1 KiB record per append) against raw 4 KiB write +
 //!    fdatasync, one at a time.
 //! 4. 100-byte records in batches of 100 on one shard (`interval_ms`), 64 appends in flight.
@@ -32,12 +34,13 @@ use rand::RngCore;
 
 const MIB: usize = 1 << 20;
 /// Appends outstanding at once: 1 MiB batches, and 100-record batches.
-const LARGE_IN_FLIGHT: usize = 4;
+const LARGE_IN_FLIGHT: usize = 8;
 const SMALL_IN_FLIGHT: usize = 64;
-const RAW_IN_FLIGHT: usize = 4;
+const RAW_IN_FLIGHT: usize = 8;
 const LATENCY_SAMPLES: usize = 2000;
 /// Read measurements alternate engine and raw this many times and average each.
 const READ_ROUNDS: usize = 2;
+const WRITE_ROUNDS: usize = 4;
 
 struct Options {
     json: bool,
@@ -111,15 +114,23 @@ fn run(dir: &Path, total_bytes: u64) -> serde_json::Value {
         ..LogConfig::default()
     };
     block_on(handle.create_log(&log, Some(config))).unwrap();
-    let started = Instant::now();
-    let appended = append_concurrently(&handle, &log, count, LARGE_IN_FLIGHT, batches);
-    block_on(handle.flush(&log)).unwrap();
-    let write_seconds = started.elapsed().as_secs_f64();
-    let write_mb_s = appended as f64 / MIB as f64 / write_seconds;
-
-    eprintln!("writing {count} MiB with raw O_DIRECT io_uring writes");
+    // Alternating engine and raw writes spreads the disk's drift over both.
+    eprintln!(
+        "writing {count} MiB through the engine and {count} MiB with raw O_DIRECT io_uring writes, alternating {WRITE_ROUNDS} times"
+    );
     let raw_path = dir.join("raw.dat");
-    let raw_write_mb_s = raw_write(&raw_path, count);
+    let per_round = count / WRITE_ROUNDS;
+    let (mut appended, mut write_seconds, mut raw_write_seconds) = (0, 0.0, 0.0);
+    for round in 0..WRITE_ROUNDS {
+        let started = Instant::now();
+        appended += append_concurrently(&handle, &log, per_round, LARGE_IN_FLIGHT, batches.clone());
+        block_on(handle.flush(&log)).unwrap();
+        write_seconds += started.elapsed().as_secs_f64();
+        raw_write_seconds += raw_write(&raw_path, round * per_round, per_round);
+    }
+    let count = per_round * WRITE_ROUNDS;
+    let write_mb_s = appended as f64 / MIB as f64 / write_seconds;
+    let raw_write_mb_s = count as f64 / raw_write_seconds;
 
     eprintln!("reading both back, alternating engine and raw reads {READ_ROUNDS} times");
     let (mut read_mb_s, mut raw_read_mb_s) = (0.0, 0.0);
@@ -345,7 +356,8 @@ fn on_executor<T: Send + 'static>(
         .expect("executor finishes")
 }
 
-fn raw_write(path: &Path, count: usize) -> f64 {
+/// Writes `count` MiB starting at MiB `first` of the file, and syncs; returns the seconds.
+fn raw_write(path: &Path, first: usize, count: usize) -> f64 {
     let path = path.to_path_buf();
     on_executor(move || {
         Box::pin(async move {
@@ -369,12 +381,14 @@ fn raw_write(path: &Path, count: usize) -> f64 {
                 async move {
                     let mut buffer = file.alloc_dma_buffer(MIB);
                     buffer.as_bytes_mut().copy_from_slice(&template);
-                    file.write_at(buffer, (n * MIB) as u64).await.unwrap();
+                    file.write_at(buffer, ((first + n) * MIB) as u64)
+                        .await
+                        .unwrap();
                 }
             })
             .await;
             file.fdatasync().await.unwrap();
-            count as f64 / started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64()
         })
     })
 }
