@@ -1,0 +1,5 @@
+//! The Kafka wire protocol: primitives (`codec`), the messages generated from Kafka's
+//! schemas (`messages`), and request framing (`frame`). Pure code: bytes in, values out.
+
+pub mod codec;
+pub mod messages;
