@@ -1,80 +1,86 @@
-//! The `coremq` binary. Until the Kafka front end lands, it runs the embedded engine on
-//! `./data` (or the directory given as the first argument): appends quote-sized records
-//! through a shard-per-core engine, reads them back, and prints what it measured.
+//! The `coremq` binary: a single-node, thread-per-core broker that speaks the Kafka wire
+//! protocol. Settings come from flags or `COREMQ_*` environment variables; the defaults make
+//! `cargo run --release` a working broker on 127.0.0.1:9092 with data in `./data`.
 
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use coremq_engine::{
-    BatchBuilder, BatchHeader, Compression, Engine, EngineConfig, Isolation, Timestamp,
-    TopicPartition,
-};
-use futures_lite::future::block_on;
+use clap::Parser;
+use coremq_net::broker::{Broker, BrokerConfig};
+use signal_hook::consts::{SIGINT, SIGTERM};
 
-const BATCHES: u64 = 2_000;
-const RECORDS_PER_BATCH: u32 = 100;
+/// coremq: a thread-per-core, Kafka-compatible message broker.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Options {
+    /// Data directory (logs and topic metadata).
+    #[arg(long, env = "COREMQ_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Kafka listener address.
+    #[arg(long, env = "COREMQ_KAFKA_LISTENER", default_value = "127.0.0.1:9092")]
+    kafka_listener: SocketAddr,
+    /// Host name given to clients in Metadata (default: the listener's address).
+    #[arg(long, env = "COREMQ_ADVERTISED_HOST")]
+    advertised_host: Option<String>,
+    /// Port given to clients in Metadata (default: the listener's port).
+    #[arg(long, env = "COREMQ_ADVERTISED_PORT")]
+    advertised_port: Option<u16>,
+    /// This broker's node id.
+    #[arg(long, env = "COREMQ_NODE_ID", default_value_t = 0)]
+    node_id: i32,
+    /// Shards, one executor per core; 0 for one per available core.
+    #[arg(long, env = "COREMQ_SHARDS", default_value_t = 0)]
+    shards: usize,
+    /// Do not pin shards to cores.
+    #[arg(long, env = "COREMQ_NO_PIN")]
+    no_pin: bool,
+    /// Create topics on first use (Metadata requests that allow it).
+    #[arg(long, env = "COREMQ_AUTO_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    auto_create_topics: bool,
+    /// Partitions of auto-created topics.
+    #[arg(long, env = "COREMQ_DEFAULT_PARTITIONS", default_value_t = 1)]
+    default_partitions: u32,
+    /// Largest request accepted, in bytes.
+    #[arg(long, env = "COREMQ_SOCKET_REQUEST_MAX_BYTES", default_value_t = 100 << 20)]
+    socket_request_max_bytes: usize,
+}
 
 fn main() {
-    if let Err(error) = run() {
-        eprintln!("coremq: {error}");
-        std::process::exit(1);
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let options = Options::parse();
+    let config = BrokerConfig {
+        data_dir: options.data_dir,
+        kafka_listener: options.kafka_listener,
+        advertised_host: options.advertised_host,
+        advertised_port: options.advertised_port,
+        node_id: options.node_id,
+        shards: options.shards,
+        pin_shards: !options.no_pin,
+        auto_create_topics: options.auto_create_topics,
+        default_partitions: options.default_partitions,
+        socket_request_max_bytes: options.socket_request_max_bytes,
+        ..BrokerConfig::default()
+    };
+    let listener = config.kafka_listener;
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(signals) => signals,
+        Err(error) => fail(&format!("cannot install signal handlers: {error}")),
+    };
+    let broker = match Broker::start(config) {
+        Ok(broker) => broker,
+        Err(error) => fail(&error.to_string()),
+    };
+    log::info!("coremq listening for Kafka clients on {listener}");
+    if let Some(signal) = signals.forever().next() {
+        log::info!("signal {signal}: finishing in-flight requests, flushing, exiting");
+    }
+    if let Err(error) = broker.shutdown(Duration::from_secs(10)) {
+        fail(&error.to_string());
     }
 }
 
-fn run() -> Result<(), coremq_engine::Error> {
-    let data_dir = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "data".to_string());
-    let engine = Engine::start(EngineConfig::new(&data_dir))?;
-    let handle = engine.handle();
-    let log = TopicPartition::new("quotes", 0)?;
-    block_on(handle.create_log(&log, None))?;
-    let start = block_on(handle.offsets(&log))?.log_end;
-    println!(
-        "coremq engine: {} shards, data in {data_dir}, quotes-0 ends at {start}",
-        handle.shard_count()
-    );
-
-    let began = Instant::now();
-    for batch in 0..BATCHES {
-        let mut builder = BatchBuilder::new(Compression::Zstd);
-        for n in 0..RECORDS_PER_BATCH {
-            let value = format!(
-                "{{\"sym\":\"SYM{}\",\"px\":{}.{:02}}}",
-                n % 50,
-                100 + batch % 9,
-                n
-            );
-            builder.push(Timestamp::now(), Some(b"SYM"), Some(value.as_bytes()), &[]);
-        }
-        block_on(handle.append(&log, builder.build()))?;
-    }
-    let elapsed = began.elapsed();
-    let records = BATCHES * u64::from(RECORDS_PER_BATCH);
-    println!(
-        "appended {records} records in {BATCHES} zstd batches (fsync per group commit) in {:.2?}: {:.0} records/s",
-        elapsed,
-        records as f64 / elapsed.as_secs_f64()
-    );
-
-    let mut from = start;
-    let mut read_records = 0u64;
-    let end = block_on(handle.offsets(&log))?.log_end;
-    while from < end {
-        let read = block_on(handle.read(&log, from, 1 << 20, Isolation::Written))?;
-        for batch in &read.batches {
-            let header = BatchHeader::parse(batch)?;
-            read_records += u64::from(header.records_count);
-            from = header.next_offset();
-        }
-    }
-    assert_eq!(read_records, records, "every appended record reads back");
-    let metrics = block_on(handle.metrics())?;
-    println!(
-        "read back {read_records} records; log now [{}, {}); fsync p99 {} us; cache hit rate {:.2}",
-        block_on(handle.offsets(&log))?.log_start,
-        end,
-        metrics.fsync_latency_us.value_at_quantile(0.99),
-        metrics.cache_hit_rate()
-    );
-    engine.shutdown()
+fn fail(message: &str) -> ! {
+    eprintln!("coremq: {message}");
+    std::process::exit(1);
 }

@@ -403,6 +403,21 @@ impl Handle {
         .await
     }
 
+    /// Waits until a read from `from` would return a batch, at most `timeout` (see
+    /// [`Log::wait_readable`]).
+    pub async fn wait_readable(
+        &self,
+        topic_partition: &TopicPartition,
+        from: Offset,
+        isolation: Isolation,
+        timeout: Duration,
+    ) -> Result<bool> {
+        self.with_log(topic_partition, move |log| async move {
+            Ok(log.wait_readable(from, isolation, timeout).await)
+        })
+        .await
+    }
+
     pub async fn offsets(&self, topic_partition: &TopicPartition) -> Result<LogOffsets> {
         self.with_log(topic_partition, |log| async move { Ok(log.offsets()) })
             .await

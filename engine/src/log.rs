@@ -250,8 +250,40 @@ impl Log {
 
     /// Sets the committed watermark (replication drives it), bounded by the log end.
     pub fn set_committed(&self, offset: Offset) {
-        let mut inner = self.inner.borrow_mut();
-        inner.committed = offset.min(inner.active.next_offset);
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.committed = offset.min(inner.active.next_offset);
+        }
+        self.progress.notify_all();
+    }
+
+    /// Waits until a read from `from` under `isolation` would return a batch (the watermark
+    /// passed `from`), at most `timeout`; true if it did. A long-polling fetch waits here.
+    pub async fn wait_readable(
+        &self,
+        from: Offset,
+        isolation: Isolation,
+        timeout: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let upper = {
+                let inner = self.inner.borrow();
+                match isolation {
+                    Isolation::Written => inner.written,
+                    Isolation::Committed => inner.committed.min(inner.written),
+                }
+            };
+            if upper > from {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.closed.get() {
+                return false;
+            }
+            let woken = self.progress.notified();
+            futures_lite::future::or(woken, glommio::timer::sleep(left)).await;
+        }
     }
 
     pub fn segment_count(&self) -> usize {

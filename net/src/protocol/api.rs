@@ -105,7 +105,7 @@ macro_rules! apis {
 apis! {
     Produce: ProduceRequest, ProduceResponse, 3..=11;
     Fetch: FetchRequest, FetchResponse, 4..=16;
-    ListOffsets: ListOffsetsRequest, ListOffsetsResponse, 1..=8;
+    ListOffsets: ListOffsetsRequest, ListOffsetsResponse, 1..=6;
     Metadata: MetadataRequest, MetadataResponse, 0..=12;
     OffsetCommit: OffsetCommitRequest, OffsetCommitResponse, 2..=9;
     OffsetFetch: OffsetFetchRequest, OffsetFetchResponse, 1..=9;

@@ -3,5 +3,6 @@
 
 pub mod api;
 pub mod codec;
+pub mod error_code;
 pub mod frame;
 pub mod messages;

@@ -1,0 +1,72 @@
+//! The broker's settings. The `coremq` binary fills them from flags, environment variables
+//! and a TOML file; embedded defaults make `cargo run --release` a working single node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Data directory: engine logs under `logs/`, broker metadata under `meta/`.
+    pub data_dir: PathBuf,
+    /// Kafka listener; every shard accepts on it (SO_REUSEPORT).
+    pub kafka_listener: SocketAddr,
+    /// Host and port clients are told to connect to (Metadata); the listener's by default.
+    pub advertised_host: Option<String>,
+    pub advertised_port: Option<u16>,
+    /// This broker's node id.
+    pub node_id: i32,
+    pub cluster_id: String,
+    /// Shards (one executor per core); 0 means one per available core.
+    pub shards: usize,
+    /// Pin each shard to its core.
+    pub pin_shards: bool,
+    /// Create a topic on first use (Metadata with auto-creation allowed, Produce).
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics and of CreateTopics without a count.
+    pub default_partitions: u32,
+    /// Largest request frame accepted; bigger ones close the connection.
+    pub socket_request_max_bytes: usize,
+    /// Requests read ahead of their responses per connection.
+    pub connection_requests_in_flight_max: usize,
+    /// Request bytes buffered per shard across its connections.
+    pub shard_request_bytes_max: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> BrokerConfig {
+        BrokerConfig {
+            data_dir: PathBuf::from("data"),
+            kafka_listener: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            advertised_host: None,
+            advertised_port: None,
+            node_id: 0,
+            cluster_id: "coremq-cluster".into(),
+            shards: 0,
+            pin_shards: true,
+            auto_create_topics: true,
+            default_partitions: 1,
+            socket_request_max_bytes: 100 << 20,
+            connection_requests_in_flight_max: 64,
+            shard_request_bytes_max: 512 << 20,
+        }
+    }
+}
+
+impl BrokerConfig {
+    pub fn advertised(&self) -> (String, u16) {
+        let host = self
+            .advertised_host
+            .clone()
+            .unwrap_or_else(|| self.kafka_listener.ip().to_string());
+        let port = self.advertised_port.unwrap_or(self.kafka_listener.port());
+        (host, port)
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+
+    pub fn meta_dir(&self) -> PathBuf {
+        self.data_dir.join("meta")
+    }
+}

@@ -1,0 +1,199 @@
+//! One client connection: frames read in order, each request handled in its own task (so a
+//! long-polling fetch does not hold up the requests behind it), responses written in the
+//! order the requests came, as the protocol requires.
+//!
+//! Bounds: at most `connection_requests_in_flight_max` requests read ahead of their
+//! responses (then the connection stops reading), request bytes counted against the shard's
+//! `shard_request_bytes_max` until handled, frames over `socket_request_max_bytes` refused.
+//! A frame that is not a Kafka request closes this connection only, with one log line.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel;
+use glommio::net::{TcpListener, TcpStream};
+
+use super::Context;
+use super::dispatch;
+use crate::protocol::frame::{self, FrameError};
+
+/// Chunks of one response frame; `None` for a request answered with nothing (acks=0).
+type Response = Option<Vec<Bytes>>;
+
+pub(crate) async fn accept_loop(context: Rc<Context>, listener: TcpListener) {
+    let stop = context.stop_signal();
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            let _ = stop.recv_async().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => {
+                let context = context.clone();
+                glommio::spawn_local(async move {
+                    context.connections.set(context.connections.get() + 1);
+                    serve(&context, stream).await;
+                    context.connections.set(context.connections.get() - 1);
+                })
+                .detach();
+            }
+            Some(Err(error)) => {
+                log::warn!("accept failed: {error}");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve(context: &Rc<Context>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
+    let (mut reader, writer) = futures_lite::io::split(stream);
+    let (queue, responses) = local_channel::new_bounded::<glommio::Task<Response>>(
+        context.config.connection_requests_in_flight_max,
+    );
+    let writer = glommio::spawn_local(write_responses(writer, responses));
+    let stop = context.stop_signal();
+    loop {
+        let next = futures_lite::future::or(
+            async { Some(read_frame(context, &mut reader).await) },
+            async {
+                let _ = stop.recv_async().await;
+                None
+            },
+        )
+        .await;
+        let (frame, permit) = match next {
+            None | Some(Ok(None)) => break,
+            Some(Ok(Some(read))) => read,
+            Some(Err(reason)) => {
+                note_closed(peer, &reason);
+                break;
+            }
+        };
+        let request = match frame::decode_request(frame) {
+            Ok(request) => request,
+            Err(FrameError::ApiVersionsTooNew { header }) => {
+                let answer = dispatch::api_versions_fallback(header.correlation_id);
+                if queue
+                    .send(glommio::spawn_local(async move { Some(answer) }))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                continue;
+            }
+            Err(error) => {
+                note_closed(peer, &error.to_string());
+                break;
+            }
+        };
+        if !dispatch::is_served(request.header.request_api_key) {
+            note_closed(
+                peer,
+                &format!("API key {} is not served", request.header.request_api_key),
+            );
+            break;
+        }
+        let context = context.clone();
+        let task = glommio::spawn_local(async move {
+            let correlation_id = request.header.correlation_id;
+            let version = request.header.request_api_version;
+            let response = dispatch::handle(&context, request).await;
+            drop(permit);
+            response.map(|body| frame::encode_response(correlation_id, version, &body))
+        });
+        if queue.send(task).await.is_err() {
+            break;
+        }
+    }
+    drop(queue);
+    let _ = writer.await;
+}
+
+fn note_closed(peer: Option<SocketAddr>, reason: &str) {
+    match peer {
+        Some(peer) => log::warn!("closing connection from {peer}: {reason}"),
+        None => log::warn!("closing connection: {reason}"),
+    }
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream. The frame's bytes are reserved
+/// against the shard's budget (the permit) and allocated as they arrive, so a size prefix
+/// alone cannot make the broker allocate.
+async fn read_frame(
+    context: &Context,
+    reader: &mut (impl futures_lite::AsyncRead + Unpin),
+) -> Result<Option<(Bytes, glommio::sync::StaticPermit)>, String> {
+    let mut prefix = [0u8; 4];
+    match reader.read(&mut prefix[..1]).await {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(error) => return Err(format!("read failed: {error}")),
+    }
+    reader
+        .read_exact(&mut prefix[1..])
+        .await
+        .map_err(|error| format!("read failed: {error}"))?;
+    let size = i32::from_be_bytes(prefix);
+    let max = context.config.socket_request_max_bytes;
+    if size < 0 || size as usize > max {
+        return Err(format!(
+            "request size {size} is outside 0..={max} (socket_request_max_bytes)"
+        ));
+    }
+    let size = size as usize;
+    let permit = context
+        .request_bytes
+        .acquire_static_permit(size as u64)
+        .await
+        .map_err(|_| "shutting down".to_string())?;
+    const STEP_BYTES: usize = 1 << 20;
+    let mut frame = BytesMut::with_capacity(size.min(STEP_BYTES));
+    while frame.len() < size {
+        let start = frame.len();
+        frame.resize(start + (size - start).min(STEP_BYTES), 0);
+        reader
+            .read_exact(&mut frame[start..])
+            .await
+            .map_err(|error| format!("read failed after {start} of {size} bytes: {error}"))?;
+    }
+    Ok(Some((frame.freeze(), permit)))
+}
+
+/// Writes responses in request order, merging a response's small chunks into one write.
+async fn write_responses(
+    mut writer: impl futures_lite::AsyncWrite + Unpin,
+    responses: local_channel::LocalReceiver<glommio::Task<Response>>,
+) {
+    const MERGE_BYTES_MAX: usize = 64 << 10;
+    let mut pending = BytesMut::new();
+    while let Some(task) = responses.recv().await {
+        let Some(chunks) = task.await else {
+            continue;
+        };
+        for chunk in chunks {
+            if chunk.len() >= MERGE_BYTES_MAX {
+                if !pending.is_empty() && writer.write_all(&pending.split()).await.is_err() {
+                    return;
+                }
+                if writer.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            } else {
+                pending.extend_from_slice(&chunk);
+            }
+        }
+        if !pending.is_empty() && writer.write_all(&pending.split()).await.is_err() {
+            return;
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+    }
+}

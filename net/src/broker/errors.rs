@@ -1,0 +1,27 @@
+//! Engine errors as Kafka error codes.
+
+use coremq_engine::Error;
+
+use crate::protocol::error_code;
+
+pub fn code(error: &Error) -> i16 {
+    match error {
+        Error::InvalidBatch { .. } | Error::DecompressedTooLarge { .. } => {
+            error_code::INVALID_RECORD
+        }
+        Error::ChecksumMismatch { .. } => error_code::CORRUPT_MESSAGE,
+        Error::BatchTooLarge { .. } => error_code::MESSAGE_TOO_LARGE,
+        Error::UnknownCompression { .. } => error_code::UNSUPPORTED_COMPRESSION_TYPE,
+        Error::InvalidName { .. } => error_code::INVALID_TOPIC_EXCEPTION,
+        Error::OffsetOutOfRange { .. } => error_code::OFFSET_OUT_OF_RANGE,
+        Error::InvalidConfig { .. } => error_code::INVALID_CONFIG,
+        Error::UnknownLog { .. } => error_code::UNKNOWN_TOPIC_OR_PARTITION,
+        Error::DiskFull { .. }
+        | Error::Fenced { .. }
+        | Error::Corrupt { .. }
+        | Error::Io { .. } => error_code::KAFKA_STORAGE_ERROR,
+        // Retriable: the client tries again once the broker is back.
+        Error::ShuttingDown => error_code::NOT_LEADER_OR_FOLLOWER,
+        _ => error_code::UNKNOWN_SERVER_ERROR,
+    }
+}

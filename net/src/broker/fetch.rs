@@ -1,0 +1,324 @@
+//! Fetch and ListOffsets. Fetch answers with the stored batches themselves (no copy, no
+//! re-encoding) and long-polls: with fewer than `min_bytes` ready it waits, up to
+//! `max_wait_ms`, for any requested partition to get data, then reads again. Fetch sessions
+//! (KIP-227) are not created: every answer has session id 0, which tells the client to keep
+//! sending full requests.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use coremq_engine::{Error, Isolation, Offset, Timestamp, TopicPartition};
+use glommio::channels::local_channel;
+
+use super::{Context, errors};
+use crate::protocol::codec::{Records, Uuid};
+use crate::protocol::error_code;
+use crate::protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use crate::protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use crate::protocol::messages::{
+    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+};
+
+/// Error code for a session id the broker never handed out.
+const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+
+/// One requested partition, resolved.
+struct Wanted {
+    log: Option<TopicPartition>,
+    partition: i32,
+    /// The error for a partition that cannot be read at all.
+    error: i16,
+    offset: i64,
+    max_bytes: usize,
+}
+
+pub async fn handle(context: &Rc<Context>, request: FetchRequest, version: i16) -> FetchResponse {
+    if request.session_id != 0 {
+        return FetchResponse {
+            error_code: FETCH_SESSION_ID_NOT_FOUND,
+            ..FetchResponse::default()
+        };
+    }
+    let table = context.topics();
+    let mut topics: Vec<(String, Uuid, Vec<Wanted>)> = Vec::new();
+    for topic in &request.topics {
+        let found = if version >= 13 {
+            table.by_id(&topic.topic_id).cloned()
+        } else {
+            table.get(&topic.topic).cloned()
+        };
+        let missing = if version >= 13 {
+            error_code::UNKNOWN_TOPIC_ID
+        } else {
+            error_code::UNKNOWN_TOPIC_OR_PARTITION
+        };
+        let wanted = topic
+            .partitions
+            .iter()
+            .map(|partition| {
+                let index = partition.partition;
+                let log = found
+                    .as_ref()
+                    .filter(|topic| index >= 0 && (index as u32) < topic.partitions)
+                    .map(|topic| TopicPartition {
+                        topic: topic.name.clone(),
+                        partition: index as u32,
+                    });
+                Wanted {
+                    error: if log.is_some() {
+                        error_code::NONE
+                    } else if found.is_some() {
+                        error_code::UNKNOWN_TOPIC_OR_PARTITION
+                    } else {
+                        missing
+                    },
+                    log,
+                    partition: index,
+                    offset: partition.fetch_offset,
+                    max_bytes: partition.partition_max_bytes.max(0) as usize,
+                }
+            })
+            .collect();
+        let name = found
+            .as_ref()
+            .map_or(topic.topic.clone(), |t| t.name.clone());
+        topics.push((name, topic.topic_id, wanted));
+    }
+    let response_max = if version >= 3 {
+        request.max_bytes.max(0) as usize
+    } else {
+        usize::MAX
+    };
+    let min_bytes = request.min_bytes.max(0) as usize;
+    let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
+    loop {
+        let (responses, bytes) = read_all(context, &topics, response_max).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if bytes >= min_bytes.max(1) || left.is_zero() || !wait_any(context, &topics, left).await {
+            return FetchResponse {
+                responses,
+                ..FetchResponse::default()
+            };
+        }
+    }
+}
+
+/// Reads every partition concurrently, then keeps whole batches in request order up to
+/// `response_max` bytes (the first non-empty partition always keeps its first batch).
+async fn read_all(
+    context: &Rc<Context>,
+    topics: &[(String, Uuid, Vec<Wanted>)],
+    response_max: usize,
+) -> (Vec<FetchableTopicResponse>, usize) {
+    let mut reads = Vec::new();
+    for (_, _, wanted) in topics {
+        for partition in wanted {
+            let context = context.clone();
+            let log = partition.log.clone();
+            let (offset, max_bytes) = (partition.offset, partition.max_bytes.min(response_max));
+            reads.push(glommio::spawn_local(async move {
+                let log = log?;
+                let from = Offset(offset.max(0) as u64);
+                if offset < 0 {
+                    return Some(Err(out_of_range(&context, &log).await));
+                }
+                Some(
+                    match context
+                        .handle
+                        .read(&log, from, max_bytes.max(1), Isolation::Written)
+                        .await
+                    {
+                        Ok(read) => Ok(read),
+                        Err(error) => Err((errors::code(&error), Some(error))),
+                    },
+                )
+            }));
+        }
+    }
+    let mut reads = reads.into_iter();
+    let mut total = 0usize;
+    let mut responses = Vec::with_capacity(topics.len());
+    for (name, id, wanted) in topics {
+        let mut partitions = Vec::with_capacity(wanted.len());
+        for partition in wanted {
+            let read = reads.next().expect("one read per partition").await;
+            let mut data = PartitionData {
+                partition_index: partition.partition,
+                error_code: partition.error,
+                records: Some(Records::default()),
+                ..PartitionData::default()
+            };
+            match read {
+                None => {}
+                Some(Ok(read)) => {
+                    let mut batches = Vec::new();
+                    for batch in read.batches {
+                        if total + batch.len() > response_max && total > 0 {
+                            break;
+                        }
+                        total += batch.len();
+                        batches.push(batch);
+                    }
+                    data.high_watermark = read.high_watermark.0 as i64;
+                    data.last_stable_offset = read.high_watermark.0 as i64;
+                    data.log_start_offset = read.log_start.0 as i64;
+                    data.records = Some(Records::new(batches));
+                }
+                Some(Err((code, error))) => {
+                    data.error_code = code;
+                    if let Some(Error::OffsetOutOfRange {
+                        log_start, log_end, ..
+                    }) = error
+                    {
+                        data.high_watermark = log_end.0 as i64;
+                        data.last_stable_offset = log_end.0 as i64;
+                        data.log_start_offset = log_start.0 as i64;
+                    }
+                }
+            }
+            partitions.push(data);
+        }
+        responses.push(FetchableTopicResponse {
+            topic: name.clone(),
+            topic_id: *id,
+            partitions,
+        });
+    }
+    (responses, total)
+}
+
+async fn out_of_range(context: &Context, log: &TopicPartition) -> (i16, Option<Error>) {
+    match context.handle.offsets(log).await {
+        Ok(offsets) => (
+            error_code::OFFSET_OUT_OF_RANGE,
+            Some(Error::OffsetOutOfRange {
+                requested: Offset(0),
+                log_start: offsets.log_start,
+                log_end: offsets.high_watermark,
+            }),
+        ),
+        Err(error) => (errors::code(&error), Some(error)),
+    }
+}
+
+/// Waits until any readable partition has data past its fetch offset, at most `timeout`;
+/// false if none did.
+async fn wait_any(
+    context: &Rc<Context>,
+    topics: &[(String, Uuid, Vec<Wanted>)],
+    timeout: Duration,
+) -> bool {
+    let (sender, receiver) = local_channel::new_unbounded();
+    let sender = Rc::new(sender);
+    let mut waiters = Vec::new();
+    for (_, _, wanted) in topics {
+        for partition in wanted {
+            let Some(log) = partition.log.clone() else {
+                continue;
+            };
+            if partition.offset < 0 {
+                continue;
+            }
+            let from = Offset(partition.offset as u64);
+            let (context, sender) = (context.clone(), sender.clone());
+            waiters.push(glommio::spawn_local(async move {
+                let ready = context
+                    .handle
+                    .wait_readable(&log, from, Isolation::Written, timeout)
+                    .await
+                    .unwrap_or(true);
+                let _ = sender.try_send(ready);
+            }));
+        }
+    }
+    if waiters.is_empty() {
+        glommio::timer::sleep(timeout).await;
+        return false;
+    }
+    drop(sender);
+    let mut remaining = waiters.len();
+    while remaining > 0 {
+        match receiver.recv().await {
+            Some(true) => return true,
+            Some(false) => remaining -= 1,
+            None => break,
+        }
+    }
+    false
+}
+
+/// ListOffsets: earliest (-2), latest (-1), or the first offset at or after a timestamp.
+pub async fn list_offsets(
+    context: &Rc<Context>,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
+    let table = context.topics();
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let found = table.get(&topic.name).cloned();
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for partition in topic.partitions {
+            let index = partition.partition_index;
+            let mut answer = ListOffsetsPartitionResponse {
+                partition_index: index,
+                error_code: error_code::NONE,
+                timestamp: -1,
+                offset: -1,
+                leader_epoch: 0,
+                ..ListOffsetsPartitionResponse::default()
+            };
+            let log = found
+                .as_ref()
+                .filter(|topic| index >= 0 && (index as u32) < topic.partitions)
+                .map(|topic| TopicPartition {
+                    topic: topic.name.clone(),
+                    partition: index as u32,
+                });
+            let Some(log) = log else {
+                answer.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
+                partitions.push(answer);
+                continue;
+            };
+            let result = match partition.timestamp {
+                -2 | -1 => context.handle.offsets(&log).await.map(|offsets| {
+                    let offset = if partition.timestamp == -2 {
+                        offsets.log_start
+                    } else {
+                        offsets.high_watermark
+                    };
+                    Some((offset, Timestamp(-1)))
+                }),
+                timestamp if timestamp >= 0 => {
+                    context
+                        .handle
+                        .offset_for_timestamp(&log, Timestamp(timestamp))
+                        .await
+                }
+                _ => {
+                    answer.error_code = error_code::INVALID_REQUEST;
+                    partitions.push(answer);
+                    continue;
+                }
+            };
+            match result {
+                Ok(Some((offset, timestamp))) => {
+                    answer.offset = offset.0 as i64;
+                    answer.timestamp = timestamp.0;
+                }
+                Ok(None) => {}
+                Err(error) => answer.error_code = errors::code(&error),
+            }
+            partitions.push(answer);
+        }
+        topics.push(ListOffsetsTopicResponse {
+            name: topic.name,
+            partitions,
+        });
+    }
+    ListOffsetsResponse {
+        topics,
+        ..ListOffsetsResponse::default()
+    }
+}

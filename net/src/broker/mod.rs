@@ -1,0 +1,262 @@
+//! The Kafka broker: one listener per shard (SO_REUSEPORT, so the kernel spreads
+//! connections), each connection served on the shard that accepted it; requests for
+//! partitions another shard owns go there through the engine's handle.
+
+pub mod config;
+mod connection;
+mod dispatch;
+mod errors;
+mod fetch;
+mod metadata;
+mod produce;
+pub mod topics;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coremq_engine::{Engine, EngineConfig, Handle, LogConfig, TopicPartition};
+use glommio::net::TcpListener;
+use glommio::sync::Semaphore;
+
+pub use config::BrokerConfig;
+use topics::{Topic, TopicStore, TopicTable};
+
+/// Why the broker could not start.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A shard's broker state: reached from connection tasks and from closures the engine runs
+/// on the shard.
+pub(crate) struct Context {
+    pub config: Arc<BrokerConfig>,
+    pub handle: Handle,
+    topics: RefCell<Arc<TopicTable>>,
+    pub store: TopicStore,
+    /// Request bytes buffered on this shard.
+    pub request_bytes: Rc<Semaphore>,
+    /// Serializes topic changes (used on shard 0 only).
+    pub topic_changes: Semaphore,
+    /// Dropped on shutdown: listeners and connections stop on the disconnect.
+    stop: RefCell<Option<flume::Sender<()>>>,
+    stopped: flume::Receiver<()>,
+    pub connections: Cell<usize>,
+}
+
+thread_local! {
+    static CONTEXT: RefCell<Option<Rc<Context>>> = const { RefCell::new(None) };
+}
+
+impl Context {
+    pub fn current() -> Rc<Context> {
+        CONTEXT.with(|context| {
+            context
+                .borrow()
+                .clone()
+                .expect("broker context installed on every shard")
+        })
+    }
+
+    pub fn topics(&self) -> Arc<TopicTable> {
+        self.topics.borrow().clone()
+    }
+
+    pub fn stop_signal(&self) -> flume::Receiver<()> {
+        self.stopped.clone()
+    }
+
+    pub fn log_config_defaults(&self) -> LogConfig {
+        LogConfig::default()
+    }
+
+    /// Installs `table` on every shard (this one included).
+    pub async fn publish(&self, table: TopicTable) {
+        let table = Arc::new(table);
+        for shard in 0..self.handle.shard_count() {
+            let table = table.clone();
+            let _ = self
+                .handle
+                .on_shard(shard, move |_| async move {
+                    *Context::current().topics.borrow_mut() = table;
+                    Ok(())
+                })
+                .await;
+        }
+    }
+
+    /// Creates topic `name` with `partitions` partitions and log `config` (on shard 0,
+    /// serialized with other topic changes). `Ok(None)` if it already exists.
+    pub async fn create_topic(
+        &self,
+        name: String,
+        partitions: u32,
+        config: LogConfig,
+        configs: std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<Arc<Topic>>, coremq_engine::Error> {
+        self.handle
+            .on_shard(0, move |_| async move {
+                let context = Context::current();
+                let _change = context
+                    .topic_changes
+                    .acquire_permit(1)
+                    .await
+                    .map_err(|_| coremq_engine::Error::ShuttingDown)?;
+                if context.topics().get(&name).is_some() {
+                    return Ok(None);
+                }
+                for partition in 0..partitions {
+                    let log = TopicPartition::new(name.clone(), partition)?;
+                    context
+                        .handle
+                        .create_log(&log, Some(config.clone()))
+                        .await?;
+                }
+                let topic = Topic {
+                    name: name.clone(),
+                    id: topics::new_topic_id(),
+                    partitions,
+                    configs,
+                };
+                let table = context.topics().with(topic);
+                context
+                    .store
+                    .save(&table)
+                    .map_err(|reason| coremq_engine::Error::Corrupt {
+                        path: context.config.meta_dir(),
+                        reason,
+                    })?;
+                context.publish(table).await;
+                Ok(context.topics().get(&name).cloned())
+            })
+            .await
+    }
+}
+
+/// A running broker.
+pub struct Broker {
+    engine: Engine,
+    handle: Handle,
+}
+
+impl Broker {
+    /// Opens the data directory, recovers every log, and starts listening on every shard.
+    pub fn start(config: BrokerConfig) -> Result<Broker, StartError> {
+        if config.shard_request_bytes_max < config.socket_request_max_bytes {
+            return Err(StartError(format!(
+                "shard_request_bytes_max ({}) must be at least socket_request_max_bytes ({})",
+                config.shard_request_bytes_max, config.socket_request_max_bytes
+            )));
+        }
+        let config = Arc::new(config);
+        for dir in [config.logs_dir(), config.meta_dir()] {
+            std::fs::create_dir_all(&dir).map_err(|error| {
+                StartError(format!(
+                    "data directory {} is unusable: {error}",
+                    dir.display()
+                ))
+            })?;
+        }
+        let store = TopicStore::new(&config.meta_dir());
+        let table = store.load().map_err(StartError)?;
+        let shards = if config.shards == 0 {
+            std::thread::available_parallelism().map_or(1, |cores| cores.get())
+        } else {
+            config.shards
+        };
+        let engine = Engine::start(EngineConfig {
+            shards,
+            pin_shards: config.pin_shards,
+            ..EngineConfig::new(config.logs_dir())
+        })
+        .map_err(|error| StartError(format!("storage engine: {error}")))?;
+        let handle = engine.handle();
+        futures_lite::future::block_on(reconcile(&handle, &table))
+            .map_err(|error| StartError(format!("recovering topics: {error}")))?;
+        let table = Arc::new(table);
+        for shard in 0..shards {
+            let config = config.clone();
+            let table = table.clone();
+            let store = store.clone();
+            let shard_handle = handle.clone();
+            futures_lite::future::block_on(handle.on_shard(shard, move |_| async move {
+                let listener = TcpListener::bind(config.kafka_listener).map_err(|error| {
+                    coremq_engine::Error::Io {
+                        path: config.kafka_listener.to_string().into(),
+                        op: "listen on",
+                        source: std::io::Error::other(error.to_string()),
+                    }
+                })?;
+                let (stop, stopped) = flume::bounded(1);
+                let context = Rc::new(Context {
+                    request_bytes: Rc::new(Semaphore::new(config.shard_request_bytes_max as u64)),
+                    config,
+                    handle: shard_handle,
+                    topics: RefCell::new(table),
+                    store,
+                    topic_changes: Semaphore::new(1),
+                    stop: RefCell::new(Some(stop)),
+                    stopped,
+                    connections: Cell::new(0),
+                });
+                CONTEXT.with(|slot| *slot.borrow_mut() = Some(context.clone()));
+                glommio::spawn_local(connection::accept_loop(context, listener)).detach();
+                Ok(())
+            }))
+            .map_err(|error| StartError(error.to_string()))?;
+        }
+        Ok(Broker { engine, handle })
+    }
+
+    /// Stops accepting, lets connections finish the requests they have read (up to
+    /// `grace`), then flushes and closes every log.
+    pub fn shutdown(self, grace: Duration) -> Result<(), StartError> {
+        for shard in 0..self.handle.shard_count() {
+            let _ =
+                futures_lite::future::block_on(self.handle.on_shard(shard, move |_| async move {
+                    let context = Context::current();
+                    context.stop.borrow_mut().take();
+                    let deadline = std::time::Instant::now() + grace;
+                    while context.connections.get() > 0 && std::time::Instant::now() < deadline {
+                        glommio::timer::sleep(Duration::from_millis(5)).await;
+                    }
+                    Ok(())
+                }));
+        }
+        self.engine
+            .shutdown()
+            .map_err(|error| StartError(format!("flushing logs: {error}")))
+    }
+}
+
+/// Makes the logs match the topic table: deletes logs of topics (or partitions) it does not
+/// list, left by an interrupted change, and creates missing ones.
+async fn reconcile(handle: &Handle, table: &TopicTable) -> Result<(), coremq_engine::Error> {
+    let logs = handle.list_logs().await?;
+    for log in &logs {
+        let known = table
+            .get(&log.topic)
+            .is_some_and(|topic| log.partition < topic.partitions);
+        if !known {
+            log::warn!("deleting log {log}: no topic lists it (an interrupted change)");
+            handle.delete_log(log).await?;
+        }
+    }
+    for topic in table.iter() {
+        for partition in 0..topic.partitions {
+            let log = TopicPartition::new(topic.name.clone(), partition)?;
+            if !logs.contains(&log) {
+                handle.create_log(&log, None).await?;
+            }
+        }
+    }
+    Ok(())
+}

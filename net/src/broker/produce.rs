@@ -1,0 +1,134 @@
+//! Produce: each partition's record batches checked (framing here, CRC-32C, magic, counts
+//! and sizes in the engine) and appended in order; partitions in parallel, each on the
+//! shard that owns it. The answer waits for the log's durability policy (acks 1 and all
+//! alike on a single node); acks=0 gets none.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use coremq_engine::{TopicPartition, batch};
+
+use super::{Context, errors};
+use crate::protocol::error_code;
+use crate::protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use crate::protocol::messages::{ProduceRequest, ProduceResponse};
+
+pub async fn handle(context: &Rc<Context>, request: ProduceRequest) -> Option<ProduceResponse> {
+    let acks = request.acks;
+    let refuse = if !matches!(acks, -1..=1) {
+        Some((
+            error_code::INVALID_REQUIRED_ACKS,
+            "acks must be -1, 0 or 1".to_string(),
+        ))
+    } else if request.transactional_id.is_some() {
+        Some((
+            error_code::INVALID_REQUEST,
+            "transactions are not supported".to_string(),
+        ))
+    } else {
+        None
+    };
+    let table = context.topics();
+    let mut pending = Vec::new();
+    for topic_data in request.topic_data {
+        let topic = table.get(&topic_data.name).cloned();
+        let mut partitions = Vec::new();
+        for partition_data in topic_data.partition_data {
+            let index = partition_data.index;
+            let known = topic
+                .as_ref()
+                .is_some_and(|topic| index >= 0 && (index as u32) < topic.partitions);
+            let failure = match (&refuse, known, &partition_data.records) {
+                (Some(refusal), _, _) => Some(refusal.clone()),
+                (None, false, _) => Some((
+                    error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("{}-{index} does not exist", topic_data.name),
+                )),
+                (None, true, None) => Some((error_code::INVALID_RECORD, "no records".into())),
+                (None, true, Some(_)) => None,
+            };
+            if let Some((code, message)) = failure {
+                partitions.push(glommio::spawn_local(
+                    async move { failed(index, code, message) },
+                ));
+                continue;
+            }
+            let log = TopicPartition {
+                topic: topic_data.name.clone(),
+                partition: index as u32,
+            };
+            let records = partition_data.records.expect("checked above").to_bytes();
+            let context = context.clone();
+            partitions.push(glommio::spawn_local(async move {
+                append(&context, &log, index, records).await
+            }));
+        }
+        pending.push((topic_data.name, partitions));
+    }
+    let mut responses = Vec::with_capacity(pending.len());
+    for (name, partitions) in pending {
+        let mut partition_responses = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            partition_responses.push(partition.await);
+        }
+        responses.push(TopicProduceResponse {
+            name,
+            partition_responses,
+        });
+    }
+    (acks != 0).then(|| ProduceResponse {
+        responses,
+        ..ProduceResponse::default()
+    })
+}
+
+fn failed(index: i32, code: i16, message: String) -> PartitionProduceResponse {
+    PartitionProduceResponse {
+        index,
+        error_code: code,
+        error_message: Some(message),
+        ..PartitionProduceResponse::default()
+    }
+}
+
+/// Appends every batch of `records` in order; the answer carries the first batch's offset.
+async fn append(
+    context: &Context,
+    log: &TopicPartition,
+    index: i32,
+    records: Bytes,
+) -> PartitionProduceResponse {
+    let mut batches = Vec::new();
+    let mut covered = 0;
+    for frame in batch::frames(&records) {
+        batches.push(records.slice(frame.position..frame.end()));
+        covered = frame.end();
+    }
+    if batches.is_empty() || covered != records.len() {
+        return failed(
+            index,
+            error_code::CORRUPT_MESSAGE,
+            format!(
+                "records hold {} bytes that are not whole record batches",
+                records.len() - covered
+            ),
+        );
+    }
+    let mut first = None;
+    for batch in batches {
+        match context.handle.append(log, batch).await {
+            Ok(info) => {
+                first.get_or_insert(info);
+            }
+            Err(error) => return failed(index, errors::code(&error), error.to_string()),
+        }
+    }
+    let info = first.expect("at least one batch");
+    PartitionProduceResponse {
+        index,
+        error_code: error_code::NONE,
+        base_offset: info.base_offset.0 as i64,
+        log_append_time_ms: info.log_append_time.map_or(-1, |time| time.0),
+        ..PartitionProduceResponse::default()
+    }
+}
