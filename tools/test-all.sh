@@ -18,6 +18,15 @@ if ! command -v cargo-fuzz >/dev/null 2>&1 && ! cargo fuzz --version >/dev/null 
 fi
 cargo --version
 
+say "Kafka clients for the end-to-end tests"
+if ! command -v kcat >/dev/null 2>&1; then
+  sudo_cmd=""
+  if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq kcat >/dev/null
+fi
+kcat -V | head -n 1
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -25,7 +34,10 @@ say "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p coremq-engine --no-default-features -- -D warnings
 
-say "tests (unit, integration, crash and fault tests) and benches in test mode"
+say "generated Kafka codecs match net/schemas"
+cargo run -q -p coremq-tools --bin kafka-codegen -- --check
+
+say "tests (unit, integration, crash, fault and end-to-end tests) and benches in test mode"
 cargo test --workspace --all-targets
 
 say "doc tests"

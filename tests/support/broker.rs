@@ -1,0 +1,95 @@
+//! Starts the real `coremq` binary for end-to-end tests: a free port, a temporary data
+//! directory, and a wait until it accepts connections. Stopped with SIGTERM on drop.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Broker {
+    pub fn start(data_dir: &Path) -> Broker {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Broker::start_on(data_dir, port, &[])
+    }
+
+    pub fn start_on(data_dir: &Path, port: u16, extra: &[&str]) -> Broker {
+        let log = data_dir.with_extension("log");
+        let output = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_coremq"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--kafka-listener")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--shards", "2", "--no-pin"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(output)
+            .spawn()
+            .expect("the coremq binary starts");
+        let broker = Broker {
+            child: Some(child),
+            port,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "broker did not listen: {}",
+                broker.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        broker
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().unwrap()
+    }
+
+    /// Stops and starts again on the same port and directory.
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "clean exit on SIGTERM: {status}\n{}", self.log());
+        let again = Broker::start_on(&self.data_dir, self.port, &[]);
+        *self = again;
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
