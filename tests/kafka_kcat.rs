@@ -39,10 +39,14 @@ fn kcat(broker: &Broker, args: &[&str], input: &str) -> String {
 }
 
 fn consume_json(broker: &Broker, topic: &str, offset: &str) -> Vec<serde_json::Value> {
-    kcat(broker, &["-C", "-t", topic, "-o", offset, "-e", "-J", "-q"], "")
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("kcat -J prints JSON"))
-        .collect()
+    kcat(
+        broker,
+        &["-C", "-t", topic, "-o", offset, "-e", "-J", "-q"],
+        "",
+    )
+    .lines()
+    .map(|line| serde_json::from_str(line).expect("kcat -J prints JSON"))
+    .collect()
 }
 
 #[test]
@@ -75,7 +79,19 @@ fn every_codec_keeps_keys_headers_and_null_values() {
         let input = format!("key-{codec}:value-{codec}\nnull-{codec}:\n");
         kcat(
             &broker,
-            &["-P", "-t", "codecs", "-z", codec, "-K:", "-Z", "-H", "trace=abc", "-H", "n=1"],
+            &[
+                "-P",
+                "-t",
+                "codecs",
+                "-z",
+                codec,
+                "-K:",
+                "-Z",
+                "-H",
+                "trace=abc",
+                "-H",
+                "n=1",
+            ],
             &input,
         );
     }
@@ -102,7 +118,11 @@ fn acks_zero_one_and_all_all_land() {
     let broker = Broker::start(&dir.path().join("data"));
     for acks in ["0", "1", "all"] {
         let input: String = (0..100).map(|n| format!("{acks}-{n}\n")).collect();
-        kcat(&broker, &["-P", "-t", "acks", "-X", &format!("acks={acks}")], &input);
+        kcat(
+            &broker,
+            &["-P", "-t", "acks", "-X", &format!("acks={acks}")],
+            &input,
+        );
     }
     let records = consume_json(&broker, "acks", "beginning");
     let payloads: Vec<&str> = records
@@ -134,7 +154,17 @@ fn consume_from_earliest_latest_and_a_timestamp() {
 
     // A consumer at the end sees only what is produced after it started (long poll).
     let mut tail = Command::new("kcat")
-        .args(["-b", &broker.bootstrap(), "-C", "-t", "times", "-o", "end", "-c", "1"])
+        .args([
+            "-b",
+            &broker.bootstrap(),
+            "-C",
+            "-t",
+            "times",
+            "-o",
+            "end",
+            "-c",
+            "1",
+        ])
         .args(["-f", "%s@%o\n"])
         .stdout(Stdio::piped())
         .spawn()
@@ -142,7 +172,11 @@ fn consume_from_earliest_latest_and_a_timestamp() {
     std::thread::sleep(Duration::from_millis(1500));
     kcat(&broker, &["-P", "-t", "times"], "d\n");
     let mut seen = String::new();
-    tail.stdout.take().unwrap().read_to_string(&mut seen).unwrap();
+    tail.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut seen)
+        .unwrap();
     assert!(tail.wait().unwrap().success());
     assert_eq!(seen, "d@3\n");
 }
@@ -152,7 +186,11 @@ fn data_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(&dir.path().join("data"));
     let input: String = (0..1000).map(|n| format!("k{}:v{n}\n", n % 7)).collect();
-    kcat(&broker, &["-P", "-t", "durable", "-K:", "-z", "zstd"], &input);
+    kcat(
+        &broker,
+        &["-P", "-t", "durable", "-K:", "-z", "zstd"],
+        &input,
+    );
     broker.restart();
     let records = consume_json(&broker, "durable", "beginning");
     assert_eq!(records.len(), 1000);
@@ -180,13 +218,22 @@ fn bad_frames_close_only_their_connection() {
     ];
     for frame in frames {
         let mut stream = TcpStream::connect(("127.0.0.1", broker.port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         stream.write_all(frame).unwrap();
         let mut buffer = [0u8; 16];
         let read = stream.read(&mut buffer).expect("closed, not hung");
         assert_eq!(read, 0, "the broker closes the connection for {frame:?}");
     }
     kcat(&broker, &["-P", "-t", "still.fine"], "ok\n");
-    assert_eq!(consume_json(&broker, "still.fine", "beginning")[0]["payload"], "ok");
-    assert!(broker.log().contains("closing connection"), "{}", broker.log());
+    assert_eq!(
+        consume_json(&broker, "still.fine", "beginning")[0]["payload"],
+        "ok"
+    );
+    assert!(
+        broker.log().contains("closing connection"),
+        "{}",
+        broker.log()
+    );
 }

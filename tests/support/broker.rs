@@ -79,7 +79,11 @@ impl Broker {
     /// Stops and starts again on the same port and directory.
     pub fn restart(&mut self) {
         let status = self.stop();
-        assert!(status.success(), "clean exit on SIGTERM: {status}\n{}", self.log());
+        assert!(
+            status.success(),
+            "clean exit on SIGTERM: {status}\n{}",
+            self.log()
+        );
         let again = Broker::start_on(&self.data_dir, self.port, &[]);
         *self = again;
     }

@@ -59,13 +59,7 @@ pub async fn handle(context: &Rc<Context>, request: FetchRequest, version: i16) 
             .iter()
             .map(|partition| {
                 let index = partition.partition;
-                let log = found
-                    .as_ref()
-                    .filter(|topic| index >= 0 && (index as u32) < topic.partitions)
-                    .map(|topic| TopicPartition {
-                        topic: topic.name.clone(),
-                        partition: index as u32,
-                    });
+                let log = found.as_ref().and_then(|topic| topic.log(index));
                 Wanted {
                     error: if log.is_some() {
                         error_code::NONE
@@ -269,13 +263,7 @@ pub async fn list_offsets(
                 leader_epoch: 0,
                 ..ListOffsetsPartitionResponse::default()
             };
-            let log = found
-                .as_ref()
-                .filter(|topic| index >= 0 && (index as u32) < topic.partitions)
-                .map(|topic| TopicPartition {
-                    topic: topic.name.clone(),
-                    partition: index as u32,
-                });
+            let log = found.as_ref().and_then(|topic| topic.log(index));
             let Some(log) = log else {
                 answer.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
                 partitions.push(answer);

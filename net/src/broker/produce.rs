@@ -35,10 +35,8 @@ pub async fn handle(context: &Rc<Context>, request: ProduceRequest) -> Option<Pr
         let mut partitions = Vec::new();
         for partition_data in topic_data.partition_data {
             let index = partition_data.index;
-            let known = topic
-                .as_ref()
-                .is_some_and(|topic| index >= 0 && (index as u32) < topic.partitions);
-            let failure = match (&refuse, known, &partition_data.records) {
+            let log = topic.as_ref().and_then(|topic| topic.log(index));
+            let failure = match (&refuse, log.is_some(), &partition_data.records) {
                 (Some(refusal), _, _) => Some(refusal.clone()),
                 (None, false, _) => Some((
                     error_code::UNKNOWN_TOPIC_OR_PARTITION,
@@ -53,10 +51,7 @@ pub async fn handle(context: &Rc<Context>, request: ProduceRequest) -> Option<Pr
                 ));
                 continue;
             }
-            let log = TopicPartition {
-                topic: topic_data.name.clone(),
-                partition: index as u32,
-            };
+            let log = log.expect("checked above");
             let records = partition_data.records.expect("checked above").to_bytes();
             let context = context.clone();
             partitions.push(glommio::spawn_local(async move {

@@ -22,6 +22,16 @@ pub struct Topic {
     pub configs: BTreeMap<String, String>,
 }
 
+impl Topic {
+    /// The log of partition `index`, if the topic has it.
+    pub fn log(&self, index: i32) -> Option<coremq_engine::TopicPartition> {
+        (index >= 0 && (index as u32) < self.partitions).then(|| coremq_engine::TopicPartition {
+            topic: self.name.clone(),
+            partition: index as u32,
+        })
+    }
+}
+
 /// An immutable snapshot of every topic.
 #[derive(Debug, Clone, Default)]
 pub struct TopicTable {
