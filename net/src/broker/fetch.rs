@@ -90,7 +90,7 @@ pub async fn handle(context: &Rc<Context>, request: FetchRequest, version: i16) 
     loop {
         let (responses, bytes) = read_all(context, &topics, response_max).await;
         let left = deadline.saturating_duration_since(Instant::now());
-        if bytes >= min_bytes.max(1) || left.is_zero() || !wait_any(context, &topics, left).await {
+        if bytes >= min_bytes || left.is_zero() || !wait_any(context, &topics, left).await {
             return FetchResponse {
                 responses,
                 ..FetchResponse::default()
@@ -125,7 +125,7 @@ async fn read_all(
                         .await
                     {
                         Ok(read) => Ok(read),
-                        Err(error) => Err((errors::code(&error), Some(error))),
+                        Err(error) => Err(Failure::from(&error)),
                     },
                 )
             }));
@@ -160,16 +160,11 @@ async fn read_all(
                     data.log_start_offset = read.log_start.0 as i64;
                     data.records = Some(Records::new(batches));
                 }
-                Some(Err((code, error))) => {
-                    data.error_code = code;
-                    if let Some(Error::OffsetOutOfRange {
-                        log_start, log_end, ..
-                    }) = error
-                    {
-                        data.high_watermark = log_end.0 as i64;
-                        data.last_stable_offset = log_end.0 as i64;
-                        data.log_start_offset = log_start.0 as i64;
-                    }
+                Some(Err(failure)) => {
+                    data.error_code = failure.code;
+                    data.high_watermark = failure.high_watermark;
+                    data.last_stable_offset = failure.high_watermark;
+                    data.log_start_offset = failure.log_start;
                 }
             }
             partitions.push(data);
@@ -183,17 +178,39 @@ async fn read_all(
     (responses, total)
 }
 
-async fn out_of_range(context: &Context, log: &TopicPartition) -> (i16, Option<Error>) {
+/// A partition that could not be read: the error code, and the log's watermarks where known
+/// (clients use them to reset an out-of-range position).
+struct Failure {
+    code: i16,
+    log_start: i64,
+    high_watermark: i64,
+}
+
+impl From<&Error> for Failure {
+    fn from(error: &Error) -> Failure {
+        let (log_start, high_watermark) = match error {
+            Error::OffsetOutOfRange {
+                log_start, log_end, ..
+            } => (log_start.0 as i64, log_end.0 as i64),
+            _ => (-1, -1),
+        };
+        Failure {
+            code: errors::code(error),
+            log_start,
+            high_watermark,
+        }
+    }
+}
+
+/// The answer to a negative fetch offset.
+async fn out_of_range(context: &Context, log: &TopicPartition) -> Failure {
     match context.handle.offsets(log).await {
-        Ok(offsets) => (
-            error_code::OFFSET_OUT_OF_RANGE,
-            Some(Error::OffsetOutOfRange {
-                requested: Offset(0),
-                log_start: offsets.log_start,
-                log_end: offsets.high_watermark,
-            }),
-        ),
-        Err(error) => (errors::code(&error), Some(error)),
+        Ok(offsets) => Failure {
+            code: error_code::OFFSET_OUT_OF_RANGE,
+            log_start: offsets.log_start.0 as i64,
+            high_watermark: offsets.high_watermark.0 as i64,
+        },
+        Err(error) => Failure::from(&error),
     }
 }
 

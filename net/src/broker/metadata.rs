@@ -117,7 +117,7 @@ async fn auto_create(context: &Context, name: &str) -> Result<Arc<Topic>, i16> {
         .create_topic(
             name.to_string(),
             context.config.default_partitions,
-            context.log_config_defaults(),
+            None,
             Default::default(),
         )
         .await;

@@ -74,10 +74,6 @@ impl Context {
         self.stopped.clone()
     }
 
-    pub fn log_config_defaults(&self) -> LogConfig {
-        LogConfig::default()
-    }
-
     /// Installs `table` on every shard (this one included).
     pub async fn publish(&self, table: TopicTable) {
         let table = Arc::new(table);
@@ -93,13 +89,14 @@ impl Context {
         }
     }
 
-    /// Creates topic `name` with `partitions` partitions and log `config` (on shard 0,
-    /// serialized with other topic changes). `Ok(None)` if it already exists.
+    /// Creates topic `name` with `partitions` partitions and log `config` (the engine's
+    /// defaults if `None`), on shard 0, serialized with other topic changes. `Ok(None)` if it
+    /// already exists.
     pub async fn create_topic(
         &self,
         name: String,
         partitions: u32,
-        config: LogConfig,
+        config: Option<LogConfig>,
         configs: std::collections::BTreeMap<String, String>,
     ) -> Result<Option<Arc<Topic>>, coremq_engine::Error> {
         self.handle
@@ -115,10 +112,7 @@ impl Context {
                 }
                 for partition in 0..partitions {
                     let log = TopicPartition::new(name.clone(), partition)?;
-                    context
-                        .handle
-                        .create_log(&log, Some(config.clone()))
-                        .await?;
+                    context.handle.create_log(&log, config.clone()).await?;
                 }
                 let topic = Topic {
                     name: name.clone(),

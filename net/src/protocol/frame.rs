@@ -114,16 +114,12 @@ fn response_header_version(range: &ApiRange, version: i16) -> i16 {
 pub fn encode_response(correlation_id: i32, version: i16, body: &ResponseBody) -> Vec<Bytes> {
     let range = api::api(body.api_key()).expect("responses are built for served APIs");
     let mut encoder = Encoder::new();
-    encoder.i32(0);
     let header = ResponseHeader { correlation_id };
     header.encode(&mut encoder, response_header_version(range, version));
     body.encode(&mut encoder, version);
-    let size = encoder.len() - 4;
-    let mut chunks = encoder.finish();
-    let first = &mut chunks[0];
-    let mut prefixed = bytes::BytesMut::from(&first[..]);
-    prefixed[..4].copy_from_slice(&(size as i32).to_be_bytes());
-    *first = prefixed.freeze();
+    let size = encoder.len() as i32;
+    let mut chunks = vec![Bytes::copy_from_slice(&size.to_be_bytes())];
+    chunks.extend(encoder.finish());
     chunks
 }
 
