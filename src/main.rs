@@ -1,67 +1,175 @@
 //! The `coremq` binary: a single-node, thread-per-core broker that speaks the Kafka wire
-//! protocol. Settings come from flags or `COREMQ_*` environment variables; the defaults make
-//! `cargo run --release` a working broker on 127.0.0.1:9092 with data in `./data`.
+//! protocol. Each setting comes from a flag, else its `COREMQ_*` environment variable, else
+//! the TOML file given with `--config`, else the embedded default, so `cargo run --release`
+//! is a working broker on 127.0.0.1:9092 with data in `./data`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
 use coremq_net::broker::{Broker, BrokerConfig};
+use serde::Deserialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// coremq: a thread-per-core, Kafka-compatible message broker.
-#[derive(Debug, Parser)]
+///
+/// Every setting can be given as a flag, as the environment variable shown, or as a key of
+/// the TOML file named by --config (the flag's name with underscores: `data_dir = "/var/lib/coremq"`);
+/// that is also the order of precedence.
+#[derive(Debug, Parser, Deserialize, Default)]
 #[command(version)]
+#[serde(deny_unknown_fields)]
 struct Options {
-    /// Data directory (logs and topic metadata).
-    #[arg(long, env = "COREMQ_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
-    /// Kafka listener address.
-    #[arg(long, env = "COREMQ_KAFKA_LISTENER", default_value = "127.0.0.1:9092")]
-    kafka_listener: SocketAddr,
-    /// Host name given to clients in Metadata (default: the listener's address).
+    /// TOML file with settings (keys as the flags, with underscores).
+    #[arg(long, env = "COREMQ_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Data directory (logs and topic metadata) [default: data]
+    #[arg(long, env = "COREMQ_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Kafka listener address [default: 127.0.0.1:9092]
+    #[arg(long, env = "COREMQ_KAFKA_LISTENER")]
+    kafka_listener: Option<SocketAddr>,
+    /// HTTP admin listener: /metrics, /health, /ready [default: 127.0.0.1:9644]
+    #[arg(long, env = "COREMQ_ADMIN_LISTENER")]
+    admin_listener: Option<SocketAddr>,
+    /// Host name given to clients in Metadata [default: the listener's address]
     #[arg(long, env = "COREMQ_ADVERTISED_HOST")]
     advertised_host: Option<String>,
-    /// Port given to clients in Metadata (default: the listener's port).
+    /// Port given to clients in Metadata [default: the listener's port]
     #[arg(long, env = "COREMQ_ADVERTISED_PORT")]
     advertised_port: Option<u16>,
-    /// This broker's node id.
-    #[arg(long, env = "COREMQ_NODE_ID", default_value_t = 0)]
-    node_id: i32,
-    /// Shards, one executor per core; 0 for one per available core.
-    #[arg(long, env = "COREMQ_SHARDS", default_value_t = 0)]
-    shards: usize,
-    /// Do not pin shards to cores.
-    #[arg(long, env = "COREMQ_NO_PIN")]
+    /// This broker's node id [default: 0]
+    #[arg(long, env = "COREMQ_NODE_ID")]
+    node_id: Option<i32>,
+    /// Cluster id reported to clients [default: coremq-cluster]
+    #[arg(long, env = "COREMQ_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    /// Shards, one executor per core; 0 for one per available core [default: 0]
+    #[arg(long, env = "COREMQ_SHARDS")]
+    shards: Option<usize>,
+    /// Pin each shard to its core [default: true]
+    #[arg(long, env = "COREMQ_PIN_SHARDS")]
+    pin_shards: Option<bool>,
+    /// Do not pin shards to cores (same as --pin-shards false)
+    #[arg(long)]
+    #[serde(skip)]
     no_pin: bool,
-    /// Create topics on first use (Metadata requests that allow it).
-    #[arg(long, env = "COREMQ_AUTO_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
-    auto_create_topics: bool,
-    /// Partitions of auto-created topics.
-    #[arg(long, env = "COREMQ_DEFAULT_PARTITIONS", default_value_t = 1)]
-    default_partitions: u32,
-    /// Largest request accepted, in bytes.
-    #[arg(long, env = "COREMQ_SOCKET_REQUEST_MAX_BYTES", default_value_t = 100 << 20)]
-    socket_request_max_bytes: usize,
+    /// Create topics on first use (Metadata requests that allow it) [default: true]
+    #[arg(long, env = "COREMQ_AUTO_CREATE_TOPICS")]
+    auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics and of CreateTopics without a count [default: 1]
+    #[arg(long, env = "COREMQ_DEFAULT_PARTITIONS")]
+    default_partitions: Option<u32>,
+    /// Largest request accepted, in bytes [default: 104857600]
+    #[arg(long, env = "COREMQ_SOCKET_REQUEST_MAX_BYTES")]
+    socket_request_max_bytes: Option<usize>,
+    /// Requests read ahead of their responses per connection [default: 64]
+    #[arg(long, env = "COREMQ_CONNECTION_REQUESTS_IN_FLIGHT_MAX")]
+    connection_requests_in_flight_max: Option<usize>,
+    /// Request bytes buffered per shard [default: 536870912]
+    #[arg(long, env = "COREMQ_SHARD_REQUEST_BYTES_MAX")]
+    shard_request_bytes_max: Option<usize>,
+    /// Partitions of __consumer_offsets, fixed when first created [default: 16]
+    #[arg(long, env = "COREMQ_OFFSETS_TOPIC_PARTITIONS")]
+    offsets_topic_partitions: Option<u32>,
+    /// How long a new consumer group waits for more members before its first assignment,
+    /// in milliseconds (Kafka's group.initial.rebalance.delay.ms) [default: 3000]
+    #[arg(long, env = "COREMQ_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    group_initial_rebalance_delay_ms: Option<u64>,
+}
+
+impl Options {
+    /// Fills what flags and environment left unset from `file`.
+    fn or(self, file: Options) -> Options {
+        Options {
+            config: self.config,
+            data_dir: self.data_dir.or(file.data_dir),
+            kafka_listener: self.kafka_listener.or(file.kafka_listener),
+            admin_listener: self.admin_listener.or(file.admin_listener),
+            advertised_host: self.advertised_host.or(file.advertised_host),
+            advertised_port: self.advertised_port.or(file.advertised_port),
+            node_id: self.node_id.or(file.node_id),
+            cluster_id: self.cluster_id.or(file.cluster_id),
+            shards: self.shards.or(file.shards),
+            pin_shards: if self.no_pin {
+                Some(false)
+            } else {
+                self.pin_shards.or(file.pin_shards)
+            },
+            no_pin: self.no_pin,
+            auto_create_topics: self.auto_create_topics.or(file.auto_create_topics),
+            default_partitions: self.default_partitions.or(file.default_partitions),
+            socket_request_max_bytes: self
+                .socket_request_max_bytes
+                .or(file.socket_request_max_bytes),
+            connection_requests_in_flight_max: self
+                .connection_requests_in_flight_max
+                .or(file.connection_requests_in_flight_max),
+            shard_request_bytes_max: self
+                .shard_request_bytes_max
+                .or(file.shard_request_bytes_max),
+            offsets_topic_partitions: self
+                .offsets_topic_partitions
+                .or(file.offsets_topic_partitions),
+            group_initial_rebalance_delay_ms: self
+                .group_initial_rebalance_delay_ms
+                .or(file.group_initial_rebalance_delay_ms),
+        }
+    }
+
+    fn into_config(self) -> BrokerConfig {
+        let defaults = BrokerConfig::default();
+        BrokerConfig {
+            data_dir: self.data_dir.unwrap_or(defaults.data_dir),
+            kafka_listener: self.kafka_listener.unwrap_or(defaults.kafka_listener),
+            admin_listener: self.admin_listener.unwrap_or(defaults.admin_listener),
+            advertised_host: self.advertised_host,
+            advertised_port: self.advertised_port,
+            node_id: self.node_id.unwrap_or(defaults.node_id),
+            cluster_id: self.cluster_id.unwrap_or(defaults.cluster_id),
+            shards: self.shards.unwrap_or(defaults.shards),
+            pin_shards: self.pin_shards.unwrap_or(defaults.pin_shards),
+            auto_create_topics: self
+                .auto_create_topics
+                .unwrap_or(defaults.auto_create_topics),
+            default_partitions: self
+                .default_partitions
+                .unwrap_or(defaults.default_partitions),
+            socket_request_max_bytes: self
+                .socket_request_max_bytes
+                .unwrap_or(defaults.socket_request_max_bytes),
+            connection_requests_in_flight_max: self
+                .connection_requests_in_flight_max
+                .unwrap_or(defaults.connection_requests_in_flight_max),
+            shard_request_bytes_max: self
+                .shard_request_bytes_max
+                .unwrap_or(defaults.shard_request_bytes_max),
+            offsets_topic_partitions: self
+                .offsets_topic_partitions
+                .unwrap_or(defaults.offsets_topic_partitions),
+            group_initial_rebalance_delay_ms: self
+                .group_initial_rebalance_delay_ms
+                .unwrap_or(defaults.group_initial_rebalance_delay_ms),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<Options, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read config file {}: {error}", path.display()))?;
+    toml::from_str(&text).map_err(|error| format!("config file {}: {error}", path.display()))
 }
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let options = Options::parse();
-    let config = BrokerConfig {
-        data_dir: options.data_dir,
-        kafka_listener: options.kafka_listener,
-        advertised_host: options.advertised_host,
-        advertised_port: options.advertised_port,
-        node_id: options.node_id,
-        shards: options.shards,
-        pin_shards: !options.no_pin,
-        auto_create_topics: options.auto_create_topics,
-        default_partitions: options.default_partitions,
-        socket_request_max_bytes: options.socket_request_max_bytes,
-        ..BrokerConfig::default()
+    let file = match &options.config {
+        Some(path) => read_file(path).unwrap_or_else(|error| fail(&error)),
+        None => Options::default(),
     };
+    let config = options.or(file).into_config();
     let listener = config.kafka_listener;
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
         Ok(signals) => signals,

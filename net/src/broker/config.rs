@@ -10,6 +10,8 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// Kafka listener; every shard accepts on it (SO_REUSEPORT).
     pub kafka_listener: SocketAddr,
+    /// HTTP admin listener: `/metrics`, `/health`, `/ready`.
+    pub admin_listener: SocketAddr,
     /// Host and port clients are told to connect to (Metadata); the listener's by default.
     pub advertised_host: Option<String>,
     pub advertised_port: Option<u16>,
@@ -30,6 +32,11 @@ pub struct BrokerConfig {
     pub connection_requests_in_flight_max: usize,
     /// Request bytes buffered per shard across its connections.
     pub shard_request_bytes_max: usize,
+    /// Partitions of `__consumer_offsets`, fixed when it is first created.
+    pub offsets_topic_partitions: u32,
+    /// How long a new group waits for more members before its first assignment
+    /// (Kafka's `group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -37,6 +44,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             data_dir: PathBuf::from("data"),
             kafka_listener: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            admin_listener: SocketAddr::from(([127, 0, 0, 1], 9644)),
             advertised_host: None,
             advertised_port: None,
             node_id: 0,
@@ -48,6 +56,8 @@ impl Default for BrokerConfig {
             socket_request_max_bytes: 100 << 20,
             connection_requests_in_flight_max: 64,
             shard_request_bytes_max: 512 << 20,
+            offsets_topic_partitions: 16,
+            group_initial_rebalance_delay_ms: 3000,
         }
     }
 }

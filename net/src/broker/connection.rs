@@ -104,7 +104,7 @@ async fn serve(context: &Rc<Context>, stream: TcpStream) {
         let task = glommio::spawn_local(async move {
             let correlation_id = request.header.correlation_id;
             let version = request.header.request_api_version;
-            let response = dispatch::handle(&context, request).await;
+            let response = dispatch::handle(&context, request, peer).await;
             drop(permit);
             response.map(|body| frame::encode_response(correlation_id, version, &body))
         });

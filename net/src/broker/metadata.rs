@@ -92,7 +92,7 @@ fn describe(context: &Context, topic: &Arc<Topic>) -> MetadataResponseTopic {
         error_code: error_code::NONE,
         name: Some(topic.name.clone()),
         topic_id: topic.id,
-        is_internal: false,
+        is_internal: topic.name == super::groups::OFFSETS_TOPIC,
         partitions: (0..topic.partitions)
             .map(|partition| MetadataResponsePartition {
                 error_code: error_code::NONE,

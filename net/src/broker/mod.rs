@@ -7,6 +7,7 @@ mod connection;
 mod dispatch;
 mod errors;
 mod fetch;
+mod groups;
 mod metadata;
 mod produce;
 pub mod topics;
@@ -50,6 +51,8 @@ pub(crate) struct Context {
     stop: RefCell<Option<flume::Sender<()>>>,
     stopped: flume::Receiver<()>,
     pub connections: Cell<usize>,
+    /// The consumer groups this shard coordinates.
+    pub groups: RefCell<groups::Coordinator>,
 }
 
 thread_local! {
@@ -160,7 +163,7 @@ impl Broker {
             })?;
         }
         let store = TopicStore::new(&config.meta_dir());
-        let table = store.load().map_err(StartError)?;
+        let mut table = store.load().map_err(StartError)?;
         let shards = if config.shards == 0 {
             std::thread::available_parallelism().map_or(1, |cores| cores.get())
         } else {
@@ -175,6 +178,12 @@ impl Broker {
         let handle = engine.handle();
         futures_lite::future::block_on(reconcile(&handle, &table))
             .map_err(|error| StartError(format!("recovering topics: {error}")))?;
+        if table.get(groups::OFFSETS_TOPIC).is_none() {
+            table = futures_lite::future::block_on(create_offsets_topic(
+                &handle, &store, &table, &config,
+            ))
+            .map_err(|error| StartError(format!("creating {}: {error}", groups::OFFSETS_TOPIC)))?;
+        }
         let table = Arc::new(table);
         for shard in 0..shards {
             let config = config.clone();
@@ -200,8 +209,14 @@ impl Broker {
                     stop: RefCell::new(Some(stop)),
                     stopped,
                     connections: Cell::new(0),
+                    groups: RefCell::new(groups::Coordinator::default()),
                 });
                 CONTEXT.with(|slot| *slot.borrow_mut() = Some(context.clone()));
+                let loaded = groups::load(&context).await?;
+                if loaded > 0 {
+                    log::info!("shard {shard}: {loaded} committed offsets recovered");
+                }
+                glommio::spawn_local(groups::tick_loop(context.clone())).detach();
                 glommio::spawn_local(connection::accept_loop(context, listener)).detach();
                 Ok(())
             }))
@@ -229,6 +244,35 @@ impl Broker {
             .shutdown()
             .map_err(|error| StartError(format!("flushing logs: {error}")))
     }
+}
+
+/// Creates `__consumer_offsets` (compacted) and adds it to the table.
+async fn create_offsets_topic(
+    handle: &Handle,
+    store: &TopicStore,
+    table: &TopicTable,
+    config: &BrokerConfig,
+) -> Result<TopicTable, coremq_engine::Error> {
+    let partitions = config.offsets_topic_partitions.max(1);
+    for partition in 0..partitions {
+        let log = TopicPartition::new(groups::OFFSETS_TOPIC, partition)?;
+        handle
+            .create_log(&log, Some(groups::offsets_log_config()))
+            .await?;
+    }
+    let table = table.with(Topic {
+        name: groups::OFFSETS_TOPIC.into(),
+        id: topics::new_topic_id(),
+        partitions,
+        configs: [("cleanup.policy".to_string(), "compact".to_string())].into(),
+    });
+    store
+        .save(&table)
+        .map_err(|reason| coremq_engine::Error::Corrupt {
+            path: config.meta_dir(),
+            reason,
+        })?;
+    Ok(table)
 }
 
 /// Makes the logs match the topic table: deletes logs of topics (or partitions) it does not

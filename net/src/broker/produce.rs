@@ -8,6 +8,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use coremq_engine::{TopicPartition, batch};
 
+use super::groups::OFFSETS_TOPIC;
 use super::{Context, errors};
 use crate::protocol::error_code;
 use crate::protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -35,7 +36,10 @@ pub async fn handle(context: &Rc<Context>, request: ProduceRequest) -> Option<Pr
         let mut partitions = Vec::new();
         for partition_data in topic_data.partition_data {
             let index = partition_data.index;
-            let log = topic.as_ref().and_then(|topic| topic.log(index));
+            let log = topic
+                .as_ref()
+                .filter(|topic| topic.name != OFFSETS_TOPIC)
+                .and_then(|topic| topic.log(index));
             let failure = match (&refuse, log.is_some(), &partition_data.records) {
                 (Some(refusal), _, _) => Some(refusal.clone()),
                 (None, false, _) => Some((

@@ -1,0 +1,945 @@
+//! The group coordinator: consumer groups (Kafka's classic protocol) and their committed
+//! offsets.
+//!
+//! A group belongs to one partition of the internal compacted topic `__consumer_offsets`
+//! (Kafka's hash of the group id), and so to the shard owning that partition: its state lives
+//! only there, and every group request hops to that shard, like any partition request. Offset
+//! commits are appended to that partition before they are answered or applied; at startup
+//! each shard replays its partitions. Membership itself is not persisted: after a restart
+//! members join again (their heartbeats get UNKNOWN_MEMBER_ID), as after a coordinator move.
+
+mod group;
+mod offsets;
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use coremq_engine::batch::BatchHeader;
+use coremq_engine::{
+    BatchBuilder, CleanupPolicy, Compression, Isolation, LogConfig, Timestamp, TopicPartition,
+};
+
+use super::Context;
+use crate::protocol::error_code;
+use crate::protocol::messages::delete_groups_response::DeletableGroupResult;
+use crate::protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use crate::protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
+use crate::protocol::messages::leave_group_response::MemberResponse;
+use crate::protocol::messages::list_groups_response::ListedGroup;
+use crate::protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use crate::protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use crate::protocol::messages::{
+    DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
+};
+use group::{Group, Join, Reply, State};
+pub use offsets::Committed;
+
+/// The internal topic holding committed offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Kafka's `offset.metadata.max.bytes`.
+const METADATA_BYTES_MAX: usize = 4096;
+/// How often sessions and join phases are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The log settings of `__consumer_offsets`: compacted, small segments (Kafka's
+/// `offsets.topic.segment.bytes`), room for a commit of many partitions in one batch.
+pub fn offsets_log_config() -> LogConfig {
+    LogConfig {
+        cleanup_policy: CleanupPolicy::Compact,
+        segment_bytes: 100 << 20,
+        batch_bytes_max: 16 << 20,
+        tail_cache_bytes: 1 << 20,
+        ..LogConfig::default()
+    }
+}
+
+struct Stored {
+    committed: Committed,
+    /// Where the commit sits in `__consumer_offsets`: a later one wins.
+    log_offset: u64,
+}
+
+/// One shard's groups.
+#[derive(Default)]
+pub struct Coordinator {
+    groups: HashMap<String, Group>,
+    offsets: HashMap<String, BTreeMap<(String, i32), Stored>>,
+}
+
+impl Coordinator {
+    fn apply(&mut self, group: &str, topic: &str, partition: i32, value: Option<Stored>) {
+        let key = (topic.to_string(), partition);
+        match value {
+            Some(stored) => {
+                let offsets = self.offsets.entry(group.to_string()).or_default();
+                if offsets
+                    .get(&key)
+                    .is_none_or(|old| old.log_offset <= stored.log_offset)
+                {
+                    offsets.insert(key, stored);
+                }
+            }
+            None => {
+                if let Some(offsets) = self.offsets.get_mut(group) {
+                    offsets.remove(&key);
+                    if offsets.is_empty() {
+                        self.offsets.remove(group);
+                    }
+                }
+            }
+        }
+    }
+
+    fn exists(&self, group: &str) -> bool {
+        self.groups.contains_key(group) || self.offsets.contains_key(group)
+    }
+
+    fn state(&self, group: &str) -> State {
+        self.groups.get(group).map_or(State::Empty, Group::state)
+    }
+}
+
+/// The `__consumer_offsets` partition that coordinates `group`.
+fn coordinator_log(context: &Context, group: &str) -> TopicPartition {
+    let partitions = context
+        .topics()
+        .get(OFFSETS_TOPIC)
+        .map_or(1, |topic| topic.partitions);
+    TopicPartition {
+        topic: OFFSETS_TOPIC.into(),
+        partition: offsets::partition_for(group, partitions),
+    }
+}
+
+/// Runs `work` on the shard coordinating `group`; `None` if that shard is stopping.
+async fn on_coordinator<T, F, Fut>(context: &Context, group: &str, work: F) -> Option<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Rc<Context>, TopicPartition) -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+{
+    let log = coordinator_log(context, group);
+    let shard = context.handle.shard_of(&log);
+    context
+        .handle
+        .on_shard(shard, move |_| async move {
+            Ok(work(Context::current(), log).await)
+        })
+        .await
+        .ok()
+}
+
+/// Replays this shard's `__consumer_offsets` partitions into its coordinator.
+pub async fn load(context: &Context) -> Result<usize, coremq_engine::Error> {
+    let Some(topic) = context.topics().get(OFFSETS_TOPIC).cloned() else {
+        return Ok(0);
+    };
+    let shard = coremq_engine::engine::Shard::current().map_or(0, |shard| shard.id());
+    let mut loaded = 0;
+    for partition in 0..topic.partitions {
+        let log = TopicPartition::new(OFFSETS_TOPIC, partition)?;
+        if context.handle.shard_of(&log) != shard {
+            continue;
+        }
+        let mut next = context.handle.offsets(&log).await?.log_start;
+        loop {
+            let read = context
+                .handle
+                .read(&log, next, 1 << 20, Isolation::Written)
+                .await?;
+            if read.batches.is_empty() {
+                break;
+            }
+            for batch in &read.batches {
+                let header = BatchHeader::parse(batch)?;
+                let records = coremq_engine::record::decode_records(batch, 64 << 20)?;
+                for (delta, record) in records.into_iter().enumerate() {
+                    let Some((group, topic, partition)) =
+                        record.key.as_deref().and_then(offsets::decode_key)
+                    else {
+                        continue;
+                    };
+                    let value = record.value.as_ref().and_then(offsets::decode_value);
+                    let stored = value.map(|committed| Stored {
+                        committed,
+                        log_offset: header.base_offset.0 + delta as u64,
+                    });
+                    context
+                        .groups
+                        .borrow_mut()
+                        .apply(&group, &topic, partition, stored);
+                    loaded += 1;
+                }
+                next = header.next_offset();
+            }
+        }
+    }
+    Ok(loaded)
+}
+
+/// Runs group timers on this shard until the broker stops.
+pub async fn tick_loop(context: Rc<Context>) {
+    let stop = context.stop_signal();
+    loop {
+        let stopped = futures_lite::future::or(
+            async {
+                glommio::timer::sleep(TICK).await;
+                false
+            },
+            async {
+                let _ = stop.recv_async().await;
+                true
+            },
+        )
+        .await;
+        if stopped {
+            return;
+        }
+        let now = Instant::now();
+        let mut coordinator = context.groups.borrow_mut();
+        let Coordinator { groups, offsets } = &mut *coordinator;
+        groups.retain(|id, group| {
+            group.tick(now);
+            !group.is_idle() || offsets.contains_key(id)
+        });
+    }
+}
+
+pub fn find_coordinator(
+    context: &Context,
+    request: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let (host, port) = context.config.advertised();
+    let node_id = context.config.node_id;
+    let refusal = (request.key_type != 0).then(|| {
+        (
+            error_code::INVALID_REQUEST,
+            "only group coordinators: transactions are not supported".to_string(),
+        )
+    });
+    let entry = |key: String| match &refusal {
+        Some((code, message)) => CoordinatorEntry {
+            key,
+            node_id: -1,
+            host: String::new(),
+            port: -1,
+            error_code: *code,
+            error_message: Some(message.clone()),
+        },
+        None => CoordinatorEntry {
+            key,
+            node_id,
+            host: host.clone(),
+            port: i32::from(port),
+            error_code: error_code::NONE,
+            error_message: None,
+        },
+    };
+    if version >= 4 {
+        return FindCoordinatorResponse {
+            coordinators: request.coordinator_keys.into_iter().map(entry).collect(),
+            ..FindCoordinatorResponse::default()
+        };
+    }
+    let single = entry(request.key);
+    FindCoordinatorResponse {
+        error_code: single.error_code,
+        error_message: single.error_message,
+        node_id: single.node_id,
+        host: single.host,
+        port: single.port,
+        ..FindCoordinatorResponse::default()
+    }
+}
+
+fn join_error(member_id: String, code: i16) -> JoinGroupResponse {
+    JoinGroupResponse {
+        error_code: code,
+        generation_id: -1,
+        member_id,
+        ..JoinGroupResponse::default()
+    }
+}
+
+async fn wait<T>(reply: Reply<T>, gone: impl FnOnce() -> T) -> T {
+    match reply {
+        Reply::Now(answer) => answer,
+        Reply::Later(waiting) => waiting.recv_async().await.unwrap_or_else(|_| gone()),
+    }
+}
+
+pub async fn join_group(
+    context: &Context,
+    request: JoinGroupRequest,
+    version: i16,
+    client_id: String,
+    client_host: String,
+) -> JoinGroupResponse {
+    if request.group_id.is_empty() {
+        return join_error(request.member_id, error_code::INVALID_GROUP_ID);
+    }
+    let member_id = request.member_id.clone();
+    let join = Join {
+        member_id: request.member_id,
+        instance_id: request.group_instance_id,
+        client_id,
+        client_host,
+        session_timeout: Duration::from_millis(request.session_timeout_ms.max(0) as u64),
+        // v0 has no rebalance timeout: Kafka uses the session timeout.
+        rebalance_timeout: Duration::from_millis(
+            if version == 0 {
+                request.session_timeout_ms
+            } else {
+                request.rebalance_timeout_ms
+            }
+            .max(0) as u64,
+        ),
+        protocol_type: request.protocol_type,
+        protocols: request
+            .protocols
+            .into_iter()
+            .map(|protocol| (protocol.name, protocol.metadata))
+            .collect(),
+        requires_known_member_id: version >= 4,
+    };
+    let group_id = request.group_id;
+    let answer = on_coordinator(context, &group_id.clone(), move |context, _| async move {
+        let now = Instant::now();
+        let delay = Duration::from_millis(context.config.group_initial_rebalance_delay_ms);
+        let reply = context
+            .groups
+            .borrow_mut()
+            .groups
+            .entry(group_id.clone())
+            .or_insert_with(|| Group::new(group_id, delay, now))
+            .join(join, now);
+        let member_id = member_id.clone();
+        wait(reply, || {
+            join_error(member_id, error_code::UNKNOWN_MEMBER_ID)
+        })
+        .await
+    })
+    .await;
+    answer.unwrap_or_else(|| join_error(String::new(), error_code::COORDINATOR_NOT_AVAILABLE))
+}
+
+pub async fn sync_group(context: &Context, request: SyncGroupRequest) -> SyncGroupResponse {
+    if request.group_id.is_empty() {
+        return group::error_sync(error_code::INVALID_GROUP_ID);
+    }
+    let group_id = request.group_id.clone();
+    let answer = on_coordinator(context, &group_id, move |context, _| async move {
+        let reply = match context
+            .groups
+            .borrow_mut()
+            .groups
+            .get_mut(&request.group_id)
+        {
+            None => Reply::Now(group::error_sync(error_code::UNKNOWN_MEMBER_ID)),
+            Some(group) => group.sync(
+                &request.member_id,
+                request.group_instance_id.as_deref(),
+                request.generation_id,
+                (
+                    request.protocol_type.as_deref(),
+                    request.protocol_name.as_deref(),
+                ),
+                request
+                    .assignments
+                    .into_iter()
+                    .map(|assignment| (assignment.member_id, assignment.assignment))
+                    .collect(),
+                Instant::now(),
+            ),
+        };
+        wait(reply, || group::error_sync(error_code::UNKNOWN_MEMBER_ID)).await
+    })
+    .await;
+    answer.unwrap_or_else(|| group::error_sync(error_code::COORDINATOR_NOT_AVAILABLE))
+}
+
+pub async fn heartbeat(context: &Context, request: HeartbeatRequest) -> HeartbeatResponse {
+    let code = if request.group_id.is_empty() {
+        error_code::INVALID_GROUP_ID
+    } else {
+        let group_id = request.group_id.clone();
+        on_coordinator(context, &group_id, move |context, _| async move {
+            match context
+                .groups
+                .borrow_mut()
+                .groups
+                .get_mut(&request.group_id)
+            {
+                None => error_code::UNKNOWN_MEMBER_ID,
+                Some(group) => group.heartbeat(
+                    &request.member_id,
+                    request.group_instance_id.as_deref(),
+                    request.generation_id,
+                    Instant::now(),
+                ),
+            }
+        })
+        .await
+        .unwrap_or(error_code::COORDINATOR_NOT_AVAILABLE)
+    };
+    HeartbeatResponse {
+        error_code: code,
+        ..HeartbeatResponse::default()
+    }
+}
+
+pub async fn leave_group(
+    context: &Context,
+    request: LeaveGroupRequest,
+    version: i16,
+) -> LeaveGroupResponse {
+    let leaving: Vec<(String, Option<String>)> = if version >= 3 {
+        request
+            .members
+            .into_iter()
+            .map(|member| (member.member_id, member.group_instance_id))
+            .collect()
+    } else {
+        vec![(request.member_id, None)]
+    };
+    let group_id = request.group_id;
+    let codes = if group_id.is_empty() {
+        vec![error_code::INVALID_GROUP_ID; leaving.len()]
+    } else {
+        let members = leaving.clone();
+        on_coordinator(context, &group_id.clone(), move |context, _| async move {
+            let now = Instant::now();
+            let mut coordinator = context.groups.borrow_mut();
+            members
+                .iter()
+                .map(
+                    |(member_id, instance_id)| match coordinator.groups.get_mut(&group_id) {
+                        None => error_code::UNKNOWN_MEMBER_ID,
+                        Some(group) => group.leave(member_id, instance_id.as_deref(), now),
+                    },
+                )
+                .collect()
+        })
+        .await
+        .unwrap_or_else(|| vec![error_code::COORDINATOR_NOT_AVAILABLE; leaving.len()])
+    };
+    if version < 3 {
+        return LeaveGroupResponse {
+            error_code: codes[0],
+            ..LeaveGroupResponse::default()
+        };
+    }
+    LeaveGroupResponse {
+        error_code: error_code::NONE,
+        members: leaving
+            .into_iter()
+            .zip(codes)
+            .map(|((member_id, group_instance_id), code)| MemberResponse {
+                member_id,
+                group_instance_id,
+                error_code: code,
+            })
+            .collect(),
+        ..LeaveGroupResponse::default()
+    }
+}
+
+/// Checks a commit against the group's membership (Kafka's `doCommitOffsets` order): a
+/// negative generation from no member is a commit of a group not managed here (allowed while
+/// the group has no members).
+fn check_commit(
+    coordinator: &mut Coordinator,
+    request: &OffsetCommitRequest,
+    now: Instant,
+) -> Result<(), i16> {
+    let generation = request.generation_id_or_member_epoch;
+    let Some(group) = coordinator.groups.get_mut(&request.group_id) else {
+        return if generation < 0 {
+            Ok(())
+        } else {
+            Err(error_code::ILLEGAL_GENERATION)
+        };
+    };
+    if generation < 0 && group.is_empty() {
+        return Ok(());
+    }
+    if group.state() == State::CompletingRebalance {
+        return Err(error_code::REBALANCE_IN_PROGRESS);
+    }
+    group.check_generation(
+        &request.member_id,
+        request.group_instance_id.as_deref(),
+        generation,
+    )?;
+    group.touch(&request.member_id, now);
+    Ok(())
+}
+
+/// A partition's commit to write, or the error it gets.
+type CheckedCommit = (i32, Result<Committed, i16>);
+
+pub async fn offset_commit(
+    context: &Context,
+    request: OffsetCommitRequest,
+    version: i16,
+) -> OffsetCommitResponse {
+    let table = context.topics();
+    let mut checked: Vec<(String, Vec<CheckedCommit>)> = Vec::new();
+    let now = Timestamp::now().0;
+    for topic in &request.topics {
+        let known = table
+            .get(&topic.name)
+            .filter(|_| topic.name != OFFSETS_TOPIC);
+        let partitions = topic
+            .partitions
+            .iter()
+            .map(|partition| {
+                let metadata = partition.committed_metadata.clone().unwrap_or_default();
+                let result = if request.group_id.is_empty() {
+                    Err(error_code::INVALID_GROUP_ID)
+                } else if known
+                    .and_then(|known| known.log(partition.partition_index))
+                    .is_none()
+                {
+                    Err(error_code::UNKNOWN_TOPIC_OR_PARTITION)
+                } else if metadata.len() > METADATA_BYTES_MAX
+                    || topic.name.len() > offsets::STRING_BYTES_MAX
+                    || request.group_id.len() > offsets::STRING_BYTES_MAX
+                {
+                    Err(error_code::OFFSET_METADATA_TOO_LARGE)
+                } else {
+                    Ok(Committed {
+                        offset: partition.committed_offset,
+                        leader_epoch: partition.committed_leader_epoch,
+                        metadata,
+                        commit_timestamp: if version == 1 && partition.commit_timestamp >= 0 {
+                            partition.commit_timestamp
+                        } else {
+                            now
+                        },
+                    })
+                };
+                (partition.partition_index, result)
+            })
+            .collect();
+        checked.push((topic.name.clone(), partitions));
+    }
+    let writes: Vec<(String, i32, Committed)> = checked
+        .iter()
+        .flat_map(|(topic, partitions)| {
+            partitions.iter().filter_map(|(index, result)| {
+                result
+                    .as_ref()
+                    .ok()
+                    .map(|committed| (topic.clone(), *index, committed.clone()))
+            })
+        })
+        .collect();
+    let outcome = if writes.is_empty() {
+        Ok(())
+    } else {
+        let group_id = request.group_id.clone();
+        on_coordinator(context, &group_id, move |context, log| async move {
+            check_commit(&mut context.groups.borrow_mut(), &request, Instant::now())?;
+            let mut batch = BatchBuilder::new(Compression::None);
+            for (topic, partition, committed) in &writes {
+                batch.push(
+                    Timestamp(committed.commit_timestamp),
+                    Some(&offsets::encode_key(&request.group_id, topic, *partition)),
+                    Some(&offsets::encode_value(committed)),
+                    &[],
+                );
+            }
+            let appended = context.handle.append(&log, batch.build()).await;
+            let info = appended.map_err(|error| match error {
+                coremq_engine::Error::BatchTooLarge { .. } => {
+                    error_code::INVALID_COMMIT_OFFSET_SIZE
+                }
+                other => {
+                    log::warn!("writing offsets of group {}: {other}", request.group_id);
+                    error_code::COORDINATOR_NOT_AVAILABLE
+                }
+            })?;
+            let mut coordinator = context.groups.borrow_mut();
+            for (delta, (topic, partition, committed)) in writes.into_iter().enumerate() {
+                let stored = Stored {
+                    committed,
+                    log_offset: info.base_offset.0 + delta as u64,
+                };
+                coordinator.apply(&request.group_id, &topic, partition, Some(stored));
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or(Err(error_code::COORDINATOR_NOT_AVAILABLE))
+    };
+    OffsetCommitResponse {
+        topics: checked
+            .into_iter()
+            .map(|(name, partitions)| OffsetCommitResponseTopic {
+                name,
+                partitions: partitions
+                    .into_iter()
+                    .map(|(partition_index, result)| OffsetCommitResponsePartition {
+                        partition_index,
+                        error_code: match (result, outcome) {
+                            (Err(code), _) | (Ok(_), Err(code)) => code,
+                            (Ok(_), Ok(())) => error_code::NONE,
+                        },
+                    })
+                    .collect(),
+            })
+            .collect(),
+        ..OffsetCommitResponse::default()
+    }
+}
+
+/// One topic's answer to OffsetFetch: each partition's commit, if any.
+type FetchedTopic = (String, Vec<(i32, Option<Committed>)>);
+
+/// The commits of `group` for `topics` (every topic it committed when `None`).
+async fn fetch_offsets(
+    context: &Context,
+    group: String,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Result<Vec<FetchedTopic>, i16> {
+    if group.is_empty() {
+        return Err(error_code::INVALID_GROUP_ID);
+    }
+    on_coordinator(context, &group.clone(), move |context, _| async move {
+        let coordinator = context.groups.borrow();
+        let committed = coordinator.offsets.get(&group);
+        let lookup = |topic: &str, partition: i32| {
+            committed
+                .and_then(|offsets| offsets.get(&(topic.to_string(), partition)))
+                .map(|stored| stored.committed.clone())
+        };
+        match topics {
+            Some(topics) => topics
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    let found = partitions
+                        .into_iter()
+                        .map(|partition| (partition, lookup(&topic, partition)))
+                        .collect();
+                    (topic, found)
+                })
+                .collect(),
+            None => {
+                let mut all: Vec<FetchedTopic> = Vec::new();
+                for ((topic, partition), stored) in committed.into_iter().flatten() {
+                    let entry = (*partition, Some(stored.committed.clone()));
+                    match all.last_mut() {
+                        Some((last, partitions)) if last == topic => partitions.push(entry),
+                        _ => all.push((topic.clone(), vec![entry])),
+                    }
+                }
+                all
+            }
+        }
+    })
+    .await
+    .ok_or(error_code::COORDINATOR_NOT_AVAILABLE)
+}
+
+/// A partition's committed offset, leader epoch and metadata (Kafka's "no offset" if none).
+fn fetched(committed: Option<Committed>) -> (i64, i32, String) {
+    committed.map_or((-1, -1, String::new()), |committed| {
+        (committed.offset, committed.leader_epoch, committed.metadata)
+    })
+}
+
+pub async fn offset_fetch(
+    context: &Context,
+    request: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
+    if version < 8 {
+        let topics = request.topics.map(|topics| {
+            topics
+                .into_iter()
+                .map(|topic| (topic.name, topic.partition_indexes))
+                .collect()
+        });
+        let (code, topics) = match fetch_offsets(context, request.group_id, topics).await {
+            Ok(topics) => (error_code::NONE, topics),
+            Err(code) => (code, Vec::new()),
+        };
+        return OffsetFetchResponse {
+            error_code: code,
+            topics: topics
+                .into_iter()
+                .map(|(name, partitions)| OffsetFetchResponseTopic {
+                    name,
+                    partitions: partitions
+                        .into_iter()
+                        .map(|(partition_index, committed)| {
+                            let (offset, epoch, metadata) = fetched(committed);
+                            OffsetFetchResponsePartition {
+                                partition_index,
+                                committed_offset: offset,
+                                committed_leader_epoch: epoch,
+                                metadata: Some(metadata),
+                                error_code: error_code::NONE,
+                            }
+                        })
+                        .collect(),
+                })
+                .collect(),
+            ..OffsetFetchResponse::default()
+        };
+    }
+    let mut groups = Vec::with_capacity(request.groups.len());
+    for wanted in request.groups {
+        let topics = wanted.topics.map(|topics| {
+            topics
+                .into_iter()
+                .map(|topic| (topic.name, topic.partition_indexes))
+                .collect()
+        });
+        let (code, topics) = match fetch_offsets(context, wanted.group_id.clone(), topics).await {
+            Ok(topics) => (error_code::NONE, topics),
+            Err(code) => (code, Vec::new()),
+        };
+        groups.push(OffsetFetchResponseGroup {
+            group_id: wanted.group_id,
+            error_code: code,
+            topics: topics
+                .into_iter()
+                .map(|(name, partitions)| OffsetFetchResponseTopics {
+                    name,
+                    partitions: partitions
+                        .into_iter()
+                        .map(|(partition_index, committed)| {
+                            let (offset, epoch, metadata) = fetched(committed);
+                            OffsetFetchResponsePartitions {
+                                partition_index,
+                                committed_offset: offset,
+                                committed_leader_epoch: epoch,
+                                metadata: Some(metadata),
+                                error_code: error_code::NONE,
+                            }
+                        })
+                        .collect(),
+                })
+                .collect(),
+        });
+    }
+    OffsetFetchResponse {
+        groups,
+        ..OffsetFetchResponse::default()
+    }
+}
+
+pub async fn list_groups(context: &Context, request: ListGroupsRequest) -> ListGroupsResponse {
+    let mut groups = Vec::new();
+    let classic_wanted = request.types_filter.is_empty()
+        || request
+            .types_filter
+            .iter()
+            .any(|kind| kind.eq_ignore_ascii_case("classic"));
+    for shard in 0..context.handle.shard_count() {
+        let listed = context
+            .handle
+            .on_shard(shard, |_| async move {
+                let context = Context::current();
+                let coordinator = context.groups.borrow();
+                let mut ids: Vec<&String> = coordinator
+                    .groups
+                    .keys()
+                    .chain(coordinator.offsets.keys())
+                    .collect();
+                ids.sort();
+                ids.dedup();
+                Ok(ids
+                    .into_iter()
+                    .map(|id| {
+                        let protocol_type =
+                            coordinator.groups.get(id).map_or("", Group::protocol_type);
+                        (
+                            id.clone(),
+                            protocol_type.to_string(),
+                            coordinator.state(id).name(),
+                        )
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await;
+        groups.extend(listed.unwrap_or_default());
+    }
+    ListGroupsResponse {
+        error_code: error_code::NONE,
+        groups: groups
+            .into_iter()
+            .filter(|(_, _, state)| {
+                request.states_filter.is_empty()
+                    || request
+                        .states_filter
+                        .iter()
+                        .any(|wanted| wanted.eq_ignore_ascii_case(state))
+            })
+            .filter(|_| classic_wanted)
+            .map(|(group_id, protocol_type, state)| ListedGroup {
+                group_id,
+                protocol_type,
+                group_state: state.to_string(),
+                group_type: "classic".to_string(),
+            })
+            .collect(),
+        ..ListGroupsResponse::default()
+    }
+}
+
+pub async fn describe_groups(
+    context: &Context,
+    request: DescribeGroupsRequest,
+) -> DescribeGroupsResponse {
+    let mut groups = Vec::with_capacity(request.groups.len());
+    for group_id in request.groups {
+        let dead = |code| DescribedGroup {
+            error_code: code,
+            group_id: group_id.clone(),
+            group_state: "Dead".into(),
+            ..DescribedGroup::default()
+        };
+        if group_id.is_empty() {
+            groups.push(dead(error_code::INVALID_GROUP_ID));
+            continue;
+        }
+        let id = group_id.clone();
+        let described = on_coordinator(context, &group_id, move |context, _| async move {
+            let coordinator = context.groups.borrow();
+            if !coordinator.exists(&id) {
+                return None;
+            }
+            let state = coordinator.state(&id).name().to_string();
+            Some(match coordinator.groups.get(&id) {
+                None => (state, String::new(), String::new(), Vec::new()),
+                Some(group) => (
+                    state,
+                    group.protocol_type().to_string(),
+                    group.protocol().to_string(),
+                    group
+                        .members()
+                        .into_iter()
+                        .map(|member| DescribedGroupMember {
+                            member_id: member.member_id,
+                            group_instance_id: member.instance_id,
+                            client_id: member.client_id,
+                            client_host: member.client_host,
+                            member_metadata: member.metadata,
+                            member_assignment: member.assignment,
+                        })
+                        .collect(),
+                ),
+            })
+        })
+        .await;
+        groups.push(match described {
+            None => dead(error_code::COORDINATOR_NOT_AVAILABLE),
+            Some(None) => dead(error_code::NONE),
+            Some(Some((group_state, protocol_type, protocol_data, members))) => DescribedGroup {
+                error_code: error_code::NONE,
+                group_id,
+                group_state,
+                protocol_type,
+                protocol_data,
+                members,
+                ..DescribedGroup::default()
+            },
+        });
+    }
+    DescribeGroupsResponse {
+        groups,
+        ..DescribeGroupsResponse::default()
+    }
+}
+
+pub async fn delete_groups(
+    context: &Context,
+    request: DeleteGroupsRequest,
+) -> DeleteGroupsResponse {
+    let mut results = Vec::with_capacity(request.groups_names.len());
+    for group_id in request.groups_names {
+        let code = if group_id.is_empty() {
+            error_code::INVALID_GROUP_ID
+        } else {
+            let id = group_id.clone();
+            on_coordinator(context, &group_id, move |context, log| async move {
+                delete_group(&context, &log, id).await
+            })
+            .await
+            .unwrap_or(error_code::COORDINATOR_NOT_AVAILABLE)
+        };
+        results.push(DeletableGroupResult {
+            group_id,
+            error_code: code,
+        });
+    }
+    DeleteGroupsResponse {
+        results,
+        ..DeleteGroupsResponse::default()
+    }
+}
+
+/// Deletes an empty group: tombstones for its commits, then its state.
+async fn delete_group(context: &Context, log: &TopicPartition, group_id: String) -> i16 {
+    let keys: Vec<(String, i32)> = {
+        let coordinator = context.groups.borrow();
+        if !coordinator.exists(&group_id) {
+            return error_code::GROUP_ID_NOT_FOUND;
+        }
+        if coordinator
+            .groups
+            .get(&group_id)
+            .is_some_and(|group| !group.is_idle())
+        {
+            return error_code::NON_EMPTY_GROUP;
+        }
+        coordinator
+            .offsets
+            .get(&group_id)
+            .map(|offsets| offsets.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    if !keys.is_empty() {
+        let mut batch = BatchBuilder::new(Compression::None);
+        for (topic, partition) in &keys {
+            batch.push(
+                Timestamp::now(),
+                Some(&offsets::encode_key(&group_id, topic, *partition)),
+                None,
+                &[],
+            );
+        }
+        if let Err(error) = context.handle.append(log, batch.build()).await {
+            log::warn!("deleting group {group_id}: {error}");
+            return error_code::COORDINATOR_NOT_AVAILABLE;
+        }
+    }
+    let mut coordinator = context.groups.borrow_mut();
+    if coordinator
+        .groups
+        .get(&group_id)
+        .is_some_and(|group| !group.is_idle())
+    {
+        // Someone joined while the tombstones were written: the commits are gone, the group
+        // stays.
+        coordinator.offsets.remove(&group_id);
+        return error_code::NON_EMPTY_GROUP;
+    }
+    coordinator.groups.remove(&group_id);
+    coordinator.offsets.remove(&group_id);
+    error_code::NONE
+}
