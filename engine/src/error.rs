@@ -49,6 +49,18 @@ pub enum Error {
         op: &'static str,
         source: io::Error,
     },
+    /// An idempotent producer's batch does not follow its last one.
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        got: i32,
+    },
+    /// A batch from an older epoch of a producer that has moved on.
+    ProducerFenced {
+        producer_id: i64,
+        epoch: i16,
+        current: i16,
+    },
     /// The engine (or the shard owning the log) has shut down.
     ShuttingDown,
 }
@@ -112,6 +124,22 @@ impl fmt::Display for Error {
             Error::Io { path, op, source } => {
                 write!(f, "I/O error during {op} on {}: {source}", path.display())
             }
+            Error::OutOfOrderSequence {
+                producer_id,
+                expected,
+                got,
+            } => write!(
+                f,
+                "producer {producer_id}: sequence {got} is out of order (expected {expected})"
+            ),
+            Error::ProducerFenced {
+                producer_id,
+                epoch,
+                current,
+            } => write!(
+                f,
+                "producer {producer_id}: epoch {epoch} is older than the current epoch {current}"
+            ),
             Error::ShuttingDown => write!(f, "the engine is shutting down"),
         }
     }

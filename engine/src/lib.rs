@@ -9,6 +9,7 @@ pub mod batch;
 pub mod compression;
 pub mod error;
 pub mod offset_index;
+pub mod producers;
 pub mod record;
 pub mod recovery;
 pub mod retention;

@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::file::{BLOCK_BYTES, Faults, SegmentFile};
 use crate::metrics::{Metrics, add};
 use crate::notify::Notify;
+use crate::producers::{Check, ProducerBatch, ProducerState};
 use crate::readahead::ReadStream;
 use crate::record;
 use crate::retention::{self, SegmentSummary};
@@ -31,6 +32,8 @@ use crate::types::{Offset, Position, Timestamp, TopicPartition};
 
 /// The configuration file in each log directory.
 pub const CONFIG_FILE: &str = "log.conf";
+/// Idempotent producer state as of the active segment's start (see `producers`).
+pub const PRODUCERS_FILE: &str = "producers.snapshot";
 /// Most bytes one write round hands to the file.
 const WRITE_BYTES_MAX: usize = 4 << 20;
 /// Write rounds in flight per log.
@@ -105,6 +108,8 @@ struct Inner {
     rollbacks: u64,
     last_write_error: Option<String>,
     last_write_disk_full: bool,
+    /// Idempotent producers' recent batches.
+    producers: ProducerState,
 }
 
 #[derive(Debug)]
@@ -129,6 +134,53 @@ pub struct Log {
     pub(crate) compacted_through: Cell<Option<Offset>>,
     pub(crate) metrics: Rc<Metrics>,
     pub(crate) faults: Option<Arc<Faults>>,
+}
+
+/// Rebuilds idempotent producer state at open: the snapshot taken at the last roll, then
+/// the batches the active segment's recovery found after it. A missing or damaged snapshot
+/// loses the older producers (their next batch is taken as a fresh start), never data.
+fn restore_producers(
+    dir: &Path,
+    active_base: Offset,
+    log_end: Offset,
+    recovered: Vec<ProducerBatch>,
+) -> ProducerState {
+    let path = dir.join(PRODUCERS_FILE);
+    let (mut state, up_to) = match std::fs::read(&path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            (ProducerState::default(), Offset(0))
+        }
+        Err(error) => {
+            log::warn!("{}: {error}; producer state starts empty", path.display());
+            (ProducerState::default(), Offset(0))
+        }
+        Ok(bytes) => match ProducerState::decode(&bytes) {
+            Ok((state, up_to)) if up_to <= log_end => (state, up_to),
+            Ok((_, up_to)) => {
+                log::warn!(
+                    "{}: covers offsets up to {up_to}, past the log end {log_end}; ignored",
+                    path.display()
+                );
+                (ProducerState::default(), Offset(0))
+            }
+            Err(error) => {
+                log::warn!("{}: {error}; producer state starts empty", path.display());
+                (ProducerState::default(), Offset(0))
+            }
+        },
+    };
+    if up_to < active_base && !state.is_empty() {
+        log::warn!(
+            "{}: covers offsets up to {up_to} only; producers of offsets {up_to}..{active_base} are forgotten",
+            path.display()
+        );
+    }
+    for batch in recovered {
+        if batch.base_offset >= up_to {
+            state.record(batch);
+        }
+    }
+    state
 }
 
 impl Log {
@@ -173,15 +225,19 @@ impl Log {
             let segment = SealedSegment::open(dir, base, interval, faults.clone()).await?;
             sealed.insert(base, segment);
         }
-        let active = match last {
+        let (active, recovered) = match last {
             Some(base) => ActiveSegment::recover(dir, base, interval, faults.clone()).await?,
-            None => ActiveSegment::create(dir, Offset(0), interval, faults.clone()).await?,
+            None => (
+                ActiveSegment::create(dir, Offset(0), interval, faults.clone()).await?,
+                Vec::new(),
+            ),
         };
         let first_base = sealed.keys().next().copied().unwrap_or(active.base_offset);
         let log_end = active.next_offset;
         let log_start = checkpoint::load(dir)
             .unwrap_or(first_base)
             .clamp(first_base, log_end);
+        let producers = restore_producers(dir, active.base_offset, log_end, recovered);
         add(&metrics.segments, sealed.len() as u64 + 1);
         let log = Rc::new(Log {
             topic_partition,
@@ -201,6 +257,7 @@ impl Log {
                 rollbacks: 0,
                 last_write_error: None,
                 last_write_disk_full: false,
+                producers,
             }),
             streams: RefCell::new(VecDeque::new()),
             progress: Notify::default(),
@@ -339,6 +396,27 @@ impl Log {
         if self.needs_roll(size as u64) {
             self.roll().await?;
         }
+        let duplicate = {
+            let inner = self.inner.borrow();
+            match inner.producers.check(&header)? {
+                Check::Duplicate(stored) => {
+                    Some((stored, inner.rollbacks, inner.config.durability))
+                }
+                Check::Append => None,
+            }
+        };
+        if let Some((stored, rollbacks, durability)) = duplicate {
+            // A retry of a stored batch: the first answer again, once that batch is stored.
+            drop(gate);
+            add(&self.metrics.duplicate_batches, 1);
+            self.wait_stored(stored.last_offset, rollbacks, durability)
+                .await?;
+            return Ok(AppendInfo {
+                base_offset: stored.base_offset,
+                last_offset: stored.last_offset,
+                log_append_time: None,
+            });
+        }
         let (info, rollbacks, durability) = {
             let mut inner = self.inner.borrow_mut();
             let base_offset = inner.active.next_offset;
@@ -352,6 +430,9 @@ impl Log {
             let header = BatchHeader::parse(&batch).expect("validated before");
             let batch = batch.freeze();
             inner.active.on_append(&header);
+            if let Some(producer_batch) = ProducerBatch::of(&header) {
+                inner.producers.record(producer_batch);
+            }
             inner
                 .cache
                 .push(base_offset, header.next_offset(), batch.clone());
@@ -597,6 +678,7 @@ impl Log {
             inner.pending_bytes = 0;
             inner.active.roll_back_to_written(written);
             inner.cache.truncate_from(written);
+            inner.producers.truncate_from(written);
             inner.rollbacks += 1;
             inner.last_write_disk_full = matches!(error, Error::DiskFull { .. });
             inner.last_write_error = Some(error.to_string());
@@ -672,6 +754,20 @@ impl Log {
 
     /// Seals the active segment and starts a new one at the log end. The caller holds the
     /// append gate, so no append is in between; the segment's writes are drained first.
+    /// Writes the idempotent producer state, which covers every batch before `up_to`, so a
+    /// restart need not read the segments sealed by now. Skipped while there is none.
+    fn snapshot_producers(&self, up_to: Offset) -> Result<()> {
+        let bytes = {
+            let mut inner = self.inner.borrow_mut();
+            inner.producers.expire(Timestamp::now());
+            if inner.producers.is_empty() && !self.dir.join(PRODUCERS_FILE).exists() {
+                return Ok(());
+            }
+            inner.producers.encode(up_to)
+        };
+        checkpoint::write_atomically(&self.dir, PRODUCERS_FILE, &bytes)
+    }
+
     async fn roll(&self) -> Result<()> {
         loop {
             self.check_writable()?;
@@ -695,6 +791,7 @@ impl Log {
         if !self.sync_file(&file, next_offset).await {
             self.check_writable()?;
         }
+        self.snapshot_producers(next_offset)?;
         let new =
             ActiveSegment::create(&self.dir, next_offset, interval, self.faults.clone()).await?;
         let mut inner = self.inner.borrow_mut();

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub cache_misses: Cell<u64>,
     /// Disk reads served from a readahead chunk.
     pub readahead_hits: Cell<u64>,
+    /// Retried batches of idempotent producers, answered without storing them again.
+    pub duplicate_batches: Cell<u64>,
     pub append_errors: Cell<u64>,
     pub segments: Cell<u64>,
     pub segments_deleted: Cell<u64>,
@@ -35,6 +37,7 @@ impl Default for Metrics {
             cache_hits: Cell::default(),
             cache_misses: Cell::default(),
             readahead_hits: Cell::default(),
+            duplicate_batches: Cell::default(),
             append_errors: Cell::default(),
             segments: Cell::default(),
             segments_deleted: Cell::default(),
@@ -71,6 +74,7 @@ impl Metrics {
             cache_hits: self.cache_hits.get(),
             cache_misses: self.cache_misses.get(),
             readahead_hits: self.readahead_hits.get(),
+            duplicate_batches: self.duplicate_batches.get(),
             append_errors: self.append_errors.get(),
             segments: self.segments.get(),
             segments_deleted: self.segments_deleted.get(),
@@ -92,6 +96,8 @@ pub struct MetricsSnapshot {
     pub cache_misses: u64,
     /// Disk reads served from a readahead chunk.
     pub readahead_hits: u64,
+    /// Retried batches of idempotent producers, answered without storing them again.
+    pub duplicate_batches: u64,
     pub append_errors: u64,
     /// Segments currently open (sealed and active).
     pub segments: u64,
@@ -127,6 +133,7 @@ impl MetricsSnapshot {
         self.cache_hits += other.cache_hits;
         self.cache_misses += other.cache_misses;
         self.readahead_hits += other.readahead_hits;
+        self.duplicate_batches += other.duplicate_batches;
         self.append_errors += other.append_errors;
         self.segments += other.segments;
         self.segments_deleted += other.segments_deleted;

@@ -306,9 +306,93 @@ impl BatchBuilder {
     }
 }
 
+/// Re-encodes one verified producer batch with `codec`: same records, offset deltas,
+/// timestamps and producer fields (Kafka's topic `compression.type`). A batch already in
+/// `codec` comes back as it is.
+pub fn recompress(
+    batch: &Bytes,
+    codec: Compression,
+    decompressed_bytes_max: usize,
+) -> Result<Bytes> {
+    let header = BatchHeader::parse(batch)?;
+    if header.compression()? == codec {
+        return Ok(batch.clone());
+    }
+    let records = decode_records(batch, decompressed_bytes_max)?;
+    let mut builder = BatchBuilder::new(codec).producer(
+        header.producer_id,
+        header.producer_epoch,
+        header.base_sequence,
+    );
+    for record in &records {
+        let delta = record.offset.0 - header.base_offset.0;
+        builder.push_at(
+            u32::try_from(delta).map_err(|_| Error::invalid_batch("offset delta out of range"))?,
+            record.timestamp,
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &record.headers,
+        );
+    }
+    Ok(builder.build_with(
+        header.base_offset,
+        header.last_offset_delta,
+        header.max_timestamp,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recompression_keeps_every_record() {
+        let mut builder = BatchBuilder::new(Compression::None).producer(9, 1, 40);
+        for index in 0..50u8 {
+            builder.push(
+                Timestamp(1_000 + i64::from(index)),
+                Some(&[index]),
+                (index % 7 != 0).then_some(&[index; 30][..]),
+                &[Header {
+                    key: Bytes::from_static(b"h"),
+                    value: Some(Bytes::from(vec![index])),
+                }],
+            );
+        }
+        let plain = builder.build();
+        for codec in [
+            Compression::Zstd,
+            Compression::Gzip,
+            Compression::Lz4,
+            Compression::Snappy,
+        ] {
+            let packed = recompress(&plain, codec, 1 << 20).unwrap();
+            let header = batch::verify(&packed, None).unwrap();
+            assert_eq!(header.compression().unwrap(), codec);
+            assert_eq!(
+                (
+                    header.producer_id,
+                    header.producer_epoch,
+                    header.base_sequence
+                ),
+                (9, 1, 40)
+            );
+            assert_eq!(header.records_count, 50);
+            assert_eq!(
+                decode_records(&packed, 1 << 20).unwrap(),
+                decode_records(&plain, 1 << 20).unwrap()
+            );
+            let back = recompress(&packed, Compression::None, 1 << 20).unwrap();
+            assert_eq!(
+                decode_records(&back, 1 << 20).unwrap(),
+                decode_records(&plain, 1 << 20).unwrap()
+            );
+        }
+        assert_eq!(
+            recompress(&plain, Compression::None, 1 << 20).unwrap(),
+            plain
+        );
+    }
 
     #[test]
     fn varint_matches_kafka_zigzag() {

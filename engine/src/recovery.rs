@@ -5,6 +5,7 @@
 use crate::batch::{self, BatchHeader};
 use crate::error::Error;
 use crate::offset_index::OffsetIndexWriter;
+use crate::producers::ProducerBatch;
 use crate::time_index::TimeIndexWriter;
 use crate::types::{Offset, Position, Timestamp};
 
@@ -29,6 +30,8 @@ pub struct Scan {
     pub time_index: TimeIndexWriter,
     /// `None` when every byte was a valid batch.
     pub stop: Option<Stop>,
+    /// The batches of idempotent producers, in order (they rebuild producer state).
+    pub producer_batches: Vec<ProducerBatch>,
 }
 
 /// Scans a segment's bytes. Batches must not start before `base_offset` and their offsets
@@ -42,6 +45,7 @@ pub fn scan(bytes: &[u8], base_offset: Offset, index_interval_bytes: u64) -> Sca
         offset_index: OffsetIndexWriter::new(base_offset, index_interval_bytes),
         time_index: TimeIndexWriter::new(base_offset, index_interval_bytes),
         stop: None,
+        producer_batches: Vec::new(),
     };
     let mut position = 0usize;
     while position < bytes.len() {
@@ -101,6 +105,7 @@ pub fn scan(bytes: &[u8], base_offset: Offset, index_interval_bytes: u64) -> Sca
             .on_batch(header.base_offset, header.max_timestamp, batch_bytes);
         result.next_offset = header.next_offset();
         result.batch_count += 1;
+        result.producer_batches.extend(ProducerBatch::of(&header));
         position += header.total_bytes();
         result.valid_bytes = position as u64;
     }

@@ -18,6 +18,7 @@ use crate::error::Result;
 use crate::file::{BLOCK_BYTES, Faults, SegmentFile};
 use crate::mmap::{map_read_only, remove_if_exists};
 use crate::offset_index::{OffsetIndex, OffsetIndexWriter};
+use crate::producers::ProducerBatch;
 use crate::recovery::{self, Stop};
 use crate::time_index::{TimeIndex, TimeIndexWriter};
 use crate::types::{Offset, Position, Timestamp};
@@ -102,14 +103,15 @@ impl ActiveSegment {
     }
 
     /// Opens the last segment of a log after a restart or crash: scans every batch, cuts the
-    /// file at the first torn or corrupt one, and rebuilds the indexes.
+    /// file at the first torn or corrupt one, and rebuilds the indexes. Also returns the
+    /// segment's batches of idempotent producers.
     #[allow(unsafe_code)]
     pub async fn recover(
         dir: &Path,
         base_offset: Offset,
         index_interval_bytes: u64,
         faults: Option<Arc<Faults>>,
-    ) -> Result<ActiveSegment> {
+    ) -> Result<(ActiveSegment, Vec<ProducerBatch>)> {
         let path = log_path(dir, base_offset);
         // SAFETY: nothing writes the file until this function has dropped the map.
         let map = unsafe { map_read_only(&path) }?;
@@ -141,7 +143,7 @@ impl ActiveSegment {
             file.truncate(scan.valid_bytes).await?;
             file.fdatasync().await?;
         }
-        Ok(ActiveSegment {
+        let segment = ActiveSegment {
             base_offset,
             file,
             appended_bytes: scan.valid_bytes,
@@ -153,7 +155,8 @@ impl ActiveSegment {
             time_index: scan.time_index,
             next_offset: scan.next_offset,
             created: Instant::now(),
-        })
+        };
+        Ok((segment, scan.producer_batches))
     }
 
     pub fn is_empty(&self) -> bool {

@@ -93,13 +93,6 @@ async fn serve(context: &Rc<Context>, stream: TcpStream) {
                 break;
             }
         };
-        if !dispatch::is_served(request.header.request_api_key) {
-            note_closed(
-                peer,
-                &format!("API key {} is not served", request.header.request_api_key),
-            );
-            break;
-        }
         let context = context.clone();
         let task = glommio::spawn_local(async move {
             let correlation_id = request.header.correlation_id;

@@ -1,58 +1,27 @@
-//! Routes a decoded request to its handler, and answers ApiVersions.
+//! Routes a decoded request to its handler, and answers ApiVersions: every API the
+//! decoder knows (`protocol::api::APIS`) is served, with exactly its version range.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 
 use bytes::Bytes;
 
-use super::{Context, fetch, groups, metadata, produce};
+use super::{Context, admin, fetch, groups, metadata, produce, producer_ids};
 use crate::protocol::api::{self, RequestBody, ResponseBody};
-use crate::protocol::codec::Message;
 use crate::protocol::error_code;
 use crate::protocol::frame::{self, Request};
+use crate::protocol::messages::ApiVersionsResponse;
 use crate::protocol::messages::api_versions_response::ApiVersion;
-use crate::protocol::messages::{
-    ApiVersionsRequest, ApiVersionsResponse, DeleteGroupsRequest, DescribeGroupsRequest,
-    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
-};
-
-/// The APIs this broker answers; ApiVersions lists exactly these.
-const SERVED: &[i16] = &[
-    ApiVersionsRequest::API_KEY,
-    MetadataRequest::API_KEY,
-    ProduceRequest::API_KEY,
-    FetchRequest::API_KEY,
-    ListOffsetsRequest::API_KEY,
-    FindCoordinatorRequest::API_KEY,
-    JoinGroupRequest::API_KEY,
-    SyncGroupRequest::API_KEY,
-    HeartbeatRequest::API_KEY,
-    LeaveGroupRequest::API_KEY,
-    OffsetCommitRequest::API_KEY,
-    OffsetFetchRequest::API_KEY,
-    ListGroupsRequest::API_KEY,
-    DescribeGroupsRequest::API_KEY,
-    DeleteGroupsRequest::API_KEY,
-];
-
-pub fn is_served(key: i16) -> bool {
-    SERVED.contains(&key)
-}
 
 fn api_versions(error_code: i16) -> ApiVersionsResponse {
     ApiVersionsResponse {
         error_code,
-        api_keys: SERVED
+        api_keys: api::APIS
             .iter()
-            .map(|&key| {
-                let range = api::api(key).expect("served APIs are in the table");
-                ApiVersion {
-                    api_key: key,
-                    min_version: range.min,
-                    max_version: range.max,
-                }
+            .map(|range| ApiVersion {
+                api_key: range.key,
+                min_version: range.min,
+                max_version: range.max,
             })
             .collect(),
         ..ApiVersionsResponse::default()
@@ -121,6 +90,35 @@ pub async fn handle(
         RequestBody::DeleteGroups(body) => {
             ResponseBody::DeleteGroups(groups::delete_groups(context, body).await)
         }
-        other => unreachable!("API key {} is not served", other.api_key()),
+        RequestBody::CreateTopics(body) => {
+            ResponseBody::CreateTopics(admin::create_topics(context, body, version).await)
+        }
+        RequestBody::DeleteTopics(body) => {
+            ResponseBody::DeleteTopics(admin::delete_topics(context, body, version).await)
+        }
+        RequestBody::CreatePartitions(body) => {
+            ResponseBody::CreatePartitions(admin::create_partitions(context, body).await)
+        }
+        RequestBody::DescribeConfigs(body) => {
+            ResponseBody::DescribeConfigs(admin::describe_configs(context, body, version).await)
+        }
+        RequestBody::AlterConfigs(body) => {
+            ResponseBody::AlterConfigs(admin::alter_configs(context, body).await)
+        }
+        RequestBody::IncrementalAlterConfigs(body) => ResponseBody::IncrementalAlterConfigs(
+            admin::incremental_alter_configs(context, body).await,
+        ),
+        RequestBody::DeleteRecords(body) => {
+            ResponseBody::DeleteRecords(admin::delete_records(context, body).await)
+        }
+        RequestBody::DescribeCluster(body) => {
+            ResponseBody::DescribeCluster(admin::describe_cluster(context, body))
+        }
+        RequestBody::OffsetForLeaderEpoch(body) => {
+            ResponseBody::OffsetForLeaderEpoch(admin::offset_for_leader_epoch(context, body).await)
+        }
+        RequestBody::InitProducerId(body) => {
+            ResponseBody::InitProducerId(producer_ids::init_producer_id(context, body).await)
+        }
     })
 }

@@ -20,6 +20,8 @@ pub fn code(error: &Error) -> i16 {
         | Error::Fenced { .. }
         | Error::Corrupt { .. }
         | Error::Io { .. } => error_code::KAFKA_STORAGE_ERROR,
+        Error::OutOfOrderSequence { .. } => error_code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        Error::ProducerFenced { .. } => error_code::INVALID_PRODUCER_EPOCH,
         // Retriable: the client tries again once the broker is back.
         Error::ShuttingDown => error_code::NOT_LEADER_OR_FOLLOWER,
         _ => error_code::UNKNOWN_SERVER_ERROR,

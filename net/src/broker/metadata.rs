@@ -117,7 +117,6 @@ async fn auto_create(context: &Context, name: &str) -> Result<Arc<Topic>, i16> {
         .create_topic(
             name.to_string(),
             context.config.default_partitions,
-            None,
             Default::default(),
         )
         .await;

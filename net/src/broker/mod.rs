@@ -2,7 +2,9 @@
 //! connections), each connection served on the shard that accepted it; requests for
 //! partitions another shard owns go there through the engine's handle.
 
+mod admin;
 pub mod config;
+mod configs;
 mod connection;
 mod dispatch;
 mod errors;
@@ -10,6 +12,7 @@ mod fetch;
 mod groups;
 mod metadata;
 mod produce;
+mod producer_ids;
 pub mod topics;
 
 use std::cell::{Cell, RefCell};
@@ -17,7 +20,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coremq_engine::{Engine, EngineConfig, Handle, LogConfig, TopicPartition};
+use coremq_engine::{Engine, EngineConfig, Handle, TopicPartition};
 use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 
@@ -53,6 +56,8 @@ pub(crate) struct Context {
     pub connections: Cell<usize>,
     /// The consumer groups this shard coordinates.
     pub groups: RefCell<groups::Coordinator>,
+    /// Shard 0 hands out producer ids.
+    pub producer_ids: Option<producer_ids::ProducerIds>,
 }
 
 thread_local! {
@@ -92,16 +97,14 @@ impl Context {
         }
     }
 
-    /// Creates topic `name` with `partitions` partitions and log `config` (the engine's
-    /// defaults if `None`), on shard 0, serialized with other topic changes. `Ok(None)` if it
-    /// already exists.
-    pub async fn create_topic(
-        &self,
-        name: String,
-        partitions: u32,
-        config: Option<LogConfig>,
-        configs: std::collections::BTreeMap<String, String>,
-    ) -> Result<Option<Arc<Topic>>, coremq_engine::Error> {
+    /// Runs `change` on shard 0, one topic change at a time; it returns the new table (if
+    /// any), which is saved and installed on every shard before the answer.
+    async fn change_topics<T, F, Fut>(&self, change: F) -> Result<T, coremq_engine::Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Context>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(Option<TopicTable>, T), coremq_engine::Error>> + 'static,
+    {
         self.handle
             .on_shard(0, move |_| async move {
                 let context = Context::current();
@@ -110,31 +113,153 @@ impl Context {
                     .acquire_permit(1)
                     .await
                     .map_err(|_| coremq_engine::Error::ShuttingDown)?;
-                if context.topics().get(&name).is_some() {
-                    return Ok(None);
+                let (table, answer) = change(context.clone()).await?;
+                if let Some(table) = table {
+                    context
+                        .store
+                        .save(&table)
+                        .map_err(|reason| coremq_engine::Error::Corrupt {
+                            path: context.config.meta_dir(),
+                            reason,
+                        })?;
+                    context.publish(table).await;
                 }
-                for partition in 0..partitions {
-                    let log = TopicPartition::new(name.clone(), partition)?;
-                    context.handle.create_log(&log, config.clone()).await?;
-                }
-                let topic = Topic {
-                    name: name.clone(),
-                    id: topics::new_topic_id(),
-                    partitions,
-                    configs,
-                };
-                let table = context.topics().with(topic);
-                context
-                    .store
-                    .save(&table)
-                    .map_err(|reason| coremq_engine::Error::Corrupt {
-                        path: context.config.meta_dir(),
-                        reason,
-                    })?;
-                context.publish(table).await;
-                Ok(context.topics().get(&name).cloned())
+                Ok(answer)
             })
             .await
+    }
+
+    /// Creates topic `name` with `partitions` partitions and config `overrides` (checked by
+    /// the caller). `Ok(None)` if it already exists.
+    pub async fn create_topic(
+        &self,
+        name: String,
+        partitions: u32,
+        overrides: std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<Arc<Topic>>, coremq_engine::Error> {
+        self.change_topics(move |context| async move {
+            if context.topics().get(&name).is_some() {
+                return Ok((None, None));
+            }
+            let config = configs::log_config(&name, &overrides).map_err(|reason| {
+                coremq_engine::Error::InvalidConfig {
+                    key: "topic config",
+                    reason,
+                }
+            })?;
+            for partition in 0..partitions {
+                let log = TopicPartition::new(name.clone(), partition)?;
+                context
+                    .handle
+                    .create_log(&log, Some(config.clone()))
+                    .await?;
+            }
+            let topic = Arc::new(Topic {
+                name,
+                id: topics::new_topic_id(),
+                partitions,
+                configs: overrides,
+            });
+            let table = context.topics().with(Topic::clone(&topic));
+            Ok((Some(table), Some(topic)))
+        })
+        .await
+    }
+
+    /// Deletes topic `name`: out of the table first (so an interrupted deletion finishes at
+    /// the next start), then its logs. `Ok(false)` if there is no such topic.
+    pub async fn delete_topic(&self, name: String) -> Result<bool, coremq_engine::Error> {
+        let deleted = self
+            .change_topics(move |context| async move {
+                let table = context.topics();
+                let Some(topic) = table.get(&name).cloned() else {
+                    return Ok((None, None));
+                };
+                Ok((Some(table.without(&name)), Some(topic)))
+            })
+            .await?;
+        let Some(topic) = deleted else {
+            return Ok(false);
+        };
+        for partition in 0..topic.partitions {
+            let log = TopicPartition::new(topic.name.clone(), partition)?;
+            self.handle.delete_log(&log).await?;
+        }
+        Ok(true)
+    }
+
+    /// Grows topic `name` to `count` partitions (checked by the caller to be more).
+    pub async fn add_partitions(
+        &self,
+        name: String,
+        count: u32,
+    ) -> Result<(), coremq_engine::Error> {
+        self.change_topics(move |context| async move {
+            let table = context.topics();
+            let topic = table
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| coremq_engine::Error::UnknownLog { name: name.clone() })?;
+            let config = configs::log_config(&name, &topic.configs).map_err(|reason| {
+                coremq_engine::Error::InvalidConfig {
+                    key: "topic config",
+                    reason,
+                }
+            })?;
+            for partition in topic.partitions..count {
+                let log = TopicPartition::new(name.clone(), partition)?;
+                context
+                    .handle
+                    .create_log(&log, Some(config.clone()))
+                    .await?;
+            }
+            let grown = Topic {
+                partitions: count.max(topic.partitions),
+                ..Topic::clone(&topic)
+            };
+            Ok((Some(table.with(grown)), ()))
+        })
+        .await
+    }
+
+    /// Replaces topic `name`'s config overrides with `overrides` (checked by the caller) and
+    /// applies them to every partition's log.
+    pub async fn set_topic_configs(
+        &self,
+        name: String,
+        overrides: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), coremq_engine::Error> {
+        self.change_topics(move |context| async move {
+            let table = context.topics();
+            let Some(topic) = table.get(&name).cloned() else {
+                return Ok((None, ()));
+            };
+            let config = configs::log_config(&name, &overrides).map_err(|reason| {
+                coremq_engine::Error::InvalidConfig {
+                    key: "topic config",
+                    reason,
+                }
+            })?;
+            let changed = Topic {
+                configs: overrides,
+                ..Topic::clone(&topic)
+            };
+            let table = table.with(changed);
+            // The table first: a restart applies its configs to the logs (reconcile).
+            context
+                .store
+                .save(&table)
+                .map_err(|reason| coremq_engine::Error::Corrupt {
+                    path: context.config.meta_dir(),
+                    reason,
+                })?;
+            for partition in 0..topic.partitions {
+                let log = TopicPartition::new(name.clone(), partition)?;
+                context.handle.set_config(&log, config.clone()).await?;
+            }
+            Ok((Some(table), ()))
+        })
+        .await
     }
 }
 
@@ -190,6 +315,11 @@ impl Broker {
             let table = table.clone();
             let store = store.clone();
             let shard_handle = handle.clone();
+            let producer_ids = if shard == 0 {
+                Some(producer_ids::ProducerIds::open(config.meta_dir()).map_err(StartError)?)
+            } else {
+                None
+            };
             futures_lite::future::block_on(handle.on_shard(shard, move |_| async move {
                 let listener = TcpListener::bind(config.kafka_listener).map_err(|error| {
                     coremq_engine::Error::Io {
@@ -210,6 +340,7 @@ impl Broker {
                     stopped,
                     connections: Cell::new(0),
                     groups: RefCell::new(groups::Coordinator::default()),
+                    producer_ids,
                 });
                 CONTEXT.with(|slot| *slot.borrow_mut() = Some(context.clone()));
                 let loaded = groups::load(&context).await?;
@@ -289,10 +420,18 @@ async fn reconcile(handle: &Handle, table: &TopicTable) -> Result<(), coremq_eng
         }
     }
     for topic in table.iter() {
+        let config = configs::log_config(&topic.name, &topic.configs).map_err(|reason| {
+            coremq_engine::Error::InvalidConfig {
+                key: "topic config",
+                reason,
+            }
+        })?;
         for partition in 0..topic.partitions {
             let log = TopicPartition::new(topic.name.clone(), partition)?;
             if !logs.contains(&log) {
-                handle.create_log(&log, None).await?;
+                handle.create_log(&log, Some(config.clone())).await?;
+            } else if handle.config(&log).await? != config {
+                handle.set_config(&log, config.clone()).await?;
             }
         }
     }

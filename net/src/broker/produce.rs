@@ -6,10 +6,10 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use coremq_engine::{TopicPartition, batch};
+use coremq_engine::{Compression, TopicPartition, batch, record};
 
 use super::groups::OFFSETS_TOPIC;
-use super::{Context, errors};
+use super::{Context, configs, errors};
 use crate::protocol::error_code;
 use crate::protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use crate::protocol::messages::{ProduceRequest, ProduceResponse};
@@ -58,8 +58,9 @@ pub async fn handle(context: &Rc<Context>, request: ProduceRequest) -> Option<Pr
             let log = log.expect("checked above");
             let records = partition_data.records.expect("checked above").to_bytes();
             let context = context.clone();
+            let recompress = topic.as_deref().and_then(configs::recompression);
             partitions.push(glommio::spawn_local(async move {
-                append(&context, &log, index, records).await
+                append(&context, &log, index, records, recompress).await
             }));
         }
         pending.push((topic_data.name, partitions));
@@ -90,12 +91,15 @@ fn failed(index: i32, code: i16, message: String) -> PartitionProduceResponse {
     }
 }
 
-/// Appends every batch of `records` in order; the answer carries the first batch's offset.
+/// Appends every batch of `records` in order, on the shard owning the log: all batches are
+/// checked first (a bad one fails the partition with nothing stored), recompressed when the
+/// topic sets `compression.type`, then appended. The answer carries the first batch's offset.
 async fn append(
     context: &Context,
     log: &TopicPartition,
     index: i32,
     records: Bytes,
+    recompress: Option<Compression>,
 ) -> PartitionProduceResponse {
     let mut batches = Vec::new();
     let mut covered = 0;
@@ -113,21 +117,42 @@ async fn append(
             ),
         );
     }
-    let mut first = None;
-    for batch in batches {
-        match context.handle.append(log, batch).await {
-            Ok(info) => {
+    let shard = context.handle.shard_of(log);
+    let target = log.clone();
+    let appended = context
+        .handle
+        .on_shard(shard, move |shard| async move {
+            let log = shard.log(&target)?;
+            let config = log.config();
+            for batch in &mut batches {
+                let header = batch::validate_for_append(batch, config.batch_bytes_max)?;
+                if header.is_transactional() || header.is_control() {
+                    return Err(coremq_engine::Error::InvalidBatch {
+                        reason: "transactional and control batches are not supported".into(),
+                    });
+                }
+                if let Some(codec) = recompress {
+                    *batch = record::recompress(batch, codec, config.decompressed_bytes_max)?;
+                }
+            }
+            let mut first = None;
+            for batch in batches {
+                let info = log.append(batch).await?;
                 first.get_or_insert(info);
             }
-            Err(error) => return failed(index, errors::code(&error), error.to_string()),
-        }
-    }
-    let info = first.expect("at least one batch");
-    PartitionProduceResponse {
-        index,
-        error_code: error_code::NONE,
-        base_offset: info.base_offset.0 as i64,
-        log_append_time_ms: info.log_append_time.map_or(-1, |time| time.0),
-        ..PartitionProduceResponse::default()
+            let log_start = log.offsets().log_start;
+            Ok((first.expect("at least one batch"), log_start))
+        })
+        .await;
+    match appended {
+        Ok((info, log_start)) => PartitionProduceResponse {
+            index,
+            error_code: error_code::NONE,
+            base_offset: info.base_offset.0 as i64,
+            log_append_time_ms: info.log_append_time.map_or(-1, |time| time.0),
+            log_start_offset: log_start.0 as i64,
+            ..PartitionProduceResponse::default()
+        },
+        Err(error) => failed(index, errors::code(&error), error.to_string()),
     }
 }

@@ -1,0 +1,116 @@
+//! Producer ids for idempotent producers (InitProducerId). Ids are never reused: shard 0
+//! hands them out from a block whose end is written to `meta/producer_ids` before the first
+//! id of the block is given, so a restart continues after the block.
+
+use std::cell::Cell;
+use std::path::PathBuf;
+
+use super::Context;
+use crate::protocol::error_code;
+use crate::protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
+
+/// Ids reserved per write of the file.
+const BLOCK: i64 = 1000;
+const FILE: &str = "producer_ids";
+
+/// Shard 0's allocator.
+#[derive(Debug)]
+pub struct ProducerIds {
+    dir: PathBuf,
+    next: Cell<i64>,
+    reserved_end: Cell<i64>,
+}
+
+impl ProducerIds {
+    pub fn open(meta_dir: PathBuf) -> Result<ProducerIds, String> {
+        let path = meta_dir.join(FILE);
+        let reserved_end = match std::fs::read_to_string(&path) {
+            Ok(text) => text
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|end| *end >= 0)
+                .ok_or_else(|| format!("{}: not a producer id: {text:?}", path.display()))?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(error) => return Err(format!("{}: {error}", path.display())),
+        };
+        Ok(ProducerIds {
+            dir: meta_dir,
+            next: Cell::new(reserved_end),
+            reserved_end: Cell::new(reserved_end),
+        })
+    }
+
+    pub fn allocate(&self) -> Result<i64, coremq_engine::Error> {
+        let id = self.next.get();
+        if id >= self.reserved_end.get() {
+            let end = id + BLOCK;
+            coremq_engine::checkpoint::write_atomically(
+                &self.dir,
+                FILE,
+                format!("{end}\n").as_bytes(),
+            )?;
+            self.reserved_end.set(end);
+        }
+        self.next.set(id + 1);
+        Ok(id)
+    }
+}
+
+pub async fn init_producer_id(
+    context: &Context,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let refuse = |code| InitProducerIdResponse {
+        error_code: code,
+        producer_id: -1,
+        producer_epoch: -1,
+        ..InitProducerIdResponse::default()
+    };
+    if request.transactional_id.is_some() {
+        // Transactions are not supported; Kafka's answer for a broker without them.
+        return refuse(error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+    }
+    // An idempotent producer gets a fresh id (epoch 0) each time, also when it asks to bump
+    // the epoch of its current one (KIP-360): its sequences start again at 0 either way.
+    let allocated = context
+        .handle
+        .on_shard(0, |_| async move {
+            let context = Context::current();
+            let ids = context
+                .producer_ids
+                .as_ref()
+                .expect("shard 0 allocates producer ids");
+            ids.allocate()
+        })
+        .await;
+    match allocated {
+        Ok(producer_id) => InitProducerIdResponse {
+            error_code: error_code::NONE,
+            producer_id,
+            producer_epoch: 0,
+            ..InitProducerIdResponse::default()
+        },
+        Err(error) => {
+            log::warn!("allocating a producer id: {error}");
+            refuse(error_code::COORDINATOR_NOT_AVAILABLE)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_not_reused_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = ProducerIds::open(dir.path().to_path_buf()).unwrap();
+        let first: Vec<i64> = (0..3).map(|_| ids.allocate().unwrap()).collect();
+        assert_eq!(first, vec![0, 1, 2]);
+        let reopened = ProducerIds::open(dir.path().to_path_buf()).unwrap();
+        assert_eq!(reopened.allocate().unwrap(), BLOCK);
+        std::fs::write(dir.path().join(FILE), "garbage").unwrap();
+        assert!(ProducerIds::open(dir.path().to_path_buf()).is_err());
+    }
+}
