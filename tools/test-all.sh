@@ -26,6 +26,22 @@ if ! command -v kcat >/dev/null 2>&1; then
   $sudo_cmd apt-get install -y -qq kcat >/dev/null
 fi
 kcat -V | head -n 1
+# confluent-kafka (current librdkafka) and kafka-python (pure Python), in a virtual
+# environment under target/ that the end-to-end tests use (tests/kafka_python.rs).
+venv=target/e2e-venv
+if ! "$venv/bin/python" -c 'import confluent_kafka, kafka' >/dev/null 2>&1; then
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    sudo_cmd=""
+    if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+    $sudo_cmd apt-get update -qq
+    $sudo_cmd apt-get install -y -qq python3-venv python3-pip >/dev/null
+  fi
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check \
+    'confluent-kafka==2.16.1' 'kafka-python[lz4,snappy,zstd]==3.0.12'
+fi
+"$venv/bin/python" -c 'import confluent_kafka, kafka; print("confluent-kafka", confluent_kafka.version()[0], "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__)'
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

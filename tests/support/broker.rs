@@ -11,16 +11,21 @@ pub struct Broker {
     pub port: u16,
     pub data_dir: PathBuf,
     log: PathBuf,
+    extra: Vec<String>,
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Broker {
     pub fn start(data_dir: &Path) -> Broker {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Broker::start_on(data_dir, port, &[])
+        Broker::start_on(data_dir, free_port(), &[])
     }
 
     pub fn start_on(data_dir: &Path, port: u16, extra: &[&str]) -> Broker {
@@ -35,6 +40,8 @@ impl Broker {
             .arg(data_dir)
             .arg("--kafka-listener")
             .arg(format!("127.0.0.1:{port}"))
+            .arg("--admin-listener")
+            .arg(format!("127.0.0.1:{}", free_port()))
             .args(["--shards", "2", "--no-pin"])
             .args(extra)
             .stdout(Stdio::null())
@@ -46,6 +53,7 @@ impl Broker {
             port,
             data_dir: data_dir.to_path_buf(),
             log,
+            extra: extra.iter().map(|arg| arg.to_string()).collect(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -84,7 +92,8 @@ impl Broker {
             "clean exit on SIGTERM: {status}\n{}",
             self.log()
         );
-        let again = Broker::start_on(&self.data_dir, self.port, &[]);
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let again = Broker::start_on(&self.data_dir, self.port, &extra);
         *self = again;
     }
 }
