@@ -52,7 +52,7 @@ fn consume_json(broker: &Broker, topic: &str, offset: &str) -> Vec<serde_json::V
 #[test]
 fn metadata_names_the_broker_and_auto_created_topics() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("data"));
+    let broker = Broker::start(&dir.path().join("data"), &[]);
     kcat(&broker, &["-P", "-t", "auto.created"], "x\n");
     let metadata: serde_json::Value =
         serde_json::from_str(&kcat(&broker, &["-L", "-J"], "")).unwrap();
@@ -73,7 +73,7 @@ fn metadata_names_the_broker_and_auto_created_topics() {
 #[test]
 fn every_codec_keeps_keys_headers_and_null_values() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("data"));
+    let broker = Broker::start(&dir.path().join("data"), &[]);
     let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
     for codec in codecs {
         let input = format!("key-{codec}:value-{codec}\nnull-{codec}:\n");
@@ -115,7 +115,7 @@ fn every_codec_keeps_keys_headers_and_null_values() {
 #[test]
 fn acks_zero_one_and_all_all_land() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("data"));
+    let broker = Broker::start(&dir.path().join("data"), &[]);
     for acks in ["0", "1", "all"] {
         let input: String = (0..100).map(|n| format!("{acks}-{n}\n")).collect();
         kcat(
@@ -139,7 +139,7 @@ fn acks_zero_one_and_all_all_land() {
 #[test]
 fn consume_from_earliest_latest_and_a_timestamp() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("data"));
+    let broker = Broker::start(&dir.path().join("data"), &[]);
     kcat(&broker, &["-P", "-t", "times"], "a\nb\n");
     std::thread::sleep(Duration::from_millis(50));
     let records = consume_json(&broker, "times", "beginning");
@@ -184,7 +184,7 @@ fn consume_from_earliest_latest_and_a_timestamp() {
 #[test]
 fn data_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(&dir.path().join("data"));
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
     let input: String = (0..1000).map(|n| format!("k{}:v{n}\n", n % 7)).collect();
     kcat(
         &broker,
@@ -205,7 +205,7 @@ fn data_survives_a_restart() {
 #[test]
 fn bad_frames_close_only_their_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("data"));
+    let broker = Broker::start(&dir.path().join("data"), &[]);
     let frames: [&[u8]; 4] = [
         // An impossible size.
         &[0xff, 0xff, 0xff, 0xf0],

@@ -56,7 +56,7 @@ fn run(broker: &Broker, script: &str, args: &[&str]) -> String {
 fn start(name: &str, extra: &[&str]) -> (tempfile::TempDir, Broker) {
     let dir = tempfile::tempdir().unwrap();
     let flags: Vec<&str> = FLAGS.iter().chain(extra).copied().collect();
-    let broker = Broker::start_on(&dir.path().join(name), free_port(), &flags);
+    let broker = Broker::start(&dir.path().join(name), &flags);
     (dir, broker)
 }
 

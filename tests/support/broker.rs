@@ -24,8 +24,9 @@ pub fn free_port() -> u16 {
 }
 
 impl Broker {
-    pub fn start(data_dir: &Path) -> Broker {
-        Broker::start_on(data_dir, free_port(), &[])
+    /// Starts on a free port with `extra` flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Broker {
+        Broker::start_on(data_dir, free_port(), extra)
     }
 
     pub fn start_on(data_dir: &Path, port: u16, extra: &[&str]) -> Broker {
