@@ -139,6 +139,17 @@ fn idempotent_producers_store_retried_batches_once() {
         "idempotence.py",
         &[&proxy, &broker.port.to_string()],
     );
+    let (status, metrics) = broker.http_get("/metrics");
+    assert_eq!(status, 200);
+    let duplicates: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("coremq_duplicate_batches_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("the duplicate counter is exported");
+    assert!(
+        duplicates > 0,
+        "the retries reached the broker as duplicates"
+    );
 }
 
 #[test]

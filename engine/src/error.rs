@@ -61,6 +61,9 @@ pub enum Error {
         epoch: i16,
         current: i16,
     },
+    /// The system refuses what the engine needs (io_uring, locked memory): the cause and
+    /// how to fix it.
+    System { reason: String },
     /// The engine (or the shard owning the log) has shut down.
     ShuttingDown,
 }
@@ -140,6 +143,7 @@ impl fmt::Display for Error {
                 f,
                 "producer {producer_id}: epoch {epoch} is older than the current epoch {current}"
             ),
+            Error::System { reason } => f.write_str(reason),
             Error::ShuttingDown => write!(f, "the engine is shutting down"),
         }
     }

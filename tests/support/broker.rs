@@ -1,5 +1,7 @@
 //! Starts the real `coremq` binary for end-to-end tests: a free port, a temporary data
 //! directory, and a wait until it accepts connections. Stopped with SIGTERM on drop.
+//! Each test file uses a part of it.
+#![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -9,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct Broker {
     child: Option<Child>,
     pub port: u16,
+    /// The HTTP admin listener's port.
+    pub admin_port: u16,
     pub data_dir: PathBuf,
     log: PathBuf,
     extra: Vec<String>,
@@ -36,13 +40,14 @@ impl Broker {
             .append(true)
             .open(&log)
             .unwrap();
+        let admin_port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_coremq"))
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--kafka-listener")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--admin-listener")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(format!("127.0.0.1:{admin_port}"))
             .args(["--shards", "2", "--no-pin"])
             .args(extra)
             .stdout(Stdio::null())
@@ -52,6 +57,7 @@ impl Broker {
         let broker = Broker {
             child: Some(child),
             port,
+            admin_port,
             data_dir: data_dir.to_path_buf(),
             log,
             extra: extra.iter().map(|arg| arg.to_string()).collect(),
@@ -70,6 +76,28 @@ impl Broker {
 
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// GETs `path` from the HTTP admin listener: the status code and the body.
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(("127.0.0.1", self.admin_port)).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, body)| body.to_string());
+        (status, body)
     }
 
     pub fn log(&self) -> String {

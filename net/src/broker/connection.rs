@@ -93,6 +93,11 @@ async fn serve(context: &Rc<Context>, stream: TcpStream) {
                 break;
             }
         };
+        *context
+            .requests
+            .borrow_mut()
+            .entry(request.header.request_api_key)
+            .or_default() += 1;
         let context = context.clone();
         let task = glommio::spawn_local(async move {
             let correlation_id = request.header.correlation_id;

@@ -10,6 +10,7 @@ mod dispatch;
 mod errors;
 mod fetch;
 mod groups;
+mod http;
 mod metadata;
 mod produce;
 mod producer_ids;
@@ -58,6 +59,8 @@ pub(crate) struct Context {
     pub groups: RefCell<groups::Coordinator>,
     /// Shard 0 hands out producer ids.
     pub producer_ids: Option<producer_ids::ProducerIds>,
+    /// Requests decoded on this shard, by API key.
+    pub requests: RefCell<std::collections::HashMap<i16, u64>>,
 }
 
 thread_local! {
@@ -267,6 +270,8 @@ impl Context {
 pub struct Broker {
     engine: Engine,
     handle: Handle,
+    admin: http::AdminServer,
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Broker {
@@ -341,6 +346,7 @@ impl Broker {
                     connections: Cell::new(0),
                     groups: RefCell::new(groups::Coordinator::default()),
                     producer_ids,
+                    requests: RefCell::default(),
                 });
                 CONTEXT.with(|slot| *slot.borrow_mut() = Some(context.clone()));
                 let loaded = groups::load(&context).await?;
@@ -353,12 +359,22 @@ impl Broker {
             }))
             .map_err(|error| StartError(error.to_string()))?;
         }
-        Ok(Broker { engine, handle })
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let admin = http::AdminServer::start(config.admin_listener, handle.clone(), ready.clone())
+            .map_err(StartError)?;
+        Ok(Broker {
+            engine,
+            handle,
+            admin,
+            ready,
+        })
     }
 
     /// Stops accepting, lets connections finish the requests they have read (up to
     /// `grace`), then flushes and closes every log.
     pub fn shutdown(self, grace: Duration) -> Result<(), StartError> {
+        self.ready
+            .store(false, std::sync::atomic::Ordering::Release);
         for shard in 0..self.handle.shard_count() {
             let _ =
                 futures_lite::future::block_on(self.handle.on_shard(shard, move |_| async move {
@@ -371,6 +387,7 @@ impl Broker {
                     Ok(())
                 }));
         }
+        self.admin.stop();
         self.engine
             .shutdown()
             .map_err(|error| StartError(format!("flushing logs: {error}")))

@@ -77,6 +77,16 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// Groups this shard coordinates (with members or committed offsets).
+    pub fn group_count(&self) -> usize {
+        self.offsets.len()
+            + self
+                .groups
+                .keys()
+                .filter(|id| !self.offsets.contains_key(*id))
+                .count()
+    }
+
     fn apply(&mut self, group: &str, topic: &str, partition: i32, value: Option<Stored>) {
         let key = (topic.to_string(), partition);
         match value {

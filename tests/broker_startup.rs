@@ -1,0 +1,123 @@
+//! The `coremq` binary's startup and admin surface: settings from a TOML file under flags,
+//! clear refusals (bad config, unusable data directory, too little locked memory), and the
+//! HTTP admin listener's /health, /ready and /metrics.
+
+#[path = "support/broker.rs"]
+mod broker;
+
+use std::process::Command;
+
+use broker::{Broker, free_port};
+
+/// Runs the binary with `args` under `sh -c` (for `ulimit`); returns exit code and stderr.
+fn refused(shell_prefix: &str, args: &[&str]) -> (i32, String) {
+    let command = format!(
+        "{shell_prefix} exec {} {}",
+        env!("CARGO_BIN_EXE_coremq"),
+        args.join(" ")
+    );
+    let output = Command::new("sh").args(["-c", &command]).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_settings_and_environments_are_refused_with_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let listener = format!("127.0.0.1:{}", free_port());
+    let base = [
+        "--kafka-listener",
+        &listener,
+        "--admin-listener",
+        "127.0.0.1:0",
+    ];
+
+    let data_dir = file.join("data");
+    let mut args = base.to_vec();
+    args.extend(["--data-dir", data_dir.to_str().unwrap()]);
+    let (code, stderr) = refused("", &args);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("data directory") && stderr.contains("unusable"),
+        "{stderr}"
+    );
+
+    let data_dir = dir.path().join("data");
+    let mut args = base.to_vec();
+    args.extend(["--data-dir", data_dir.to_str().unwrap()]);
+    let (code, stderr) = refused("ulimit -l 256;", &args);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("RLIMIT_MEMLOCK") && stderr.contains("ulimit -l"),
+        "{stderr}"
+    );
+
+    let config = dir.path().join("coremq.toml");
+    std::fs::write(&config, "kafka_listner = \"127.0.0.1:1\"\n").unwrap();
+    let (code, stderr) = refused("", &["--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("kafka_listner"), "{stderr}");
+}
+
+#[test]
+fn the_toml_file_sets_what_flags_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("coremq.toml");
+    let file_port = free_port();
+    std::fs::write(
+        &config,
+        format!("default_partitions = 3\nkafka_listener = \"127.0.0.1:{file_port}\"\n"),
+    )
+    .unwrap();
+    // The flag's listener (set by Broker::start) wins over the file's.
+    let broker = Broker::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", file_port)).is_err());
+    let metadata = Command::new("kcat")
+        .args(["-b", &broker.bootstrap(), "-L", "-J", "-t", "auto"])
+        .output()
+        .expect("kcat is installed (tools/test-all.sh installs it)");
+    let json: serde_json::Value = serde_json::from_slice(&metadata.stdout).unwrap();
+    let partitions = json["topics"][0]["partitions"].as_array().unwrap().len();
+    assert_eq!(partitions, 3, "default_partitions from the file: {json}");
+}
+
+#[test]
+fn the_admin_listener_answers_health_readiness_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
+    assert_eq!(broker.http_get("/health"), (200, "ok\n".to_string()));
+    assert_eq!(broker.http_get("/ready"), (200, "ready\n".to_string()));
+    assert_eq!(broker.http_get("/nowhere").0, 404);
+    let produced = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "printf 'a\\nb\\n' | kcat -b {} -P -t scraped",
+                broker.bootstrap()
+            ),
+        ])
+        .status()
+        .unwrap();
+    assert!(produced.success());
+    let (status, metrics) = broker.http_get("/metrics");
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{metrics}"))
+    };
+    assert_eq!(value("coremq_records_appended_total "), 2.0);
+    assert!(value("coremq_requests_total{api=\"Produce\"} ") >= 1.0);
+    assert!(value("coremq_partitions ") >= 1.0);
+    assert!(metrics.contains("coremq_fsync_latency_seconds{quantile=\"0.99\"}"));
+    assert!(broker.stop().success());
+}
