@@ -180,3 +180,58 @@ fn concurrent_appends_pipeline_writes_and_lose_nothing() {
     }
     engine.shutdown().unwrap();
 }
+
+/// A batch of `records` 100-byte records from idempotent producer `id`, starting at
+/// `sequence`.
+fn producer_batch(id: i64, epoch: i16, sequence: i32, records: u32) -> Bytes {
+    let mut builder =
+        coremq_engine::BatchBuilder::new(Compression::None).producer(id, epoch, sequence);
+    for index in 0..records {
+        builder.push(Timestamp::now(), None, Some(&[index as u8; 100]), &[]);
+    }
+    builder.build()
+}
+
+#[test]
+fn idempotent_producer_state_survives_rolls_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = tp("idempotent", 0);
+    let mut sequence = 0;
+    {
+        let (engine, handle) = start(dir.path(), 1);
+        block_on(handle.create_log(&log, Some(common::small_segments()))).unwrap();
+        // Producer 9's batches end up in sealed segments: only the snapshot remembers them.
+        block_on(handle.append(&log, producer_batch(9, 0, 0, 1))).unwrap();
+        block_on(handle.append(&log, producer_batch(9, 0, 1, 1))).unwrap();
+        // Enough batches that segments roll (and producer snapshots are written) on the way.
+        for _ in 0..250 {
+            block_on(handle.append(&log, producer_batch(7, 0, sequence, 4))).unwrap();
+            sequence += 4;
+        }
+        block_on(handle.append(&log, producer_batch(8, 3, 0, 1))).unwrap();
+        engine.shutdown().unwrap();
+    }
+    assert!(dir.path().join("idempotent-0/producers.snapshot").exists());
+    let (engine, handle) = start(dir.path(), 1);
+    let end = block_on(handle.offsets(&log)).unwrap().log_end;
+    // The last batch retried after the restart: answered with its offsets, not stored again.
+    let retry = block_on(handle.append(&log, producer_batch(7, 0, sequence - 4, 4))).unwrap();
+    assert_eq!(retry.base_offset, Offset(end.0 - 5));
+    let early = block_on(handle.append(&log, producer_batch(9, 0, 1, 1))).unwrap();
+    assert_eq!(early.base_offset, Offset(1), "known from the snapshot");
+    assert_eq!(block_on(handle.offsets(&log)).unwrap().log_end, end);
+    // A gap is refused; an older epoch is fenced; the next sequence is stored.
+    assert!(matches!(
+        block_on(handle.append(&log, producer_batch(7, 0, sequence + 1, 1))),
+        Err(Error::OutOfOrderSequence { .. })
+    ));
+    assert!(matches!(
+        block_on(handle.append(&log, producer_batch(8, 2, 1, 1))),
+        Err(Error::ProducerFenced { .. })
+    ));
+    let next = block_on(handle.append(&log, producer_batch(7, 0, sequence, 2))).unwrap();
+    assert_eq!(next.base_offset, end);
+    // Batches without a producer id are never checked.
+    block_on(handle.append(&log, batch(0, 3, 10, 1, Compression::None))).unwrap();
+    engine.shutdown().unwrap();
+}
