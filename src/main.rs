@@ -71,6 +71,10 @@ struct Options {
     /// Request bytes buffered per shard [default: 536870912]
     #[arg(long, env = "COREMQ_SHARD_REQUEST_BYTES_MAX")]
     shard_request_bytes_max: Option<usize>,
+    /// Partitions held per shard, all topics together; creations beyond are refused
+    /// [default: 1000]
+    #[arg(long, env = "COREMQ_PARTITIONS_PER_SHARD_MAX")]
+    partitions_per_shard_max: Option<u32>,
     /// Partitions of __consumer_offsets, fixed when first created [default: 16]
     #[arg(long, env = "COREMQ_OFFSETS_TOPIC_PARTITIONS")]
     offsets_topic_partitions: Option<u32>,
@@ -110,6 +114,9 @@ impl Options {
             shard_request_bytes_max: self
                 .shard_request_bytes_max
                 .or(file.shard_request_bytes_max),
+            partitions_per_shard_max: self
+                .partitions_per_shard_max
+                .or(file.partitions_per_shard_max),
             offsets_topic_partitions: self
                 .offsets_topic_partitions
                 .or(file.offsets_topic_partitions),
@@ -146,6 +153,9 @@ impl Options {
             shard_request_bytes_max: self
                 .shard_request_bytes_max
                 .unwrap_or(defaults.shard_request_bytes_max),
+            partitions_per_shard_max: self
+                .partitions_per_shard_max
+                .unwrap_or(defaults.partitions_per_shard_max),
             offsets_topic_partitions: self
                 .offsets_topic_partitions
                 .unwrap_or(defaults.offsets_topic_partitions),

@@ -59,6 +59,27 @@ fn check_partitions(count: i32) -> Result<u32, Failure> {
     Ok(count as u32)
 }
 
+/// Refuses `adding` partitions when the broker would hold more than its limit.
+pub fn check_capacity(context: &Context, adding: u32) -> Result<(), Failure> {
+    let held: u64 = context
+        .topics()
+        .iter()
+        .map(|topic| u64::from(topic.partitions))
+        .sum();
+    let max =
+        u64::from(context.config.partitions_per_shard_max) * context.handle.shard_count() as u64;
+    if held + u64::from(adding) > max {
+        return fail(
+            error_code::INVALID_PARTITIONS,
+            format!(
+                "the broker holds {held} partitions; {adding} more would pass its limit of {max} \
+                 (partitions_per_shard_max x shards)"
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// Replica assignments may only name this broker, one replica per partition.
 fn check_assignment<'a>(
     context: &Context,
@@ -200,6 +221,7 @@ async fn create_topic(
     }
     configs::log_config(&topic.name, &overrides)
         .map_err(|message| (error_code::INVALID_CONFIG, message))?;
+    check_capacity(context, partitions)?;
     if validate_only {
         return Ok((Uuid::ZERO, partitions, overrides));
     }
@@ -331,6 +353,7 @@ async fn add_partitions(
         }
         check_assignment(context, assignments.iter().map(|a| &a.broker_ids))?;
     }
+    check_capacity(context, count - existing.partitions)?;
     if validate_only {
         return Ok(());
     }

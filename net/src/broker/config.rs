@@ -32,6 +32,9 @@ pub struct BrokerConfig {
     pub connection_requests_in_flight_max: usize,
     /// Request bytes buffered per shard across its connections.
     pub shard_request_bytes_max: usize,
+    /// Partitions the broker holds per shard, all topics together (Redpanda's
+    /// `topic_partitions_per_shard`): creations beyond it are refused.
+    pub partitions_per_shard_max: u32,
     /// Partitions of `__consumer_offsets`, fixed when it is first created.
     pub offsets_topic_partitions: u32,
     /// How long a new group waits for more members before its first assignment
@@ -56,6 +59,7 @@ impl Default for BrokerConfig {
             socket_request_max_bytes: 100 << 20,
             connection_requests_in_flight_max: 64,
             shard_request_bytes_max: 512 << 20,
+            partitions_per_shard_max: 1000,
             offsets_topic_partitions: 16,
             group_initial_rebalance_delay_ms: 3000,
         }

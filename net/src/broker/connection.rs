@@ -16,8 +16,7 @@ use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::Context;
-use super::dispatch;
-use crate::protocol::frame::{self, FrameError};
+use super::dispatch::{self, Incoming};
 
 /// Chunks of one response frame; `None` for a request answered with nothing (acks=0).
 type Response = Option<Vec<Bytes>>;
@@ -75,10 +74,9 @@ async fn serve(context: &Rc<Context>, stream: TcpStream) {
                 break;
             }
         };
-        let request = match frame::decode_request(frame) {
-            Ok(request) => request,
-            Err(FrameError::ApiVersionsTooNew { header }) => {
-                let answer = dispatch::api_versions_fallback(header.correlation_id);
+        let request = match dispatch::decode(context, frame) {
+            Ok(Incoming::Request(request)) => request,
+            Ok(Incoming::Answered(answer)) => {
                 if queue
                     .send(glommio::spawn_local(async move { Some(answer) }))
                     .await
@@ -93,18 +91,11 @@ async fn serve(context: &Rc<Context>, stream: TcpStream) {
                 break;
             }
         };
-        *context
-            .requests
-            .borrow_mut()
-            .entry(request.header.request_api_key)
-            .or_default() += 1;
         let context = context.clone();
         let task = glommio::spawn_local(async move {
-            let correlation_id = request.header.correlation_id;
-            let version = request.header.request_api_version;
-            let response = dispatch::handle(&context, request, peer).await;
+            let response = dispatch::respond(&context, request, peer).await;
             drop(permit);
-            response.map(|body| frame::encode_response(correlation_id, version, &body))
+            response
         });
         if queue.send(task).await.is_err() {
             break;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::{Context, admin, fetch, groups, metadata, produce, producer_ids};
 use crate::protocol::api::{self, RequestBody, ResponseBody};
 use crate::protocol::error_code;
-use crate::protocol::frame::{self, Request};
+use crate::protocol::frame::{self, FrameError, Request};
 use crate::protocol::messages::ApiVersionsResponse;
 use crate::protocol::messages::api_versions_response::ApiVersion;
 
@@ -30,14 +30,51 @@ fn api_versions(error_code: i16) -> ApiVersionsResponse {
 
 /// The answer to an ApiVersions request newer than served: UNSUPPORTED_VERSION with the
 /// served ranges, in version 0 so any client reads it.
-pub fn api_versions_fallback(correlation_id: i32) -> Vec<Bytes> {
+fn api_versions_fallback(correlation_id: i32) -> Vec<Bytes> {
     let body = ResponseBody::ApiVersions(api_versions(error_code::UNSUPPORTED_VERSION));
     frame::encode_response(correlation_id, 0, &body)
 }
 
+/// A decoded frame: a request to handle, or an answer already made.
+pub enum Incoming {
+    Request(Request),
+    Answered(Vec<Bytes>),
+}
+
+/// Decodes one request frame (without its size prefix) and counts it. An error means the
+/// frame is not a request this broker can answer: the connection closes.
+pub fn decode(context: &Context, frame: Bytes) -> Result<Incoming, FrameError> {
+    match frame::decode_request(frame) {
+        Ok(request) => {
+            *context
+                .requests
+                .borrow_mut()
+                .entry(request.header.request_api_key)
+                .or_default() += 1;
+            Ok(Incoming::Request(request))
+        }
+        Err(FrameError::ApiVersionsTooNew { header }) => Ok(Incoming::Answered(
+            api_versions_fallback(header.correlation_id),
+        )),
+        Err(error) => Err(error),
+    }
+}
+
+/// Handles `request` and encodes its response frame; `None` when the protocol wants none.
+pub async fn respond(
+    context: &Rc<Context>,
+    request: Request,
+    peer: Option<SocketAddr>,
+) -> Option<Vec<Bytes>> {
+    let correlation_id = request.header.correlation_id;
+    let version = request.header.request_api_version;
+    let body = handle(context, request, peer).await?;
+    Some(frame::encode_response(correlation_id, version, &body))
+}
+
 /// Handles one request from `peer`; `None` when the protocol wants no answer (Produce with
 /// acks=0).
-pub async fn handle(
+async fn handle(
     context: &Rc<Context>,
     request: Request,
     peer: Option<SocketAddr>,

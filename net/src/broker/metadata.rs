@@ -113,6 +113,12 @@ async fn auto_create(context: &Context, name: &str) -> Result<Arc<Topic>, i16> {
     if coremq_engine::types::validate_topic_name(name).is_err() {
         return Err(error_code::INVALID_TOPIC_EXCEPTION);
     }
+    if let Err((code, message)) =
+        super::admin::check_capacity(context, context.config.default_partitions)
+    {
+        log::warn!("auto-creating topic {name}: {message}");
+        return Err(code);
+    }
     let created = context
         .create_topic(
             name.to_string(),

@@ -370,6 +370,32 @@ impl Broker {
         })
     }
 
+    /// Handles one request frame (without its size prefix) on shard 0 as a connection would,
+    /// giving up after `timeout` (long polls, joins); the response frame's chunks, or `None`
+    /// when there is none or the frame would close the connection. For fuzzing and for
+    /// embedding without sockets.
+    pub fn handle_frame(
+        &self,
+        frame: bytes::Bytes,
+        timeout: Duration,
+    ) -> Option<Vec<bytes::Bytes>> {
+        let answer = futures_lite::future::block_on(self.handle.on_shard(0, move |_| async move {
+            let context = Context::current();
+            let request = match dispatch::decode(&context, frame) {
+                Ok(dispatch::Incoming::Request(request)) => request,
+                Ok(dispatch::Incoming::Answered(answer)) => return Ok(Some(answer)),
+                Err(_) => return Ok(None),
+            };
+            let respond = async { dispatch::respond(&context, request, None).await };
+            let expire = async {
+                glommio::timer::sleep(timeout).await;
+                None
+            };
+            Ok(futures_lite::future::or(respond, expire).await)
+        }));
+        answer.ok().flatten()
+    }
+
     /// Stops accepting, lets connections finish the requests they have read (up to
     /// `grace`), then flushes and closes every log.
     pub fn shutdown(self, grace: Duration) -> Result<(), StartError> {
