@@ -109,6 +109,21 @@ fn response_header_version(range: &ApiRange, version: i16) -> i16 {
     }
 }
 
+/// Encodes a request frame without its size prefix (what [`decode_request`] reads), with
+/// the header version `header`'s API and version call for.
+pub fn encode_request(header: &RequestHeader, body: &RequestBody) -> Bytes {
+    let range = api::api(header.request_api_key).expect("requests are built for known APIs");
+    let mut encoder = Encoder::new();
+    let header_version = if range.is_flexible(header.request_api_version) {
+        2
+    } else {
+        1
+    };
+    header.encode(&mut encoder, header_version);
+    body.encode(&mut encoder, header.request_api_version);
+    encoder.finish_bytes()
+}
+
 /// Encodes a response frame, size prefix included, as chunks to write in order (stored
 /// record batches are chunks of their own, never copied).
 pub fn encode_response(correlation_id: i32, version: i16, body: &ResponseBody) -> Vec<Bytes> {
