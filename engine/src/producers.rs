@@ -8,6 +8,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use bytes::Buf;
+
 use crate::batch::BatchHeader;
 use crate::error::{Error, Result};
 use crate::types::{Offset, Timestamp};
@@ -196,22 +198,23 @@ impl ProducerState {
         if crc32c::crc32c(body).to_be_bytes() != crc {
             return Err(corrupt("checksum mismatch"));
         }
-        let mut reader = Reader(body);
-        if reader.take(SNAPSHOT_MAGIC.len()) != Some(SNAPSHOT_MAGIC) {
+        let mut reader: &[u8] = body;
+        if !reader.starts_with(SNAPSHOT_MAGIC) {
             return Err(corrupt("bad magic"));
         }
-        if reader.take(1) != Some(&[SNAPSHOT_VERSION]) {
+        reader.advance(SNAPSHOT_MAGIC.len());
+        let truncated = |_| corrupt("truncated");
+        if reader.try_get_u8().map_err(truncated)? != SNAPSHOT_VERSION {
             return Err(corrupt("unknown version"));
         }
-        let truncated = || corrupt("truncated");
-        let up_to = Offset(reader.u64().ok_or_else(truncated)?);
-        let count = reader.u32().ok_or_else(truncated)?;
+        let up_to = Offset(reader.try_get_u64().map_err(truncated)?);
+        let count = reader.try_get_u32().map_err(truncated)?;
         let mut state = ProducerState::default();
         for _ in 0..count {
-            let producer_id = reader.u64().ok_or_else(truncated)? as i64;
-            let epoch = reader.u16().ok_or_else(truncated)? as i16;
-            let last_seen = Timestamp(reader.u64().ok_or_else(truncated)? as i64);
-            let batches = reader.take(1).ok_or_else(truncated)?[0] as usize;
+            let producer_id = reader.try_get_i64().map_err(truncated)?;
+            let epoch = reader.try_get_i16().map_err(truncated)?;
+            let last_seen = Timestamp(reader.try_get_i64().map_err(truncated)?);
+            let batches = usize::from(reader.try_get_u8().map_err(truncated)?);
             if batches > BATCHES_PER_PRODUCER {
                 return Err(corrupt("too many batches"));
             }
@@ -224,16 +227,16 @@ impl ProducerState {
                 producer.batches.push_back(ProducerBatch {
                     producer_id,
                     epoch,
-                    first_sequence: reader.u32().ok_or_else(truncated)? as i32,
-                    last_sequence: reader.u32().ok_or_else(truncated)? as i32,
-                    base_offset: Offset(reader.u64().ok_or_else(truncated)?),
-                    last_offset: Offset(reader.u64().ok_or_else(truncated)?),
-                    timestamp: Timestamp(reader.u64().ok_or_else(truncated)? as i64),
+                    first_sequence: reader.try_get_i32().map_err(truncated)?,
+                    last_sequence: reader.try_get_i32().map_err(truncated)?,
+                    base_offset: Offset(reader.try_get_u64().map_err(truncated)?),
+                    last_offset: Offset(reader.try_get_u64().map_err(truncated)?),
+                    timestamp: Timestamp(reader.try_get_i64().map_err(truncated)?),
                 });
             }
             state.producers.insert(producer_id, producer);
         }
-        if !reader.0.is_empty() {
+        if !reader.is_empty() {
             return Err(corrupt("trailing bytes"));
         }
         Ok((state, up_to))
@@ -242,31 +245,6 @@ impl ProducerState {
 
 const SNAPSHOT_MAGIC: &[u8] = b"CMQPRODS";
 const SNAPSHOT_VERSION: u8 = 1;
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, count: usize) -> Option<&'a [u8]> {
-        if self.0.len() < count {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(count);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -118,13 +118,7 @@ impl Context {
                     .map_err(|_| coremq_engine::Error::ShuttingDown)?;
                 let (table, answer) = change(context.clone()).await?;
                 if let Some(table) = table {
-                    context
-                        .store
-                        .save(&table)
-                        .map_err(|reason| coremq_engine::Error::Corrupt {
-                            path: context.config.meta_dir(),
-                            reason,
-                        })?;
+                    save_table(&context.store, &context.config, &table)?;
                     context.publish(table).await;
                 }
                 Ok(answer)
@@ -144,12 +138,7 @@ impl Context {
             if context.topics().get(&name).is_some() {
                 return Ok((None, None));
             }
-            let config = configs::log_config(&name, &overrides).map_err(|reason| {
-                coremq_engine::Error::InvalidConfig {
-                    key: "topic config",
-                    reason,
-                }
-            })?;
+            let config = topic_log_config(&name, &overrides)?;
             for partition in 0..partitions {
                 let log = TopicPartition::new(name.clone(), partition)?;
                 context
@@ -203,12 +192,7 @@ impl Context {
                 .get(&name)
                 .cloned()
                 .ok_or_else(|| coremq_engine::Error::UnknownLog { name: name.clone() })?;
-            let config = configs::log_config(&name, &topic.configs).map_err(|reason| {
-                coremq_engine::Error::InvalidConfig {
-                    key: "topic config",
-                    reason,
-                }
-            })?;
+            let config = topic_log_config(&name, &topic.configs)?;
             for partition in topic.partitions..count {
                 let log = TopicPartition::new(name.clone(), partition)?;
                 context
@@ -237,25 +221,14 @@ impl Context {
             let Some(topic) = table.get(&name).cloned() else {
                 return Ok((None, ()));
             };
-            let config = configs::log_config(&name, &overrides).map_err(|reason| {
-                coremq_engine::Error::InvalidConfig {
-                    key: "topic config",
-                    reason,
-                }
-            })?;
+            let config = topic_log_config(&name, &overrides)?;
             let changed = Topic {
                 configs: overrides,
                 ..Topic::clone(&topic)
             };
             let table = table.with(changed);
             // The table first: a restart applies its configs to the logs (reconcile).
-            context
-                .store
-                .save(&table)
-                .map_err(|reason| coremq_engine::Error::Corrupt {
-                    path: context.config.meta_dir(),
-                    reason,
-                })?;
+            save_table(&context.store, &context.config, &table)?;
             for partition in 0..topic.partitions {
                 let log = TopicPartition::new(name.clone(), partition)?;
                 context.handle.set_config(&log, config.clone()).await?;
@@ -420,6 +393,31 @@ impl Broker {
     }
 }
 
+/// Writes the topic table, failing as an engine error.
+fn save_table(
+    store: &TopicStore,
+    config: &BrokerConfig,
+    table: &TopicTable,
+) -> Result<(), coremq_engine::Error> {
+    store
+        .save(table)
+        .map_err(|reason| coremq_engine::Error::Corrupt {
+            path: config.meta_dir(),
+            reason,
+        })
+}
+
+/// A topic's log settings (see `configs::log_config`), failing as an engine error.
+fn topic_log_config(
+    name: &str,
+    overrides: &std::collections::BTreeMap<String, String>,
+) -> Result<coremq_engine::LogConfig, coremq_engine::Error> {
+    configs::log_config(name, overrides).map_err(|reason| coremq_engine::Error::InvalidConfig {
+        key: "topic config",
+        reason,
+    })
+}
+
 /// Creates `__consumer_offsets` (compacted) and adds it to the table.
 async fn create_offsets_topic(
     handle: &Handle,
@@ -440,12 +438,7 @@ async fn create_offsets_topic(
         partitions,
         configs: [("cleanup.policy".to_string(), "compact".to_string())].into(),
     });
-    store
-        .save(&table)
-        .map_err(|reason| coremq_engine::Error::Corrupt {
-            path: config.meta_dir(),
-            reason,
-        })?;
+    save_table(store, config, &table)?;
     Ok(table)
 }
 
@@ -463,12 +456,7 @@ async fn reconcile(handle: &Handle, table: &TopicTable) -> Result<(), coremq_eng
         }
     }
     for topic in table.iter() {
-        let config = configs::log_config(&topic.name, &topic.configs).map_err(|reason| {
-            coremq_engine::Error::InvalidConfig {
-                key: "topic config",
-                reason,
-            }
-        })?;
+        let config = topic_log_config(&topic.name, &topic.configs)?;
         for partition in 0..topic.partitions {
             let log = TopicPartition::new(topic.name.clone(), partition)?;
             if !logs.contains(&log) {

@@ -3,7 +3,7 @@
 //! leader epoch, metadata, commit timestamp); a null value (tombstone) deletes the key.
 //! Compaction keeps the latest commit per key; a restart replays the topic.
 
-use bytes::{BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 
 /// One partition's committed position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,58 +45,44 @@ pub fn encode_value(committed: &Committed) -> Vec<u8> {
     out
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, count: usize) -> Option<&'a [u8]> {
-        if self.0.len() < count {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(count);
-        self.0 = rest;
-        Some(head)
+/// A string: int16 length, then UTF-8.
+fn get_string(bytes: &mut &[u8]) -> Option<String> {
+    let length = usize::try_from(bytes.try_get_i16().ok()?).ok()?;
+    if bytes.remaining() < length {
+        return None;
     }
-
-    fn i16(&mut self) -> Option<i16> {
-        Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
-    }
-
-    fn i32(&mut self) -> Option<i32> {
-        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    fn string(&mut self) -> Option<String> {
-        let length = usize::try_from(self.i16()?).ok()?;
-        String::from_utf8(self.take(length)?.to_vec()).ok()
-    }
+    let text = String::from_utf8(bytes[..length].to_vec()).ok()?;
+    bytes.advance(length);
+    Some(text)
 }
 
 /// A record's key: `(group, topic, partition)` for an offset commit, `None` for other
 /// record kinds (Kafka's group metadata records) or bytes that do not parse.
-pub fn decode_key(key: &[u8]) -> Option<(String, String, i32)> {
-    let mut reader = Reader(key);
-    if !matches!(reader.i16()?, 0 | 1) {
+pub fn decode_key(mut key: &[u8]) -> Option<(String, String, i32)> {
+    if !matches!(key.try_get_i16().ok()?, 0 | 1) {
         return None;
     }
-    Some((reader.string()?, reader.string()?, reader.i32()?))
+    let group = get_string(&mut key)?;
+    let topic = get_string(&mut key)?;
+    Some((group, topic, key.try_get_i32().ok()?))
 }
 
 pub fn decode_value(value: &Bytes) -> Option<Committed> {
-    let mut reader = Reader(value);
-    let version = reader.i16()?;
+    let mut value: &[u8] = value;
+    let version = value.try_get_i16().ok()?;
     if !(0..=3).contains(&version) {
         return None;
     }
-    let offset = reader.i64()?;
-    let leader_epoch = if version >= 3 { reader.i32()? } else { -1 };
-    let metadata = reader.string()?;
-    let commit_timestamp = reader.i64()?;
+    let offset = value.try_get_i64().ok()?;
+    let leader_epoch = if version >= 3 {
+        value.try_get_i32().ok()?
+    } else {
+        -1
+    };
+    let metadata = get_string(&mut value)?;
+    let commit_timestamp = value.try_get_i64().ok()?;
     if version == 1 {
-        reader.i64()?;
+        value.try_get_i64().ok()?;
     }
     Some(Committed {
         offset,
