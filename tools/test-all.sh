@@ -41,7 +41,7 @@ if ! "$venv/bin/python" -c 'import confluent_kafka, kafka' >/dev/null 2>&1; then
   "$venv/bin/pip" install -q --disable-pip-version-check \
     'confluent-kafka==2.16.1' 'kafka-python[lz4,snappy,zstd]==3.0.12'
 fi
-"$venv/bin/python" -c 'import confluent_kafka, kafka; print("confluent-kafka", confluent_kafka.version()[0], "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__)'
+"$venv/bin/python" -c 'import confluent_kafka, kafka; print("confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__)'
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
