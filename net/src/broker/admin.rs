@@ -581,13 +581,10 @@ fn apply_operation(
             overrides.remove(key);
         }
         OP_APPEND | OP_SUBTRACT if list => {
-            let current = overrides.get(key).cloned().unwrap_or_else(|| {
-                configs::describe(name, &BTreeMap::new())
-                    .into_iter()
-                    .find(|described| described.name == key)
-                    .map(|described| described.value)
-                    .unwrap_or_default()
-            });
+            let current = overrides
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| configs::default_value(name, key));
             let mut items: Vec<String> = current
                 .split(',')
                 .filter(|item| !item.is_empty())

@@ -56,30 +56,34 @@ fn base(topic_name: &str) -> LogConfig {
     }
 }
 
-/// A key's value in `config` (the engine's settings), as Kafka writes it.
-fn engine_value(config: &LogConfig, key: &str) -> Option<String> {
-    config.encode().lines().find_map(|line| {
-        let (name, value) = line.split_once('=')?;
-        (name == key).then(|| value.to_string())
-    })
+/// The value topic `topic_name` has for `key` when it does not override it.
+pub fn default_value(topic_name: &str, key: &str) -> String {
+    default_in(&base(topic_name).encode(), key)
 }
 
-/// Checks one `key=value`; the error is the message for INVALID_CONFIG.
-fn check(key: &str, value: &str) -> Result<(), String> {
+/// `key`'s default given the base settings `encoded` (a [`LogConfig::encode`] text).
+fn default_in(encoded: &str, key: &str) -> String {
     if key == COMPRESSION_TYPE {
-        return match value {
-            "producer" | "uncompressed" => Ok(()),
-            other if Compression::from_name(other).is_some() && other != "none" => Ok(()),
-            other => Err(format!(
-                "{other:?} is not a compression.type (uncompressed, gzip, snappy, lz4, zstd, producer)"
-            )),
-        };
+        return "producer".to_string();
     }
-    if config_type(key) == 0 {
-        return Err(format!("unknown or unsupported topic config {key:?}"));
+    encoded
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once('=')?;
+            (name == key).then(|| value.to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// Checks `compression.type`'s value; the error is the message for INVALID_CONFIG.
+fn check_compression(value: &str) -> Result<(), String> {
+    match value {
+        "producer" | "uncompressed" => Ok(()),
+        other if Compression::from_name(other).is_some() && other != "none" => Ok(()),
+        other => Err(format!(
+            "{other:?} is not a compression.type (uncompressed, gzip, snappy, lz4, zstd, producer)"
+        )),
     }
-    let mut config = LogConfig::default();
-    config.set(key, value).map_err(|error| error.to_string())
 }
 
 /// The log settings for `topic_name` with `overrides`, checked; the error is the message
@@ -90,8 +94,11 @@ pub fn log_config(
 ) -> Result<LogConfig, String> {
     let mut config = base(topic_name);
     for (key, value) in overrides {
-        check(key, value)?;
-        if key != COMPRESSION_TYPE {
+        if key == COMPRESSION_TYPE {
+            check_compression(value)?;
+        } else if config_type(key) == 0 {
+            return Err(format!("unknown or unsupported topic config {key:?}"));
+        } else {
             config.set(key, value).map_err(|error| error.to_string())?;
         }
     }
@@ -118,7 +125,7 @@ pub struct Described {
 
 /// Every topic config of `name` with `overrides`: the override where set, else the default.
 pub fn describe(name: &str, overrides: &BTreeMap<String, String>) -> Vec<Described> {
-    let defaults = base(name);
+    let defaults = base(name).encode();
     TOPIC_KEYS
         .iter()
         .map(|&(key, config_type)| match overrides.get(key) {
@@ -130,11 +137,7 @@ pub fn describe(name: &str, overrides: &BTreeMap<String, String>) -> Vec<Describ
             },
             None => Described {
                 name: key,
-                value: if key == COMPRESSION_TYPE {
-                    "producer".to_string()
-                } else {
-                    engine_value(&defaults, key).unwrap_or_default()
-                },
+                value: default_in(&defaults, key),
                 source: SOURCE_DEFAULT,
                 config_type,
             },
