@@ -260,12 +260,17 @@ impl Group {
         member.session_timeout = join.session_timeout;
         member.rebalance_timeout = join.rebalance_timeout;
         member.deadline = now + join.session_timeout;
-        match self.state {
-            State::CompletingRebalance | State::Stable if !changed && !is_leader => {
-                Reply::Now(self.join_answer(&member_id))
-            }
-            State::CompletingRebalance if !changed => Reply::Now(self.join_answer(&member_id)),
-            _ => self.await_join(member_id, now),
+        // An unchanged member joining again gets the current generation; the leader of a
+        // stable group joining again starts a rebalance, as in Kafka.
+        let current = match self.state {
+            State::CompletingRebalance => !changed,
+            State::Stable => !changed && !is_leader,
+            State::Empty | State::PreparingRebalance => false,
+        };
+        if current {
+            Reply::Now(self.join_answer(&member_id))
+        } else {
+            self.await_join(member_id, now)
         }
     }
 
@@ -550,27 +555,16 @@ impl Group {
                     .awaiting_sync = Some(send);
                 if self.leader.as_deref() == Some(member_id) {
                     let mut assignments: HashMap<String, Bytes> = assignments.into_iter().collect();
-                    for member in self.members.values_mut() {
-                        member.assignment = Bytes::new();
-                    }
-                    let ids: Vec<String> = self.members.keys().cloned().collect();
-                    for id in ids {
-                        let assignment = assignments.remove(&id).unwrap_or_default();
-                        self.members.get_mut(&id).expect("listed").assignment = assignment;
-                    }
                     self.state = State::Stable;
-                    let ids: Vec<String> = self.members.keys().cloned().collect();
-                    for id in ids {
-                        let answer = self.sync_answer(self.members[&id].assignment.clone());
-                        if let Some(waiting) = self
-                            .members
-                            .get_mut(&id)
-                            .expect("listed")
-                            .awaiting_sync
-                            .take()
-                        {
-                            let _ = waiting.send(answer);
+                    let mut waiting = Vec::new();
+                    for (id, member) in self.members.iter_mut() {
+                        member.assignment = assignments.remove(id).unwrap_or_default();
+                        if let Some(sender) = member.awaiting_sync.take() {
+                            waiting.push((sender, member.assignment.clone()));
                         }
+                    }
+                    for (sender, assignment) in waiting {
+                        let _ = sender.send(self.sync_answer(assignment));
                     }
                 }
                 Reply::Later(receive)
@@ -640,15 +634,12 @@ impl Group {
         }
     }
 
+    /// After a member left: a settled group rebalances; a join phase may be complete now.
     fn member_gone(&mut self, now: Instant) {
-        match self.state {
-            State::Stable | State::CompletingRebalance => self.prepare_rebalance(now),
-            State::PreparingRebalance => self.maybe_complete_join(now),
-            State::Empty => {}
+        if matches!(self.state, State::Stable | State::CompletingRebalance) {
+            self.prepare_rebalance(now);
         }
-        if self.state == State::PreparingRebalance {
-            self.maybe_complete_join(now);
-        }
+        self.maybe_complete_join(now);
     }
 
     /// Expires sessions and pending member ids, and ends a join phase whose time is up.
@@ -664,10 +655,11 @@ impl Group {
             log::info!("group {}: session of member {id} expired", self.id);
             self.remove(id);
         }
-        if !expired.is_empty() {
+        if expired.is_empty() {
+            self.maybe_complete_join(now);
+        } else {
             self.member_gone(now);
         }
-        self.maybe_complete_join(now);
     }
 }
 
