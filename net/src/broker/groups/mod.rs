@@ -48,6 +48,8 @@ pub use offsets::Committed;
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Kafka's `offset.metadata.max.bytes`.
 const METADATA_BYTES_MAX: usize = 4096;
+/// Batches coremq builds are zstd-compressed (docs/format.md).
+const OFFSETS_CODEC: Compression = Compression::Zstd;
 /// How often sessions and join phases are checked.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -562,7 +564,7 @@ pub async fn offset_commit(
         let group_id = request.group_id.clone();
         on_coordinator(context, &group_id, move |context, log| async move {
             check_commit(&mut context.groups.borrow_mut(), &request, Instant::now())?;
-            let mut batch = BatchBuilder::new(Compression::None);
+            let mut batch = BatchBuilder::new(OFFSETS_CODEC);
             for (topic, partition, committed) in &writes {
                 batch.push(
                     Timestamp(committed.commit_timestamp),
@@ -924,7 +926,7 @@ async fn delete_group(context: &Context, log: &TopicPartition, group_id: String)
             .unwrap_or_default()
     };
     if !keys.is_empty() {
-        let mut batch = BatchBuilder::new(Compression::None);
+        let mut batch = BatchBuilder::new(OFFSETS_CODEC);
         for (topic, partition) in &keys {
             batch.push(
                 Timestamp::now(),
