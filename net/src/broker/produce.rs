@@ -14,6 +14,12 @@ use crate::protocol::error_code;
 use crate::protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use crate::protocol::messages::{ProduceRequest, ProduceResponse};
 
+/// A partition's answer: known at once (refused), or its append running in parallel.
+enum Pending {
+    Done(PartitionProduceResponse),
+    Appending(glommio::Task<PartitionProduceResponse>),
+}
+
 pub async fn handle(context: &Rc<Context>, request: ProduceRequest) -> Option<ProduceResponse> {
     let acks = request.acks;
     let refuse = if !matches!(acks, -1..=1) {
@@ -50,18 +56,16 @@ pub async fn handle(context: &Rc<Context>, request: ProduceRequest) -> Option<Pr
                 (None, true, Some(_)) => None,
             };
             if let Some((code, message)) = failure {
-                partitions.push(glommio::spawn_local(
-                    async move { failed(index, code, message) },
-                ));
+                partitions.push(Pending::Done(failed(index, code, message)));
                 continue;
             }
             let log = log.expect("checked above");
             let records = partition_data.records.expect("checked above").to_bytes();
             let context = context.clone();
             let recompress = topic.as_deref().and_then(configs::recompression);
-            partitions.push(glommio::spawn_local(async move {
+            partitions.push(Pending::Appending(glommio::spawn_local(async move {
                 append(&context, &log, index, records, recompress).await
-            }));
+            })));
         }
         pending.push((topic_data.name, partitions));
     }
@@ -69,7 +73,10 @@ pub async fn handle(context: &Rc<Context>, request: ProduceRequest) -> Option<Pr
     for (name, partitions) in pending {
         let mut partition_responses = Vec::with_capacity(partitions.len());
         for partition in partitions {
-            partition_responses.push(partition.await);
+            partition_responses.push(match partition {
+                Pending::Done(response) => response,
+                Pending::Appending(task) => task.await,
+            });
         }
         responses.push(TopicProduceResponse {
             name,
