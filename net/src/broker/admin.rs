@@ -49,6 +49,15 @@ fn fail<T>(code: i16, message: impl Into<String>) -> Result<T, Failure> {
     Err((code, message.into()))
 }
 
+/// An item's error code and message for its response: NONE and no message on success.
+fn answer(outcome: Result<(), Failure>) -> (i16, Option<String>) {
+    outcome
+        .err()
+        .map_or((error_code::NONE, None), |(code, message)| {
+            (code, Some(message))
+        })
+}
+
 fn check_partitions(count: i32) -> Result<u32, Failure> {
     if !(1..=PARTITIONS_MAX).contains(&count) {
         return fail(
@@ -303,11 +312,7 @@ pub async fn create_partitions(
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let outcome = add_partitions(context, &topic, request.validate_only).await;
-        let (code, message) = outcome
-            .err()
-            .map_or((error_code::NONE, None), |(code, message)| {
-                (code, Some(message))
-            });
+        let (code, message) = answer(outcome);
         results.push(CreatePartitionsTopicResult {
             name: topic.name,
             error_code: code,
@@ -539,9 +544,7 @@ pub async fn alter_configs(
             .await
         }
         .await;
-        let (code, message) = outcome
-            .err()
-            .map_or((error_code::NONE, None), |(c, m)| (c, Some(m)));
+        let (code, message) = answer(outcome);
         responses.push(AlterConfigsResourceResponse {
             error_code: code,
             error_message: message,
@@ -642,9 +645,7 @@ pub async fn incremental_alter_configs(
             apply_overrides(context, &name, overrides, request.validate_only).await
         }
         .await;
-        let (code, message) = outcome
-            .err()
-            .map_or((error_code::NONE, None), |(c, m)| (c, Some(m)));
+        let (code, message) = answer(outcome);
         responses.push(IncrementalResult {
             error_code: code,
             error_message: message,

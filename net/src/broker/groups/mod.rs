@@ -761,7 +761,13 @@ pub async fn list_groups(context: &Context, request: ListGroupsRequest) -> ListG
             .types_filter
             .iter()
             .any(|kind| kind.eq_ignore_ascii_case("classic"));
-    for shard in 0..context.handle.shard_count() {
+    // Every group here is a classic one.
+    let shards = if classic_wanted {
+        context.handle.shard_count()
+    } else {
+        0
+    };
+    for shard in 0..shards {
         let listed = context
             .handle
             .on_shard(shard, |_| async move {
@@ -801,7 +807,6 @@ pub async fn list_groups(context: &Context, request: ListGroupsRequest) -> ListG
                         .iter()
                         .any(|wanted| wanted.eq_ignore_ascii_case(state))
             })
-            .filter(|_| classic_wanted)
             .map(|(group_id, protocol_type, state)| ListedGroup {
                 group_id,
                 protocol_type,
