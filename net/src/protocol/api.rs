@@ -87,6 +87,18 @@ macro_rules! apis {
         }
 
         impl ResponseBody {
+            /// Decodes the response body of API `key` at `version` (what a client reads).
+            pub fn decode(key: i16, version: i16, decoder: &mut Decoder) -> Result<ResponseBody> {
+                $(
+                    if key == messages::$request::API_KEY {
+                        return Ok(ResponseBody::$variant(messages::$response::decode(
+                            decoder, version,
+                        )?));
+                    }
+                )*
+                Err(super::codec::DecodeError::new(format!("unknown API key {key}")))
+            }
+
             pub fn encode(&self, encoder: &mut Encoder, version: i16) {
                 match self {
                     $(ResponseBody::$variant(body) => body.encode(encoder, version),)*

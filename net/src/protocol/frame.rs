@@ -138,6 +138,27 @@ pub fn encode_response(correlation_id: i32, version: i16, body: &ResponseBody) -
     chunks
 }
 
+/// Decodes a response frame, without its size prefix, to a request of API `key` at
+/// `version`: the correlation id and the body. Bytes left after the body are an error.
+pub fn decode_response(
+    key: i16,
+    version: i16,
+    frame: Bytes,
+) -> Result<(i32, ResponseBody), DecodeError> {
+    let range = api::api(key)
+        .ok_or_else(|| DecodeError::new(format!("API key {key} is not known here")))?;
+    let mut decoder = Decoder::new(frame);
+    let header = ResponseHeader::decode(&mut decoder, response_header_version(range, version))?;
+    let body = ResponseBody::decode(key, version, &mut decoder)?;
+    if decoder.remaining() > 0 {
+        return Err(DecodeError::new(format!(
+            "{} bytes left after the response body",
+            decoder.remaining()
+        )));
+    }
+    Ok((header.correlation_id, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +208,25 @@ mod tests {
         // (key, min, max, no tags), throttle time, no tagged fields.
         let expected = hex("00000013 00000007 0000 02 0000 0003 000b 00 00000000 00");
         assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn responses_decode_as_encoded_and_trailing_bytes_are_refused() {
+        let body = ResponseBody::ApiVersions(ApiVersionsResponse {
+            api_keys: vec![ApiVersion {
+                api_key: 0,
+                min_version: 3,
+                max_version: 11,
+            }],
+            ..ApiVersionsResponse::default()
+        });
+        let frame = crate::protocol::codec::Records::new(encode_response(7, 3, &body)).to_bytes();
+        let (correlation_id, decoded) = decode_response(18, 3, frame.slice(4..)).unwrap();
+        assert_eq!((correlation_id, decoded), (7, body));
+        let mut longer = frame.slice(4..).to_vec();
+        longer.push(0);
+        assert!(decode_response(18, 3, longer.into()).is_err());
+        assert!(decode_response(999, 0, frame.slice(4..)).is_err());
     }
 
     #[test]

@@ -1,0 +1,1009 @@
+//! Every advertised version of every API, one by one, against the real binary over a
+//! socket: each request is built with the generated codecs at that version, and the
+//! response, decoded at that version, must say what the request did. Versions just outside
+//! a served range are refused the way Kafka refuses them.
+
+#[path = "support/broker.rs"]
+mod broker;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use broker::Broker;
+use bytes::Bytes;
+use coremq_engine::batch::BatchHeader;
+use coremq_engine::record::decode_records;
+use coremq_engine::{BatchBuilder, Compression, Timestamp};
+use coremq_net::protocol::api::{self, RequestBody, ResponseBody};
+use coremq_net::protocol::codec::{Encoder, Message, Records, Uuid};
+use coremq_net::protocol::error_code;
+use coremq_net::protocol::frame::{decode_response, encode_request};
+use coremq_net::protocol::messages::create_partitions_request::CreatePartitionsTopic;
+use coremq_net::protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use coremq_net::protocol::messages::delete_records_request::{
+    DeleteRecordsPartition, DeleteRecordsTopic,
+};
+use coremq_net::protocol::messages::delete_topics_request::DeleteTopicState;
+use coremq_net::protocol::messages::describe_configs_request::DescribeConfigsResource;
+use coremq_net::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use coremq_net::protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use coremq_net::protocol::messages::leave_group_request::MemberIdentity;
+use coremq_net::protocol::messages::list_offsets_request::{
+    ListOffsetsPartition, ListOffsetsTopic,
+};
+use coremq_net::protocol::messages::metadata_request::MetadataRequestTopic;
+use coremq_net::protocol::messages::metadata_response::MetadataResponseTopic;
+use coremq_net::protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use coremq_net::protocol::messages::offset_fetch_request::{
+    OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+};
+use coremq_net::protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
+use coremq_net::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use coremq_net::protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use coremq_net::protocol::messages::*;
+
+/// A blocking client speaking one request at a time.
+struct Client {
+    stream: TcpStream,
+    correlation_id: i32,
+}
+
+impl Client {
+    fn connect(broker: &Broker) -> Client {
+        let stream = TcpStream::connect(broker.bootstrap()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Client {
+            stream,
+            correlation_id: 0,
+        }
+    }
+
+    /// Writes `body` with its size prefix.
+    fn send(&mut self, body: &[u8]) {
+        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        self.stream.write_all(&frame).unwrap();
+    }
+
+    /// The next response frame, without its size prefix; `None` once the broker closed the
+    /// connection.
+    fn receive(&mut self) -> Option<Bytes> {
+        let mut size = [0u8; 4];
+        if self.stream.read_exact(&mut size).is_err() {
+            return None;
+        }
+        let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.stream.read_exact(&mut frame).unwrap();
+        Some(frame.into())
+    }
+
+    fn call(&mut self, version: i16, body: RequestBody) -> ResponseBody {
+        self.correlation_id += 1;
+        let key = body.api_key();
+        let header = RequestHeader {
+            request_api_key: key,
+            request_api_version: version,
+            correlation_id: self.correlation_id,
+            client_id: Some("versions-test".into()),
+        };
+        self.send(&encode_request(&header, &body));
+        let frame = self
+            .receive()
+            .unwrap_or_else(|| panic!("API {key} v{version}: the broker closed the connection"));
+        let (correlation_id, response) = decode_response(key, version, frame)
+            .unwrap_or_else(|error| panic!("API {key} v{version}: {error}"));
+        assert_eq!(correlation_id, self.correlation_id);
+        response
+    }
+}
+
+/// Sends `$body` as API `$variant` at `$version` and returns the typed response.
+macro_rules! call {
+    ($client:expr, $variant:ident, $version:expr, $body:expr) => {
+        match $client.call($version, RequestBody::$variant($body)) {
+            ResponseBody::$variant(response) => response,
+            other => panic!("{} answered with {other:?}", stringify!($variant)),
+        }
+    };
+}
+
+fn served(key: i16) -> RangeInclusive<i16> {
+    let range = api::api(key).unwrap();
+    range.min..=range.max
+}
+
+/// Version `i` steps into the range, staying at its maximum once past it; iterating `i`
+/// over the longest range of several APIs used together covers each of their versions.
+fn nth_version(key: i16, i: i16) -> i16 {
+    let range = served(key);
+    (range.start() + i).min(*range.end())
+}
+
+fn start() -> (tempfile::TempDir, Broker) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &dir.path().join("data"),
+        &[
+            "--group-initial-rebalance-delay-ms",
+            "0",
+            "--auto-create-topics",
+            "false",
+        ],
+    );
+    (dir, broker)
+}
+
+fn create_topic(client: &mut Client, name: &str, partitions: i32) {
+    let response = call!(
+        client,
+        CreateTopics,
+        7,
+        CreateTopicsRequest {
+            topics: vec![CreatableTopic {
+                name: name.into(),
+                num_partitions: partitions,
+                replication_factor: 1,
+                ..CreatableTopic::default()
+            }],
+            timeout_ms: 30_000,
+            ..CreateTopicsRequest::default()
+        }
+    );
+    assert_eq!(response.topics[0].error_code, error_code::NONE);
+}
+
+fn metadata(client: &mut Client, topic: &str) -> MetadataResponseTopic {
+    let response = call!(
+        client,
+        Metadata,
+        12,
+        MetadataRequest {
+            topics: Some(vec![MetadataRequestTopic {
+                name: Some(topic.into()),
+                ..MetadataRequestTopic::default()
+            }]),
+            ..MetadataRequest::default()
+        }
+    );
+    response.topics.into_iter().next().unwrap()
+}
+
+fn describe_config(client: &mut Client, version: i16, topic: &str, key: &str) -> Option<String> {
+    let response = call!(
+        client,
+        DescribeConfigs,
+        version,
+        DescribeConfigsRequest {
+            resources: vec![DescribeConfigsResource {
+                resource_type: 2,
+                resource_name: topic.into(),
+                configuration_keys: Some(vec![key.into()]),
+            }],
+            ..DescribeConfigsRequest::default()
+        }
+    );
+    let result = &response.results[0];
+    assert_eq!(result.error_code, error_code::NONE, "{result:?}");
+    assert_eq!(result.configs.len(), 1, "{result:?}");
+    result.configs[0].value.clone()
+}
+
+fn batch(values: &[String], timestamp: i64) -> Records {
+    let mut builder = BatchBuilder::new(Compression::None);
+    for value in values {
+        builder.push(Timestamp(timestamp), None, Some(value.as_bytes()), &[]);
+    }
+    Records::from(builder.build())
+}
+
+/// The values of every record in fetched `records`, in order, with their offsets.
+fn values(records: &Records) -> Vec<(u64, String)> {
+    let mut bytes = records.to_bytes();
+    let mut values = Vec::new();
+    while !bytes.is_empty() {
+        let size = BatchHeader::parse(&bytes).unwrap().total_bytes();
+        let batch = bytes.split_to(size);
+        for record in decode_records(&batch, 1 << 20).unwrap() {
+            let value = String::from_utf8(record.value.unwrap().to_vec()).unwrap();
+            values.push((record.offset.0, value));
+        }
+    }
+    values
+}
+
+/// A request of API `key` at `version` with a v1 header and no body.
+fn header_only(key: i16, version: i16, correlation_id: i32) -> Bytes {
+    let mut encoder = Encoder::new();
+    let header = RequestHeader {
+        request_api_key: key,
+        request_api_version: version,
+        correlation_id,
+        client_id: None,
+    };
+    header.encode(&mut encoder, 1);
+    encoder.finish_bytes()
+}
+
+#[test]
+fn api_versions_advertises_exactly_the_served_ranges_and_refuses_the_rest() {
+    let (_dir, broker) = start();
+    let mut client = Client::connect(&broker);
+    let advertised: Vec<(i16, i16, i16)> = api::APIS
+        .iter()
+        .map(|api| (api.key, api.min, api.max))
+        .collect();
+    for version in served(ApiVersionsRequest::API_KEY) {
+        let response = call!(
+            client,
+            ApiVersions,
+            version,
+            ApiVersionsRequest {
+                client_software_name: "versions-test".into(),
+                client_software_version: "1.0".into(),
+            }
+        );
+        assert_eq!(response.error_code, error_code::NONE);
+        let answered: Vec<(i16, i16, i16)> = response
+            .api_keys
+            .iter()
+            .map(|api| (api.api_key, api.min_version, api.max_version))
+            .collect();
+        assert_eq!(answered, advertised, "ApiVersions v{version}");
+    }
+
+    // A newer ApiVersions is answered in v0 with UNSUPPORTED_VERSION and the ranges.
+    let too_new = served(ApiVersionsRequest::API_KEY).end() + 1;
+    client.send(&header_only(ApiVersionsRequest::API_KEY, too_new, 99));
+    let (correlation_id, response) =
+        decode_response(ApiVersionsRequest::API_KEY, 0, client.receive().unwrap()).unwrap();
+    assert_eq!(correlation_id, 99);
+    let ResponseBody::ApiVersions(response) = response else {
+        panic!("not ApiVersions: {response:?}");
+    };
+    assert_eq!(response.error_code, error_code::UNSUPPORTED_VERSION);
+    assert_eq!(response.api_keys.len(), advertised.len());
+
+    // Any other API one version below or above its range closes that connection only.
+    for api in api::APIS
+        .iter()
+        .filter(|api| api.key != ApiVersionsRequest::API_KEY)
+    {
+        for version in [api.min - 1, api.max + 1] {
+            let mut outside = Client::connect(&broker);
+            outside.send(&header_only(api.key, version, 7));
+            assert!(
+                outside.receive().is_none(),
+                "{} v{version} was answered",
+                api.name
+            );
+        }
+    }
+    let response = call!(client, ApiVersions, 3, ApiVersionsRequest::default());
+    assert_eq!(response.error_code, error_code::NONE);
+}
+
+#[test]
+fn produce_fetch_and_offset_apis_at_every_version() {
+    let (_dir, broker) = start();
+    let mut client = Client::connect(&broker);
+    create_topic(&mut client, "versions", 2);
+    let topic_id = metadata(&mut client, "versions").topic_id;
+    assert_ne!(topic_id, Uuid::ZERO);
+
+    // Produce: two records per version to partition 0, timestamps 1000 apart.
+    let mut produced = Vec::new();
+    for (i, version) in served(ProduceRequest::API_KEY).enumerate() {
+        let records: Vec<String> = (0..2).map(|n| format!("v{version}-{n}")).collect();
+        let timestamp = 1_000 * (i as i64 + 1);
+        let response = call!(
+            client,
+            Produce,
+            version,
+            ProduceRequest {
+                acks: if version % 2 == 0 { 1 } else { -1 },
+                timeout_ms: 30_000,
+                topic_data: vec![TopicProduceData {
+                    name: "versions".into(),
+                    partition_data: vec![PartitionProduceData {
+                        index: 0,
+                        records: Some(batch(&records, timestamp)),
+                    }],
+                }],
+                ..ProduceRequest::default()
+            }
+        );
+        let partition = &response.responses[0].partition_responses[0];
+        assert_eq!(partition.error_code, error_code::NONE, "Produce v{version}");
+        assert_eq!(partition.base_offset, produced.len() as i64);
+        if version >= 5 {
+            assert_eq!(partition.log_start_offset, 0);
+        }
+        produced.extend(records);
+    }
+    let end = produced.len() as i64;
+
+    // Fetch: by name up to v12, by topic id from v13.
+    for version in served(FetchRequest::API_KEY) {
+        let by_id = version >= 13;
+        let response = call!(
+            client,
+            Fetch,
+            version,
+            FetchRequest {
+                replica_id: -1,
+                max_wait_ms: 0,
+                min_bytes: 1,
+                max_bytes: 1 << 20,
+                session_epoch: -1,
+                topics: vec![FetchTopic {
+                    topic: if by_id {
+                        String::new()
+                    } else {
+                        "versions".into()
+                    },
+                    topic_id: if by_id { topic_id } else { Uuid::ZERO },
+                    partitions: vec![FetchPartition {
+                        partition: 0,
+                        fetch_offset: 2,
+                        partition_max_bytes: 1 << 20,
+                        current_leader_epoch: -1,
+                        ..FetchPartition::default()
+                    }],
+                }],
+                ..FetchRequest::default()
+            }
+        );
+        assert_eq!(response.error_code, error_code::NONE);
+        let topic = &response.responses[0];
+        if by_id {
+            assert_eq!(topic.topic_id, topic_id);
+        } else {
+            assert_eq!(topic.topic, "versions");
+        }
+        let partition = &topic.partitions[0];
+        assert_eq!(partition.error_code, error_code::NONE, "Fetch v{version}");
+        assert_eq!(partition.high_watermark, end);
+        assert_eq!(partition.last_stable_offset, end);
+        let fetched = values(partition.records.as_ref().unwrap());
+        // Stored batches are served whole: the first one starts at offset 2.
+        let expected: Vec<(u64, String)> = produced
+            .iter()
+            .cloned()
+            .enumerate()
+            .skip(2)
+            .map(|(offset, value)| (offset as u64, value))
+            .collect();
+        assert_eq!(fetched, expected, "Fetch v{version}");
+    }
+
+    // ListOffsets: earliest, latest, and the first record at or after a timestamp.
+    for version in served(ListOffsetsRequest::API_KEY) {
+        for (timestamp, offset) in [(-2, 0), (-1, end), (3_000, 4), (3_500, 6)] {
+            let response = call!(
+                client,
+                ListOffsets,
+                version,
+                ListOffsetsRequest {
+                    replica_id: -1,
+                    topics: vec![ListOffsetsTopic {
+                        name: "versions".into(),
+                        partitions: vec![ListOffsetsPartition {
+                            partition_index: 0,
+                            current_leader_epoch: -1,
+                            timestamp,
+                            ..ListOffsetsPartition::default()
+                        }],
+                    }],
+                    ..ListOffsetsRequest::default()
+                }
+            );
+            let partition = &response.topics[0].partitions[0];
+            assert_eq!(partition.error_code, error_code::NONE);
+            assert_eq!(
+                partition.offset, offset,
+                "ListOffsets v{version} at {timestamp}"
+            );
+        }
+    }
+
+    // OffsetForLeaderEpoch: one epoch, ending at the log end.
+    for version in served(OffsetForLeaderEpochRequest::API_KEY) {
+        let response = call!(
+            client,
+            OffsetForLeaderEpoch,
+            version,
+            OffsetForLeaderEpochRequest {
+                replica_id: -1,
+                topics: vec![OffsetForLeaderTopic {
+                    topic: "versions".into(),
+                    partitions: vec![OffsetForLeaderPartition {
+                        partition: 0,
+                        current_leader_epoch: -1,
+                        leader_epoch: 0,
+                    }],
+                }],
+            }
+        );
+        let partition = &response.topics[0].partitions[0];
+        assert_eq!(partition.error_code, error_code::NONE);
+        assert_eq!(partition.end_offset, end, "OffsetForLeaderEpoch v{version}");
+    }
+
+    // DeleteRecords: partition 1 holds ten records; each version moves its start further.
+    let ten: Vec<String> = (0..10).map(|n| n.to_string()).collect();
+    let response = call!(
+        client,
+        Produce,
+        9,
+        ProduceRequest {
+            acks: -1,
+            timeout_ms: 30_000,
+            topic_data: vec![TopicProduceData {
+                name: "versions".into(),
+                partition_data: vec![PartitionProduceData {
+                    index: 1,
+                    records: Some(batch(&ten, 1_000)),
+                }],
+            }],
+            ..ProduceRequest::default()
+        }
+    );
+    assert_eq!(
+        response.responses[0].partition_responses[0].error_code,
+        error_code::NONE
+    );
+    for version in served(DeleteRecordsRequest::API_KEY) {
+        let before = i64::from(version) + 1;
+        let response = call!(
+            client,
+            DeleteRecords,
+            version,
+            DeleteRecordsRequest {
+                topics: vec![DeleteRecordsTopic {
+                    name: "versions".into(),
+                    partitions: vec![DeleteRecordsPartition {
+                        partition_index: 1,
+                        offset: before,
+                    }],
+                }],
+                timeout_ms: 30_000,
+            }
+        );
+        let partition = &response.topics[0].partitions[0];
+        assert_eq!(partition.error_code, error_code::NONE);
+        assert_eq!(partition.low_watermark, before, "DeleteRecords v{version}");
+    }
+
+    // InitProducerId: a new producer id each time, epoch 0.
+    let mut ids = Vec::new();
+    for version in served(InitProducerIdRequest::API_KEY) {
+        let response = call!(
+            client,
+            InitProducerId,
+            version,
+            InitProducerIdRequest {
+                transactional_id: None,
+                transaction_timeout_ms: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+            }
+        );
+        assert_eq!(response.error_code, error_code::NONE);
+        assert!(response.producer_id >= 0);
+        assert_eq!(response.producer_epoch, 0);
+        assert!(!ids.contains(&response.producer_id));
+        ids.push(response.producer_id);
+    }
+}
+
+#[test]
+fn topic_and_cluster_admin_apis_at_every_version() {
+    let (_dir, broker) = start();
+    let mut client = Client::connect(&broker);
+
+    // CreateTopics, each version its own topic with a retention override.
+    for version in served(CreateTopicsRequest::API_KEY) {
+        let name = format!("created-v{version}");
+        let response = call!(
+            client,
+            CreateTopics,
+            version,
+            CreateTopicsRequest {
+                topics: vec![CreatableTopic {
+                    name: name.clone(),
+                    num_partitions: 1,
+                    replication_factor: 1,
+                    configs: vec![CreatableTopicConfig {
+                        name: "retention.ms".into(),
+                        value: Some((60_000 * i64::from(version)).to_string()),
+                    }],
+                    ..CreatableTopic::default()
+                }],
+                timeout_ms: 30_000,
+                ..CreateTopicsRequest::default()
+            }
+        );
+        let topic = &response.topics[0];
+        assert_eq!(topic.name, name);
+        assert_eq!(
+            topic.error_code,
+            error_code::NONE,
+            "CreateTopics v{version}"
+        );
+        if version >= 5 {
+            assert_eq!(topic.num_partitions, 1);
+            assert_eq!(topic.replication_factor, 1);
+        }
+        if version >= 7 {
+            assert_ne!(topic.topic_id, Uuid::ZERO);
+        }
+    }
+    let created = |i: i16| format!("created-v{}", nth_version(CreateTopicsRequest::API_KEY, i));
+
+    // Metadata: one named topic, the broker and (v1+) the controller, (v2+) the cluster id.
+    for version in served(MetadataRequest::API_KEY) {
+        let name = created(version % 6);
+        let response = call!(
+            client,
+            Metadata,
+            version,
+            MetadataRequest {
+                topics: Some(vec![MetadataRequestTopic {
+                    name: Some(name.clone()),
+                    ..MetadataRequestTopic::default()
+                }]),
+                ..MetadataRequest::default()
+            }
+        );
+        assert_eq!(response.brokers.len(), 1);
+        assert_eq!(response.brokers[0].node_id, 0);
+        assert_eq!(response.brokers[0].port, i32::from(broker.port));
+        if version >= 1 {
+            assert_eq!(response.controller_id, 0);
+        }
+        if version >= 2 {
+            assert!(response.cluster_id.is_some());
+        }
+        let topic = &response.topics[0];
+        assert_eq!(topic.error_code, error_code::NONE, "Metadata v{version}");
+        assert_eq!(topic.name.as_deref(), Some(name.as_str()));
+        assert_eq!(topic.partitions.len(), 1);
+        assert_eq!(topic.partitions[0].leader_id, 0);
+        if version >= 10 {
+            assert_ne!(topic.topic_id, Uuid::ZERO);
+        }
+    }
+
+    // DescribeConfigs reads the overrides CreateTopics set.
+    for version in served(DescribeConfigsRequest::API_KEY) {
+        let topic_version = nth_version(CreateTopicsRequest::API_KEY, version);
+        let retention = describe_config(&mut client, version, &created(version), "retention.ms");
+        assert_eq!(
+            retention,
+            Some((60_000 * i64::from(topic_version)).to_string()),
+            "DescribeConfigs v{version}"
+        );
+    }
+
+    // AlterConfigs replaces a topic's overrides.
+    for version in served(AlterConfigsRequest::API_KEY) {
+        let topic = created(version);
+        let response = call!(
+            client,
+            AlterConfigs,
+            version,
+            AlterConfigsRequest {
+                resources: vec![alter_configs_request::AlterConfigsResource {
+                    resource_type: 2,
+                    resource_name: topic.clone(),
+                    configs: vec![alter_configs_request::AlterableConfig {
+                        name: "cleanup.policy".into(),
+                        value: Some("compact".into()),
+                    }],
+                }],
+                validate_only: false,
+            }
+        );
+        assert_eq!(response.responses[0].error_code, error_code::NONE);
+        let policy = describe_config(&mut client, 4, &topic, "cleanup.policy");
+        assert_eq!(
+            policy.as_deref(),
+            Some("compact"),
+            "AlterConfigs v{version}"
+        );
+        let retention = describe_config(&mut client, 4, &topic, "retention.ms");
+        assert_eq!(
+            retention.as_deref(),
+            Some("604800000"),
+            "back to the default"
+        );
+    }
+
+    // IncrementalAlterConfigs sets one key and keeps the others.
+    for version in served(IncrementalAlterConfigsRequest::API_KEY) {
+        let topic = created(version);
+        let response = call!(
+            client,
+            IncrementalAlterConfigs,
+            version,
+            IncrementalAlterConfigsRequest {
+                resources: vec![incremental_alter_configs_request::AlterConfigsResource {
+                    resource_type: 2,
+                    resource_name: topic.clone(),
+                    configs: vec![incremental_alter_configs_request::AlterableConfig {
+                        name: "segment.bytes".into(),
+                        config_operation: 0,
+                        value: Some("2097152".into()),
+                    }],
+                }],
+                validate_only: false,
+            }
+        );
+        assert_eq!(response.responses[0].error_code, error_code::NONE);
+        let segment = describe_config(&mut client, 4, &topic, "segment.bytes");
+        assert_eq!(segment.as_deref(), Some("2097152"), "v{version}");
+        let policy = describe_config(&mut client, 4, &topic, "cleanup.policy");
+        assert_eq!(policy.as_deref(), Some("compact"), "v{version}");
+    }
+
+    // CreatePartitions grows a topic to three partitions.
+    for version in served(CreatePartitionsRequest::API_KEY) {
+        let topic = created(version);
+        let response = call!(
+            client,
+            CreatePartitions,
+            version,
+            CreatePartitionsRequest {
+                topics: vec![CreatePartitionsTopic {
+                    name: topic.clone(),
+                    count: 3,
+                    assignments: None,
+                }],
+                timeout_ms: 30_000,
+                validate_only: false,
+            }
+        );
+        assert_eq!(
+            response.results[0].error_code,
+            error_code::NONE,
+            "CreatePartitions v{version}"
+        );
+        assert_eq!(metadata(&mut client, &topic).partitions.len(), 3);
+    }
+
+    // DescribeCluster names the cluster and its broker.
+    for version in served(DescribeClusterRequest::API_KEY) {
+        let response = call!(
+            client,
+            DescribeCluster,
+            version,
+            DescribeClusterRequest {
+                include_cluster_authorized_operations: false,
+                endpoint_type: 1,
+            }
+        );
+        assert_eq!(response.error_code, error_code::NONE);
+        assert!(!response.cluster_id.is_empty());
+        assert_eq!(response.brokers.len(), 1);
+        assert_eq!(response.brokers[0].port, i32::from(broker.port));
+    }
+
+    // DeleteTopics, by name up to v5 and through the topic states from v6.
+    for version in served(DeleteTopicsRequest::API_KEY) {
+        let topic = created(version - 1);
+        let request = if version >= 6 {
+            DeleteTopicsRequest {
+                topics: vec![DeleteTopicState {
+                    name: Some(topic.clone()),
+                    topic_id: Uuid::ZERO,
+                }],
+                timeout_ms: 30_000,
+                ..DeleteTopicsRequest::default()
+            }
+        } else {
+            DeleteTopicsRequest {
+                topic_names: vec![topic.clone()],
+                timeout_ms: 30_000,
+                ..DeleteTopicsRequest::default()
+            }
+        };
+        let response = call!(client, DeleteTopics, version, request);
+        let result = &response.responses[0];
+        assert_eq!(
+            result.error_code,
+            error_code::NONE,
+            "DeleteTopics v{version}"
+        );
+        assert_eq!(
+            metadata(&mut client, &topic).error_code,
+            error_code::UNKNOWN_TOPIC_OR_PARTITION
+        );
+    }
+}
+
+#[test]
+fn group_apis_at_every_version() {
+    let (_dir, broker) = start();
+    let mut client = Client::connect(&broker);
+    create_topic(&mut client, "versions", 1);
+    let longest = [
+        FindCoordinatorRequest::API_KEY,
+        JoinGroupRequest::API_KEY,
+        SyncGroupRequest::API_KEY,
+        HeartbeatRequest::API_KEY,
+        LeaveGroupRequest::API_KEY,
+        OffsetCommitRequest::API_KEY,
+        OffsetFetchRequest::API_KEY,
+        DescribeGroupsRequest::API_KEY,
+        ListGroupsRequest::API_KEY,
+        DeleteGroupsRequest::API_KEY,
+    ]
+    .iter()
+    .map(|&key| served(key).count())
+    .max()
+    .unwrap() as i16;
+    for i in 0..longest {
+        let group = format!("group-{i}");
+        let version = |key: i16| nth_version(key, i);
+
+        let v = version(FindCoordinatorRequest::API_KEY);
+        let request = if v >= 4 {
+            FindCoordinatorRequest {
+                coordinator_keys: vec![group.clone()],
+                ..FindCoordinatorRequest::default()
+            }
+        } else {
+            FindCoordinatorRequest {
+                key: group.clone(),
+                ..FindCoordinatorRequest::default()
+            }
+        };
+        let response = call!(client, FindCoordinator, v, request);
+        let (error, node, port) = match response.coordinators.first() {
+            Some(coordinator) if v >= 4 => (
+                coordinator.error_code,
+                coordinator.node_id,
+                coordinator.port,
+            ),
+            _ => (response.error_code, response.node_id, response.port),
+        };
+        assert_eq!(error, error_code::NONE, "FindCoordinator v{v}");
+        assert_eq!((node, port), (0, i32::from(broker.port)));
+
+        // JoinGroup, with the MEMBER_ID_REQUIRED round trip from v4.
+        let v = version(JoinGroupRequest::API_KEY);
+        let join = |member_id: String| JoinGroupRequest {
+            group_id: group.clone(),
+            session_timeout_ms: 30_000,
+            rebalance_timeout_ms: 30_000,
+            member_id,
+            protocol_type: "consumer".into(),
+            protocols: vec![JoinGroupRequestProtocol {
+                name: "range".into(),
+                metadata: Bytes::from_static(b"subscription"),
+            }],
+            ..JoinGroupRequest::default()
+        };
+        let mut joined = call!(client, JoinGroup, v, join(String::new()));
+        if v >= 4 {
+            assert_eq!(joined.error_code, error_code::MEMBER_ID_REQUIRED);
+            joined = call!(client, JoinGroup, v, join(joined.member_id));
+        }
+        assert_eq!(joined.error_code, error_code::NONE, "JoinGroup v{v}");
+        assert_eq!(joined.generation_id, 1);
+        assert_eq!(joined.leader, joined.member_id);
+        assert_eq!(joined.members.len(), 1);
+        assert_eq!(
+            joined.members[0].metadata,
+            Bytes::from_static(b"subscription")
+        );
+        assert_eq!(joined.protocol_name.as_deref(), Some("range"));
+        if v >= 7 {
+            assert_eq!(joined.protocol_type.as_deref(), Some("consumer"));
+        }
+        let member = joined.member_id;
+
+        let v = version(SyncGroupRequest::API_KEY);
+        let synced = call!(
+            client,
+            SyncGroup,
+            v,
+            SyncGroupRequest {
+                group_id: group.clone(),
+                generation_id: 1,
+                member_id: member.clone(),
+                protocol_type: Some("consumer".into()),
+                protocol_name: Some("range".into()),
+                assignments: vec![SyncGroupRequestAssignment {
+                    member_id: member.clone(),
+                    assignment: Bytes::from(format!("assignment-{i}")),
+                }],
+                ..SyncGroupRequest::default()
+            }
+        );
+        assert_eq!(synced.error_code, error_code::NONE, "SyncGroup v{v}");
+        assert_eq!(synced.assignment, Bytes::from(format!("assignment-{i}")));
+
+        let v = version(HeartbeatRequest::API_KEY);
+        let beat = call!(
+            client,
+            Heartbeat,
+            v,
+            HeartbeatRequest {
+                group_id: group.clone(),
+                generation_id: 1,
+                member_id: member.clone(),
+                group_instance_id: None,
+            }
+        );
+        assert_eq!(beat.error_code, error_code::NONE, "Heartbeat v{v}");
+
+        let v = version(OffsetCommitRequest::API_KEY);
+        let committed = call!(
+            client,
+            OffsetCommit,
+            v,
+            OffsetCommitRequest {
+                group_id: group.clone(),
+                generation_id_or_member_epoch: 1,
+                member_id: member.clone(),
+                group_instance_id: None,
+                retention_time_ms: -1,
+                topics: vec![OffsetCommitRequestTopic {
+                    name: "versions".into(),
+                    partitions: vec![OffsetCommitRequestPartition {
+                        partition_index: 0,
+                        committed_offset: 10 + i64::from(i),
+                        committed_leader_epoch: -1,
+                        commit_timestamp: -1,
+                        committed_metadata: Some(format!("metadata-{i}")),
+                    }],
+                }],
+            }
+        );
+        assert_eq!(
+            committed.topics[0].partitions[0].error_code,
+            error_code::NONE,
+            "OffsetCommit v{v}"
+        );
+
+        let v = version(OffsetFetchRequest::API_KEY);
+        let (offset, metadata) = if v >= 8 {
+            let response = call!(
+                client,
+                OffsetFetch,
+                v,
+                OffsetFetchRequest {
+                    groups: vec![OffsetFetchRequestGroup {
+                        group_id: group.clone(),
+                        member_id: None,
+                        member_epoch: -1,
+                        topics: Some(vec![OffsetFetchRequestTopics {
+                            name: "versions".into(),
+                            partition_indexes: vec![0],
+                        }]),
+                    }],
+                    ..OffsetFetchRequest::default()
+                }
+            );
+            let group = &response.groups[0];
+            assert_eq!(group.error_code, error_code::NONE);
+            let partition = &group.topics[0].partitions[0];
+            assert_eq!(partition.error_code, error_code::NONE);
+            (partition.committed_offset, partition.metadata.clone())
+        } else {
+            let response = call!(
+                client,
+                OffsetFetch,
+                v,
+                OffsetFetchRequest {
+                    group_id: group.clone(),
+                    topics: Some(vec![OffsetFetchRequestTopic {
+                        name: "versions".into(),
+                        partition_indexes: vec![0],
+                    }]),
+                    ..OffsetFetchRequest::default()
+                }
+            );
+            assert_eq!(response.error_code, error_code::NONE);
+            let partition = &response.topics[0].partitions[0];
+            assert_eq!(partition.error_code, error_code::NONE);
+            (partition.committed_offset, partition.metadata.clone())
+        };
+        assert_eq!(offset, 10 + i64::from(i), "OffsetFetch v{v}");
+        assert_eq!(metadata, Some(format!("metadata-{i}")));
+
+        let describe = |client: &mut Client| {
+            let v = version(DescribeGroupsRequest::API_KEY);
+            let response = call!(
+                client,
+                DescribeGroups,
+                v,
+                DescribeGroupsRequest {
+                    groups: vec![group.clone()],
+                    include_authorized_operations: false,
+                }
+            );
+            response.groups.into_iter().next().unwrap()
+        };
+        let described = describe(&mut client);
+        assert_eq!(described.error_code, error_code::NONE);
+        assert_eq!(described.group_state, "Stable");
+        assert_eq!(described.protocol_data, "range");
+        assert_eq!(described.members.len(), 1);
+        assert_eq!(described.members[0].member_id, member);
+        assert_eq!(
+            described.members[0].member_assignment,
+            Bytes::from(format!("assignment-{i}"))
+        );
+
+        let v = version(ListGroupsRequest::API_KEY);
+        let listed = call!(
+            client,
+            ListGroups,
+            v,
+            ListGroupsRequest {
+                states_filter: vec!["Stable".into()],
+                types_filter: Vec::new(),
+            }
+        );
+        assert_eq!(listed.error_code, error_code::NONE);
+        let names: Vec<&str> = listed.groups.iter().map(|g| g.group_id.as_str()).collect();
+        assert!(
+            names.contains(&group.as_str()),
+            "ListGroups v{v}: {names:?}"
+        );
+        if v >= 4 {
+            assert_eq!(names, [group.as_str()], "only Stable groups");
+        }
+
+        let v = version(LeaveGroupRequest::API_KEY);
+        let request = if v >= 3 {
+            LeaveGroupRequest {
+                group_id: group.clone(),
+                members: vec![MemberIdentity {
+                    member_id: member.clone(),
+                    group_instance_id: None,
+                    reason: None,
+                }],
+                ..LeaveGroupRequest::default()
+            }
+        } else {
+            LeaveGroupRequest {
+                group_id: group.clone(),
+                member_id: member.clone(),
+                ..LeaveGroupRequest::default()
+            }
+        };
+        let left = call!(client, LeaveGroup, v, request);
+        assert_eq!(left.error_code, error_code::NONE, "LeaveGroup v{v}");
+        if v >= 3 {
+            assert_eq!(left.members[0].error_code, error_code::NONE);
+        }
+        assert_eq!(describe(&mut client).group_state, "Empty");
+
+        let v = version(DeleteGroupsRequest::API_KEY);
+        let deleted = call!(
+            client,
+            DeleteGroups,
+            v,
+            DeleteGroupsRequest {
+                groups_names: vec![group.clone()],
+            }
+        );
+        assert_eq!(
+            deleted.results[0].error_code,
+            error_code::NONE,
+            "DeleteGroups v{v}"
+        );
+        assert_eq!(describe(&mut client).group_state, "Dead");
+    }
+}
