@@ -113,6 +113,12 @@ fn a_group_of_three_rebalances_with_the_cooperative_assignor() {
 }
 
 #[test]
+fn a_restarted_static_member_keeps_its_partitions_without_a_rebalance() {
+    let (_dir, broker) = start("static", &[]);
+    run(&broker, "static_members.py", &[&broker.bootstrap()]);
+}
+
+#[test]
 fn committed_offsets_and_data_survive_a_restart() {
     let (dir, mut broker) = start("restart", &[]);
     let state = dir.path().join("state.json");
