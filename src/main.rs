@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
-use coremq_net::broker::{Broker, BrokerConfig};
+use coremq_net::broker::{AcceptMode, Broker, BrokerConfig};
 use serde::Deserialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -31,6 +31,12 @@ struct Options {
     /// Kafka listener address [default: 127.0.0.1:9092]
     #[arg(long, env = "COREMQ_KAFKA_LISTENER")]
     kafka_listener: Option<SocketAddr>,
+    /// How connections reach the shards: `reuseport` (every shard listens, the kernel
+    /// spreads connections) or `handoff` (shard 0 accepts and deals them out in turn)
+    /// [default: reuseport]
+    #[arg(long, env = "COREMQ_ACCEPT")]
+    #[serde(default, deserialize_with = "parsed")]
+    accept: Option<AcceptMode>,
     /// HTTP admin listener: /metrics, /health, /ready [default: 127.0.0.1:9644]
     #[arg(long, env = "COREMQ_ADMIN_LISTENER")]
     admin_listener: Option<SocketAddr>,
@@ -92,6 +98,7 @@ impl Options {
             data_dir: self.data_dir.or(file.data_dir),
             kafka_listener: self.kafka_listener.or(file.kafka_listener),
             admin_listener: self.admin_listener.or(file.admin_listener),
+            accept: self.accept.or(file.accept),
             advertised_host: self.advertised_host.or(file.advertised_host),
             advertised_port: self.advertised_port.or(file.advertised_port),
             node_id: self.node_id.or(file.node_id),
@@ -131,6 +138,7 @@ impl Options {
         BrokerConfig {
             data_dir: self.data_dir.unwrap_or(defaults.data_dir),
             kafka_listener: self.kafka_listener.unwrap_or(defaults.kafka_listener),
+            accept: self.accept.unwrap_or(defaults.accept),
             admin_listener: self.admin_listener.unwrap_or(defaults.admin_listener),
             advertised_host: self.advertised_host,
             advertised_port: self.advertised_port,
@@ -164,6 +172,16 @@ impl Options {
                 .unwrap_or(defaults.group_initial_rebalance_delay_ms),
         }
     }
+}
+
+/// Reads a TOML string setting through the type's `FromStr`, as its flag does.
+fn parsed<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 fn read_file(path: &Path) -> Result<Options, String> {

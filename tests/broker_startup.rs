@@ -5,9 +5,14 @@
 #[path = "support/broker.rs"]
 mod broker;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::Command;
 
 use broker::{Broker, free_port};
+use coremq_net::protocol::api::RequestBody;
+use coremq_net::protocol::frame::encode_request;
+use coremq_net::protocol::messages::{ApiVersionsRequest, RequestHeader};
 
 /// Runs the binary with `args` under `sh -c` (for `ulimit`); returns exit code and stderr.
 fn refused(shell_prefix: &str, args: &[&str]) -> (i32, String) {
@@ -61,6 +66,11 @@ fn bad_settings_and_environments_are_refused_with_the_cause() {
     let (code, stderr) = refused("", &["--config", config.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(stderr.contains("kafka_listner"), "{stderr}");
+
+    std::fs::write(&config, "accept = \"sideways\"\n").unwrap();
+    let (code, stderr) = refused("", &["--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("not an accept mode"), "{stderr}");
 }
 
 #[test]
@@ -120,4 +130,47 @@ fn the_admin_listener_answers_health_readiness_and_metrics() {
     assert!(value("coremq_partitions ") >= 1.0);
     assert!(metrics.contains("coremq_fsync_latency_seconds{quantile=\"0.99\"}"));
     assert!(broker.stop().success());
+}
+
+/// A connection that has had one request answered, so a shard is serving it.
+fn served_connection(broker: &Broker) -> TcpStream {
+    let mut stream = TcpStream::connect(broker.bootstrap()).unwrap();
+    let header = RequestHeader {
+        request_api_key: 18,
+        request_api_version: 3,
+        correlation_id: 1,
+        client_id: None,
+    };
+    let frame = encode_request(
+        &header,
+        &RequestBody::ApiVersions(ApiVersionsRequest::default()),
+    );
+    stream
+        .write_all(&(frame.len() as i32).to_be_bytes())
+        .unwrap();
+    stream.write_all(&frame).unwrap();
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).unwrap();
+    stream
+        .read_exact(&mut vec![0; i32::from_be_bytes(size) as usize])
+        .unwrap();
+    stream
+}
+
+#[test]
+fn handoff_from_the_toml_file_deals_connections_to_the_shards_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("coremq.toml");
+    std::fs::write(&config, "accept = \"handoff\"\n").unwrap();
+    let broker = Broker::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let connections: Vec<TcpStream> = (0..6).map(|_| served_connection(&broker)).collect();
+    let (_, metrics) = broker.http_get("/metrics");
+    for shard in 0..2 {
+        let line = format!("coremq_connections{{shard=\"{shard}\"}} 3");
+        assert!(metrics.contains(&line), "{line} missing from\n{metrics}");
+    }
+    drop(connections);
 }

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 pub struct BrokerConfig {
     /// Data directory: engine logs under `logs/`, broker metadata under `meta/`.
     pub data_dir: PathBuf,
-    /// Kafka listener; every shard accepts on it (SO_REUSEPORT).
+    /// Kafka listener.
     pub kafka_listener: SocketAddr,
+    /// How connections on the Kafka listener reach the shards.
+    pub accept: AcceptMode,
     /// HTTP admin listener: `/metrics`, `/health`, `/ready`.
     pub admin_listener: SocketAddr,
     /// Host and port clients are told to connect to (Metadata); the listener's by default.
@@ -47,6 +49,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             data_dir: PathBuf::from("data"),
             kafka_listener: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            accept: AcceptMode::ReusePort,
             admin_listener: SocketAddr::from(([127, 0, 0, 1], 9644)),
             advertised_host: None,
             advertised_port: None,
@@ -62,6 +65,30 @@ impl Default for BrokerConfig {
             partitions_per_shard_max: 1000,
             offsets_topic_partitions: 16,
             group_initial_rebalance_delay_ms: 3000,
+        }
+    }
+}
+
+/// How connections reach the shards (measured in `benches/accept.rs`; see docs/design.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptMode {
+    /// Every shard listens on the port with SO_REUSEPORT and serves what it accepts; the
+    /// kernel picks the shard by a hash of the connection's addresses.
+    ReusePort,
+    /// Shard 0 accepts every connection and hands them to the shards in turn.
+    Handoff,
+}
+
+impl std::str::FromStr for AcceptMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<AcceptMode, String> {
+        match text {
+            "reuseport" => Ok(AcceptMode::ReusePort),
+            "handoff" => Ok(AcceptMode::Handoff),
+            _ => Err(format!(
+                "{text:?} is not an accept mode (reuseport, handoff)"
+            )),
         }
     }
 }

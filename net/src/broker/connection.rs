@@ -13,39 +13,67 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::{AcceptedTcpStream, TcpListener, TcpStream};
 
-use super::Context;
 use super::dispatch::{self, Incoming};
+use super::{AcceptMode, Context};
 
 /// Chunks of one response frame; `None` for a request answered with nothing (acks=0).
 type Response = Option<Vec<Bytes>>;
 
+/// Accepts connections until the broker stops: each is served here, or, in
+/// [`AcceptMode::Handoff`], on the shards in turn.
 pub(crate) async fn accept_loop(context: Rc<Context>, listener: TcpListener) {
     let stop = context.stop_signal();
+    let shards = context.handle.shard_count();
+    let mut accepted_count = 0usize;
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            let _ = stop.recv_async().await;
-            None
-        })
-        .await;
+        let accepted =
+            futures_lite::future::or(async { Some(listener.shared_accept().await) }, async {
+                let _ = stop.recv_async().await;
+                None
+            })
+            .await;
         match accepted {
             None => return,
-            Some(Ok(stream)) => {
-                let context = context.clone();
-                glommio::spawn_local(async move {
-                    context.connections.set(context.connections.get() + 1);
-                    serve(&context, stream).await;
-                    context.connections.set(context.connections.get() - 1);
-                })
-                .detach();
-            }
+            Some(Ok(stream)) => match context.config.accept {
+                AcceptMode::ReusePort => spawn_connection(context.clone(), stream),
+                AcceptMode::Handoff => {
+                    hand_off(&context, accepted_count % shards, stream);
+                    accepted_count = accepted_count.wrapping_add(1);
+                }
+            },
             Some(Err(error)) => {
                 log::warn!("accept failed: {error}");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
     }
+}
+
+/// Serves an accepted connection on this shard, in a task of its own.
+fn spawn_connection(context: Rc<Context>, stream: AcceptedTcpStream) {
+    glommio::spawn_local(async move {
+        context.connections.set(context.connections.get() + 1);
+        serve(&context, stream.bind_to_executor()).await;
+        context.connections.set(context.connections.get() - 1);
+    })
+    .detach();
+}
+
+/// Sends an accepted connection to `shard` to be served there (directly when that is this
+/// shard). If that shard is stopping, the connection is dropped, which closes it.
+fn hand_off(context: &Context, shard: usize, stream: AcceptedTcpStream) {
+    let handle = context.handle.clone();
+    glommio::spawn_local(async move {
+        let _ = handle
+            .on_shard(shard, move |_| async move {
+                spawn_connection(Context::current(), stream);
+                Ok(())
+            })
+            .await;
+    })
+    .detach();
 }
 
 async fn serve(context: &Rc<Context>, stream: TcpStream) {

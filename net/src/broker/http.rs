@@ -206,12 +206,16 @@ fn render(
     );
     gauge(&mut registry, "topics", "Topics", topics as i64);
     gauge(&mut registry, "partitions", "Partitions", partitions as i64);
-    let connections = shards.iter().map(|shard| shard.connections).sum::<u64>();
-    gauge(
-        &mut registry,
+    let connections = Family::<Vec<(String, String)>, Gauge>::default();
+    for (shard, counters) in shards.iter().enumerate() {
+        connections
+            .get_or_create(&vec![("shard".to_string(), shard.to_string())])
+            .set(counters.connections as i64);
+    }
+    registry.register(
         "connections",
-        "Open Kafka connections",
-        connections as i64,
+        "Open Kafka connections, by shard",
+        connections,
     );
     let groups = shards.iter().map(|shard| shard.groups).sum::<u64>();
     gauge(

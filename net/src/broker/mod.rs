@@ -1,6 +1,7 @@
 //! The Kafka broker: one listener per shard (SO_REUSEPORT, so the kernel spreads
-//! connections), each connection served on the shard that accepted it; requests for
-//! partitions another shard owns go there through the engine's handle.
+//! connections), or one on shard 0 that hands connections to the shards in turn; each
+//! connection is served on one shard, and requests for partitions another shard owns go
+//! there through the engine's handle.
 
 mod admin;
 pub mod config;
@@ -25,7 +26,7 @@ use coremq_engine::{Engine, EngineConfig, Handle, TopicPartition};
 use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 
-pub use config::BrokerConfig;
+pub use config::{AcceptMode, BrokerConfig};
 use topics::{Topic, TopicStore, TopicTable};
 
 /// Why the broker could not start.
@@ -288,7 +289,11 @@ impl Broker {
             .map_err(|error| StartError(format!("creating {}: {error}", groups::OFFSETS_TOPIC)))?;
         }
         let table = Arc::new(table);
+        // Shard 0 binds first; the others bind the address it got (a port of 0 means one
+        // port for all of them).
+        let mut address = config.kafka_listener;
         for shard in 0..shards {
+            let listens = shard == 0 || config.accept == AcceptMode::ReusePort;
             let config = config.clone();
             let table = table.clone();
             let store = store.clone();
@@ -298,39 +303,54 @@ impl Broker {
             } else {
                 None
             };
-            futures_lite::future::block_on(handle.on_shard(shard, move |_| async move {
-                let listener = TcpListener::bind(config.kafka_listener).map_err(|error| {
-                    coremq_engine::Error::Io {
-                        path: config.kafka_listener.to_string().into(),
-                        op: "listen on",
-                        source: std::io::Error::other(error.to_string()),
+            let bound =
+                futures_lite::future::block_on(handle.on_shard(shard, move |_| async move {
+                    let listener = if listens {
+                        let listener = TcpListener::bind(address).map_err(|error| {
+                            coremq_engine::Error::Io {
+                                path: address.to_string().into(),
+                                op: "listen on",
+                                source: std::io::Error::other(error.to_string()),
+                            }
+                        })?;
+                        Some(listener)
+                    } else {
+                        None
+                    };
+                    let (stop, stopped) = flume::bounded(1);
+                    let context = Rc::new(Context {
+                        request_bytes: Rc::new(Semaphore::new(
+                            config.shard_request_bytes_max as u64,
+                        )),
+                        config,
+                        handle: shard_handle,
+                        topics: RefCell::new(table),
+                        store,
+                        topic_changes: Semaphore::new(1),
+                        stop: RefCell::new(Some(stop)),
+                        stopped,
+                        connections: Cell::new(0),
+                        groups: RefCell::new(groups::Coordinator::default()),
+                        producer_ids,
+                        requests: RefCell::default(),
+                    });
+                    CONTEXT.with(|slot| *slot.borrow_mut() = Some(context.clone()));
+                    let loaded = groups::load(&context).await?;
+                    if loaded > 0 {
+                        log::info!("shard {shard}: {loaded} committed offsets recovered");
                     }
-                })?;
-                let (stop, stopped) = flume::bounded(1);
-                let context = Rc::new(Context {
-                    request_bytes: Rc::new(Semaphore::new(config.shard_request_bytes_max as u64)),
-                    config,
-                    handle: shard_handle,
-                    topics: RefCell::new(table),
-                    store,
-                    topic_changes: Semaphore::new(1),
-                    stop: RefCell::new(Some(stop)),
-                    stopped,
-                    connections: Cell::new(0),
-                    groups: RefCell::new(groups::Coordinator::default()),
-                    producer_ids,
-                    requests: RefCell::default(),
-                });
-                CONTEXT.with(|slot| *slot.borrow_mut() = Some(context.clone()));
-                let loaded = groups::load(&context).await?;
-                if loaded > 0 {
-                    log::info!("shard {shard}: {loaded} committed offsets recovered");
-                }
-                glommio::spawn_local(groups::tick_loop(context.clone())).detach();
-                glommio::spawn_local(connection::accept_loop(context, listener)).detach();
-                Ok(())
-            }))
-            .map_err(|error| StartError(error.to_string()))?;
+                    glommio::spawn_local(groups::tick_loop(context.clone())).detach();
+                    let Some(listener) = listener else {
+                        return Ok(None);
+                    };
+                    let bound = listener.local_addr().ok();
+                    glommio::spawn_local(connection::accept_loop(context, listener)).detach();
+                    Ok(bound)
+                }))
+                .map_err(|error| StartError(error.to_string()))?;
+            if let Some(bound) = bound {
+                address = bound;
+            }
         }
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let admin = http::AdminServer::start(config.admin_listener, handle.clone(), ready.clone())
