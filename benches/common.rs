@@ -3,6 +3,11 @@
 
 use bytes::Bytes;
 use coremq_engine::{BatchBuilder, Compression, Engine, EngineConfig, Timestamp};
+use coremq_net::protocol::api::RequestBody;
+use coremq_net::protocol::codec::Records;
+use coremq_net::protocol::frame::encode_request;
+use coremq_net::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use coremq_net::protocol::messages::{ProduceRequest, RequestHeader};
 
 /// A one-shard engine in a temporary directory under `COREMQ_BENCH_DIR` (default: the
 /// current directory, so it measures the project's disk rather than a tmpfs).
@@ -39,4 +44,33 @@ pub fn batch(records: u32, value_bytes: usize, codec: Compression) -> Bytes {
         );
     }
     builder.build()
+}
+
+pub fn header(api_key: i16, version: i16) -> RequestHeader {
+    RequestHeader {
+        request_api_key: api_key,
+        request_api_version: version,
+        correlation_id: 7,
+        client_id: Some("bench".into()),
+    }
+}
+
+/// A Produce v9 frame (no size prefix) carrying `batch` to each of `partitions`.
+pub fn produce_frame(topic: &str, partitions: &[i32], acks: i16, batch: &Bytes) -> Bytes {
+    let body = RequestBody::Produce(ProduceRequest {
+        acks,
+        timeout_ms: 30_000,
+        topic_data: vec![TopicProduceData {
+            name: topic.into(),
+            partition_data: partitions
+                .iter()
+                .map(|&index| PartitionProduceData {
+                    index,
+                    records: Some(Records::from(batch.clone())),
+                })
+                .collect(),
+        }],
+        ..ProduceRequest::default()
+    });
+    encode_request(&header(0, 9), &body)
 }

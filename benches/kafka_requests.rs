@@ -19,41 +19,13 @@ use coremq_net::protocol::codec::Records;
 use coremq_net::protocol::frame::{decode_request, encode_request, encode_response};
 use coremq_net::protocol::messages::create_topics_request::CreatableTopic;
 use coremq_net::protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use coremq_net::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use coremq_net::protocol::messages::{
-    CreateTopicsRequest, FetchResponse, ProduceRequest, RequestHeader,
-};
+use coremq_net::protocol::messages::{CreateTopicsRequest, FetchResponse};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_lite::future::block_on;
 
-fn header(api_key: i16, version: i16) -> RequestHeader {
-    RequestHeader {
-        request_api_key: api_key,
-        request_api_version: version,
-        correlation_id: 7,
-        client_id: Some("bench".into()),
-    }
-}
-
-fn produce_frame(topic: &str, batch: &Bytes) -> Bytes {
-    let body = RequestBody::Produce(ProduceRequest {
-        acks: -1,
-        timeout_ms: 30_000,
-        topic_data: vec![TopicProduceData {
-            name: topic.into(),
-            partition_data: vec![PartitionProduceData {
-                index: 0,
-                records: Some(Records::from(batch.clone())),
-            }],
-        }],
-        ..ProduceRequest::default()
-    });
-    encode_request(&header(0, 9), &body)
-}
-
 fn codec(c: &mut Criterion) {
     let batch = common::batch(160, 100, Compression::None);
-    let frame = produce_frame("quotes", &batch);
+    let frame = common::produce_frame("quotes", &[0], -1, &batch);
     let mut group = c.benchmark_group("produce_decode");
     group.throughput(Throughput::Bytes(frame.len() as u64));
     group.bench_function("decode", |b| {
@@ -119,7 +91,7 @@ fn request_path(c: &mut Criterion) {
     });
     broker
         .handle_frame(
-            encode_request(&header(19, 5), &create),
+            encode_request(&common::header(19, 5), &create),
             Duration::from_secs(30),
         )
         .unwrap();
@@ -129,7 +101,7 @@ fn request_path(c: &mut Criterion) {
     block_on(handle.create_log(&log, None)).unwrap();
 
     let batch = common::batch(160, 100, Compression::None);
-    let frame = produce_frame("quotes", &batch);
+    let frame = common::produce_frame("quotes", &[0], -1, &batch);
     let mut group = c.benchmark_group("produce_request");
     group.throughput(Throughput::Bytes(batch.len() as u64));
     group.bench_function("broker", |b| {

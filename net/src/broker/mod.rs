@@ -242,6 +242,8 @@ impl Context {
 
 /// A running broker.
 pub struct Broker {
+    /// Where the Kafka listener is bound (its port, when the setting's was 0).
+    pub kafka_address: std::net::SocketAddr,
     engine: Engine,
     handle: Handle,
     admin: http::AdminServer,
@@ -356,6 +358,7 @@ impl Broker {
         let admin = http::AdminServer::start(config.admin_listener, handle.clone(), ready.clone())
             .map_err(StartError)?;
         Ok(Broker {
+            kafka_address: address,
             engine,
             handle,
             admin,
