@@ -319,6 +319,27 @@ impl Broker {
                     } else {
                         None
                     };
+                    // With port 0, the bound port is the one clients are told of.
+                    let bound = match &listener {
+                        Some(listener) => {
+                            listener
+                                .local_addr()
+                                .map_err(|error| coremq_engine::Error::Io {
+                                    path: address.to_string().into(),
+                                    op: "read the address of",
+                                    source: std::io::Error::other(error.to_string()),
+                                })?
+                        }
+                        None => address,
+                    };
+                    let config = if bound == config.kafka_listener {
+                        config
+                    } else {
+                        Arc::new(BrokerConfig {
+                            kafka_listener: bound,
+                            ..(*config).clone()
+                        })
+                    };
                     let (stop, stopped) = flume::bounded(1);
                     let context = Rc::new(Context {
                         request_bytes: Rc::new(Semaphore::new(
@@ -342,17 +363,13 @@ impl Broker {
                         log::info!("shard {shard}: {loaded} committed offsets recovered");
                     }
                     glommio::spawn_local(groups::tick_loop(context.clone())).detach();
-                    let Some(listener) = listener else {
-                        return Ok(None);
-                    };
-                    let bound = listener.local_addr().ok();
-                    glommio::spawn_local(connection::accept_loop(context, listener)).detach();
+                    if let Some(listener) = listener {
+                        glommio::spawn_local(connection::accept_loop(context, listener)).detach();
+                    }
                     Ok(bound)
                 }))
                 .map_err(|error| StartError(error.to_string()))?;
-            if let Some(bound) = bound {
-                address = bound;
-            }
+            address = bound;
         }
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let admin = http::AdminServer::start(config.admin_listener, handle.clone(), ready.clone())

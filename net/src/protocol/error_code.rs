@@ -1,49 +1,94 @@
-//! Kafka error codes this broker answers with (Kafka's `Errors` enum, same numbers).
+//! Kafka error codes (Kafka's `Errors` enum, same numbers): those this broker answers with
+//! and those its client acts on, with their names and whether a retry can succeed (Kafka's
+//! `RetriableException`s).
 
-pub const UNKNOWN_SERVER_ERROR: i16 = -1;
-pub const NONE: i16 = 0;
-pub const OFFSET_OUT_OF_RANGE: i16 = 1;
-pub const CORRUPT_MESSAGE: i16 = 2;
-pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-pub const INVALID_FETCH_SIZE: i16 = 4;
-pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
-pub const REQUEST_TIMED_OUT: i16 = 7;
-pub const MESSAGE_TOO_LARGE: i16 = 10;
-pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
-pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
-pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-pub const NOT_COORDINATOR: i16 = 16;
-pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
-pub const RECORD_LIST_TOO_LARGE: i16 = 18;
-pub const INVALID_REQUIRED_ACKS: i16 = 21;
-pub const ILLEGAL_GENERATION: i16 = 22;
-pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
-pub const INVALID_GROUP_ID: i16 = 24;
-pub const UNKNOWN_MEMBER_ID: i16 = 25;
-pub const INVALID_SESSION_TIMEOUT: i16 = 26;
-pub const REBALANCE_IN_PROGRESS: i16 = 27;
-pub const INVALID_COMMIT_OFFSET_SIZE: i16 = 28;
-pub const INVALID_TIMESTAMP: i16 = 32;
-pub const UNSUPPORTED_VERSION: i16 = 35;
-pub const TOPIC_ALREADY_EXISTS: i16 = 36;
-pub const INVALID_PARTITIONS: i16 = 37;
-pub const INVALID_REPLICATION_FACTOR: i16 = 38;
-pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
-pub const INVALID_CONFIG: i16 = 40;
-pub const INVALID_REQUEST: i16 = 42;
-pub const POLICY_VIOLATION: i16 = 44;
-pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
-pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
-pub const INVALID_PRODUCER_EPOCH: i16 = 47;
-pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
-pub const KAFKA_STORAGE_ERROR: i16 = 56;
-pub const UNKNOWN_PRODUCER_ID: i16 = 59;
-pub const NON_EMPTY_GROUP: i16 = 68;
-pub const GROUP_ID_NOT_FOUND: i16 = 69;
-pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
-pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
-pub const MEMBER_ID_REQUIRED: i16 = 79;
-pub const FENCED_INSTANCE_ID: i16 = 82;
-pub const INVALID_RECORD: i16 = 87;
-pub const UNKNOWN_TOPIC_ID: i16 = 100;
-pub const MISMATCHED_ENDPOINT_TYPE: i16 = 114;
+macro_rules! codes {
+    ($($name:ident = $code:literal, $retriable:literal;)*) => {
+        $(pub const $name: i16 = $code;)*
+
+        /// The code's name as Kafka spells it.
+        pub fn name(code: i16) -> Option<&'static str> {
+            match code {
+                $($code => Some(stringify!($name)),)*
+                _ => None,
+            }
+        }
+
+        /// Whether a request that got `code` can succeed when tried again.
+        pub fn is_retriable(code: i16) -> bool {
+            match code {
+                $($code => $retriable,)*
+                _ => false,
+            }
+        }
+    };
+}
+
+codes! {
+    UNKNOWN_SERVER_ERROR = -1, false;
+    NONE = 0, false;
+    OFFSET_OUT_OF_RANGE = 1, false;
+    CORRUPT_MESSAGE = 2, true;
+    UNKNOWN_TOPIC_OR_PARTITION = 3, true;
+    INVALID_FETCH_SIZE = 4, false;
+    LEADER_NOT_AVAILABLE = 5, true;
+    NOT_LEADER_OR_FOLLOWER = 6, true;
+    REQUEST_TIMED_OUT = 7, true;
+    MESSAGE_TOO_LARGE = 10, false;
+    OFFSET_METADATA_TOO_LARGE = 12, false;
+    NETWORK_EXCEPTION = 13, true;
+    COORDINATOR_LOAD_IN_PROGRESS = 14, true;
+    COORDINATOR_NOT_AVAILABLE = 15, true;
+    NOT_COORDINATOR = 16, true;
+    INVALID_TOPIC_EXCEPTION = 17, false;
+    RECORD_LIST_TOO_LARGE = 18, false;
+    NOT_ENOUGH_REPLICAS = 19, true;
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND = 20, true;
+    INVALID_REQUIRED_ACKS = 21, false;
+    ILLEGAL_GENERATION = 22, false;
+    INCONSISTENT_GROUP_PROTOCOL = 23, false;
+    INVALID_GROUP_ID = 24, false;
+    UNKNOWN_MEMBER_ID = 25, false;
+    INVALID_SESSION_TIMEOUT = 26, false;
+    REBALANCE_IN_PROGRESS = 27, false;
+    INVALID_COMMIT_OFFSET_SIZE = 28, false;
+    INVALID_TIMESTAMP = 32, false;
+    UNSUPPORTED_VERSION = 35, false;
+    TOPIC_ALREADY_EXISTS = 36, false;
+    INVALID_PARTITIONS = 37, false;
+    INVALID_REPLICATION_FACTOR = 38, false;
+    INVALID_REPLICA_ASSIGNMENT = 39, false;
+    INVALID_CONFIG = 40, false;
+    INVALID_REQUEST = 42, false;
+    POLICY_VIOLATION = 44, false;
+    OUT_OF_ORDER_SEQUENCE_NUMBER = 45, false;
+    DUPLICATE_SEQUENCE_NUMBER = 46, false;
+    INVALID_PRODUCER_EPOCH = 47, false;
+    TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53, false;
+    KAFKA_STORAGE_ERROR = 56, true;
+    UNKNOWN_PRODUCER_ID = 59, false;
+    NON_EMPTY_GROUP = 68, false;
+    GROUP_ID_NOT_FOUND = 69, false;
+    UNKNOWN_LEADER_EPOCH = 75, true;
+    UNSUPPORTED_COMPRESSION_TYPE = 76, false;
+    MEMBER_ID_REQUIRED = 79, false;
+    FENCED_INSTANCE_ID = 82, false;
+    INVALID_RECORD = 87, false;
+    THROTTLING_QUOTA_EXCEEDED = 89, true;
+    UNKNOWN_TOPIC_ID = 100, true;
+    MISMATCHED_ENDPOINT_TYPE = 114, false;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_have_kafkas_names_and_retriability() {
+        assert_eq!(name(NOT_LEADER_OR_FOLLOWER), Some("NOT_LEADER_OR_FOLLOWER"));
+        assert_eq!(name(1234), None);
+        assert!(is_retriable(NOT_LEADER_OR_FOLLOWER));
+        assert!(!is_retriable(TOPIC_ALREADY_EXISTS));
+        assert!(!is_retriable(1234));
+    }
+}

@@ -112,6 +112,16 @@ fn response_header_version(range: &ApiRange, version: i16) -> i16 {
 /// Encodes a request frame without its size prefix (what [`decode_request`] reads), with
 /// the header version `header`'s API and version call for.
 pub fn encode_request(header: &RequestHeader, body: &RequestBody) -> Bytes {
+    request_encoder(header, body).finish_bytes()
+}
+
+/// Encodes a request frame, size prefix included, as chunks to write in order (record
+/// batches are chunks of their own, never copied): what a client sends.
+pub fn encode_request_frame(header: &RequestHeader, body: &RequestBody) -> Vec<Bytes> {
+    with_size_prefix(request_encoder(header, body))
+}
+
+fn request_encoder(header: &RequestHeader, body: &RequestBody) -> Encoder {
     let range = api::api(header.request_api_key).expect("requests are built for known APIs");
     let mut encoder = Encoder::new();
     let header_version = if range.is_flexible(header.request_api_version) {
@@ -121,7 +131,14 @@ pub fn encode_request(header: &RequestHeader, body: &RequestBody) -> Bytes {
     };
     header.encode(&mut encoder, header_version);
     body.encode(&mut encoder, header.request_api_version);
-    encoder.finish_bytes()
+    encoder
+}
+
+fn with_size_prefix(encoder: Encoder) -> Vec<Bytes> {
+    let size = encoder.len() as i32;
+    let mut chunks = vec![Bytes::copy_from_slice(&size.to_be_bytes())];
+    chunks.extend(encoder.finish());
+    chunks
 }
 
 /// Encodes a response frame, size prefix included, as chunks to write in order (stored
@@ -132,10 +149,7 @@ pub fn encode_response(correlation_id: i32, version: i16, body: &ResponseBody) -
     let header = ResponseHeader { correlation_id };
     header.encode(&mut encoder, response_header_version(range, version));
     body.encode(&mut encoder, version);
-    let size = encoder.len() as i32;
-    let mut chunks = vec![Bytes::copy_from_slice(&size.to_be_bytes())];
-    chunks.extend(encoder.finish());
-    chunks
+    with_size_prefix(encoder)
 }
 
 /// Decodes a response frame, without its size prefix, to a request of API `key` at
