@@ -3,11 +3,13 @@
 
 use bytes::Bytes;
 use coremq_engine::{BatchBuilder, Compression, Engine, EngineConfig, Timestamp};
+use coremq_net::broker::Broker;
 use coremq_net::protocol::api::RequestBody;
 use coremq_net::protocol::codec::Records;
 use coremq_net::protocol::frame::encode_request;
+use coremq_net::protocol::messages::create_topics_request::CreatableTopic;
 use coremq_net::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use coremq_net::protocol::messages::{ProduceRequest, RequestHeader};
+use coremq_net::protocol::messages::{CreateTopicsRequest, ProduceRequest, RequestHeader};
 
 /// A one-shard engine in a temporary directory under `COREMQ_BENCH_DIR` (default: the
 /// current directory, so it measures the project's disk rather than a tmpfs).
@@ -73,4 +75,24 @@ pub fn produce_frame(topic: &str, partitions: &[i32], acks: i16, batch: &Bytes) 
         ..ProduceRequest::default()
     });
     encode_request(&header(0, 9), &body)
+}
+
+/// Creates `topic` with `partitions` on an in-process broker.
+pub fn create_topic(broker: &Broker, topic: &str, partitions: i32) {
+    let create = RequestBody::CreateTopics(CreateTopicsRequest {
+        topics: vec![CreatableTopic {
+            name: topic.into(),
+            num_partitions: partitions,
+            replication_factor: 1,
+            ..CreatableTopic::default()
+        }],
+        timeout_ms: 30_000,
+        ..CreateTopicsRequest::default()
+    });
+    broker
+        .handle_frame(
+            encode_request(&header(19, 5), &create),
+            std::time::Duration::from_secs(30),
+        )
+        .unwrap();
 }

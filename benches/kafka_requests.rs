@@ -14,12 +14,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use coremq_engine::{Compression, TopicPartition};
 use coremq_net::broker::{Broker, BrokerConfig};
-use coremq_net::protocol::api::{RequestBody, ResponseBody};
+use coremq_net::protocol::api::ResponseBody;
 use coremq_net::protocol::codec::Records;
-use coremq_net::protocol::frame::{decode_request, encode_request, encode_response};
-use coremq_net::protocol::messages::create_topics_request::CreatableTopic;
+use coremq_net::protocol::frame::{decode_request, encode_response};
+use coremq_net::protocol::messages::FetchResponse;
 use coremq_net::protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use coremq_net::protocol::messages::{CreateTopicsRequest, FetchResponse};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_lite::future::block_on;
 
@@ -79,22 +78,7 @@ fn request_path(c: &mut Criterion) {
         ..BrokerConfig::default()
     })
     .unwrap();
-    let create = RequestBody::CreateTopics(CreateTopicsRequest {
-        topics: vec![CreatableTopic {
-            name: "quotes".into(),
-            num_partitions: 1,
-            replication_factor: 1,
-            ..CreatableTopic::default()
-        }],
-        timeout_ms: 30_000,
-        ..CreateTopicsRequest::default()
-    });
-    broker
-        .handle_frame(
-            encode_request(&common::header(19, 5), &create),
-            Duration::from_secs(30),
-        )
-        .unwrap();
+    common::create_topic(&broker, "quotes", 1);
     let (_engine_dir, engine) = common::engine();
     let handle = engine.handle();
     let log = TopicPartition::new("quotes", 0).unwrap();

@@ -206,16 +206,21 @@ mod tests {
         assert_eq!(body.client_software_version, "2.0.2");
     }
 
-    #[test]
-    fn api_versions_response_header_stays_v0_and_default_tags_are_left_out() {
-        let body = ResponseBody::ApiVersions(ApiVersionsResponse {
+    /// An ApiVersions response serving Produce 3-11.
+    fn produce_versions() -> ResponseBody {
+        ResponseBody::ApiVersions(ApiVersionsResponse {
             api_keys: vec![ApiVersion {
                 api_key: 0,
                 min_version: 3,
                 max_version: 11,
             }],
             ..ApiVersionsResponse::default()
-        });
+        })
+    }
+
+    #[test]
+    fn api_versions_response_header_stays_v0_and_default_tags_are_left_out() {
+        let body = produce_versions();
         let frame = encode_response(7, 3, &body);
         let bytes = crate::protocol::codec::Records::new(frame).to_bytes();
         // size, correlation id (no header tags), error code, compact array of one
@@ -226,14 +231,7 @@ mod tests {
 
     #[test]
     fn responses_decode_as_encoded_and_trailing_bytes_are_refused() {
-        let body = ResponseBody::ApiVersions(ApiVersionsResponse {
-            api_keys: vec![ApiVersion {
-                api_key: 0,
-                min_version: 3,
-                max_version: 11,
-            }],
-            ..ApiVersionsResponse::default()
-        });
+        let body = produce_versions();
         let frame = crate::protocol::codec::Records::new(encode_response(7, 3, &body)).to_bytes();
         let (correlation_id, decoded) = decode_response(18, 3, frame.slice(4..)).unwrap();
         assert_eq!((correlation_id, decoded), (7, body));
