@@ -11,6 +11,8 @@
 //! The connections each shard serves are printed for every run, from `/metrics`.
 
 mod common;
+#[path = "../tests/support/wire.rs"]
+mod wire;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -25,6 +27,7 @@ use coremq_net::protocol::api::{RequestBody, ResponseBody};
 use coremq_net::protocol::frame::{decode_response, encode_request};
 use coremq_net::protocol::messages::ApiVersionsRequest;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use wire::Wire;
 
 const CLIENTS: usize = 8;
 /// Enough partitions that each shard owns at least `CLIENTS` of them.
@@ -56,18 +59,6 @@ fn start(accept: AcceptMode, dir: &std::path::Path) -> (Broker, SocketAddr) {
     (broker, admin)
 }
 
-/// Sends one frame and waits for its response.
-fn round_trip(stream: &mut TcpStream, frame: &Bytes, response: &mut Vec<u8>) {
-    stream
-        .write_all(&(frame.len() as i32).to_be_bytes())
-        .unwrap();
-    stream.write_all(frame).unwrap();
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size).unwrap();
-    response.resize(i32::from_be_bytes(size) as usize, 0);
-    stream.read_exact(response).unwrap();
-}
-
 /// The `coremq_connections` lines of the broker's `/metrics`.
 fn connections_by_shard(admin: SocketAddr) -> String {
     let mut stream = TcpStream::connect(admin).unwrap();
@@ -83,35 +74,34 @@ fn connections_by_shard(admin: SocketAddr) -> String {
 }
 
 /// Clients with one connection each, every one of them served.
-fn connect_clients(address: SocketAddr, frames: &[Bytes]) -> Vec<TcpStream> {
-    let mut response = Vec::new();
+fn connect_clients(address: SocketAddr, frames: &[Bytes]) -> Vec<Wire> {
     frames
         .iter()
         .map(|frame| {
-            let mut stream = TcpStream::connect(address).unwrap();
-            stream.set_nodelay(true).unwrap();
-            round_trip(&mut stream, frame, &mut response);
-            let (_, decoded) = decode_response(0, 9, Bytes::copy_from_slice(&response)).unwrap();
+            let mut wire = Wire::connect(address);
+            wire.send(frame);
+            let response = wire.receive().expect("a Produce response");
+            let (_, decoded) = decode_response(0, 9, response).unwrap();
             let ResponseBody::Produce(produced) = decoded else {
                 panic!("not a Produce response: {decoded:?}");
             };
             for partition in &produced.responses[0].partition_responses {
                 assert_eq!(partition.error_code, 0, "{partition:?}");
             }
-            stream
+            wire
         })
         .collect()
 }
 
 /// Every client sends `iterations` requests, all clients at once.
-fn produce(streams: &mut [TcpStream], frames: &[Bytes], iterations: u64) -> Duration {
+fn produce(clients: &mut [Wire], frames: &[Bytes], iterations: u64) -> Duration {
     let start = Instant::now();
     std::thread::scope(|scope| {
-        for (stream, frame) in streams.iter_mut().zip(frames) {
+        for (wire, frame) in clients.iter_mut().zip(frames) {
             scope.spawn(move || {
-                let mut response = Vec::new();
                 for _ in 0..iterations {
-                    round_trip(stream, frame, &mut response);
+                    wire.send(frame);
+                    wire.receive().expect("a Produce response");
                 }
             });
         }
@@ -163,11 +153,10 @@ fn accept(c: &mut Criterion) {
 
         let mut group = c.benchmark_group("connect_request_close");
         group.bench_function(name, |b| {
-            let mut response = Vec::new();
             b.iter(|| {
-                let mut stream = TcpStream::connect(address).unwrap();
-                stream.set_nodelay(true).unwrap();
-                round_trip(&mut stream, &api_versions, &mut response);
+                let mut wire = Wire::connect(address);
+                wire.send(&api_versions);
+                wire.receive().expect("an ApiVersions response")
             })
         });
         group.finish();

@@ -4,15 +4,15 @@
 
 #[path = "support/broker.rs"]
 mod broker;
+#[path = "support/wire.rs"]
+mod wire;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 
 use broker::{Broker, free_port};
 use coremq_net::protocol::api::RequestBody;
-use coremq_net::protocol::frame::encode_request;
-use coremq_net::protocol::messages::{ApiVersionsRequest, RequestHeader};
+use coremq_net::protocol::messages::ApiVersionsRequest;
+use wire::Wire;
 
 /// Runs the binary with `args` under `sh -c` (for `ulimit`); returns exit code and stderr.
 fn refused(shell_prefix: &str, args: &[&str]) -> (i32, String) {
@@ -133,28 +133,10 @@ fn the_admin_listener_answers_health_readiness_and_metrics() {
 }
 
 /// A connection that has had one request answered, so a shard is serving it.
-fn served_connection(broker: &Broker) -> TcpStream {
-    let mut stream = TcpStream::connect(broker.bootstrap()).unwrap();
-    let header = RequestHeader {
-        request_api_key: 18,
-        request_api_version: 3,
-        correlation_id: 1,
-        client_id: None,
-    };
-    let frame = encode_request(
-        &header,
-        &RequestBody::ApiVersions(ApiVersionsRequest::default()),
-    );
-    stream
-        .write_all(&(frame.len() as i32).to_be_bytes())
-        .unwrap();
-    stream.write_all(&frame).unwrap();
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size).unwrap();
-    stream
-        .read_exact(&mut vec![0; i32::from_be_bytes(size) as usize])
-        .unwrap();
-    stream
+fn served_connection(broker: &Broker) -> Wire {
+    let mut wire = Wire::connect(broker.bootstrap());
+    wire.call(3, RequestBody::ApiVersions(ApiVersionsRequest::default()));
+    wire
 }
 
 #[test]
@@ -166,7 +148,7 @@ fn handoff_from_the_toml_file_deals_connections_to_the_shards_in_turn() {
         &dir.path().join("data"),
         &["--config", config.to_str().unwrap()],
     );
-    let connections: Vec<TcpStream> = (0..6).map(|_| served_connection(&broker)).collect();
+    let connections: Vec<Wire> = (0..6).map(|_| served_connection(&broker)).collect();
     let (_, metrics) = broker.http_get("/metrics");
     for shard in 0..2 {
         let line = format!("coremq_connections{{shard=\"{shard}\"}} 3");

@@ -5,11 +5,10 @@
 
 #[path = "support/broker.rs"]
 mod broker;
+#[path = "support/wire.rs"]
+mod wire;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::ops::RangeInclusive;
-use std::time::Duration;
 
 use broker::Broker;
 use bytes::Bytes;
@@ -19,7 +18,7 @@ use coremq_engine::{BatchBuilder, Compression, Timestamp};
 use coremq_net::protocol::api::{self, RequestBody, ResponseBody};
 use coremq_net::protocol::codec::{Encoder, Message, Records, Uuid};
 use coremq_net::protocol::error_code;
-use coremq_net::protocol::frame::{decode_response, encode_request};
+use coremq_net::protocol::frame::decode_response;
 use coremq_net::protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use coremq_net::protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use coremq_net::protocol::messages::delete_records_request::{
@@ -47,63 +46,7 @@ use coremq_net::protocol::messages::offset_for_leader_epoch_request::{
 use coremq_net::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use coremq_net::protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use coremq_net::protocol::messages::*;
-
-/// A blocking client speaking one request at a time.
-struct Client {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
-impl Client {
-    fn connect(broker: &Broker) -> Client {
-        let stream = TcpStream::connect(broker.bootstrap()).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        Client {
-            stream,
-            correlation_id: 0,
-        }
-    }
-
-    /// Writes `body` with its size prefix.
-    fn send(&mut self, body: &[u8]) {
-        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
-        frame.extend_from_slice(body);
-        self.stream.write_all(&frame).unwrap();
-    }
-
-    /// The next response frame, without its size prefix; `None` once the broker closed the
-    /// connection.
-    fn receive(&mut self) -> Option<Bytes> {
-        let mut size = [0u8; 4];
-        if self.stream.read_exact(&mut size).is_err() {
-            return None;
-        }
-        let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
-        self.stream.read_exact(&mut frame).unwrap();
-        Some(frame.into())
-    }
-
-    fn call(&mut self, version: i16, body: RequestBody) -> ResponseBody {
-        self.correlation_id += 1;
-        let key = body.api_key();
-        let header = RequestHeader {
-            request_api_key: key,
-            request_api_version: version,
-            correlation_id: self.correlation_id,
-            client_id: Some("versions-test".into()),
-        };
-        self.send(&encode_request(&header, &body));
-        let frame = self
-            .receive()
-            .unwrap_or_else(|| panic!("API {key} v{version}: the broker closed the connection"));
-        let (correlation_id, response) = decode_response(key, version, frame)
-            .unwrap_or_else(|error| panic!("API {key} v{version}: {error}"));
-        assert_eq!(correlation_id, self.correlation_id);
-        response
-    }
-}
+use wire::Wire;
 
 /// Sends `$body` as API `$variant` at `$version` and returns the typed response.
 macro_rules! call {
@@ -141,7 +84,7 @@ fn start() -> (tempfile::TempDir, Broker) {
     (dir, broker)
 }
 
-fn create_topic(client: &mut Client, name: &str, partitions: i32) {
+fn create_topic(client: &mut Wire, name: &str, partitions: i32) {
     let response = call!(
         client,
         CreateTopics,
@@ -160,7 +103,7 @@ fn create_topic(client: &mut Client, name: &str, partitions: i32) {
     assert_eq!(response.topics[0].error_code, error_code::NONE);
 }
 
-fn metadata(client: &mut Client, topic: &str) -> MetadataResponseTopic {
+fn metadata(client: &mut Wire, topic: &str) -> MetadataResponseTopic {
     let response = call!(
         client,
         Metadata,
@@ -176,7 +119,7 @@ fn metadata(client: &mut Client, topic: &str) -> MetadataResponseTopic {
     response.topics.into_iter().next().unwrap()
 }
 
-fn describe_config(client: &mut Client, version: i16, topic: &str, key: &str) -> Option<String> {
+fn describe_config(client: &mut Wire, version: i16, topic: &str, key: &str) -> Option<String> {
     let response = call!(
         client,
         DescribeConfigs,
@@ -235,7 +178,7 @@ fn header_only(key: i16, version: i16, correlation_id: i32) -> Bytes {
 #[test]
 fn api_versions_advertises_exactly_the_served_ranges_and_refuses_the_rest() {
     let (_dir, broker) = start();
-    let mut client = Client::connect(&broker);
+    let mut client = Wire::connect(broker.bootstrap());
     let advertised: Vec<(i16, i16, i16)> = api::APIS
         .iter()
         .map(|api| (api.key, api.min, api.max))
@@ -277,7 +220,7 @@ fn api_versions_advertises_exactly_the_served_ranges_and_refuses_the_rest() {
         .filter(|api| api.key != ApiVersionsRequest::API_KEY)
     {
         for version in [api.min - 1, api.max + 1] {
-            let mut outside = Client::connect(&broker);
+            let mut outside = Wire::connect(broker.bootstrap());
             outside.send(&header_only(api.key, version, 7));
             assert!(
                 outside.receive().is_none(),
@@ -293,7 +236,7 @@ fn api_versions_advertises_exactly_the_served_ranges_and_refuses_the_rest() {
 #[test]
 fn produce_fetch_and_offset_apis_at_every_version() {
     let (_dir, broker) = start();
-    let mut client = Client::connect(&broker);
+    let mut client = Wire::connect(broker.bootstrap());
     create_topic(&mut client, "versions", 2);
     let topic_id = metadata(&mut client, "versions").topic_id;
     assert_ne!(topic_id, Uuid::ZERO);
@@ -507,7 +450,7 @@ fn produce_fetch_and_offset_apis_at_every_version() {
 #[test]
 fn topic_and_cluster_admin_apis_at_every_version() {
     let (_dir, broker) = start();
-    let mut client = Client::connect(&broker);
+    let mut client = Wire::connect(broker.bootstrap());
 
     // CreateTopics, each version its own topic with a retention override.
     for version in served(CreateTopicsRequest::API_KEY) {
@@ -732,7 +675,7 @@ fn topic_and_cluster_admin_apis_at_every_version() {
 #[test]
 fn group_apis_at_every_version() {
     let (_dir, broker) = start();
-    let mut client = Client::connect(&broker);
+    let mut client = Wire::connect(broker.bootstrap());
     create_topic(&mut client, "versions", 1);
     let longest = [
         FindCoordinatorRequest::API_KEY,
@@ -921,7 +864,7 @@ fn group_apis_at_every_version() {
         assert_eq!(offset, 10 + i64::from(i), "OffsetFetch v{v}");
         assert_eq!(metadata, Some(format!("metadata-{i}")));
 
-        let describe = |client: &mut Client| {
+        let describe = |client: &mut Wire| {
             let v = version(DescribeGroupsRequest::API_KEY);
             let response = call!(
                 client,
