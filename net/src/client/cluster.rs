@@ -53,10 +53,6 @@ impl Cluster {
         Ok(cluster)
     }
 
-    pub fn config(&self) -> &ClientConfig {
-        &self.config
-    }
-
     /// A connection to any broker: a known one, else a bootstrap address.
     async fn any_connection(&self) -> Result<Rc<Connection>, Error> {
         let known: Vec<SocketAddr> = self.brokers.borrow().values().copied().collect();

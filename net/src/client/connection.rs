@@ -55,8 +55,8 @@ pub struct Connection {
     frames: flume::Sender<Vec<Bytes>>,
     state: Rc<State>,
     correlation_id: Cell<i32>,
-    /// The version used for each API key: the highest both sides serve.
-    versions: RefCell<Vec<(i16, i16)>>,
+    /// The version used for each API, indexed by key: the highest both sides serve.
+    versions: RefCell<Vec<Option<i16>>>,
 }
 
 impl Connection {
@@ -90,10 +90,6 @@ impl Connection {
         Ok(connection)
     }
 
-    pub fn address(&self) -> SocketAddr {
-        self.address
-    }
-
     /// Whether the connection failed; a broken connection answers every call with its error.
     pub fn is_broken(&self) -> bool {
         self.state.broken.borrow().is_some()
@@ -120,27 +116,29 @@ impl Connection {
         }
         let response = response
             .ok_or_else(|| Error::Protocol(format!("{}: ApiVersions refused", self.address)))?;
-        let mut versions = Vec::new();
+        let mut versions = self.versions.borrow_mut();
         for ours in api::APIS {
             let Some(theirs) = response.api_keys.iter().find(|k| k.api_key == ours.key) else {
                 continue;
             };
             let version = ours.max.min(theirs.max_version);
             if version >= ours.min.max(theirs.min_version) {
-                versions.push((ours.key, version));
+                let slot = ours.key as usize;
+                if versions.len() <= slot {
+                    versions.resize(slot + 1, None);
+                }
+                versions[slot] = Some(version);
             }
         }
-        *self.versions.borrow_mut() = versions;
         Ok(())
     }
 
     /// The version this connection uses for API `key`, if both sides serve one.
     pub fn version(&self, key: i16) -> Option<i16> {
-        self.versions
-            .borrow()
-            .iter()
-            .find(|(known, _)| *known == key)
-            .map(|(_, version)| *version)
+        let versions = self.versions.borrow();
+        usize::try_from(key)
+            .ok()
+            .and_then(|slot| versions.get(slot).copied().flatten())
     }
 
     /// Sends `body` at the negotiated version and waits for its response.
@@ -153,15 +151,6 @@ impl Connection {
             ))
         })?;
         Ok((version, self.call_version(version, body).await?))
-    }
-
-    /// Sends `body` at `version` without waiting for a response (Produce with acks=0).
-    pub fn send_only(&self, body: RequestBody) -> Result<(), Error> {
-        let key = body.api_key();
-        let version = self
-            .version(key)
-            .ok_or_else(|| Error::Unsupported(format!("API {key} at {}", self.address)))?;
-        self.send(version, &body).map(|_| ())
     }
 
     async fn call_version(&self, version: i16, body: RequestBody) -> Result<ResponseBody, Error> {
