@@ -1,13 +1,20 @@
 //! The client against an in-process broker: bootstrap and metadata, topic creation,
-//! negotiated versions, pipelined requests answered in order, timeouts, and a broker going
-//! away.
+//! negotiated versions, pipelined requests answered in order, timeouts, a broker going
+//! away; the producer (partitioning, acks, compression, idempotent retries across a broker
+//! restart) and the consumer reading back exactly what was produced.
 
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::net::TcpListener;
+use std::rc::Rc;
 use std::time::Duration;
 
-use coremq_engine::{BatchBuilder, Compression, Timestamp};
+use coremq_engine::{BatchBuilder, BatchHeader, Compression, Timestamp};
 use coremq_net::broker::{Broker, BrokerConfig};
-use coremq_net::client::{ClientConfig, Cluster, Error};
+use coremq_net::client::{
+    ClientConfig, Cluster, Consumer, ConsumerConfig, Error, Producer, ProducerConfig,
+    ProducerRecord, StartOffset, partition_for_key,
+};
 use coremq_net::protocol::api::{RequestBody, ResponseBody};
 use coremq_net::protocol::codec::Records;
 use coremq_net::protocol::error_code;
@@ -18,9 +25,13 @@ use coremq_net::protocol::messages::produce_request::{PartitionProduceData, Topi
 use coremq_net::protocol::messages::{ListOffsetsRequest, ProduceRequest};
 
 fn broker(dir: &std::path::Path) -> Broker {
+    broker_on(dir, "127.0.0.1:0")
+}
+
+fn broker_on(dir: &std::path::Path, listener: &str) -> Broker {
     Broker::start(BrokerConfig {
         data_dir: dir.to_path_buf(),
-        kafka_listener: "127.0.0.1:0".parse().unwrap(),
+        kafka_listener: listener.parse().unwrap(),
         admin_listener: "127.0.0.1:0".parse().unwrap(),
         shards: 2,
         pin_shards: false,
@@ -169,4 +180,228 @@ fn a_silent_broker_times_out_and_a_stopped_one_breaks_the_connection() {
     go_on.send(()).unwrap();
     client.join().unwrap();
     drop(silent);
+}
+
+/// Reads every record of `topic` from the start until `expected` came: (partition, offset,
+/// key, value) in the order each partition holds them.
+async fn consume_all(
+    cluster: &Rc<Cluster>,
+    topic: &str,
+    expected: usize,
+) -> Vec<(i32, i64, Option<String>, String)> {
+    let consumer = Consumer::new(cluster.clone(), ConsumerConfig::default());
+    consumer
+        .assign(topic, &[], StartOffset::Earliest)
+        .await
+        .unwrap();
+    let mut records = Vec::new();
+    while records.len() < expected {
+        for fetched in consumer.poll().await.unwrap() {
+            for record in fetched.records(1 << 20).unwrap() {
+                let text = |bytes: Option<bytes::Bytes>| {
+                    bytes.map(|bytes| String::from_utf8(bytes.to_vec()).unwrap())
+                };
+                records.push((
+                    fetched.partition,
+                    record.offset.0 as i64,
+                    text(record.key),
+                    text(record.value).unwrap(),
+                ));
+            }
+        }
+    }
+    records
+}
+
+#[test]
+fn the_producer_partitions_batches_and_the_consumer_reads_back_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path());
+    let bootstrap = broker.kafka_address.to_string();
+    run(async move || {
+        let cluster = Cluster::connect(ClientConfig::new(&bootstrap))
+            .await
+            .unwrap();
+        cluster.create_topic("ticks", 4, 1, &[]).await.unwrap();
+        let reported = Rc::new(Cell::new(0usize));
+        let counter = reported.clone();
+        let config = ProducerConfig {
+            batch_size: 4096,
+            linger: Duration::from_millis(2),
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::with_reports(
+            cluster.clone(),
+            config,
+            Some(Box::new(move |report| {
+                assert!(report.result.is_ok(), "{:?}", report.result);
+                counter.set(counter.get() + report.enqueued.len());
+            })),
+        )
+        .await
+        .unwrap();
+        assert!(producer.producer_id() >= 0, "idempotent by default");
+        let mut deliveries = Vec::new();
+        for n in 0..5000 {
+            let key = format!("k{}", n % 50);
+            let value = n.to_string();
+            let record = ProducerRecord {
+                topic: "ticks",
+                key: (n % 2 == 0).then_some(key.as_bytes()),
+                value: Some(value.as_bytes()),
+                ..ProducerRecord::default()
+            };
+            deliveries.push(producer.send(record).await.unwrap());
+        }
+        let mut offsets = Vec::new();
+        for delivery in deliveries {
+            offsets.push(delivery.await.unwrap());
+        }
+        assert_eq!(reported.get(), 5000);
+
+        let records = consume_all(&cluster, "ticks", 5000).await;
+        assert_eq!(records.len(), 5000);
+        let mut by_value = HashMap::new();
+        let mut next_offset = [0i64; 4];
+        for (partition, offset, key, value) in &records {
+            assert_eq!(
+                *offset, next_offset[*partition as usize],
+                "offsets in order"
+            );
+            next_offset[*partition as usize] += 1;
+            if let Some(key) = key {
+                assert_eq!(*partition, partition_for_key(key.as_bytes(), 4), "{key}");
+            }
+            assert!(
+                by_value
+                    .insert(value.clone(), (*partition, *offset))
+                    .is_none()
+            );
+        }
+        for (n, offset) in offsets.iter().enumerate() {
+            assert_eq!(
+                by_value[&n.to_string()].1,
+                *offset,
+                "delivery offset of {n}"
+            );
+        }
+        // Records without a key stick to a partition for a batch, not one each.
+        assert!(
+            next_offset.iter().all(|&count| count > 0),
+            "{next_offset:?}"
+        );
+    });
+    broker.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn acks_zero_and_one_with_compression() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path());
+    let bootstrap = broker.kafka_address.to_string();
+    run(async move || {
+        let cluster = Cluster::connect(ClientConfig::new(&bootstrap))
+            .await
+            .unwrap();
+        for (acks, codec) in [(0, Compression::Zstd), (1, Compression::Lz4)] {
+            let topic = format!("acks-{acks}");
+            cluster.create_topic(&topic, 1, 1, &[]).await.unwrap();
+            let config = ProducerConfig {
+                acks,
+                idempotent: false,
+                compression: codec,
+                ..ProducerConfig::default()
+            };
+            let producer = Producer::new(cluster.clone(), config).await.unwrap();
+            let mut last = None;
+            for n in 0..1000 {
+                let value = format!("{n:0>100}");
+                let record = ProducerRecord {
+                    topic: &topic,
+                    value: Some(value.as_bytes()),
+                    ..ProducerRecord::default()
+                };
+                last = Some(producer.send(record).await.unwrap());
+            }
+            producer.flush().await;
+            let expected = if acks == 0 { -1 } else { 999 };
+            assert_eq!(last.unwrap().await.unwrap(), expected);
+            let records = consume_all(&cluster, &topic, 1000).await;
+            assert_eq!(records.len(), 1000);
+            assert_eq!(records[999].3, format!("{:0>100}", 999));
+
+            let consumer = Consumer::new(cluster.clone(), ConsumerConfig::default());
+            consumer
+                .assign(&topic, &[0], StartOffset::Earliest)
+                .await
+                .unwrap();
+            let fetched = consumer.poll().await.unwrap();
+            let header = BatchHeader::parse(&fetched[0].batches[0]).unwrap();
+            assert_eq!(header.compression().unwrap(), codec);
+        }
+    });
+    broker.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn idempotent_retries_across_a_broker_restart_store_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listener = format!("127.0.0.1:{port}");
+    let broker = broker_on(dir.path(), &listener);
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let (go_on, resume) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn({
+        let listener = listener.clone();
+        move || {
+            run(async move || {
+                let mut config = ClientConfig::new(&listener);
+                config.request_timeout = Duration::from_secs(2);
+                let cluster = Cluster::connect(config).await.unwrap();
+                cluster.create_topic("orders", 2, 1, &[]).await.unwrap();
+                let producer = Producer::new(cluster.clone(), ProducerConfig::default())
+                    .await
+                    .unwrap();
+                let send = async |range: std::ops::Range<u32>| {
+                    let mut deliveries = Vec::new();
+                    for n in range {
+                        let value = n.to_string();
+                        let record = ProducerRecord {
+                            topic: "orders",
+                            key: Some(value.as_bytes()),
+                            value: Some(value.as_bytes()),
+                            ..ProducerRecord::default()
+                        };
+                        deliveries.push(producer.send(record).await.unwrap());
+                    }
+                    deliveries
+                };
+                for delivery in send(0..1000).await {
+                    delivery.await.unwrap();
+                }
+                stop.send(()).unwrap();
+                resume.recv().unwrap();
+                // The broker is down: these are retried until it is back.
+                let deliveries = send(1000..2000).await;
+                for delivery in deliveries {
+                    delivery.await.unwrap();
+                }
+                let records = consume_all(&cluster, "orders", 2000).await;
+                let mut values: Vec<u32> = records.iter().map(|r| r.3.parse().unwrap()).collect();
+                values.sort();
+                assert_eq!(values, (0..2000).collect::<Vec<_>>());
+            })
+        }
+    });
+    stopped.recv().unwrap();
+    broker.shutdown(Duration::from_secs(5)).unwrap();
+    go_on.send(()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let broker = broker_on(dir.path(), &listener);
+    client.join().unwrap();
+    broker.shutdown(Duration::from_secs(5)).unwrap();
 }

@@ -34,7 +34,7 @@ pub struct Cluster {
     config: ClientConfig,
     brokers: RefCell<HashMap<i32, SocketAddr>>,
     connections: RefCell<HashMap<SocketAddr, Rc<Connection>>>,
-    topics: RefCell<HashMap<String, TopicMetadata>>,
+    topics: RefCell<HashMap<String, Rc<TopicMetadata>>>,
 }
 
 impl Cluster {
@@ -95,6 +95,10 @@ impl Cluster {
         Ok(connection)
     }
 
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
     /// The connection to broker `node_id`.
     pub async fn broker(&self, node_id: i32) -> Result<Rc<Connection>, Error> {
         let address = self.brokers.borrow().get(&node_id).copied();
@@ -121,10 +125,15 @@ impl Cluster {
         .await
     }
 
+    /// Sends `body` to any broker (a request that needs no particular one).
+    pub async fn call_any(&self, body: RequestBody) -> Result<(i16, ResponseBody), Error> {
+        let connection = self.any_connection().await?;
+        self.call(&connection, body).await
+    }
+
     /// Asks for the brokers and `topics` (all topics when empty) and keeps what comes back.
     /// Topics the broker does not know are left out, not created.
     pub async fn refresh(&self, topics: &[String]) -> Result<(), Error> {
-        let connection = self.any_connection().await?;
         let request = MetadataRequest {
             topics: if topics.is_empty() {
                 None
@@ -142,10 +151,7 @@ impl Cluster {
             allow_auto_topic_creation: false,
             ..MetadataRequest::default()
         };
-        let response = match self
-            .call(&connection, RequestBody::Metadata(request))
-            .await?
-        {
+        let response = match self.call_any(RequestBody::Metadata(request)).await? {
             (_, ResponseBody::Metadata(response)) => response,
             (_, other) => return Err(unexpected(&other)),
         };
@@ -178,18 +184,18 @@ impl Cluster {
             partitions.sort_by_key(|partition| partition.partition);
             known.insert(
                 name.clone(),
-                TopicMetadata {
+                Rc::new(TopicMetadata {
                     name,
                     topic_id: topic.topic_id,
                     partitions,
-                },
+                }),
             );
         }
         Ok(())
     }
 
     /// `topic`'s metadata, asked for when not known yet.
-    pub async fn topic(&self, topic: &str) -> Result<TopicMetadata, Error> {
+    pub async fn topic(&self, topic: &str) -> Result<Rc<TopicMetadata>, Error> {
         if let Some(known) = self.topics.borrow().get(topic) {
             return Ok(known.clone());
         }
@@ -233,7 +239,6 @@ impl Cluster {
         replication_factor: i16,
         configs: &[(&str, &str)],
     ) -> Result<bool, Error> {
-        let connection = self.any_connection().await?;
         let request = CreateTopicsRequest {
             topics: vec![CreatableTopic {
                 name: topic.into(),
@@ -251,10 +256,7 @@ impl Cluster {
             timeout_ms: self.config.request_timeout.as_millis() as i32,
             validate_only: false,
         };
-        let result = match self
-            .call(&connection, RequestBody::CreateTopics(request))
-            .await?
-        {
+        let result = match self.call_any(RequestBody::CreateTopics(request)).await? {
             (_, ResponseBody::CreateTopics(response)) => response.topics.into_iter().next(),
             (_, other) => return Err(unexpected(&other)),
         };

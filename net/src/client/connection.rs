@@ -24,6 +24,12 @@ use crate::protocol::messages::{ApiVersionsRequest, RequestHeader};
 /// Largest response frame read; a broker claiming more is treated as broken.
 const RESPONSE_MAX_BYTES: usize = 1 << 30;
 
+/// A frame for the writer, and who to tell once it is written (a request without response).
+struct Outgoing {
+    chunks: Vec<Bytes>,
+    written: Option<flume::Sender<()>>,
+}
+
 /// A request waiting for its response.
 struct Waiting {
     key: i16,
@@ -38,6 +44,14 @@ struct State {
 }
 
 impl State {
+    /// Why the connection broke, for a request that lost its answer.
+    fn error(&self, address: &SocketAddr) -> Error {
+        self.broken
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| Error::Io(format!("{address}: connection closed")))
+    }
+
     fn fail(&self, error: Error) {
         self.broken.borrow_mut().get_or_insert(error.clone());
         for waiting in self.waiting.borrow_mut().drain(..) {
@@ -52,7 +66,7 @@ pub struct Connection {
     client_id: Rc<str>,
     /// Frames for the writer task; dropping the connection closes it, which ends the
     /// writer and shuts the socket.
-    frames: flume::Sender<Vec<Bytes>>,
+    frames: flume::Sender<Outgoing>,
     state: Rc<State>,
     correlation_id: Cell<i32>,
     /// The version used for each API, indexed by key: the highest both sides serve.
@@ -71,7 +85,7 @@ impl Connection {
             .map_err(|error| Error::Io(format!("connecting to {address}: {error}")))?;
         let _ = stream.set_nodelay(true);
         let (reader, writer) = futures_lite::io::split(stream);
-        let (frames, queued) = flume::unbounded::<Vec<Bytes>>();
+        let (frames, queued) = flume::unbounded::<Outgoing>();
         let state = Rc::new(State {
             waiting: RefCell::default(),
             broken: RefCell::default(),
@@ -143,19 +157,33 @@ impl Connection {
 
     /// Sends `body` at the negotiated version and waits for its response.
     pub async fn call(&self, body: RequestBody) -> Result<(i16, ResponseBody), Error> {
-        let key = body.api_key();
-        let version = self.version(key).ok_or_else(|| {
+        let version = self.negotiated(body.api_key())?;
+        Ok((version, self.call_version(version, body).await?))
+    }
+
+    fn negotiated(&self, key: i16) -> Result<i16, Error> {
+        self.version(key).ok_or_else(|| {
             Error::Unsupported(format!(
                 "{} serves no version of API {key} this client speaks",
                 self.address
             ))
-        })?;
-        Ok((version, self.call_version(version, body).await?))
+        })
+    }
+
+    /// Sends `body`, which the broker does not answer (Produce with acks=0), at the
+    /// negotiated version; completes once it is written to the socket.
+    pub async fn send_only(&self, body: RequestBody) -> Result<(), Error> {
+        let version = self.negotiated(body.api_key())?;
+        let (written, done) = flume::bounded(1);
+        self.send(version, &body, Some(written))?;
+        done.recv_async()
+            .await
+            .map_err(|_| self.state.error(&self.address))
     }
 
     async fn call_version(&self, version: i16, body: RequestBody) -> Result<ResponseBody, Error> {
         let (reply, answer) = flume::bounded(1);
-        let correlation_id = self.send(version, &body)?;
+        let correlation_id = self.send(version, &body, None)?;
         self.state.waiting.borrow_mut().push_back(Waiting {
             key: body.api_key(),
             version,
@@ -165,10 +193,15 @@ impl Connection {
         answer
             .recv_async()
             .await
-            .map_err(|_| Error::Io(format!("{}: connection closed", self.address)))?
+            .map_err(|_| self.state.error(&self.address))?
     }
 
-    fn send(&self, version: i16, body: &RequestBody) -> Result<i32, Error> {
+    fn send(
+        &self,
+        version: i16,
+        body: &RequestBody,
+        written: Option<flume::Sender<()>>,
+    ) -> Result<i32, Error> {
         if let Some(error) = self.state.broken.borrow().clone() {
             return Err(error);
         }
@@ -180,29 +213,36 @@ impl Connection {
             correlation_id,
             client_id: Some(self.client_id.to_string()),
         };
+        let chunks = encode_request_frame(&header, body);
         self.frames
-            .try_send(encode_request_frame(&header, body))
-            .map_err(|_| Error::Io(format!("{}: connection closed", self.address)))?;
+            .try_send(Outgoing { chunks, written })
+            .map_err(|_| self.state.error(&self.address))?;
         Ok(correlation_id)
     }
 }
 
 async fn write_frames(
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
-    queued: flume::Receiver<Vec<Bytes>>,
+    queued: flume::Receiver<Outgoing>,
     state: Rc<State>,
 ) {
+    let mut written = Vec::new();
     while let Ok(frame) = queued.recv_async().await {
-        let mut result = write_chunks(&mut writer, &frame).await;
+        let mut result = write_chunks(&mut writer, &frame.chunks).await;
+        written.extend(frame.written);
         // Gather what else is queued into this write.
         while result.is_ok()
             && let Ok(frame) = queued.try_recv()
         {
-            result = write_chunks(&mut writer, &frame).await;
+            result = write_chunks(&mut writer, &frame.chunks).await;
+            written.extend(frame.written);
         }
         if let Err(error) = result.and(writer.flush().await) {
             state.fail(Error::Io(format!("write failed: {error}")));
             return;
+        }
+        for done in written.drain(..) {
+            let _ = done.send(());
         }
     }
     let _ = writer.close().await;

@@ -6,14 +6,23 @@
 //! - [`Connection`]: one broker connection, requests pipelined, versions negotiated.
 //! - [`Cluster`]: bootstrap, metadata (brokers, partition leaders), a connection per broker,
 //!   topic creation.
+//! - [`Producer`]: batches per partition, linger, compression, acks, retries, idempotence.
+//! - [`Consumer`]: assigned partitions fetched from their leaders.
 
 mod cluster;
 mod connection;
+mod consumer;
+mod producer;
+mod signal;
 
 use std::time::Duration;
 
 pub use cluster::{Cluster, PartitionMetadata, TopicMetadata};
 pub use connection::Connection;
+pub use consumer::{Consumer, ConsumerConfig, Fetched, StartOffset};
+pub use producer::{
+    BatchReport, Delivery, Producer, ProducerConfig, ProducerRecord, murmur2, partition_for_key,
+};
 
 use crate::protocol::api::ResponseBody;
 use crate::protocol::error_code;
@@ -31,6 +40,8 @@ pub enum Error {
     Unsupported(String),
     /// No answer within the request timeout.
     Timeout(String),
+    /// Settings that cannot work together.
+    Config(String),
 }
 
 impl Error {
@@ -39,7 +50,7 @@ impl Error {
         match self {
             Error::Io(_) | Error::Timeout(_) => true,
             Error::Broker { code, .. } => error_code::is_retriable(*code),
-            Error::Protocol(_) | Error::Unsupported(_) => false,
+            Error::Protocol(_) | Error::Unsupported(_) | Error::Config(_) => false,
         }
     }
 
@@ -52,6 +63,7 @@ impl Error {
                 .map_or_else(|| format!("error_{code}"), |name| name.to_lowercase()),
             Error::Unsupported(_) => "unsupported".into(),
             Error::Timeout(_) => "timeout".into(),
+            Error::Config(_) => "config".into(),
         }
     }
 
@@ -74,6 +86,7 @@ impl std::fmt::Display for Error {
             }
             Error::Unsupported(message) => write!(f, "unsupported: {message}"),
             Error::Timeout(message) => write!(f, "timed out: {message}"),
+            Error::Config(message) => write!(f, "configuration: {message}"),
         }
     }
 }
