@@ -91,8 +91,8 @@ pub struct BatchReport<'a> {
     pub partition: i32,
     pub result: Result<i64, &'a Error>,
     pub enqueued: &'a [Instant],
-    /// Uncompressed bytes of the records.
-    pub bytes: usize,
+    /// Key and value bytes of the records.
+    pub payload: usize,
 }
 
 type OnBatch = Box<dyn Fn(&BatchReport<'_>)>;
@@ -144,6 +144,7 @@ struct OpenBatch {
     builder: BatchBuilder,
     base_sequence: i32,
     bytes: usize,
+    payload: usize,
     created: Instant,
     enqueued: Vec<Instant>,
     outcome: Rc<Outcome>,
@@ -156,6 +157,7 @@ struct Batch {
     records: Bytes,
     base_sequence: i32,
     bytes: usize,
+    payload: usize,
     created: Instant,
     enqueued: Vec<Instant>,
     outcome: Rc<Outcome>,
@@ -442,6 +444,7 @@ impl Inner {
                     builder,
                     base_sequence,
                     bytes: 0,
+                    payload: 0,
                     created: Instant::now(),
                     enqueued: Vec::new(),
                     outcome: Rc::default(),
@@ -456,6 +459,7 @@ impl Inner {
             record.headers,
         );
         open.bytes += size;
+        open.payload += record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len);
         open.enqueued.push(Instant::now());
         if self.config.idempotent {
             queue.next_sequence = queue.next_sequence.wrapping_add(1);
@@ -474,6 +478,7 @@ impl Inner {
             records: open.builder.build(),
             base_sequence: open.base_sequence,
             bytes: open.bytes,
+            payload: open.payload,
             created: open.created,
             enqueued: open.enqueued,
             outcome: open.outcome,
@@ -689,7 +694,7 @@ impl Inner {
                 partition: batch.partition,
                 result: result.as_ref().copied(),
                 enqueued: &batch.enqueued,
-                bytes: batch.bytes,
+                payload: batch.payload,
             });
         }
         *batch.outcome.result.borrow_mut() = Some(result);

@@ -1,0 +1,350 @@
+//! One measured run: prepare the topic, start the shards, gather their intervals (progress
+//! lines, the histogram log, totals after the warm-up), decide when to stop, summarise.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use coremq_net::client::{ClientConfig, Cluster, StartOffset};
+use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::args::{MB, Workload};
+use crate::stats::{Stats, percentiles, print_summary};
+use crate::workload::{self, INTERVAL, Message, Plan, Shared};
+
+/// How long a run without a duration or a record count measures.
+const DEFAULT_DURATION: Duration = Duration::from_secs(30);
+/// After the producers stop, how long consumers may take to catch up.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// A consumer-only run that reads nothing for this long ends.
+const IDLE_LIMIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Produce,
+    Consume,
+    E2e,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Produce => "produce",
+            Mode::Consume => "consume",
+            Mode::E2e => "e2e",
+        }
+    }
+}
+
+/// Runs `mode` as the options say, prints the summary and returns it as JSON.
+pub fn measure(workload: Workload, mode: Mode) -> Result<Value, String> {
+    let summary = execute(&workload, mode, true)?;
+    print_summary(&summary);
+    Ok(summary)
+}
+
+/// Runs `mode` once and returns its JSON summary; `progress` prints the per-second lines.
+pub fn execute(workload: &Workload, mode: Mode, progress: bool) -> Result<Value, String> {
+    let threads = workload
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |cores| cores.get()));
+    let partitions = prepare_topic(workload)?;
+    let start = match (mode, workload.from.as_str()) {
+        (Mode::E2e, _) | (_, "latest") => StartOffset::Latest,
+        _ => StartOffset::Earliest,
+    };
+    let mean_record_bytes = workload.record_size.mean() + key_bytes(workload);
+    let plan = Plan {
+        workload: workload.clone(),
+        produce: mode != Mode::Consume,
+        consume: mode != Mode::Produce,
+        rate: workload.rate.records_per_second(mean_record_bytes),
+        records: workload.records,
+        start,
+        partitions,
+    };
+    let duration = match (workload.duration, workload.records) {
+        (Some(duration), _) => Some(duration),
+        (None, Some(_)) => None,
+        (None, None) => Some(DEFAULT_DURATION),
+    };
+    let measured = gather(&plan, threads, duration, progress)?;
+    Ok(summarise(mode, &plan, threads, &measured))
+}
+
+/// Creates the topic when missing; returns its partition count.
+fn prepare_topic(workload: &Workload) -> Result<i32, String> {
+    let config = ClientConfig::new(&workload.bootstrap);
+    let topic = workload.topic.clone();
+    let (partitions, replication) = (workload.partitions, workload.replication_factor);
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(1 << 20)
+        .spawn(move || async move {
+            let cluster = Cluster::connect(config).await?;
+            cluster
+                .create_topic(&topic, partitions, replication, &[])
+                .await?;
+            Ok(cluster.topic(&topic).await?.partitions.len() as i32)
+        })
+        .map_err(|error| format!("starting a client executor: {error}"))?
+        .join()
+        .map_err(|error| format!("client executor: {error}"))?
+        .map_err(|error: coremq_net::client::Error| {
+            format!("preparing topic {}: {error}", workload.topic)
+        })
+}
+
+fn key_bytes(workload: &Workload) -> f64 {
+    if workload.keys == 0 {
+        0.0
+    } else {
+        format!("key-{}", workload.keys / 2).len() as f64
+    }
+}
+
+/// The run's totals after the warm-up, and when measuring began.
+struct Measured {
+    totals: Stats,
+    measure_start: Instant,
+}
+
+/// Starts the shards and gathers their intervals until they are all done.
+fn gather(
+    plan: &Plan,
+    threads: usize,
+    duration: Option<Duration>,
+    progress: bool,
+) -> Result<Measured, String> {
+    let workload = &plan.workload;
+    let shared = Arc::new(Shared::default());
+    let started = Instant::now();
+    let (handles, messages) = workload::start(plan, threads, &shared, started);
+    let shards = handles.len();
+    let warmup_intervals = workload.warmup.as_secs_f64().ceil() as u32;
+    let measure_start = started + INTERVAL * warmup_intervals;
+    let end_at = duration.map(|duration| measure_start + duration);
+    let bar = progress_bar(progress, duration, workload.warmup, plan.records);
+
+    let mut histogram_file = match &workload.histogram_out {
+        Some(path) => {
+            Some(BufWriter::new(File::create(path).map_err(|error| {
+                format!("creating {}: {error}", path.display())
+            })?))
+        }
+        None => None,
+    };
+    let mut serializer = V2DeflateSerializer::new();
+    let mut histogram_log = match histogram_file.as_mut() {
+        Some(file) => Some(
+            IntervalLogWriterBuilder::new()
+                .add_comment("coremq-perf latencies in microseconds: ack and e2e")
+                .with_start_time(SystemTime::now())
+                .with_base_time(SystemTime::now())
+                .with_max_value_divisor(1000.0)
+                .begin_log_with(file, &mut serializer)
+                .map_err(|error| format!("writing the histogram log: {error}"))?,
+        ),
+        None => None,
+    };
+
+    let mut pending: BTreeMap<u64, Stats> = BTreeMap::new();
+    // Per shard: the next interval it will report, or None once it is done.
+    let mut next_from: Vec<Option<u64>> = vec![Some(0); shards];
+    let mut totals = Stats::default();
+    let mut done = 0;
+    let mut failure = None;
+    let mut producers_stopped = None::<Instant>;
+    let mut last_progress = (Instant::now(), 0u64);
+    while done < shards {
+        let now = Instant::now();
+        if end_at.is_some_and(|end| now >= end) || failure.is_some() {
+            shared.stop_producing.store(true, Ordering::SeqCst);
+            if !plan.produce || failure.is_some() {
+                shared.stop_consuming.store(true, Ordering::SeqCst);
+            }
+        }
+        let consumed = shared.consumed.load(Ordering::Relaxed);
+        if consumed != last_progress.1 {
+            last_progress = (now, consumed);
+        }
+        if plan.produce
+            && producers_stopped.is_none()
+            && shared.producers_left.load(Ordering::SeqCst) == 0
+        {
+            producers_stopped = Some(now);
+        }
+        let drained = match producers_stopped {
+            Some(at) => {
+                consumed >= shared.produced.load(Ordering::Relaxed)
+                    || now.duration_since(at) > DRAIN_GRACE
+            }
+            None => {
+                !plan.produce
+                    && (plan.records.is_some_and(|records| consumed >= records)
+                        || now.duration_since(last_progress.0) > IDLE_LIMIT)
+            }
+        };
+        if plan.consume && drained {
+            shared.stop_consuming.store(true, Ordering::SeqCst);
+        }
+        match messages.recv_timeout(Duration::from_millis(20)) {
+            Ok(Message::Interval {
+                shard,
+                index,
+                stats,
+            }) => {
+                pending.entry(index).or_default().add(&stats);
+                next_from[shard] = Some(index + 1);
+            }
+            Ok(Message::Done { shard }) => {
+                next_from[shard] = None;
+                done += 1;
+            }
+            Ok(Message::Failed(error)) => {
+                failure.get_or_insert(error);
+            }
+            Err(flume::RecvTimeoutError::Timeout) => {}
+            Err(flume::RecvTimeoutError::Disconnected) => break,
+        }
+        // Intervals every running shard has reported.
+        let complete_below = next_from
+            .iter()
+            .flatten()
+            .min()
+            .copied()
+            .unwrap_or(u64::MAX);
+        while let Some(entry) = pending.first_entry() {
+            if *entry.key() >= complete_below {
+                break;
+            }
+            let (index, stats) = entry.remove_entry();
+            let line = stats.progress_line(index + 1, INTERVAL.as_secs_f64());
+            match &bar {
+                Some(bar) => {
+                    bar.set_message(line);
+                    bar.set_position(match plan.records {
+                        Some(_) => shared.produced.load(Ordering::Relaxed).max(consumed),
+                        None => index + 1,
+                    });
+                }
+                None if progress => eprintln!("{line}"),
+                None => {}
+            }
+            if let Some(log) = histogram_log.as_mut() {
+                let start = INTERVAL * index as u32;
+                for (tag, histogram) in [("ack", &stats.ack), ("e2e", &stats.e2e)] {
+                    if !histogram.is_empty() {
+                        log.write_histogram(histogram, start, INTERVAL, Tag::new(tag))
+                            .map_err(|error| format!("writing the histogram log: {error}"))?;
+                    }
+                }
+            }
+            if index >= u64::from(warmup_intervals) {
+                totals.add(&stats);
+            }
+        }
+    }
+    for handle in handles {
+        let _ = handle.join();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    drop(histogram_log);
+    if let Some(mut file) = histogram_file {
+        file.flush()
+            .map_err(|error| format!("writing the histogram log: {error}"))?;
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(Measured {
+            totals,
+            measure_start,
+        }),
+    }
+}
+
+/// A progress bar on a terminal (over seconds, or records when counting them).
+fn progress_bar(
+    progress: bool,
+    duration: Option<Duration>,
+    warmup: Duration,
+    records: Option<u64>,
+) -> Option<ProgressBar> {
+    if !progress || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let (length, unit) = match (duration, records) {
+        (Some(duration), _) => ((duration + warmup).as_secs().max(1), "s"),
+        (None, Some(records)) => (records, " records"),
+        (None, None) => (1, ""),
+    };
+    let bar = ProgressBar::new(length);
+    let template = format!("{{bar:30}} {{pos}}/{{len}}{unit} {{msg}}");
+    bar.set_style(ProgressStyle::with_template(&template).expect("valid template"));
+    Some(bar)
+}
+
+fn summarise(mode: Mode, plan: &Plan, threads: usize, measured: &Measured) -> Value {
+    let totals = &measured.totals;
+    let seconds_to = |last: Option<Instant>| {
+        last.map_or(0.0, |last| {
+            last.saturating_duration_since(measured.measure_start)
+                .as_secs_f64()
+        })
+    };
+    let rates = |records: u64, bytes: u64, seconds: f64| {
+        let per_second = |amount: f64| {
+            if seconds > 0.0 { amount / seconds } else { 0.0 }
+        };
+        json!({
+            "records": records,
+            "bytes": bytes,
+            "records_per_s": per_second(records as f64),
+            "mb_per_s": per_second(bytes as f64 / MB),
+        })
+    };
+    let produced_seconds = seconds_to(totals.last_produced);
+    let consumed_seconds = seconds_to(totals.last_consumed);
+    let workload = &plan.workload;
+    json!({
+        "mode": mode.name(),
+        "seconds": produced_seconds.max(consumed_seconds),
+        "produced": if plan.produce {
+            rates(totals.produced, totals.produced_bytes, produced_seconds)
+        } else {
+            Value::Null
+        },
+        "consumed": if plan.consume {
+            rates(totals.consumed, totals.consumed_bytes, consumed_seconds)
+        } else {
+            Value::Null
+        },
+        "ack_latency_ms": percentiles(&totals.ack),
+        "e2e_latency_ms": if mode == Mode::E2e { percentiles(&totals.e2e) } else { Value::Null },
+        "errors": totals.errors,
+        "config": {
+            "bootstrap": workload.bootstrap,
+            "topic": workload.topic,
+            "partitions": plan.partitions,
+            "producers": if plan.produce { workload.producers } else { 0 },
+            "consumers": if plan.consume { workload.consumers } else { 0 },
+            "record_size": format!("{}..{}", workload.record_size.min, workload.record_size.max),
+            "keys": workload.keys,
+            "offered_records_per_s": plan.rate,
+            "acks": workload.acks,
+            "compression": workload.compression.name(),
+            "batch_size": workload.batch_size,
+            "linger_ms": workload.linger_ms,
+            "max_in_flight": workload.max_in_flight,
+            "threads": threads,
+            "warmup_s": workload.warmup.as_secs_f64(),
+        },
+    })
+}
