@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use coremq_engine::Timestamp;
 use coremq_net::client::{
     ClientConfig, Cluster, Consumer, ConsumerConfig, Error, Producer, ProducerConfig,
     ProducerRecord, StartOffset,
@@ -151,23 +152,28 @@ async fn run_shard(
         let work = produce(plan.clone(), id, stats.clone(), shared.clone());
         tasks.push(glommio::spawn_local(work));
     }
-    let finished = Rc::new(std::cell::Cell::new(false));
-    let ticker = glommio::spawn_local({
+    let report = {
         let stats = stats.clone();
         let reports = reports.clone();
-        let finished = finished.clone();
+        move |index: u64| {
+            let interval = std::mem::take(&mut *stats.borrow_mut());
+            let _ = reports.send(Message::Interval {
+                shard,
+                index,
+                stats: Box::new(interval),
+            });
+        }
+    };
+    let ticks = Rc::new(std::cell::Cell::new(0u64));
+    let ticker = glommio::spawn_local({
+        let ticks = ticks.clone();
+        let report = report.clone();
         async move {
-            let mut index = 0u64;
-            while !finished.get() {
-                index += 1;
-                let at = started + INTERVAL * index as u32;
+            loop {
+                let at = started + INTERVAL * (ticks.get() + 1) as u32;
                 glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await;
-                let interval = std::mem::take(&mut *stats.borrow_mut());
-                let _ = reports.send(Message::Interval {
-                    shard,
-                    index: index - 1,
-                    stats: Box::new(interval),
-                });
+                report(ticks.get());
+                ticks.set(ticks.get() + 1);
             }
         }
     });
@@ -176,9 +182,9 @@ async fn run_shard(
             let _ = reports.send(Message::Failed(error));
         }
     }
-    finished.set(true);
-    // The ticker sends the last interval at its next tick.
-    ticker.await;
+    // Dropping the ticker cancels it; what the current interval holds goes now.
+    drop(ticker);
+    report(ticks.get());
     let _ = reports.send(Message::Done { shard });
 }
 
@@ -269,14 +275,16 @@ async fn produce(
         }
         let length = rng.random_range(size.min..=size.max);
         let offset = rng.random_range(0..4096);
+        let now = now_us();
         value.clear();
-        value.extend_from_slice(&now_us().to_be_bytes());
+        value.extend_from_slice(&now.to_be_bytes());
         value.extend_from_slice(&filler[offset..offset + length - 8]);
         let key = (!keys.is_empty()).then(|| keys[rng.random_range(0..keys.len())].as_bytes());
         let record = ProducerRecord {
             topic: &workload.topic,
             key,
             value: Some(&value),
+            timestamp: Some(Timestamp((now / 1000) as i64)),
             ..ProducerRecord::default()
         };
         if let Err(error) = producer.send(record).await {

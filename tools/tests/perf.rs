@@ -1,0 +1,200 @@
+//! `coremq-perf` against an in-process coremq broker: each subcommand's JSON summary (the
+//! last line) holds what the run did. Assertions are on counts and shapes, never timings.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use coremq_net::broker::{Broker, BrokerConfig};
+use serde_json::Value;
+
+fn broker(dir: &Path) -> Broker {
+    Broker::start(BrokerConfig {
+        data_dir: dir.to_path_buf(),
+        kafka_listener: "127.0.0.1:0".parse().unwrap(),
+        admin_listener: "127.0.0.1:0".parse().unwrap(),
+        shards: 2,
+        pin_shards: false,
+        offsets_topic_partitions: 1,
+        ..BrokerConfig::default()
+    })
+    .unwrap()
+}
+
+/// Runs coremq-perf with `args`; returns its exit status success, stdout and stderr.
+fn perf(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_coremq-perf"))
+        .args(args)
+        .output()
+        .expect("coremq-perf runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Runs coremq-perf with `--json`, expecting success; returns the last line as JSON.
+fn summary(args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let (ok, stdout, stderr) = perf(&args);
+    assert!(ok, "coremq-perf {args:?} failed:\n{stdout}\n{stderr}");
+    let last = stdout.lines().last().expect("some output");
+    serde_json::from_str(last).unwrap_or_else(|error| panic!("{error}: {last}"))
+}
+
+fn assert_percentiles(latency: &Value, count: u64) {
+    assert_eq!(latency["count"], count, "{latency}");
+    let at = |key: &str| {
+        latency[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} in {latency}"))
+    };
+    let order = ["p50", "p90", "p99", "p99_9", "p99_99", "max"].map(at);
+    assert!(order.windows(2).all(|w| w[0] <= w[1]), "{latency}");
+    assert!(order[0] > 0.0);
+}
+
+#[test]
+fn produce_consume_e2e_and_capacity_report_what_they_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path());
+    let bootstrap = broker.kafka_address.to_string();
+    let common = [
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        "perf",
+        "--partitions",
+        "4",
+    ];
+    let histograms = dir.path().join("produce.hlog");
+
+    let mut args = vec!["produce"];
+    args.extend(common);
+    args.extend([
+        "--records",
+        "5000",
+        "--record-size",
+        "100..300",
+        "--keys",
+        "20",
+        "--acks",
+        "all",
+        "--compression",
+        "zstd",
+        "--producers",
+        "2",
+        "--histogram-out",
+        histograms.to_str().unwrap(),
+    ]);
+    let produced = summary(&args);
+    assert_eq!(produced["mode"], "produce");
+    assert_eq!(produced["produced"]["records"], 5000);
+    let bytes = produced["produced"]["bytes"].as_u64().unwrap();
+    // Values of 100..300 bytes, keys "key-0".."key-19".
+    assert!((5000 * 105..=5000 * 306).contains(&bytes), "{bytes}");
+    assert_eq!(produced["errors"], serde_json::json!({}));
+    assert_percentiles(&produced["ack_latency_ms"], 5000);
+    assert_eq!(produced["config"]["partitions"], 4);
+    let log = std::fs::read_to_string(&histograms).unwrap();
+    assert!(log.starts_with('#'), "{log}");
+    assert!(
+        log.lines().any(|line| line.starts_with("Tag=ack,")),
+        "{log}"
+    );
+
+    let mut args = vec!["consume"];
+    args.extend(common);
+    args.extend(["--records", "5000", "--consumers", "2"]);
+    let consumed = summary(&args);
+    assert_eq!(consumed["consumed"]["records"], 5000);
+    assert_eq!(consumed["consumed"]["bytes"].as_u64().unwrap(), bytes);
+    assert!(consumed["produced"].is_null());
+
+    let mut args = vec!["e2e"];
+    args.extend(common);
+    args.extend([
+        "--duration",
+        "2s",
+        "--rate",
+        "500",
+        "--record-size",
+        "64",
+        "--acks",
+        "1",
+    ]);
+    let e2e = summary(&args);
+    let records = e2e["produced"]["records"].as_u64().unwrap();
+    assert!(records > 0);
+    assert_eq!(
+        e2e["consumed"]["records"], records,
+        "every record produced came back"
+    );
+    assert_percentiles(&e2e["e2e_latency_ms"], records);
+    assert_percentiles(&e2e["ack_latency_ms"], records);
+
+    let mut args = vec!["capacity"];
+    args.extend(common);
+    args.extend([
+        "--step-duration",
+        "1s",
+        "--start-rate",
+        "200",
+        "--step-factor",
+        "2",
+        "--max-steps",
+        "2",
+        "--slo-p99-ms",
+        "1000",
+        "--record-size",
+        "200",
+        "--target-rate",
+        "50000",
+        "--target-record-bytes",
+        "200",
+        "--target-clients",
+        "50000",
+        "--headroom",
+        "0.3",
+    ]);
+    let capacity = summary(&args);
+    assert_eq!(capacity["mode"], "capacity");
+    let steps = capacity["steps"].as_array().unwrap();
+    assert!((1..=2).contains(&steps.len()), "{capacity}");
+    assert_eq!(steps[0]["offered_records_per_s"], 200.0);
+    for key in [
+        "max_sustainable_records_per_s",
+        "max_sustainable_mb_s",
+        "p99_ms_at_max",
+    ] {
+        assert!(capacity.get(key).is_some(), "{key} missing: {capacity}");
+    }
+    match capacity["max_sustainable_records_per_s"].as_f64() {
+        Some(max) => {
+            // The sizing follows from the measured maximum and the headroom.
+            let mb = capacity["max_sustainable_mb_s"].as_f64().unwrap();
+            let by_records = 50000.0 / (max * 0.7);
+            let by_bytes = 50000.0 * 200.0 / (1024.0 * 1024.0) / (mb * 0.7);
+            let expected = by_records.max(by_bytes).ceil().max(1.0) as u64;
+            assert_eq!(capacity["brokers_needed"], expected, "{capacity}");
+        }
+        None => assert!(capacity["brokers_needed"].is_null()),
+    }
+    assert!(capacity["assumptions"].as_array().unwrap().len() >= 4);
+    broker.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn an_unreachable_cluster_and_bad_options_fail_with_a_message() {
+    let (ok, _, stderr) = perf(&["produce", "--bootstrap", "127.0.0.1:1", "--records", "1"]);
+    assert!(!ok);
+    assert!(stderr.contains("coremq-perf:"), "{stderr}");
+    let (ok, _, stderr) = perf(&["produce", "--record-size", "4"]);
+    assert!(!ok);
+    assert!(stderr.contains("at least 8 bytes"), "{stderr}");
+    let (ok, _, stderr) = perf(&["e2e", "--acks", "2"]);
+    assert!(!ok);
+    assert!(stderr.contains("acks"), "{stderr}");
+}
