@@ -35,7 +35,7 @@ pub mod metrics;
 #[cfg(feature = "runtime")]
 mod mmap;
 #[cfg(feature = "runtime")]
-mod notify;
+pub mod notify;
 #[cfg(feature = "runtime")]
 mod readahead;
 #[cfg(feature = "runtime")]

@@ -1,5 +1,6 @@
 //! A single-threaded notifier: tasks wait for the next `notify_all`. Used for the write and
-//! flush watermarks; a waiter re-checks its condition after every wake-up.
+//! flush watermarks, and by the Kafka client (deliveries, buffer space, its sender task); a
+//! waiter re-checks its condition after every wake-up.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -17,6 +18,14 @@ impl Notify {
         self.epoch.set(self.epoch.get() + 1);
         for waker in self.wakers.borrow_mut().drain(..) {
             waker.wake();
+        }
+    }
+
+    /// Wakes the task of `context` at the next `notify_all` (for hand-written futures).
+    pub fn park(&self, context: &Context<'_>) {
+        let mut wakers = self.wakers.borrow_mut();
+        if !wakers.iter().any(|waker| waker.will_wake(context.waker())) {
+            wakers.push(context.waker().clone());
         }
     }
 
@@ -41,10 +50,7 @@ impl Future for Notified<'_> {
         if self.notify.epoch.get() != self.epoch {
             return Poll::Ready(());
         }
-        self.notify
-            .wakers
-            .borrow_mut()
-            .push(context.waker().clone());
+        self.notify.park(context);
         Poll::Pending
     }
 }

@@ -213,8 +213,8 @@ async fn consume_all(
     records
 }
 
-#[test]
-fn the_producer_partitions_batches_and_the_consumer_reads_back_every_record() {
+/// Runs `test` with a cluster connection to a fresh in-process broker, then stops it.
+fn with_cluster(test: impl AsyncFnOnce(Rc<Cluster>) + Send + 'static) {
     let dir = tempfile::tempdir().unwrap();
     let broker = broker(dir.path());
     let bootstrap = broker.kafka_address.to_string();
@@ -222,6 +222,14 @@ fn the_producer_partitions_batches_and_the_consumer_reads_back_every_record() {
         let cluster = Cluster::connect(ClientConfig::new(&bootstrap))
             .await
             .unwrap();
+        test(cluster).await;
+    });
+    broker.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn the_producer_partitions_batches_and_the_consumer_reads_back_every_record() {
+    with_cluster(async |cluster| {
         cluster.create_topic("ticks", 4, 1, &[]).await.unwrap();
         let reported = Rc::new(Cell::new(0usize));
         let counter = reported.clone();
@@ -291,18 +299,11 @@ fn the_producer_partitions_batches_and_the_consumer_reads_back_every_record() {
             "{next_offset:?}"
         );
     });
-    broker.shutdown(Duration::from_secs(5)).unwrap();
 }
 
 #[test]
 fn acks_zero_and_one_with_compression() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
-    let bootstrap = broker.kafka_address.to_string();
-    run(async move || {
-        let cluster = Cluster::connect(ClientConfig::new(&bootstrap))
-            .await
-            .unwrap();
+    with_cluster(async |cluster| {
         for (acks, codec) in [(0, Compression::Zstd), (1, Compression::Lz4)] {
             let topic = format!("acks-{acks}");
             cluster.create_topic(&topic, 1, 1, &[]).await.unwrap();
@@ -340,7 +341,6 @@ fn acks_zero_and_one_with_compression() {
             assert_eq!(header.compression().unwrap(), codec);
         }
     });
-    broker.shutdown(Duration::from_secs(5)).unwrap();
 }
 
 #[test]

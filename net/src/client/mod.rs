@@ -13,7 +13,6 @@ mod cluster;
 mod connection;
 mod consumer;
 mod producer;
-mod signal;
 
 use std::time::Duration;
 

@@ -20,9 +20,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use coremq_engine::notify::Notify;
 use coremq_engine::{BatchBuilder, Compression, Header, Timestamp};
 
-use super::signal::Signal;
 use super::{Cluster, Connection, Error, TopicMetadata, unexpected};
 use crate::protocol::api::{RequestBody, ResponseBody};
 use crate::protocol::codec::Records;
@@ -119,9 +119,9 @@ struct Inner {
     flushing: Cell<usize>,
     closed: Cell<bool>,
     /// Wakes the sender task: a batch to send, or room for one more request.
-    work: Signal,
+    work: Notify,
     /// Wakes `send` and `flush`: a batch finished.
-    done: Signal,
+    done: Notify,
     on_batch: Option<OnBatch>,
 }
 
@@ -140,9 +140,10 @@ struct PartitionQueue {
     next_sequence: i32,
 }
 
-struct OpenBatch {
-    builder: BatchBuilder,
+/// What a batch carries from its first record to its answer, open or built.
+struct Contents {
     base_sequence: i32,
+    /// Estimated bytes (batch and buffer limits), and key and value bytes.
     bytes: usize,
     payload: usize,
     created: Instant,
@@ -150,17 +151,17 @@ struct OpenBatch {
     outcome: Rc<Outcome>,
 }
 
+struct OpenBatch {
+    builder: BatchBuilder,
+    contents: Contents,
+}
+
 /// A built batch, on its way to the broker (and back to `ready` when it must be retried).
 struct Batch {
     topic: Rc<str>,
     partition: i32,
     records: Bytes,
-    base_sequence: i32,
-    bytes: usize,
-    payload: usize,
-    created: Instant,
-    enqueued: Vec<Instant>,
-    outcome: Rc<Outcome>,
+    contents: Contents,
     attempts: u32,
     not_before: Instant,
 }
@@ -169,7 +170,7 @@ struct Batch {
 #[derive(Default)]
 struct Outcome {
     result: RefCell<Option<Result<i64, Error>>>,
-    signal: Signal,
+    settled: Notify,
 }
 
 /// Resolves to the record's offset (-1 with acks=0) once its batch is acknowledged.
@@ -187,7 +188,7 @@ impl Future for Delivery {
             Some(Ok(base)) => Poll::Ready(Ok(base + self.index)),
             Some(Err(error)) => Poll::Ready(Err(error.clone())),
             None => {
-                self.outcome.signal.park(context);
+                self.outcome.settled.park(context);
                 Poll::Pending
             }
         }
@@ -236,8 +237,8 @@ impl Producer {
             in_flight: RefCell::default(),
             flushing: Cell::new(0),
             closed: Cell::new(false),
-            work: Signal::default(),
-            done: Signal::default(),
+            work: Notify::default(),
+            done: Notify::default(),
             on_batch,
         });
         glommio::spawn_local(run_sender(inner.clone())).detach();
@@ -250,7 +251,7 @@ impl Producer {
         let inner = &self.inner;
         let size = record_size(&record);
         loop {
-            let room = inner.done.wait();
+            let room = inner.done.notified();
             if inner.buffered.get() == 0 || inner.buffered.get() + size <= inner.config.buffer_bytes
             {
                 break;
@@ -273,9 +274,9 @@ impl Producer {
     pub async fn flush(&self) {
         let inner = &self.inner;
         inner.flushing.set(inner.flushing.get() + 1);
-        inner.work.notify();
+        inner.work.notify_all();
         loop {
-            let done = inner.done.wait();
+            let done = inner.done.notified();
             if inner.pending.get() == 0 {
                 break;
             }
@@ -298,7 +299,7 @@ impl Producer {
 impl Drop for Producer {
     fn drop(&mut self) {
         self.inner.closed.set(true);
-        self.inner.work.notify();
+        self.inner.work.notify_all();
     }
 }
 
@@ -413,7 +414,7 @@ impl Inner {
         let partition = queues.choose(record)?;
         let queue = &mut queues.partitions[partition as usize];
         let full = queue.open.as_ref().is_some_and(|open| {
-            !open.builder.is_empty() && open.bytes + size > self.config.batch_size
+            !open.builder.is_empty() && open.contents.bytes + size > self.config.batch_size
         });
         if full {
             let open = queue.open.take().expect("checked above");
@@ -422,7 +423,7 @@ impl Inner {
                 // The sticky partition's batch filled: the next one goes elsewhere.
                 queues.sticky = None;
             }
-            self.work.notify();
+            self.work.notify_all();
         }
         let queue = &mut queues.partitions[partition as usize];
         let open = match &mut queue.open {
@@ -439,15 +440,17 @@ impl Inner {
                     base_sequence,
                 );
                 self.pending.set(self.pending.get() + 1);
-                self.work.notify();
+                self.work.notify_all();
                 slot.insert(OpenBatch {
                     builder,
-                    base_sequence,
-                    bytes: 0,
-                    payload: 0,
-                    created: Instant::now(),
-                    enqueued: Vec::new(),
-                    outcome: Rc::default(),
+                    contents: Contents {
+                        base_sequence,
+                        bytes: 0,
+                        payload: 0,
+                        created: Instant::now(),
+                        enqueued: Vec::new(),
+                        outcome: Rc::default(),
+                    },
                 })
             }
         };
@@ -458,15 +461,16 @@ impl Inner {
             record.value,
             record.headers,
         );
-        open.bytes += size;
-        open.payload += record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len);
-        open.enqueued.push(Instant::now());
+        let contents = &mut open.contents;
+        contents.bytes += size;
+        contents.payload += record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len);
+        contents.enqueued.push(Instant::now());
         if self.config.idempotent {
             queue.next_sequence = queue.next_sequence.wrapping_add(1);
         }
         self.buffered.set(self.buffered.get() + size);
         Ok(Delivery {
-            outcome: open.outcome.clone(),
+            outcome: contents.outcome.clone(),
             index,
         })
     }
@@ -476,14 +480,9 @@ impl Inner {
             topic: topic.clone(),
             partition,
             records: open.builder.build(),
-            base_sequence: open.base_sequence,
-            bytes: open.bytes,
-            payload: open.payload,
-            created: open.created,
-            enqueued: open.enqueued,
-            outcome: open.outcome,
+            not_before: open.contents.created,
+            contents: open.contents,
             attempts: 0,
-            not_before: open.created,
         }
     }
 
@@ -511,7 +510,7 @@ impl Inner {
                 if let Some(open) = &queue.open
                     && queue.ready.is_empty()
                 {
-                    let due = open.created + self.config.linger;
+                    let due = open.contents.created + self.config.linger;
                     if due > now && !flushing {
                         wake_at(due);
                         continue;
@@ -522,7 +521,7 @@ impl Inner {
                 let Some(batch) = queue.ready.front() else {
                     continue;
                 };
-                if now.duration_since(batch.created) >= self.config.delivery_timeout {
+                if now.duration_since(batch.contents.created) >= self.config.delivery_timeout {
                     expired.extend(queue.ready.drain(..));
                     continue;
                 }
@@ -583,7 +582,7 @@ impl Inner {
                 }
             }
         }
-        self.work.notify();
+        self.work.notify_all();
     }
 
     async fn request(
@@ -658,7 +657,7 @@ impl Inner {
         let now = Instant::now();
         if !retriable
             || batch.attempts >= self.config.retries
-            || now.duration_since(batch.created) >= self.config.delivery_timeout
+            || now.duration_since(batch.contents.created) >= self.config.delivery_timeout
         {
             self.finish(batch, Err(error));
             return;
@@ -679,7 +678,7 @@ impl Inner {
             queue
                 .ready
                 .iter()
-                .position(|queued| queued.base_sequence > batch.base_sequence)
+                .position(|queued| queued.contents.base_sequence > batch.contents.base_sequence)
                 .unwrap_or(queue.ready.len())
         } else {
             0
@@ -693,15 +692,16 @@ impl Inner {
                 topic: &batch.topic,
                 partition: batch.partition,
                 result: result.as_ref().copied(),
-                enqueued: &batch.enqueued,
-                payload: batch.payload,
+                enqueued: &batch.contents.enqueued,
+                payload: batch.contents.payload,
             });
         }
-        *batch.outcome.result.borrow_mut() = Some(result);
-        batch.outcome.signal.notify();
-        self.buffered.set(self.buffered.get() - batch.bytes);
+        let contents = batch.contents;
+        *contents.outcome.result.borrow_mut() = Some(result);
+        contents.outcome.settled.notify_all();
+        self.buffered.set(self.buffered.get() - contents.bytes);
         self.pending.set(self.pending.get() - 1);
-        self.done.notify();
+        self.done.notify_all();
     }
 }
 
@@ -710,7 +710,7 @@ impl Inner {
 /// batch is done.
 async fn run_sender(inner: Rc<Inner>) {
     loop {
-        let woken = inner.work.wait();
+        let woken = inner.work.notified();
         let (requests, next) = inner.drain().await;
         for (leader, batches) in requests {
             *inner.in_flight.borrow_mut().entry(leader).or_default() += 1;

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use coremq_engine::Timestamp;
 use coremq_net::client::{
-    ClientConfig, Cluster, Consumer, ConsumerConfig, Error, Producer, ProducerConfig,
-    ProducerRecord, StartOffset,
+    ClientConfig, Cluster, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
+    StartOffset,
 };
 use glommio::{LocalExecutorBuilder, Placement};
 use rand::Rng;
@@ -188,10 +188,13 @@ async fn run_shard(
     let _ = reports.send(Message::Done { shard });
 }
 
-fn client(plan: &Plan, name: String) -> ClientConfig {
+/// A cluster connection of its own for producer or consumer `id`; errors name it.
+async fn connect(plan: &Plan, role: &str, id: usize) -> Result<Rc<Cluster>, String> {
     let mut config = ClientConfig::new(&plan.workload.bootstrap);
-    config.client_id = name;
-    config
+    config.client_id = format!("coremq-perf-{role}-{id}");
+    Cluster::connect(config)
+        .await
+        .map_err(|error| format!("{role} {id}: {error}"))
 }
 
 fn now_us() -> u64 {
@@ -208,10 +211,7 @@ async fn produce(
     shared: Arc<Shared>,
 ) -> Result<(), String> {
     let workload = &plan.workload;
-    let failed = |error: Error| format!("producer {id}: {error}");
-    let cluster = Cluster::connect(client(&plan, format!("coremq-perf-producer-{id}")))
-        .await
-        .map_err(failed)?;
+    let cluster = connect(&plan, "producer", id).await?;
     let config = ProducerConfig {
         acks: workload.acks,
         compression: workload.compression,
@@ -243,7 +243,7 @@ async fn produce(
     });
     let producer = Producer::with_reports(cluster, config, Some(on_batch))
         .await
-        .map_err(failed)?;
+        .map_err(|error| format!("producer {id}: {error}"))?;
     while shared.consumers_ready.load(Ordering::SeqCst) < consumers_of(&plan) {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
@@ -315,10 +315,7 @@ async fn consume(
     shared: Arc<Shared>,
 ) -> Result<(), String> {
     let workload = &plan.workload;
-    let failed = |error: Error| format!("consumer {id}: {error}");
-    let cluster = Cluster::connect(client(&plan, format!("coremq-perf-consumer-{id}")))
-        .await
-        .map_err(failed)?;
+    let cluster = connect(&plan, "consumer", id).await?;
     let config = ConsumerConfig {
         max_wait: Duration::from_millis(100),
         reset: StartOffset::Earliest,
@@ -332,7 +329,7 @@ async fn consume(
         consumer
             .assign(&workload.topic, &mine, plan.start)
             .await
-            .map_err(failed)?;
+            .map_err(|error| format!("consumer {id}: {error}"))?;
     }
     shared.consumers_ready.fetch_add(1, Ordering::SeqCst);
     if mine.is_empty() {
