@@ -87,18 +87,6 @@ impl Fetched {
         }
         Ok(records)
     }
-
-    /// How many records at or after `from` the batches hold, from their headers alone.
-    pub fn count(&self) -> u64 {
-        self.batches
-            .iter()
-            .filter_map(|batch| batch::BatchHeader::parse(batch).ok())
-            .map(|header| {
-                let first = (header.base_offset.0 as i64).max(self.from);
-                (header.next_offset().0 as i64 - first).max(0) as u64
-            })
-            .sum()
-    }
 }
 
 type Partition = (Rc<str>, i32);
@@ -157,13 +145,6 @@ impl Consumer {
                 .insert((topic.clone(), partition), position);
         }
         Ok(())
-    }
-
-    /// Stops reading `topic`'s `partition`.
-    pub fn unassign(&self, topic: &str, partition: i32) {
-        self.positions
-            .borrow_mut()
-            .retain(|(name, index), _| !(**name == *topic && *index == partition));
     }
 
     /// The assigned partitions and their positions (the next offset to read).

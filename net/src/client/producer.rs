@@ -98,7 +98,7 @@ pub struct BatchReport<'a> {
 type OnBatch = Box<dyn Fn(&BatchReport<'_>)>;
 
 /// A producer on one executor. Dropping it lets the batches it holds finish in the
-/// background; `close` waits for them.
+/// background; `flush` waits for them.
 pub struct Producer {
     inner: Rc<Inner>,
 }
@@ -283,11 +283,6 @@ impl Producer {
             done.await;
         }
         inner.flushing.set(inner.flushing.get() - 1);
-    }
-
-    /// Flushes, then stops the sender task.
-    pub async fn close(self) {
-        self.flush().await;
     }
 
     /// The producer id from InitProducerId (-1 when not idempotent).

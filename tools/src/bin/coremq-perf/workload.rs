@@ -45,6 +45,26 @@ pub struct Plan {
     pub partitions: i32,
 }
 
+impl Plan {
+    /// Producers this run starts.
+    pub fn producers(&self) -> usize {
+        if self.produce {
+            self.workload.producers
+        } else {
+            0
+        }
+    }
+
+    /// Consumers this run starts.
+    pub fn consumers(&self) -> usize {
+        if self.consume {
+            self.workload.consumers
+        } else {
+            0
+        }
+    }
+}
+
 /// Flags and counters shared by the main thread and every shard.
 #[derive(Default)]
 pub struct Shared {
@@ -78,16 +98,7 @@ pub fn start(
     started: Instant,
 ) -> (Vec<JoinHandle<()>>, flume::Receiver<Message>) {
     let (reports, messages) = flume::unbounded();
-    let producers = if plan.produce {
-        plan.workload.producers
-    } else {
-        0
-    };
-    let consumers = if plan.consume {
-        plan.workload.consumers
-    } else {
-        0
-    };
+    let (producers, consumers) = (plan.producers(), plan.consumers());
     shared.producers_left.store(producers, Ordering::SeqCst);
     let mut handles = Vec::new();
     for thread in 0..threads {
@@ -244,7 +255,7 @@ async fn produce(
     let producer = Producer::with_reports(cluster, config, Some(on_batch))
         .await
         .map_err(|error| format!("producer {id}: {error}"))?;
-    while shared.consumers_ready.load(Ordering::SeqCst) < consumers_of(&plan) {
+    while shared.consumers_ready.load(Ordering::SeqCst) < plan.consumers() {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
 
@@ -298,14 +309,6 @@ async fn produce(
     producer.flush().await;
     shared.producers_left.fetch_sub(1, Ordering::SeqCst);
     Ok(())
-}
-
-fn consumers_of(plan: &Plan) -> usize {
-    if plan.consume {
-        plan.workload.consumers
-    } else {
-        0
-    }
 }
 
 async fn consume(
