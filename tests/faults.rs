@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use common::{batch, block_on, small_segments, start, tp};
 use coremq_engine::file::Faults;
 use coremq_engine::{
-    BatchHeader, Compression, Durability, Engine, Error, Handle, Isolation, LogConfig, Offset,
+    Ack, BatchHeader, Compression, Durability, Engine, Error, Handle, Isolation, LogConfig, Offset,
     TopicPartition,
 };
 
@@ -301,4 +301,32 @@ fn failed_fsync_fences_the_log_until_reopened() {
     let info = block_on(handle.append(&log, batch(12, 1, 10, 0, Compression::None))).unwrap();
     assert!(info.base_offset >= Offset(40));
     engine.shutdown().unwrap();
+}
+
+#[test]
+fn written_ack_does_not_wait_for_the_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = tp("written", 0);
+    let faults = Arc::new(Faults::default());
+    let mut config = common::config(dir.path(), 1);
+    config.faults = Some(faults.clone());
+    let engine = Engine::start(config).unwrap();
+    let handle = engine.handle();
+    let always = LogConfig {
+        durability: Durability::Always,
+        ..LogConfig::default()
+    };
+    block_on(handle.create_log(&log, Some(always))).unwrap();
+    fill(&handle, &log, 3);
+    // The fdatasync after this write fails: an append acknowledged on write has its offset
+    // (the batch is in the file), while one waiting for the policy gets the failure.
+    faults.fail_fsync.store(true, Ordering::Relaxed);
+    let batch_written = batch(3, 4, 300, 3, Compression::None);
+    let info = block_on(handle.append_acked(&log, batch_written, Ack::Written)).unwrap();
+    assert_eq!(info.base_offset, Offset(12));
+    let error =
+        block_on(handle.append_acked(&log, batch(4, 1, 10, 0, Compression::None), Ack::Policy))
+            .unwrap_err();
+    assert!(error.to_string().contains("fenced"), "{error}");
+    engine.shutdown().unwrap_err();
 }

@@ -18,7 +18,7 @@ use glommio::{ExecutorJoinHandle, Latency, LocalExecutorBuilder, Placement, Shar
 use crate::compaction::{self, CompactionReport};
 use crate::config::{EngineConfig, LogConfig};
 use crate::error::{Error, Result};
-use crate::log::{AppendInfo, Isolation, Log, LogOffsets, ReadBatches};
+use crate::log::{Ack, AppendInfo, Isolation, Log, LogOffsets, ReadBatches};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::types::{Offset, Timestamp, TopicPartition};
 
@@ -382,10 +382,19 @@ impl Handle {
         topic_partition: &TopicPartition,
         batch: Bytes,
     ) -> Result<AppendInfo> {
-        self.with_log(
-            topic_partition,
-            |log| async move { log.append(batch).await },
-        )
+        self.append_acked(topic_partition, batch, Ack::Policy).await
+    }
+
+    /// Appends one RecordBatch v2, returning when `ack` is met (see [`Log::append_acked`]).
+    pub async fn append_acked(
+        &self,
+        topic_partition: &TopicPartition,
+        batch: Bytes,
+        ack: Ack,
+    ) -> Result<AppendInfo> {
+        self.with_log(topic_partition, move |log| async move {
+            log.append_acked(batch, ack).await
+        })
         .await
     }
 

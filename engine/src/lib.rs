@@ -53,6 +53,6 @@ pub use config::EngineConfig;
 #[cfg(feature = "runtime")]
 pub use engine::{Engine, Handle};
 #[cfg(feature = "runtime")]
-pub use log::{AppendInfo, Isolation, LogOffsets, ReadBatches};
+pub use log::{Ack, AppendInfo, Isolation, LogOffsets, ReadBatches};
 #[cfg(feature = "runtime")]
 pub use metrics::MetricsSnapshot;

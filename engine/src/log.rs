@@ -62,6 +62,21 @@ pub struct AppendInfo {
     pub log_append_time: Option<Timestamp>,
 }
 
+/// When an append returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// When the log's durability policy is met (flushed under `Always`).
+    Policy,
+    /// When the batch is written to the file, whatever the policy.
+    Written,
+}
+
+impl Ack {
+    fn flushes(self, durability: Durability) -> bool {
+        self == Ack::Policy && durability == Durability::Always
+    }
+}
+
 /// Whole stored batches, as Kafka fetch responses carry them.
 #[derive(Debug, Clone, Default)]
 pub struct ReadBatches {
@@ -127,6 +142,8 @@ pub struct Log {
     /// Serializes the synchronous part of appends with rolls.
     append_gate: Semaphore,
     writer_active: Cell<bool>,
+    /// Whether a task is running fdatasyncs for the `Always` policy.
+    syncer_active: Cell<bool>,
     closed: Cell<bool>,
     pub(crate) compacting: Cell<bool>,
     /// End of the sealed segments the last compaction pass fully cleaned (no tombstone left
@@ -264,6 +281,7 @@ impl Log {
             appended: Notify::default(),
             append_gate: Semaphore::new(1),
             writer_active: Cell::new(false),
+            syncer_active: Cell::new(false),
             closed: Cell::new(false),
             compacting: Cell::new(false),
             compacted_through: Cell::new(None),
@@ -363,14 +381,21 @@ impl Log {
     /// Appends one RecordBatch v2 from a producer. The engine assigns its offsets (and its
     /// timestamp under LogAppendTime) and returns once the durability policy is met.
     pub async fn append(self: &Rc<Self>, batch: Bytes) -> Result<AppendInfo> {
-        let result = self.append_inner(batch).await;
+        self.append_acked(batch, Ack::Policy).await
+    }
+
+    /// [`Log::append`], returning when `ack` is met. `Ack::Written` answers once the batch
+    /// is in the file (the page cache) even under `Always`; the fdatasync still follows, in
+    /// the background. This is Kafka's acks=1 on a leader.
+    pub async fn append_acked(self: &Rc<Self>, batch: Bytes, ack: Ack) -> Result<AppendInfo> {
+        let result = self.append_inner(batch, ack).await;
         if result.is_err() {
             add(&self.metrics.append_errors, 1);
         }
         result
     }
 
-    async fn append_inner(self: &Rc<Self>, batch: Bytes) -> Result<AppendInfo> {
+    async fn append_inner(self: &Rc<Self>, batch: Bytes, ack: Ack) -> Result<AppendInfo> {
         let (batch_bytes_max, pending_bytes_max) = {
             let inner = self.inner.borrow();
             (inner.config.batch_bytes_max, inner.config.pending_bytes_max)
@@ -409,7 +434,7 @@ impl Log {
             // A retry of a stored batch: the first answer again, once that batch is stored.
             drop(gate);
             add(&self.metrics.duplicate_batches, 1);
-            self.wait_stored(stored.last_offset, rollbacks, durability)
+            self.wait_stored(stored.last_offset, rollbacks, ack.flushes(durability))
                 .await?;
             return Ok(AppendInfo {
                 base_offset: stored.base_offset,
@@ -454,24 +479,20 @@ impl Log {
         add(&self.metrics.batches_appended, 1);
         self.appended.notify_all();
         self.start_writer();
-        self.wait_stored(info.last_offset, rollbacks, durability)
+        self.wait_stored(info.last_offset, rollbacks, ack.flushes(durability))
             .await?;
         Ok(info)
     }
 
-    /// Waits until `last_offset` is written (or flushed, under `Always`).
-    async fn wait_stored(
-        &self,
-        last_offset: Offset,
-        rollbacks: u64,
-        policy: Durability,
-    ) -> Result<()> {
+    /// Waits until `last_offset` is written, and flushed when `flushed` is set.
+    async fn wait_stored(&self, last_offset: Offset, rollbacks: u64, flushed: bool) -> Result<()> {
         loop {
             {
                 let inner = self.inner.borrow();
-                let stored = match policy {
-                    Durability::Always => inner.flushed,
-                    Durability::IntervalMs(_) | Durability::Never => inner.written,
+                let stored = if flushed {
+                    inner.flushed
+                } else {
+                    inner.written
                 };
                 if stored > last_offset {
                     return Ok(());
@@ -522,10 +543,35 @@ impl Log {
         .detach();
     }
 
+    /// Syncs the active segment until everything written is flushed. Each fdatasync covers
+    /// what was written before it started; writes go on meanwhile, and what they complete
+    /// shares the next one (group commit).
+    fn start_syncer(self: &Rc<Self>) {
+        if self.syncer_active.replace(true) {
+            return;
+        }
+        let log = self.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let (file, written) = {
+                    let inner = log.inner.borrow();
+                    if inner.written <= inner.flushed || inner.fenced.is_some() {
+                        break;
+                    }
+                    (inner.active.file.clone(), inner.written)
+                };
+                log.sync_file(&file, written).await;
+                log.progress.notify_all();
+            }
+            log.syncer_active.set(false);
+            log.progress.notify_all();
+        })
+        .detach();
+    }
+
     /// Hands pending batches to the file in rounds, up to `WRITES_IN_FLIGHT` at once, and
-    /// acknowledges them in order. Under `Always`, one fdatasync follows each completed round
-    /// and covers everything written before it: appends that arrive meanwhile share the next
-    /// one (group commit).
+    /// acknowledges them in order. Under `Always`, completed rounds start the syncer, which
+    /// does not hold up the next round.
     async fn write_rounds(self: &Rc<Self>) {
         let mut in_flight: VecDeque<Round> = VecDeque::new();
         loop {
@@ -572,16 +618,8 @@ impl Log {
                         last = next.end;
                     }
                     _ => {
-                        let (durability, file, written) = {
-                            let inner = self.inner.borrow();
-                            (
-                                inner.config.durability,
-                                inner.active.file.clone(),
-                                inner.written,
-                            )
-                        };
-                        if durability == Durability::Always {
-                            self.sync_file(&file, written).await;
+                        if self.inner.borrow().config.durability == Durability::Always {
+                            self.start_syncer();
                         }
                         break;
                     }
@@ -1142,7 +1180,7 @@ impl Log {
 
     /// Finishes in-flight writes, flushes, and refuses further appends.
     pub async fn close(&self) -> Result<()> {
-        while self.writer_active.get() {
+        while self.writer_active.get() || self.syncer_active.get() {
             self.progress.notified().await;
         }
         // Cut the block padding of the last O_DIRECT write so the file ends at its last batch.

@@ -1,12 +1,13 @@
 //! Produce: each partition's record batches checked (framing here, CRC-32C, magic, counts
 //! and sizes in the engine) and appended in order; partitions in parallel, each on the
-//! shard that owns it. The answer waits for the log's durability policy (acks 1 and all
-//! alike on a single node); acks=0 gets none.
+//! shard that owns it. acks=all waits for the log's durability policy (the fdatasync under
+//! `always`); acks=1 and acks=0 only for the write to the file, as on a Kafka or Redpanda
+//! leader; acks=0 gets no answer.
 
 use std::rc::Rc;
 
 use bytes::Bytes;
-use coremq_engine::{Compression, TopicPartition, batch, record};
+use coremq_engine::{Ack, Compression, TopicPartition, batch, record};
 
 use super::groups::OFFSETS_TOPIC;
 use super::{Context, configs, errors};
@@ -35,6 +36,7 @@ pub async fn handle(context: &Rc<Context>, request: ProduceRequest) -> Option<Pr
     } else {
         None
     };
+    let ack = if acks == -1 { Ack::Policy } else { Ack::Written };
     let table = context.topics();
     let mut pending = Vec::new();
     for topic_data in request.topic_data {
@@ -64,7 +66,7 @@ pub async fn handle(context: &Rc<Context>, request: ProduceRequest) -> Option<Pr
             let context = context.clone();
             let recompress = topic.as_deref().and_then(configs::recompression);
             partitions.push(Pending::Appending(glommio::spawn_local(async move {
-                append(&context, &log, index, records, recompress).await
+                append(&context, &log, index, records, recompress, ack).await
             })));
         }
         pending.push((topic_data.name, partitions));
@@ -107,6 +109,7 @@ async fn append(
     index: i32,
     records: Bytes,
     recompress: Option<Compression>,
+    ack: Ack,
 ) -> PartitionProduceResponse {
     let mut batches = Vec::new();
     let mut covered = 0;
@@ -144,7 +147,7 @@ async fn append(
             }
             let mut first = None;
             for batch in batches {
-                let info = log.append(batch).await?;
+                let info = log.append_acked(batch, ack).await?;
                 first.get_or_insert(info);
             }
             let log_start = log.offsets().log_start;
