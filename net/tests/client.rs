@@ -1,10 +1,11 @@
 //! The client against an in-process broker: bootstrap and metadata, topic creation,
 //! negotiated versions, pipelined requests answered in order, timeouts, a broker going
 //! away; the producer (partitioning, acks, compression, idempotent retries across a broker
-//! restart) and the consumer reading back exactly what was produced.
+//! restart), the consumer reading back exactly what was produced, and a consumer group
+//! sharing partitions, rebalancing and resuming from its commits.
 
-use std::cell::Cell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
 use std::rc::Rc;
 use std::time::Duration;
@@ -12,8 +13,8 @@ use std::time::Duration;
 use coremq_engine::{BatchBuilder, BatchHeader, Compression, Timestamp};
 use coremq_net::broker::{Broker, BrokerConfig};
 use coremq_net::client::{
-    ClientConfig, Cluster, Consumer, ConsumerConfig, Error, Producer, ProducerConfig,
-    ProducerRecord, StartOffset, partition_for_key,
+    ClientConfig, Cluster, Consumer, ConsumerConfig, Error, GroupConfig, GroupConsumer, Producer,
+    ProducerConfig, ProducerRecord, StartOffset, partition_for_key,
 };
 use coremq_net::protocol::api::{RequestBody, ResponseBody};
 use coremq_net::protocol::codec::Records;
@@ -37,6 +38,7 @@ fn broker_on(dir: &std::path::Path, listener: &str) -> Broker {
         pin_shards: false,
         auto_create_topics: false,
         offsets_topic_partitions: 1,
+        group_initial_rebalance_delay_ms: 0,
         ..BrokerConfig::default()
     })
     .unwrap()
@@ -403,5 +405,156 @@ fn idempotent_retries_across_a_broker_restart_store_each_record_once() {
     std::thread::sleep(Duration::from_millis(500));
     let broker = broker_on(dir.path(), &listener);
     client.join().unwrap();
+    broker.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+/// Produces `values` to `topic` and waits for every acknowledgement.
+async fn produce_values(cluster: &Rc<Cluster>, topic: &str, values: std::ops::Range<u32>) {
+    let producer = Producer::new(cluster.clone(), ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for n in values {
+        let value = n.to_string();
+        let record = ProducerRecord {
+            topic,
+            value: Some(value.as_bytes()),
+            ..ProducerRecord::default()
+        };
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+}
+
+/// What the members of a test group saw: every value consumed (repeats included) and
+/// each member's current assignment.
+#[derive(Default)]
+struct GroupLog {
+    consumed: Vec<String>,
+    assignments: BTreeMap<String, Vec<i32>>,
+}
+
+/// Runs a group member until `leave` is set: joins, records what it consumes and holds,
+/// then leaves the group.
+fn spawn_member(
+    bootstrap: String,
+    name: &'static str,
+    log: Rc<RefCell<GroupLog>>,
+    leave: Rc<Cell<bool>>,
+) -> glommio::Task<()> {
+    glommio::spawn_local(async move {
+        let cluster = Cluster::connect(ClientConfig::new(&bootstrap))
+            .await
+            .unwrap();
+        let consumer_config = ConsumerConfig {
+            max_wait: Duration::from_millis(100),
+            reset: StartOffset::Earliest,
+            ..ConsumerConfig::default()
+        };
+        let group_config = GroupConfig {
+            heartbeat_interval: Duration::from_millis(100),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+            auto_commit: Some(Duration::from_millis(200)),
+            ..GroupConfig::new("audit")
+        };
+        let member = GroupConsumer::join(cluster, consumer_config, group_config, &["orders"])
+            .await
+            .unwrap();
+        while !leave.get() {
+            let fetched = member.poll().await.unwrap();
+            let mut log = log.borrow_mut();
+            let held = member.assignment().iter().map(|(_, p)| *p).collect();
+            log.assignments.insert(name.to_string(), held);
+            for part in fetched {
+                for record in part.records(1 << 20).unwrap() {
+                    let value = record.value.unwrap();
+                    log.consumed
+                        .push(String::from_utf8(value.to_vec()).unwrap());
+                }
+            }
+        }
+        log.borrow_mut().assignments.remove(name);
+        member.leave().await.unwrap();
+    })
+}
+
+/// Waits (polling every 20 ms, at most 30 s) until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..1500 {
+        if done() {
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[test]
+fn a_group_shares_partitions_rebalances_and_resumes_from_its_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path());
+    let bootstrap = broker.kafka_address.to_string();
+    run(async move || {
+        let cluster = Cluster::connect(ClientConfig::new(&bootstrap))
+            .await
+            .unwrap();
+        cluster.create_topic("orders", 6, 1, &[]).await.unwrap();
+        produce_values(&cluster, "orders", 0..3000).await;
+
+        let log = Rc::new(RefCell::new(GroupLog::default()));
+        let leave: Vec<Rc<Cell<bool>>> = (0..3).map(|_| Rc::default()).collect();
+        let members: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .zip(&leave)
+            .map(|(name, leave)| spawn_member(bootstrap.clone(), name, log.clone(), leave.clone()))
+            .collect();
+        let split_over = |count: usize| {
+            let log = log.borrow();
+            let mut held: Vec<i32> = log.assignments.values().flatten().copied().collect();
+            held.sort();
+            log.assignments.len() == count
+                && log
+                    .assignments
+                    .values()
+                    .all(|partitions| partitions.len() == 6 / count)
+                && held == (0..6).collect::<Vec<_>>()
+        };
+        until(
+            "three members hold two partitions each and read everything",
+            || split_over(3) && log.borrow().consumed.len() >= 3000,
+        )
+        .await;
+
+        // One member leaves (committing first); the other two take its partitions and
+        // go on from the committed offsets.
+        leave[0].set(true);
+        until("the two left hold three partitions each", || split_over(2)).await;
+        produce_values(&cluster, "orders", 3000..3600).await;
+        until("the new records are read", || {
+            log.borrow().consumed.len() >= 3600
+        })
+        .await;
+        glommio::timer::sleep(Duration::from_millis(500)).await;
+        for flag in &leave {
+            flag.set(true);
+        }
+        for member in members {
+            member.await;
+        }
+        let mut times = vec![0; 3600];
+        for value in &log.borrow().consumed {
+            times[value.parse::<usize>().unwrap()] += 1;
+        }
+        let missing = times.iter().filter(|&&n| n == 0).count();
+        let again = times.iter().filter(|&&n| n > 1).count();
+        assert_eq!(
+            (missing, again),
+            (0, 0),
+            "records missed, records read again"
+        );
+    });
     broker.shutdown(Duration::from_secs(5)).unwrap();
 }

@@ -36,7 +36,11 @@ pub async fn handle(context: &Rc<Context>, request: ProduceRequest) -> Option<Pr
     } else {
         None
     };
-    let ack = if acks == -1 { Ack::Policy } else { Ack::Written };
+    let ack = if acks == -1 {
+        Ack::Policy
+    } else {
+        Ack::Written
+    };
     let table = context.topics();
     let mut pending = Vec::new();
     for topic_data in request.topic_data {

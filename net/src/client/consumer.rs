@@ -147,6 +147,11 @@ impl Consumer {
         Ok(())
     }
 
+    /// Drops every assigned partition (a group member's assignment is being replaced).
+    pub fn unassign(&self) {
+        self.positions.borrow_mut().clear();
+    }
+
     /// The assigned partitions and their positions (the next offset to read).
     pub fn positions(&self) -> Vec<(Rc<str>, i32, i64)> {
         let mut positions: Vec<_> = self

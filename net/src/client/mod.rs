@@ -8,10 +8,13 @@
 //!   topic creation.
 //! - [`Producer`]: batches per partition, linger, compression, acks, retries, idempotence.
 //! - [`Consumer`]: assigned partitions fetched from their leaders.
+//! - [`GroupConsumer`]: a consumer whose partitions a consumer group assigns, with
+//!   committed offsets.
 
 mod cluster;
 mod connection;
 mod consumer;
+mod group;
 mod producer;
 
 use std::time::Duration;
@@ -19,6 +22,7 @@ use std::time::Duration;
 pub use cluster::{Cluster, PartitionMetadata, TopicMetadata};
 pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerConfig, Fetched, StartOffset};
+pub use group::{GroupConfig, GroupConsumer, decode_data, encode_data, range_assign};
 pub use producer::{
     BatchReport, Delivery, Producer, ProducerConfig, ProducerRecord, murmur2, partition_for_key,
 };
