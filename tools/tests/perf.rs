@@ -16,6 +16,7 @@ fn broker(dir: &Path) -> Broker {
         shards: 2,
         pin_shards: false,
         offsets_topic_partitions: 1,
+        group_initial_rebalance_delay_ms: 300,
         ..BrokerConfig::default()
     })
     .unwrap()
@@ -112,6 +113,30 @@ fn produce_consume_e2e_and_capacity_report_what_they_did() {
     assert_eq!(consumed["consumed"]["records"], 5000);
     assert_eq!(consumed["consumed"]["bytes"].as_u64().unwrap(), bytes);
     assert!(consumed["produced"].is_null());
+
+    // A consumer group reads everything and commits; a second run of the group reads only
+    // what was produced since.
+    let mut args = vec!["consume"];
+    args.extend(common);
+    args.extend([
+        "--records",
+        "5000",
+        "--consumers",
+        "2",
+        "--group",
+        "readers",
+    ]);
+    assert_eq!(summary(&args)["consumed"]["records"], 5000);
+    let mut args = vec!["produce"];
+    args.extend(common);
+    args.extend(["--records", "300", "--record-size", "50"]);
+    assert_eq!(summary(&args)["produced"]["records"], 300);
+    let mut args = vec!["consume"];
+    args.extend(common);
+    args.extend(["--duration", "3s", "--consumers", "2", "--group", "readers"]);
+    let again = summary(&args);
+    assert_eq!(again["consumed"]["records"], 300, "{again}");
+    assert_eq!(again["consumed"]["bytes"], 300 * 50);
 
     let mut args = vec!["e2e"];
     args.extend(common);

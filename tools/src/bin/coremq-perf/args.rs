@@ -92,6 +92,11 @@ pub struct Workload {
     /// Where consumers start: earliest or latest (`e2e` always starts at the end).
     #[arg(long, default_value = "earliest", value_parser = ["earliest", "latest"])]
     pub from: String,
+    /// Consumers join this consumer group (range assignor, committing every 5 s and when
+    /// they leave) instead of splitting the partitions among themselves; they start at the
+    /// group's committed offsets, or at --from where it has none.
+    #[arg(long)]
+    pub group: Option<String>,
     /// Client threads, one glommio executor each (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,

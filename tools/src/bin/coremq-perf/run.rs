@@ -335,6 +335,7 @@ fn summarise(mode: Mode, plan: &Plan, threads: usize, measured: &Measured) -> Va
             "partitions": plan.partitions,
             "producers": plan.producers(),
             "consumers": plan.consumers(),
+            "group": workload.group,
             "record_size": format!("{}..{}", workload.record_size.min, workload.record_size.max),
             "keys": workload.keys,
             "offered_records_per_s": plan.rate,

@@ -5,8 +5,8 @@
 //! - A producer sends at its share of the offered rate (or as fast as the producer takes
 //!   records), with the send time in microseconds since the epoch in the first 8 bytes of
 //!   each value; the acknowledgement latency runs from `send` to the batch's answer.
-//! - A consumer reads its share of the partitions and, in `e2e`, takes the end-to-end
-//!   latency from that send time.
+//! - A consumer reads its share of the partitions (or what its consumer group assigns it)
+//!   and, in `e2e`, takes the end-to-end latency from that send time.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use coremq_engine::Timestamp;
 use coremq_net::client::{
-    ClientConfig, Cluster, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
-    StartOffset,
+    ClientConfig, Cluster, Consumer, ConsumerConfig, Error, Fetched, GroupConfig, GroupConsumer,
+    Producer, ProducerConfig, ProducerRecord, StartOffset,
 };
 use glommio::{LocalExecutorBuilder, Placement};
 use rand::Rng;
@@ -317,30 +317,17 @@ async fn consume(
     stats: Rc<RefCell<Stats>>,
     shared: Arc<Shared>,
 ) -> Result<(), String> {
-    let workload = &plan.workload;
     let cluster = connect(&plan, "consumer", id).await?;
-    let config = ConsumerConfig {
-        max_wait: Duration::from_millis(100),
-        reset: StartOffset::Earliest,
-        ..ConsumerConfig::default()
-    };
-    let consumer = Consumer::new(cluster, config);
-    let mine: Vec<i32> = (id as i32..plan.partitions)
-        .step_by(workload.consumers)
-        .collect();
-    if !mine.is_empty() {
-        consumer
-            .assign(&workload.topic, &mine, plan.start)
-            .await
-            .map_err(|error| format!("consumer {id}: {error}"))?;
-    }
+    let source = Source::open(&plan, id, cluster)
+        .await
+        .map_err(|error| format!("consumer {id}: {error}"))?;
     shared.consumers_ready.fetch_add(1, Ordering::SeqCst);
-    if mine.is_empty() {
+    let Some(source) = source else {
         return Ok(());
-    }
-    let decompressed_max = consumer.config().decompressed_batch_max_bytes;
+    };
+    let decompressed_max = ConsumerConfig::default().decompressed_batch_max_bytes;
     while !shared.stop_consuming.load(Ordering::Relaxed) {
-        let fetched = match consumer.poll().await {
+        let fetched = match source.poll().await {
             Ok(fetched) => fetched,
             Err(error) => {
                 stats.borrow_mut().error(error.kind(), 1);
@@ -374,5 +361,57 @@ async fn consume(
                 .fetch_add(records.len() as u64, Ordering::Relaxed);
         }
     }
+    if let Source::Group(member) = source {
+        member
+            .leave()
+            .await
+            .map_err(|error| format!("consumer {id} leaving the group: {error}"))?;
+    }
     Ok(())
+}
+
+/// Where a consumer's partitions come from.
+enum Source {
+    /// Its share of the partitions, every `consumers`-th from its index.
+    Assigned(Consumer),
+    /// What its consumer group assigns it.
+    Group(Box<GroupConsumer>),
+}
+
+impl Source {
+    /// The consumer for `id`; `None` when it has no partition to read.
+    async fn open(plan: &Plan, id: usize, cluster: Rc<Cluster>) -> Result<Option<Source>, Error> {
+        let workload = &plan.workload;
+        let config = ConsumerConfig {
+            max_wait: Duration::from_millis(100),
+            reset: StartOffset::Earliest,
+            ..ConsumerConfig::default()
+        };
+        if let Some(group) = &workload.group {
+            let config = ConsumerConfig {
+                reset: plan.start,
+                ..config
+            };
+            let member =
+                GroupConsumer::join(cluster, config, GroupConfig::new(group), &[&workload.topic])
+                    .await?;
+            return Ok(Some(Source::Group(Box::new(member))));
+        }
+        let mine: Vec<i32> = (id as i32..plan.partitions)
+            .step_by(workload.consumers)
+            .collect();
+        if mine.is_empty() {
+            return Ok(None);
+        }
+        let consumer = Consumer::new(cluster, config);
+        consumer.assign(&workload.topic, &mine, plan.start).await?;
+        Ok(Some(Source::Assigned(consumer)))
+    }
+
+    async fn poll(&self) -> Result<Vec<Fetched>, Error> {
+        match self {
+            Source::Assigned(consumer) => consumer.poll().await,
+            Source::Group(member) => member.poll().await,
+        }
+    }
 }
