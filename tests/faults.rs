@@ -267,12 +267,11 @@ fn disk_full_fails_the_append_cleanly_and_recovers_when_space_returns() {
     engine.shutdown().unwrap();
 }
 
-#[test]
-fn failed_fsync_fences_the_log_until_reopened() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = tp("fenced", 0);
+/// An engine whose file layer takes injected faults, with one `always` log `name`-0.
+fn always_log_with_faults(dir: &Path, name: &str) -> (Engine, Handle, TopicPartition, Arc<Faults>) {
+    let log = tp(name, 0);
     let faults = Arc::new(Faults::default());
-    let mut config = common::config(dir.path(), 1);
+    let mut config = common::config(dir, 1);
     config.faults = Some(faults.clone());
     let engine = Engine::start(config).unwrap();
     let handle = engine.handle();
@@ -281,6 +280,13 @@ fn failed_fsync_fences_the_log_until_reopened() {
         ..LogConfig::default()
     };
     block_on(handle.create_log(&log, Some(always))).unwrap();
+    (engine, handle, log, faults)
+}
+
+#[test]
+fn failed_fsync_fences_the_log_until_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, handle, log, faults) = always_log_with_faults(dir.path(), "fenced");
     fill(&handle, &log, 10);
     faults.fail_fsync.store(true, Ordering::Relaxed);
     let error = block_on(handle.append(&log, batch(10, 1, 10, 0, Compression::None))).unwrap_err();
@@ -306,17 +312,7 @@ fn failed_fsync_fences_the_log_until_reopened() {
 #[test]
 fn written_ack_does_not_wait_for_the_fsync() {
     let dir = tempfile::tempdir().unwrap();
-    let log = tp("written", 0);
-    let faults = Arc::new(Faults::default());
-    let mut config = common::config(dir.path(), 1);
-    config.faults = Some(faults.clone());
-    let engine = Engine::start(config).unwrap();
-    let handle = engine.handle();
-    let always = LogConfig {
-        durability: Durability::Always,
-        ..LogConfig::default()
-    };
-    block_on(handle.create_log(&log, Some(always))).unwrap();
+    let (engine, handle, log, faults) = always_log_with_faults(dir.path(), "written");
     fill(&handle, &log, 3);
     // The fdatasync after this write fails: an append acknowledged on write has its offset
     // (the batch is in the file), while one waiting for the policy gets the failure.

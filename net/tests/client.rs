@@ -494,13 +494,8 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn a_group_shares_partitions_rebalances_and_resumes_from_its_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
-    let bootstrap = broker.kafka_address.to_string();
-    run(async move || {
-        let cluster = Cluster::connect(ClientConfig::new(&bootstrap))
-            .await
-            .unwrap();
+    with_cluster(async |cluster| {
+        let bootstrap = cluster.config().bootstrap.join(",");
         cluster.create_topic("orders", 6, 1, &[]).await.unwrap();
         produce_values(&cluster, "orders", 0..3000).await;
 
@@ -556,5 +551,4 @@ fn a_group_shares_partitions_rebalances_and_resumes_from_its_commits() {
             "records missed, records read again"
         );
     });
-    broker.shutdown(Duration::from_secs(5)).unwrap();
 }
