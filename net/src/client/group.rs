@@ -114,17 +114,9 @@ impl GroupConsumer {
         Ok(group)
     }
 
-    pub fn consumer(&self) -> &Consumer {
-        &self.consumer
-    }
-
     /// The partitions this member holds now, sorted.
     pub fn assignment(&self) -> Vec<(Rc<str>, i32)> {
         self.assignment.borrow().clone()
-    }
-
-    pub fn member_id(&self) -> String {
-        self.membership.borrow().member_id.clone()
     }
 
     /// Rejoins first when the group is rebalancing, commits when auto-commit is due, then
@@ -636,7 +628,7 @@ fn committed_offsets(response: OffsetFetchResponse) -> Result<HashMap<(String, i
 
 /// Kafka's RangeAssignor: per topic, the members subscribed to it in member id order each
 /// take a contiguous range; the first `partitions % members` take one more.
-pub fn range_assign(
+fn range_assign(
     members: &[(String, Vec<String>)],
     partition_counts: &BTreeMap<String, i32>,
 ) -> BTreeMap<String, Vec<(String, Vec<i32>)>> {
@@ -670,7 +662,7 @@ pub fn range_assign(
 
 /// A consumer-protocol structure as JoinGroup and SyncGroup carry it: its version, then
 /// the fields of that version.
-pub fn encode_data<M: Message>(message: &M, version: i16) -> Bytes {
+fn encode_data<M: Message>(message: &M, version: i16) -> Bytes {
     let mut encoder = Encoder::new();
     encoder.i16(version);
     message.encode(&mut encoder, version);

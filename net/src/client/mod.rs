@@ -22,7 +22,7 @@ use std::time::Duration;
 pub use cluster::{Cluster, PartitionMetadata, TopicMetadata};
 pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerConfig, Fetched, StartOffset};
-pub use group::{GroupConfig, GroupConsumer, decode_data, encode_data, range_assign};
+pub use group::{GroupConfig, GroupConsumer, decode_data};
 pub use producer::{
     BatchReport, Delivery, Producer, ProducerConfig, ProducerRecord, murmur2, partition_for_key,
 };
