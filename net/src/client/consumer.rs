@@ -15,7 +15,7 @@ use coremq_engine::Record;
 use coremq_engine::batch;
 use coremq_engine::record::decode_records;
 
-use super::{Cluster, Error, unexpected};
+use super::{Cluster, Error, by_topic, unexpected};
 use crate::protocol::api::{RequestBody, ResponseBody};
 use crate::protocol::codec::Uuid;
 use crate::protocol::error_code;
@@ -311,8 +311,7 @@ impl Consumer {
         asked: &[(Partition, i64)],
         topic_ids: &HashMap<Uuid, Rc<str>>,
     ) -> FetchRequest {
-        let mut topics: Vec<FetchTopic> = Vec::new();
-        for ((topic, partition), position) in asked {
+        let partitions = asked.iter().map(|((topic, partition), position)| {
             let fetch = FetchPartition {
                 partition: *partition,
                 current_leader_epoch: -1,
@@ -322,18 +321,19 @@ impl Consumer {
                 partition_max_bytes: self.config.partition_max_bytes,
                 ..FetchPartition::default()
             };
-            match topics.iter_mut().find(|known| *known.topic == **topic) {
-                Some(known) => known.partitions.push(fetch),
-                None => topics.push(FetchTopic {
-                    topic: topic.to_string(),
-                    topic_id: topic_ids
-                        .iter()
-                        .find(|(_, name)| **name == *topic)
-                        .map_or(Uuid::ZERO, |(id, _)| *id),
-                    partitions: vec![fetch],
-                }),
-            }
-        }
+            (topic, fetch)
+        });
+        let topics = by_topic(partitions)
+            .into_iter()
+            .map(|(topic, partitions)| FetchTopic {
+                topic: topic.to_string(),
+                topic_id: topic_ids
+                    .iter()
+                    .find(|(_, name)| *name == topic)
+                    .map_or(Uuid::ZERO, |(id, _)| *id),
+                partitions,
+            })
+            .collect();
         FetchRequest {
             replica_id: -1,
             max_wait_ms: self.config.max_wait.as_millis() as i32,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{Cluster, Connection, Consumer, ConsumerConfig, Error, Fetched, StartOffset};
-use super::{unexpected, within};
+use super::{by_topic, unexpected, within};
 use crate::protocol::api::{RequestBody, ResponseBody};
 use crate::protocol::codec::{Decoder, Encoder, Message};
 use crate::protocol::error_code;
@@ -145,8 +145,7 @@ impl GroupConsumer {
         if positions.is_empty() {
             return Ok(());
         }
-        let mut topics: Vec<OffsetCommitRequestTopic> = Vec::new();
-        for (topic, partition, position) in positions {
+        let entries = positions.into_iter().map(|(topic, partition, position)| {
             let entry = OffsetCommitRequestPartition {
                 partition_index: partition,
                 committed_offset: position,
@@ -154,14 +153,15 @@ impl GroupConsumer {
                 commit_timestamp: -1,
                 committed_metadata: Some(String::new()),
             };
-            match topics.iter_mut().find(|known| *known.name == *topic) {
-                Some(known) => known.partitions.push(entry),
-                None => topics.push(OffsetCommitRequestTopic {
-                    name: topic.to_string(),
-                    partitions: vec![entry],
-                }),
-            }
-        }
+            (topic, entry)
+        });
+        let topics = by_topic(entries)
+            .into_iter()
+            .map(|(name, partitions)| OffsetCommitRequestTopic {
+                name: name.to_string(),
+                partitions,
+            })
+            .collect();
         let (coordinator, request) = {
             let membership = self.membership.borrow();
             let request = OffsetCommitRequest {
@@ -192,7 +192,7 @@ impl GroupConsumer {
         match refused {
             None => Ok(()),
             Some(code) => {
-                self.note_group_error(code);
+                note_group_error(&self.membership, &self.rejoin, code);
                 Err(Error::broker(code, "OffsetCommit"))
             }
         }
@@ -243,12 +243,6 @@ impl GroupConsumer {
             // A refused commit leaves the records to be read again (at least once).
             let _ = self.commit().await;
         }
-    }
-
-    /// Marks the member for a rejoin after a group error; forgets the member id when the
-    /// coordinator no longer knows it.
-    fn note_group_error(&self, code: i16) {
-        note_group_error(&self.membership, &self.rejoin, code);
     }
 
     /// Joins (or rejoins) until a generation's assignment is taken, within the rebalance
@@ -323,7 +317,7 @@ impl GroupConsumer {
             self.membership.borrow_mut().member_id = joined.member_id.clone();
         }
         if joined.error_code != error_code::NONE {
-            self.note_group_error(joined.error_code);
+            note_group_error(&self.membership, &self.rejoin, joined.error_code);
             return Err(Error::broker(joined.error_code, "JoinGroup"));
         }
         self.membership.borrow_mut().generation = joined.generation_id;
@@ -351,7 +345,7 @@ impl GroupConsumer {
             return Err(unexpected(&response));
         };
         if synced.error_code != error_code::NONE {
-            self.note_group_error(synced.error_code);
+            note_group_error(&self.membership, &self.rejoin, synced.error_code);
             return Err(Error::broker(synced.error_code, "SyncGroup"));
         }
         if synced.assignment.is_empty() {
@@ -445,10 +439,11 @@ impl GroupConsumer {
         if partitions.is_empty() {
             return Ok(HashMap::new());
         }
-        let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-        for (topic, partition) in partitions {
-            by_topic.entry(topic).or_default().push(*partition);
-        }
+        let by_topic = by_topic(
+            partitions
+                .iter()
+                .map(|(topic, partition)| (topic.as_str(), *partition)),
+        );
         let request = OffsetFetchRequest {
             group_id: self.config.group_id.clone(),
             topics: Some(
@@ -568,6 +563,8 @@ impl GroupConsumer {
     }
 }
 
+/// Marks the member for a rejoin after a group error; forgets the member id when the
+/// coordinator no longer knows it, and the coordinator when it moved.
 fn note_group_error(membership: &RefCell<Membership>, rejoin: &Cell<bool>, code: i16) {
     match code {
         error_code::NONE => {}
@@ -597,33 +594,39 @@ fn millis(duration: Duration) -> i32 {
 /// The committed offsets of an OffsetFetch answer, from the per-group list (v8+) or the
 /// top-level one.
 fn committed_offsets(response: OffsetFetchResponse) -> Result<HashMap<(String, i32), i64>, Error> {
+    let mut codes = vec![response.error_code];
+    codes.extend(response.groups.iter().map(|group| group.error_code));
     let mut offsets = HashMap::new();
-    let mut code = response.error_code;
-    if let Some(group) = response.groups.into_iter().next() {
-        code = group.error_code;
-        for topic in group.topics {
-            for partition in topic.partitions {
-                code = code.max(partition.error_code);
-                offsets.insert(
-                    (topic.name.clone(), partition.partition_index),
-                    partition.committed_offset,
-                );
-            }
-        }
-    }
-    for topic in response.topics {
-        for partition in topic.partitions {
-            code = code.max(partition.error_code);
-            offsets.insert(
-                (topic.name.clone(), partition.partition_index),
-                partition.committed_offset,
+    let mut take = |topic: &str, partition: i32, offset: i64, code: i16| {
+        codes.push(code);
+        offsets.insert((topic.to_string(), partition), offset);
+    };
+    for topic in &response.topics {
+        for partition in &topic.partitions {
+            let offset = partition.committed_offset;
+            take(
+                &topic.name,
+                partition.partition_index,
+                offset,
+                partition.error_code,
             );
         }
     }
-    if code != error_code::NONE {
-        return Err(Error::broker(code, "OffsetFetch"));
+    for topic in response.groups.iter().flat_map(|group| &group.topics) {
+        for partition in &topic.partitions {
+            let offset = partition.committed_offset;
+            take(
+                &topic.name,
+                partition.partition_index,
+                offset,
+                partition.error_code,
+            );
+        }
     }
-    Ok(offsets)
+    match codes.into_iter().find(|code| *code != error_code::NONE) {
+        Some(code) => Err(Error::broker(code, "OffsetFetch")),
+        None => Ok(offsets),
+    }
 }
 
 /// Kafka's RangeAssignor: per topic, the members subscribed to it in member id order each
@@ -672,18 +675,13 @@ fn encode_data<M: Message>(message: &M, version: i16) -> Bytes {
 /// Reads what [`encode_data`] wrote. A version newer than this client knows is read as
 /// the newest it knows: the protocol only ever appends fields.
 pub fn decode_data<M: Message>(bytes: Bytes) -> Result<M, Error> {
+    let failed = |error: String| Error::Protocol(format!("{}: {error}", M::NAME));
     let mut decoder = Decoder::new(bytes);
-    let read = |decoder: &mut Decoder| -> Result<M, crate::protocol::codec::DecodeError> {
-        let version = decoder.i16()?;
-        if version < M::VERSION_MIN {
-            return Err(crate::protocol::codec::DecodeError::new(format!(
-                "{} version {version}",
-                M::NAME
-            )));
-        }
-        M::decode(decoder, version.min(M::VERSION_MAX))
-    };
-    read(&mut decoder).map_err(|error| Error::Protocol(format!("{}: {error}", M::NAME)))
+    let version = decoder.i16().map_err(|error| failed(error.to_string()))?;
+    if version < M::VERSION_MIN {
+        return Err(failed(format!("version {version}")));
+    }
+    M::decode(&mut decoder, version.min(M::VERSION_MAX)).map_err(|error| failed(error.to_string()))
 }
 
 #[cfg(test)]

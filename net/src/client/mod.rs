@@ -120,6 +120,21 @@ impl ClientConfig {
     }
 }
 
+/// Groups `(topic, item)` pairs by topic, topics in the order first seen: the shape of
+/// every request that lists partitions under their topic.
+pub(crate) fn by_topic<K: PartialEq, T>(
+    items: impl IntoIterator<Item = (K, T)>,
+) -> Vec<(K, Vec<T>)> {
+    let mut topics: Vec<(K, Vec<T>)> = Vec::new();
+    for (topic, item) in items {
+        match topics.iter_mut().find(|(known, _)| *known == topic) {
+            Some((_, list)) => list.push(item),
+            None => topics.push((topic, vec![item])),
+        }
+    }
+    topics
+}
+
 /// Runs `work` for at most `timeout`.
 pub(crate) async fn within<T>(
     timeout: Duration,

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use coremq_engine::notify::Notify;
 use coremq_engine::{BatchBuilder, Compression, Header, Timestamp};
 
-use super::{Cluster, Connection, Error, TopicMetadata, unexpected};
+use super::{Cluster, Connection, Error, TopicMetadata, by_topic, unexpected};
 use crate::protocol::api::{RequestBody, ResponseBody};
 use crate::protocol::codec::Records;
 use crate::protocol::error_code;
@@ -585,20 +585,20 @@ impl Inner {
         connection: &Connection,
         batches: &[Batch],
     ) -> Result<Option<ProduceResponse>, Error> {
-        let mut topic_data: Vec<TopicProduceData> = Vec::new();
-        for batch in batches {
+        let partitions = batches.iter().map(|batch| {
             let data = PartitionProduceData {
                 index: batch.partition,
                 records: Some(Records::from(batch.records.clone())),
             };
-            match topic_data.iter_mut().find(|t| *t.name == *batch.topic) {
-                Some(topic) => topic.partition_data.push(data),
-                None => topic_data.push(TopicProduceData {
-                    name: batch.topic.to_string(),
-                    partition_data: vec![data],
-                }),
-            }
-        }
+            (&batch.topic, data)
+        });
+        let topic_data = by_topic(partitions)
+            .into_iter()
+            .map(|(name, partition_data)| TopicProduceData {
+                name: name.to_string(),
+                partition_data,
+            })
+            .collect();
         let request = RequestBody::Produce(ProduceRequest {
             transactional_id: None,
             acks: self.config.acks,
