@@ -4,6 +4,8 @@
 //! values out. The CRC-32C covers the bytes from `attributes` to the end of the batch, so the
 //! base offset and partition leader epoch can be patched without recomputing it.
 
+use bytes::Bytes;
+
 use crate::compression::Compression;
 use crate::error::{Error, Result};
 use crate::types::{Offset, Position, Timestamp};
@@ -224,6 +226,29 @@ pub fn validate_for_append(batch: &[u8], batch_bytes_max: usize) -> Result<Batch
     }
     header.compression()?;
     Ok(header)
+}
+
+/// A batch that passed [`validate_for_append`], with its header: appending it does not
+/// check it (and compute its CRC-32C) again.
+#[derive(Debug, Clone)]
+pub struct CheckedBatch {
+    pub(crate) header: BatchHeader,
+    pub(crate) bytes: Bytes,
+}
+
+impl CheckedBatch {
+    pub fn new(bytes: Bytes, batch_bytes_max: usize) -> Result<CheckedBatch> {
+        let header = validate_for_append(&bytes, batch_bytes_max)?;
+        Ok(CheckedBatch { header, bytes })
+    }
+
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
 }
 
 /// Writes the base offset (not covered by the CRC).

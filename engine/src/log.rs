@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use glommio::sync::Semaphore;
 
-use crate::batch::{self, BatchHeader, TimestampType};
+use crate::batch::{self, BatchHeader, CheckedBatch, TimestampType};
 use crate::cache::TailCache;
 use crate::checkpoint;
 use crate::config::{Durability, LogConfig};
@@ -385,9 +385,26 @@ impl Log {
     }
 
     /// [`Log::append`], returning when `ack` is met. `Ack::Written` answers once the batch
-    /// is in the file (the page cache) even under `Always`; the fdatasync still follows, in
-    /// the background. This is Kafka's acks=1 on a leader.
+    /// is written to the file even under `Always`; the fdatasync still follows, in the
+    /// background. This is Kafka's acks=1 on a leader.
     pub async fn append_acked(self: &Rc<Self>, batch: Bytes, ack: Ack) -> Result<AppendInfo> {
+        let batch_bytes_max = self.inner.borrow().config.batch_bytes_max;
+        match CheckedBatch::new(batch, batch_bytes_max) {
+            Ok(batch) => self.append_checked(batch, ack).await,
+            Err(error) => {
+                add(&self.metrics.append_errors, 1);
+                Err(error)
+            }
+        }
+    }
+
+    /// [`Log::append_acked`] for a batch already checked, as a broker does with every
+    /// batch of a request before it appends any.
+    pub async fn append_checked(
+        self: &Rc<Self>,
+        batch: CheckedBatch,
+        ack: Ack,
+    ) -> Result<AppendInfo> {
         let result = self.append_inner(batch, ack).await;
         if result.is_err() {
             add(&self.metrics.append_errors, 1);
@@ -395,12 +412,21 @@ impl Log {
         result
     }
 
-    async fn append_inner(self: &Rc<Self>, batch: Bytes, ack: Ack) -> Result<AppendInfo> {
+    async fn append_inner(self: &Rc<Self>, batch: CheckedBatch, ack: Ack) -> Result<AppendInfo> {
         let (batch_bytes_max, pending_bytes_max) = {
             let inner = self.inner.borrow();
             (inner.config.batch_bytes_max, inner.config.pending_bytes_max)
         };
-        let header = batch::validate_for_append(&batch, batch_bytes_max)?;
+        let CheckedBatch {
+            header,
+            bytes: batch,
+        } = batch;
+        if batch.len() > batch_bytes_max {
+            return Err(Error::BatchTooLarge {
+                size: batch.len(),
+                max: batch_bytes_max,
+            });
+        }
         let mut batch = batch
             .try_into_mut()
             .unwrap_or_else(|shared| BytesMut::from(&shared[..]));

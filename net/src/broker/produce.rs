@@ -7,7 +7,8 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use coremq_engine::{Ack, Compression, TopicPartition, batch, record};
+use coremq_engine::batch::{self, CheckedBatch};
+use coremq_engine::{Ack, Compression, TopicPartition, record};
 
 use super::groups::OFFSETS_TOPIC;
 use super::{Context, configs, errors};
@@ -138,20 +139,25 @@ async fn append(
         .on_shard(shard, move |shard| async move {
             let log = shard.log(&target)?;
             let config = log.config();
-            for batch in &mut batches {
-                let header = batch::validate_for_append(batch, config.batch_bytes_max)?;
+            let mut checked = Vec::with_capacity(batches.len());
+            for batch in batches {
+                let mut batch = CheckedBatch::new(batch, config.batch_bytes_max)?;
+                let header = batch.header();
                 if header.is_transactional() || header.is_control() {
                     return Err(coremq_engine::Error::InvalidBatch {
                         reason: "transactional and control batches are not supported".into(),
                     });
                 }
                 if let Some(codec) = recompress {
-                    *batch = record::recompress(batch, codec, config.decompressed_bytes_max)?;
+                    let rebuilt =
+                        record::recompress(batch.bytes(), codec, config.decompressed_bytes_max)?;
+                    batch = CheckedBatch::new(rebuilt, config.batch_bytes_max)?;
                 }
+                checked.push(batch);
             }
             let mut first = None;
-            for batch in batches {
-                let info = log.append_acked(batch, ack).await?;
+            for batch in checked {
+                let info = log.append_checked(batch, ack).await?;
                 first.get_or_insert(info);
             }
             let log_start = log.offsets().log_start;
