@@ -275,24 +275,38 @@ pub fn set_log_append_time(batch: &mut [u8], now: Timestamp) {
 /// so) and fills in the CRC. `records` must hold `header.records_count` records.
 pub fn encode(header: &BatchHeader, records: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + records.len());
-    let batch_length = (BATCH_HEADER_BYTES - LOG_OVERHEAD + records.len()) as i32;
-    out.extend_from_slice(&(header.base_offset.0 as i64).to_be_bytes());
-    out.extend_from_slice(&batch_length.to_be_bytes());
-    out.extend_from_slice(&header.partition_leader_epoch.to_be_bytes());
-    out.push(MAGIC as u8);
-    out.extend_from_slice(&0u32.to_be_bytes());
-    out.extend_from_slice(&header.attributes.to_be_bytes());
-    out.extend_from_slice(&(header.last_offset_delta as i32).to_be_bytes());
-    out.extend_from_slice(&header.base_timestamp.0.to_be_bytes());
-    out.extend_from_slice(&header.max_timestamp.0.to_be_bytes());
-    out.extend_from_slice(&header.producer_id.to_be_bytes());
-    out.extend_from_slice(&header.producer_epoch.to_be_bytes());
-    out.extend_from_slice(&header.base_sequence.to_be_bytes());
-    out.extend_from_slice(&(header.records_count as i32).to_be_bytes());
+    out.resize(BATCH_HEADER_BYTES, 0);
     out.extend_from_slice(records);
-    let crc = compute_crc(&out);
-    out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    write_header(header, &mut out);
     out
+}
+
+/// Fills the first [`BATCH_HEADER_BYTES`] of `batch`, whose records follow them, with
+/// `header` (its length taken from `batch`) and the CRC, so a builder that left room for the
+/// header never copies its records.
+pub fn write_header(header: &BatchHeader, batch: &mut [u8]) {
+    let batch_length = (batch.len() - LOG_OVERHEAD) as i32;
+    let mut at = 0;
+    let mut put = |field: &[u8]| {
+        batch[at..at + field.len()].copy_from_slice(field);
+        at += field.len();
+    };
+    put(&(header.base_offset.0 as i64).to_be_bytes());
+    put(&batch_length.to_be_bytes());
+    put(&header.partition_leader_epoch.to_be_bytes());
+    put(&[MAGIC as u8]);
+    put(&0u32.to_be_bytes());
+    put(&header.attributes.to_be_bytes());
+    put(&(header.last_offset_delta as i32).to_be_bytes());
+    put(&header.base_timestamp.0.to_be_bytes());
+    put(&header.max_timestamp.0.to_be_bytes());
+    put(&header.producer_id.to_be_bytes());
+    put(&header.producer_epoch.to_be_bytes());
+    put(&header.base_sequence.to_be_bytes());
+    put(&(header.records_count as i32).to_be_bytes());
+    debug_assert_eq!(at, BATCH_HEADER_BYTES);
+    let crc = compute_crc(batch);
+    batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Attribute bits for a batch built with `compression` and `timestamp_type`.

@@ -67,18 +67,24 @@ impl Compression {
 
 /// Compresses `input` into a new buffer with `codec`.
 pub fn compress(codec: Compression, input: &[u8]) -> Vec<u8> {
+    let mut output = Vec::new();
+    compress_into(codec, input, &mut output);
+    output
+}
+
+/// Compresses `input` with `codec`, appending to `output`.
+pub fn compress_into(codec: Compression, input: &[u8], output: &mut Vec<u8>) {
     match codec {
-        Compression::None => input.to_vec(),
+        Compression::None => output.extend_from_slice(input),
         Compression::Gzip => {
-            let mut encoder =
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut encoder = flate2::write::GzEncoder::new(output, flate2::Compression::fast());
             encoder
                 .write_all(input)
                 .expect("writing to a Vec cannot fail");
-            encoder.finish().expect("writing to a Vec cannot fail")
+            encoder.finish().expect("writing to a Vec cannot fail");
         }
         Compression::Snappy => {
-            let mut output = Vec::with_capacity(XERIAL_HEADER_BYTES + input.len() / 2);
+            output.reserve(XERIAL_HEADER_BYTES + input.len() / 2);
             output.extend_from_slice(&XERIAL_MAGIC);
             output.extend_from_slice(&1i32.to_be_bytes());
             output.extend_from_slice(&1i32.to_be_bytes());
@@ -90,17 +96,20 @@ pub fn compress(codec: Compression, input: &[u8]) -> Vec<u8> {
                 output.extend_from_slice(&(compressed.len() as i32).to_be_bytes());
                 output.extend_from_slice(&compressed);
             }
-            output
         }
         Compression::Lz4 => {
-            let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            let mut encoder = lz4_flex::frame::FrameEncoder::new(output);
             encoder
                 .write_all(input)
                 .expect("writing to a Vec cannot fail");
-            encoder.finish().expect("writing to a Vec cannot fail")
+            encoder.finish().expect("writing to a Vec cannot fail");
         }
-        Compression::Zstd => zstd::bulk::compress(input, ZSTD_LEVEL_DEFAULT)
-            .expect("zstd compression into a Vec cannot fail"),
+        // The bulk API writes the content size into the frame header, which decoders
+        // (librdkafka) use to size their output.
+        Compression::Zstd => output.extend_from_slice(
+            &zstd::bulk::compress(input, ZSTD_LEVEL_DEFAULT)
+                .expect("zstd compression into a Vec cannot fail"),
+        ),
     }
 }
 

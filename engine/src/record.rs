@@ -1,9 +1,9 @@
 //! Records inside a RecordBatch v2: zigzag varints, decoding a batch's records, and the
 //! builder the embedded API uses to make batches.
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 
-use crate::batch::{self, BatchHeader, TimestampType};
+use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader, TimestampType};
 use crate::compression::{self, Compression};
 use crate::error::{Error, Result};
 use crate::types::{Offset, Timestamp};
@@ -25,13 +25,23 @@ pub struct Record {
     pub headers: Vec<Header>,
 }
 
+fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
 fn put_varint(out: &mut Vec<u8>, value: i64) {
-    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    let mut zigzag = zigzag(value);
     while zigzag >= 0x80 {
         out.push((zigzag as u8) | 0x80);
         zigzag >>= 7;
     }
     out.push(zigzag as u8);
+}
+
+fn varint_len(value: i64) -> usize {
+    (64 - zigzag(value).leading_zeros() as usize)
+        .max(1)
+        .div_ceil(7)
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
@@ -42,6 +52,12 @@ fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
             out.extend_from_slice(bytes);
         }
     }
+}
+
+fn bytes_len(bytes: Option<&[u8]>) -> usize {
+    bytes.map_or(varint_len(-1), |bytes| {
+        varint_len(bytes.len() as i64) + bytes.len()
+    })
 }
 
 /// A cursor over untrusted record bytes; every read is bounds-checked.
@@ -183,11 +199,14 @@ fn decode_record(reader: &mut Reader, header: &BatchHeader) -> Result<Record> {
 }
 
 /// Builds one RecordBatch v2. The engine assigns the real base offset at append time.
+///
+/// Records are encoded straight after room left for the batch header, so an uncompressed
+/// batch is finished in place, without copying its records.
 #[derive(Debug)]
 pub struct BatchBuilder {
     compression: Compression,
-    records: Vec<u8>,
-    scratch: Vec<u8>,
+    /// The header's room, then the records.
+    batch: Vec<u8>,
     count: u32,
     base_timestamp: Option<Timestamp>,
     max_timestamp: Timestamp,
@@ -198,10 +217,16 @@ pub struct BatchBuilder {
 
 impl BatchBuilder {
     pub fn new(compression: Compression) -> BatchBuilder {
+        BatchBuilder::with_capacity(compression, 0)
+    }
+
+    /// A builder with room for `records_bytes` of encoded records before it reallocates.
+    pub fn with_capacity(compression: Compression, records_bytes: usize) -> BatchBuilder {
+        let mut batch = Vec::with_capacity(BATCH_HEADER_BYTES + records_bytes);
+        batch.resize(BATCH_HEADER_BYTES, 0);
         BatchBuilder {
             compression,
-            records: Vec::new(),
-            scratch: Vec::new(),
+            batch,
             count: 0,
             base_timestamp: None,
             max_timestamp: Timestamp(-1),
@@ -229,7 +254,7 @@ impl BatchBuilder {
 
     /// Uncompressed bytes of the records pushed so far.
     pub fn records_bytes(&self) -> usize {
-        self.records.len()
+        self.batch.len() - BATCH_HEADER_BYTES
     }
 
     pub fn push(
@@ -253,20 +278,30 @@ impl BatchBuilder {
     ) -> &mut Self {
         let base_timestamp = *self.base_timestamp.get_or_insert(timestamp);
         self.max_timestamp = self.max_timestamp.max(timestamp);
-        let body = &mut self.scratch;
-        body.clear();
-        body.push(0);
-        put_varint(body, timestamp.0.wrapping_sub(base_timestamp.0));
-        put_varint(body, i64::from(offset_delta));
-        put_bytes(body, key);
-        put_bytes(body, value);
-        put_varint(body, headers.len() as i64);
+        let timestamp_delta = timestamp.0.wrapping_sub(base_timestamp.0);
+        let body_len = 1
+            + varint_len(timestamp_delta)
+            + varint_len(i64::from(offset_delta))
+            + bytes_len(key)
+            + bytes_len(value)
+            + varint_len(headers.len() as i64)
+            + headers
+                .iter()
+                .map(|header| bytes_len(Some(&header.key)) + bytes_len(header.value.as_deref()))
+                .sum::<usize>();
+        let out = &mut self.batch;
+        out.reserve(varint_len(body_len as i64) + body_len);
+        put_varint(out, body_len as i64);
+        out.push(0);
+        put_varint(out, timestamp_delta);
+        put_varint(out, i64::from(offset_delta));
+        put_bytes(out, key);
+        put_bytes(out, value);
+        put_varint(out, headers.len() as i64);
         for header in headers {
-            put_bytes(body, Some(&header.key));
-            put_bytes(body, header.value.as_deref());
+            put_bytes(out, Some(&header.key));
+            put_bytes(out, header.value.as_deref());
         }
-        put_varint(&mut self.records, body.len() as i64);
-        self.records.put_slice(body);
         self.count += 1;
         self
     }
@@ -286,7 +321,6 @@ impl BatchBuilder {
         max_timestamp_floor: Timestamp,
     ) -> Bytes {
         assert!(self.count > 0, "a batch must hold at least one record");
-        let body = compression::compress(self.compression, &self.records);
         let header = BatchHeader {
             base_offset,
             batch_length: 0,
@@ -302,7 +336,20 @@ impl BatchBuilder {
             base_sequence: self.base_sequence,
             records_count: self.count,
         };
-        Bytes::from(batch::encode(&header, &body))
+        let mut batch = match self.compression {
+            Compression::None => self.batch,
+            codec => {
+                let mut compressed = vec![0; BATCH_HEADER_BYTES];
+                compression::compress_into(
+                    codec,
+                    &self.batch[BATCH_HEADER_BYTES..],
+                    &mut compressed,
+                );
+                compressed
+            }
+        };
+        batch::write_header(&header, &mut batch);
+        Bytes::from(batch)
     }
 }
 
@@ -407,15 +454,17 @@ mod tests {
             let mut out = Vec::new();
             put_varint(&mut out, value);
             assert_eq!(out, encoded, "{value}");
+            assert_eq!(varint_len(value), encoded.len(), "{value}");
             let mut reader = Reader {
                 bytes: Bytes::from(out),
                 at: 0,
             };
             assert_eq!(reader.varint().unwrap(), value);
         }
-        for value in [i64::MIN, i64::MAX, 300, -300] {
+        for value in [i64::MIN, i64::MAX, 300, -300, 8191, 8192, -8193, 1 << 40] {
             let mut out = Vec::new();
             put_varint(&mut out, value);
+            assert_eq!(varint_len(value), out.len(), "{value}");
             assert_eq!(
                 Reader {
                     bytes: Bytes::from(out),

@@ -319,6 +319,10 @@ async fn init_producer_id(cluster: &Cluster) -> Result<(i64, i16), Error> {
     }
 }
 
+/// The most a new batch reserves up front (it reserves `batch_size` up to this), so a large
+/// `batch_size` does not cost that much memory for every partition with a record waiting.
+const BUILDER_CAPACITY_MAX: usize = 1 << 20;
+
 /// Bytes a record takes in a batch, near enough for batch and buffer limits.
 fn record_size(record: &ProducerRecord<'_>) -> usize {
     let headers: usize = record
@@ -429,11 +433,9 @@ impl Inner {
                 } else {
                     -1
                 };
-                let builder = BatchBuilder::new(self.config.compression).producer(
-                    self.producer_id,
-                    self.producer_epoch,
-                    base_sequence,
-                );
+                let capacity = self.config.batch_size.min(BUILDER_CAPACITY_MAX);
+                let builder = BatchBuilder::with_capacity(self.config.compression, capacity)
+                    .producer(self.producer_id, self.producer_epoch, base_sequence);
                 self.pending.set(self.pending.get() + 1);
                 self.work.notify_all();
                 slot.insert(OpenBatch {
