@@ -4,7 +4,7 @@
 //! values out. The CRC-32C covers the bytes from `attributes` to the end of the batch, so the
 //! base offset and partition leader epoch can be patched without recomputing it.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::compression::Compression;
 use crate::error::{Error, Result};
@@ -229,15 +229,27 @@ pub fn validate_for_append(batch: &[u8], batch_bytes_max: usize) -> Result<Batch
 }
 
 /// A batch that passed [`validate_for_append`], with its header: appending it does not
-/// check it (and compute its CRC-32C) again.
-#[derive(Debug, Clone)]
+/// check it (and compute its CRC-32C) again. It holds its bytes writable, so the append
+/// stamps the base offset in place.
+#[derive(Debug)]
 pub struct CheckedBatch {
     pub(crate) header: BatchHeader,
-    pub(crate) bytes: Bytes,
+    pub(crate) bytes: BytesMut,
 }
 
 impl CheckedBatch {
+    /// Checks `bytes`; they are copied unless nothing else shares them.
     pub fn new(bytes: Bytes, batch_bytes_max: usize) -> Result<CheckedBatch> {
+        let header = validate_for_append(&bytes, batch_bytes_max)?;
+        let bytes = bytes
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        Ok(CheckedBatch { header, bytes })
+    }
+
+    /// Checks `bytes`, which are never copied (a broker splits a request's batches out of
+    /// the frame they arrived in).
+    pub fn from_mut(bytes: BytesMut, batch_bytes_max: usize) -> Result<CheckedBatch> {
         let header = validate_for_append(&bytes, batch_bytes_max)?;
         Ok(CheckedBatch { header, bytes })
     }
@@ -246,8 +258,9 @@ impl CheckedBatch {
         &self.header
     }
 
-    pub fn bytes(&self) -> &Bytes {
-        &self.bytes
+    /// The batch as read-only bytes, without copying.
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes.freeze()
     }
 }
 

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use glommio::sync::Semaphore;
 
 use crate::batch::{self, BatchHeader, CheckedBatch, TimestampType};
@@ -419,7 +419,7 @@ impl Log {
         };
         let CheckedBatch {
             header,
-            bytes: batch,
+            bytes: mut batch,
         } = batch;
         if batch.len() > batch_bytes_max {
             return Err(Error::BatchTooLarge {
@@ -427,9 +427,6 @@ impl Log {
                 max: batch_bytes_max,
             });
         }
-        let mut batch = batch
-            .try_into_mut()
-            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
         let size = batch.len();
 
         let gate = self

@@ -85,7 +85,9 @@ async fn handle(
         RequestBody::Metadata(body) => {
             ResponseBody::Metadata(metadata::handle(context, body, version).await)
         }
-        RequestBody::Produce(body) => ResponseBody::Produce(produce::handle(context, body).await?),
+        RequestBody::Produce(body) => {
+            ResponseBody::Produce(produce::handle(context, body, request.frame).await?)
+        }
         RequestBody::Fetch(body) => {
             ResponseBody::Fetch(fetch::handle(context, body, version).await)
         }

@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use coremq_engine::batch::{self, CheckedBatch};
 use coremq_engine::{Ack, Compression, TopicPartition, record};
 
@@ -16,13 +16,18 @@ use crate::protocol::error_code;
 use crate::protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use crate::protocol::messages::{ProduceRequest, ProduceResponse};
 
-/// A partition's answer: known at once (refused), or its append running in parallel.
-enum Pending {
-    Done(PartitionProduceResponse),
-    Appending(glommio::Task<PartitionProduceResponse>),
+/// A partition whose records are to be appended, once they are split out of the frame.
+struct Accepted {
+    log: TopicPartition,
+    index: i32,
+    recompress: Option<Compression>,
 }
 
-pub async fn handle(context: &Rc<Context>, request: ProduceRequest) -> Option<ProduceResponse> {
+pub async fn handle(
+    context: &Rc<Context>,
+    request: ProduceRequest,
+    frame: Bytes,
+) -> Option<ProduceResponse> {
     let acks = request.acks;
     let refuse = if !matches!(acks, -1..=1) {
         Some((
@@ -43,7 +48,10 @@ pub async fn handle(context: &Rc<Context>, request: ProduceRequest) -> Option<Pr
         Ack::Written
     };
     let table = context.topics();
-    let mut pending = Vec::new();
+    // Per topic, each partition's answer if it was refused at once.
+    let mut answers = Vec::new();
+    let mut accepted = Vec::new();
+    let mut records = Vec::new();
     for topic_data in request.topic_data {
         let topic = table.get(&topic_data.name).cloned();
         let mut partitions = Vec::new();
@@ -63,26 +71,43 @@ pub async fn handle(context: &Rc<Context>, request: ProduceRequest) -> Option<Pr
                 (None, true, Some(_)) => None,
             };
             if let Some((code, message)) = failure {
-                partitions.push(Pending::Done(failed(index, code, message)));
+                partitions.push(Some(failed(index, code, message)));
                 continue;
             }
-            let log = log.expect("checked above");
-            let records = partition_data.records.expect("checked above").to_bytes();
-            let context = context.clone();
-            let recompress = topic.as_deref().and_then(configs::recompression);
-            partitions.push(Pending::Appending(glommio::spawn_local(async move {
-                append(&context, &log, index, records, recompress, ack).await
-            })));
+            partitions.push(None);
+            accepted.push(Accepted {
+                log: log.expect("checked above"),
+                index,
+                recompress: topic.as_deref().and_then(configs::recompression),
+            });
+            records.push(partition_data.records.expect("checked above").to_bytes());
         }
-        pending.push((topic_data.name, partitions));
+        answers.push((topic_data.name, partitions));
     }
-    let mut responses = Vec::with_capacity(pending.len());
-    for (name, partitions) in pending {
+    // The appends run in parallel, each partition on the shard owning it.
+    let mut appends = accepted
+        .into_iter()
+        .zip(writable(frame, records))
+        .map(|(partition, records)| {
+            let context = context.clone();
+            glommio::spawn_local(async move {
+                let Accepted {
+                    log,
+                    index,
+                    recompress,
+                } = partition;
+                append(&context, &log, index, records, recompress, ack).await
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter();
+    let mut responses = Vec::with_capacity(answers.len());
+    for (name, partitions) in answers {
         let mut partition_responses = Vec::with_capacity(partitions.len());
-        for partition in partitions {
-            partition_responses.push(match partition {
-                Pending::Done(response) => response,
-                Pending::Appending(task) => task.await,
+        for refused in partitions {
+            partition_responses.push(match refused {
+                Some(response) => response,
+                None => appends.next().expect("a task per accepted partition").await,
             });
         }
         responses.push(TopicProduceResponse {
@@ -105,6 +130,50 @@ fn failed(index: i32, code: i16, message: String) -> PartitionProduceResponse {
     }
 }
 
+/// The `records` of a produce request as writable buffers, so the engine stamps each
+/// batch's base offset in place instead of copying the batch out of the request. Each is a
+/// view of `frame`: once the request's other views are gone the frame is split at their
+/// bounds, which copies nothing. Where that cannot be done (another view of the frame is
+/// alive), each is copied.
+fn writable(frame: Bytes, records: Vec<Bytes>) -> Vec<BytesMut> {
+    let base = frame.as_ptr() as usize;
+    let mut bounds = Vec::with_capacity(records.len());
+    let mut floor = 0;
+    for part in &records {
+        let start = if part.is_empty() {
+            floor
+        } else {
+            (part.as_ptr() as usize).wrapping_sub(base)
+        };
+        if start < floor || start > frame.len() || frame.len() - start < part.len() {
+            return records
+                .iter()
+                .map(|part| BytesMut::from(&part[..]))
+                .collect();
+        }
+        bounds.push(start..start + part.len());
+        floor = start + part.len();
+    }
+    drop(records);
+    match frame.try_into_mut() {
+        Ok(mut rest) => {
+            let mut at = 0;
+            bounds
+                .into_iter()
+                .map(|bound| {
+                    rest.advance(bound.start - at);
+                    at = bound.end;
+                    rest.split_to(bound.len())
+                })
+                .collect()
+        }
+        Err(frame) => bounds
+            .into_iter()
+            .map(|bound| BytesMut::from(&frame[bound]))
+            .collect(),
+    }
+}
+
 /// Appends every batch of `records` in order, on the shard owning the log: all batches are
 /// checked first (a bad one fails the partition with nothing stored), recompressed when the
 /// topic sets `compression.type`, then appended. The answer carries the first batch's offset.
@@ -112,17 +181,15 @@ async fn append(
     context: &Context,
     log: &TopicPartition,
     index: i32,
-    records: Bytes,
+    mut records: BytesMut,
     recompress: Option<Compression>,
     ack: Ack,
 ) -> PartitionProduceResponse {
-    let mut batches = Vec::new();
-    let mut covered = 0;
-    for frame in batch::frames(&records) {
-        batches.push(records.slice(frame.position..frame.end()));
-        covered = frame.end();
-    }
-    if batches.is_empty() || covered != records.len() {
+    let sizes: Vec<usize> = batch::frames(&records)
+        .map(|frame| frame.header.total_bytes())
+        .collect();
+    let covered: usize = sizes.iter().sum();
+    if sizes.is_empty() || covered != records.len() {
         return failed(
             index,
             error_code::CORRUPT_MESSAGE,
@@ -132,6 +199,10 @@ async fn append(
             ),
         );
     }
+    let batches: Vec<BytesMut> = sizes
+        .into_iter()
+        .map(|size| records.split_to(size))
+        .collect();
     let shard = context.handle.shard_of(log);
     let target = log.clone();
     let appended = context
@@ -141,16 +212,21 @@ async fn append(
             let config = log.config();
             let mut checked = Vec::with_capacity(batches.len());
             for batch in batches {
-                let mut batch = CheckedBatch::new(batch, config.batch_bytes_max)?;
+                let mut batch = CheckedBatch::from_mut(batch, config.batch_bytes_max)?;
                 let header = batch.header();
                 if header.is_transactional() || header.is_control() {
                     return Err(coremq_engine::Error::InvalidBatch {
                         reason: "transactional and control batches are not supported".into(),
                     });
                 }
-                if let Some(codec) = recompress {
-                    let rebuilt =
-                        record::recompress(batch.bytes(), codec, config.decompressed_bytes_max)?;
+                if let Some(codec) = recompress
+                    && header.compression()? != codec
+                {
+                    let rebuilt = record::recompress(
+                        &batch.into_bytes(),
+                        codec,
+                        config.decompressed_bytes_max,
+                    )?;
                     batch = CheckedBatch::new(rebuilt, config.batch_bytes_max)?;
                 }
                 checked.push(batch);
@@ -174,5 +250,50 @@ async fn append(
             ..PartitionProduceResponse::default()
         },
         Err(error) => failed(index, errors::code(&error), error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame() -> Bytes {
+        Bytes::from((0..100u8).collect::<Vec<u8>>())
+    }
+
+    #[test]
+    fn records_are_split_out_of_their_frame_without_copies() {
+        let frame = frame();
+        let records = vec![frame.slice(10..30), Bytes::new(), frame.slice(40..41)];
+        let starts: Vec<usize> = records.iter().map(|part| part.as_ptr() as usize).collect();
+        let out = writable(frame, records);
+        assert_eq!(&out[0][..], &(10..30u8).collect::<Vec<u8>>()[..]);
+        assert!(out[1].is_empty());
+        assert_eq!(&out[2][..], &[40]);
+        assert_eq!(out[0].as_ptr() as usize, starts[0]);
+        assert_eq!(out[2].as_ptr() as usize, starts[2]);
+    }
+
+    #[test]
+    fn records_are_copied_while_their_frame_is_shared() {
+        let frame = frame();
+        let other_view = frame.clone();
+        let records = vec![frame.slice(0..5), frame.slice(5..7)];
+        let out = writable(frame, records);
+        assert_eq!(&out[0][..], &other_view[0..5]);
+        assert_eq!(&out[1][..], &other_view[5..7]);
+        assert_ne!(out[0].as_ptr(), other_view.as_ptr());
+    }
+
+    #[test]
+    fn records_from_elsewhere_or_out_of_order_are_copied() {
+        let frame = frame();
+        let elsewhere = Bytes::from_static(b"abc");
+        let out = writable(frame.clone(), vec![frame.slice(50..60), elsewhere]);
+        assert_eq!(&out[0][..], &frame[50..60]);
+        assert_eq!(&out[1][..], b"abc");
+        let out = writable(frame.clone(), vec![frame.slice(50..60), frame.slice(0..10)]);
+        assert_eq!(&out[0][..], &frame[50..60]);
+        assert_eq!(&out[1][..], &frame[0..10]);
     }
 }

@@ -16,6 +16,9 @@ use super::messages::{ApiVersionsRequest, RequestHeader, ResponseHeader};
 pub struct Request {
     pub header: RequestHeader,
     pub body: RequestBody,
+    /// The frame it was decoded from; `bytes` and `records` fields of the body are views
+    /// of it. Produce splits its record batches out of it without copying them.
+    pub frame: Bytes,
 }
 
 /// Why a frame yields no request to serve.
@@ -69,7 +72,7 @@ impl std::fmt::Display for FrameError {
 /// Decodes one request frame. The body's `bytes` and `records` fields share `frame`'s
 /// memory.
 pub fn decode_request(frame: Bytes) -> Result<Request, FrameError> {
-    let mut decoder = Decoder::new(frame);
+    let mut decoder = Decoder::new(frame.clone());
     // The v1 part of the header (key, version, correlation id, client id) reads the same
     // for every API; whether tagged fields follow depends on the API and version.
     let mut header = RequestHeader::decode(&mut decoder, 1).map_err(FrameError::Malformed)?;
@@ -92,7 +95,11 @@ pub fn decode_request(frame: Bytes) -> Result<Request, FrameError> {
     match RequestBody::decode(key, version, &mut decoder) {
         Ok(body) => {
             header.request_api_version = version;
-            Ok(Request { header, body })
+            Ok(Request {
+                header,
+                body,
+                frame,
+            })
         }
         Err(error) => Err(FrameError::MalformedBody { header, error }),
     }
