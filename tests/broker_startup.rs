@@ -139,8 +139,29 @@ fn served_connection(broker: &Broker) -> Wire {
     wire
 }
 
+/// Polls the metrics until each shard serves the given number of connections.
+fn wait_for_connections(broker: &Broker, by_shard: [usize; 2]) {
+    let lines: Vec<String> = by_shard
+        .iter()
+        .enumerate()
+        .map(|(shard, count)| format!("coremq_connections{{shard=\"{shard}\"}} {count}"))
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, metrics) = broker.http_get("/metrics");
+        if lines.iter().all(|line| metrics.contains(line)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{lines:?} missing from\n{metrics}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
-fn handoff_from_the_toml_file_deals_connections_to_the_shards_in_turn() {
+fn handoff_from_the_toml_file_deals_connections_to_the_least_loaded_shard() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("coremq.toml");
     std::fs::write(&config, "accept = \"handoff\"\n").unwrap();
@@ -148,11 +169,20 @@ fn handoff_from_the_toml_file_deals_connections_to_the_shards_in_turn() {
         &dir.path().join("data"),
         &["--config", config.to_str().unwrap()],
     );
-    let connections: Vec<Wire> = (0..6).map(|_| served_connection(&broker)).collect();
-    let (_, metrics) = broker.http_get("/metrics");
-    for shard in 0..2 {
-        let line = format!("coremq_connections{{shard=\"{shard}\"}} 3");
-        assert!(metrics.contains(&line), "{line} missing from\n{metrics}");
+    // The start-up probe's connection is gone first.
+    wait_for_connections(&broker, [0, 0]);
+    // Equal shards take turns from shard 0, so the even connections land there.
+    let mut connections = Vec::new();
+    for opened in 1..=6usize {
+        connections.push(Some(served_connection(&broker)));
+        wait_for_connections(&broker, [opened.div_ceil(2), opened / 2]);
     }
-    drop(connections);
+    // Closing the even ones leaves shard 0 empty: the next two connections both go to it
+    // (dealing in turn would have sent one to each).
+    for even in connections.iter_mut().step_by(2) {
+        even.take();
+    }
+    wait_for_connections(&broker, [0, 3]);
+    connections.extend((0..2).map(|_| Some(served_connection(&broker))));
+    wait_for_connections(&broker, [2, 3]);
 }

@@ -75,7 +75,7 @@ pub enum AcceptMode {
     /// Every shard listens on the port with SO_REUSEPORT and serves what it accepts; the
     /// kernel picks the shard by a hash of the connection's addresses.
     ReusePort,
-    /// Shard 0 accepts every connection and hands them to the shards in turn.
+    /// Shard 0 accepts every connection and hands it to the shard serving the fewest.
     Handoff,
 }
 

@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,11 +23,9 @@ use super::{AcceptMode, Context};
 type Response = Option<Vec<Bytes>>;
 
 /// Accepts connections until the broker stops: each is served here, or, in
-/// [`AcceptMode::Handoff`], on the shards in turn.
+/// [`AcceptMode::Handoff`], on the shard with the fewest open connections.
 pub(crate) async fn accept_loop(context: Rc<Context>, listener: TcpListener) {
     let stop = context.stop_signal();
-    let shards = context.handle.shard_count();
-    let mut accepted_count = 0usize;
     loop {
         let accepted =
             futures_lite::future::or(async { Some(listener.shared_accept().await) }, async {
@@ -36,13 +35,19 @@ pub(crate) async fn accept_loop(context: Rc<Context>, listener: TcpListener) {
             .await;
         match accepted {
             None => return,
-            Some(Ok(stream)) => match context.config.accept {
-                AcceptMode::ReusePort => spawn_connection(context.clone(), stream),
-                AcceptMode::Handoff => {
-                    hand_off(&context, accepted_count % shards, stream);
-                    accepted_count = accepted_count.wrapping_add(1);
+            Some(Ok(stream)) => {
+                let shard = match context.config.accept {
+                    AcceptMode::ReusePort => context.shard,
+                    AcceptMode::Handoff => least_loaded(&context.connections),
+                };
+                // Counted from here, so the next accept sees it even before it arrives.
+                context.connections[shard].fetch_add(1, Ordering::Relaxed);
+                if shard == context.shard {
+                    spawn_connection(context.clone(), stream);
+                } else {
+                    hand_off(&context, shard, stream);
                 }
-            },
+            }
             Some(Err(error)) => {
                 log::warn!("accept failed: {error}");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
@@ -51,27 +56,37 @@ pub(crate) async fn accept_loop(context: Rc<Context>, listener: TcpListener) {
     }
 }
 
-/// Serves an accepted connection on this shard, in a task of its own.
+/// The shard with the fewest open connections (the first of equals).
+fn least_loaded(connections: &[AtomicUsize]) -> usize {
+    (0..connections.len())
+        .min_by_key(|&shard| connections[shard].load(Ordering::Relaxed))
+        .expect("at least one shard")
+}
+
+/// Serves an accepted connection, already counted on this shard, in a task of its own.
 fn spawn_connection(context: Rc<Context>, stream: AcceptedTcpStream) {
     glommio::spawn_local(async move {
-        context.connections.set(context.connections.get() + 1);
         serve(&context, stream.bind_to_executor()).await;
-        context.connections.set(context.connections.get() - 1);
+        context.connections[context.shard].fetch_sub(1, Ordering::Relaxed);
     })
     .detach();
 }
 
-/// Sends an accepted connection to `shard` to be served there (directly when that is this
-/// shard). If that shard is stopping, the connection is dropped, which closes it.
+/// Sends an accepted connection, counted on `shard`, to that shard to be served there. If
+/// that shard is stopping, the connection is dropped, which closes it.
 fn hand_off(context: &Context, shard: usize, stream: AcceptedTcpStream) {
     let handle = context.handle.clone();
+    let connections = context.connections.clone();
     glommio::spawn_local(async move {
-        let _ = handle
+        let served = handle
             .on_shard(shard, move |_| async move {
                 spawn_connection(Context::current(), stream);
                 Ok(())
             })
             .await;
+        if served.is_err() {
+            connections[shard].fetch_sub(1, Ordering::Relaxed);
+        }
     })
     .detach();
 }

@@ -120,7 +120,7 @@ async fn metrics(handle: &Handle) -> Result<String, coremq_engine::Error> {
                         .collect();
                     let groups = context.groups.borrow().group_count() as u64;
                     Ok(ShardCounters {
-                        connections: context.connections.get() as u64,
+                        connections: context.open_connections() as u64,
                         requests,
                         groups,
                     })

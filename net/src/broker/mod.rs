@@ -1,7 +1,7 @@
 //! The Kafka broker: one listener per shard (SO_REUSEPORT, so the kernel spreads
-//! connections), or one on shard 0 that hands connections to the shards in turn; each
-//! connection is served on one shard, and requests for partitions another shard owns go
-//! there through the engine's handle.
+//! connections), or one on shard 0 that hands each connection to the shard serving the
+//! fewest; each connection is served on one shard, and requests for partitions another
+//! shard owns go there through the engine's handle.
 
 mod admin;
 pub mod config;
@@ -17,9 +17,10 @@ mod produce;
 mod producer_ids;
 pub mod topics;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use coremq_engine::{Engine, EngineConfig, Handle, TopicPartition};
@@ -55,7 +56,11 @@ pub(crate) struct Context {
     /// Dropped on shutdown: listeners and connections stop on the disconnect.
     stop: RefCell<Option<flume::Sender<()>>>,
     stopped: flume::Receiver<()>,
-    pub connections: Cell<usize>,
+    /// This shard's index.
+    pub shard: usize,
+    /// Open Kafka connections of every shard, by shard: each shard counts its own; the
+    /// handoff acceptor reads them all to pick the least loaded.
+    pub connections: Arc<[AtomicUsize]>,
     /// The consumer groups this shard coordinates.
     pub groups: RefCell<groups::Coordinator>,
     /// Shard 0 hands out producer ids.
@@ -76,6 +81,11 @@ impl Context {
                 .clone()
                 .expect("broker context installed on every shard")
         })
+    }
+
+    /// Open Kafka connections served on this shard.
+    pub fn open_connections(&self) -> usize {
+        self.connections[self.shard].load(Ordering::Relaxed)
     }
 
     pub fn topics(&self) -> Arc<TopicTable> {
@@ -294,10 +304,12 @@ impl Broker {
         // Shard 0 binds first; the others bind the address it got (a port of 0 means one
         // port for all of them).
         let mut address = config.kafka_listener;
+        let connections: Arc<[AtomicUsize]> = (0..shards).map(|_| AtomicUsize::new(0)).collect();
         for shard in 0..shards {
             let listens = shard == 0 || config.accept == AcceptMode::ReusePort;
             let config = config.clone();
             let table = table.clone();
+            let connections = connections.clone();
             let store = store.clone();
             let shard_handle = handle.clone();
             let producer_ids = if shard == 0 {
@@ -352,7 +364,8 @@ impl Broker {
                         topic_changes: Semaphore::new(1),
                         stop: RefCell::new(Some(stop)),
                         stopped,
-                        connections: Cell::new(0),
+                        shard,
+                        connections,
                         groups: RefCell::new(groups::Coordinator::default()),
                         producer_ids,
                         requests: RefCell::default(),
@@ -420,7 +433,7 @@ impl Broker {
                     let context = Context::current();
                     context.stop.borrow_mut().take();
                     let deadline = std::time::Instant::now() + grace;
-                    while context.connections.get() > 0 && std::time::Instant::now() < deadline {
+                    while context.open_connections() > 0 && std::time::Instant::now() < deadline {
                         glommio::timer::sleep(Duration::from_millis(5)).await;
                     }
                     Ok(())
