@@ -284,16 +284,6 @@ pub fn set_log_append_time(batch: &mut [u8], now: Timestamp) {
     batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
-/// Writes a complete header in front of `records` (already compressed if the attributes say
-/// so) and fills in the CRC. `records` must hold `header.records_count` records.
-pub fn encode(header: &BatchHeader, records: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + records.len());
-    out.resize(BATCH_HEADER_BYTES, 0);
-    out.extend_from_slice(records);
-    write_header(header, &mut out);
-    out
-}
-
 /// Fills the first [`BATCH_HEADER_BYTES`] of `batch`, whose records follow them, with
 /// `header` (its length taken from `batch`) and the CRC, so a builder that left room for the
 /// header never copies its records.
@@ -362,6 +352,16 @@ pub fn frames(bytes: &[u8]) -> impl Iterator<Item = BatchFrame> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes a complete header in front of `records` (already compressed if the attributes say
+    /// so) and fills in the CRC. `records` must hold `header.records_count` records.
+    fn encode(header: &BatchHeader, records: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + records.len());
+        out.resize(BATCH_HEADER_BYTES, 0);
+        out.extend_from_slice(records);
+        write_header(header, &mut out);
+        out
+    }
 
     fn header(records_count: u32) -> BatchHeader {
         BatchHeader {
