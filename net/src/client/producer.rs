@@ -147,6 +147,7 @@ struct Contents {
     bytes: usize,
     payload: usize,
     created: Instant,
+    /// When each record was handed to `send`, kept only for a batch report.
     enqueued: Vec<Instant>,
     outcome: Rc<Outcome>,
 }
@@ -461,7 +462,9 @@ impl Inner {
         let contents = &mut open.contents;
         contents.bytes += size;
         contents.payload += record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len);
-        contents.enqueued.push(Instant::now());
+        if self.on_batch.is_some() {
+            contents.enqueued.push(Instant::now());
+        }
         if self.config.idempotent {
             queue.next_sequence = queue.next_sequence.wrapping_add(1);
         }
