@@ -189,13 +189,17 @@ impl GroupConsumer {
             .flat_map(|topic| &topic.partitions)
             .map(|partition| partition.error_code)
             .find(|code| *code != error_code::NONE);
-        match refused {
-            None => Ok(()),
-            Some(code) => {
-                note_group_error(&self.membership, &self.rejoin, code);
-                Err(Error::broker(code, "OffsetCommit"))
-            }
+        self.check(refused.unwrap_or(error_code::NONE), "OffsetCommit")
+    }
+
+    /// Ok for no error; otherwise notes the group error for the next poll (a rejoin, a new
+    /// coordinator) and returns it.
+    fn check(&self, code: i16, request: &str) -> Result<(), Error> {
+        if code == error_code::NONE {
+            return Ok(());
         }
+        note_group_error(&self.membership, &self.rejoin, code);
+        Err(Error::broker(code, request))
     }
 
     /// Commits (with auto-commit) and leaves the group, so the others rebalance at once
@@ -316,10 +320,7 @@ impl GroupConsumer {
         if !joined.member_id.is_empty() {
             self.membership.borrow_mut().member_id = joined.member_id.clone();
         }
-        if joined.error_code != error_code::NONE {
-            note_group_error(&self.membership, &self.rejoin, joined.error_code);
-            return Err(Error::broker(joined.error_code, "JoinGroup"));
-        }
+        self.check(joined.error_code, "JoinGroup")?;
         self.membership.borrow_mut().generation = joined.generation_id;
         let assignments = if joined.leader == joined.member_id && !joined.skip_assignment {
             self.assign(&joined).await?
@@ -344,10 +345,7 @@ impl GroupConsumer {
         let ResponseBody::SyncGroup(synced) = response else {
             return Err(unexpected(&response));
         };
-        if synced.error_code != error_code::NONE {
-            note_group_error(&self.membership, &self.rejoin, synced.error_code);
-            return Err(Error::broker(synced.error_code, "SyncGroup"));
-        }
+        self.check(synced.error_code, "SyncGroup")?;
         if synced.assignment.is_empty() {
             return Ok(Vec::new());
         }
