@@ -115,8 +115,8 @@ def wakeup_lateness(work, seconds):
     """How late an idle machine wakes sleeping threads: cyclictest, one thread per core
     waking every 200 us. Returns (the command, wake-ups, the share later than 1 ms, the
     number later than 5 ms, the latest in ms)."""
-    command = ["cyclictest", "--smp", "--mlockall", "--interval", "200", "--duration",
-               str(seconds), "--quiet", "--histogram", "100000"]
+    command = ["cyclictest", "--smp", "--mlockall", "--interval", "200", "--distance", "0",
+               "--duration", str(seconds), "--quiet", "--histogram", "100000"]
     path = os.path.join(work, "cyclictest.json")
     run([*command, f"--json={path}"])
     with open(path) as file:
@@ -125,13 +125,14 @@ def wakeup_lateness(work, seconds):
     wakeups = late_1ms = late_5ms = 0
     latest_us = 0
     for thread in threads:
-        for lateness_us, count in thread["histogram"].items():
-            wakeups += count
-            late_1ms += count if int(lateness_us) > 1000 else 0
-            late_5ms += count if int(lateness_us) > 5000 else 0
+        # Wake-ups past the histogram's last bucket are in `cycles` only: late ones too.
+        wakeups += thread["cycles"]
+        within = {limit: sum(count for lateness_us, count in thread["histogram"].items()
+                             if int(lateness_us) <= limit) for limit in (1000, 5000)}
+        late_1ms += thread["cycles"] - within[1000]
+        late_5ms += thread["cycles"] - within[5000]
         latest_us = max(latest_us, thread["max"])
-    shown = " ".join(command[:-2])
-    return shown, wakeups, late_1ms / wakeups, late_5ms, latest_us / 1000
+    return " ".join(command), wakeups, late_1ms / wakeups, late_5ms, latest_us / 1000
 
 
 def listening(port):
