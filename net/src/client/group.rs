@@ -114,6 +114,11 @@ impl GroupConsumer {
         Ok(group)
     }
 
+    /// The settings of the member's fetches.
+    pub fn config(&self) -> &ConsumerConfig {
+        self.consumer.config()
+    }
+
     /// The partitions this member holds now, sorted.
     pub fn assignment(&self) -> Vec<(Rc<str>, i32)> {
         self.assignment.borrow().clone()

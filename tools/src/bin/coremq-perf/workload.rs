@@ -325,7 +325,7 @@ async fn consume(
     let Some(source) = source else {
         return Ok(());
     };
-    let decompressed_max = ConsumerConfig::default().decompressed_batch_max_bytes;
+    let decompressed_max = source.config().decompressed_batch_max_bytes;
     while !shared.stop_consuming.load(Ordering::Relaxed) {
         let fetched = match source.poll().await {
             Ok(fetched) => fetched,
@@ -406,6 +406,13 @@ impl Source {
         let consumer = Consumer::new(cluster, config);
         consumer.assign(&workload.topic, &mine, plan.start).await?;
         Ok(Some(Source::Assigned(consumer)))
+    }
+
+    fn config(&self) -> &ConsumerConfig {
+        match self {
+            Source::Assigned(consumer) => consumer.config(),
+            Source::Group(member) => member.config(),
+        }
     }
 
     async fn poll(&self) -> Result<Vec<Fetched>, Error> {
