@@ -32,8 +32,8 @@ struct Options {
     #[arg(long, env = "COREMQ_KAFKA_LISTENER")]
     kafka_listener: Option<SocketAddr>,
     /// How connections reach the shards: `reuseport` (every shard listens, the kernel
-    /// spreads connections) or `handoff` (shard 0 accepts and hands each to the shard serving the fewest)
-    /// [default: reuseport]
+    /// spreads connections) or `handoff` (shard 0 accepts and hands each to the shard
+    /// serving the fewest) [default: reuseport]
     #[arg(long, env = "COREMQ_ACCEPT")]
     #[serde(default, deserialize_with = "parsed")]
     accept: Option<AcceptMode>,
