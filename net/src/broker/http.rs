@@ -1,11 +1,12 @@
-//! The HTTP admin listener: `/metrics` (Prometheus text format), `/health` (the process
-//! answers) and `/ready` (started and not stopping). It runs on its own thread, off the
+//! The HTTP admin listener: `/metrics` (Prometheus text format, once the shards serve),
+//! `/health` (the process answers) and `/ready` (started and not stopping). It listens
+//! before the Kafka listener does, so a client that reached Kafka finds it. It runs on its own thread, off the
 //! shards: a scrape asks each shard for its counters through the engine's handle, like any
 //! cross-shard request, so the data path takes no locks for it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use coremq_engine::{Handle, MetricsSnapshot};
 use prometheus_client::encoding::text::encode;
@@ -24,6 +25,40 @@ struct ShardCounters {
     groups: u64,
 }
 
+/// Where the broker is in its life, as the admin listener reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Phase {
+    /// Shards are being set up: not ready, and no metrics yet.
+    Starting,
+    /// Kafka listeners accept: ready.
+    Serving,
+    /// Shutting down: not ready; metrics still answer.
+    Stopping,
+}
+
+/// The broker's [`Phase`], shared with the admin thread.
+#[derive(Clone)]
+pub(crate) struct PhaseCell(Arc<AtomicU8>);
+
+impl PhaseCell {
+    pub(crate) fn new() -> PhaseCell {
+        PhaseCell(Arc::new(AtomicU8::new(Phase::Starting as u8)))
+    }
+
+    pub(crate) fn set(&self, phase: Phase) {
+        self.0.store(phase as u8, Ordering::Release);
+    }
+
+    fn get(&self) -> Phase {
+        match self.0.load(Ordering::Acquire) {
+            0 => Phase::Starting,
+            1 => Phase::Serving,
+            _ => Phase::Stopping,
+        }
+    }
+}
+
 /// A running admin listener.
 pub struct AdminServer {
     server: Arc<tiny_http::Server>,
@@ -34,7 +69,7 @@ impl AdminServer {
     pub fn start(
         address: SocketAddr,
         handle: Handle,
-        ready: Arc<AtomicBool>,
+        phase: PhaseCell,
     ) -> Result<AdminServer, String> {
         let server = tiny_http::Server::http(address)
             .map_err(|error| format!("HTTP admin listener on {address}: {error}"))?;
@@ -44,7 +79,7 @@ impl AdminServer {
             .name("coremq-admin-http".into())
             .spawn(move || {
                 for request in serving.incoming_requests() {
-                    let (status, content_type, body) = answer(request.url(), &handle, &ready);
+                    let (status, content_type, body) = answer(request.url(), &handle, phase.get());
                     let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type)
                         .expect("a static header is valid");
                     let response = tiny_http::Response::from_string(body)
@@ -61,8 +96,11 @@ impl AdminServer {
             thread: Some(thread),
         })
     }
+}
 
-    pub fn stop(mut self) {
+/// Stops serving and waits for the admin thread.
+impl Drop for AdminServer {
+    fn drop(&mut self) {
         self.server.unblock();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -70,12 +108,13 @@ impl AdminServer {
     }
 }
 
-fn answer(url: &str, handle: &Handle, ready: &AtomicBool) -> (u16, &'static str, String) {
+fn answer(url: &str, handle: &Handle, phase: Phase) -> (u16, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     match url.split('?').next().unwrap_or_default() {
         "/health" => (200, TEXT, "ok\n".into()),
-        "/ready" if ready.load(Ordering::Acquire) => (200, TEXT, "ready\n".into()),
+        "/ready" if phase == Phase::Serving => (200, TEXT, "ready\n".into()),
         "/ready" => (503, TEXT, "not ready\n".into()),
+        "/metrics" if phase == Phase::Starting => (503, TEXT, "starting\n".into()),
         "/metrics" => match futures_lite::future::block_on(metrics(handle)) {
             Ok(text) => (
                 200,

@@ -257,7 +257,7 @@ pub struct Broker {
     engine: Engine,
     handle: Handle,
     admin: http::AdminServer,
-    ready: Arc<std::sync::atomic::AtomicBool>,
+    phase: http::PhaseCell,
 }
 
 impl Broker {
@@ -301,6 +301,9 @@ impl Broker {
             .map_err(|error| StartError(format!("creating {}: {error}", groups::OFFSETS_TOPIC)))?;
         }
         let table = Arc::new(table);
+        let phase = http::PhaseCell::new();
+        let admin = http::AdminServer::start(config.admin_listener, handle.clone(), phase.clone())
+            .map_err(StartError)?;
         // Shard 0 binds first; the others bind the address it got (a port of 0 means one
         // port for all of them).
         let mut address = config.kafka_listener;
@@ -384,15 +387,13 @@ impl Broker {
                 .map_err(|error| StartError(error.to_string()))?;
             address = bound;
         }
-        let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let admin = http::AdminServer::start(config.admin_listener, handle.clone(), ready.clone())
-            .map_err(StartError)?;
+        phase.set(http::Phase::Serving);
         Ok(Broker {
             kafka_address: address,
             engine,
             handle,
             admin,
-            ready,
+            phase,
         })
     }
 
@@ -425,8 +426,7 @@ impl Broker {
     /// Stops accepting, lets connections finish the requests they have read (up to
     /// `grace`), then flushes and closes every log.
     pub fn shutdown(self, grace: Duration) -> Result<(), StartError> {
-        self.ready
-            .store(false, std::sync::atomic::Ordering::Release);
+        self.phase.set(http::Phase::Stopping);
         for shard in 0..self.handle.shard_count() {
             let _ =
                 futures_lite::future::block_on(self.handle.on_shard(shard, move |_| async move {
@@ -439,7 +439,7 @@ impl Broker {
                     Ok(())
                 }));
         }
-        self.admin.stop();
+        drop(self.admin);
         self.engine
             .shutdown()
             .map_err(|error| StartError(format!("flushing logs: {error}")))
