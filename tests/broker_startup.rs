@@ -73,6 +73,51 @@ fn bad_settings_and_environments_are_refused_with_the_cause() {
     assert!(stderr.contains("not an accept mode"), "{stderr}");
 }
 
+/// Runs the binary as a container's default seccomp profile would: `io_uring_setup` fails
+/// with EPERM. The filter is put on a thread of its own, which the child inherits.
+#[test]
+fn a_seccomp_profile_that_blocks_io_uring_is_refused_with_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let listener = format!("127.0.0.1:{}", free_port());
+    let args = [
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--kafka-listener",
+        &listener,
+        "--admin-listener",
+        "127.0.0.1:0",
+    ]
+    .map(String::from);
+    let (code, stderr) = std::thread::spawn(move || {
+        let blocked = std::collections::BTreeMap::from([(libc::SYS_io_uring_setup, vec![])]);
+        let filter = seccompiler::SeccompFilter::new(
+            blocked,
+            seccompiler::SeccompAction::Allow,
+            seccompiler::SeccompAction::Errno(libc::EPERM as u32),
+            std::env::consts::ARCH.try_into().unwrap(),
+        )
+        .unwrap();
+        let program: seccompiler::BpfProgram = filter.try_into().unwrap();
+        seccompiler::apply_filter(&program).unwrap();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused("", &args)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("io_uring is unavailable")
+            && stderr.contains("seccomp profile")
+            && stderr.contains("seccomp=unconfined"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("  "),
+        "one line, no runs of spaces: {stderr}"
+    );
+}
+
 #[test]
 fn the_toml_file_sets_what_flags_do_not() {
     let dir = tempfile::tempdir().unwrap();

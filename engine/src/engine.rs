@@ -673,7 +673,10 @@ fn preflight() -> Result<()> {
                 "kernel.io_uring_disabled is {disabled}: set it to 0 (sysctl -w kernel.io_uring_disabled=0)"
             )
         } else {
-            "in a container, the default seccomp profile (Docker, containerd, Kubernetes              RuntimeDefault) blocks io_uring_setup: run with a profile that allows the              io_uring_* system calls (for example docker run --security-opt              seccomp=unconfined); Linux 5.8 or later is required"
+            "in a container, the default seccomp profile (Docker, containerd, Kubernetes \
+             RuntimeDefault) blocks io_uring_setup: run with a profile that allows the \
+             io_uring_* system calls (for example docker run --security-opt \
+             seccomp=unconfined); Linux 5.8 or later is required"
                 .to_string()
         };
         return Err(Error::System {
