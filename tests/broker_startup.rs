@@ -10,8 +10,10 @@ mod wire;
 use std::process::Command;
 
 use broker::{Broker, free_port};
-use coremq_net::protocol::api::RequestBody;
-use coremq_net::protocol::messages::ApiVersionsRequest;
+use coremq_net::protocol::api::{RequestBody, ResponseBody};
+use coremq_net::protocol::error_code;
+use coremq_net::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use coremq_net::protocol::messages::{ApiVersionsRequest, FetchRequest};
 use wire::Wire;
 
 /// Runs the binary with `args` under `sh -c` (for `ulimit`); returns exit code and stderr.
@@ -191,6 +193,11 @@ fn wait_for_connections(broker: &Broker, by_shard: [usize; 2]) {
         .enumerate()
         .map(|(shard, count)| format!("coremq_connections{{shard=\"{shard}\"}} {count}"))
         .collect();
+    wait_for_metrics(broker, &lines);
+}
+
+/// Polls the metrics until every one of `lines` is in them.
+fn wait_for_metrics(broker: &Broker, lines: &[String]) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let (_, metrics) = broker.http_get("/metrics");
@@ -230,4 +237,61 @@ fn handoff_from_the_toml_file_deals_connections_to_the_least_loaded_shard() {
     wait_for_connections(&broker, [0, 3]);
     connections.extend((0..2).map(|_| Some(served_connection(&broker))));
     wait_for_connections(&broker, [2, 3]);
+}
+
+/// SIGINT while a long poll waits: the broker stops reading, answers the poll it has read,
+/// then flushes and exits 0.
+#[test]
+fn sigint_answers_the_request_in_flight_then_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
+    let produced = Command::new("sh")
+        .args([
+            "-c",
+            &format!("printf 'a\\n' | kcat -b {} -P -t drain", broker.bootstrap()),
+        ])
+        .status()
+        .unwrap();
+    assert!(produced.success());
+    let mut wire = Wire::connect(("127.0.0.1", broker.port));
+    let fetch = FetchRequest {
+        replica_id: -1,
+        max_wait_ms: 5_000,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        topics: vec![FetchTopic {
+            topic: "drain".into(),
+            partitions: vec![FetchPartition {
+                partition: 0,
+                fetch_offset: 1,
+                partition_max_bytes: 1 << 20,
+                current_leader_epoch: -1,
+                ..FetchPartition::default()
+            }],
+            ..FetchTopic::default()
+        }],
+        ..FetchRequest::default()
+    };
+    const VERSION: i16 = 11;
+    let body = RequestBody::Fetch(fetch);
+    let key = body.api_key();
+    wire.request(VERSION, body);
+    // The broker has read the poll once it counted it.
+    wait_for_metrics(
+        &broker,
+        &["coremq_requests_total{api=\"Fetch\"} 1".to_string()],
+    );
+    let status = broker.stop_with("-INT");
+    let ResponseBody::Fetch(response) = wire.response(key, VERSION) else {
+        panic!("not a Fetch response");
+    };
+    let partition = &response.responses[0].partitions[0];
+    assert_eq!(partition.error_code, error_code::NONE);
+    assert_eq!(partition.high_watermark, 1);
+    assert!(
+        status.success(),
+        "clean exit on SIGINT: {status}\n{}",
+        broker.log()
+    );
+    assert!(broker.log().contains("signal 2"), "{}", broker.log());
 }

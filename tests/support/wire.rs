@@ -51,15 +51,25 @@ impl Wire {
 
     /// Sends `body` at `version` and decodes its response, checking the correlation id.
     pub fn call(&mut self, version: i16, body: RequestBody) -> ResponseBody {
-        self.correlation_id += 1;
         let key = body.api_key();
+        self.request(version, body);
+        self.response(key, version)
+    }
+
+    /// Sends `body` at `version` without waiting for its response.
+    pub fn request(&mut self, version: i16, body: RequestBody) {
+        self.correlation_id += 1;
         let header = RequestHeader {
-            request_api_key: key,
+            request_api_key: body.api_key(),
             request_api_version: version,
             correlation_id: self.correlation_id,
             client_id: Some("wire-test".into()),
         };
         self.send(&encode_request(&header, &body));
+    }
+
+    /// Reads and decodes the response to the last request, API `key` at `version`.
+    pub fn response(&mut self, key: i16, version: i16) -> ResponseBody {
         let frame = self
             .receive()
             .unwrap_or_else(|| panic!("API {key} v{version}: the broker closed the connection"));
