@@ -1,7 +1,8 @@
 //! Every advertised version of every API, one by one, against the real binary over a
 //! socket: each request is built with the generated codecs at that version, and the
 //! response, decoded at that version, must say what the request did. Versions just outside
-//! a served range are refused the way Kafka refuses them.
+//! a served range are refused the way Kafka refuses them. Invalid topics and partitions get
+//! Kafka's error codes.
 
 #[path = "support/broker.rs"]
 mod broker;
@@ -949,4 +950,180 @@ fn group_apis_at_every_version() {
         );
         assert_eq!(describe(&mut client).group_state, "Dead");
     }
+}
+
+/// Invalid topic names, missing partitions and the internal topic get the error codes
+/// Kafka answers with, per topic or partition, and the connection stays open.
+#[test]
+fn invalid_topics_and_partitions_get_the_protocols_error_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &["--auto-create-topics", "true"]);
+    let mut client = Wire::connect(broker.bootstrap());
+    create_topic(&mut client, "one", 1);
+
+    let long = "x".repeat(250);
+    let invalid = ["bad name!", "", ".", "..", "a/b", long.as_str()];
+    let topic = |name: &str, partitions: i32| CreatableTopic {
+        name: name.into(),
+        num_partitions: partitions,
+        replication_factor: 1,
+        ..CreatableTopic::default()
+    };
+    let response = call!(
+        client,
+        CreateTopics,
+        7,
+        CreateTopicsRequest {
+            topics: invalid
+                .iter()
+                .map(|name| topic(name, 1))
+                .chain([topic("no-partitions", 0), topic("one", 1)])
+                .collect(),
+            timeout_ms: 30_000,
+            ..CreateTopicsRequest::default()
+        }
+    );
+    let code_of = |name: &str| {
+        let result = response.topics.iter().find(|topic| topic.name == name);
+        result
+            .unwrap_or_else(|| panic!("{name:?} answered"))
+            .error_code
+    };
+    for name in invalid {
+        assert_eq!(
+            code_of(name),
+            error_code::INVALID_TOPIC_EXCEPTION,
+            "{name:?}"
+        );
+    }
+    assert_eq!(code_of("no-partitions"), error_code::INVALID_PARTITIONS);
+    assert_eq!(code_of("one"), error_code::TOPIC_ALREADY_EXISTS);
+
+    // Auto-creation refuses an invalid name the same way.
+    assert_eq!(
+        metadata(&mut client, "bad name!").error_code,
+        error_code::INVALID_TOPIC_EXCEPTION
+    );
+
+    let produce = |topic: &str, partition: i32| ProduceRequest {
+        acks: -1,
+        timeout_ms: 30_000,
+        topic_data: vec![TopicProduceData {
+            name: topic.into(),
+            partition_data: vec![PartitionProduceData {
+                index: partition,
+                records: Some(batch(&["v".to_string()], 1_000)),
+            }],
+        }],
+        ..ProduceRequest::default()
+    };
+    for (topic, partition, code) in [
+        ("one", 1, error_code::UNKNOWN_TOPIC_OR_PARTITION),
+        ("one", -1, error_code::UNKNOWN_TOPIC_OR_PARTITION),
+        ("missing", 0, error_code::UNKNOWN_TOPIC_OR_PARTITION),
+        ("bad name!", 0, error_code::UNKNOWN_TOPIC_OR_PARTITION),
+        ("__consumer_offsets", 0, error_code::INVALID_TOPIC_EXCEPTION),
+    ] {
+        let response = call!(client, Produce, 9, produce(topic, partition));
+        let answer = &response.responses[0].partition_responses[0];
+        assert_eq!(answer.error_code, code, "Produce to {topic}-{partition}");
+    }
+
+    let response = call!(
+        client,
+        Fetch,
+        12,
+        FetchRequest {
+            replica_id: -1,
+            max_bytes: 1 << 20,
+            session_epoch: -1,
+            topics: vec![FetchTopic {
+                topic: "one".into(),
+                partitions: vec![FetchPartition {
+                    partition: 3,
+                    partition_max_bytes: 1 << 20,
+                    current_leader_epoch: -1,
+                    ..FetchPartition::default()
+                }],
+                ..FetchTopic::default()
+            }],
+            ..FetchRequest::default()
+        }
+    );
+    assert_eq!(
+        response.responses[0].partitions[0].error_code,
+        error_code::UNKNOWN_TOPIC_OR_PARTITION
+    );
+
+    let response = call!(
+        client,
+        ListOffsets,
+        6,
+        ListOffsetsRequest {
+            replica_id: -1,
+            topics: vec![ListOffsetsTopic {
+                name: "one".into(),
+                partitions: vec![ListOffsetsPartition {
+                    partition_index: 3,
+                    current_leader_epoch: -1,
+                    timestamp: -1,
+                    ..ListOffsetsPartition::default()
+                }],
+            }],
+            ..ListOffsetsRequest::default()
+        }
+    );
+    assert_eq!(
+        response.topics[0].partitions[0].error_code,
+        error_code::UNKNOWN_TOPIC_OR_PARTITION
+    );
+
+    let response = call!(
+        client,
+        DeleteRecords,
+        2,
+        DeleteRecordsRequest {
+            topics: vec![DeleteRecordsTopic {
+                name: "one".into(),
+                partitions: vec![DeleteRecordsPartition {
+                    partition_index: 3,
+                    offset: 0,
+                }],
+            }],
+            timeout_ms: 30_000,
+        }
+    );
+    assert_eq!(
+        response.topics[0].partitions[0].error_code,
+        error_code::UNKNOWN_TOPIC_OR_PARTITION
+    );
+
+    let grow = |name: &str, count: i32| CreatePartitionsTopic {
+        name: name.into(),
+        count,
+        assignments: None,
+    };
+    let response = call!(
+        client,
+        CreatePartitions,
+        3,
+        CreatePartitionsRequest {
+            topics: vec![
+                grow("one", 1),
+                grow("missing", 2),
+                grow("__consumer_offsets", 99)
+            ],
+            timeout_ms: 30_000,
+            validate_only: false,
+        }
+    );
+    let codes: Vec<i16> = response.results.iter().map(|r| r.error_code).collect();
+    assert_eq!(
+        codes,
+        [
+            error_code::INVALID_PARTITIONS,
+            error_code::UNKNOWN_TOPIC_OR_PARTITION,
+            error_code::INVALID_TOPIC_EXCEPTION,
+        ]
+    );
 }

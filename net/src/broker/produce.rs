@@ -57,18 +57,24 @@ pub async fn handle(
         let mut partitions = Vec::new();
         for partition_data in topic_data.partition_data {
             let index = partition_data.index;
-            let log = topic
-                .as_ref()
-                .filter(|topic| topic.name != OFFSETS_TOPIC)
-                .and_then(|topic| topic.log(index));
-            let failure = match (&refuse, log.is_some(), &partition_data.records) {
-                (Some(refusal), _, _) => Some(refusal.clone()),
-                (None, false, _) => Some((
+            let log = topic.as_ref().and_then(|topic| topic.log(index));
+            let failure = if let Some(refusal) = &refuse {
+                Some(refusal.clone())
+            } else if topic_data.name == OFFSETS_TOPIC {
+                // Kafka's answer to a client appending to an internal topic.
+                Some((
+                    error_code::INVALID_TOPIC_EXCEPTION,
+                    format!("cannot append to the internal topic {OFFSETS_TOPIC}"),
+                ))
+            } else if log.is_none() {
+                Some((
                     error_code::UNKNOWN_TOPIC_OR_PARTITION,
                     format!("{}-{index} does not exist", topic_data.name),
-                )),
-                (None, true, None) => Some((error_code::INVALID_RECORD, "no records".into())),
-                (None, true, Some(_)) => None,
+                ))
+            } else if partition_data.records.is_none() {
+                Some((error_code::INVALID_RECORD, "no records".into()))
+            } else {
+                None
             };
             if let Some((code, message)) = failure {
                 partitions.push(Some(failed(index, code, message)));
