@@ -1,5 +1,5 @@
 //! Starts the real `coremq` binary for end-to-end tests: a free port, a temporary data
-//! directory, and a wait until it accepts connections. Stopped with SIGTERM on drop.
+//! directory, and a wait until its admin listener says it is ready. Stopped with SIGTERM on drop.
 //! Each test file uses a part of it.
 #![allow(dead_code)]
 
@@ -63,10 +63,10 @@ impl Broker {
             extra: extra.iter().map(|arg| arg.to_string()).collect(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while broker.try_http_get("/ready").map(|(status, _)| status) != Some(200) {
             assert!(
                 Instant::now() < deadline,
-                "broker did not listen: {}",
+                "broker did not become ready: {}",
                 broker.log()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -80,15 +80,21 @@ impl Broker {
 
     /// GETs `path` from the HTTP admin listener: the status code and the body.
     pub fn http_get(&self, path: &str) -> (u16, String) {
+        self.try_http_get(path)
+            .unwrap_or_else(|| panic!("the admin listener answers {path}"))
+    }
+
+    /// As `http_get`, `None` when the listener cannot be reached.
+    pub fn try_http_get(&self, path: &str) -> Option<(u16, String)> {
         use std::io::{Read, Write};
-        let mut stream = TcpStream::connect(("127.0.0.1", self.admin_port)).unwrap();
+        let mut stream = TcpStream::connect(("127.0.0.1", self.admin_port)).ok()?;
         write!(
             stream,
             "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
         )
-        .unwrap();
+        .ok()?;
         let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
+        stream.read_to_string(&mut response).ok()?;
         let status = response
             .split_whitespace()
             .nth(1)
@@ -97,7 +103,7 @@ impl Broker {
         let body = response
             .split_once("\r\n\r\n")
             .map_or(String::new(), |(_, body)| body.to_string());
-        (status, body)
+        Some((status, body))
     }
 
     pub fn log(&self) -> String {
