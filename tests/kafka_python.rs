@@ -160,6 +160,8 @@ fn idempotent_producers_store_retried_batches_once() {
 
 #[test]
 fn admin_operations_work_from_both_clients() {
-    let (_dir, broker) = start("admin", &[]);
+    let (_dir, mut broker) = start("admin", &[]);
     run(&broker, "admin.py", &[&broker.bootstrap()]);
+    broker.restart();
+    run(&broker, "admin.py", &[&broker.bootstrap(), "after-restart"]);
 }

@@ -1,8 +1,15 @@
 """Admin operations with confluent-kafka's AdminClient and kafka-python's KafkaAdminClient:
 create, describe and delete topics; describe, alter and incrementally alter configs; create
-partitions; delete records; describe the cluster; list, describe and delete groups."""
+partitions; delete records; describe the cluster; list, describe and delete groups; a deleted
+topic's commits are deleted with it.
+
+`admin.py HOST:PORT` runs it all; `admin.py HOST:PORT after-restart` checks, after the test
+restarted the broker, that the deleted topic's commits stayed deleted and the others stayed."""
+
+import sys
 
 from confluent_kafka import (
+    OFFSET_INVALID,
     Consumer,
     ConsumerGroupTopicPartitions,
     KafkaError,
@@ -176,7 +183,49 @@ def groups():
     )
 
 
-topics_and_configs()
-records_and_cluster()
-groups()
-print("admin: topics, configs, partitions, records, cluster and groups behave")
+def committed(group, topic, partitions):
+    """The group's committed offsets of `topic`'s partitions, as the admin client reads them."""
+    wanted = ConsumerGroupTopicPartitions(
+        group, [TopicPartition(topic, partition) for partition in range(partitions)]
+    )
+    result = admin.list_consumer_group_offsets([wanted])[group].result(timeout=30)
+    return [tp.offset for tp in result.topic_partitions]
+
+
+def commit(group, topic, offsets):
+    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group})
+    partitions = [TopicPartition(topic, p, offset) for p, offset in enumerate(offsets)]
+    consumer.commit(offsets=partitions, asynchronous=False)
+    consumer.close()
+
+
+def deleting_a_topic_deletes_its_commits():
+    """Kafka deletes the commits of a deleted topic: a topic created again under that name
+    starts without them, so a group does not resume at an offset from the old topic."""
+    for name in ("admin-gone", "admin-kept"):
+        admin.create_topics([NewTopic(name, 2, 1)])[name].result(timeout=30)
+    commit("g-gone", "admin-gone", [5, 7])
+    commit("g-gone", "admin-kept", [3, 4])
+    commit("g-other", "admin-gone", [1, 1])
+    assert committed("g-gone", "admin-gone", 2) == [5, 7]
+    admin.delete_topics(["admin-gone"])["admin-gone"].result(timeout=30)
+    admin.create_topics([NewTopic("admin-gone", 2, 1)])["admin-gone"].result(timeout=30)
+    check_forgotten()
+
+
+def check_forgotten():
+    for group in ("g-gone", "g-other"):
+        offsets = committed(group, "admin-gone", 2)
+        assert offsets == [OFFSET_INVALID, OFFSET_INVALID], (group, offsets)
+    assert committed("g-gone", "admin-kept", 2) == [3, 4]
+
+
+if sys.argv[2:] == ["after-restart"]:
+    check_forgotten()
+    print("admin: a deleted topic's commits stayed deleted after a restart")
+else:
+    topics_and_configs()
+    records_and_cluster()
+    groups()
+    deleting_a_topic_deletes_its_commits()
+    print("admin: topics, configs, partitions, records, cluster, groups and commits behave")

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use coremq_engine::{Offset, TopicPartition};
 
 use super::configs::{self, Described};
-use super::groups::OFFSETS_TOPIC;
+use super::groups::{self, OFFSETS_TOPIC};
 use super::{Context, errors};
 use crate::protocol::codec::Uuid;
 use crate::protocol::error_code;
@@ -280,7 +280,10 @@ pub async fn delete_topics(
                 "the internal topic __consumer_offsets cannot be deleted",
             ),
             Some(topic) => match context.delete_topic(topic.name.clone()).await {
-                Ok(true) => Ok(topic),
+                Ok(true) => {
+                    groups::forget_topic(context, &topic.name).await;
+                    Ok(topic)
+                }
                 Ok(false) => fail(error_code::UNKNOWN_TOPIC_OR_PARTITION, "no such topic"),
                 Err(error) => Err(engine_failure(error)),
             },

@@ -930,20 +930,12 @@ async fn delete_group(context: &Context, log: &TopicPartition, group_id: String)
             .map(|offsets| offsets.keys().cloned().collect())
             .unwrap_or_default()
     };
-    if !keys.is_empty() {
-        let mut batch = BatchBuilder::new(OFFSETS_CODEC);
-        for (topic, partition) in &keys {
-            batch.push(
-                Timestamp::now(),
-                Some(&offsets::encode_key(&group_id, topic, *partition)),
-                None,
-                &[],
-            );
-        }
-        if let Err(error) = context.handle.append(log, batch.build()).await {
-            log::warn!("deleting group {group_id}: {error}");
-            return error_code::COORDINATOR_NOT_AVAILABLE;
-        }
+    let tombstones = keys
+        .iter()
+        .map(|(topic, partition)| (group_id.as_str(), topic.as_str(), *partition));
+    if let Err(error) = write_tombstones(context, log, tombstones).await {
+        log::warn!("deleting group {group_id}: {error}");
+        return error_code::COORDINATOR_NOT_AVAILABLE;
     }
     let mut coordinator = context.groups.borrow_mut();
     if coordinator
@@ -959,4 +951,72 @@ async fn delete_group(context: &Context, log: &TopicPartition, group_id: String)
     coordinator.groups.remove(&group_id);
     coordinator.offsets.remove(&group_id);
     error_code::NONE
+}
+
+/// Appends one batch of tombstones to `log` for the commits named by `keys` (group, topic,
+/// partition); nothing when there are none.
+async fn write_tombstones<'a>(
+    context: &Context,
+    log: &TopicPartition,
+    keys: impl Iterator<Item = (&'a str, &'a str, i32)>,
+) -> Result<(), coremq_engine::Error> {
+    let mut batch = BatchBuilder::new(OFFSETS_CODEC);
+    for (group, topic, partition) in keys {
+        batch.push(
+            Timestamp::now(),
+            Some(&offsets::encode_key(group, topic, partition)),
+            None,
+            &[],
+        );
+    }
+    if batch.is_empty() {
+        return Ok(());
+    }
+    context.handle.append(log, batch.build()).await.map(drop)
+}
+
+/// Deletes every group's commits of `topic`, on every shard, as Kafka does when a topic is
+/// deleted: a topic created later under the same name starts without them.
+pub async fn forget_topic(context: &Context, topic: &str) {
+    for shard in 0..context.handle.shard_count() {
+        let name = topic.to_string();
+        let forgotten = context
+            .handle
+            .on_shard(shard, move |_| async move {
+                forget_topic_here(&Context::current(), &name).await;
+                Ok(())
+            })
+            .await;
+        if let Err(error) = forgotten {
+            log::warn!("forgetting the commits of deleted topic {topic} on shard {shard}: {error}");
+        }
+    }
+}
+
+/// This shard's part of [`forget_topic`]: tombstones in each group's coordinator log, then
+/// the commits leave memory. A failed append keeps them, as the log does.
+async fn forget_topic_here(context: &Context, topic: &str) {
+    let mut by_log: BTreeMap<TopicPartition, Vec<(String, i32)>> = BTreeMap::new();
+    for (group, offsets) in &context.groups.borrow().offsets {
+        for (_, partition) in offsets.keys().filter(|(name, _)| name == topic) {
+            by_log
+                .entry(coordinator_log(context, group))
+                .or_default()
+                .push((group.clone(), *partition));
+        }
+    }
+    for (log, keys) in by_log {
+        let tombstones = keys
+            .iter()
+            .map(|(group, partition)| (group.as_str(), topic, *partition));
+        match write_tombstones(context, &log, tombstones).await {
+            Ok(()) => {
+                let mut coordinator = context.groups.borrow_mut();
+                for (group, partition) in keys {
+                    coordinator.apply(&group, topic, partition, None);
+                }
+            }
+            Err(error) => log::warn!("forgetting the commits of deleted topic {topic}: {error}"),
+        }
+    }
 }
