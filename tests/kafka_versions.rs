@@ -33,6 +33,7 @@ use coremq_net::protocol::messages::leave_group_request::MemberIdentity;
 use coremq_net::protocol::messages::list_offsets_request::{
     ListOffsetsPartition, ListOffsetsTopic,
 };
+use coremq_net::protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
 use coremq_net::protocol::messages::metadata_request::MetadataRequestTopic;
 use coremq_net::protocol::messages::metadata_response::MetadataResponseTopic;
 use coremq_net::protocol::messages::offset_commit_request::{
@@ -1055,26 +1056,8 @@ fn invalid_topics_and_partitions_get_the_protocols_error_codes() {
         error_code::UNKNOWN_TOPIC_OR_PARTITION
     );
 
-    let response = call!(
-        client,
-        ListOffsets,
-        6,
-        ListOffsetsRequest {
-            replica_id: -1,
-            topics: vec![ListOffsetsTopic {
-                name: "one".into(),
-                partitions: vec![ListOffsetsPartition {
-                    partition_index: 3,
-                    current_leader_epoch: -1,
-                    timestamp: -1,
-                    ..ListOffsetsPartition::default()
-                }],
-            }],
-            ..ListOffsetsRequest::default()
-        }
-    );
     assert_eq!(
-        response.topics[0].partitions[0].error_code,
+        latest_offset(&mut client, "one", 3).error_code,
         error_code::UNKNOWN_TOPIC_OR_PARTITION
     );
 
@@ -1126,4 +1109,129 @@ fn invalid_topics_and_partitions_get_the_protocols_error_codes() {
             error_code::INVALID_TOPIC_EXCEPTION,
         ]
     );
+}
+
+/// Produce checks every batch before storing any: a bad CRC, magic, record count, size or a
+/// cut batch fails its partition with Kafka's code and stores nothing of it.
+#[test]
+fn produce_refuses_bad_batches_and_stores_none_of_their_partition() {
+    let (_dir, broker) = start();
+    let mut client = Wire::connect(broker.bootstrap());
+    create_topic(&mut client, "checked", 1);
+    let good = batch(&["good".to_string()], 1_000).to_bytes();
+    // RecordBatch v2 fields: magic at 16, CRC at 17..21 over 21.., record count at 57..61.
+    let with = |edit: &dyn Fn(&mut Vec<u8>), fix_crc: bool| {
+        let mut bytes = good.to_vec();
+        edit(&mut bytes);
+        if fix_crc {
+            let crc = crc32c::crc32c(&bytes[21..]);
+            bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        }
+        bytes
+    };
+    let last = good.len() - 1;
+    let cases: [(&str, Vec<u8>, i16); 5] = [
+        (
+            "flipped value byte",
+            with(&|b| b[last] ^= 1, false),
+            error_code::CORRUPT_MESSAGE,
+        ),
+        (
+            "magic 1",
+            with(&|b| b[16] = 1, false),
+            error_code::INVALID_RECORD,
+        ),
+        (
+            "record count 2 of 1",
+            with(&|b| b[57..61].copy_from_slice(&2i32.to_be_bytes()), true),
+            error_code::INVALID_RECORD,
+        ),
+        (
+            "cut short",
+            good[..good.len() - 3].to_vec(),
+            error_code::CORRUPT_MESSAGE,
+        ),
+        (
+            "over max.message.bytes",
+            batch(&["x".repeat(2_000)], 1_000).to_bytes().to_vec(),
+            error_code::MESSAGE_TOO_LARGE,
+        ),
+    ];
+    let response = call!(
+        client,
+        IncrementalAlterConfigs,
+        1,
+        IncrementalAlterConfigsRequest {
+            resources: vec![incremental_alter_configs_request::AlterConfigsResource {
+                resource_type: 2,
+                resource_name: "checked".into(),
+                configs: vec![incremental_alter_configs_request::AlterableConfig {
+                    name: "max.message.bytes".into(),
+                    config_operation: 0,
+                    value: Some("1000".into()),
+                }],
+            }],
+            validate_only: false,
+        }
+    );
+    assert_eq!(response.responses[0].error_code, error_code::NONE);
+    for (what, bad, code) in cases {
+        // The good batch first: it must not be stored either.
+        let mut records = good.to_vec();
+        records.extend_from_slice(&bad);
+        let response = call!(
+            client,
+            Produce,
+            9,
+            ProduceRequest {
+                acks: -1,
+                timeout_ms: 30_000,
+                topic_data: vec![TopicProduceData {
+                    name: "checked".into(),
+                    partition_data: vec![PartitionProduceData {
+                        index: 0,
+                        records: Some(Records::from(Bytes::from(records))),
+                    }],
+                }],
+                ..ProduceRequest::default()
+            }
+        );
+        let answer = &response.responses[0].partition_responses[0];
+        assert_eq!(answer.error_code, code, "{what}: {answer:?}");
+    }
+    let end = latest_offset(&mut client, "checked", 0);
+    assert_eq!(
+        (end.error_code, end.offset),
+        (error_code::NONE, 0),
+        "nothing stored from a partition with a bad batch"
+    );
+}
+
+/// ListOffsets (v6) for the latest offset of `topic`'s `partition`.
+fn latest_offset(client: &mut Wire, topic: &str, partition: i32) -> ListOffsetsPartitionResponse {
+    let response = call!(
+        client,
+        ListOffsets,
+        6,
+        ListOffsetsRequest {
+            replica_id: -1,
+            topics: vec![ListOffsetsTopic {
+                name: topic.into(),
+                partitions: vec![ListOffsetsPartition {
+                    partition_index: partition,
+                    current_leader_epoch: -1,
+                    timestamp: -1,
+                    ..ListOffsetsPartition::default()
+                }],
+            }],
+            ..ListOffsetsRequest::default()
+        }
+    );
+    response
+        .topics
+        .into_iter()
+        .next()
+        .unwrap()
+        .partitions
+        .remove(0)
 }

@@ -7,7 +7,7 @@
 use std::rc::Rc;
 
 use bytes::{Buf, Bytes, BytesMut};
-use coremq_engine::batch::{self, CheckedBatch};
+use coremq_engine::batch::{self, BatchHeader, CheckedBatch};
 use coremq_engine::{Ack, Compression, TopicPartition, record};
 
 use super::groups::OFFSETS_TOPIC;
@@ -196,14 +196,17 @@ async fn append(
         .collect();
     let covered: usize = sizes.iter().sum();
     if sizes.is_empty() || covered != records.len() {
-        return failed(
-            index,
-            error_code::CORRUPT_MESSAGE,
-            format!(
-                "records hold {} bytes that are not whole record batches",
-                records.len() - covered
+        // A header that parses but runs past the data is a cut batch; one that does not parse
+        // (no batch, another magic, impossible lengths) is an invalid record, as in Kafka.
+        let rest = &records[covered..];
+        let (code, reason) = match BatchHeader::parse(rest) {
+            Ok(_) => (
+                error_code::CORRUPT_MESSAGE,
+                format!("the last {} bytes are a cut record batch", rest.len()),
             ),
-        );
+            Err(error) => (errors::code(&error), error.to_string()),
+        };
+        return failed(index, code, reason);
     }
     let batches: Vec<BytesMut> = sizes
         .into_iter()
