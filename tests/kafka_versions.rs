@@ -141,6 +141,33 @@ fn describe_config(client: &mut Wire, version: i16, topic: &str, key: &str) -> O
     result.configs[0].value.clone()
 }
 
+/// Sets one config of `topic` with IncrementalAlterConfigs at `version`.
+fn set_config(client: &mut Wire, version: i16, topic: &str, key: &str, value: &str) {
+    let response = call!(
+        client,
+        IncrementalAlterConfigs,
+        version,
+        IncrementalAlterConfigsRequest {
+            resources: vec![incremental_alter_configs_request::AlterConfigsResource {
+                resource_type: 2,
+                resource_name: topic.into(),
+                configs: vec![incremental_alter_configs_request::AlterableConfig {
+                    name: key.into(),
+                    config_operation: 0,
+                    value: Some(value.into()),
+                }],
+            }],
+            validate_only: false,
+        }
+    );
+    let result = &response.responses[0];
+    assert_eq!(
+        result.error_code,
+        error_code::NONE,
+        "v{version}: {result:?}"
+    );
+}
+
 fn batch(values: &[String], timestamp: i64) -> Records {
     let mut builder = BatchBuilder::new(Compression::None);
     for value in values {
@@ -575,24 +602,7 @@ fn topic_and_cluster_admin_apis_at_every_version() {
     // IncrementalAlterConfigs sets one key and keeps the others.
     for version in served(IncrementalAlterConfigsRequest::API_KEY) {
         let topic = created(version);
-        let response = call!(
-            client,
-            IncrementalAlterConfigs,
-            version,
-            IncrementalAlterConfigsRequest {
-                resources: vec![incremental_alter_configs_request::AlterConfigsResource {
-                    resource_type: 2,
-                    resource_name: topic.clone(),
-                    configs: vec![incremental_alter_configs_request::AlterableConfig {
-                        name: "segment.bytes".into(),
-                        config_operation: 0,
-                        value: Some("2097152".into()),
-                    }],
-                }],
-                validate_only: false,
-            }
-        );
-        assert_eq!(response.responses[0].error_code, error_code::NONE);
+        set_config(&mut client, version, &topic, "segment.bytes", "2097152");
         let segment = describe_config(&mut client, 4, &topic, "segment.bytes");
         assert_eq!(segment.as_deref(), Some("2097152"), "v{version}");
         let policy = describe_config(&mut client, 4, &topic, "cleanup.policy");
@@ -1157,24 +1167,7 @@ fn produce_refuses_bad_batches_and_stores_none_of_their_partition() {
             error_code::MESSAGE_TOO_LARGE,
         ),
     ];
-    let response = call!(
-        client,
-        IncrementalAlterConfigs,
-        1,
-        IncrementalAlterConfigsRequest {
-            resources: vec![incremental_alter_configs_request::AlterConfigsResource {
-                resource_type: 2,
-                resource_name: "checked".into(),
-                configs: vec![incremental_alter_configs_request::AlterableConfig {
-                    name: "max.message.bytes".into(),
-                    config_operation: 0,
-                    value: Some("1000".into()),
-                }],
-            }],
-            validate_only: false,
-        }
-    );
-    assert_eq!(response.responses[0].error_code, error_code::NONE);
+    set_config(&mut client, 1, "checked", "max.message.bytes", "1000");
     for (what, bad, code) in cases {
         // The good batch first: it must not be stored either.
         let mut records = good.to_vec();
