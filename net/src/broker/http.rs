@@ -1,8 +1,8 @@
 //! The HTTP admin listener: `/metrics` (Prometheus text format, once the shards serve),
 //! `/health` (the process answers) and `/ready` (started and not stopping). It listens
-//! before the Kafka listener does, so a client that reached Kafka finds it. It runs on its own thread, off the
-//! shards: a scrape asks each shard for its counters through the engine's handle, like any
-//! cross-shard request, so the data path takes no locks for it.
+//! before the Kafka listener does, so a client that reached Kafka finds it. It runs on its
+//! own thread, off the shards: a scrape asks each shard for its counters through the
+//! engine's handle, like any cross-shard request, so the data path takes no locks for it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
