@@ -3,7 +3,7 @@
 mod common;
 
 use coremq_engine::Compression;
-use coremq_engine::batch::validate_for_append;
+use coremq_engine::batch::{BatchLimits, validate_for_append};
 use coremq_engine::record::decode_records;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -20,7 +20,11 @@ fn codec(c: &mut Criterion) {
     let large = common::batch(1024, 1000, Compression::None);
     group.throughput(Throughput::Bytes(large.len() as u64));
     group.bench_function("validate_1MiB", |b| {
-        b.iter(|| validate_for_append(&large, 2 << 20).unwrap())
+        let limits = BatchLimits {
+            batch_bytes_max: 2 << 20,
+            decompressed_bytes_max: 2 << 20,
+        };
+        b.iter(|| validate_for_append(&large, limits).unwrap())
     });
     group.finish();
 }

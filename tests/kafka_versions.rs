@@ -1140,7 +1140,28 @@ fn produce_refuses_bad_batches_and_stores_none_of_their_partition() {
         bytes
     };
     let last = good.len() - 1;
-    let cases: [(&str, Vec<u8>, i16); 5] = [
+    // Claims `count` records (and offsets) whatever it holds.
+    let claiming = |bytes: &[u8], count: i32| {
+        let mut bytes = bytes.to_vec();
+        bytes[23..27].copy_from_slice(&(count - 1).to_be_bytes());
+        bytes[57..61].copy_from_slice(&count.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[21..]);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        bytes
+    };
+    let two = batch(&["one".to_string(), "two".to_string()], 1_000).to_bytes();
+    let cases: [(&str, Vec<u8>, i16); 7] = [
+        // Once accepted: each moved the log end by 2^31-1, and the second crashed a shard.
+        (
+            "2^31-1 records claimed, one present",
+            claiming(&good, i32::MAX),
+            error_code::INVALID_RECORD,
+        ),
+        (
+            "one record claimed, two present",
+            claiming(&two, 1),
+            error_code::INVALID_RECORD,
+        ),
         (
             "flipped value byte",
             with(&|b| b[last] ^= 1, false),

@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::compression::Compression;
 use crate::error::{Error, Result};
+use crate::record::{self, RecordsSummary};
 use crate::types::{Offset, Position, Timestamp};
 
 /// `baseOffset` (8) + `batchLength` (4): the part of a batch before `batchLength` counts.
@@ -203,13 +204,26 @@ pub fn verify(batch: &[u8], position: Option<Position>) -> Result<BatchHeader> {
     Ok(header)
 }
 
+/// The bounds a producer's batch is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// The batch as sent (Kafka's `max.message.bytes`).
+    pub batch_bytes_max: usize,
+    /// Its records once inflated, when compressed.
+    pub decompressed_bytes_max: usize,
+}
+
 /// The checks an append makes on one batch from a producer: a well-formed, CRC-valid v2
-/// batch within `batch_bytes_max`, holding at least one record, with one offset per record.
-pub fn validate_for_append(batch: &[u8], batch_bytes_max: usize) -> Result<BatchHeader> {
-    if batch.len() > batch_bytes_max {
+/// batch within `limits`, holding at least one record, with one offset per record, and
+/// exactly the records its header counts (walked, after bounded decompression).
+pub fn validate_for_append(
+    batch: &[u8],
+    limits: BatchLimits,
+) -> Result<(BatchHeader, RecordsSummary)> {
+    if batch.len() > limits.batch_bytes_max {
         return Err(Error::BatchTooLarge {
             size: batch.len(),
-            max: batch_bytes_max,
+            max: limits.batch_bytes_max,
         });
     }
     let header = verify(batch, None)?;
@@ -224,8 +238,8 @@ pub fn validate_for_append(batch: &[u8], batch_bytes_max: usize) -> Result<Batch
             header.records_count, header.last_offset_delta
         )));
     }
-    header.compression()?;
-    Ok(header)
+    let summary = record::check_records(batch, &header, limits.decompressed_bytes_max)?;
+    Ok((header, summary))
 }
 
 /// A batch that passed [`validate_for_append`], with its header: appending it does not
@@ -234,28 +248,42 @@ pub fn validate_for_append(batch: &[u8], batch_bytes_max: usize) -> Result<Batch
 #[derive(Debug)]
 pub struct CheckedBatch {
     pub(crate) header: BatchHeader,
+    pub(crate) summary: RecordsSummary,
     pub(crate) bytes: BytesMut,
 }
 
 impl CheckedBatch {
     /// Checks `bytes`; they are copied unless nothing else shares them.
-    pub fn new(bytes: Bytes, batch_bytes_max: usize) -> Result<CheckedBatch> {
-        let header = validate_for_append(&bytes, batch_bytes_max)?;
+    pub fn new(bytes: Bytes, limits: BatchLimits) -> Result<CheckedBatch> {
+        let (header, summary) = validate_for_append(&bytes, limits)?;
         let bytes = bytes
             .try_into_mut()
             .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-        Ok(CheckedBatch { header, bytes })
+        Ok(CheckedBatch {
+            header,
+            summary,
+            bytes,
+        })
     }
 
     /// Checks `bytes`, which are never copied (a broker splits a request's batches out of
     /// the frame they arrived in).
-    pub fn from_mut(bytes: BytesMut, batch_bytes_max: usize) -> Result<CheckedBatch> {
-        let header = validate_for_append(&bytes, batch_bytes_max)?;
-        Ok(CheckedBatch { header, bytes })
+    pub fn from_mut(bytes: BytesMut, limits: BatchLimits) -> Result<CheckedBatch> {
+        let (header, summary) = validate_for_append(&bytes, limits)?;
+        Ok(CheckedBatch {
+            header,
+            summary,
+            bytes,
+        })
     }
 
     pub fn header(&self) -> &BatchHeader {
         &self.header
+    }
+
+    /// What the record walk found (null keys).
+    pub fn summary(&self) -> RecordsSummary {
+        self.summary
     }
 
     /// The batch as read-only bytes, without copying.
@@ -425,22 +453,96 @@ mod tests {
         ));
     }
 
+    const LIMITS: BatchLimits = BatchLimits {
+        batch_bytes_max: 1 << 20,
+        decompressed_bytes_max: 1 << 20,
+    };
+
+    /// Encoded records with the given offset deltas, each with key `k` and a null value.
+    fn records(offset_deltas: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &delta in offset_deltas {
+            assert!(delta < 64, "one-byte zigzag varints only");
+            // length 7: attributes, timestamp delta 0, offset delta, key `k`, null value,
+            // no headers.
+            out.extend_from_slice(&[14, 0, 0, delta << 1, 2, b'k', 1, 0]);
+        }
+        out
+    }
+
+    /// Rewrites a built batch's count fields (and its CRC), as a hostile producer would.
+    fn recount(batch: &[u8], records_count: u32) -> Vec<u8> {
+        let mut header = BatchHeader::parse(batch).unwrap();
+        header.records_count = records_count;
+        header.last_offset_delta = records_count - 1;
+        let mut out = batch.to_vec();
+        write_header(&header, &mut out);
+        out
+    }
+
     #[test]
     fn append_checks_reject_bad_batches() {
-        let good = encode(&header(2), b"..");
-        assert!(validate_for_append(&good, 1 << 20).is_ok());
-        let too_large = validate_for_append(&good, 10).unwrap_err();
+        let good = encode(&header(2), &records(&[0, 1]));
+        let (checked, summary) = validate_for_append(&good, LIMITS).unwrap();
+        assert_eq!(checked.records_count, 2);
+        assert_eq!(summary.null_keys, 0);
+        let too_large = validate_for_append(
+            &good,
+            BatchLimits {
+                batch_bytes_max: 10,
+                ..LIMITS
+            },
+        )
+        .unwrap_err();
         assert!(matches!(too_large, Error::BatchTooLarge { max: 10, .. }));
         let mut wrong_magic = good.clone();
         wrong_magic[MAGIC_OFFSET] = 1;
-        assert!(validate_for_append(&wrong_magic, 1 << 20).is_err());
+        assert!(validate_for_append(&wrong_magic, LIMITS).is_err());
         let mut gap = header(2);
         gap.last_offset_delta = 5;
-        assert!(validate_for_append(&encode(&gap, b".."), 1 << 20).is_err());
-        assert!(validate_for_append(&good[..good.len() - 1], 1 << 20).is_err());
+        assert!(validate_for_append(&encode(&gap, &records(&[0, 1])), LIMITS).is_err());
+        assert!(validate_for_append(&good[..good.len() - 1], LIMITS).is_err());
         let mut bad_codec = header(1);
         bad_codec.attributes = 7;
-        assert!(validate_for_append(&encode(&bad_codec, b"."), 1 << 20).is_err());
+        assert!(validate_for_append(&encode(&bad_codec, &records(&[0])), LIMITS).is_err());
+    }
+
+    #[test]
+    fn record_count_must_match_the_records_present() {
+        // The batch that once crashed a shard: 2^31-1 records claimed, one present.
+        let claimed = i32::MAX as u32;
+        let huge_claim = encode(&header(claimed), &records(&[0]));
+        let error = validate_for_append(&huge_claim, LIMITS).unwrap_err();
+        assert!(error.to_string().contains("holds 1"), "{error}");
+        let fewer_claimed = encode(&header(1), &records(&[0, 1]));
+        let error = validate_for_append(&fewer_claimed, LIMITS).unwrap_err();
+        assert!(error.to_string().contains("left over"), "{error}");
+        let out_of_order = encode(&header(2), &records(&[1, 0]));
+        let error = validate_for_append(&out_of_order, LIMITS).unwrap_err();
+        assert!(error.to_string().contains("offset delta"), "{error}");
+        // Compressed batches are inflated (bounded) and counted too.
+        for codec in [
+            Compression::Zstd,
+            Compression::Gzip,
+            Compression::Lz4,
+            Compression::Snappy,
+        ] {
+            let mut builder = crate::record::BatchBuilder::new(codec);
+            builder.push(Timestamp(5), None, Some(&[7; 5000]), &[]);
+            let one = builder.build();
+            let (_, summary) = validate_for_append(&one, LIMITS).unwrap();
+            assert_eq!(summary.null_keys, 1);
+            let error = validate_for_append(&recount(&one, claimed), LIMITS).unwrap_err();
+            assert!(error.to_string().contains("holds 1"), "{codec:?}: {error}");
+            let tight = BatchLimits {
+                decompressed_bytes_max: 1000,
+                ..LIMITS
+            };
+            assert!(matches!(
+                validate_for_append(&one, tight),
+                Err(Error::DecompressedTooLarge { max: 1000 })
+            ));
+        }
     }
 
     #[test]

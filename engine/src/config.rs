@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 #[cfg(feature = "runtime")]
 use std::path::PathBuf;
 
-use crate::batch::TimestampType;
+use crate::batch::{BatchLimits, TimestampType};
 use crate::error::{Error, Result};
 
 /// When an append counts as done.
@@ -95,6 +95,14 @@ pub const SEGMENT_BYTES_MIN: u64 = 4096;
 pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
 
 impl LogConfig {
+    /// The bounds a producer's batch is checked against on this log.
+    pub fn batch_limits(&self) -> BatchLimits {
+        BatchLimits {
+            batch_bytes_max: self.batch_bytes_max,
+            decompressed_bytes_max: self.decompressed_bytes_max,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let invalid = |key, reason: String| Err(Error::InvalidConfig { key, reason });
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {

@@ -388,8 +388,8 @@ impl Log {
     /// is written to the file even under `Always`; the fdatasync still follows, in the
     /// background. This is Kafka's acks=1 on a leader.
     pub async fn append_acked(self: &Rc<Self>, batch: Bytes, ack: Ack) -> Result<AppendInfo> {
-        let batch_bytes_max = self.inner.borrow().config.batch_bytes_max;
-        match CheckedBatch::new(batch, batch_bytes_max) {
+        let limits = self.inner.borrow().config.batch_limits();
+        match CheckedBatch::new(batch, limits) {
             Ok(batch) => self.append_checked(batch, ack).await,
             Err(error) => {
                 add(&self.metrics.append_errors, 1);
@@ -420,6 +420,7 @@ impl Log {
         let CheckedBatch {
             header,
             bytes: mut batch,
+            ..
         } = batch;
         if batch.len() > batch_bytes_max {
             return Err(Error::BatchTooLarge {
@@ -441,7 +442,7 @@ impl Log {
             }
             self.progress.notified().await;
         }
-        if self.needs_roll(size as u64) {
+        if self.needs_roll(size as u64, header.last_offset_delta) {
             self.roll().await?;
         }
         let duplicate = {
@@ -545,12 +546,13 @@ impl Log {
         }
     }
 
-    fn needs_roll(&self, batch_bytes: u64) -> bool {
+    fn needs_roll(&self, batch_bytes: u64, last_offset_delta: u32) -> bool {
         let inner = self.inner.borrow();
         let active = &inner.active;
         !active.is_empty()
             && (active.appended_bytes + batch_bytes > inner.config.segment_bytes
-                || active.created.elapsed() >= Duration::from_millis(inner.config.segment_ms))
+                || active.created.elapsed() >= Duration::from_millis(inner.config.segment_ms)
+                || !active.fits_offsets(last_offset_delta))
     }
 
     fn start_writer(self: &Rc<Self>) {

@@ -1,6 +1,8 @@
 //! Records inside a RecordBatch v2: zigzag varints, decoding a batch's records, and the
 //! builder the embedded API uses to make batches.
 
+use std::ops::Range;
+
 use bytes::Bytes;
 
 use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader, TimestampType};
@@ -61,12 +63,12 @@ fn bytes_len(bytes: Option<&[u8]>) -> usize {
 }
 
 /// A cursor over untrusted record bytes; every read is bounds-checked.
-struct Reader {
-    bytes: Bytes,
+struct Reader<'a> {
+    bytes: &'a [u8],
     at: usize,
 }
 
-impl Reader {
+impl Reader<'_> {
     fn varint(&mut self) -> Result<i64> {
         let mut value = 0u64;
         for shift in (0..70).step_by(7) {
@@ -96,7 +98,8 @@ impl Reader {
         Ok(byte)
     }
 
-    fn bytes(&mut self) -> Result<Option<Bytes>> {
+    /// A length-prefixed field: where its bytes are, or `None` for a null (-1 length).
+    fn field(&mut self) -> Result<Option<Range<usize>>> {
         let length = self.varint()?;
         if length < 0 {
             return Ok(None);
@@ -107,95 +110,183 @@ impl Reader {
                 "record field length runs past the batch",
             ));
         }
-        let slice = self.bytes.slice(self.at..self.at + length);
+        let range = self.at..self.at + length;
         self.at += length;
-        Ok(Some(slice))
+        Ok(Some(range))
     }
+}
+
+/// One record as found in a batch's (decompressed) record bytes: its fields are ranges of
+/// those bytes. `headers` is a scratch list the walk reuses from record to record.
+struct RecordView<'a> {
+    timestamp_delta: i64,
+    offset_delta: u32,
+    key: Option<Range<usize>>,
+    value: Option<Range<usize>>,
+    headers: &'a [(Range<usize>, Option<Range<usize>>)],
+}
+
+/// The record bytes of one batch (`batch` holds exactly the batch) inflated, or `None` when
+/// they are not compressed; refuses more than `decompressed_bytes_max`.
+fn inflate(
+    batch: &[u8],
+    header: &BatchHeader,
+    decompressed_bytes_max: usize,
+) -> Result<Option<Vec<u8>>> {
+    if header.total_bytes() != batch.len() {
+        return Err(Error::invalid_batch(
+            "batch length does not match the bytes given",
+        ));
+    }
+    match header.compression()? {
+        Compression::None => Ok(None),
+        codec => {
+            compression::decompress(codec, &batch[BATCH_HEADER_BYTES..], decompressed_bytes_max)
+                .map(Some)
+        }
+    }
+}
+
+/// Walks the records of `body`, which must hold exactly `header.records_count` well-formed
+/// records and nothing after them: a count the bytes do not hold is an error, however large
+/// (a batch claiming 2^31-1 records while holding one is refused here, as Kafka's
+/// `LogValidator` refuses it).
+fn walk_records(
+    body: &[u8],
+    header: &BatchHeader,
+    mut visit: impl FnMut(&RecordView<'_>) -> Result<()>,
+) -> Result<()> {
+    let mut reader = Reader { bytes: body, at: 0 };
+    let mut headers = Vec::new();
+    for index in 0..header.records_count {
+        if reader.at == body.len() {
+            return Err(Error::invalid_batch(format!(
+                "the batch says it holds {} records but holds {index}",
+                header.records_count
+            )));
+        }
+        let length = reader.varint()?;
+        let start = reader.at;
+        if length < 0 || length as usize > body.len() - start {
+            return Err(Error::invalid_batch(format!(
+                "record length {length} is out of range"
+            )));
+        }
+        let _attributes = reader.byte()?;
+        let timestamp_delta = reader.varint()?;
+        let offset_delta = reader.varint()?;
+        if offset_delta < 0 || offset_delta > i64::from(header.last_offset_delta) {
+            return Err(Error::invalid_batch(format!(
+                "record offset delta {offset_delta} is out of range"
+            )));
+        }
+        let key = reader.field()?;
+        let value = reader.field()?;
+        let header_count = reader.varint()?;
+        if header_count < 0 || header_count as usize > body.len() - reader.at {
+            return Err(Error::invalid_batch(format!(
+                "record header count {header_count} is out of range"
+            )));
+        }
+        headers.clear();
+        for _ in 0..header_count {
+            let key = reader
+                .field()?
+                .ok_or_else(|| Error::invalid_batch("null header key"))?;
+            headers.push((key, reader.field()?));
+        }
+        if reader.at - start != length as usize {
+            return Err(Error::invalid_batch(
+                "record length does not match its fields",
+            ));
+        }
+        visit(&RecordView {
+            timestamp_delta,
+            offset_delta: offset_delta as u32,
+            key,
+            value,
+            headers: &headers,
+        })?;
+    }
+    if reader.at != body.len() {
+        return Err(Error::invalid_batch(format!(
+            "bytes left over after the {} records the batch says it holds",
+            header.records_count
+        )));
+    }
+    Ok(())
 }
 
 /// Decodes every record of one verified batch (`batch` holds exactly the batch), inflating
 /// it if compressed, refusing more than `decompressed_bytes_max` of record bytes.
 pub fn decode_records(batch: &Bytes, decompressed_bytes_max: usize) -> Result<Vec<Record>> {
     let header = BatchHeader::parse(batch)?;
-    if header.total_bytes() != batch.len() {
-        return Err(Error::invalid_batch(
-            "batch length does not match the bytes given",
-        ));
-    }
-    let body = batch.slice(batch::BATCH_HEADER_BYTES..);
-    let body = match header.compression()? {
-        Compression::None => body,
-        codec => Bytes::from(compression::decompress(
-            codec,
-            &body,
-            decompressed_bytes_max,
-        )?),
+    let body = match inflate(batch, &header, decompressed_bytes_max)? {
+        None => batch.slice(BATCH_HEADER_BYTES..),
+        Some(inflated) => Bytes::from(inflated),
     };
-    let mut reader = Reader { bytes: body, at: 0 };
     // Each record is at least 7 bytes, which bounds the allocation by the bytes present.
-    let capacity = (header.records_count as usize).min(reader.bytes.len() / 7);
+    let capacity = (header.records_count as usize).min(body.len() / 7);
     let mut records = Vec::with_capacity(capacity);
-    for _ in 0..header.records_count {
-        records.push(decode_record(&mut reader, &header)?);
-    }
-    if reader.at != reader.bytes.len() {
-        return Err(Error::invalid_batch(
-            "bytes left over after the last record",
-        ));
-    }
+    let field = |range: &Option<Range<usize>>| range.clone().map(|range| body.slice(range));
+    walk_records(&body, &header, |view| {
+        let timestamp = match header.timestamp_type() {
+            TimestampType::LogAppendTime => header.max_timestamp,
+            TimestampType::CreateTime => {
+                Timestamp(header.base_timestamp.0.wrapping_add(view.timestamp_delta))
+            }
+        };
+        records.push(Record {
+            offset: Offset(header.base_offset.0 + u64::from(view.offset_delta)),
+            timestamp,
+            key: field(&view.key),
+            value: field(&view.value),
+            headers: view
+                .headers
+                .iter()
+                .map(|(key, value)| Header {
+                    key: body.slice(key.clone()),
+                    value: field(value),
+                })
+                .collect(),
+        });
+        Ok(())
+    })?;
     Ok(records)
 }
 
-fn decode_record(reader: &mut Reader, header: &BatchHeader) -> Result<Record> {
-    let length = reader.varint()?;
-    let start = reader.at;
-    if length < 0 || length as usize > reader.bytes.len() - start {
-        return Err(Error::invalid_batch(format!(
-            "record length {length} is out of range"
-        )));
-    }
-    let _attributes = reader.byte()?;
-    let timestamp_delta = reader.varint()?;
-    let offset_delta = reader.varint()?;
-    if offset_delta < 0 || offset_delta > i64::from(header.last_offset_delta) {
-        return Err(Error::invalid_batch(format!(
-            "record offset delta {offset_delta} is out of range"
-        )));
-    }
-    let key = reader.bytes()?;
-    let value = reader.bytes()?;
-    let header_count = reader.varint()?;
-    if header_count < 0 || header_count as usize > reader.bytes.len() - reader.at {
-        return Err(Error::invalid_batch(format!(
-            "record header count {header_count} is out of range"
-        )));
-    }
-    let mut headers = Vec::with_capacity(header_count as usize);
-    for _ in 0..header_count {
-        let key = reader
-            .bytes()?
-            .ok_or_else(|| Error::invalid_batch("null header key"))?;
-        let value = reader.bytes()?;
-        headers.push(Header { key, value });
-    }
-    if reader.at - start != length as usize {
-        return Err(Error::invalid_batch(
-            "record length does not match its fields",
-        ));
-    }
-    let timestamp = match header.timestamp_type() {
-        TimestampType::LogAppendTime => header.max_timestamp,
-        TimestampType::CreateTime => {
-            Timestamp(header.base_timestamp.0.wrapping_add(timestamp_delta))
+/// What [`check_records`] learned of a producer's batch while walking it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordsSummary {
+    /// Records with a null key (a compacted topic refuses them).
+    pub null_keys: u32,
+}
+
+/// Checks the records of a producer's batch as Kafka's `LogValidator` does: exactly
+/// `records_count` well-formed records are present (after bounded decompression), with
+/// offset deltas 0, 1, 2, ... `batch` holds exactly one batch whose header was verified.
+pub fn check_records(
+    batch: &[u8],
+    header: &BatchHeader,
+    decompressed_bytes_max: usize,
+) -> Result<RecordsSummary> {
+    let inflated = inflate(batch, header, decompressed_bytes_max)?;
+    let body = inflated.as_deref().unwrap_or(&batch[BATCH_HEADER_BYTES..]);
+    let mut expected = 0u32;
+    let mut summary = RecordsSummary { null_keys: 0 };
+    walk_records(body, header, |view| {
+        if view.offset_delta != expected {
+            return Err(Error::invalid_batch(format!(
+                "record {expected} has offset delta {}; a producer's records are numbered \
+                 0, 1, 2, ...",
+                view.offset_delta
+            )));
         }
-    };
-    Ok(Record {
-        offset: Offset(header.base_offset.0 + offset_delta as u64),
-        timestamp,
-        key,
-        value,
-        headers,
-    })
+        expected += 1;
+        summary.null_keys += u32::from(view.key.is_none());
+        Ok(())
+    })?;
+    Ok(summary)
 }
 
 /// Builds one RecordBatch v2. The engine assigns the real base offset at append time.
@@ -455,25 +546,14 @@ mod tests {
             put_varint(&mut out, value);
             assert_eq!(out, encoded, "{value}");
             assert_eq!(varint_len(value), encoded.len(), "{value}");
-            let mut reader = Reader {
-                bytes: Bytes::from(out),
-                at: 0,
-            };
+            let mut reader = Reader { bytes: &out, at: 0 };
             assert_eq!(reader.varint().unwrap(), value);
         }
         for value in [i64::MIN, i64::MAX, 300, -300, 8191, 8192, -8193, 1 << 40] {
             let mut out = Vec::new();
             put_varint(&mut out, value);
             assert_eq!(varint_len(value), out.len(), "{value}");
-            assert_eq!(
-                Reader {
-                    bytes: Bytes::from(out),
-                    at: 0
-                }
-                .varint()
-                .unwrap(),
-                value
-            );
+            assert_eq!(Reader { bytes: &out, at: 0 }.varint().unwrap(), value);
         }
     }
 
@@ -495,7 +575,12 @@ mod tests {
             builder.push(Timestamp(900), None, None, &headers);
             builder.push(Timestamp(1_500), Some(b""), Some(&[7u8; 3000]), &[]);
             let batch = builder.build();
-            let header = batch::validate_for_append(&batch, 1 << 20).unwrap();
+            let limits = batch::BatchLimits {
+                batch_bytes_max: 1 << 20,
+                decompressed_bytes_max: 1 << 20,
+            };
+            let (header, summary) = batch::validate_for_append(&batch, limits).unwrap();
+            assert_eq!(summary.null_keys, 1);
             assert_eq!(header.records_count, 3);
             assert_eq!(header.max_timestamp, Timestamp(1_500));
             let records = decode_records(&batch, 1 << 20).unwrap();

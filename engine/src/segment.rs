@@ -168,6 +168,14 @@ impl ActiveSegment {
     }
 
     /// Accounts for a batch appended at the end (not yet written).
+    /// Whether a batch of `last_offset_delta + 1` offsets appended next keeps every offset
+    /// of this segment within the indexes' 32-bit relative offsets (Kafka's
+    /// `canConvertToRelativeOffset`); a log rolls before one that does not.
+    pub fn fits_offsets(&self, last_offset_delta: u32) -> bool {
+        let last = self.next_offset.0 + u64::from(last_offset_delta);
+        last - self.base_offset.0 <= u64::from(u32::MAX)
+    }
+
     pub fn on_append(&mut self, header: &batch::BatchHeader) -> Position {
         let position = Position(self.appended_bytes);
         let size = header.total_bytes() as u64;

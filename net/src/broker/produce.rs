@@ -221,7 +221,7 @@ async fn append(
             let config = log.config();
             let mut checked = Vec::with_capacity(batches.len());
             for batch in batches {
-                let mut batch = CheckedBatch::from_mut(batch, config.batch_bytes_max)?;
+                let mut batch = CheckedBatch::from_mut(batch, config.batch_limits())?;
                 let header = batch.header();
                 if header.is_transactional() || header.is_control() {
                     return Err(coremq_engine::Error::InvalidBatch {
@@ -236,7 +236,7 @@ async fn append(
                         codec,
                         config.decompressed_bytes_max,
                     )?;
-                    batch = CheckedBatch::new(rebuilt, config.batch_bytes_max)?;
+                    batch = CheckedBatch::new(rebuilt, config.batch_limits())?;
                 }
                 checked.push(batch);
             }
