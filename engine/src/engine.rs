@@ -17,6 +17,7 @@ use glommio::{ExecutorJoinHandle, Latency, LocalExecutorBuilder, Placement, Shar
 
 use crate::compaction::{self, CompactionReport};
 use crate::config::{EngineConfig, LogConfig};
+use crate::dir_lock::DirLock;
 use crate::error::{Error, Result};
 use crate::log::{Ack, AppendInfo, Isolation, Log, LogOffsets, ReadBatches};
 use crate::metrics::{Metrics, MetricsSnapshot};
@@ -533,6 +534,8 @@ impl Handle {
 pub struct Engine {
     handle: Handle,
     threads: Vec<ExecutorJoinHandle<()>>,
+    /// Held until the shards are joined (fields drop in order, after `shutdown`'s joins).
+    _lock: DirLock,
 }
 
 impl Engine {
@@ -545,7 +548,7 @@ impl Engine {
             });
         }
         config.log_defaults.validate()?;
-        prepare_data_dir(&config.data_dir)?;
+        let lock = prepare_data_dir(&config.data_dir)?;
         raise_memlock(config.io_memory_bytes as u64 * config.shards as u64);
         preflight()?;
         let cpus = online_cpus();
@@ -580,7 +583,11 @@ impl Engine {
             senders: Arc::new(senders),
             placement: Arc::new(config.placement.clone()),
         };
-        let engine = Engine { handle, threads };
+        let engine = Engine {
+            handle,
+            threads,
+            _lock: lock,
+        };
         let mut failure = None;
         for _ in 0..config.shards {
             match ready.recv() {
@@ -628,20 +635,22 @@ impl Engine {
     }
 }
 
-fn prepare_data_dir(data_dir: &Path) -> Result<()> {
+/// Creates and locks the data directory, then removes what an interrupted deletion left.
+fn prepare_data_dir(data_dir: &Path) -> Result<DirLock> {
     let io = |op, source| Error::Io {
         path: data_dir.to_path_buf(),
         op,
         source,
     };
     std::fs::create_dir_all(data_dir).map_err(|e| io("create directory", e))?;
+    let lock = DirLock::acquire(data_dir)?;
     for entry in std::fs::read_dir(data_dir).map_err(|e| io("list", e))? {
         let entry = entry.map_err(|e| io("list", e))?;
         if entry.file_name().to_string_lossy().ends_with(DELETE_SUFFIX) {
             std::fs::remove_dir_all(entry.path()).map_err(|e| io("remove", e))?;
         }
     }
-    Ok(())
+    Ok(lock)
 }
 
 /// Raises the soft memlock limit toward what the shards register with io_uring, as far

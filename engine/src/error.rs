@@ -64,6 +64,8 @@ pub enum Error {
     /// The system refuses what the engine needs (io_uring, locked memory): the cause and
     /// how to fix it.
     System { reason: String },
+    /// Another process (or engine) holds the data directory's lock.
+    DataDirLocked { dir: PathBuf, holder: Option<u32> },
     /// The engine (or the shard owning the log) has shut down.
     ShuttingDown,
 }
@@ -144,6 +146,9 @@ impl fmt::Display for Error {
                 "producer {producer_id}: epoch {epoch} is older than the current epoch {current}"
             ),
             Error::System { reason } => f.write_str(reason),
+            Error::DataDirLocked { dir, holder } => {
+                f.write_str(&crate::dir_lock::describe(dir, *holder))
+            }
             Error::ShuttingDown => write!(f, "the engine is shutting down"),
         }
     }

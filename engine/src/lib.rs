@@ -25,6 +25,8 @@ pub mod checkpoint;
 #[cfg(feature = "runtime")]
 pub mod compaction;
 #[cfg(feature = "runtime")]
+pub mod dir_lock;
+#[cfg(feature = "runtime")]
 pub mod engine;
 #[cfg(feature = "runtime")]
 pub mod file;
