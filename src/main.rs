@@ -192,6 +192,7 @@ fn read_file(path: &Path) -> Result<Options, String> {
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    coremq_engine::abort_on_panic();
     let options = Options::parse();
     let file = match &options.config {
         Some(path) => read_file(path).unwrap_or_else(|error| fail(&error)),

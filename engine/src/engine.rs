@@ -635,6 +635,29 @@ impl Engine {
     }
 }
 
+/// Makes any panic, on a shard or any other thread, log what happened and abort the process.
+///
+/// A shard owns its logs outright: when its thread dies, its partitions have no owner, and
+/// a process that kept running would accept connections it can never answer. As Kafka
+/// (`Exit.halt`) and Redpanda (`vassert` aborts) do, the process stops instead and its
+/// supervisor (systemd, Kubernetes) starts it again; recovery then runs as after a crash.
+/// The `coremq` binary calls this first thing. An embedding program decides for itself:
+/// without it, a panicking shard's thread ends and calls for its logs fail with
+/// [`Error::ShuttingDown`].
+pub fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let thread = std::thread::current();
+        log::error!(
+            "thread {} panicked ({info}): aborting the process so that a supervisor restarts \
+             it (recovery runs as after a crash)",
+            thread.name().unwrap_or("unnamed")
+        );
+        std::process::abort();
+    }));
+}
+
 /// Creates and locks the data directory, then removes what an interrupted deletion left.
 fn prepare_data_dir(data_dir: &Path) -> Result<DirLock> {
     let io = |op, source| Error::Io {
