@@ -3,7 +3,7 @@
 //! the TOML file given with `--config`, else the embedded default, so `cargo run --release`
 //! is a working broker on 127.0.0.1:9092 with data in `./data`.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,18 +28,22 @@ struct Options {
     /// Data directory (logs and topic metadata) [default: data]
     #[arg(long, env = "COREMQ_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Kafka listener address [default: 127.0.0.1:9092]
+    /// Kafka listener, `ADDRESS:PORT` or `HOST:PORT` (a host name is resolved, and
+    /// advertised unless --advertised-host says otherwise) [default: 127.0.0.1:9092]
     #[arg(long, env = "COREMQ_KAFKA_LISTENER")]
-    kafka_listener: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "parsed")]
+    kafka_listener: Option<Listener>,
     /// How connections reach the shards: `reuseport` (every shard listens, the kernel
     /// spreads connections) or `handoff` (shard 0 accepts and hands each to the shard
     /// serving the fewest) [default: reuseport]
     #[arg(long, env = "COREMQ_ACCEPT")]
     #[serde(default, deserialize_with = "parsed")]
     accept: Option<AcceptMode>,
-    /// HTTP admin listener: /metrics, /health, /ready [default: 127.0.0.1:9644]
+    /// HTTP admin listener: /metrics, /health, /ready, `ADDRESS:PORT` or `HOST:PORT`
+    /// [default: 127.0.0.1:9644]
     #[arg(long, env = "COREMQ_ADMIN_LISTENER")]
-    admin_listener: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "parsed")]
+    admin_listener: Option<Listener>,
     /// Host name given to clients in Metadata [default: the listener's address]
     #[arg(long, env = "COREMQ_ADVERTISED_HOST")]
     advertised_host: Option<String>,
@@ -135,12 +139,17 @@ impl Options {
 
     fn into_config(self) -> BrokerConfig {
         let defaults = BrokerConfig::default();
+        let kafka_host = self.kafka_listener.as_ref().and_then(|l| l.host.clone());
         BrokerConfig {
             data_dir: self.data_dir.unwrap_or(defaults.data_dir),
-            kafka_listener: self.kafka_listener.unwrap_or(defaults.kafka_listener),
+            kafka_listener: self
+                .kafka_listener
+                .map_or(defaults.kafka_listener, |l| l.address),
             accept: self.accept.unwrap_or(defaults.accept),
-            admin_listener: self.admin_listener.unwrap_or(defaults.admin_listener),
-            advertised_host: self.advertised_host,
+            admin_listener: self
+                .admin_listener
+                .map_or(defaults.admin_listener, |l| l.address),
+            advertised_host: self.advertised_host.or(kafka_host),
             advertised_port: self.advertised_port,
             node_id: self.node_id.unwrap_or(defaults.node_id),
             cluster_id: self.cluster_id.unwrap_or(defaults.cluster_id),
@@ -174,6 +183,45 @@ impl Options {
     }
 }
 
+/// A listener setting: an address, or a host name and port resolved once at startup.
+#[derive(Debug, Clone)]
+struct Listener {
+    address: SocketAddr,
+    /// The name, when the setting gave one (`localhost:9092`).
+    host: Option<String>,
+}
+
+impl std::str::FromStr for Listener {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Listener, String> {
+        if let Ok(address) = text.parse() {
+            return Ok(Listener {
+                address,
+                host: None,
+            });
+        }
+        let Some((host, _port)) = text.rsplit_once(':') else {
+            return Err(format!("{text:?} is not ADDRESS:PORT or HOST:PORT"));
+        };
+        let addresses: Vec<SocketAddr> = text
+            .to_socket_addrs()
+            .map_err(|error| format!("{text:?} is not ADDRESS:PORT or HOST:PORT: {error}"))?
+            .collect();
+        // Prefer IPv4, as `localhost` usually means 127.0.0.1 to Kafka clients.
+        let address = addresses
+            .iter()
+            .find(|address| address.is_ipv4())
+            .or(addresses.first())
+            .copied()
+            .ok_or_else(|| format!("{host:?} resolves to no address"))?;
+        Ok(Listener {
+            address,
+            host: Some(host.to_string()),
+        })
+    }
+}
+
 /// Reads a TOML string setting through the type's `FromStr`, as its flag does.
 fn parsed<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
@@ -199,7 +247,6 @@ fn main() {
         None => Options::default(),
     };
     let config = options.or(file).into_config();
-    let listener = config.kafka_listener;
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
         Ok(signals) => signals,
         Err(error) => fail(&format!("cannot install signal handlers: {error}")),
@@ -208,7 +255,7 @@ fn main() {
         Ok(broker) => broker,
         Err(error) => fail(&error.to_string()),
     };
-    log::info!("coremq listening for Kafka clients on {listener}");
+    log::info!("{}", broker.summary);
     if let Some(signal) = signals.forever().next() {
         log::info!("signal {signal}: finishing in-flight requests, flushing, exiting");
     }

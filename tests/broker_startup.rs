@@ -17,9 +17,10 @@ use coremq_net::protocol::messages::{ApiVersionsRequest, FetchRequest};
 use wire::Wire;
 
 /// Runs the binary with `args` under `sh -c` (for `ulimit`); returns exit code and stderr.
+/// A binary that starts instead of refusing is stopped after 30 s (SIGTERM: exit code 0).
 fn refused(shell_prefix: &str, args: &[&str]) -> (i32, String) {
     let command = format!(
-        "{shell_prefix} exec {} {}",
+        "{shell_prefix} exec timeout 30 {} {}",
         env!("CARGO_BIN_EXE_coremq"),
         args.join(" ")
     );
@@ -294,4 +295,105 @@ fn sigint_answers_the_request_in_flight_then_exits_cleanly() {
         broker.log()
     );
     assert!(broker.log().contains("signal 2"), "{}", broker.log());
+}
+
+/// Operator mistakes that once lost data or split traffic: a second broker on the same data
+/// directory or the same Kafka port fails at once, naming what it cannot have, while the
+/// first keeps serving every record.
+#[test]
+fn a_second_broker_cannot_share_the_data_directory_or_the_kafka_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let first = Broker::start(&data_dir, &[]);
+    let pid = first.pid();
+
+    let other_port = format!("127.0.0.1:{}", free_port());
+    let (code, stderr) = refused(
+        "",
+        &[
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--kafka-listener",
+            &other_port,
+            "--admin-listener",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&data_dir.join("logs").display().to_string())
+            && stderr.contains("in use")
+            && stderr.contains(&format!("process {pid}")),
+        "{stderr}"
+    );
+
+    // Another data directory, the same Kafka port: SO_REUSEPORT would have let it in.
+    let other_dir = dir.path().join("other");
+    let (code, stderr) = refused(
+        "",
+        &[
+            "--data-dir",
+            other_dir.to_str().unwrap(),
+            "--kafka-listener",
+            &first.bootstrap(),
+            "--admin-listener",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&first.bootstrap()) && stderr.contains("address in use"),
+        "{stderr}"
+    );
+
+    // Every connection still reaches the first broker.
+    for _ in 0..20 {
+        let mut client = Wire::connect(&first.bootstrap());
+        let response = client.call(3, RequestBody::ApiVersions(ApiVersionsRequest::default()));
+        assert!(matches!(response, ResponseBody::ApiVersions(_)));
+    }
+}
+
+/// A wildcard listener is refused unless an advertised host is set (Kafka refuses to
+/// advertise 0.0.0.0 too); a host name as listener is resolved and advertised; the startup
+/// line says what the broker serves.
+#[test]
+fn listeners_are_checked_and_the_startup_line_names_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let wildcard = format!("0.0.0.0:{}", free_port());
+    let (code, stderr) = refused(
+        "",
+        &[
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--kafka-listener",
+            &wildcard,
+            "--admin-listener",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("wildcard") && stderr.contains("--advertised-host"),
+        "{stderr}"
+    );
+
+    let port = free_port();
+    let broker = Broker::start_with_listener(&data_dir, &format!("localhost:{port}"), &[]);
+    let line = broker.log();
+    for part in [
+        format!("serving Kafka clients on 127.0.0.1:{port}"),
+        format!("advertised as localhost:{port}"),
+        format!("admin HTTP on 127.0.0.1:{}", broker.admin_port),
+        format!(
+            "data in {}",
+            std::fs::canonicalize(&data_dir).unwrap().display()
+        ),
+        "2 shards".to_string(),
+        "flush policy always".to_string(),
+        format!("coremq {}", env!("CARGO_PKG_VERSION")),
+    ] {
+        assert!(line.contains(&part), "{part:?} not in {line}");
+    }
 }

@@ -34,6 +34,15 @@ impl Broker {
     }
 
     pub fn start_on(data_dir: &Path, port: u16, extra: &[&str]) -> Broker {
+        Broker::start_with_listener(data_dir, &format!("127.0.0.1:{port}"), extra)
+    }
+
+    /// Starts with `--kafka-listener listener` (`HOST:PORT` or `ADDRESS:PORT`).
+    pub fn start_with_listener(data_dir: &Path, listener: &str, extra: &[&str]) -> Broker {
+        let port = listener
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .expect("a listener ends with its port");
         let log = data_dir.with_extension("log");
         let output = std::fs::OpenOptions::new()
             .create(true)
@@ -45,7 +54,7 @@ impl Broker {
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--kafka-listener")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(listener)
             .arg("--admin-listener")
             .arg(format!("127.0.0.1:{admin_port}"))
             .args(["--shards", "2", "--no-pin"])
@@ -104,6 +113,11 @@ impl Broker {
             .split_once("\r\n\r\n")
             .map_or(String::new(), |(_, body)| body.to_string());
         Some((status, body))
+    }
+
+    /// The broker process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn log(&self) -> String {

@@ -79,6 +79,15 @@ pub enum AcceptMode {
     Handoff,
 }
 
+impl std::fmt::Display for AcceptMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AcceptMode::ReusePort => "reuseport",
+            AcceptMode::Handoff => "handoff",
+        })
+    }
+}
+
 impl std::str::FromStr for AcceptMode {
     type Err = String;
 

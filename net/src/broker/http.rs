@@ -66,6 +66,11 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
+    /// Where the admin listener is bound.
+    pub fn address(&self) -> String {
+        self.server.server_addr().to_string()
+    }
+
     pub fn start(
         address: SocketAddr,
         handle: Handle,

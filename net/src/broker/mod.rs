@@ -12,6 +12,7 @@ mod errors;
 mod fetch;
 mod groups;
 mod http;
+mod listener;
 mod metadata;
 mod produce;
 mod producer_ids;
@@ -254,6 +255,8 @@ impl Context {
 pub struct Broker {
     /// Where the Kafka listener is bound (its port, when the setting's was 0).
     pub kafka_address: std::net::SocketAddr,
+    /// What the startup line says: addresses, data directory, shards, durability, version.
+    pub summary: String,
     engine: Engine,
     handle: Handle,
     admin: http::AdminServer,
@@ -269,11 +272,21 @@ impl Broker {
                 config.shard_request_bytes_max, config.socket_request_max_bytes
             )));
         }
+        if config.kafka_listener.ip().is_unspecified() && config.advertised_host.is_none() {
+            // Kafka refuses to advertise the non-routable meta-address too.
+            return Err(StartError(format!(
+                "the Kafka listener {} is a wildcard address, which clients cannot connect \
+                 to: set --advertised-host (COREMQ_ADVERTISED_HOST) to the host name or \
+                 address clients should use",
+                config.kafka_listener
+            )));
+        }
         let config = Arc::new(config);
         for dir in [config.logs_dir(), config.meta_dir()] {
             std::fs::create_dir_all(&dir).map_err(|error| {
                 StartError(format!(
-                    "data directory {} is unusable: {error}",
+                    "data directory {} is unusable: {error}: give the broker a directory \
+                     it can create and write (--data-dir or COREMQ_DATA_DIR)",
                     dir.display()
                 ))
             })?;
@@ -305,7 +318,8 @@ impl Broker {
         let admin = http::AdminServer::start(config.admin_listener, handle.clone(), phase.clone())
             .map_err(StartError)?;
         // Shard 0 binds first; the others bind the address it got (a port of 0 means one
-        // port for all of them).
+        // port for all of them). No other process may share it (listener.rs).
+        listener::probe(config.kafka_listener, "Kafka clients")?;
         let mut address = config.kafka_listener;
         let connections: Arc<[AtomicUsize]> = (0..shards).map(|_| AtomicUsize::new(0)).collect();
         for shard in 0..shards {
@@ -387,9 +401,31 @@ impl Broker {
                 .map_err(|error| StartError(error.to_string()))?;
             address = bound;
         }
+        let listeners = match config.accept {
+            AcceptMode::ReusePort => shards,
+            AcceptMode::Handoff => 1,
+        };
+        listener::verify(address, listeners, "Kafka clients")?;
         phase.set(http::Phase::Serving);
+        let (advertised_host, advertised_port) = BrokerConfig {
+            kafka_listener: address,
+            ..(*config).clone()
+        }
+        .advertised();
+        let data_dir = std::fs::canonicalize(&config.data_dir).unwrap_or(config.data_dir.clone());
+        let summary = format!(
+            "coremq {} serving Kafka clients on {address} (advertised as \
+             {advertised_host}:{advertised_port}, accept {}), admin HTTP on {}, data in {}, \
+             {shards} shard{}, topics fsync before acks=all by default (flush policy always)",
+            env!("CARGO_PKG_VERSION"),
+            config.accept,
+            admin.address(),
+            data_dir.display(),
+            if shards == 1 { "" } else { "s" },
+        );
         Ok(Broker {
             kafka_address: address,
+            summary,
             engine,
             handle,
             admin,
