@@ -59,9 +59,17 @@ cargo test --workspace --all-targets
 say "doc tests"
 cargo test --workspace --doc
 
+say "the glommio foreign-waker race under AddressSanitizer (third_party/glommio-ng)"
+# Without a sanitizer the use-after-free this test provokes in an unpatched glommio is
+# silent; under AddressSanitizer it fails every run. A target dir of its own keeps the
+# instrumented build apart from the normal one.
+RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR=target/asan \
+  cargo test --release --target "$(rustc -vV | sed -n 's/^host: //p')" \
+  -p coremq-engine --test foreign_waker
+
 say "fuzz targets (${fuzz_seconds}s each)"
-export RUSTC_BOOTSTRAP=1
 (
+  export RUSTC_BOOTSTRAP=1
   cd fuzz
   cargo fuzz build --sanitizer none
   for target in $(cargo fuzz list); do
