@@ -14,7 +14,11 @@ use crate::error::{Error, Result};
 /// The file must not be written or truncated while the map lives. The engine maps only
 /// sealed segment files and their indexes, which it never modifies after sealing (compaction
 /// writes a new file and renames it over the old path, leaving the mapped inode intact), and
-/// a log directory belongs to one engine (shard) at a time.
+/// a log directory belongs to one shard of one engine: placement gives each log one shard,
+/// and the data directory's lock (`dir_lock.rs`) keeps out every other coremq process or
+/// embedding program. What no lock can stop is another program truncating a sealed file by
+/// hand: reading the map past the new end then raises SIGBUS, which ends the process (a
+/// supervisor restarts it and recovery checks the files again), as a panic would.
 pub unsafe fn map_read_only(path: &Path) -> Result<Option<Mmap>> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
