@@ -1,9 +1,12 @@
 //! `coremq-perf` against an in-process coremq broker: each subcommand's JSON summary (the
 //! last line) holds what the run did. Assertions are on counts and shapes, never timings.
 
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use coremq_net::broker::{Broker, BrokerConfig};
 use serde_json::Value;
@@ -208,6 +211,46 @@ fn produce_consume_e2e_and_capacity_report_what_they_did() {
         None => assert!(capacity["brokers_needed"].is_null()),
     }
     assert!(capacity["assumptions"].as_array().unwrap().len() >= 4);
+
+    // An existing topic keeps its partitions, and the run says so; consumers beyond the
+    // partition count are reported idle; a consumer asked for more records than there are
+    // says how many it found and fails.
+    let (ok, stdout, stderr) = perf(&[
+        "produce",
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        "perf",
+        "--partitions",
+        "2",
+        "--records",
+        "10",
+        "--json",
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stderr.contains("exists with 4 partitions"), "{stderr}");
+    let produced: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(produced["config"]["partitions"], 4);
+    let mut args = vec!["consume"];
+    args.extend(common);
+    args.extend(["--records", "100", "--consumers", "6"]);
+    let crowded = summary(&args);
+    assert_eq!(crowded["idle_consumers"], 2, "{crowded}");
+    let (ok, stdout, stderr) = perf(&[
+        "consume",
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        "perf",
+        "--records",
+        "1000000",
+        "--json",
+    ]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("asked for 1000000 records but found"),
+        "{stderr}"
+    );
     broker.shutdown(Duration::from_secs(5)).unwrap();
 }
 
@@ -222,4 +265,115 @@ fn an_unreachable_cluster_and_bad_options_fail_with_a_message() {
     let (ok, _, stderr) = perf(&["e2e", "--acks", "2"]);
     assert!(!ok);
     assert!(stderr.contains("acks"), "{stderr}");
+}
+
+/// A TCP proxy in front of a broker that can drop dead as a SIGKILLed broker does: every
+/// connection reset, and new ones refused.
+struct Proxy {
+    address: std::net::SocketAddr,
+    dead: Arc<AtomicBool>,
+    sockets: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(listener: TcpListener, target: std::net::SocketAddr) -> Proxy {
+        let address = listener.local_addr().unwrap();
+        let dead = Arc::new(AtomicBool::new(false));
+        let sockets = Arc::new(Mutex::new(Vec::new()));
+        let (accept_dead, accept_sockets) = (dead.clone(), sockets.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if accept_dead.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let mut list = accept_sockets.lock().unwrap();
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+                list.extend([client, server]);
+            }
+        });
+        Proxy {
+            address,
+            dead,
+            sockets,
+        }
+    }
+
+    fn kill(&self) {
+        self.dead.store(true, Ordering::SeqCst);
+        for socket in self.sockets.lock().unwrap().drain(..) {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        // Wakes the accept loop, which then drops the listener: new connections are refused.
+        let _ = TcpStream::connect(self.address);
+    }
+}
+
+/// The broker dies in the middle of a run: coremq-perf still ends within its duration plus a
+/// bounded grace, prints its summary with the failure and what was not acknowledged, and
+/// exits non-zero. It used to print "errors 0" progress lines forever.
+#[test]
+fn a_broker_that_dies_mid_run_ends_the_run_with_a_failed_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let front = TcpListener::bind("127.0.0.1:0").unwrap();
+    let broker = Broker::start(BrokerConfig {
+        data_dir: dir.path().to_path_buf(),
+        kafka_listener: "127.0.0.1:0".parse().unwrap(),
+        admin_listener: "127.0.0.1:0".parse().unwrap(),
+        advertised_port: Some(front.local_addr().unwrap().port()),
+        shards: 2,
+        pin_shards: false,
+        offsets_topic_partitions: 1,
+        ..BrokerConfig::default()
+    })
+    .unwrap();
+    let proxy = Proxy::start(front, broker.kafka_address);
+    let bootstrap = proxy.address.to_string();
+    let started = Instant::now();
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(perf(&[
+            "e2e",
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "doomed",
+            "--rate",
+            "2000",
+            "--duration",
+            "8s",
+            "--json",
+        ]));
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    proxy.kill();
+    let (ok, stdout, stderr) = result
+        .recv_timeout(Duration::from_secs(90))
+        .expect("coremq-perf ends after its broker died");
+    let took = started.elapsed();
+    assert!(
+        !ok,
+        "a run whose broker died must fail:\n{stdout}\n{stderr}"
+    );
+    // Duration 8 s, drain grace 10 s, stop grace 10 s, and a margin for startup.
+    assert!(took < Duration::from_secs(45), "took {took:?}");
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap())
+        .unwrap_or_else(|error| panic!("{error}: {stdout}"));
+    assert!(summary["failure"].is_string(), "{summary}");
+    let produced = summary["produced"]["records"].as_u64().unwrap();
+    assert!(
+        produced > 0,
+        "records were acknowledged before the kill: {summary}"
+    );
+    assert!(stderr.contains("coremq-perf:"), "{stderr}");
+    broker.shutdown(Duration::from_secs(5)).unwrap();
 }

@@ -39,6 +39,10 @@ pub fn run(capacity: Capacity) -> Result<Value, String> {
         let errors: u64 = summary["errors"]
             .as_object()
             .map_or(0, |errors| errors.values().filter_map(Value::as_u64).sum());
+        if let Some(failure) = summary["failure"].as_str() {
+            // A step whose run failed (the cluster stopped answering) ends the search.
+            return Err(format!("step {step} at {rate:.0} records/s: {failure}"));
+        }
         let holds = p99 <= capacity.slo_p99_ms && delivered >= KEEPS_UP * rate && errors == 0;
         let result = json!({
             "step": step,

@@ -44,7 +44,13 @@ fn main() -> ExitCode {
             if json {
                 println!("{summary}");
             }
-            ExitCode::SUCCESS
+            match run::failed(&summary) {
+                None => ExitCode::SUCCESS,
+                Some(failure) => {
+                    eprintln!("coremq-perf: {failure}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(error) => {
             eprintln!("coremq-perf: {error}");

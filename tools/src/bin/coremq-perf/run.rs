@@ -24,6 +24,11 @@ const DEFAULT_DURATION: Duration = Duration::from_secs(30);
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// A consumer-only run that reads nothing for this long ends.
 const IDLE_LIMIT: Duration = Duration::from_secs(10);
+/// After the duration and the drain, how long the shards may take to stop before the run
+/// ends without them (a cluster that stopped answering leaves sends waiting).
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// A run with nothing acknowledged or consumed for this long ends as failed.
+const STALL_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -42,11 +47,24 @@ impl Mode {
     }
 }
 
-/// Runs `mode` as the options say, prints the summary and returns it as JSON.
+/// Runs `mode` as the options say, prints the summary and returns it as JSON; a run that
+/// failed (see [`execute`]) still has its summary, with the failure in it.
 pub fn measure(workload: Workload, mode: Mode) -> Result<Value, String> {
     let summary = execute(&workload, mode, true)?;
     print_summary(&summary);
     Ok(summary)
+}
+
+/// Why a summary's run did not do what it was asked, if it did not: the run failed or ended
+/// without its shards, or counted errors.
+pub fn failed(summary: &Value) -> Option<String> {
+    if let Some(failure) = summary["failure"].as_str() {
+        return Some(failure.to_string());
+    }
+    let errors: u64 = summary["errors"]
+        .as_object()
+        .map_or(0, |errors| errors.values().filter_map(Value::as_u64).sum());
+    (errors > 0).then(|| format!("{errors} records failed: {}", summary["errors"]))
 }
 
 /// Runs `mode` once and returns its JSON summary; `progress` prints the per-second lines.
@@ -55,6 +73,13 @@ pub fn execute(workload: &Workload, mode: Mode, progress: bool) -> Result<Value,
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |cores| cores.get()));
     let partitions = prepare_topic(workload)?;
+    if partitions != workload.partitions {
+        eprintln!(
+            "coremq-perf: topic {} exists with {partitions} partitions; --partitions {} \
+             does not change it, the run uses {partitions}",
+            workload.topic, workload.partitions
+        );
+    }
     let start = match (mode, workload.from.as_str()) {
         (Mode::E2e, _) | (_, "latest") => StartOffset::Latest,
         _ => StartOffset::Earliest,
@@ -108,10 +133,11 @@ fn key_bytes(workload: &Workload) -> f64 {
     }
 }
 
-/// The run's totals after the warm-up, and when measuring began.
+/// The run's totals after the warm-up, when measuring began, and why it failed, if it did.
 struct Measured {
     totals: Stats,
     measure_start: Instant,
+    failure: Option<String>,
 }
 
 /// Starts the shards and gathers their intervals until they are all done.
@@ -161,8 +187,36 @@ fn gather(
     let mut failure = None;
     let mut producers_stopped = None::<Instant>;
     let mut last_progress = (Instant::now(), 0u64);
+    // Acknowledged plus consumed records, and when that last grew.
+    let mut last_activity = (Instant::now(), 0u64);
+    let give_up_at = end_at.map(|end| end + DRAIN_GRACE + STOP_GRACE);
+    let mut abandoned = false;
     while done < shards {
         let now = Instant::now();
+        let activity =
+            shared.produced.load(Ordering::Relaxed) + shared.consumed.load(Ordering::Relaxed);
+        if activity != last_activity.1 {
+            last_activity = (now, activity);
+        }
+        let stalled = now.duration_since(last_activity.0) > STALL_LIMIT;
+        if give_up_at.is_some_and(|at| now >= at) || (stalled && give_up_at.is_none()) {
+            let waiting = shards - done;
+            failure.get_or_insert(if stalled {
+                format!(
+                    "nothing was acknowledged or consumed for {} s; ended with {waiting} of \
+                     {shards} client shards still waiting on the cluster",
+                    STALL_LIMIT.as_secs()
+                )
+            } else {
+                format!(
+                    "the run did not end within {} s after its duration; ended with \
+                     {waiting} of {shards} client shards still waiting on the cluster",
+                    (DRAIN_GRACE + STOP_GRACE).as_secs()
+                )
+            });
+            abandoned = true;
+            break;
+        }
         if end_at.is_some_and(|end| now >= end) || failure.is_some() {
             shared.stop_producing.store(true, Ordering::SeqCst);
             if !plan.produce || failure.is_some() {
@@ -250,8 +304,24 @@ fn gather(
             }
         }
     }
-    for handle in handles {
-        let _ = handle.join();
+    if abandoned {
+        // What the shards reported stays counted; their threads end with the process.
+        for (index, stats) in std::mem::take(&mut pending) {
+            if index >= u64::from(warmup_intervals) {
+                totals.add(&stats);
+            }
+        }
+        let unacknowledged = shared
+            .offered
+            .load(Ordering::Relaxed)
+            .saturating_sub(shared.produced.load(Ordering::Relaxed) + totals.error_count());
+        if unacknowledged > 0 {
+            totals.error("unacknowledged_at_end".to_string(), unacknowledged);
+        }
+    } else {
+        for handle in handles {
+            let _ = handle.join();
+        }
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -261,13 +331,11 @@ fn gather(
         file.flush()
             .map_err(|error| format!("writing the histogram log: {error}"))?;
     }
-    match failure {
-        Some(error) => Err(error),
-        None => Ok(Measured {
-            totals,
-            measure_start,
-        }),
-    }
+    Ok(Measured {
+        totals,
+        measure_start,
+        failure,
+    })
 }
 
 /// A progress bar on a terminal (over seconds, or records when counting them).
@@ -313,8 +381,28 @@ fn summarise(mode: Mode, plan: &Plan, threads: usize, measured: &Measured) -> Va
     let produced_seconds = seconds_to(totals.last_produced);
     let consumed_seconds = seconds_to(totals.last_consumed);
     let workload = &plan.workload;
+    let mut failure = measured.failure.clone();
+    if let (Mode::Consume, Some(records)) = (mode, plan.records)
+        && totals.consumed < records
+        && failure.is_none()
+    {
+        failure = Some(format!(
+            "asked for {records} records but found {} within {} s of the last one",
+            totals.consumed,
+            IDLE_LIMIT.as_secs()
+        ));
+    }
+    // Without a group, consumers split the partitions: those beyond the count get none.
+    let idle_consumers = match workload.group {
+        Some(_) => 0,
+        None => plan
+            .consumers()
+            .saturating_sub(plan.partitions.max(0) as usize),
+    };
     json!({
         "mode": mode.name(),
+        "failure": failure,
+        "idle_consumers": idle_consumers,
         "seconds": produced_seconds.max(consumed_seconds),
         "produced": if plan.produce {
             rates(totals.produced, totals.produced_bytes, produced_seconds)

@@ -164,4 +164,14 @@ pub fn print_summary(summary: &Value) {
         }
     }
     println!("  errors: {}", summary["errors"]);
+    let idle = summary["idle_consumers"].as_u64().unwrap_or(0);
+    if idle > 0 {
+        println!(
+            "  idle consumers: {idle} (more consumers than the topic's {} partitions)",
+            summary["config"]["partitions"]
+        );
+    }
+    if let Some(failure) = summary["failure"].as_str() {
+        println!("  failed: {failure}");
+    }
 }

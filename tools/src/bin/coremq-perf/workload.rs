@@ -70,6 +70,8 @@ impl Plan {
 pub struct Shared {
     pub stop_producing: AtomicBool,
     pub stop_consuming: AtomicBool,
+    /// Records handed to the producers so far by everyone.
+    pub offered: AtomicU64,
     /// Records acknowledged, and consumed, so far by everyone.
     pub produced: AtomicU64,
     pub consumed: AtomicU64,
@@ -302,6 +304,7 @@ async fn produce(
             stats.borrow_mut().error(error.kind(), 1);
         }
         sent += 1;
+        shared.offered.fetch_add(1, Ordering::Relaxed);
         if sent.is_multiple_of(32) {
             futures_lite::future::yield_now().await;
         }
