@@ -348,7 +348,7 @@ fn a_second_broker_cannot_share_the_data_directory_or_the_kafka_port() {
 
     // Every connection still reaches the first broker.
     for _ in 0..20 {
-        let mut client = Wire::connect(&first.bootstrap());
+        let mut client = Wire::connect(first.bootstrap());
         let response = client.call(3, RequestBody::ApiVersions(ApiVersionsRequest::default()));
         assert!(matches!(response, ResponseBody::ApiVersions(_)));
     }

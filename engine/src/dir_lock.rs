@@ -8,7 +8,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 
@@ -59,19 +59,6 @@ impl DirLock {
             .map_err(|e| io("write lock file", e))?;
         Ok(DirLock { _file: file })
     }
-}
-
-/// The message for a locked directory: which process holds it, when known.
-pub(crate) fn describe(dir: &PathBuf, holder: Option<u32>) -> String {
-    let who = match holder {
-        Some(pid) => format!("process {pid}"),
-        None => "another process".to_string(),
-    };
-    format!(
-        "data directory {} is in use by {who} (its {LOCK_FILE} is locked): stop that \
-         process or give this one another data directory",
-        dir.display()
-    )
 }
 
 #[cfg(test)]

@@ -147,7 +147,15 @@ impl fmt::Display for Error {
             ),
             Error::System { reason } => f.write_str(reason),
             Error::DataDirLocked { dir, holder } => {
-                f.write_str(&crate::dir_lock::describe(dir, *holder))
+                write!(f, "data directory {} is in use by ", dir.display())?;
+                match holder {
+                    Some(pid) => write!(f, "process {pid}")?,
+                    None => f.write_str("another process")?,
+                }
+                f.write_str(
+                    " (its .lock file is locked): stop that process or give this one \
+                     another data directory",
+                )
             }
             Error::ShuttingDown => write!(f, "the engine is shutting down"),
         }
