@@ -92,6 +92,22 @@ struct Options {
     /// in milliseconds (Kafka's group.initial.rebalance.delay.ms) [default: 3000]
     #[arg(long, env = "COREMQ_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     group_initial_rebalance_delay_ms: Option<u64>,
+    /// Close a connection with no request arriving and none in flight for this long, in
+    /// milliseconds (Kafka's connections.max.idle.ms) [default: 600000]
+    #[arg(long, env = "COREMQ_CONNECTIONS_MAX_IDLE_MS")]
+    connections_max_idle_ms: Option<u64>,
+    /// Close a connection whose request has not arrived whole this long after its first
+    /// byte, in milliseconds [default: 30000]
+    #[arg(long, env = "COREMQ_REQUEST_READ_TIMEOUT_MS")]
+    request_read_timeout_ms: Option<u64>,
+    /// Connections open at once, all shards together; more are closed as they arrive
+    /// (Kafka's max.connections) [default: 2147483647]
+    #[arg(long, env = "COREMQ_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Connections open at once from one IP address (Kafka's max.connections.per.ip)
+    /// [default: 2147483647]
+    #[arg(long, env = "COREMQ_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
 }
 
 impl Options {
@@ -134,6 +150,14 @@ impl Options {
             group_initial_rebalance_delay_ms: self
                 .group_initial_rebalance_delay_ms
                 .or(file.group_initial_rebalance_delay_ms),
+            connections_max_idle_ms: self
+                .connections_max_idle_ms
+                .or(file.connections_max_idle_ms),
+            request_read_timeout_ms: self
+                .request_read_timeout_ms
+                .or(file.request_read_timeout_ms),
+            max_connections: self.max_connections.or(file.max_connections),
+            max_connections_per_ip: self.max_connections_per_ip.or(file.max_connections_per_ip),
         }
     }
 
@@ -179,6 +203,16 @@ impl Options {
             group_initial_rebalance_delay_ms: self
                 .group_initial_rebalance_delay_ms
                 .unwrap_or(defaults.group_initial_rebalance_delay_ms),
+            connections_max_idle_ms: self
+                .connections_max_idle_ms
+                .unwrap_or(defaults.connections_max_idle_ms),
+            request_read_timeout_ms: self
+                .request_read_timeout_ms
+                .unwrap_or(defaults.request_read_timeout_ms),
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(defaults.max_connections_per_ip),
         }
     }
 }

@@ -42,6 +42,17 @@ pub struct BrokerConfig {
     /// How long a new group waits for more members before its first assignment
     /// (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
+    /// A connection with no request arriving and none in flight for this long is closed
+    /// (Kafka's `connections.max.idle.ms`).
+    pub connections_max_idle_ms: u64,
+    /// A request frame must arrive whole within this long of its first byte, or its
+    /// connection is closed (a client sending a byte now and then holds no connection).
+    pub request_read_timeout_ms: u64,
+    /// Connections open at once, all shards together; more are closed as they arrive
+    /// (Kafka's `max.connections`).
+    pub max_connections: usize,
+    /// Connections open at once from one IP address (Kafka's `max.connections.per.ip`).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for BrokerConfig {
@@ -65,6 +76,10 @@ impl Default for BrokerConfig {
             partitions_per_shard_max: 1000,
             offsets_topic_partitions: 16,
             group_initial_rebalance_delay_ms: 3000,
+            connections_max_idle_ms: 600_000,
+            request_read_timeout_ms: 30_000,
+            max_connections: i32::MAX as usize,
+            max_connections_per_ip: i32::MAX as usize,
         }
     }
 }

@@ -23,6 +23,7 @@ struct ShardCounters {
     connections: u64,
     requests: Vec<(i16, u64)>,
     groups: u64,
+    closed: Vec<(&'static str, u64)>,
 }
 
 /// Where the broker is in its life, as the admin listener reports it.
@@ -167,6 +168,7 @@ async fn metrics(handle: &Handle) -> Result<String, coremq_engine::Error> {
                         connections: context.open_connections() as u64,
                         requests,
                         groups,
+                        closed: context.closes.counts(),
                     })
                 })
                 .await?,
@@ -280,6 +282,20 @@ fn render(
         }
     }
     registry.register("requests", "Kafka requests handled, by API", requests);
+
+    let closed = Family::<Vec<(String, String)>, Counter>::default();
+    for shard in shards {
+        for (reason, count) in &shard.closed {
+            closed
+                .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+                .inc_by(*count);
+        }
+    }
+    registry.register(
+        "connections_closed",
+        "Kafka connections the broker closed, by reason",
+        closed,
+    );
 
     let fsync = Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
     for quantile in [0.5, 0.99, 0.999, 1.0] {

@@ -4,6 +4,7 @@
 //! shard owns go there through the engine's handle.
 
 mod admin;
+mod closes;
 pub mod config;
 mod configs;
 mod connection;
@@ -68,6 +69,10 @@ pub(crate) struct Context {
     pub producer_ids: Option<producer_ids::ProducerIds>,
     /// Requests decoded on this shard, by API key.
     pub requests: RefCell<std::collections::HashMap<i16, u64>>,
+    /// Connections this shard closed, by reason, and their rate-limited log.
+    pub closes: closes::CloseLog,
+    /// Open connections by client IP address, all shards together.
+    pub ips: connection::ConnectionsByIp,
 }
 
 thread_local! {
@@ -322,11 +327,13 @@ impl Broker {
         listener::probe(config.kafka_listener, "Kafka clients")?;
         let mut address = config.kafka_listener;
         let connections: Arc<[AtomicUsize]> = (0..shards).map(|_| AtomicUsize::new(0)).collect();
+        let ips = connection::ConnectionsByIp::default();
         for shard in 0..shards {
             let listens = shard == 0 || config.accept == AcceptMode::ReusePort;
             let config = config.clone();
             let table = table.clone();
             let connections = connections.clone();
+            let ips = ips.clone();
             let store = store.clone();
             let shard_handle = handle.clone();
             let producer_ids = if shard == 0 {
@@ -386,6 +393,8 @@ impl Broker {
                         groups: RefCell::new(groups::Coordinator::default()),
                         producer_ids,
                         requests: RefCell::default(),
+                        closes: closes::CloseLog::new(),
+                        ips,
                     });
                     CONTEXT.with(|slot| *slot.borrow_mut() = Some(context.clone()));
                     let loaded = groups::load(&context).await?;
@@ -393,6 +402,7 @@ impl Broker {
                         log::info!("shard {shard}: {loaded} committed offsets recovered");
                     }
                     glommio::spawn_local(groups::tick_loop(context.clone())).detach();
+                    glommio::spawn_local(closes::window_loop(context.clone())).detach();
                     if let Some(listener) = listener {
                         glommio::spawn_local(connection::accept_loop(context, listener)).detach();
                     }
