@@ -13,7 +13,8 @@ use broker::{Broker, free_port};
 use coremq_net::protocol::api::{RequestBody, ResponseBody};
 use coremq_net::protocol::error_code;
 use coremq_net::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use coremq_net::protocol::messages::{ApiVersionsRequest, FetchRequest};
+use coremq_net::protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use coremq_net::protocol::messages::{ApiVersionsRequest, FetchRequest, JoinGroupRequest};
 use wire::Wire;
 
 /// Runs the binary with `args` under `sh -c` (for `ulimit`); returns exit code and stderr.
@@ -396,4 +397,50 @@ fn listeners_are_checked_and_the_startup_line_names_the_broker() {
     ] {
         assert!(line.contains(&part), "{part:?} not in {line}");
     }
+}
+
+/// SIGTERM while a group join waits (here on a two-minute initial rebalance delay) and its
+/// client is gone: the broker answers the join, and exits within its grace. It used to keep
+/// one shard alive with the dead client's connection in CLOSE-WAIT for minutes.
+#[test]
+fn sigterm_with_a_pending_group_join_exits_within_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(
+        &dir.path().join("data"),
+        &["--group-initial-rebalance-delay-ms", "120000"],
+    );
+    // Several groups, so that some are coordinated on the other shard than the connection's
+    // (a join waiting there is a cross-shard call the shard's shutdown waits for).
+    let mut wire = Wire::connect(("127.0.0.1", broker.port));
+    for group in 0..8 {
+        wire.request(
+            3,
+            RequestBody::JoinGroup(JoinGroupRequest {
+                group_id: format!("stuck-{group}"),
+                session_timeout_ms: 30_000,
+                rebalance_timeout_ms: 120_000,
+                protocol_type: "consumer".into(),
+                protocols: vec![JoinGroupRequestProtocol {
+                    name: "range".into(),
+                    metadata: bytes::Bytes::new(),
+                }],
+                ..JoinGroupRequest::default()
+            }),
+        );
+    }
+    wait_for_metrics(
+        &broker,
+        &["coremq_requests_total{api=\"JoinGroup\"} 8".to_string()],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(wire);
+    let began = std::time::Instant::now();
+    let status = broker.stop();
+    let took = began.elapsed();
+    assert!(status.success(), "{status}\n{}", broker.log());
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "shutdown took {took:?}\n{}",
+        broker.log()
+    );
 }

@@ -26,6 +26,8 @@ use crate::types::{Offset, Timestamp, TopicPartition};
 /// Tasks one shard runs at once for callers; past it the shard stops taking from its queue
 /// and callers wait on the bounded channel (backpressure, not growth).
 const SHARD_TASKS_MAX: u64 = 4096;
+/// How long a stopping shard waits for its in-flight calls before it closes its logs.
+const SHUTDOWN_CALLS_GRACE: Duration = Duration::from_secs(10);
 /// Suffix of a log directory being deleted.
 const DELETE_SUFFIX: &str = "-delete";
 
@@ -257,7 +259,26 @@ async fn shard_main(
         }
     };
     shard.stopping.set(true);
-    let _ = tasks.acquire(SHARD_TASKS_MAX).await;
+    // In-flight calls finish first, but a call waiting on something that never comes (a
+    // client's rebalance, a stuck disk) must not keep the process from exiting.
+    let finished = futures_lite::future::or(
+        async {
+            let _ = tasks.acquire(SHARD_TASKS_MAX).await;
+            true
+        },
+        async {
+            glommio::timer::sleep(SHUTDOWN_CALLS_GRACE).await;
+            false
+        },
+    )
+    .await;
+    if !finished {
+        log::warn!(
+            "shard {id}: {} calls still running {} s into shutdown; closing the logs anyway",
+            SHARD_TASKS_MAX - tasks.available(),
+            SHUTDOWN_CALLS_GRACE.as_secs()
+        );
+    }
     let mut result = Ok(());
     for log in shard.logs() {
         if let Err(error) = log.close().await {

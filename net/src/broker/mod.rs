@@ -98,6 +98,11 @@ impl Context {
         self.topics.borrow().clone()
     }
 
+    /// Whether the broker is shutting down (its stop signal was given).
+    pub fn is_stopping(&self) -> bool {
+        self.stop.borrow().is_none()
+    }
+
     pub fn stop_signal(&self) -> flume::Receiver<()> {
         self.stopped.clone()
     }
@@ -478,6 +483,7 @@ impl Broker {
                 futures_lite::future::block_on(self.handle.on_shard(shard, move |_| async move {
                     let context = Context::current();
                     context.stop.borrow_mut().take();
+                    context.groups.borrow_mut().unload_members();
                     let deadline = std::time::Instant::now() + grace;
                     while context.open_connections() > 0 && std::time::Instant::now() < deadline {
                         glommio::timer::sleep(Duration::from_millis(5)).await;

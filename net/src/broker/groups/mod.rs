@@ -79,6 +79,13 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// Forgets every group's members at shutdown: joins and syncs still waiting (for a
+    /// rebalance whose members may be gone) are answered now instead of holding the shard
+    /// until their rebalance timeout. Committed offsets stay.
+    pub fn unload_members(&mut self) {
+        self.groups.clear();
+    }
+
     /// Groups this shard coordinates (with members or committed offsets).
     pub fn group_count(&self) -> usize {
         self.offsets.len()
@@ -327,6 +334,10 @@ pub async fn join_group(
     };
     let group_id = request.group_id;
     let answer = on_coordinator(context, &group_id.clone(), move |context, _| async move {
+        if context.is_stopping() {
+            // Its members were unloaded; the member finds the coordinator again later.
+            return join_error(member_id, error_code::COORDINATOR_NOT_AVAILABLE);
+        }
         let now = Instant::now();
         let delay = Duration::from_millis(context.config.group_initial_rebalance_delay_ms);
         let reply = context
