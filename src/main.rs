@@ -92,6 +92,14 @@ struct Options {
     /// in milliseconds (Kafka's group.initial.rebalance.delay.ms) [default: 3000]
     #[arg(long, env = "COREMQ_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     group_initial_rebalance_delay_ms: Option<u64>,
+    /// Shortest session timeout a group member may ask for, in milliseconds (Kafka's
+    /// group.min.session.timeout.ms) [default: 6000]
+    #[arg(long, env = "COREMQ_GROUP_MIN_SESSION_TIMEOUT_MS")]
+    group_min_session_timeout_ms: Option<u64>,
+    /// Longest session timeout a group member may ask for, in milliseconds (Kafka's
+    /// group.max.session.timeout.ms) [default: 1800000]
+    #[arg(long, env = "COREMQ_GROUP_MAX_SESSION_TIMEOUT_MS")]
+    group_max_session_timeout_ms: Option<u64>,
     /// Close a connection with no request arriving and none in flight for this long, in
     /// milliseconds (Kafka's connections.max.idle.ms) [default: 600000]
     #[arg(long, env = "COREMQ_CONNECTIONS_MAX_IDLE_MS")]
@@ -150,6 +158,12 @@ impl Options {
             group_initial_rebalance_delay_ms: self
                 .group_initial_rebalance_delay_ms
                 .or(file.group_initial_rebalance_delay_ms),
+            group_min_session_timeout_ms: self
+                .group_min_session_timeout_ms
+                .or(file.group_min_session_timeout_ms),
+            group_max_session_timeout_ms: self
+                .group_max_session_timeout_ms
+                .or(file.group_max_session_timeout_ms),
             connections_max_idle_ms: self
                 .connections_max_idle_ms
                 .or(file.connections_max_idle_ms),
@@ -203,6 +217,12 @@ impl Options {
             group_initial_rebalance_delay_ms: self
                 .group_initial_rebalance_delay_ms
                 .unwrap_or(defaults.group_initial_rebalance_delay_ms),
+            group_min_session_timeout_ms: self
+                .group_min_session_timeout_ms
+                .unwrap_or(defaults.group_min_session_timeout_ms),
+            group_max_session_timeout_ms: self
+                .group_max_session_timeout_ms
+                .unwrap_or(defaults.group_max_session_timeout_ms),
             connections_max_idle_ms: self
                 .connections_max_idle_ms
                 .unwrap_or(defaults.connections_max_idle_ms),

@@ -444,3 +444,38 @@ fn sigterm_with_a_pending_group_join_exits_within_the_grace() {
         broker.log()
     );
 }
+
+/// `group.min.session.timeout.ms` is a broker setting: a 2 s session is refused with Kafka's
+/// default minimum (6 s) and accepted once the minimum is 1 s.
+#[test]
+fn the_group_session_timeout_bounds_are_settings() {
+    let join = |broker: &Broker| {
+        let mut wire = Wire::connect(("127.0.0.1", broker.port));
+        let response = wire.call(
+            3,
+            RequestBody::JoinGroup(JoinGroupRequest {
+                group_id: "short-sessions".into(),
+                session_timeout_ms: 2_000,
+                rebalance_timeout_ms: 2_000,
+                protocol_type: "consumer".into(),
+                protocols: vec![JoinGroupRequestProtocol {
+                    name: "range".into(),
+                    metadata: bytes::Bytes::new(),
+                }],
+                ..JoinGroupRequest::default()
+            }),
+        );
+        let ResponseBody::JoinGroup(response) = response else {
+            panic!("not a JoinGroup response");
+        };
+        response.error_code
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let quick = ["--group-initial-rebalance-delay-ms", "0"];
+    let default = Broker::start(&dir.path().join("default"), &quick);
+    assert_eq!(join(&default), error_code::INVALID_SESSION_TIMEOUT);
+    let mut flags = quick.to_vec();
+    flags.extend(["--group-min-session-timeout-ms", "1000"]);
+    let lowered = Broker::start(&dir.path().join("lowered"), &flags);
+    assert_eq!(join(&lowered), error_code::NONE);
+}

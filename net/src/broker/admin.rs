@@ -374,7 +374,7 @@ async fn add_partitions(
 /// Broker settings, read only (DescribeConfigs of the broker resource).
 fn broker_configs(context: &Context) -> Vec<Described> {
     let config = &context.config;
-    let entries: [(&'static str, String, i8); 7] = [
+    let entries: [(&'static str, String, i8); 12] = [
         ("num.partitions", config.default_partitions.to_string(), 3),
         (
             "auto.create.topics.enable",
@@ -394,6 +394,27 @@ fn broker_configs(context: &Context) -> Vec<Described> {
         (
             "group.initial.rebalance.delay.ms",
             config.group_initial_rebalance_delay_ms.to_string(),
+            3,
+        ),
+        (
+            "group.min.session.timeout.ms",
+            config.group_min_session_timeout_ms.to_string(),
+            3,
+        ),
+        (
+            "group.max.session.timeout.ms",
+            config.group_max_session_timeout_ms.to_string(),
+            3,
+        ),
+        (
+            "connections.max.idle.ms",
+            config.connections_max_idle_ms.to_string(),
+            5,
+        ),
+        ("max.connections", config.max_connections.to_string(), 3),
+        (
+            "max.connections.per.ip",
+            config.max_connections_per_ip.to_string(),
             3,
         ),
         ("broker.id", config.node_id.to_string(), 3),
@@ -737,6 +758,11 @@ pub fn describe_cluster(
     }
     let (host, port) = config.advertised();
     DescribeClusterResponse {
+        cluster_authorized_operations: if request.include_cluster_authorized_operations {
+            super::metadata::CLUSTER_OPERATIONS
+        } else {
+            i32::MIN
+        },
         endpoint_type: ENDPOINT_BROKERS,
         cluster_id: config.cluster_id.clone(),
         controller_id: config.node_id,

@@ -42,6 +42,10 @@ pub struct BrokerConfig {
     /// How long a new group waits for more members before its first assignment
     /// (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
+    /// Session timeouts a group member may ask for (Kafka's `group.min.session.timeout.ms`
+    /// and `group.max.session.timeout.ms`); others get INVALID_SESSION_TIMEOUT.
+    pub group_min_session_timeout_ms: u64,
+    pub group_max_session_timeout_ms: u64,
     /// A connection with no request arriving and none in flight for this long is closed
     /// (Kafka's `connections.max.idle.ms`).
     pub connections_max_idle_ms: u64,
@@ -76,6 +80,8 @@ impl Default for BrokerConfig {
             partitions_per_shard_max: 1000,
             offsets_topic_partitions: 16,
             group_initial_rebalance_delay_ms: 3000,
+            group_min_session_timeout_ms: 6000,
+            group_max_session_timeout_ms: 1_800_000,
             connections_max_idle_ms: 600_000,
             request_read_timeout_ms: 30_000,
             max_connections: i32::MAX as usize,

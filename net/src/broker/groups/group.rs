@@ -17,10 +17,6 @@ use crate::protocol::error_code;
 use crate::protocol::messages::join_group_response::JoinGroupResponseMember;
 use crate::protocol::messages::{JoinGroupResponse, SyncGroupResponse};
 
-/// Kafka's `group.min.session.timeout.ms` and `group.max.session.timeout.ms`.
-pub const SESSION_TIMEOUT_MIN: Duration = Duration::from_secs(6);
-pub const SESSION_TIMEOUT_MAX: Duration = Duration::from_secs(30 * 60);
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Empty,
@@ -54,6 +50,8 @@ pub struct Join {
     pub client_id: String,
     pub client_host: String,
     pub session_timeout: Duration,
+    /// The broker's `group.min.session.timeout.ms` to `group.max.session.timeout.ms`.
+    pub session_timeout_allowed: std::ops::RangeInclusive<Duration>,
     pub rebalance_timeout: Duration,
     pub protocol_type: String,
     pub protocols: Vec<(String, Bytes)>,
@@ -230,7 +228,7 @@ impl Group {
 
     pub fn join(&mut self, join: Join, now: Instant) -> Reply<JoinGroupResponse> {
         let refuse = |code| Reply::Now(error_join(join.member_id.clone(), code));
-        if !(SESSION_TIMEOUT_MIN..=SESSION_TIMEOUT_MAX).contains(&join.session_timeout) {
+        if !join.session_timeout_allowed.contains(&join.session_timeout) {
             return refuse(error_code::INVALID_SESSION_TIMEOUT);
         }
         if join.protocol_type.is_empty() || join.protocols.is_empty() {
@@ -674,6 +672,7 @@ mod tests {
             client_id: "client".into(),
             client_host: "/127.0.0.1".into(),
             session_timeout: Duration::from_secs(10),
+            session_timeout_allowed: Duration::from_secs(6)..=Duration::from_secs(30 * 60),
             rebalance_timeout: Duration::from_secs(30),
             protocol_type: "consumer".into(),
             protocols: protocols

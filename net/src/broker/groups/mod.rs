@@ -315,6 +315,8 @@ pub async fn join_group(
         client_id,
         client_host,
         session_timeout: Duration::from_millis(request.session_timeout_ms.max(0) as u64),
+        session_timeout_allowed: Duration::from_millis(context.config.group_min_session_timeout_ms)
+            ..=Duration::from_millis(context.config.group_max_session_timeout_ms),
         // v0 has no rebalance timeout: Kafka uses the session timeout.
         rebalance_timeout: Duration::from_millis(
             if version == 0 {
