@@ -165,3 +165,11 @@ fn admin_operations_work_from_both_clients() {
     broker.restart();
     run(&broker, "admin.py", &[&broker.bootstrap(), "after-restart"]);
 }
+
+/// Keyless records on a compacted topic and transactions are refused at once, every
+/// operation is authorized, an emptied group keeps its protocol type.
+#[test]
+fn conformance_gaps_the_client_suites_found() {
+    let (_dir, broker) = start("conformance", &[]);
+    run(&broker, "conformance.py", &[&broker.bootstrap()]);
+}

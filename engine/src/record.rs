@@ -256,10 +256,10 @@ pub fn decode_records(batch: &Bytes, decompressed_bytes_max: usize) -> Result<Ve
 }
 
 /// What [`check_records`] learned of a producer's batch while walking it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecordsSummary {
-    /// Records with a null key (a compacted topic refuses them).
-    pub null_keys: u32,
+    /// Where in the batch the records with a null key are (a compacted topic refuses them).
+    pub null_keys: Vec<u32>,
 }
 
 /// Checks the records of a producer's batch as Kafka's `LogValidator` does: exactly
@@ -273,7 +273,7 @@ pub fn check_records(
     let inflated = inflate(batch, header, decompressed_bytes_max)?;
     let body = inflated.as_deref().unwrap_or(&batch[BATCH_HEADER_BYTES..]);
     let mut expected = 0u32;
-    let mut summary = RecordsSummary { null_keys: 0 };
+    let mut summary = RecordsSummary::default();
     walk_records(body, header, |view| {
         if view.offset_delta != expected {
             return Err(Error::invalid_batch(format!(
@@ -282,8 +282,10 @@ pub fn check_records(
                 view.offset_delta
             )));
         }
+        if view.key.is_none() {
+            summary.null_keys.push(expected);
+        }
         expected += 1;
-        summary.null_keys += u32::from(view.key.is_none());
         Ok(())
     })?;
     Ok(summary)
@@ -580,7 +582,7 @@ mod tests {
                 decompressed_bytes_max: 1 << 20,
             };
             let (header, summary) = batch::validate_for_append(&batch, limits).unwrap();
-            assert_eq!(summary.null_keys, 1);
+            assert_eq!(summary.null_keys, [1]);
             assert_eq!(header.records_count, 3);
             assert_eq!(header.max_timestamp, Timestamp(1_500));
             let records = decode_records(&batch, 1 << 20).unwrap();

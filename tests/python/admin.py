@@ -148,7 +148,8 @@ def topics_and_configs():
 def records_and_cluster():
     producer = Producer({"bootstrap.servers": BOOTSTRAP})
     for value in range(10):
-        producer.produce("admin-a", value=str(value), partition=0)
+        # admin-a is compacted by now (cleanup.policy delete,compact): records need keys.
+        producer.produce("admin-a", key=str(value), value=str(value), partition=0)
     producer.flush(30)
     deleted = admin.delete_records([TopicPartition("admin-a", 0, 4)])
     result = list(deleted.values())[0].result(timeout=30)

@@ -13,11 +13,42 @@ use crate::protocol::messages::metadata_response::{
 };
 use crate::protocol::messages::{MetadataRequest, MetadataResponse};
 
+/// What a client may do, as a bit per Kafka `AclOperation` code, for a broker without an
+/// authorizer: every operation Kafka supports on the resource type (KIP-430;
+/// `AclEntry.supportedOperations`). READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7,
+/// DESCRIBE 8, CLUSTER_ACTION 9, DESCRIBE_CONFIGS 10, ALTER_CONFIGS 11, IDEMPOTENT_WRITE 12.
+pub const TOPIC_OPERATIONS: i32 = bits(&[3, 4, 5, 6, 7, 8, 10, 11]);
+pub const CLUSTER_OPERATIONS: i32 = bits(&[5, 7, 8, 9, 10, 11, 12]);
+pub const GROUP_OPERATIONS: i32 = bits(&[3, 6, 8]);
+
+const fn bits(codes: &[u8]) -> i32 {
+    let mut field = 0;
+    let mut n = 0;
+    while n < codes.len() {
+        field |= 1 << codes[n];
+        n += 1;
+    }
+    field
+}
+
 pub async fn handle(
     context: &Rc<Context>,
     request: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
+    let topic_operations = request.include_topic_authorized_operations;
+    let mut response = topics(context, request, version).await;
+    if topic_operations {
+        for topic in &mut response.topics {
+            if topic.error_code == error_code::NONE {
+                topic.topic_authorized_operations = TOPIC_OPERATIONS;
+            }
+        }
+    }
+    response
+}
+
+async fn topics(context: &Rc<Context>, request: MetadataRequest, version: i16) -> MetadataResponse {
     let config = &context.config;
     let (host, port) = config.advertised();
     let mut response = MetadataResponse {
@@ -29,6 +60,11 @@ pub async fn handle(
         }],
         cluster_id: Some(config.cluster_id.clone()),
         controller_id: config.node_id,
+        cluster_authorized_operations: if request.include_cluster_authorized_operations {
+            CLUSTER_OPERATIONS
+        } else {
+            i32::MIN
+        },
         ..MetadataResponse::default()
     };
     // v0 asks for every topic with an empty list; later versions with a null one.

@@ -13,7 +13,9 @@ use coremq_engine::{Ack, Compression, TopicPartition, record};
 use super::groups::OFFSETS_TOPIC;
 use super::{Context, configs, errors};
 use crate::protocol::error_code;
-use crate::protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use crate::protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use crate::protocol::messages::{ProduceRequest, ProduceResponse};
 
 /// A partition whose records are to be appended, once they are split out of the frame.
@@ -222,6 +224,10 @@ async fn append(
             let mut checked = Vec::with_capacity(batches.len());
             for batch in batches {
                 let mut batch = CheckedBatch::from_mut(batch, config.batch_limits())?;
+                // Kafka's LogValidator: a compacted topic refuses records without a key.
+                if config.cleanup_policy.compacts() && !batch.summary().null_keys.is_empty() {
+                    return Ok(Err(batch.summary().null_keys.clone()));
+                }
                 let header = batch.header();
                 if header.is_transactional() || header.is_control() {
                     return Err(coremq_engine::Error::InvalidBatch {
@@ -246,11 +252,26 @@ async fn append(
                 first.get_or_insert(info);
             }
             let log_start = log.offsets().log_start;
-            Ok((first.expect("at least one batch"), log_start))
+            Ok(Ok((first.expect("at least one batch"), log_start)))
         })
         .await;
     match appended {
-        Ok((info, log_start)) => PartitionProduceResponse {
+        Ok(Err(keyless)) => {
+            let message = format!(
+                "Compacted topic cannot accept message without key in topic partition {log}."
+            );
+            PartitionProduceResponse {
+                record_errors: keyless
+                    .iter()
+                    .map(|&record| BatchIndexAndErrorMessage {
+                        batch_index: record as i32,
+                        batch_index_error_message: Some(message.clone()),
+                    })
+                    .collect(),
+                ..failed(index, error_code::INVALID_RECORD, message)
+            }
+        }
+        Ok(Ok((info, log_start))) => PartitionProduceResponse {
             index,
             error_code: error_code::NONE,
             base_offset: info.base_offset.0 as i64,

@@ -414,9 +414,10 @@ impl Group {
         }
         self.generation += 1;
         if self.members.is_empty() {
+            // Kafka's `initNextGeneration`: an empty group keeps its protocol type, so
+            // ListGroups still says `consumer`, not an empty ("simple") type.
             self.state = State::Empty;
             self.protocol = None;
-            self.protocol_type = None;
             self.leader = None;
             return;
         }
@@ -708,6 +709,22 @@ mod tests {
         let id = first.member_id;
         let waiting = later(group.join(join(&id, None, protocols), now));
         (id, waiting)
+    }
+
+    #[test]
+    fn an_emptied_group_keeps_its_protocol_type() {
+        let start = Instant::now();
+        let mut group = Group::new("g".into(), Duration::from_millis(100), start);
+        let (a, _a_join) = join_new(&mut group, &["range"], start);
+        group.tick(start + Duration::from_millis(150));
+        assert_eq!(group.protocol_type(), "consumer");
+        assert_eq!(
+            group.leave(&a, None, start + Duration::from_millis(200)),
+            error_code::NONE
+        );
+        group.tick(start + Duration::from_millis(300));
+        assert_eq!(group.state(), State::Empty);
+        assert_eq!(group.protocol_type(), "consumer");
     }
 
     #[test]

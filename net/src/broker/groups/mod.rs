@@ -241,12 +241,20 @@ pub fn find_coordinator(
 ) -> FindCoordinatorResponse {
     let (host, port) = context.config.advertised();
     let node_id = context.config.node_id;
-    let refusal = (request.key_type != 0).then(|| {
-        (
+    // A transaction coordinator is refused with an error Kafka clients treat as fatal at
+    // once (librdkafka and the Java client fail `init_transactions` with it), rather than
+    // one they retry until their timeout.
+    let refusal = match request.key_type {
+        0 => None,
+        1 => Some((
+            error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            "transactions are not supported by coremq".to_string(),
+        )),
+        other => Some((
             error_code::INVALID_REQUEST,
-            "only group coordinators: transactions are not supported".to_string(),
-        )
-    });
+            format!("coordinator key type {other}: only group coordinators are served"),
+        )),
+    };
     let entry = |key: String| match &refusal {
         Some((code, message)) => CoordinatorEntry {
             key,
@@ -835,6 +843,7 @@ pub async fn describe_groups(
     context: &Context,
     request: DescribeGroupsRequest,
 ) -> DescribeGroupsResponse {
+    let include_operations = request.include_authorized_operations;
     let mut groups = Vec::with_capacity(request.groups.len());
     for group_id in request.groups {
         let dead = |code| DescribedGroup {
@@ -886,7 +895,11 @@ pub async fn describe_groups(
                 protocol_type,
                 protocol_data,
                 members,
-                ..DescribedGroup::default()
+                authorized_operations: if include_operations {
+                    super::metadata::GROUP_OPERATIONS
+                } else {
+                    i32::MIN
+                },
             },
         });
     }
