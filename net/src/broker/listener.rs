@@ -2,7 +2,9 @@
 //! shards of this process share the port, but the kernel lets any process of the same user
 //! join such a group: a second broker on the same port would silently take part of the
 //! connections. So before binding, a plain socket (no SO_REUSEPORT) is bound to the address
-//! and dropped: it fails with "address in use" whenever anyone listens there. After every
+//! and dropped: it fails with "address in use" whenever anyone listens there (or while
+//! connections of an earlier process linger on the port, in which case the listeners are
+//! counted, below, to tell the two apart). After every
 //! shard has bound, the listening sockets on the address are counted (`/proc/net/tcp` or
 //! `tcp6`): more than this process opened means another process bound at the same moment,
 //! and this one refuses to serve.
@@ -12,14 +14,16 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::StartError;
 
-/// Fails when some process already listens on `address` (port 0 always has room).
+/// Fails when some process already listens on `address` (port 0 always has room). The
+/// plain bind also fails while connections a previous process accepted on the port linger
+/// (FIN_WAIT, TIME_WAIT); then the listening sockets are counted instead.
 pub(crate) fn probe(address: SocketAddr, what: &str) -> Result<(), StartError> {
     if address.port() == 0 {
         return Ok(());
     }
     match std::net::TcpListener::bind(address) {
         Ok(_) => Ok(()),
-        Err(error) if error.kind() == ErrorKind::AddrInUse => Err(in_use(address, what)),
+        Err(error) if error.kind() == ErrorKind::AddrInUse => verify(address, 0, what),
         Err(error) => Err(StartError(format!(
             "cannot listen for {what} on {address}: {error}"
         ))),
@@ -34,7 +38,7 @@ pub(crate) fn verify(address: SocketAddr, ours: usize, what: &str) -> Result<(),
         "/proc/net/tcp6"
     };
     let Ok(text) = std::fs::read_to_string(table) else {
-        // Without /proc the probe before binding is the only check.
+        // Without /proc the plain bind before the shards' is the only check.
         return Ok(());
     };
     let listening = count_listening(&text, address);
