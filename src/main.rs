@@ -92,6 +92,36 @@ struct Options {
     /// in milliseconds (Kafka's group.initial.rebalance.delay.ms) [default: 3000]
     #[arg(long, env = "COREMQ_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     group_initial_rebalance_delay_ms: Option<u64>,
+    /// Segment size of topics that do not set segment.bytes (Kafka's log.segment.bytes)
+    /// [default: 1073741824]
+    #[arg(long, env = "COREMQ_LOG_SEGMENT_BYTES")]
+    log_segment_bytes: Option<u64>,
+    /// Largest batch of topics that do not set max.message.bytes (Kafka's
+    /// message.max.bytes) [default: 1048588]
+    #[arg(long, env = "COREMQ_MESSAGE_MAX_BYTES")]
+    message_max_bytes: Option<usize>,
+    /// Size retention of topics that do not set retention.bytes, -1 for none (Kafka's
+    /// log.retention.bytes) [default: -1]
+    #[arg(long, env = "COREMQ_LOG_RETENTION_BYTES", allow_hyphen_values = true)]
+    log_retention_bytes: Option<i64>,
+    /// Time retention of topics that do not set retention.ms, -1 for none (Kafka's
+    /// log.retention.ms) [default: 604800000]
+    #[arg(long, env = "COREMQ_LOG_RETENTION_MS", allow_hyphen_values = true)]
+    log_retention_ms: Option<i64>,
+    /// Cleanup policy of topics that do not set cleanup.policy: delete, compact, both
+    /// (comma-separated) or empty (Kafka's log.cleanup.policy) [default: delete]
+    #[arg(long, env = "COREMQ_LOG_CLEANUP_POLICY")]
+    log_cleanup_policy: Option<String>,
+    /// fsync after this many messages for topics that do not set flush.messages (Kafka's
+    /// log.flush.interval.messages); 1 (any value under 9223372036854775807) fsyncs
+    /// before acks=all is answered [default: 1]
+    #[arg(long, env = "COREMQ_LOG_FLUSH_INTERVAL_MESSAGES")]
+    log_flush_interval_messages: Option<u64>,
+    /// fsync every this many milliseconds for topics that do not set flush.ms (Kafka's
+    /// log.flush.interval.ms), when flush messages is 9223372036854775807
+    /// [default: 9223372036854775807]
+    #[arg(long, env = "COREMQ_LOG_FLUSH_INTERVAL_MS")]
+    log_flush_interval_ms: Option<u64>,
     /// Shortest session timeout a group member may ask for, in milliseconds (Kafka's
     /// group.min.session.timeout.ms) [default: 6000]
     #[arg(long, env = "COREMQ_GROUP_MIN_SESSION_TIMEOUT_MS")]
@@ -158,6 +188,15 @@ impl Options {
             group_initial_rebalance_delay_ms: self
                 .group_initial_rebalance_delay_ms
                 .or(file.group_initial_rebalance_delay_ms),
+            log_segment_bytes: self.log_segment_bytes.or(file.log_segment_bytes),
+            message_max_bytes: self.message_max_bytes.or(file.message_max_bytes),
+            log_retention_bytes: self.log_retention_bytes.or(file.log_retention_bytes),
+            log_retention_ms: self.log_retention_ms.or(file.log_retention_ms),
+            log_cleanup_policy: self.log_cleanup_policy.or(file.log_cleanup_policy),
+            log_flush_interval_messages: self
+                .log_flush_interval_messages
+                .or(file.log_flush_interval_messages),
+            log_flush_interval_ms: self.log_flush_interval_ms.or(file.log_flush_interval_ms),
             group_min_session_timeout_ms: self
                 .group_min_session_timeout_ms
                 .or(file.group_min_session_timeout_ms),
@@ -175,10 +214,15 @@ impl Options {
         }
     }
 
-    fn into_config(self) -> BrokerConfig {
+    fn into_config(self) -> Result<BrokerConfig, String> {
         let defaults = BrokerConfig::default();
+        let log_cleanup_policy = match &self.log_cleanup_policy {
+            None => defaults.log_cleanup_policy,
+            Some(text) => coremq_net::broker::parse_cleanup_policy(text)
+                .map_err(|error| format!("--log-cleanup-policy: {error}"))?,
+        };
         let kafka_host = self.kafka_listener.as_ref().and_then(|l| l.host.clone());
-        BrokerConfig {
+        Ok(BrokerConfig {
             data_dir: self.data_dir.unwrap_or(defaults.data_dir),
             kafka_listener: self
                 .kafka_listener
@@ -217,6 +261,19 @@ impl Options {
             group_initial_rebalance_delay_ms: self
                 .group_initial_rebalance_delay_ms
                 .unwrap_or(defaults.group_initial_rebalance_delay_ms),
+            log_segment_bytes: self.log_segment_bytes.unwrap_or(defaults.log_segment_bytes),
+            message_max_bytes: self.message_max_bytes.unwrap_or(defaults.message_max_bytes),
+            log_retention_bytes: self
+                .log_retention_bytes
+                .unwrap_or(defaults.log_retention_bytes),
+            log_retention_ms: self.log_retention_ms.unwrap_or(defaults.log_retention_ms),
+            log_cleanup_policy,
+            log_flush_interval_messages: self
+                .log_flush_interval_messages
+                .unwrap_or(defaults.log_flush_interval_messages),
+            log_flush_interval_ms: self
+                .log_flush_interval_ms
+                .unwrap_or(defaults.log_flush_interval_ms),
             group_min_session_timeout_ms: self
                 .group_min_session_timeout_ms
                 .unwrap_or(defaults.group_min_session_timeout_ms),
@@ -233,7 +290,7 @@ impl Options {
             max_connections_per_ip: self
                 .max_connections_per_ip
                 .unwrap_or(defaults.max_connections_per_ip),
-        }
+        })
     }
 }
 
@@ -300,7 +357,10 @@ fn main() {
         Some(path) => read_file(path).unwrap_or_else(|error| fail(&error)),
         None => Options::default(),
     };
-    let config = options.or(file).into_config();
+    let config = options
+        .or(file)
+        .into_config()
+        .unwrap_or_else(|error| fail(&error));
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
         Ok(signals) => signals,
         Err(error) => fail(&format!("cannot install signal handlers: {error}")),

@@ -392,7 +392,7 @@ fn listeners_are_checked_and_the_startup_line_names_the_broker() {
             std::fs::canonicalize(&data_dir).unwrap().display()
         ),
         "2 shards".to_string(),
-        "flush policy always".to_string(),
+        "topics fsync before acks=all is answered by default".to_string(),
         format!("coremq {}", env!("CARGO_PKG_VERSION")),
     ] {
         assert!(line.contains(&part), "{part:?} not in {line}");

@@ -27,6 +27,8 @@ pub enum CleanupPolicy {
     Delete,
     Compact,
     CompactDelete,
+    /// Neither (Kafka's empty `cleanup.policy`): old data stays until deleted by hand.
+    Keep,
 }
 
 impl CleanupPolicy {
@@ -145,6 +147,7 @@ impl LogConfig {
             CleanupPolicy::Delete => "delete",
             CleanupPolicy::Compact => "compact",
             CleanupPolicy::CompactDelete => "compact,delete",
+            CleanupPolicy::Keep => "",
         };
         let timestamp_type = match self.timestamp_type {
             TimestampType::CreateTime => "CreateTime",
@@ -211,6 +214,7 @@ impl LogConfig {
                     "delete" => CleanupPolicy::Delete,
                     "compact" => CleanupPolicy::Compact,
                     "compact,delete" | "delete,compact" => CleanupPolicy::CompactDelete,
+                    "" => CleanupPolicy::Keep,
                     _ => return Err(invalid("expected delete, compact or compact,delete")),
                 }
             }

@@ -5,14 +5,22 @@
 - a transactional producer's init_transactions fails at once with an error naming
   transactions, instead of waiting for its timeout;
 - without an authorizer, every operation is authorized on topics, the cluster and groups;
-- a group whose last member left keeps its protocol type (it is not a "simple" group).
+- a group whose last member left keeps its protocol type (it is not a "simple" group);
+- every topic config Kafka 4 accepts is accepted and checked, SUBTRACT may empty
+  cleanup.policy, and the broker describes its topic defaults.
 
 `conformance.py HOST:PORT`."""
 
 import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicCollection
-from confluent_kafka.admin import AclOperation
+from confluent_kafka.admin import (
+    AclOperation,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from common import bootstrap, create_topic, wait_for
 
@@ -110,7 +118,55 @@ def an_emptied_group_keeps_its_protocol_type(admin):
     assert not emptied[0].is_simple_consumer_group, emptied[0]
 
 
+def ordinary_kafka_topic_configs(admin):
+    configs = {
+        "min.insync.replicas": "2",
+        "unclean.leader.election.enable": "false",
+        "flush.ms": "1000",
+        "flush.messages": "9223372036854775807",
+        "file.delete.delay.ms": "1000",
+        "min.cleanable.dirty.ratio": "0.2",
+        "max.compaction.lag.ms": "600000",
+        "message.format.version": "2.8",
+        "cleanup.policy": "compact,delete",
+    }
+    admin.create_topics([NewTopic("configured", 1, 1, config=configs)])["configured"].result(
+        timeout=30
+    )
+    resource = ConfigResource(ConfigResource.Type.TOPIC, "configured")
+    described = admin.describe_configs([resource])[resource].result(timeout=30)
+    for key, value in configs.items():
+        assert described[key].value == value, (key, described[key])
+    subtract = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        "configured",
+        incremental_configs=[
+            ConfigEntry(
+                "cleanup.policy",
+                "compact,delete",
+                incremental_operation=AlterConfigOpType.SUBTRACT,
+            )
+        ],
+    )
+    admin.incremental_alter_configs([subtract])[subtract].result(timeout=30)
+    described = admin.describe_configs([resource])[resource].result(timeout=30)
+    assert described["cleanup.policy"].value == "", described["cleanup.policy"]
+    bad = NewTopic("misconfigured", 1, 1, config={"min.insync.replicas": "0"})
+    try:
+        admin.create_topics([bad])["misconfigured"].result(timeout=30)
+        raise AssertionError("min.insync.replicas=0 was accepted")
+    except KafkaException as error:
+        assert error.args[0].code() == KafkaError.INVALID_CONFIG, error
+    broker = ConfigResource(ConfigResource.Type.BROKER, "0")
+    described = admin.describe_configs([broker])[broker].result(timeout=30)
+    for key in ("log.retention.ms", "log.segment.bytes", "log.cleanup.policy",
+                "message.max.bytes", "num.partitions", "log.flush.interval.messages"):
+        assert key in described, (key, sorted(described))
+
+
 keyless_records_on_a_compacted_topic()
 transactions_fail_at_once()
-an_emptied_group_keeps_its_protocol_type(every_operation_is_authorized())
-print("conformance: keyless records, transactions, authorized operations, emptied groups")
+admin = every_operation_is_authorized()
+an_emptied_group_keeps_its_protocol_type(admin)
+ordinary_kafka_topic_configs(admin)
+print("conformance: keyless records, transactions, authorized operations, emptied groups, configs")

@@ -8,7 +8,7 @@ use coremq_engine::{Offset, TopicPartition};
 
 use super::configs::{self, Described};
 use super::groups::{self, OFFSETS_TOPIC};
-use super::{Context, errors};
+use super::{BrokerConfig, Context, errors};
 use crate::protocol::codec::Uuid;
 use crate::protocol::error_code;
 use crate::protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
@@ -112,10 +112,11 @@ fn engine_failure(error: coremq_engine::Error) -> Failure {
 }
 
 fn described_configs(
+    config: &BrokerConfig,
     name: &str,
     overrides: &BTreeMap<String, String>,
 ) -> Vec<CreatableTopicConfigs> {
-    configs::describe(name, overrides)
+    configs::describe(config, name, overrides)
         .into_iter()
         .map(|described| CreatableTopicConfigs {
             name: described.name.to_string(),
@@ -147,7 +148,7 @@ pub async fn create_topics(
                 result.num_partitions = partitions as i32;
                 result.replication_factor = 1;
                 if version >= 5 {
-                    result.configs = Some(described_configs(&name, &overrides));
+                    result.configs = Some(described_configs(&context.config, &name, &overrides));
                 }
             }
             Err((code, message)) => {
@@ -228,7 +229,7 @@ async fn create_topic(
         };
         overrides.insert(config.name, value);
     }
-    configs::log_config(&topic.name, &overrides)
+    configs::log_config(&context.config, &topic.name, &overrides)
         .map_err(|message| (error_code::INVALID_CONFIG, message))?;
     check_capacity(context, partitions)?;
     if validate_only {
@@ -374,7 +375,27 @@ async fn add_partitions(
 /// Broker settings, read only (DescribeConfigs of the broker resource).
 fn broker_configs(context: &Context) -> Vec<Described> {
     let config = &context.config;
-    let entries: [(&'static str, String, i8); 12] = [
+    let policy = configs::default_value(config, "any-topic", configs::CLEANUP_POLICY);
+    let entries: [(&'static str, String, i8); 19] = [
+        ("log.segment.bytes", config.log_segment_bytes.to_string(), 3),
+        ("message.max.bytes", config.message_max_bytes.to_string(), 3),
+        (
+            "log.retention.bytes",
+            config.log_retention_bytes.to_string(),
+            5,
+        ),
+        ("log.retention.ms", config.log_retention_ms.to_string(), 5),
+        ("log.cleanup.policy", policy, 7),
+        (
+            "log.flush.interval.messages",
+            config.log_flush_interval_messages.to_string(),
+            5,
+        ),
+        (
+            "log.flush.interval.ms",
+            config.log_flush_interval_ms.to_string(),
+            5,
+        ),
         ("num.partitions", config.default_partitions.to_string(), 3),
         (
             "auto.create.topics.enable",
@@ -427,6 +448,7 @@ fn broker_configs(context: &Context) -> Vec<Described> {
             value,
             source: configs::SOURCE_STATIC_BROKER,
             config_type,
+            documentation: None,
         })
         .collect()
 }
@@ -440,7 +462,10 @@ pub async fn describe_configs(
     for resource in request.resources {
         let found: Result<(Vec<Described>, bool), Failure> = match resource.resource_type {
             RESOURCE_TOPIC => match context.topics().get(&resource.resource_name) {
-                Some(topic) => Ok((configs::describe(&topic.name, &topic.configs), false)),
+                Some(topic) => Ok((
+                    configs::describe(&context.config, &topic.name, &topic.configs),
+                    false,
+                )),
                 None => fail(error_code::UNKNOWN_TOPIC_OR_PARTITION, "no such topic"),
             },
             RESOURCE_BROKER
@@ -482,7 +507,7 @@ pub async fn describe_configs(
                         is_sensitive: false,
                         synonyms: Vec::new(),
                         config_type: described.config_type,
-                        documentation: None,
+                        documentation: described.documentation.map(str::to_string),
                     })
                     .collect();
             }
@@ -532,7 +557,7 @@ async fn apply_overrides(
     overrides: BTreeMap<String, String>,
     validate_only: bool,
 ) -> Result<(), Failure> {
-    configs::log_config(name, &overrides)
+    configs::log_config(&context.config, name, &overrides)
         .map_err(|message| (error_code::INVALID_CONFIG, message))?;
     if validate_only {
         return Ok(());
@@ -589,6 +614,7 @@ const OP_APPEND: i8 = 2;
 const OP_SUBTRACT: i8 = 3;
 
 fn apply_operation(
+    config: &BrokerConfig,
     overrides: &mut BTreeMap<String, String>,
     name: &str,
     key: &str,
@@ -611,7 +637,7 @@ fn apply_operation(
             let current = overrides
                 .get(key)
                 .cloned()
-                .unwrap_or_else(|| configs::default_value(name, key));
+                .unwrap_or_else(|| configs::default_value(config, name, key));
             let mut items: Vec<String> = current
                 .split(',')
                 .filter(|item| !item.is_empty())
@@ -659,6 +685,7 @@ pub async fn incremental_alter_configs(
             let mut overrides = alterable_topic(context, resource.resource_type, &name)?;
             for config in resource.configs {
                 apply_operation(
+                    &context.config,
                     &mut overrides,
                     &name,
                     &config.name,

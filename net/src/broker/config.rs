@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use coremq_engine::CleanupPolicy;
+
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     /// Data directory: engine logs under `logs/`, broker metadata under `meta/`.
@@ -42,6 +44,19 @@ pub struct BrokerConfig {
     /// How long a new group waits for more members before its first assignment
     /// (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
+    /// Topic defaults (Kafka's broker configs `log.segment.bytes`, `message.max.bytes`,
+    /// `log.retention.bytes`, `log.retention.ms` (-1: forever), `log.cleanup.policy`).
+    pub log_segment_bytes: u64,
+    pub message_max_bytes: usize,
+    pub log_retention_bytes: i64,
+    pub log_retention_ms: i64,
+    pub log_cleanup_policy: CleanupPolicy,
+    /// The default fsync policy of topics (Kafka's `log.flush.interval.messages` and
+    /// `log.flush.interval.ms`, the defaults of `flush.messages` and `flush.ms`; see
+    /// `configs::durability`). coremq's default of 1 message fsyncs before acks=all is
+    /// answered; Kafka's (Long.MAX for both) leaves writes to the page cache.
+    pub log_flush_interval_messages: u64,
+    pub log_flush_interval_ms: u64,
     /// Session timeouts a group member may ask for (Kafka's `group.min.session.timeout.ms`
     /// and `group.max.session.timeout.ms`); others get INVALID_SESSION_TIMEOUT.
     pub group_min_session_timeout_ms: u64,
@@ -80,6 +95,13 @@ impl Default for BrokerConfig {
             partitions_per_shard_max: 1000,
             offsets_topic_partitions: 16,
             group_initial_rebalance_delay_ms: 3000,
+            log_segment_bytes: 1 << 30,
+            message_max_bytes: 1_048_588,
+            log_retention_bytes: -1,
+            log_retention_ms: 7 * 24 * 60 * 60 * 1000,
+            log_cleanup_policy: CleanupPolicy::Delete,
+            log_flush_interval_messages: 1,
+            log_flush_interval_ms: i64::MAX as u64,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
             connections_max_idle_ms: 600_000,

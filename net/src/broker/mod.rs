@@ -30,6 +30,7 @@ use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 
 pub use config::{AcceptMode, BrokerConfig};
+pub use configs::parse_cleanup_policy;
 use topics::{Topic, TopicStore, TopicTable};
 
 /// Why the broker could not start.
@@ -160,7 +161,7 @@ impl Context {
             if context.topics().get(&name).is_some() {
                 return Ok((None, None));
             }
-            let config = topic_log_config(&name, &overrides)?;
+            let config = topic_log_config(&context.config, &name, &overrides)?;
             for partition in 0..partitions {
                 let log = TopicPartition::new(name.clone(), partition)?;
                 context
@@ -214,7 +215,7 @@ impl Context {
                 .get(&name)
                 .cloned()
                 .ok_or_else(|| coremq_engine::Error::UnknownLog { name: name.clone() })?;
-            let config = topic_log_config(&name, &topic.configs)?;
+            let config = topic_log_config(&context.config, &name, &topic.configs)?;
             for partition in topic.partitions..count {
                 let log = TopicPartition::new(name.clone(), partition)?;
                 context
@@ -243,7 +244,7 @@ impl Context {
             let Some(topic) = table.get(&name).cloned() else {
                 return Ok((None, ()));
             };
-            let config = topic_log_config(&name, &overrides)?;
+            let config = topic_log_config(&context.config, &name, &overrides)?;
             let changed = Topic {
                 configs: overrides,
                 ..Topic::clone(&topic)
@@ -315,7 +316,7 @@ impl Broker {
         })
         .map_err(|error| StartError(format!("storage engine: {error}")))?;
         let handle = engine.handle();
-        futures_lite::future::block_on(reconcile(&handle, &table))
+        futures_lite::future::block_on(reconcile(&handle, &config, &table))
             .map_err(|error| StartError(format!("recovering topics: {error}")))?;
         if table.get(groups::OFFSETS_TOPIC).is_none() {
             table = futures_lite::future::block_on(create_offsets_topic(
@@ -428,10 +429,24 @@ impl Broker {
         }
         .advertised();
         let data_dir = std::fs::canonicalize(&config.data_dir).unwrap_or(config.data_dir.clone());
+        let flush = match configs::durability(
+            config.log_flush_interval_messages,
+            config.log_flush_interval_ms,
+        ) {
+            coremq_engine::Durability::Always => {
+                "topics fsync before acks=all is answered by default".to_string()
+            }
+            coremq_engine::Durability::IntervalMs(ms) => {
+                format!("topics fsync every {ms} ms by default")
+            }
+            coremq_engine::Durability::Never => {
+                "topics fsync only at segment roll and shutdown by default".to_string()
+            }
+        };
         let summary = format!(
             "coremq {} serving Kafka clients on {address} (advertised as \
              {advertised_host}:{advertised_port}, accept {}), admin HTTP on {}, data in {}, \
-             {shards} shard{}, topics fsync before acks=all by default (flush policy always)",
+             {shards} shard{}, {flush}",
             env!("CARGO_PKG_VERSION"),
             config.accept,
             admin.address(),
@@ -514,12 +529,15 @@ fn save_table(
 
 /// A topic's log settings (see `configs::log_config`), failing as an engine error.
 fn topic_log_config(
+    config: &BrokerConfig,
     name: &str,
     overrides: &std::collections::BTreeMap<String, String>,
 ) -> Result<coremq_engine::LogConfig, coremq_engine::Error> {
-    configs::log_config(name, overrides).map_err(|reason| coremq_engine::Error::InvalidConfig {
-        key: "topic config",
-        reason,
+    configs::log_config(config, name, overrides).map_err(|reason| {
+        coremq_engine::Error::InvalidConfig {
+            key: "topic config",
+            reason,
+        }
     })
 }
 
@@ -549,7 +567,11 @@ async fn create_offsets_topic(
 
 /// Makes the logs match the topic table: deletes logs of topics (or partitions) it does not
 /// list, left by an interrupted change, and creates missing ones.
-async fn reconcile(handle: &Handle, table: &TopicTable) -> Result<(), coremq_engine::Error> {
+async fn reconcile(
+    handle: &Handle,
+    broker: &BrokerConfig,
+    table: &TopicTable,
+) -> Result<(), coremq_engine::Error> {
     let logs = handle.list_logs().await?;
     for log in &logs {
         let known = table
@@ -561,7 +583,7 @@ async fn reconcile(handle: &Handle, table: &TopicTable) -> Result<(), coremq_eng
         }
     }
     for topic in table.iter() {
-        let config = topic_log_config(&topic.name, &topic.configs)?;
+        let config = topic_log_config(broker, &topic.name, &topic.configs)?;
         for partition in 0..topic.partitions {
             let log = TopicPartition::new(topic.name.clone(), partition)?;
             if !logs.contains(&log) {
