@@ -118,19 +118,8 @@ impl CloseLog {
 /// Ends each window of this shard's close log on time, so the summary of a burst is logged
 /// even when no close follows it; stops with the broker.
 pub(crate) async fn window_loop(context: Rc<Context>) {
-    let stop = context.stop_signal();
     loop {
-        let stopped = futures_lite::future::or(
-            async {
-                glommio::timer::sleep(WINDOW).await;
-                false
-            },
-            async {
-                let _ = stop.recv_async().await;
-                true
-            },
-        )
-        .await;
+        let stopped = context.sleep_unless_stopping(WINDOW).await;
         context.closes.end_window();
         if stopped {
             return;

@@ -56,6 +56,17 @@ enum Check {
     FalseOnly(&'static str),
 }
 
+impl Check {
+    /// A 32-bit integer at least `min`.
+    const fn int_at_least(min: i64) -> Check {
+        Check::Int {
+            min,
+            max: i32::MAX as i64,
+            or_minus_one: false,
+        }
+    }
+}
+
 /// What coremq does with a key.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Effect {
@@ -177,11 +188,7 @@ const TOPIC_CONFIGS: &[Spec] = &[
         key: "index.interval.bytes",
         kind: TYPE_INT,
         default: "4096",
-        check: Check::Int {
-            min: 0,
-            max: i32::MAX as i64,
-            or_minus_one: false,
-        },
+        check: Check::int_at_least(0),
         effect: Effect::Log,
     },
     Spec {
@@ -216,11 +223,7 @@ const TOPIC_CONFIGS: &[Spec] = &[
         key: "max.message.bytes",
         kind: TYPE_INT,
         default: "1048588",
-        check: Check::Int {
-            min: 0,
-            max: i32::MAX as i64,
-            or_minus_one: false,
-        },
+        check: Check::int_at_least(0),
         effect: Effect::Log,
     },
     Spec {
@@ -290,11 +293,7 @@ const TOPIC_CONFIGS: &[Spec] = &[
         key: "min.insync.replicas",
         kind: TYPE_INT,
         default: "1",
-        check: Check::Int {
-            min: 1,
-            max: i32::MAX as i64,
-            or_minus_one: false,
-        },
+        check: Check::int_at_least(1),
         effect: Effect::None(NO_REPLICATION),
     },
     Spec {
@@ -343,22 +342,14 @@ const TOPIC_CONFIGS: &[Spec] = &[
         key: "segment.bytes",
         kind: TYPE_INT,
         default: "1073741824",
-        check: Check::Int {
-            min: 14,
-            max: i32::MAX as i64,
-            or_minus_one: false,
-        },
+        check: Check::int_at_least(14),
         effect: Effect::Log,
     },
     Spec {
         key: "segment.index.bytes",
         kind: TYPE_INT,
         default: "10485760",
-        check: Check::Int {
-            min: 4,
-            max: i32::MAX as i64,
-            or_minus_one: false,
-        },
+        check: Check::int_at_least(4),
         effect: Effect::None("coremq: accepted and checked; indexes grow as needed"),
     },
     Spec {

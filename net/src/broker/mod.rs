@@ -108,6 +108,22 @@ impl Context {
         self.stopped.clone()
     }
 
+    /// Sleeps for `period`, or less if the broker stops meanwhile; whether it is stopping.
+    pub async fn sleep_unless_stopping(&self, period: Duration) -> bool {
+        let stop = self.stop_signal();
+        futures_lite::future::or(
+            async {
+                glommio::timer::sleep(period).await;
+                false
+            },
+            async {
+                let _ = stop.recv_async().await;
+                true
+            },
+        )
+        .await
+    }
+
     /// Installs `table` on every shard (this one included).
     pub async fn publish(&self, table: TopicTable) {
         let table = Arc::new(table);

@@ -208,20 +208,8 @@ pub async fn load(context: &Context) -> Result<usize, coremq_engine::Error> {
 
 /// Runs group timers on this shard until the broker stops.
 pub async fn tick_loop(context: Rc<Context>) {
-    let stop = context.stop_signal();
     loop {
-        let stopped = futures_lite::future::or(
-            async {
-                glommio::timer::sleep(TICK).await;
-                false
-            },
-            async {
-                let _ = stop.recv_async().await;
-                true
-            },
-        )
-        .await;
-        if stopped {
+        if context.sleep_unless_stopping(TICK).await {
             return;
         }
         let now = Instant::now();
