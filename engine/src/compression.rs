@@ -139,12 +139,39 @@ pub fn decompress(
             decompressed_bytes_max,
             "lz4",
         ),
-        Compression::Zstd => {
-            let decoder = zstd::stream::read::Decoder::with_buffer(input)
-                .map_err(|e| Error::invalid_batch(format!("zstd: {e}")))?;
-            read_bounded(decoder, decompressed_bytes_max, "zstd")
+        Compression::Zstd => decompress_zstd(input, decompressed_bytes_max),
+    }
+}
+
+thread_local! {
+    /// One zstd decompression context per thread, reused: making one per batch cost more
+    /// than inflating a small batch.
+    static ZSTD: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// zstd as Kafka clients send it: one frame, usually with its content size, which is
+/// checked against the bound before anything is allocated. Frames without a size, or more
+/// than one, go through the streaming decoder.
+fn decompress_zstd(input: &[u8], max: usize) -> Result<Vec<u8>> {
+    if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(input) {
+        if size > max as u64 {
+            return Err(Error::DecompressedTooLarge { max });
+        }
+        let inflated = ZSTD.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if slot.is_none() {
+                *slot = zstd::bulk::Decompressor::new().ok();
+            }
+            slot.as_mut()?.decompress(input, size as usize).ok()
+        });
+        if let Some(inflated) = inflated.filter(|inflated| inflated.len() as u64 == size) {
+            return Ok(inflated);
         }
     }
+    let decoder = zstd::stream::read::Decoder::with_buffer(input)
+        .map_err(|e| Error::invalid_batch(format!("zstd: {e}")))?;
+    read_bounded(decoder, max, "zstd")
 }
 
 fn read_bounded(reader: impl Read, max: usize, codec: &str) -> Result<Vec<u8>> {
