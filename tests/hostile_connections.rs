@@ -224,8 +224,8 @@ fn connections_over_the_limits_are_closed_as_they_arrive() {
     );
 }
 
-/// 60 connections sending garbage: at most 10 lines per shard each window, the rest summed
-/// up in one line per shard, every one counted.
+/// 60 connections sending garbage: at most 10 lines per shard each window (the burst is
+/// shorter than two), the rest summed up in one line per shard, every one counted.
 #[test]
 fn close_lines_are_rate_limited_and_counted() {
     let dir = tempfile::tempdir().unwrap();
@@ -253,7 +253,8 @@ fn close_lines_are_rate_limited_and_counted() {
     }
     let log = broker.log();
     let lines = log.matches("closing connection from").count();
-    assert!((10..=20).contains(&lines), "{lines} close lines:\n{log}");
+    // 10 a shard each window; the burst may straddle a window's end on either shard.
+    assert!((10..=40).contains(&lines), "{lines} close lines:\n{log}");
     let summed: u64 = log
         .lines()
         .filter(|line| line.contains("more connections in the last"))
