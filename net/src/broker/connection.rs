@@ -54,7 +54,7 @@ impl Drop for IpSlot {
 }
 
 /// Lets a new connection in, already counted on its shard, or says why not.
-fn admit(context: &Context, peer: Option<SocketAddr>) -> Result<Option<IpSlot>, String> {
+fn admit(context: &Context, peer: Option<SocketAddr>) -> Result<Option<IpSlot>, Closing> {
     let open: usize = context
         .connections
         .iter()
@@ -62,8 +62,9 @@ fn admit(context: &Context, peer: Option<SocketAddr>) -> Result<Option<IpSlot>, 
         .sum();
     let max = context.config.max_connections;
     if open > max {
-        return Err(format!(
-            "{open} connections are open, over max_connections {max}"
+        return Err((
+            CloseReason::TooManyConnections,
+            format!("{open} connections are open, over max_connections {max}"),
         ));
     }
     let Some(peer) = peer else {
@@ -77,8 +78,9 @@ fn admit(context: &Context, peer: Option<SocketAddr>) -> Result<Option<IpSlot>, 
     let count = ips.entry(ip).or_default();
     let max = context.config.max_connections_per_ip;
     if *count >= max {
-        return Err(format!(
-            "{count} connections from {ip} are open, max_connections_per_ip is {max}"
+        return Err((
+            CloseReason::TooManyConnectionsPerIp,
+            format!("{count} connections from {ip} are open, max_connections_per_ip is {max}"),
         ));
     }
     *count += 1;
@@ -165,12 +167,7 @@ async fn serve(context: &Rc<Context>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
     let _ip_slot = match admit(context, peer) {
         Ok(slot) => slot,
-        Err(detail) => {
-            let reason = if detail.contains("max_connections_per_ip") {
-                CloseReason::TooManyConnectionsPerIp
-            } else {
-                CloseReason::TooManyConnections
-            };
+        Err((reason, detail)) => {
             context.closes.note(peer, reason, &detail);
             return;
         }
