@@ -8,7 +8,7 @@
 use serde_json::{Value, json};
 
 use crate::args::{Capacity, MB, Rate};
-use crate::run::{Mode, execute};
+use crate::run::{Mode, error_total, execute};
 
 /// A step holds when it delivers at least this share of the offered load.
 const KEEPS_UP: f64 = 0.9;
@@ -36,9 +36,7 @@ pub fn run(capacity: Capacity) -> Result<Value, String> {
         let p99 = summary["e2e_latency_ms"]["p99"]
             .as_f64()
             .unwrap_or(f64::INFINITY);
-        let errors: u64 = summary["errors"]
-            .as_object()
-            .map_or(0, |errors| errors.values().filter_map(Value::as_u64).sum());
+        let errors = error_total(&summary);
         if let Some(failure) = summary["failure"].as_str() {
             // A step whose run failed (the cluster stopped answering) ends the search.
             return Err(format!("step {step} at {rate:.0} records/s: {failure}"));

@@ -61,10 +61,15 @@ pub fn failed(summary: &Value) -> Option<String> {
     if let Some(failure) = summary["failure"].as_str() {
         return Some(failure.to_string());
     }
-    let errors: u64 = summary["errors"]
-        .as_object()
-        .map_or(0, |errors| errors.values().filter_map(Value::as_u64).sum());
+    let errors = error_total(summary);
     (errors > 0).then(|| format!("{errors} records failed: {}", summary["errors"]))
+}
+
+/// The records a summary counts as failed, all kinds together.
+pub fn error_total(summary: &Value) -> u64 {
+    summary["errors"]
+        .as_object()
+        .map_or(0, |errors| errors.values().filter_map(Value::as_u64).sum())
 }
 
 /// Runs `mode` once and returns its JSON summary; `progress` prints the per-second lines.
