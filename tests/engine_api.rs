@@ -69,6 +69,33 @@ fn append_read_and_reopen() {
 }
 
 #[test]
+fn max_timestamp_record_is_the_first_holding_the_largest_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, handle) = start(dir.path(), 1);
+    let log = tp("ticks", 0);
+    block_on(handle.create_log(&log, Some(common::small_segments()))).unwrap();
+    let max = || block_on(handle.max_timestamp_record(&log)).unwrap();
+    assert_eq!(max(), None, "an empty log has no record");
+    for n in 0..300u64 {
+        let timestamp = 10_000 + 10 * n as i64;
+        block_on(handle.append(&log, batch(n, 2, 200, timestamp, Compression::None))).unwrap();
+    }
+    assert_eq!(max(), Some((Offset(598), Timestamp(12_990))));
+    block_on(handle.append(&log, batch(300, 2, 200, 12_000, Compression::None))).unwrap();
+    block_on(handle.append(&log, batch(301, 3, 200, 12_990, Compression::Zstd))).unwrap();
+    assert_eq!(
+        max(),
+        Some((Offset(598), Timestamp(12_990))),
+        "the first record holding the largest timestamp, not a later tie"
+    );
+    block_on(handle.append(&log, batch(302, 1, 200, 20_000, Compression::Zstd))).unwrap();
+    assert_eq!(max(), Some((Offset(605), Timestamp(20_000))));
+    block_on(handle.clear_cache(&log)).unwrap();
+    assert_eq!(max(), Some((Offset(605), Timestamp(20_000))));
+    engine.shutdown().unwrap();
+}
+
+#[test]
 fn timestamps_offsets_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, handle) = start(dir.path(), 1);

@@ -466,6 +466,17 @@ impl Handle {
         .await
     }
 
+    /// The first record holding the largest timestamp: offset and timestamp.
+    pub async fn max_timestamp_record(
+        &self,
+        topic_partition: &TopicPartition,
+    ) -> Result<Option<(Offset, Timestamp)>> {
+        self.with_log(topic_partition, |log| async move {
+            log.max_timestamp_record().await
+        })
+        .await
+    }
+
     pub async fn set_committed(
         &self,
         topic_partition: &TopicPartition,

@@ -102,6 +102,8 @@ pub struct LogOffsets {
     /// Everything below has been fdatasync'd.
     pub flushed: Offset,
     pub committed: Offset,
+    /// Bytes its segment files hold (what Kafka's DescribeLogDirs reports as its size).
+    pub size_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -320,6 +322,12 @@ impl Log {
             high_watermark: inner.written,
             flushed: inner.flushed,
             committed: inner.committed,
+            size_bytes: inner
+                .sealed
+                .values()
+                .map(|segment| segment.size)
+                .sum::<u64>()
+                + inner.active.appended_bytes,
         }
     }
 
@@ -1049,6 +1057,23 @@ impl Log {
                 }
             }
             from = BatchHeader::parse(last)?.next_offset();
+        }
+    }
+
+    /// The first record holding the log's largest timestamp (Kafka ListOffsets MAX_TIMESTAMP,
+    /// KIP-734): its offset and timestamp, or `None` if the log holds no record.
+    pub async fn max_timestamp_record(&self) -> Result<Option<(Offset, Timestamp)>> {
+        let max = {
+            let inner = self.inner.borrow();
+            let sealed = inner
+                .sealed
+                .values()
+                .filter_map(|segment| segment.max_timestamp);
+            sealed.chain(inner.active.max_timestamp()).max()
+        };
+        match max {
+            Some(max) => self.offset_for_timestamp(max).await,
+            None => Ok(None),
         }
     }
 
