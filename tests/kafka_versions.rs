@@ -356,9 +356,30 @@ fn produce_fetch_and_offset_apis_at_every_version() {
         assert_eq!(fetched, expected, "Fetch v{version}");
     }
 
-    // ListOffsets: earliest, latest, and the first record at or after a timestamp.
+    // ListOffsets: earliest, latest, and the first record at or after a timestamp; from v7
+    // the record with the largest timestamp (the last version's first record, at 1000 per
+    // version), from v8 the local log start, from v9 the last tiered offset (none here).
+    let last_produced = (
+        end - 2,
+        1_000 * served(ProduceRequest::API_KEY).count() as i64,
+    );
     for version in served(ListOffsetsRequest::API_KEY) {
-        for (timestamp, offset) in [(-2, 0), (-1, end), (3_000, 4), (3_500, 6)] {
+        let mut lookups = vec![
+            (-2, 0, -1),
+            (-1, end, -1),
+            (3_000, 4, 3_000),
+            (3_500, 6, 4_000),
+        ];
+        if version >= 7 {
+            lookups.push((-3, last_produced.0, last_produced.1));
+        }
+        if version >= 8 {
+            lookups.push((-4, 0, -1));
+        }
+        if version >= 9 {
+            lookups.push((-5, -1, -1));
+        }
+        for (timestamp, offset, found_timestamp) in lookups {
             let response = call!(
                 client,
                 ListOffsets,
@@ -383,6 +404,12 @@ fn produce_fetch_and_offset_apis_at_every_version() {
                 partition.offset, offset,
                 "ListOffsets v{version} at {timestamp}"
             );
+            if version >= 1 {
+                assert_eq!(
+                    partition.timestamp, found_timestamp,
+                    "ListOffsets v{version} at {timestamp}"
+                );
+            }
         }
     }
 
@@ -649,6 +676,199 @@ fn topic_and_cluster_admin_apis_at_every_version() {
         assert!(!response.cluster_id.is_empty());
         assert_eq!(response.brokers.len(), 1);
         assert_eq!(response.brokers[0].port, i32::from(broker.port));
+    }
+
+    // DescribeConfigs of the broker: its settings and topic defaults under Kafka's names,
+    // read only, with the source of each (this broker sets the rebalance delay).
+    for version in served(DescribeConfigsRequest::API_KEY) {
+        let response = call!(
+            client,
+            DescribeConfigs,
+            version,
+            DescribeConfigsRequest {
+                resources: vec![DescribeConfigsResource {
+                    resource_type: 4,
+                    resource_name: "0".into(),
+                    configuration_keys: None,
+                }],
+                include_synonyms: false,
+                include_documentation: false,
+            }
+        );
+        let result = &response.results[0];
+        assert_eq!(result.error_code, error_code::NONE);
+        let get = |key: &str| {
+            result
+                .configs
+                .iter()
+                .find(|config| config.name == key)
+                .unwrap_or_else(|| panic!("broker config {key} missing"))
+        };
+        for key in [
+            "advertised.listeners",
+            "log.dirs",
+            "num.partitions",
+            "log.retention.ms",
+            "log.roll.ms",
+            "log.cleaner.min.cleanable.ratio",
+            "min.insync.replicas",
+            "message.max.bytes",
+        ] {
+            assert!(get(key).read_only, "{key} v{version}");
+        }
+        assert_eq!(
+            get("advertised.listeners").value.as_deref(),
+            Some(format!("PLAINTEXT://127.0.0.1:{}", broker.port).as_str())
+        );
+        assert_eq!(get("log.retention.ms").value.as_deref(), Some("604800000"));
+        let delay = get("group.initial.rebalance.delay.ms");
+        assert_eq!(delay.value.as_deref(), Some("0"));
+        assert_eq!(delay.config_source, 4, "STATIC_BROKER_CONFIG");
+        assert_eq!(get("num.partitions").config_source, 5, "DEFAULT_CONFIG");
+        assert!(result.configs.len() > 40, "{} keys", result.configs.len());
+    }
+
+    // DescribeLogDirs: the one directory, each partition's size; v4 adds the volume's.
+    let sized = created(0);
+    for version in served(DescribeLogDirsRequest::API_KEY) {
+        let response = call!(
+            client,
+            DescribeLogDirs,
+            version,
+            DescribeLogDirsRequest {
+                topics: Some(vec![describe_log_dirs_request::DescribableLogDirTopic {
+                    topic: sized.clone(),
+                    partitions: vec![0, 1, 2, 99],
+                }]),
+            }
+        );
+        assert_eq!(response.error_code, error_code::NONE);
+        assert_eq!(response.results.len(), 1, "DescribeLogDirs v{version}");
+        let dir = &response.results[0];
+        assert_eq!(dir.error_code, error_code::NONE);
+        assert!(dir.log_dir.ends_with("data/logs"), "{}", dir.log_dir);
+        let partitions: Vec<i32> = dir.topics[0]
+            .partitions
+            .iter()
+            .map(|p| p.partition_index)
+            .collect();
+        assert_eq!(partitions, [0, 1, 2], "the missing partition is left out");
+        assert!(dir.topics[0].partitions.iter().all(|p| p.offset_lag == 0));
+        if version >= 4 {
+            assert!(dir.total_bytes > 0 && dir.usable_bytes > 0);
+            assert!(dir.usable_bytes <= dir.total_bytes);
+        }
+        let every = call!(
+            client,
+            DescribeLogDirs,
+            version,
+            DescribeLogDirsRequest { topics: None }
+        );
+        assert!(every.results[0].topics.iter().any(|t| t.name == sized));
+    }
+
+    // ElectLeaders: the only replica leads already; null asks for every partition and
+    // lists none.
+    for version in served(ElectLeadersRequest::API_KEY) {
+        let response = call!(
+            client,
+            ElectLeaders,
+            version,
+            ElectLeadersRequest {
+                election_type: 0,
+                topic_partitions: Some(vec![elect_leaders_request::TopicPartitions {
+                    topic: sized.clone(),
+                    partitions: vec![0, 99],
+                }]),
+                timeout_ms: 30_000,
+            }
+        );
+        let codes: Vec<i16> = response.replica_election_results[0]
+            .partition_result
+            .iter()
+            .map(|p| p.error_code)
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                error_code::ELECTION_NOT_NEEDED,
+                error_code::UNKNOWN_TOPIC_OR_PARTITION
+            ],
+            "ElectLeaders v{version}"
+        );
+        let every = call!(
+            client,
+            ElectLeaders,
+            version,
+            ElectLeadersRequest {
+                election_type: 0,
+                topic_partitions: None,
+                timeout_ms: 30_000,
+            }
+        );
+        assert_eq!(every.error_code, error_code::NONE);
+        assert!(every.replica_election_results.is_empty());
+    }
+
+    // AlterPartitionReassignments: to this broker is done at once, to another broker or to
+    // nothing is refused, a cancellation finds none in progress; none is ever listed.
+    for version in served(AlterPartitionReassignmentsRequest::API_KEY) {
+        let reassign = |partition_index: i32, replicas: Option<Vec<i32>>| {
+            alter_partition_reassignments_request::ReassignablePartition {
+                partition_index,
+                replicas,
+            }
+        };
+        let response = call!(
+            client,
+            AlterPartitionReassignments,
+            version,
+            AlterPartitionReassignmentsRequest {
+                timeout_ms: 30_000,
+                topics: vec![alter_partition_reassignments_request::ReassignableTopic {
+                    name: sized.clone(),
+                    partitions: vec![
+                        reassign(0, Some(vec![0])),
+                        reassign(1, Some(vec![5])),
+                        reassign(2, Some(vec![0, 5])),
+                        reassign(0, Some(Vec::new())),
+                        reassign(1, None),
+                        reassign(99, Some(vec![0])),
+                    ],
+                }],
+            }
+        );
+        assert_eq!(response.error_code, error_code::NONE);
+        let codes: Vec<i16> = response.responses[0]
+            .partitions
+            .iter()
+            .map(|p| p.error_code)
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                error_code::NONE,
+                error_code::INVALID_REPLICA_ASSIGNMENT,
+                error_code::INVALID_REPLICA_ASSIGNMENT,
+                error_code::INVALID_REPLICA_ASSIGNMENT,
+                error_code::NO_REASSIGNMENT_IN_PROGRESS,
+                error_code::UNKNOWN_TOPIC_OR_PARTITION,
+            ],
+            "AlterPartitionReassignments v{version}"
+        );
+    }
+    for version in served(ListPartitionReassignmentsRequest::API_KEY) {
+        let response = call!(
+            client,
+            ListPartitionReassignments,
+            version,
+            ListPartitionReassignmentsRequest {
+                timeout_ms: 30_000,
+                topics: None,
+            }
+        );
+        assert_eq!(response.error_code, error_code::NONE);
+        assert!(response.topics.is_empty());
     }
 
     // DeleteTopics, by name up to v5 and through the topic states from v6.
@@ -919,6 +1139,62 @@ fn group_apis_at_every_version() {
         if v >= 4 {
             assert_eq!(names, [group.as_str()], "only Stable groups");
         }
+        if v >= 5 {
+            for (kind, listed_here) in [("consumer", false), ("Classic", true)] {
+                let listed = call!(
+                    client,
+                    ListGroups,
+                    v,
+                    ListGroupsRequest {
+                        states_filter: Vec::new(),
+                        types_filter: vec![kind.into()],
+                    }
+                );
+                let here = listed.groups.iter().any(|g| g.group_id == group);
+                assert_eq!(here, listed_here, "ListGroups v{v} of type {kind}");
+                assert!(listed.groups.iter().all(|g| g.group_type == "classic"));
+            }
+        }
+
+        // OffsetDelete: refused while a member's subscription (unreadable here) may cover
+        // the topic; missing partitions and groups get their own errors.
+        let delete_offsets = |client: &mut Wire, group: &str, partitions: Vec<i32>| {
+            call!(
+                client,
+                OffsetDelete,
+                version(OffsetDeleteRequest::API_KEY),
+                OffsetDeleteRequest {
+                    group_id: group.to_string(),
+                    topics: vec![offset_delete_request::OffsetDeleteRequestTopic {
+                        name: "versions".into(),
+                        partitions: partitions
+                            .into_iter()
+                            .map(|partition_index| {
+                                offset_delete_request::OffsetDeleteRequestPartition {
+                                    partition_index,
+                                }
+                            })
+                            .collect(),
+                    }],
+                }
+            )
+        };
+        let refused = delete_offsets(&mut client, &group, vec![0, 7]);
+        assert_eq!(refused.error_code, error_code::NONE);
+        let codes: Vec<i16> = refused.topics[0]
+            .partitions
+            .iter()
+            .map(|p| p.error_code)
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                error_code::GROUP_SUBSCRIBED_TO_TOPIC,
+                error_code::UNKNOWN_TOPIC_OR_PARTITION
+            ]
+        );
+        let missing = delete_offsets(&mut client, "no-such-group", vec![0]);
+        assert_eq!(missing.error_code, error_code::GROUP_ID_NOT_FOUND);
 
         let v = version(LeaveGroupRequest::API_KEY);
         let request = if v >= 3 {
@@ -944,6 +1220,25 @@ fn group_apis_at_every_version() {
             assert_eq!(left.members[0].error_code, error_code::NONE);
         }
         assert_eq!(describe(&mut client).group_state, "Empty");
+
+        // OffsetDelete of an empty group deletes the commit.
+        let deleted = delete_offsets(&mut client, &group, vec![0]);
+        assert_eq!(deleted.error_code, error_code::NONE);
+        assert_eq!(deleted.topics[0].partitions[0].error_code, error_code::NONE);
+        let response = call!(
+            client,
+            OffsetFetch,
+            7,
+            OffsetFetchRequest {
+                group_id: group.clone(),
+                topics: Some(vec![OffsetFetchRequestTopic {
+                    name: "versions".into(),
+                    partition_indexes: vec![0],
+                }]),
+                ..OffsetFetchRequest::default()
+            }
+        );
+        assert_eq!(response.topics[0].partitions[0].committed_offset, -1);
 
         let v = version(DeleteGroupsRequest::API_KEY);
         let deleted = call!(

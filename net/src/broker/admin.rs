@@ -372,84 +372,122 @@ async fn add_partitions(
         .map_err(engine_failure)
 }
 
-/// Broker settings, read only (DescribeConfigs of the broker resource).
-fn broker_configs(context: &Context) -> Vec<Described> {
-    let config = &context.config;
-    let policy = configs::default_value(config, "any-topic", configs::CLEANUP_POLICY);
-    let entries: [(&'static str, String, i8); 19] = [
-        ("log.segment.bytes", config.log_segment_bytes.to_string(), 3),
-        ("message.max.bytes", config.message_max_bytes.to_string(), 3),
+/// The broker's own settings under Kafka's names, with Kafka's config types: name, value,
+/// type.
+fn broker_settings(config: &BrokerConfig) -> Vec<(&'static str, String, i8)> {
+    let (host, port) = config.advertised();
+    let logs_dir = config.logs_dir();
+    let log_dirs = std::path::absolute(&logs_dir).unwrap_or(logs_dir);
+    vec![
+        ("broker.id", config.node_id.to_string(), configs::TYPE_INT),
+        ("node.id", config.node_id.to_string(), configs::TYPE_INT),
         (
-            "log.retention.bytes",
-            config.log_retention_bytes.to_string(),
-            5,
-        ),
-        ("log.retention.ms", config.log_retention_ms.to_string(), 5),
-        ("log.cleanup.policy", policy, 7),
-        (
-            "log.flush.interval.messages",
-            config.log_flush_interval_messages.to_string(),
-            5,
+            "listeners",
+            format!("PLAINTEXT://{}", config.kafka_listener),
+            configs::TYPE_LIST,
         ),
         (
-            "log.flush.interval.ms",
-            config.log_flush_interval_ms.to_string(),
-            5,
+            "advertised.listeners",
+            format!("PLAINTEXT://{host}:{port}"),
+            configs::TYPE_LIST,
         ),
-        ("num.partitions", config.default_partitions.to_string(), 3),
+        (
+            "listener.security.protocol.map",
+            "PLAINTEXT:PLAINTEXT".into(),
+            configs::TYPE_LIST,
+        ),
+        (
+            "inter.broker.listener.name",
+            "PLAINTEXT".into(),
+            configs::TYPE_STRING,
+        ),
+        (
+            "log.dirs",
+            log_dirs.display().to_string(),
+            configs::TYPE_STRING,
+        ),
+        (
+            "num.partitions",
+            config.default_partitions.to_string(),
+            configs::TYPE_INT,
+        ),
+        ("default.replication.factor", "1".into(), configs::TYPE_INT),
+        (
+            "offsets.topic.replication.factor",
+            "1".into(),
+            configs::TYPE_SHORT,
+        ),
         (
             "auto.create.topics.enable",
             config.auto_create_topics.to_string(),
-            1,
+            configs::TYPE_BOOLEAN,
         ),
+        ("delete.topic.enable", "true".into(), configs::TYPE_BOOLEAN),
+        ("log.cleaner.enable", "true".into(), configs::TYPE_BOOLEAN),
         (
             "socket.request.max.bytes",
             config.socket_request_max_bytes.to_string(),
-            3,
+            configs::TYPE_INT,
         ),
         (
             "offsets.topic.num.partitions",
             config.offsets_topic_partitions.to_string(),
-            3,
+            configs::TYPE_INT,
         ),
         (
             "group.initial.rebalance.delay.ms",
             config.group_initial_rebalance_delay_ms.to_string(),
-            3,
+            configs::TYPE_INT,
         ),
         (
             "group.min.session.timeout.ms",
             config.group_min_session_timeout_ms.to_string(),
-            3,
+            configs::TYPE_INT,
         ),
         (
             "group.max.session.timeout.ms",
             config.group_max_session_timeout_ms.to_string(),
-            3,
+            configs::TYPE_INT,
         ),
         (
             "connections.max.idle.ms",
             config.connections_max_idle_ms.to_string(),
-            5,
+            configs::TYPE_LONG,
         ),
-        ("max.connections", config.max_connections.to_string(), 3),
+        (
+            "max.connections",
+            config.max_connections.to_string(),
+            configs::TYPE_INT,
+        ),
         (
             "max.connections.per.ip",
             config.max_connections_per_ip.to_string(),
-            3,
+            configs::TYPE_INT,
         ),
-        ("broker.id", config.node_id.to_string(), 3),
-        ("default.replication.factor", "1".to_string(), 4),
-    ];
-    entries
+    ]
+}
+
+/// DescribeConfigs of the broker resource: its settings and its topic defaults, each with
+/// Kafka's source (the default when no setting changed it, the static broker config
+/// otherwise). All are read only: coremq's broker settings are static (file, flags,
+/// environment), where Kafka lets some change at run time.
+fn broker_configs(context: &Context) -> Vec<Described> {
+    let unchanged = broker_settings(&BrokerConfig::default());
+    let own = broker_settings(&context.config)
         .into_iter()
-        .map(|(name, value, config_type)| Described {
+        .zip(unchanged)
+        .map(|((name, value, config_type), (_, default, _))| Described {
             name,
+            source: if value == default {
+                configs::SOURCE_DEFAULT
+            } else {
+                configs::SOURCE_STATIC_BROKER
+            },
             value,
-            source: configs::SOURCE_STATIC_BROKER,
             config_type,
             documentation: None,
-        })
+        });
+    own.chain(configs::broker_topic_defaults(&context.config))
         .collect()
 }
 

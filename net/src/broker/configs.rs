@@ -14,12 +14,13 @@ use super::groups;
 use super::topics::Topic;
 
 /// Kafka's `ConfigType` values (DescribeConfigs v3+).
-const TYPE_BOOLEAN: i8 = 1;
-const TYPE_STRING: i8 = 2;
-const TYPE_INT: i8 = 3;
-const TYPE_LONG: i8 = 5;
+pub const TYPE_BOOLEAN: i8 = 1;
+pub const TYPE_STRING: i8 = 2;
+pub const TYPE_INT: i8 = 3;
+pub const TYPE_SHORT: i8 = 4;
+pub const TYPE_LONG: i8 = 5;
 const TYPE_DOUBLE: i8 = 6;
-const TYPE_LIST: i8 = 7;
+pub const TYPE_LIST: i8 = 7;
 
 /// Kafka's `ConfigSource` values.
 pub const SOURCE_DYNAMIC_TOPIC: i8 = 1;
@@ -375,6 +376,85 @@ const TOPIC_CONFIGS: &[Spec] = &[
     },
 ];
 
+/// The broker settings that give topics their defaults, as Kafka 4.x names them (its
+/// `ServerTopicConfigSynonyms`): topic key, broker key. Topic keys without one (the
+/// throttled-replica lists, the remote-storage switches, the removed 3.x keys) have none.
+const BROKER_SYNONYMS: &[(&str, &str)] = &[
+    (CLEANUP_POLICY, "log.cleanup.policy"),
+    ("compression.gzip.level", "compression.gzip.level"),
+    ("compression.lz4.level", "compression.lz4.level"),
+    (COMPRESSION_TYPE, "compression.type"),
+    ("compression.zstd.level", "compression.zstd.level"),
+    ("delete.retention.ms", "log.cleaner.delete.retention.ms"),
+    ("file.delete.delay.ms", "log.segment.delete.delay.ms"),
+    (FLUSH_MESSAGES, "log.flush.interval.messages"),
+    (FLUSH_MS, "log.flush.interval.ms"),
+    ("index.interval.bytes", "log.index.interval.bytes"),
+    ("local.retention.bytes", "log.local.retention.bytes"),
+    ("local.retention.ms", "log.local.retention.ms"),
+    ("max.compaction.lag.ms", "log.cleaner.max.compaction.lag.ms"),
+    ("max.message.bytes", "message.max.bytes"),
+    (
+        "message.timestamp.after.max.ms",
+        "log.message.timestamp.after.max.ms",
+    ),
+    (
+        "message.timestamp.before.max.ms",
+        "log.message.timestamp.before.max.ms",
+    ),
+    ("message.timestamp.type", "log.message.timestamp.type"),
+    (
+        "min.cleanable.dirty.ratio",
+        "log.cleaner.min.cleanable.ratio",
+    ),
+    ("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms"),
+    ("min.insync.replicas", "min.insync.replicas"),
+    ("preallocate", "log.preallocate"),
+    ("retention.bytes", "log.retention.bytes"),
+    ("retention.ms", "log.retention.ms"),
+    ("segment.bytes", "log.segment.bytes"),
+    ("segment.index.bytes", "log.index.size.max.bytes"),
+    ("segment.jitter.ms", "log.roll.jitter.ms"),
+    ("segment.ms", "log.roll.ms"),
+    (
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+    ),
+];
+
+/// The source of a value the broker's settings give: Kafka's default source when it is
+/// the value with no setting changed, the static broker config otherwise.
+fn broker_source(value: &str, unchanged: &str) -> i8 {
+    if value == unchanged {
+        SOURCE_DEFAULT
+    } else {
+        SOURCE_STATIC_BROKER
+    }
+}
+
+/// The broker's topic defaults under their broker names (DescribeConfigs of the broker),
+/// with where each value comes from.
+pub fn broker_topic_defaults(config: &BrokerConfig) -> Vec<Described> {
+    let unchanged = BrokerConfig::default();
+    BROKER_SYNONYMS
+        .iter()
+        .map(|&(topic_key, broker_key)| {
+            let spec = spec(topic_key).expect("every synonym names a topic config");
+            let value = default_value(config, "", topic_key);
+            Described {
+                name: broker_key,
+                source: broker_source(&value, &default_value(&unchanged, "", topic_key)),
+                value,
+                config_type: spec.kind,
+                documentation: match spec.effect {
+                    Effect::None(why) => Some(why),
+                    _ => None,
+                },
+            }
+        })
+        .collect()
+}
+
 fn spec(key: &str) -> Option<&'static Spec> {
     TOPIC_CONFIGS.iter().find(|spec| spec.key == key)
 }
@@ -602,6 +682,7 @@ pub fn describe(
     name: &str,
     overrides: &BTreeMap<String, String>,
 ) -> Vec<Described> {
+    let base_unchanged = self::base(&BrokerConfig::default(), name);
     let base = base(config, name);
     TOPIC_CONFIGS
         .iter()
@@ -618,13 +699,22 @@ pub fn describe(
                     config_type: spec.kind,
                     documentation,
                 },
-                None => Described {
-                    name: spec.key,
-                    value: default_in(config, &base, spec.key),
-                    source: SOURCE_DEFAULT,
-                    config_type: spec.kind,
-                    documentation,
-                },
+                None => {
+                    let value = default_in(config, &base, spec.key);
+                    let from_broker = BROKER_SYNONYMS.iter().any(|(key, _)| *key == spec.key);
+                    let unchanged = default_in(&BrokerConfig::default(), &base_unchanged, spec.key);
+                    Described {
+                        name: spec.key,
+                        source: if from_broker {
+                            broker_source(&value, &unchanged)
+                        } else {
+                            SOURCE_DEFAULT
+                        },
+                        value,
+                        config_type: spec.kind,
+                        documentation,
+                    }
+                }
             }
         })
         .collect()

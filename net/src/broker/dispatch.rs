@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use super::{Context, admin, fetch, groups, metadata, produce, producer_ids};
+use super::{Context, admin, fetch, groups, metadata, produce, producer_ids, replicas};
 use crate::protocol::api::{self, RequestBody, ResponseBody};
 use crate::protocol::error_code;
 use crate::protocol::frame::{self, FrameError, Request};
@@ -155,6 +155,23 @@ async fn handle(
         }
         RequestBody::OffsetForLeaderEpoch(body) => {
             ResponseBody::OffsetForLeaderEpoch(admin::offset_for_leader_epoch(context, body).await)
+        }
+        RequestBody::OffsetDelete(body) => {
+            ResponseBody::OffsetDelete(groups::offset_delete(context, body).await)
+        }
+        RequestBody::ElectLeaders(body) => {
+            ResponseBody::ElectLeaders(replicas::elect_leaders(context, body))
+        }
+        RequestBody::AlterPartitionReassignments(body) => {
+            ResponseBody::AlterPartitionReassignments(replicas::alter_partition_reassignments(
+                context, body,
+            ))
+        }
+        RequestBody::ListPartitionReassignments(body) => {
+            ResponseBody::ListPartitionReassignments(replicas::list_partition_reassignments(body))
+        }
+        RequestBody::DescribeLogDirs(body) => {
+            ResponseBody::DescribeLogDirs(replicas::describe_log_dirs(context, body).await)
         }
         RequestBody::InitProducerId(body) => {
             ResponseBody::InitProducerId(producer_ids::init_producer_id(context, body).await)

@@ -260,7 +260,19 @@ async fn wait_any(
     false
 }
 
-/// ListOffsets: earliest (-2), latest (-1), or the first offset at or after a timestamp.
+/// ListOffsets' special timestamps (Kafka's `ListOffsetsRequest`).
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+/// The record with the largest timestamp (v7+, KIP-734).
+const MAX_TIMESTAMP: i64 = -3;
+/// The local log's start (v8+, KIP-405): the log start, with no tiered storage.
+const EARLIEST_LOCAL: i64 = -4;
+/// The last offset in tiered storage (v9+, KIP-1005): none, with no tiered storage.
+const LATEST_TIERED: i64 = -5;
+
+/// ListOffsets: earliest (and earliest local), latest, the record with the largest
+/// timestamp, or the first record at or after a timestamp. No tiered storage: the latest
+/// tiered offset is Kafka's "none" (-1).
 pub async fn list_offsets(
     context: &Rc<Context>,
     request: ListOffsetsRequest,
@@ -287,14 +299,18 @@ pub async fn list_offsets(
                 continue;
             };
             let result = match partition.timestamp {
-                -2 | -1 => context.handle.offsets(&log).await.map(|offsets| {
-                    let offset = if partition.timestamp == -2 {
-                        offsets.log_start
-                    } else {
-                        offsets.high_watermark
-                    };
-                    Some((offset, Timestamp(-1)))
-                }),
+                EARLIEST | EARLIEST_LOCAL => context
+                    .handle
+                    .offsets(&log)
+                    .await
+                    .map(|offsets| Some((offsets.log_start, Timestamp(-1)))),
+                LATEST => context
+                    .handle
+                    .offsets(&log)
+                    .await
+                    .map(|offsets| Some((offsets.high_watermark, Timestamp(-1)))),
+                MAX_TIMESTAMP => context.handle.max_timestamp_record(&log).await,
+                LATEST_TIERED => Ok(None),
                 timestamp if timestamp >= 0 => {
                     context
                         .handle

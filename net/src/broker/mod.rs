@@ -17,6 +17,7 @@ mod listener;
 mod metadata;
 mod produce;
 mod producer_ids;
+mod replicas;
 pub mod topics;
 
 use std::cell::RefCell;

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use super::{Cluster, Connection, Consumer, ConsumerConfig, Error, Fetched, StartOffset};
 use super::{by_topic, unexpected, within};
 use crate::protocol::api::{RequestBody, ResponseBody};
-use crate::protocol::codec::{Decoder, Encoder, Message};
+use crate::protocol::codec::{self, Encoder, Message};
 use crate::protocol::error_code;
 use crate::protocol::messages::consumer_protocol_assignment::TopicPartition as Assigned;
 use crate::protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -678,13 +678,7 @@ fn encode_data<M: Message>(message: &M, version: i16) -> Bytes {
 /// Reads what [`encode_data`] wrote. A version newer than this client knows is read as
 /// the newest it knows: the protocol only ever appends fields.
 pub fn decode_data<M: Message>(bytes: Bytes) -> Result<M, Error> {
-    let failed = |error: String| Error::Protocol(format!("{}: {error}", M::NAME));
-    let mut decoder = Decoder::new(bytes);
-    let version = decoder.i16().map_err(|error| failed(error.to_string()))?;
-    if version < M::VERSION_MIN {
-        return Err(failed(format!("version {version}")));
-    }
-    M::decode(&mut decoder, version.min(M::VERSION_MAX)).map_err(|error| failed(error.to_string()))
+    codec::decode_versioned(bytes).map_err(|error| Error::Protocol(format!("{}: {error}", M::NAME)))
 }
 
 #[cfg(test)]

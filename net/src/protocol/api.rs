@@ -116,23 +116,23 @@ macro_rules! apis {
 
 apis! {
     Produce: ProduceRequest, ProduceResponse, 3..=11;
-    Fetch: FetchRequest, FetchResponse, 4..=16;
-    ListOffsets: ListOffsetsRequest, ListOffsetsResponse, 1..=6;
+    Fetch: FetchRequest, FetchResponse, 4..=17;
+    ListOffsets: ListOffsetsRequest, ListOffsetsResponse, 1..=10;
     Metadata: MetadataRequest, MetadataResponse, 0..=12;
     OffsetCommit: OffsetCommitRequest, OffsetCommitResponse, 2..=9;
     OffsetFetch: OffsetFetchRequest, OffsetFetchResponse, 1..=9;
-    FindCoordinator: FindCoordinatorRequest, FindCoordinatorResponse, 0..=4;
+    FindCoordinator: FindCoordinatorRequest, FindCoordinatorResponse, 0..=6;
     JoinGroup: JoinGroupRequest, JoinGroupResponse, 0..=9;
     Heartbeat: HeartbeatRequest, HeartbeatResponse, 0..=4;
     LeaveGroup: LeaveGroupRequest, LeaveGroupResponse, 0..=5;
     SyncGroup: SyncGroupRequest, SyncGroupResponse, 0..=5;
     DescribeGroups: DescribeGroupsRequest, DescribeGroupsResponse, 0..=5;
-    ListGroups: ListGroupsRequest, ListGroupsResponse, 0..=4;
-    ApiVersions: ApiVersionsRequest, ApiVersionsResponse, 0..=3;
+    ListGroups: ListGroupsRequest, ListGroupsResponse, 0..=5;
+    ApiVersions: ApiVersionsRequest, ApiVersionsResponse, 0..=4;
     CreateTopics: CreateTopicsRequest, CreateTopicsResponse, 2..=7;
     DeleteTopics: DeleteTopicsRequest, DeleteTopicsResponse, 1..=6;
     DeleteRecords: DeleteRecordsRequest, DeleteRecordsResponse, 0..=2;
-    InitProducerId: InitProducerIdRequest, InitProducerIdResponse, 0..=4;
+    InitProducerId: InitProducerIdRequest, InitProducerIdResponse, 0..=5;
     OffsetForLeaderEpoch: OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, 2..=4;
     DescribeConfigs: DescribeConfigsRequest, DescribeConfigsResponse, 1..=4;
     AlterConfigs: AlterConfigsRequest, AlterConfigsResponse, 0..=2;
@@ -141,6 +141,13 @@ apis! {
     IncrementalAlterConfigs: IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
         0..=1;
     DescribeCluster: DescribeClusterRequest, DescribeClusterResponse, 0..=1;
+    DescribeLogDirs: DescribeLogDirsRequest, DescribeLogDirsResponse, 1..=4;
+    ElectLeaders: ElectLeadersRequest, ElectLeadersResponse, 0..=2;
+    AlterPartitionReassignments: AlterPartitionReassignmentsRequest,
+        AlterPartitionReassignmentsResponse, 0..=0;
+    ListPartitionReassignments: ListPartitionReassignmentsRequest,
+        ListPartitionReassignmentsResponse, 0..=0;
+    OffsetDelete: OffsetDeleteRequest, OffsetDeleteResponse, 0..=0;
 }
 
 /// The served range of API `key`, if served.

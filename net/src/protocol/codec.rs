@@ -51,6 +51,18 @@ pub trait Message: Sized {
     fn encode(&self, encoder: &mut Encoder, version: i16);
 }
 
+/// Reads a message that carries its own version in a leading i16 (the consumer protocol's
+/// subscriptions and assignments inside group messages). A version newer than the schema
+/// is read as the newest known: those messages only ever append fields.
+pub fn decode_versioned<M: Message>(bytes: Bytes) -> Result<M> {
+    let mut decoder = Decoder::new(bytes);
+    let version = decoder.i16()?;
+    if version < M::VERSION_MIN {
+        return Err(DecodeError::new(format!("{} version {version}", M::NAME)));
+    }
+    M::decode(&mut decoder, version.min(M::VERSION_MAX))
+}
+
 /// A Kafka UUID (topic ids): 16 bytes, all zero meaning "none".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct Uuid(pub [u8; 16]);

@@ -8,14 +8,17 @@
 //! alike): the broker picks the protocol every member supports, hands the leader every
 //! member's metadata, and passes the leader's assignments on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::protocol::codec;
 use crate::protocol::error_code;
 use crate::protocol::messages::join_group_response::JoinGroupResponseMember;
-use crate::protocol::messages::{JoinGroupResponse, SyncGroupResponse};
+use crate::protocol::messages::{
+    ConsumerProtocolSubscription, JoinGroupResponse, SyncGroupResponse,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -169,6 +172,23 @@ impl Group {
     /// No members and none about to join.
     pub fn is_idle(&self) -> bool {
         self.members.is_empty() && self.pending.is_empty()
+    }
+
+    /// The topics the members of a consumer group subscribe to (Kafka's
+    /// `subscribedTopics`): `None` unless the group speaks the consumer protocol, has chosen
+    /// one, and every member's subscription in it can be read.
+    pub fn subscribed_topics(&self) -> Option<BTreeSet<String>> {
+        if self.protocol_type() != "consumer" || self.protocol.is_none() {
+            return None;
+        }
+        let mut topics = BTreeSet::new();
+        for member in self.members.values() {
+            let metadata = member.metadata(self.protocol());
+            let subscription: ConsumerProtocolSubscription =
+                codec::decode_versioned(metadata).ok()?;
+            topics.extend(subscription.topics);
+        }
+        Some(topics)
     }
 
     pub fn members(&self) -> Vec<MemberSummary> {

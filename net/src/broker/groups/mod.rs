@@ -30,6 +30,9 @@ use crate::protocol::messages::list_groups_response::ListedGroup;
 use crate::protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
+use crate::protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use crate::protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
@@ -38,8 +41,9 @@ use crate::protocol::messages::{
     DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
     FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
     JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
-    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
+    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
+    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+    SyncGroupResponse,
 };
 use group::{Group, Join, Reply, State};
 pub use offsets::Committed;
@@ -965,6 +969,129 @@ async fn delete_group(context: &Context, log: &TopicPartition, group_id: String)
     coordinator.groups.remove(&group_id);
     coordinator.offsets.remove(&group_id);
     error_code::NONE
+}
+
+/// OffsetDelete (KIP-496): deletes a group's commits of the partitions named, as Kafka
+/// does: any of an empty group; of a consumer group with members, those of topics no member
+/// subscribes to (GROUP_SUBSCRIBED_TO_TOPIC for the rest); none of another group with
+/// members (NON_EMPTY_GROUP). Partitions that do not exist get UNKNOWN_TOPIC_OR_PARTITION.
+pub async fn offset_delete(
+    context: &Context,
+    request: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
+    let refused = |code| OffsetDeleteResponse {
+        error_code: code,
+        ..OffsetDeleteResponse::default()
+    };
+    if request.group_id.is_empty() {
+        return refused(error_code::INVALID_GROUP_ID);
+    }
+    let table = context.topics();
+    let wanted: Vec<(String, Vec<(i32, bool)>)> = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let known = table.get(&topic.name);
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|partition| {
+                    let index = partition.partition_index;
+                    (index, known.is_some_and(|known| known.log(index).is_some()))
+                })
+                .collect();
+            (topic.name, partitions)
+        })
+        .collect();
+    let group_id = request.group_id;
+    let outcome = on_coordinator(context, &group_id.clone(), move |context, log| async move {
+        delete_offsets(&context, &log, group_id, wanted).await
+    })
+    .await
+    .unwrap_or(Err(error_code::COORDINATOR_NOT_AVAILABLE));
+    match outcome {
+        Ok(topics) => OffsetDeleteResponse {
+            error_code: error_code::NONE,
+            topics,
+            ..OffsetDeleteResponse::default()
+        },
+        Err(code) => refused(code),
+    }
+}
+
+/// [`offset_delete`] on the coordinator: `wanted` names each topic's partitions and whether
+/// each exists.
+async fn delete_offsets(
+    context: &Context,
+    log: &TopicPartition,
+    group_id: String,
+    wanted: Vec<(String, Vec<(i32, bool)>)>,
+) -> Result<Vec<OffsetDeleteResponseTopic>, i16> {
+    let subscribed = {
+        let coordinator = context.groups.borrow();
+        if !coordinator.exists(&group_id) {
+            return Err(error_code::GROUP_ID_NOT_FOUND);
+        }
+        match coordinator.groups.get(&group_id) {
+            Some(group) if !group.is_empty() => {
+                if group.protocol_type() != "consumer" {
+                    return Err(error_code::NON_EMPTY_GROUP);
+                }
+                // Subscriptions that cannot be read protect every topic, as Kafka's do.
+                Some(group.subscribed_topics())
+            }
+            _ => None,
+        }
+    };
+    let protected = |topic: &str| {
+        subscribed
+            .as_ref()
+            .is_some_and(|topics| topics.as_ref().is_none_or(|topics| topics.contains(topic)))
+    };
+    let mut deletions = Vec::new();
+    let topics: Vec<OffsetDeleteResponseTopic> = wanted
+        .into_iter()
+        .map(|(name, partitions)| OffsetDeleteResponseTopic {
+            partitions: partitions
+                .into_iter()
+                .map(|(partition_index, exists)| {
+                    let code = if !exists {
+                        error_code::UNKNOWN_TOPIC_OR_PARTITION
+                    } else if protected(&name) {
+                        error_code::GROUP_SUBSCRIBED_TO_TOPIC
+                    } else {
+                        deletions.push((name.clone(), partition_index));
+                        error_code::NONE
+                    };
+                    OffsetDeleteResponsePartition {
+                        partition_index,
+                        error_code: code,
+                    }
+                })
+                .collect(),
+            name,
+        })
+        .collect();
+    let committed: Vec<(String, i32)> = {
+        let coordinator = context.groups.borrow();
+        let offsets = coordinator.offsets.get(&group_id);
+        deletions
+            .into_iter()
+            .filter(|key| offsets.is_some_and(|offsets| offsets.contains_key(key)))
+            .collect()
+    };
+    let tombstones = committed
+        .iter()
+        .map(|(topic, partition)| (group_id.as_str(), topic.as_str(), *partition));
+    if let Err(error) = write_tombstones(context, log, tombstones).await {
+        log::warn!("deleting offsets of group {group_id}: {error}");
+        return Err(error_code::COORDINATOR_NOT_AVAILABLE);
+    }
+    let mut coordinator = context.groups.borrow_mut();
+    for (topic, partition) in committed {
+        coordinator.apply(&group_id, &topic, partition, None);
+    }
+    Ok(topics)
 }
 
 /// Appends one batch of tombstones to `log` for the commits named by `keys` (group, topic,

@@ -1,0 +1,241 @@
+//! The replica-management APIs answered as a one-broker Kafka cluster answers them: every
+//! partition has one replica, on this broker, which leads it. ElectLeaders finds nothing to
+//! elect, a reassignment can only name this broker (and completes at once), none is ever in
+//! progress, and DescribeLogDirs reports the one log directory. The replication issue gives
+//! them their full meaning.
+
+use std::rc::Rc;
+
+use super::{Context, errors};
+use crate::protocol::error_code;
+use crate::protocol::messages::alter_partition_reassignments_response::{
+    ReassignablePartitionResponse, ReassignableTopicResponse,
+};
+use crate::protocol::messages::describe_log_dirs_response::{
+    DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
+};
+use crate::protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+use crate::protocol::messages::{
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse,
+    DescribeLogDirsRequest, DescribeLogDirsResponse, ElectLeadersRequest, ElectLeadersResponse,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
+};
+
+/// Kafka's `ElectionType`: preferred (0) and unclean (1).
+const ELECTION_TYPES: [i8; 2] = [0, 1];
+
+/// Whether `topic` has partition `index` here.
+fn has_partition(context: &Context, topic: &str, index: i32) -> bool {
+    context
+        .topics()
+        .get(topic)
+        .is_some_and(|topic| topic.log(index).is_some())
+}
+
+fn partition_result(partition_id: i32, code: i16, message: &str) -> PartitionResult {
+    PartitionResult {
+        partition_id,
+        error_code: code,
+        error_message: (code != error_code::NONE).then(|| message.to_string()),
+    }
+}
+
+/// ElectLeaders: the one replica leads every partition, so a named partition gets
+/// ELECTION_NOT_NEEDED and a request for every partition (null) lists none, as Kafka leaves
+/// out the partitions whose leader is already the one wanted.
+pub fn elect_leaders(context: &Context, request: ElectLeadersRequest) -> ElectLeadersResponse {
+    let valid_type = ELECTION_TYPES.contains(&request.election_type);
+    let results = request
+        .topic_partitions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|wanted| ReplicaElectionResult {
+            partition_result: wanted
+                .partitions
+                .iter()
+                .map(|&index| {
+                    if !valid_type {
+                        partition_result(
+                            index,
+                            error_code::INVALID_REQUEST,
+                            "election type must be 0 (preferred) or 1 (unclean)",
+                        )
+                    } else if has_partition(context, &wanted.topic, index) {
+                        partition_result(
+                            index,
+                            error_code::ELECTION_NOT_NEEDED,
+                            "the partition's only replica already leads it",
+                        )
+                    } else {
+                        partition_result(
+                            index,
+                            error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                            "no such topic or partition",
+                        )
+                    }
+                })
+                .collect(),
+            topic: wanted.topic,
+        })
+        .collect();
+    ElectLeadersResponse {
+        error_code: if valid_type {
+            error_code::NONE
+        } else {
+            error_code::INVALID_REQUEST
+        },
+        replica_election_results: results,
+        ..ElectLeadersResponse::default()
+    }
+}
+
+/// Why a reassignment of a partition to `replicas` is refused, if it is: Kafka's checks (a
+/// non-empty list of distinct, registered brokers), with this broker the only one
+/// registered. A cancellation (null) finds no reassignment in progress.
+fn reassignment_refusal(context: &Context, replicas: Option<&[i32]>) -> Option<(i16, String)> {
+    let invalid = |message: String| Some((error_code::INVALID_REPLICA_ASSIGNMENT, message));
+    let Some(replicas) = replicas else {
+        return Some((
+            error_code::NO_REASSIGNMENT_IN_PROGRESS,
+            "no reassignment is in progress for this partition".to_string(),
+        ));
+    };
+    let node_id = context.config.node_id;
+    if replicas.is_empty() {
+        return invalid("the replica list is empty".to_string());
+    }
+    if replicas.len() > 1 {
+        return invalid(format!(
+            "replicas {replicas:?}: this cluster has one broker ({node_id}), so a partition \
+             has one replica"
+        ));
+    }
+    if replicas[0] != node_id {
+        return invalid(format!(
+            "broker {} is not registered; this cluster has broker {node_id} only",
+            replicas[0]
+        ));
+    }
+    None
+}
+
+/// AlterPartitionReassignments: moving a partition to the broker that holds it is done at
+/// once; any other broker is not registered.
+pub fn alter_partition_reassignments(
+    context: &Context,
+    request: AlterPartitionReassignmentsRequest,
+) -> AlterPartitionReassignmentsResponse {
+    let responses = request
+        .topics
+        .into_iter()
+        .map(|topic| ReassignableTopicResponse {
+            partitions: topic
+                .partitions
+                .iter()
+                .map(|partition| {
+                    let index = partition.partition_index;
+                    let refusal = if has_partition(context, &topic.name, index) {
+                        reassignment_refusal(context, partition.replicas.as_deref())
+                    } else {
+                        Some((
+                            error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                            "no such topic or partition".to_string(),
+                        ))
+                    };
+                    let (code, message) =
+                        refusal.map_or((error_code::NONE, None), |(code, m)| (code, Some(m)));
+                    ReassignablePartitionResponse {
+                        partition_index: index,
+                        error_code: code,
+                        error_message: message,
+                    }
+                })
+                .collect(),
+            name: topic.name,
+        })
+        .collect();
+    AlterPartitionReassignmentsResponse {
+        error_code: error_code::NONE,
+        responses,
+        ..AlterPartitionReassignmentsResponse::default()
+    }
+}
+
+/// ListPartitionReassignments: none is ever in progress.
+pub fn list_partition_reassignments(
+    _request: ListPartitionReassignmentsRequest,
+) -> ListPartitionReassignmentsResponse {
+    ListPartitionReassignmentsResponse {
+        error_code: error_code::NONE,
+        ..ListPartitionReassignmentsResponse::default()
+    }
+}
+
+/// DescribeLogDirs: the one log directory, the size of each partition asked for (every
+/// partition when the topics are null) and its lag (the log end past the high watermark),
+/// and from v4 the volume's total and usable bytes. Partitions that do not exist are left
+/// out, as Kafka leaves out those a directory does not hold.
+pub async fn describe_log_dirs(
+    context: &Rc<Context>,
+    request: DescribeLogDirsRequest,
+) -> DescribeLogDirsResponse {
+    let table = context.topics();
+    let wanted: Vec<(String, Vec<i32>)> = match request.topics {
+        Some(topics) => topics
+            .into_iter()
+            .map(|topic| (topic.topic, topic.partitions))
+            .collect(),
+        None => table
+            .iter()
+            .map(|topic| (topic.name.clone(), (0..topic.partitions as i32).collect()))
+            .collect(),
+    };
+    let mut error = error_code::NONE;
+    let mut topics = Vec::with_capacity(wanted.len());
+    for (name, indexes) in wanted {
+        let Some(topic) = table.get(&name) else {
+            continue;
+        };
+        let mut partitions = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            let Some(log) = topic.log(index) else {
+                continue;
+            };
+            match context.handle.offsets(&log).await {
+                Ok(offsets) => partitions.push(DescribeLogDirsPartition {
+                    partition_index: index,
+                    partition_size: offsets.size_bytes as i64,
+                    offset_lag: offsets.log_end.0.saturating_sub(offsets.high_watermark.0) as i64,
+                    is_future_key: false,
+                }),
+                Err(failure) => {
+                    log::warn!("DescribeLogDirs: partition {log}: {failure}");
+                    error = errors::code(&failure);
+                }
+            }
+        }
+        if !partitions.is_empty() {
+            topics.push(DescribeLogDirsTopic { name, partitions });
+        }
+    }
+    let logs_dir = context.config.logs_dir();
+    let log_dir = std::path::absolute(&logs_dir).unwrap_or(logs_dir);
+    let (total_bytes, usable_bytes) = match rustix::fs::statvfs(&log_dir) {
+        Ok(volume) => (
+            volume.f_blocks.saturating_mul(volume.f_frsize) as i64,
+            volume.f_bavail.saturating_mul(volume.f_frsize) as i64,
+        ),
+        Err(_) => (-1, -1),
+    };
+    DescribeLogDirsResponse {
+        error_code: error_code::NONE,
+        results: vec![DescribeLogDirsResult {
+            error_code: error,
+            log_dir: log_dir.display().to_string(),
+            topics,
+            total_bytes,
+            usable_bytes,
+        }],
+        ..DescribeLogDirsResponse::default()
+    }
+}
