@@ -1,12 +1,14 @@
 """Static membership (KIP-345) with confluent-kafka (librdkafka): two members with a
 `group.instance.id` share a topic. One is closed and started again within the session
 timeout: it gets its partitions back and the other member sees no rebalance. Closed for
-longer than the session timeout, it is removed and the other member takes everything."""
+longer than the session timeout, it is removed and the other member takes everything. When
+the last member closes, the group stays non-empty until its session expires, and can be
+deleted once it has (on time: a static member leaves no LeaveGroup behind)."""
 
 import threading
 import time
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from common import bootstrap, create_topic, wait_for
@@ -107,7 +109,34 @@ def main():
     state, members = describe(admin)
     assert [instance for instance, _ in members] == ["instance-b"], members
     b.stop()
-    print(f"static membership: kept {sorted(a_partitions)}; the other member saw {b.changes}")
+    closed = time.monotonic()
+    deleted = delete_when_expired(admin)
+    print(
+        f"static membership: kept {sorted(a_partitions)}; the other member saw {b.changes};"
+        f" the group was deleted {deleted - closed:.2f} s after its last member closed"
+    )
+    # The last heartbeat came at most heartbeat.interval.ms before the close; the broker's
+    # timers run every 100 ms.
+    session = SESSION_TIMEOUT_MS / 1000
+    assert session - 0.5 <= deleted - closed <= session + 1.5, deleted - closed
+
+
+def delete_when_expired(admin):
+    """Deletes the group as soon as the broker lets it (or finds it gone); the time it first
+    could."""
+    deadline = time.monotonic() + SESSION_TIMEOUT_MS / 1000 + 30
+    while time.monotonic() < deadline:
+        try:
+            admin.delete_consumer_groups([GROUP], request_timeout=10)[GROUP].result(timeout=30)
+            return time.monotonic()
+        except KafkaException as error:
+            code = error.args[0].code()
+            # With no commits, an emptied group is gone (Dead), as in Kafka.
+            if code == KafkaError.GROUP_ID_NOT_FOUND:
+                return time.monotonic()
+            assert code == KafkaError.NON_EMPTY_GROUP, error
+        time.sleep(0.1)
+    raise AssertionError("the group never became empty")
 
 
 main()
