@@ -4,11 +4,13 @@
 //! (KIP-227) are not created: every answer has session id 0, which tells the client to keep
 //! sending full requests.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use coremq_engine::{Error, Isolation, Offset, Timestamp, TopicPartition};
-use glommio::channels::local_channel;
 
 use super::{Context, errors};
 use crate::protocol::codec::{Records, Uuid};
@@ -215,49 +217,52 @@ async fn out_of_range(context: &Context, log: &TopicPartition) -> Failure {
 }
 
 /// Waits until any readable partition has data past its fetch offset, at most `timeout`;
-/// false if none did.
+/// false if none did. The waits are polled together in this task, not spawned: when one
+/// answers, the others are dropped at once and leave nothing behind.
 async fn wait_any(
     context: &Rc<Context>,
     topics: &[(String, Uuid, Vec<Wanted>)],
     timeout: Duration,
 ) -> bool {
-    let (sender, receiver) = local_channel::new_unbounded();
-    let sender = Rc::new(sender);
-    let mut waiters = Vec::new();
+    let mut waits: Vec<Pin<Box<dyn Future<Output = bool> + '_>>> = Vec::new();
     for (_, _, wanted) in topics {
         for partition in wanted {
-            let Some(log) = partition.log.clone() else {
+            let Some(log) = partition.log.as_ref() else {
                 continue;
             };
             if partition.offset < 0 {
                 continue;
             }
             let from = Offset(partition.offset as u64);
-            let (context, sender) = (context.clone(), sender.clone());
-            waiters.push(glommio::spawn_local(async move {
-                let ready = context
+            waits.push(Box::pin(async move {
+                context
                     .handle
-                    .wait_readable(&log, from, Isolation::Written, timeout)
+                    .wait_readable(log, from, Isolation::Written, timeout)
                     .await
-                    .unwrap_or(true);
-                let _ = sender.try_send(ready);
+                    .unwrap_or(true)
             }));
         }
     }
-    if waiters.is_empty() {
+    if waits.is_empty() {
         glommio::timer::sleep(timeout).await;
         return false;
     }
-    drop(sender);
-    let mut remaining = waiters.len();
-    while remaining > 0 {
-        match receiver.recv().await {
-            Some(true) => return true,
-            Some(false) => remaining -= 1,
-            None => break,
+    std::future::poll_fn(|task| {
+        let mut index = 0;
+        while index < waits.len() {
+            match waits[index].as_mut().poll(task) {
+                Poll::Ready(true) => return Poll::Ready(true),
+                Poll::Ready(false) => drop(waits.swap_remove(index)),
+                Poll::Pending => index += 1,
+            }
         }
-    }
-    false
+        if waits.is_empty() {
+            Poll::Ready(false)
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// ListOffsets' special timestamps (Kafka's `ListOffsetsRequest`).
