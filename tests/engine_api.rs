@@ -6,7 +6,7 @@ mod common;
 use bytes::Bytes;
 use common::{batch, block_on, start, tp};
 use coremq_engine::record::decode_records;
-use coremq_engine::{BatchHeader, Compression, Error, Isolation, Offset, Timestamp};
+use coremq_engine::{BatchHeader, Compression, Engine, Error, Isolation, Offset, Timestamp};
 
 #[test]
 fn append_read_and_reopen() {
@@ -65,6 +65,47 @@ fn append_read_and_reopen() {
         BatchHeader::parse(&middle.batches[0]).unwrap().base_offset,
         Offset(500)
     );
+    engine.shutdown().unwrap();
+}
+
+/// A log's tail cache is released once the log took no append for a whole cleanup pass,
+/// and fills again with the next appends; a busy log keeps its cache.
+#[test]
+fn idle_tail_caches_are_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path(), 1);
+    config.cleanup_interval_ms = 50;
+    let engine = Engine::start(config).unwrap();
+    let handle = engine.handle();
+    let (idle, busy) = (tp("idle", 0), tp("busy", 0));
+    // Recent timestamps: retention (which runs in the same pass) keeps the records.
+    let now = Timestamp::now().0;
+    for log in [&idle, &busy] {
+        block_on(handle.create_log(log, Some(common::small_segments()))).unwrap();
+        block_on(handle.append(log, batch(0, 10, 1_000, now, Compression::None))).unwrap();
+    }
+    let cached = || block_on(handle.metrics()).unwrap().tail_cache_bytes;
+    let started = std::time::Instant::now();
+    let mut appends = 1;
+    // The busy log gets an append every 10 ms; the idle one none, so only its cache goes.
+    while cached() > 20_000 {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the idle cache was never released"
+        );
+        block_on(handle.append(&busy, batch(appends, 1, 10, now, Compression::None))).unwrap();
+        appends += 1;
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        cached() > 10_000,
+        "the busy log's cache went too: {}",
+        cached()
+    );
+    let read = block_on(handle.read(&idle, Offset(0), 1 << 20, Isolation::Written)).unwrap();
+    assert_eq!(read.batches.len(), 1, "an idle log is read from its file");
+    block_on(handle.append(&idle, batch(1, 10, 1_000, now, Compression::None))).unwrap();
+    assert!(cached() > 20_000, "the next append is cached again");
     engine.shutdown().unwrap();
 }
 

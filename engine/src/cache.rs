@@ -73,6 +73,11 @@ impl TailCache {
         }
     }
 
+    /// Bytes of the cached batches.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;

@@ -185,19 +185,42 @@ impl Shard {
         Ok(())
     }
 
-    /// Retention and compaction for every log of this shard, in a low-priority task queue.
+    /// Retention and compaction for every log of this shard, in a low-priority task queue;
+    /// the tail caches of logs idle for a whole pass are released, and the memory freed
+    /// goes back to the system.
     async fn cleanup_loop(self: Rc<Self>) {
         let interval = Duration::from_millis(self.config.cleanup_interval_ms.max(1));
         while !self.stopping.get() {
             glommio::timer::sleep(interval).await;
+            let mut released = 0;
             for log in self.logs() {
                 if self.stopping.get() {
                     return;
                 }
                 log.expire_streams(interval);
+                released += log.release_idle_cache();
                 run_cleanup(&log).await;
             }
+            if released > 0 {
+                log::debug!(
+                    "shard {}: released {released} bytes of idle tail caches",
+                    self.id
+                );
+                return_free_memory();
+            }
         }
+    }
+}
+
+/// Asks glibc's allocator to give the free memory at the top of its heaps back to the
+/// system (`malloc_trim`): without it, memory freed by a burst (tail caches, request
+/// buffers) stays in the process. A no-op under another allocator.
+#[allow(unsafe_code)]
+fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and is thread-safe (it locks each arena).
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -553,7 +576,15 @@ impl Handle {
         let mut total = MetricsSnapshot::default();
         for shard in 0..self.shard_count() {
             let snapshot = self
-                .on_shard(shard, |shard| async move { Ok(shard.metrics.snapshot()) })
+                .on_shard(shard, |shard| async move {
+                    let mut snapshot = shard.metrics.snapshot();
+                    snapshot.tail_cache_bytes = shard
+                        .logs()
+                        .iter()
+                        .map(|log| log.cache_bytes() as u64)
+                        .sum();
+                    Ok(snapshot)
+                })
                 .await?;
             total.merge(&snapshot);
         }

@@ -151,6 +151,8 @@ pub struct Log {
     /// End of the sealed segments the last compaction pass fully cleaned (no tombstone left
     /// waiting); the next pass runs only once more segments are sealed.
     pub(crate) compacted_through: Cell<Option<Offset>>,
+    /// The log end at the last cleanup pass: unchanged at the next one, the log is idle.
+    idle_mark: Cell<Option<Offset>>,
     pub(crate) metrics: Rc<Metrics>,
     pub(crate) faults: Option<Arc<Faults>>,
 }
@@ -287,6 +289,7 @@ impl Log {
             closed: Cell::new(false),
             compacting: Cell::new(false),
             compacted_through: Cell::new(None),
+            idle_mark: Cell::new(None),
             metrics,
             faults,
         });
@@ -1246,6 +1249,27 @@ impl Log {
         self.append_gate.close();
         self.progress.notify_all();
         flushed
+    }
+
+    /// Bytes held in the tail cache.
+    pub(crate) fn cache_bytes(&self) -> usize {
+        self.inner.borrow().cache.bytes()
+    }
+
+    /// Drops the tail cache's written batches if no batch was appended since the last call
+    /// (the shard's cleanup pass calls it): readers of an idle log read the file, which the
+    /// kernel caches and can reclaim, instead of memory the broker would hold for good.
+    /// Returns the bytes released.
+    pub(crate) fn release_idle_cache(&self) -> usize {
+        let mut inner = self.inner.borrow_mut();
+        let end = inner.active.next_offset;
+        if self.idle_mark.replace(Some(end)) != Some(end) {
+            return 0;
+        }
+        let before = inner.cache.bytes();
+        let written = inner.written;
+        inner.cache.evict(0, written);
+        before - inner.cache.bytes()
     }
 
     /// Discards the cached batches (tests use it to force reads from disk).

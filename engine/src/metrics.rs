@@ -79,6 +79,7 @@ impl Metrics {
             segments: self.segments.get(),
             segments_deleted: self.segments_deleted.get(),
             compactions: self.compactions.get(),
+            tail_cache_bytes: 0,
             fsync_latency_us: self.fsync_latency_us.borrow().clone(),
         }
     }
@@ -103,6 +104,8 @@ pub struct MetricsSnapshot {
     pub segments: u64,
     pub segments_deleted: u64,
     pub compactions: u64,
+    /// Bytes held in the logs' tail caches (a gauge, taken with the snapshot).
+    pub tail_cache_bytes: u64,
     /// fdatasync latency in microseconds.
     pub fsync_latency_us: Histogram<u64>,
 }
@@ -138,6 +141,7 @@ impl MetricsSnapshot {
         self.segments += other.segments;
         self.segments_deleted += other.segments_deleted;
         self.compactions += other.compactions;
+        self.tail_cache_bytes += other.tail_cache_bytes;
         self.fsync_latency_us
             .add(&other.fsync_latency_us)
             .expect("same histogram bounds");

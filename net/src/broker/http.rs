@@ -250,6 +250,12 @@ fn render(
         "Open segments",
         engine.segments as i64,
     );
+    gauge(
+        &mut registry,
+        "tail_cache_bytes",
+        "Bytes held in the logs' tail caches (released once a log is idle for a cleanup pass)",
+        engine.tail_cache_bytes as i64,
+    );
     gauge(&mut registry, "topics", "Topics", topics as i64);
     gauge(&mut registry, "partitions", "Partitions", partitions as i64);
     let connections = Family::<Vec<(String, String)>, Gauge>::default();
