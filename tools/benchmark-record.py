@@ -2,6 +2,7 @@
 """Runs coremq's benchmark record on this machine and writes BENCHMARKS.md.
 
 Usage: tools/benchmark-record.py [--out BENCHMARKS.md] [--dir WORK_DIR] [--seconds N]
+                                 [--capacity-only]
 
 In one run, on this machine:
   1. physical limits: loopback TCP bandwidth (iperf3), O_DIRECT sequential write and read
@@ -14,7 +15,9 @@ In one run, on this machine:
      and 80% of the maximum rate each end-to-end workload reaches (measured first); the rows
      the targets are read from (1 KiB acks=1 produce, end-to-end at 50%) are the median of
      three runs, with their spread;
-  3. a system-wide `perf` profile of the 1 KiB acks=1 run, by process and by symbol.
+  3. `coremq-perf capacity` three times, each on a fresh broker, and how far the three
+     answers lie apart (with `--capacity-only`, just this, printed instead of written);
+  4. a system-wide `perf` profile of the 1 KiB acks=1 run, by process and by symbol.
 
 Installs iperf3, fio, cyclictest and perf with apt-get when they are missing (as root). Needs
 about 3 GiB free per produce second in WORK_DIR (each broker's data is removed after its run).
@@ -220,15 +223,70 @@ def profile(work, arguments, seconds):
     return reports
 
 
+# The capacity runs: a quote feed of 1 KiB records, one producer and one consumer, sized for
+# a million records/s with 30% headroom.
+CAPACITY = ["capacity", "--partitions", "2", "--producers", "1", "--consumers", "1",
+            "--batch-size", "1048576", "--linger-ms", "1", "--record-size", "1024",
+            "--acks", "1", "--slo-p99-ms", "10", "--start-rate", "20000", "--step-factor", "2",
+            "--step-duration", "3s", "--windows", "3", "--refine", "3",
+            "--target-rate", "1000000", "--target-record-bytes", "1024"]
+
+
+def capacity_section(work):
+    """Runs `capacity` three times, each on a fresh broker; returns the section's lines."""
+    answers = []
+    for attempt in range(3):
+        say(f"capacity, run {attempt + 1} of 3")
+        with Broker(work):
+            answers.append(perf_tool([*CAPACITY, "--topic", f"sizing-{attempt}"]))
+    out = ["## Capacity, three times\n"]
+    out.append("`" + answers[0][0] + "` (each step: 3 windows of 3 s, judged on their "
+               "medians; then 3 steps of bisection between the last rate that held and "
+               "the first that failed), on a fresh broker each time.\n")
+    out.append("| run | sustains records/s | p99 ms at it: median (lowest to highest window) "
+               "| first failed at records/s | why it failed | brokers for 1 M/s |")
+    out.append("|---|---|---|---|---|---|")
+    sustained = []
+    for number, (_, summary) in enumerate(answers, 1):
+        held = summary["max_sustainable_records_per_s"]
+        spread = summary["p99_ms_spread_at_max"]
+        failed = summary["first_failed_records_per_s"]
+        limit = summary["limit"] or {}
+        if held:
+            sustained.append(held)
+        cells = [
+            str(number),
+            f"{held:,.0f}" if held else "none held",
+            (f"{spread['median']:.2f} ({spread['min']:.2f} to {spread['max']:.2f})"
+             if spread else ""),
+            f"{failed:,.0f}" if failed else "none failed",
+            f"{limit.get('verdict', '')}: {limit.get('reason', '')}" if limit else "",
+            str(summary["brokers_needed"]),
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    if len(sustained) == 3:
+        out.append(f"\nThe three answers lie within a factor {max(sustained) / min(sustained):.2f} "
+                   f"of each other ({min(sustained):,.0f} to {max(sustained):,.0f} "
+                   "records/s).\n")
+    else:
+        out.append(f"\nOnly {len(sustained)} of the three runs found a rate that held.\n")
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     parser.add_argument("--dir", default=os.path.join(ROOT, "target", "benchmark-record"))
     parser.add_argument("--seconds", type=int, default=10,
                         help="measured seconds per coremq-perf run (after a 2 s warm-up)")
+    parser.add_argument("--capacity-only", action="store_true",
+                        help="run only the three capacity runs and print their section")
     options = parser.parse_args()
     work = os.path.abspath(options.dir)
     os.makedirs(work, exist_ok=True)
+    if options.capacity_only:
+        print("\n".join(capacity_section(work)))
+        return
     ensure_tools()
     seconds = options.seconds
     timing = ["--duration", f"{seconds}s", "--warmup", "2s"]
@@ -349,6 +407,8 @@ def main():
              [*throughput(linger_ms=1), "--consumers", "2", "--record-size", "1024",
               "--acks", "1"], runs=1)
 
+    capacity = capacity_section(work)
+
     say("profile of the 1 KiB acks=1 run")
     by_process, by_symbol = profile(work, ["produce", "--topic", "profiled", *throughput(),
                                            "--record-size", "1024", "--acks", "1",
@@ -399,6 +459,7 @@ def main():
     out.append(f"| end-to-end p99 at 50% of the maximum (1 producer, 1 consumer) "
                f"<= {TARGET_E2E_P99_MS:g} ms | "
                f"{e2e_p99:.2f} ms | {'yes' if e2e_p99 <= TARGET_E2E_P99_MS else 'no'} |\n")
+    out.extend(capacity)
     out.append("## Where the time goes (1 KiB acks=1 produce, `perf record -a -g`)\n")
     out.append("By process and binary (samples over the whole machine):\n")
     out.append("```\n" + by_process + "\n```\n")

@@ -174,6 +174,10 @@ fn produce_consume_e2e_and_capacity_report_what_they_did() {
         "2",
         "--max-steps",
         "2",
+        "--windows",
+        "2",
+        "--refine",
+        "1",
         "--slo-p99-ms",
         "1000",
         "--record-size",
@@ -190,8 +194,35 @@ fn produce_consume_e2e_and_capacity_report_what_they_did() {
     let capacity = summary(&args);
     assert_eq!(capacity["mode"], "capacity");
     let steps = capacity["steps"].as_array().unwrap();
-    assert!((1..=2).contains(&steps.len()), "{capacity}");
+    assert!((1..=3).contains(&steps.len()), "{capacity}");
     assert_eq!(steps[0]["offered_records_per_s"], 200.0);
+    for step in steps {
+        // Two windows a step, judged on their median, with the spread and what the host
+        // and CPUs did.
+        assert_eq!(step["windows"].as_array().unwrap().len(), 2, "{step}");
+        let p99 = &step["e2e_p99_ms"];
+        let (min, median, max) = (
+            p99["min"].as_f64().unwrap(),
+            p99["median"].as_f64().unwrap(),
+            p99["max"].as_f64().unwrap(),
+        );
+        assert!(min <= median && median <= max, "{p99}");
+        for window in step["windows"].as_array().unwrap() {
+            assert!(
+                window["wakeup_late_ms"]["wakeups"].as_u64().unwrap() > 100,
+                "{window}"
+            );
+            assert!(window["steal_pct"].as_f64().is_some(), "{window}");
+        }
+        match step["sustainable"].as_bool().unwrap() {
+            true => assert!(step["limit"].is_null()),
+            false => assert!(
+                ["saturated", "host stalled", "neither"]
+                    .contains(&step["limit"]["verdict"].as_str().unwrap()),
+                "{step}"
+            ),
+        }
+    }
     for key in [
         "max_sustainable_records_per_s",
         "max_sustainable_mb_s",

@@ -124,9 +124,17 @@ pub struct Capacity {
     /// Each step offers this many times the previous one.
     #[arg(long, default_value_t = 1.5)]
     pub step_factor: f64,
-    /// Steps at most.
+    /// Steps at most while the load rises (the search after the first failed step adds
+    /// `--refine` more).
     #[arg(long, default_value_t = 20)]
     pub max_steps: usize,
+    /// Windows of `--step-duration` per step; a step is judged on their medians.
+    #[arg(long, default_value_t = 3)]
+    pub windows: usize,
+    /// Steps that halve (geometrically) the gap between the last rate that held and the
+    /// first that failed.
+    #[arg(long, default_value_t = 3)]
+    pub refine: usize,
     /// The workload to size for: records/s in all.
     #[arg(long)]
     pub target_rate: Option<f64>,
