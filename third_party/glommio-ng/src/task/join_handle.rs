@@ -17,7 +17,7 @@ use crate::task::debugging::TaskDebugger;
 use crate::{
     dbg_context,
     task::{
-        header::{Header, RefCount},
+        header::Header,
         state::*,
     },
 };
@@ -70,11 +70,8 @@ impl<R> JoinHandle<R> {
                 (*header).state = new;
 
                 if state & (SCHEDULED | RUNNING) == 0 {
-                    // If we schedule it, need to bump the reference count, since after run() we
-                    // decrement it.
-                    let refs = (*header).references.fetch_add(1, Ordering::Relaxed);
-                    assert_ne!(refs, RefCount::MAX);
-
+                    // coremq fix: `schedule` counts the reference the run gives back; the
+                    // extra increment here kept every cancelled task allocated for good.
                     ((*header).vtable.schedule)(ptr);
                 }
 
@@ -136,8 +133,7 @@ impl<R> Drop for JoinHandle<R> {
                     // schedule dropping its future or destroy it.
                     if refs == 0 {
                         if state & CLOSED == 0 {
-                            let refs = (*header).references.fetch_add(1, Ordering::Relaxed);
-                            assert_ne!(refs, RefCount::MAX);
+                            // coremq fix: no extra increment, as in `cancel`.
                             ((*header).vtable.schedule)(ptr);
                         } else {
                             ((*header).vtable.destroy)(ptr);
