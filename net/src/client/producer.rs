@@ -17,7 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use coremq_engine::notify::Notify;
@@ -367,13 +367,6 @@ pub fn murmur2(data: &[u8]) -> i32 {
     h as i32
 }
 
-fn now_ms() -> Timestamp {
-    let since_epoch = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp(since_epoch.as_millis() as i64)
-}
-
 impl TopicQueues {
     fn new(metadata: &TopicMetadata) -> TopicQueues {
         TopicQueues {
@@ -454,7 +447,7 @@ impl Inner {
         };
         let index = open.builder.len() as i64;
         open.builder.push(
-            record.timestamp.unwrap_or_else(now_ms),
+            record.timestamp.unwrap_or_else(Timestamp::now),
             record.key,
             record.value,
             record.headers,

@@ -118,7 +118,8 @@ pub struct Group {
     initial_delay: Duration,
 }
 
-fn error_join(member_id: String, code: i16) -> JoinGroupResponse {
+/// A JoinGroup answer that refuses `member_id` with `code`.
+pub fn error_join(member_id: String, code: i16) -> JoinGroupResponse {
     JoinGroupResponse {
         error_code: code,
         generation_id: -1,

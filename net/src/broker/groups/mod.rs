@@ -282,15 +282,6 @@ pub fn find_coordinator(
     }
 }
 
-fn join_error(member_id: String, code: i16) -> JoinGroupResponse {
-    JoinGroupResponse {
-        error_code: code,
-        generation_id: -1,
-        member_id,
-        ..JoinGroupResponse::default()
-    }
-}
-
 async fn wait<T>(reply: Reply<T>, gone: impl FnOnce() -> T) -> T {
     match reply {
         Reply::Now(answer) => answer,
@@ -306,7 +297,7 @@ pub async fn join_group(
     client_host: String,
 ) -> JoinGroupResponse {
     if request.group_id.is_empty() {
-        return join_error(request.member_id, error_code::INVALID_GROUP_ID);
+        return group::error_join(request.member_id, error_code::INVALID_GROUP_ID);
     }
     let member_id = request.member_id.clone();
     let join = Join {
@@ -338,7 +329,7 @@ pub async fn join_group(
     let answer = on_coordinator(context, &group_id.clone(), move |context, _| async move {
         if context.is_stopping() {
             // Its members were unloaded; the member finds the coordinator again later.
-            return join_error(member_id, error_code::COORDINATOR_NOT_AVAILABLE);
+            return group::error_join(member_id, error_code::COORDINATOR_NOT_AVAILABLE);
         }
         let now = Instant::now();
         let delay = Duration::from_millis(context.config.group_initial_rebalance_delay_ms);
@@ -351,12 +342,13 @@ pub async fn join_group(
             .join(join, now);
         let member_id = member_id.clone();
         wait(reply, || {
-            join_error(member_id, error_code::UNKNOWN_MEMBER_ID)
+            group::error_join(member_id, error_code::UNKNOWN_MEMBER_ID)
         })
         .await
     })
     .await;
-    answer.unwrap_or_else(|| join_error(String::new(), error_code::COORDINATOR_NOT_AVAILABLE))
+    answer
+        .unwrap_or_else(|| group::error_join(String::new(), error_code::COORDINATOR_NOT_AVAILABLE))
 }
 
 pub async fn sync_group(context: &Context, request: SyncGroupRequest) -> SyncGroupResponse {
