@@ -909,6 +909,9 @@ fn group_apis_at_every_version() {
     let (_dir, broker) = start();
     let mut client = Wire::connect(broker.bootstrap());
     create_topic(&mut client, "versions", 1);
+    // Each group also commits an offset of this topic, which keeps the group (with no
+    // members) after OffsetDelete took its other commit.
+    create_topic(&mut client, "kept", 1);
     let longest = [
         FindCoordinatorRequest::API_KEY,
         JoinGroupRequest::API_KEY,
@@ -1032,23 +1035,28 @@ fn group_apis_at_every_version() {
                 member_id: member.clone(),
                 group_instance_id: None,
                 retention_time_ms: -1,
-                topics: vec![OffsetCommitRequestTopic {
-                    name: "versions".into(),
-                    partitions: vec![OffsetCommitRequestPartition {
-                        partition_index: 0,
-                        committed_offset: 10 + i64::from(i),
-                        committed_leader_epoch: -1,
-                        commit_timestamp: -1,
-                        committed_metadata: Some(format!("metadata-{i}")),
-                    }],
-                }],
+                topics: ["versions", "kept"]
+                    .into_iter()
+                    .map(|name| OffsetCommitRequestTopic {
+                        name: name.into(),
+                        partitions: vec![OffsetCommitRequestPartition {
+                            partition_index: 0,
+                            committed_offset: 10 + i64::from(i),
+                            committed_leader_epoch: -1,
+                            commit_timestamp: -1,
+                            committed_metadata: Some(format!("metadata-{i}")),
+                        }],
+                    })
+                    .collect(),
             }
         );
-        assert_eq!(
-            committed.topics[0].partitions[0].error_code,
-            error_code::NONE,
-            "OffsetCommit v{v}"
-        );
+        for topic in &committed.topics {
+            assert_eq!(
+                topic.partitions[0].error_code,
+                error_code::NONE,
+                "OffsetCommit v{v}"
+            );
+        }
 
         let v = version(OffsetFetchRequest::API_KEY);
         let (offset, metadata) = if v >= 8 {
@@ -1221,7 +1229,7 @@ fn group_apis_at_every_version() {
         }
         assert_eq!(describe(&mut client).group_state, "Empty");
 
-        // OffsetDelete of an empty group deletes the commit.
+        // OffsetDelete of an empty group deletes the commit (the other one keeps the group).
         let deleted = delete_offsets(&mut client, &group, vec![0]);
         assert_eq!(deleted.error_code, error_code::NONE);
         assert_eq!(deleted.topics[0].partitions[0].error_code, error_code::NONE);
