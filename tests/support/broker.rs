@@ -28,9 +28,19 @@ pub fn free_port() -> u16 {
 }
 
 impl Broker {
-    /// Starts on a free port with `extra` flags.
+    /// Starts on a free port with `extra` flags. A port `free_port` found can be taken by a
+    /// test running beside this one before the broker binds it; the broker then exits, and
+    /// this tries again on other ports.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Broker {
-        Broker::start_on(data_dir, free_port(), extra)
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let listener = format!("127.0.0.1:{}", free_port());
+            match Broker::try_start(data_dir, &listener, free_port(), extra) {
+                Ok(broker) => return broker,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("the broker did not start: {failures:#?}");
     }
 
     pub fn start_on(data_dir: &Path, port: u16, extra: &[&str]) -> Broker {
@@ -39,17 +49,31 @@ impl Broker {
 
     /// Starts with `--kafka-listener listener` (`HOST:PORT` or `ADDRESS:PORT`).
     pub fn start_with_listener(data_dir: &Path, listener: &str, extra: &[&str]) -> Broker {
+        Broker::try_start(data_dir, listener, free_port(), extra)
+            .unwrap_or_else(|failure| panic!("{failure}"))
+    }
+
+    /// Starts the broker and waits until it is ready: its admin listener says so, and its
+    /// own log has its startup line (a ready answer could come from another process that
+    /// took the admin port, while this one exits).
+    fn try_start(
+        data_dir: &Path,
+        listener: &str,
+        admin_port: u16,
+        extra: &[&str],
+    ) -> Result<Broker, String> {
         let port = listener
             .rsplit_once(':')
             .and_then(|(_, port)| port.parse().ok())
             .expect("a listener ends with its port");
         let log = data_dir.with_extension("log");
+        // A restart appends to the same log: only what this start writes counts.
+        let logged_before = std::fs::metadata(&log).map_or(0, |meta| meta.len() as usize);
         let output = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
-        let admin_port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_coremq"))
             .arg("--data-dir")
             .arg(data_dir)
@@ -71,16 +95,30 @@ impl Broker {
             log,
             extra: extra.iter().map(|arg| arg.to_string()).collect(),
         };
+        let mut broker = broker;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while broker.try_http_get("/ready").map(|(status, _)| status) != Some(200) {
-            assert!(
-                Instant::now() < deadline,
-                "broker did not become ready: {}",
-                broker.log()
-            );
+        loop {
+            let ready = broker.try_http_get("/ready").map(|(status, _)| status) == Some(200)
+                && broker
+                    .log()
+                    .get(logged_before..)
+                    .is_some_and(|new| new.contains("serving Kafka clients"));
+            let exited = broker
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                broker.child = None;
+                return Err(format!("the broker exited ({status}): {}", broker.log()));
+            }
+            if ready {
+                return Ok(broker);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("broker did not become ready: {}", broker.log()));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        broker
     }
 
     pub fn bootstrap(&self) -> String {
