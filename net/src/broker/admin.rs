@@ -478,11 +478,7 @@ fn broker_configs(context: &Context) -> Vec<Described> {
         .zip(unchanged)
         .map(|((name, value, config_type), (_, default, _))| Described {
             name,
-            source: if value == default {
-                configs::SOURCE_DEFAULT
-            } else {
-                configs::SOURCE_STATIC_BROKER
-            },
+            source: configs::broker_source(&value, &default),
             value,
             config_type,
             documentation: None,

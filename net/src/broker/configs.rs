@@ -424,7 +424,7 @@ const BROKER_SYNONYMS: &[(&str, &str)] = &[
 
 /// The source of a value the broker's settings give: Kafka's default source when it is
 /// the value with no setting changed, the static broker config otherwise.
-fn broker_source(value: &str, unchanged: &str) -> i8 {
+pub fn broker_source(value: &str, unchanged: &str) -> i8 {
     if value == unchanged {
         SOURCE_DEFAULT
     } else {

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::args::{Capacity, MB, Rate};
 use crate::run::{Mode, error_total, execute};
+use crate::stats;
 
 /// A step holds when it delivers at least this share of the offered load.
 const KEEPS_UP: f64 = 0.9;
@@ -255,8 +256,7 @@ impl WakeProbe {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut late_us =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
+            let mut late_us = stats::histogram();
             while !stopping.load(Ordering::Relaxed) {
                 let before = Instant::now();
                 std::thread::sleep(Self::PERIOD);
