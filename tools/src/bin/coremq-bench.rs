@@ -12,6 +12,12 @@
 //!    fdatasync, one at a time.
 //! 4. 100-byte records in batches of 100 on one shard (`interval_ms`), 64 appends in flight.
 //!
+//! `coremq-bench rolls [--json] [--dir DIR] [--rolls N]`: append latency across segment rolls
+//! on one shard. One log rolls every 256 KiB (16 KiB idempotent batches, so each roll also
+//! writes a producer snapshot); a neighbour log on the same shard takes 1 KiB appends one at
+//! a time. Both use `never`, so the only syncs are the rolls' own: whatever a roll does on
+//! the shard thread shows in both logs' latency.
+//!
 //! The last line printed is one JSON object with the figures.
 
 use std::cell::Cell;
@@ -42,34 +48,56 @@ const LATENCY_SAMPLES: usize = 2000;
 const READ_ROUNDS: usize = 2;
 const WRITE_ROUNDS: usize = 4;
 
+/// The rolls measurement: segment size, batch sizes.
+const ROLL_SEGMENT_BYTES: u64 = 256 << 10;
+const ROLL_BATCH_BYTES: usize = 16 << 10;
+const NEIGHBOUR_RECORD_BYTES: usize = 1024;
+
+enum Bench {
+    Engine,
+    Rolls,
+}
+
 struct Options {
+    bench: Bench,
     json: bool,
     dir: PathBuf,
     gib: u64,
+    rolls: u64,
 }
 
 fn parse_options() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some("engine") => {}
-        _ => return Err("usage: coremq-bench engine [--json] [--dir DIR] [--gib N]".into()),
-    }
+    let bench = match args.next().as_deref() {
+        Some("engine") => Bench::Engine,
+        Some("rolls") => Bench::Rolls,
+        _ => {
+            return Err(
+                "usage: coremq-bench engine [--json] [--dir DIR] [--gib N]\n       \
+                 coremq-bench rolls [--json] [--dir DIR] [--rolls N]"
+                    .into(),
+            );
+        }
+    };
+    let positive = |value: Option<String>, name: &str| {
+        value
+            .and_then(|v| v.parse().ok())
+            .filter(|&v: &u64| v > 0)
+            .ok_or(format!("{name} needs a positive integer"))
+    };
     let mut options = Options {
+        bench,
         json: false,
         dir: PathBuf::from("bench-data"),
         gib: 2,
+        rolls: 400,
     };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--json" => options.json = true,
             "--dir" => options.dir = args.next().ok_or("--dir needs a value")?.into(),
-            "--gib" => {
-                options.gib = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|&v| v > 0)
-                    .ok_or("--gib needs a positive integer")?
-            }
+            "--gib" => options.gib = positive(args.next(), "--gib")?,
+            "--rolls" => options.rolls = positive(args.next(), "--rolls")?,
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -86,8 +114,10 @@ fn main() {
     };
     let _ = std::fs::remove_dir_all(&options.dir);
     std::fs::create_dir_all(&options.dir).expect("create the bench directory");
-    let total_bytes = options.gib << 30;
-    let report = run(&options.dir, total_bytes);
+    let report = match options.bench {
+        Bench::Engine => run(&options.dir, options.gib << 30),
+        Bench::Rolls => rolls(&options.dir, options.rolls),
+    };
     let _ = std::fs::remove_dir_all(&options.dir);
     if !options.json {
         println!(
@@ -199,6 +229,89 @@ fn run(dir: &Path, total_bytes: u64) -> serde_json::Value {
         ),
         "small_records_per_s": small_records_per_s.round(),
         "engine_fsync_p99_us": metrics.fsync_latency_us.value_at_quantile(0.99),
+    })
+}
+
+/// Append latency across `count` segment rolls, on the rolling log and on a neighbour log of
+/// the same shard.
+fn rolls(dir: &Path, count: u64) -> serde_json::Value {
+    let engine = Engine::start(engine_config(&dir.join("engine"))).expect("engine starts");
+    let handle = engine.handle();
+    let rolling = TopicPartition::new("rolling", 0).unwrap();
+    let neighbour = TopicPartition::new("neighbour", 0).unwrap();
+    let never = LogConfig {
+        durability: Durability::Never,
+        retention_ms: None,
+        ..LogConfig::default()
+    };
+    let small_segments = LogConfig {
+        segment_bytes: ROLL_SEGMENT_BYTES,
+        ..never.clone()
+    };
+    block_on(handle.create_log(&rolling, Some(small_segments))).unwrap();
+    block_on(handle.create_log(&neighbour, Some(never))).unwrap();
+    let appends = count * ROLL_SEGMENT_BYTES / ROLL_BATCH_BYTES as u64;
+    eprintln!(
+        "{appends} appends of {ROLL_BATCH_BYTES} bytes, a roll every {ROLL_SEGMENT_BYTES} bytes, beside 1 KiB appends to a neighbour log"
+    );
+    let started = Instant::now();
+    let (rolling_latency, neighbour_latency) = {
+        let (handle, rolling, neighbour) = (handle.clone(), rolling.clone(), neighbour.clone());
+        on_executor(move || {
+            Box::pin(async move {
+                let done = Rc::new(Cell::new(false));
+                let neighbour_task = {
+                    let (handle, done) = (handle.clone(), done.clone());
+                    glommio::spawn_local(async move {
+                        let mut latency = histogram();
+                        let mut value = vec![0u8; NEIGHBOUR_RECORD_BYTES];
+                        while !done.get() {
+                            rand::rng().fill_bytes(&mut value);
+                            let mut builder = BatchBuilder::new(Compression::None);
+                            builder.push(Timestamp::now(), Some(b"k"), Some(&value), &[]);
+                            let batch = builder.build();
+                            let started = Instant::now();
+                            handle.append(&neighbour, batch).await.expect("append");
+                            latency.record(micros(started.elapsed())).unwrap();
+                        }
+                        latency
+                    })
+                };
+                let mut latency = histogram();
+                let mut value = vec![0u8; ROLL_BATCH_BYTES - 200];
+                for sequence in 0..appends {
+                    rand::rng().fill_bytes(&mut value);
+                    let mut builder =
+                        BatchBuilder::new(Compression::None).producer(7, 0, sequence as i32);
+                    builder.push(Timestamp::now(), Some(b"k"), Some(&value), &[]);
+                    let batch = builder.build();
+                    let started = Instant::now();
+                    handle.append(&rolling, batch).await.expect("append");
+                    latency.record(micros(started.elapsed())).unwrap();
+                }
+                done.set(true);
+                (latency, neighbour_task.await)
+            })
+        })
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let metrics = block_on(handle.metrics()).unwrap();
+    engine.shutdown().unwrap();
+    let figures = |latency: &Histogram<u64>| {
+        serde_json::json!({
+            "appends": latency.len(),
+            "p50_us": latency.value_at_quantile(0.5),
+            "p99_us": latency.value_at_quantile(0.99),
+            "p999_us": latency.value_at_quantile(0.999),
+            "max_us": latency.max(),
+        })
+    };
+    serde_json::json!({
+        "machine": machine(),
+        "rolls": metrics.segments.saturating_sub(2),
+        "seconds": round(seconds),
+        "rolling": figures(&rolling_latency),
+        "neighbour": figures(&neighbour_latency),
     })
 }
 
