@@ -1,12 +1,12 @@
 //! The log start offset checkpoint: `delete_records` and retention move the log start, and
 //! it must survive a restart. 17 bytes: magic `CMQS`, version 1, offset u64 BE, CRC-32C of
-//! the preceding 13 bytes. Replaced atomically (write temporary, fsync, rename, fsync dir).
+//! the preceding 13 bytes. Replaced atomically (`storage::write_atomically`).
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::storage;
 use crate::types::Offset;
 
 pub const FILE_NAME: &str = "log-start-offset";
@@ -37,32 +37,8 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Offset, String> {
     )))
 }
 
-/// Writes `contents` to `dir/name` atomically and durably.
-pub fn write_atomically(dir: &Path, name: &str, contents: &[u8]) -> Result<()> {
-    let path = dir.join(name);
-    let temporary = dir.join(format!("{name}.tmp"));
-    let io = |op, source| crate::file::classify(&path, op, source);
-    let mut file = fs::File::create(&temporary).map_err(|e| io("create", e))?;
-    file.write_all(contents).map_err(|e| io("write", e))?;
-    file.sync_data().map_err(|e| io("fsync", e))?;
-    fs::rename(&temporary, &path).map_err(|e| io("rename", e))?;
-    sync_dir(dir)
-}
-
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    let io = |op, source| Error::Io {
-        path: dir.to_path_buf(),
-        op,
-        source,
-    };
-    fs::File::open(dir)
-        .map_err(|e| io("open", e))?
-        .sync_all()
-        .map_err(|e| io("fsync", e))
-}
-
-pub fn store(dir: &Path, offset: Offset) -> Result<()> {
-    write_atomically(dir, FILE_NAME, &encode(offset))
+pub async fn store(dir: &Path, offset: Offset) -> Result<()> {
+    storage::write_atomically(dir, FILE_NAME, encode(offset).to_vec()).await
 }
 
 /// The stored log start, `None` if there is none; a damaged file is reported and ignored

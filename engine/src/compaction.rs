@@ -14,14 +14,14 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::batch::{self, BatchHeader};
-use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::file::{BLOCK_BYTES, SegmentFile};
 use crate::log::Log;
 use crate::metrics::add;
-use crate::mmap::{map_read_only, remove_if_exists};
+use crate::mmap::map_read_only;
 use crate::record::{self, BatchBuilder};
 use crate::segment::{self, SealedSegment};
+use crate::storage::{self, remove_if_exists};
 use crate::types::{Offset, Timestamp};
 
 /// What one compaction pass did.
@@ -85,7 +85,7 @@ fn finish_swap(dir: &Path, base: Offset) -> Result<()> {
         op: "rename",
         source,
     })?;
-    checkpoint::sync_dir(dir)
+    storage::sync_dir_blocking(dir)
 }
 
 /// Writes a new segment file sequentially through O_DIRECT in aligned chunks.
@@ -219,30 +219,30 @@ async fn compact_segments(
         }
         if removed == 0 {
             drop(writer);
-            std::fs::remove_file(&cleaned).map_err(|source| Error::Io {
-                path: cleaned.clone(),
-                op: "remove",
-                source,
-            })?;
+            storage::remove_files(vec![cleaned.clone()]).await?;
             report.bytes_after += map.len() as u64;
             continue;
         }
         drop(map);
         let size = writer.finish().await?;
         let swap = swap_path(&dir, *base);
-        std::fs::rename(&cleaned, &swap).map_err(|source| Error::Io {
-            path: cleaned.clone(),
-            op: "rename",
-            source,
-        })?;
-        checkpoint::sync_dir(&dir)?;
-        finish_swap(&dir, *base)?;
+        let (swap_dir, base_offset) = (dir.clone(), *base);
+        storage::blocking(move || {
+            std::fs::rename(&cleaned, &swap).map_err(|source| Error::Io {
+                path: cleaned.clone(),
+                op: "rename",
+                source,
+            })?;
+            storage::sync_dir_blocking(&swap_dir)?;
+            finish_swap(&swap_dir, base_offset)
+        })
+        .await?;
         let interval = config.index_interval_bytes;
         let segment = SealedSegment::open(&dir, *base, interval, log.faults.clone()).await?;
         if !log.replace_sealed(segment) {
             // Retention deleted the original meanwhile: the rewritten copy goes too.
             let gone = SealedSegment::open(&dir, *base, interval, None).await?;
-            gone.delete(&dir)?;
+            gone.delete(&dir).await?;
         }
         report.segments_rewritten += 1;
         report.records_removed += removed;

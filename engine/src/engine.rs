@@ -21,6 +21,7 @@ use crate::dir_lock::DirLock;
 use crate::error::{Error, Result};
 use crate::log::{Ack, AppendInfo, Isolation, Log, LogOffsets, ReadBatches};
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::storage;
 use crate::types::{Offset, Timestamp, TopicPartition};
 
 /// Tasks one shard runs at once for callers; past it the shard stops taking from its queue
@@ -138,17 +139,21 @@ impl Shard {
             "{}.{nanos}{DELETE_SUFFIX}",
             topic_partition.dir_name()
         ));
-        std::fs::rename(&dir, &doomed).map_err(|source| Error::Io {
-            path: dir.clone(),
-            op: "rename",
-            source,
-        })?;
-        crate::checkpoint::sync_dir(&self.config.data_dir)?;
-        std::fs::remove_dir_all(&doomed).map_err(|source| Error::Io {
-            path: doomed,
-            op: "remove",
-            source,
+        let data_dir = self.config.data_dir.clone();
+        storage::blocking(move || {
+            std::fs::rename(&dir, &doomed).map_err(|source| Error::Io {
+                path: dir.clone(),
+                op: "rename",
+                source,
+            })?;
+            storage::sync_dir_blocking(&data_dir)?;
+            std::fs::remove_dir_all(&doomed).map_err(|source| Error::Io {
+                path: doomed,
+                op: "remove",
+                source,
+            })
         })
+        .await
     }
 
     async fn open_existing(&self, shards: usize) -> Result<()> {
@@ -519,7 +524,7 @@ impl Handle {
         offset: Offset,
     ) -> Result<Offset> {
         self.with_log(topic_partition, move |log| async move {
-            log.delete_records(offset)
+            log.delete_records(offset).await
         })
         .await
     }
@@ -534,10 +539,9 @@ impl Handle {
         topic_partition: &TopicPartition,
         config: LogConfig,
     ) -> Result<()> {
-        self.with_log(
-            topic_partition,
-            move |log| async move { log.set_config(config) },
-        )
+        self.with_log(topic_partition, move |log| async move {
+            log.set_config(config).await
+        })
         .await
     }
 

@@ -42,6 +42,8 @@ pub mod notify;
 mod readahead;
 #[cfg(feature = "runtime")]
 pub mod segment;
+#[cfg(feature = "runtime")]
+pub mod storage;
 
 pub use batch::{BatchHeader, TimestampType};
 pub use compression::Compression;

@@ -28,6 +28,7 @@ use crate::readahead::ReadStream;
 use crate::record;
 use crate::retention::{self, SegmentSummary};
 use crate::segment::{self, ActiveSegment, ReadView, SealedSegment};
+use crate::storage;
 use crate::types::{Offset, Position, Timestamp, TopicPartition};
 
 /// The configuration file in each log directory.
@@ -143,6 +144,8 @@ pub struct Log {
     appended: Notify,
     /// Serializes the synchronous part of appends with rolls.
     append_gate: Semaphore,
+    /// Serializes moves of the log start (checkpoint, then segment deletion).
+    log_start_gate: Semaphore,
     writer_active: Cell<bool>,
     /// Whether a task is running fdatasyncs for the `Always` policy.
     syncer_active: Cell<bool>,
@@ -214,12 +217,17 @@ impl Log {
         faults: Option<Arc<Faults>>,
     ) -> Result<Rc<Log>> {
         config.validate()?;
-        std::fs::create_dir_all(dir)
-            .map_err(|source| crate::file::classify(dir, "create directory", source))?;
-        checkpoint::write_atomically(dir, CONFIG_FILE, config.encode().as_bytes())?;
-        if let Some(parent) = dir.parent() {
-            checkpoint::sync_dir(parent)?;
-        }
+        let (log_dir, contents) = (dir.to_path_buf(), config.encode());
+        storage::blocking(move || {
+            std::fs::create_dir_all(&log_dir)
+                .map_err(|source| crate::file::classify(&log_dir, "create directory", source))?;
+            storage::write_atomically_blocking(&log_dir, CONFIG_FILE, contents.as_bytes())?;
+            match log_dir.parent() {
+                Some(parent) => storage::sync_dir_blocking(parent),
+                None => Ok(()),
+            }
+        })
+        .await?;
         Log::open(dir, topic_partition, metrics, faults).await
     }
 
@@ -238,7 +246,8 @@ impl Log {
             source,
         })?;
         let config = LogConfig::decode(&config_text)?;
-        let bases = crate::compaction::recover_swaps(dir)?;
+        let swaps_dir = dir.to_path_buf();
+        let bases = storage::blocking(move || crate::compaction::recover_swaps(&swaps_dir)).await?;
         let interval = config.index_interval_bytes;
         let mut sealed = BTreeMap::new();
         let last = bases.last().copied();
@@ -284,6 +293,7 @@ impl Log {
             progress: Notify::default(),
             appended: Notify::default(),
             append_gate: Semaphore::new(1),
+            log_start_gate: Semaphore::new(1),
             writer_active: Cell::new(false),
             syncer_active: Cell::new(false),
             closed: Cell::new(false),
@@ -310,9 +320,9 @@ impl Log {
     }
 
     /// Replaces the configuration, persisting it first.
-    pub fn set_config(&self, config: LogConfig) -> Result<()> {
+    pub async fn set_config(&self, config: LogConfig) -> Result<()> {
         config.validate()?;
-        checkpoint::write_atomically(&self.dir, CONFIG_FILE, config.encode().as_bytes())?;
+        storage::write_atomically(&self.dir, CONFIG_FILE, config.encode().into_bytes()).await?;
         self.inner.borrow_mut().config = config;
         Ok(())
     }
@@ -830,7 +840,7 @@ impl Log {
     /// append gate, so no append is in between; the segment's writes are drained first.
     /// Writes the idempotent producer state, which covers every batch before `up_to`, so a
     /// restart need not read the segments sealed by now. Skipped while there is none.
-    fn snapshot_producers(&self, up_to: Offset) -> Result<()> {
+    async fn snapshot_producers(&self, up_to: Offset) -> Result<()> {
         let bytes = {
             let mut inner = self.inner.borrow_mut();
             inner.producers.expire(Timestamp::now());
@@ -839,7 +849,7 @@ impl Log {
             }
             inner.producers.encode(up_to)
         };
-        checkpoint::write_atomically(&self.dir, PRODUCERS_FILE, &bytes)
+        storage::write_atomically(&self.dir, PRODUCERS_FILE, bytes).await
     }
 
     async fn roll(&self) -> Result<()> {
@@ -865,23 +875,27 @@ impl Log {
         if !self.sync_file(&file, next_offset).await {
             self.check_writable()?;
         }
-        self.snapshot_producers(next_offset)?;
+        self.snapshot_producers(next_offset).await?;
+        let (base, offsets, times) = {
+            let mut inner = self.inner.borrow_mut();
+            let (offsets, times) = inner.active.index_files();
+            (inner.active.base_offset, offsets, times)
+        };
+        let fence = |error: Error| {
+            self.inner.borrow_mut().fenced =
+                Some(format!("sealing segment {base} failed: {error}"));
+            error
+        };
+        segment::write_indexes(&self.dir, base, offsets, times)
+            .await
+            .map_err(fence)?;
         let new =
             ActiveSegment::create(&self.dir, next_offset, interval, self.faults.clone()).await?;
-        let mut inner = self.inner.borrow_mut();
-        let old = std::mem::replace(&mut inner.active, new);
-        let base = old.base_offset;
-        match old.seal(&self.dir) {
-            Ok(sealed) => {
-                inner.sealed.insert(base, sealed);
-                add(&self.metrics.segments, 1);
-                Ok(())
-            }
-            Err(error) => {
-                inner.fenced = Some(format!("sealing segment {base} failed: {error}"));
-                Err(error)
-            }
-        }
+        let old = std::mem::replace(&mut self.inner.borrow_mut().active, new);
+        let sealed = old.seal(&self.dir).map_err(fence)?;
+        self.inner.borrow_mut().sealed.insert(base, sealed);
+        add(&self.metrics.segments, 1);
+        Ok(())
     }
 
     /// Reads whole batches starting with the one that holds `from`, up to `max_bytes`
@@ -1082,7 +1096,7 @@ impl Log {
 
     /// Moves the log start to `offset` (Kafka DeleteRecords) and deletes the segments wholly
     /// below it. Returns the new log start.
-    pub fn delete_records(&self, offset: Offset) -> Result<Offset> {
+    pub async fn delete_records(&self, offset: Offset) -> Result<Offset> {
         let (log_start, high_watermark) = {
             let inner = self.inner.borrow();
             (inner.log_start, inner.written)
@@ -1094,14 +1108,20 @@ impl Log {
                 log_end: high_watermark,
             });
         }
-        self.advance_log_start(offset)
+        self.advance_log_start(offset).await
     }
 
     /// Moves the log start forward to `offset` (checkpointed before any file goes), deletes
     /// the sealed segments wholly below it, and follows the first remaining segment when that
     /// starts later (compaction can leave segments empty), as a restart would. Returns the
     /// new log start.
-    fn advance_log_start(&self, offset: Offset) -> Result<Offset> {
+    async fn advance_log_start(&self, offset: Offset) -> Result<Offset> {
+        // One move at a time, so the checkpoint never goes back to an older move's start.
+        let _moving = self
+            .log_start_gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
         let new_start = {
             let inner = self.inner.borrow();
             if offset <= inner.log_start {
@@ -1122,13 +1142,13 @@ impl Log {
                 start = first_kept;
             }
         };
-        checkpoint::store(&self.dir, new_start)?;
+        checkpoint::store(&self.dir, new_start).await?;
         self.inner.borrow_mut().log_start = new_start;
-        self.delete_segments_below(new_start)?;
+        self.delete_segments_below(new_start).await?;
         Ok(new_start)
     }
 
-    fn delete_segments_below(&self, offset: Offset) -> Result<()> {
+    async fn delete_segments_below(&self, offset: Offset) -> Result<()> {
         loop {
             let segment = {
                 let mut inner = self.inner.borrow_mut();
@@ -1141,7 +1161,7 @@ impl Log {
             };
             self.metrics.segments.set(self.metrics.segments.get() - 1);
             add(&self.metrics.segments_deleted, 1);
-            segment.delete(&self.dir)?;
+            segment.delete(&self.dir).await?;
         }
     }
 
@@ -1195,7 +1215,7 @@ impl Log {
             (count, next_base.unwrap_or(inner.active.base_offset))
         };
         if count > 0 {
-            self.advance_log_start(next_base)?;
+            self.advance_log_start(next_base).await?;
         }
         Ok(count)
     }
@@ -1247,6 +1267,7 @@ impl Log {
         let flushed = self.flush().await;
         self.closed.set(true);
         self.append_gate.close();
+        self.log_start_gate.close();
         self.progress.notify_all();
         flushed
     }

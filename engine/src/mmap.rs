@@ -33,16 +33,3 @@ pub unsafe fn map_read_only(path: &Path) -> Result<Option<Mmap>> {
     let map = unsafe { Mmap::map(&file) }.map_err(io)?;
     Ok(Some(map))
 }
-
-/// Removes a file; a file that is already gone is fine.
-pub fn remove_if_exists(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(Error::Io {
-            path: path.to_path_buf(),
-            op: "remove",
-            source,
-        }),
-    }
-}

@@ -2,8 +2,9 @@
 //!
 //! An [`ActiveSegment`] takes appends; its indexes live in memory and its file is written
 //! through O_DIRECT in whole blocks, the partial last block kept in memory and rewritten by
-//! the next write. [`ActiveSegment::seal`] makes it a [`SealedSegment`]: the file is cut to
-//! its exact length, the indexes are written once and memory-mapped read-only.
+//! the next write. Sealing makes it a [`SealedSegment`]: the log cuts the file to its exact
+//! length and syncs it, [`write_indexes`] stores what [`ActiveSegment::index_files`] gives
+//! (on the shard's blocking thread), and [`ActiveSegment::seal`] maps them read-only.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,13 +14,13 @@ use bytes::Bytes;
 use memmap2::Mmap;
 
 use crate::batch;
-use crate::checkpoint;
 use crate::error::Result;
 use crate::file::{BLOCK_BYTES, Faults, SegmentFile};
-use crate::mmap::{map_read_only, remove_if_exists};
+use crate::mmap::map_read_only;
 use crate::offset_index::{OffsetIndex, OffsetIndexWriter};
 use crate::producers::ProducerBatch;
 use crate::recovery::{self, Stop};
+use crate::storage;
 use crate::time_index::{TimeIndex, TimeIndexWriter};
 use crate::types::{Offset, Position, Timestamp};
 
@@ -86,7 +87,7 @@ impl ActiveSegment {
     ) -> Result<ActiveSegment> {
         let file = SegmentFile::open(&log_path(dir, base_offset), true, faults).await?;
         file.truncate(0).await?;
-        checkpoint::sync_dir(dir)?;
+        storage::sync_dir(dir).await?;
         Ok(ActiveSegment {
             base_offset,
             file,
@@ -254,21 +255,29 @@ impl ActiveSegment {
         }
     }
 
-    /// Makes the segment immutable: it must be fully written, and the caller must already
-    /// have cut the file to `written_bytes` and synced it. Writes both indexes (temporary
-    /// file, fsync, rename) and maps them.
-    pub fn seal(mut self, dir: &Path) -> Result<SealedSegment> {
+    /// The contents of the segment's offset and time index files, for sealing: the segment
+    /// must be fully written, its file cut to `written_bytes` and synced, and no append may
+    /// come before [`ActiveSegment::seal`]. Completes the time index with the segment's max
+    /// timestamp.
+    pub fn index_files(&mut self) -> (Vec<u8>, Vec<u8>) {
         assert_eq!(
             self.appended_bytes, self.written_bytes,
             "sealing a segment with unwritten data"
         );
         self.time_index.seal();
-        write_indexes(
-            dir,
-            self.base_offset,
-            self.offset_index.bytes(),
-            self.time_index.bytes(),
-        )?;
+        (
+            self.offset_index.bytes().to_vec(),
+            self.time_index.bytes().to_vec(),
+        )
+    }
+
+    /// Makes the segment immutable, once [`write_indexes`] stored what
+    /// [`ActiveSegment::index_files`] gave: maps both indexes.
+    pub fn seal(self, dir: &Path) -> Result<SealedSegment> {
+        assert_eq!(
+            self.appended_bytes, self.written_bytes,
+            "sealing a segment with unwritten data"
+        );
         SealedSegment::from_parts(
             dir,
             self.file,
@@ -280,12 +289,27 @@ impl ActiveSegment {
     }
 }
 
-fn write_indexes(dir: &Path, base_offset: Offset, offsets: &[u8], times: &[u8]) -> Result<()> {
-    let name = |path: PathBuf| path.file_name().expect("index path has a name").to_owned();
-    let offset_name = name(offset_index_path(dir, base_offset));
-    let time_name = name(time_index_path(dir, base_offset));
-    checkpoint::write_atomically(dir, &offset_name.to_string_lossy(), offsets)?;
-    checkpoint::write_atomically(dir, &time_name.to_string_lossy(), times)
+/// Writes a segment's two index files (each atomically and durably), on the shard's blocking
+/// thread.
+pub async fn write_indexes(
+    dir: &Path,
+    base_offset: Offset,
+    offsets: Vec<u8>,
+    times: Vec<u8>,
+) -> Result<()> {
+    let paths = [
+        offset_index_path(dir, base_offset),
+        time_index_path(dir, base_offset),
+    ];
+    let dir = dir.to_path_buf();
+    storage::blocking(move || {
+        for (path, contents) in paths.iter().zip([offsets, times]) {
+            let name = path.file_name().expect("index path has a name");
+            storage::write_atomically_blocking(&dir, &name.to_string_lossy(), &contents)?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 #[derive(Debug)]
@@ -384,9 +408,10 @@ impl SealedSegment {
                 write_indexes(
                     dir,
                     base_offset,
-                    scan.offset_index.bytes(),
-                    scan.time_index.bytes(),
-                )?;
+                    scan.offset_index.bytes().to_vec(),
+                    scan.time_index.bytes().to_vec(),
+                )
+                .await?;
                 (scan.next_offset, scan.valid_bytes, scan.max_timestamp)
             }
         };
@@ -424,14 +449,12 @@ impl SealedSegment {
     }
 
     /// Removes the segment's files. Open readers keep their file handle.
-    pub fn delete(self, dir: &Path) -> Result<()> {
-        for path in [
+    pub async fn delete(self, dir: &Path) -> Result<()> {
+        storage::remove_files(vec![
             log_path(dir, self.base_offset),
             offset_index_path(dir, self.base_offset),
             time_index_path(dir, self.base_offset),
-        ] {
-            remove_if_exists(&path)?;
-        }
-        Ok(())
+        ])
+        .await
     }
 }

@@ -158,7 +158,7 @@ impl Context {
                     .map_err(|_| coremq_engine::Error::ShuttingDown)?;
                 let (table, answer) = change(context.clone()).await?;
                 if let Some(table) = table {
-                    save_table(&context.store, &context.config, &table)?;
+                    save_table(&context.store, &context.config, &table).await?;
                     context.publish(table).await;
                 }
                 Ok(answer)
@@ -268,7 +268,7 @@ impl Context {
             };
             let table = table.with(changed);
             // The table first: a restart applies its configs to the logs (reconcile).
-            save_table(&context.store, &context.config, &table)?;
+            save_table(&context.store, &context.config, &table).await?;
             for partition in 0..topic.partitions {
                 let log = TopicPartition::new(name.clone(), partition)?;
                 context.handle.set_config(&log, config.clone()).await?;
@@ -336,9 +336,10 @@ impl Broker {
         futures_lite::future::block_on(reconcile(&handle, &config, &table))
             .map_err(|error| StartError(format!("recovering topics: {error}")))?;
         if table.get(groups::OFFSETS_TOPIC).is_none() {
-            table = futures_lite::future::block_on(create_offsets_topic(
-                &handle, &store, &table, &config,
-            ))
+            let (on_shard, store, config) = (handle.clone(), store.clone(), config.clone());
+            table = futures_lite::future::block_on(handle.on_shard(0, move |_| async move {
+                create_offsets_topic(&on_shard, &store, &table, &config).await
+            }))
             .map_err(|error| StartError(format!("creating {}: {error}", groups::OFFSETS_TOPIC)))?;
         }
         let table = Arc::new(table);
@@ -360,7 +361,9 @@ impl Broker {
             let store = store.clone();
             let shard_handle = handle.clone();
             let producer_ids = if shard == 0 {
-                Some(producer_ids::ProducerIds::open(config.meta_dir()).map_err(StartError)?)
+                let reserved_end = producer_ids::ProducerIds::stored_end(&config.meta_dir())
+                    .map_err(StartError)?;
+                Some((config.meta_dir(), reserved_end))
             } else {
                 None
             };
@@ -414,7 +417,9 @@ impl Broker {
                         shard,
                         connections,
                         groups: RefCell::new(groups::Coordinator::default()),
-                        producer_ids,
+                        producer_ids: producer_ids.map(|(dir, reserved_end)| {
+                            producer_ids::ProducerIds::new(dir, reserved_end)
+                        }),
                         requests: RefCell::default(),
                         closes: closes::CloseLog::new(),
                         ips,
@@ -531,13 +536,14 @@ impl Broker {
 }
 
 /// Writes the topic table, failing as an engine error.
-fn save_table(
+async fn save_table(
     store: &TopicStore,
     config: &BrokerConfig,
     table: &TopicTable,
 ) -> Result<(), coremq_engine::Error> {
     store
         .save(table)
+        .await
         .map_err(|reason| coremq_engine::Error::Corrupt {
             path: config.meta_dir(),
             reason,
@@ -578,7 +584,7 @@ async fn create_offsets_topic(
         partitions,
         configs: [("cleanup.policy".to_string(), "compact".to_string())].into(),
     });
-    save_table(store, config, &table)?;
+    save_table(store, config, &table).await?;
     Ok(table)
 }
 

@@ -3,7 +3,9 @@
 //! id of the block is given, so a restart continues after the block.
 
 use std::cell::Cell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use glommio::sync::Semaphore;
 
 use super::Context;
 use crate::protocol::error_code;
@@ -19,37 +21,47 @@ pub struct ProducerIds {
     dir: PathBuf,
     next: Cell<i64>,
     reserved_end: Cell<i64>,
+    allocating: Semaphore,
 }
 
 impl ProducerIds {
-    pub fn open(meta_dir: PathBuf) -> Result<ProducerIds, String> {
+    /// The end of the last reserved block as stored in `meta_dir` (0 with none).
+    pub fn stored_end(meta_dir: &Path) -> Result<i64, String> {
         let path = meta_dir.join(FILE);
-        let reserved_end = match std::fs::read_to_string(&path) {
+        match std::fs::read_to_string(&path) {
             Ok(text) => text
                 .trim()
                 .parse::<i64>()
                 .ok()
                 .filter(|end| *end >= 0)
-                .ok_or_else(|| format!("{}: not a producer id: {text:?}", path.display()))?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(error) => return Err(format!("{}: {error}", path.display())),
-        };
-        Ok(ProducerIds {
+                .ok_or_else(|| format!("{}: not a producer id: {text:?}", path.display())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(error) => Err(format!("{}: {error}", path.display())),
+        }
+    }
+
+    /// An allocator whose ids start at `reserved_end` (read by [`ProducerIds::stored_end`]).
+    pub fn new(meta_dir: PathBuf, reserved_end: i64) -> ProducerIds {
+        ProducerIds {
             dir: meta_dir,
             next: Cell::new(reserved_end),
             reserved_end: Cell::new(reserved_end),
-        })
+            allocating: Semaphore::new(1),
+        }
     }
 
-    pub fn allocate(&self) -> Result<i64, coremq_engine::Error> {
+    pub async fn allocate(&self) -> Result<i64, coremq_engine::Error> {
+        // One allocation at a time: the next block's end is stored before its first id goes.
+        let _allocating = self
+            .allocating
+            .acquire_permit(1)
+            .await
+            .map_err(|_| coremq_engine::Error::ShuttingDown)?;
         let id = self.next.get();
         if id >= self.reserved_end.get() {
             let end = id + BLOCK;
-            coremq_engine::checkpoint::write_atomically(
-                &self.dir,
-                FILE,
-                format!("{end}\n").as_bytes(),
-            )?;
+            let contents = format!("{end}\n").into_bytes();
+            coremq_engine::storage::write_atomically(&self.dir, FILE, contents).await?;
             self.reserved_end.set(end);
         }
         self.next.set(id + 1);
@@ -81,7 +93,7 @@ pub async fn init_producer_id(
                 .producer_ids
                 .as_ref()
                 .expect("shard 0 allocates producer ids");
-            ids.allocate()
+            ids.allocate().await
         })
         .await;
     match allocated {
@@ -104,13 +116,21 @@ mod tests {
 
     #[test]
     fn ids_are_not_reused_after_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let ids = ProducerIds::open(dir.path().to_path_buf()).unwrap();
-        let first: Vec<i64> = (0..3).map(|_| ids.allocate().unwrap()).collect();
-        assert_eq!(first, vec![0, 1, 2]);
-        let reopened = ProducerIds::open(dir.path().to_path_buf()).unwrap();
-        assert_eq!(reopened.allocate().unwrap(), BLOCK);
-        std::fs::write(dir.path().join(FILE), "garbage").unwrap();
-        assert!(ProducerIds::open(dir.path().to_path_buf()).is_err());
+        glommio::LocalExecutor::default().run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let open = |dir: &Path| {
+                ProducerIds::stored_end(dir).map(|end| ProducerIds::new(dir.to_path_buf(), end))
+            };
+            let ids = open(dir.path()).unwrap();
+            let mut first = Vec::new();
+            for _ in 0..3 {
+                first.push(ids.allocate().await.unwrap());
+            }
+            assert_eq!(first, vec![0, 1, 2]);
+            let reopened = open(dir.path()).unwrap();
+            assert_eq!(reopened.allocate().await.unwrap(), BLOCK);
+            std::fs::write(dir.path().join(FILE), "garbage").unwrap();
+            assert!(open(dir.path()).is_err());
+        });
     }
 }

@@ -178,9 +178,11 @@ impl TopicStore {
         }
     }
 
-    pub fn save(&self, table: &TopicTable) -> Result<(), String> {
+    /// Replaces the stored table (on the shard's blocking thread).
+    pub async fn save(&self, table: &TopicTable) -> Result<(), String> {
         let dir = self.path.parent().expect("the store has a directory");
-        coremq_engine::checkpoint::write_atomically(dir, "topics.json", table.encode().as_bytes())
+        coremq_engine::storage::write_atomically(dir, "topics.json", table.encode().into_bytes())
+            .await
             .map_err(|error| error.to_string())
     }
 }

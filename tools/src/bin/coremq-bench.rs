@@ -15,8 +15,9 @@
 //! `coremq-bench rolls [--json] [--dir DIR] [--rolls N]`: append latency across segment rolls
 //! on one shard. One log rolls every 256 KiB (16 KiB idempotent batches, so each roll also
 //! writes a producer snapshot); a neighbour log on the same shard takes 1 KiB appends one at
-//! a time. Both use `never`, so the only syncs are the rolls' own: whatever a roll does on
-//! the shard thread shows in both logs' latency.
+//! a time. Both use `never`, so the only syncs are the rolls' own. A probe on the shard
+//! sleeps 1 ms at a time and records how late it wakes: whatever a roll does on the shard
+//! thread itself shows there, apart from the device's own slowdown under the syncs.
 //!
 //! The last line printed is one JSON object with the figures.
 
@@ -255,11 +256,31 @@ fn rolls(dir: &Path, count: u64) -> serde_json::Value {
         "{appends} appends of {ROLL_BATCH_BYTES} bytes, a roll every {ROLL_SEGMENT_BYTES} bytes, beside 1 KiB appends to a neighbour log"
     );
     let started = Instant::now();
-    let (rolling_latency, neighbour_latency) = {
+    let (rolling_latency, neighbour_latency, lateness) = {
         let (handle, rolling, neighbour) = (handle.clone(), rolling.clone(), neighbour.clone());
         on_executor(move || {
             Box::pin(async move {
                 let done = Rc::new(Cell::new(false));
+                let probing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+                let probe_task = {
+                    let (handle, probing) = (handle.clone(), probing.clone());
+                    glommio::spawn_local(async move {
+                        handle
+                            .on_shard(0, move |_| async move {
+                                let mut lateness = histogram();
+                                let tick = Duration::from_millis(1);
+                                while probing.load(std::sync::atomic::Ordering::Relaxed) {
+                                    let started = Instant::now();
+                                    glommio::timer::sleep(tick).await;
+                                    let late = started.elapsed().saturating_sub(tick);
+                                    lateness.record(micros(late)).unwrap();
+                                }
+                                Ok(lateness)
+                            })
+                            .await
+                            .expect("probe runs")
+                    })
+                };
                 let neighbour_task = {
                     let (handle, done) = (handle.clone(), done.clone());
                     glommio::spawn_local(async move {
@@ -290,7 +311,9 @@ fn rolls(dir: &Path, count: u64) -> serde_json::Value {
                     latency.record(micros(started.elapsed())).unwrap();
                 }
                 done.set(true);
-                (latency, neighbour_task.await)
+                let neighbour = neighbour_task.await;
+                probing.store(false, std::sync::atomic::Ordering::Relaxed);
+                (latency, neighbour, probe_task.await)
             })
         })
     };
@@ -312,6 +335,7 @@ fn rolls(dir: &Path, count: u64) -> serde_json::Value {
         "seconds": round(seconds),
         "rolling": figures(&rolling_latency),
         "neighbour": figures(&neighbour_latency),
+        "shard_timer_lateness": figures(&lateness),
     })
 }
 
