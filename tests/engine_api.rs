@@ -303,3 +303,69 @@ fn idempotent_producer_state_survives_rolls_and_restarts() {
     block_on(handle.append(&log, batch(0, 3, 10, 1, Compression::None))).unwrap();
     engine.shutdown().unwrap();
 }
+
+/// Recovery reads the active segment in chunks (it is never mapped): batches that straddle
+/// chunk boundaries, one larger than a chunk, and a torn batch at the end after them. Every
+/// whole batch comes back byte for byte; the torn one is cut.
+#[test]
+fn recovery_reads_an_active_segment_larger_than_its_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = tp("big", 0);
+    let appended: Vec<Bytes>;
+    {
+        let (engine, handle) = start(dir.path(), 1);
+        let config = coremq_engine::LogConfig {
+            batch_bytes_max: 8 << 20,
+            durability: coremq_engine::Durability::Never,
+            ..coremq_engine::LogConfig::default()
+        };
+        block_on(handle.create_log(&log, Some(config))).unwrap();
+        for n in 0..40u64 {
+            let records = if n == 20 { 6_000 } else { 333 };
+            let batch = batch(n, records, 1_000, 1_000, Compression::None);
+            block_on(handle.append(&log, batch)).unwrap();
+        }
+        let read = block_on(handle.read(&log, Offset(0), usize::MAX, Isolation::Written)).unwrap();
+        appended = read.batches;
+        engine.shutdown().unwrap();
+    }
+    let total: usize = appended.iter().map(Bytes::len).sum();
+    assert!(total > 3 * (4 << 20), "the segment spans several chunks");
+    assert!(
+        appended[20].len() > 4 << 20,
+        "one batch is larger than a chunk"
+    );
+    let segment = dir
+        .path()
+        .join(log.dir_name())
+        .join(format!("{:020}.log", 0));
+    let mut torn = batch(40, 333, 1_000, 1_000, Compression::None).to_vec();
+    let end = BatchHeader::parse(appended.last().unwrap())
+        .unwrap()
+        .next_offset();
+    coremq_engine::batch::set_base_offset(&mut torn, end);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap();
+    std::io::Write::write_all(&mut file, &torn[..torn.len() / 2]).unwrap();
+    drop(file);
+
+    let (engine, handle) = start(dir.path(), 1);
+    let offsets = block_on(handle.offsets(&log)).unwrap();
+    assert_eq!(offsets.log_end, end, "the torn batch is cut");
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), total as u64);
+    let mut reread = Vec::new();
+    let mut from = Offset(0);
+    while from < end {
+        let read = block_on(handle.read(&log, from, 1 << 20, Isolation::Written)).unwrap();
+        from = BatchHeader::parse(read.batches.last().unwrap())
+            .unwrap()
+            .next_offset();
+        reread.extend(read.batches);
+    }
+    assert_eq!(reread, appended, "every whole batch is back byte for byte");
+    let info = block_on(handle.append(&log, batch(41, 3, 10, 1_000, Compression::None))).unwrap();
+    assert_eq!(info.base_offset, end, "appends go on after the cut");
+    engine.shutdown().unwrap();
+}

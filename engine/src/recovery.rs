@@ -1,6 +1,7 @@
 //! Recovery of a segment's bytes: walk batch by batch, check each length and CRC-32C, stop
 //! at the first torn or corrupt batch, and rebuild the indexes on the way (they are derived
-//! data). Pure: the caller reads the file and truncates it to `valid_bytes`.
+//! data). Pure: the caller reads the file (whole, or in chunks through [`Scan::feed`]) and
+//! truncates it to `valid_bytes`.
 
 use crate::batch::{self, BatchHeader};
 use crate::error::Error;
@@ -21,6 +22,7 @@ pub enum Stop {
 /// What a scan found: the valid prefix and everything derived from it.
 #[derive(Debug)]
 pub struct Scan {
+    pub base_offset: Offset,
     pub valid_bytes: u64,
     pub batch_count: u64,
     /// The offset after the last valid batch (`base_offset` for an empty segment).
@@ -37,80 +39,111 @@ pub struct Scan {
 /// Scans a segment's bytes. Batches must not start before `base_offset` and their offsets
 /// must increase; gaps are allowed (compaction leaves them).
 pub fn scan(bytes: &[u8], base_offset: Offset, index_interval_bytes: u64) -> Scan {
-    let mut result = Scan {
-        valid_bytes: 0,
-        batch_count: 0,
-        next_offset: base_offset,
-        max_timestamp: None,
-        offset_index: OffsetIndexWriter::new(base_offset, index_interval_bytes),
-        time_index: TimeIndexWriter::new(base_offset, index_interval_bytes),
-        stop: None,
-        producer_batches: Vec::new(),
-    };
-    let mut position = 0usize;
-    while position < bytes.len() {
-        let rest = &bytes[position..];
-        let at = Position(position as u64);
-        let header = match BatchHeader::parse(rest) {
-            Ok(header) if header.total_bytes() <= rest.len() => header,
-            Ok(_) => {
-                result.stop = Some(Stop::Truncated { position: at });
-                break;
-            }
-            Err(_) if rest.len() < batch::BATCH_HEADER_BYTES || is_zero(rest) => {
-                result.stop = Some(Stop::Truncated { position: at });
-                break;
-            }
-            Err(error) => {
-                result.stop = Some(Stop::Corrupt {
+    let mut scan = Scan::new(base_offset, index_interval_bytes);
+    scan.feed(bytes, true);
+    scan.finish()
+}
+
+/// What a chunk fed to [`Scan::feed`] left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// The scan stopped (see [`Scan::stop`]).
+    Stopped,
+    /// Every byte was a whole valid batch.
+    Consumed,
+    /// The chunk ends inside a batch: feed at least this many bytes from `valid_bytes`.
+    NeedBytes(usize),
+}
+
+impl Scan {
+    /// An empty scan of a segment starting at `base_offset`, for [`Scan::feed`].
+    pub fn new(base_offset: Offset, index_interval_bytes: u64) -> Scan {
+        Scan {
+            base_offset,
+            valid_bytes: 0,
+            batch_count: 0,
+            next_offset: base_offset,
+            max_timestamp: None,
+            offset_index: OffsetIndexWriter::new(base_offset, index_interval_bytes),
+            time_index: TimeIndexWriter::new(base_offset, index_interval_bytes),
+            stop: None,
+            producer_batches: Vec::new(),
+        }
+    }
+
+    /// Scans `bytes`, which start at `valid_bytes` in the segment; `at_end` says they run to
+    /// the end of the file, so a batch they cut short is a torn tail, not a chunk boundary.
+    pub fn feed(&mut self, bytes: &[u8], at_end: bool) -> Feed {
+        let base_offset = self.base_offset;
+        let mut position = 0usize;
+        while position < bytes.len() {
+            let rest = &bytes[position..];
+            let at = Position(self.valid_bytes);
+            let header = match BatchHeader::parse(rest) {
+                Ok(header) if header.total_bytes() <= rest.len() => header,
+                Ok(header) if !at_end => return Feed::NeedBytes(header.total_bytes()),
+                Err(_) if !at_end && rest.len() < batch::BATCH_HEADER_BYTES => {
+                    return Feed::NeedBytes(batch::BATCH_HEADER_BYTES);
+                }
+                Ok(_) => return self.stopped(Stop::Truncated { position: at }),
+                Err(_) if rest.len() < batch::BATCH_HEADER_BYTES || is_zero(rest) => {
+                    return self.stopped(Stop::Truncated { position: at });
+                }
+                Err(error) => {
+                    return self.stopped(Stop::Corrupt {
+                        position: at,
+                        error,
+                    });
+                }
+            };
+            let batch = &rest[..header.total_bytes()];
+            if let Err(error) = batch::verify(batch, Some(at)) {
+                return self.stopped(Stop::Corrupt {
                     position: at,
                     error,
                 });
-                break;
             }
-        };
-        let batch = &rest[..header.total_bytes()];
-        if let Err(error) = batch::verify(batch, Some(at)) {
-            result.stop = Some(Stop::Corrupt {
-                position: at,
-                error,
-            });
-            break;
+            if header.base_offset < self.next_offset {
+                let error = Error::invalid_batch(format!(
+                    "batch base offset {} goes back before {}",
+                    header.base_offset, self.next_offset
+                ));
+                return self.stopped(Stop::Corrupt {
+                    position: at,
+                    error,
+                });
+            }
+            if header.last_offset().0 - base_offset.0 > u64::from(u32::MAX) {
+                let error = Error::invalid_batch("batch offset is too far from the segment base");
+                return self.stopped(Stop::Corrupt {
+                    position: at,
+                    error,
+                });
+            }
+            let batch_bytes = header.total_bytes() as u64;
+            self.offset_index
+                .on_batch(header.base_offset, at, batch_bytes);
+            self.time_index
+                .on_batch(header.base_offset, header.max_timestamp, batch_bytes);
+            self.next_offset = header.next_offset();
+            self.batch_count += 1;
+            self.producer_batches.extend(ProducerBatch::of(&header));
+            position += header.total_bytes();
+            self.valid_bytes += batch_bytes;
         }
-        if header.base_offset < result.next_offset {
-            let error = Error::invalid_batch(format!(
-                "batch base offset {} goes back before {}",
-                header.base_offset, result.next_offset
-            ));
-            result.stop = Some(Stop::Corrupt {
-                position: at,
-                error,
-            });
-            break;
-        }
-        if header.last_offset().0 - base_offset.0 > u64::from(u32::MAX) {
-            let error = Error::invalid_batch("batch offset is too far from the segment base");
-            result.stop = Some(Stop::Corrupt {
-                position: at,
-                error,
-            });
-            break;
-        }
-        let batch_bytes = header.total_bytes() as u64;
-        result
-            .offset_index
-            .on_batch(header.base_offset, at, batch_bytes);
-        result
-            .time_index
-            .on_batch(header.base_offset, header.max_timestamp, batch_bytes);
-        result.next_offset = header.next_offset();
-        result.batch_count += 1;
-        result.producer_batches.extend(ProducerBatch::of(&header));
-        position += header.total_bytes();
-        result.valid_bytes = position as u64;
+        Feed::Consumed
     }
-    result.max_timestamp = result.time_index.max_timestamp();
-    result
+
+    fn stopped(&mut self, stop: Stop) -> Feed {
+        self.stop = Some(stop);
+        Feed::Stopped
+    }
+
+    /// Completes the scan (its max timestamp).
+    pub fn finish(mut self) -> Scan {
+        self.max_timestamp = self.time_index.max_timestamp();
+        self
+    }
 }
 
 fn is_zero(bytes: &[u8]) -> bool {
@@ -189,5 +222,33 @@ mod tests {
         batch::set_base_offset(&mut bytes[batch_bytes..], Offset(10));
         let result = scan(&bytes, Offset(10), 1024);
         assert_eq!(result.valid_bytes, batch_bytes as u64);
+    }
+
+    #[test]
+    fn chunks_of_any_size_scan_as_one() {
+        let mut bytes = segment(20);
+        bytes.truncate(bytes.len() - 50);
+        let whole = scan(&bytes, Offset(10), 1024);
+        for chunk in [1, 7, 61, 230, 1000, 5000] {
+            let mut chunked = Scan::new(Offset(10), 1024);
+            let mut want = chunk;
+            loop {
+                let start = chunked.valid_bytes as usize;
+                let end = (start + want).min(bytes.len());
+                match chunked.feed(&bytes[start..end], end == bytes.len()) {
+                    Feed::Stopped => break,
+                    Feed::Consumed if end == bytes.len() => break,
+                    Feed::Consumed => want = chunk,
+                    Feed::NeedBytes(need) => want = need.max(chunk),
+                }
+            }
+            let chunked = chunked.finish();
+            assert_eq!(chunked.valid_bytes, whole.valid_bytes, "chunk {chunk}");
+            assert_eq!(chunked.next_offset, whole.next_offset);
+            assert_eq!(chunked.batch_count, whole.batch_count);
+            assert_eq!(chunked.offset_index.bytes(), whole.offset_index.bytes());
+            assert_eq!(chunked.time_index.bytes(), whole.time_index.bytes());
+            assert!(matches!(chunked.stop, Some(Stop::Truncated { .. })));
+        }
     }
 }

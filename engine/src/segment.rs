@@ -19,10 +19,13 @@ use crate::file::{BLOCK_BYTES, Faults, SegmentFile};
 use crate::mmap::map_read_only;
 use crate::offset_index::{OffsetIndex, OffsetIndexWriter};
 use crate::producers::ProducerBatch;
-use crate::recovery::{self, Stop};
+use crate::recovery::{self, Feed, Stop};
 use crate::storage;
 use crate::time_index::{TimeIndex, TimeIndexWriter};
 use crate::types::{Offset, Position, Timestamp};
+
+/// How much of the active segment recovery reads at a time.
+const RECOVERY_CHUNK_BYTES: usize = 4 << 20;
 
 pub fn file_stem(base_offset: Offset) -> String {
     format!("{:020}", base_offset.0)
@@ -105,8 +108,8 @@ impl ActiveSegment {
 
     /// Opens the last segment of a log after a restart or crash: scans every batch, cuts the
     /// file at the first torn or corrupt one, and rebuilds the indexes. Also returns the
-    /// segment's batches of idempotent producers.
-    #[allow(unsafe_code)]
+    /// segment's batches of idempotent producers. The file is read in chunks, not mapped:
+    /// it is the one segment that is written again.
     pub async fn recover(
         dir: &Path,
         base_offset: Offset,
@@ -114,14 +117,36 @@ impl ActiveSegment {
         faults: Option<Arc<Faults>>,
     ) -> Result<(ActiveSegment, Vec<ProducerBatch>)> {
         let path = log_path(dir, base_offset);
-        // SAFETY: nothing writes the file until this function has dropped the map.
-        let map = unsafe { map_read_only(&path) }?;
-        let bytes: &[u8] = map.as_deref().unwrap_or_default();
-        let scan = recovery::scan(bytes, base_offset, index_interval_bytes);
-        let file_bytes = bytes.len() as u64;
+        let file = SegmentFile::open(&path, false, faults).await?;
+        let file_bytes = file.size().await?;
+        let mut scan = recovery::Scan::new(base_offset, index_interval_bytes);
+        let mut want = RECOVERY_CHUNK_BYTES;
+        while scan.valid_bytes < file_bytes {
+            let chunk = file.read_chunk(scan.valid_bytes, want).await?;
+            let at_end = scan.valid_bytes + chunk.len() as u64 >= file_bytes;
+            match scan.feed(&chunk, at_end) {
+                Feed::Stopped => break,
+                Feed::Consumed => want = RECOVERY_CHUNK_BYTES,
+                // A batch larger than the chunk: read it whole. Its length is unchecked
+                // disk bytes, so never more than the file holds; one claiming more is then
+                // read to the end and found torn.
+                Feed::NeedBytes(need) => {
+                    let left = (file_bytes - scan.valid_bytes) as usize;
+                    want = need.max(RECOVERY_CHUNK_BYTES).min(left);
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
+        }
+        let scan = scan.finish();
         let tail_start = scan.valid_bytes - scan.valid_bytes % BLOCK_BYTES;
-        let tail_block = bytes[tail_start as usize..scan.valid_bytes as usize].to_vec();
-        drop(map);
+        let tail_block = if tail_start < scan.valid_bytes {
+            let read = (scan.valid_bytes - tail_start) as usize;
+            file.read_chunk(tail_start, read).await?.to_vec()
+        } else {
+            Vec::new()
+        };
         match &scan.stop {
             Some(Stop::Corrupt { position, error }) => log::warn!(
                 "{}: corrupt batch at position {} ({error}); truncating {} bytes",
@@ -139,7 +164,6 @@ impl ActiveSegment {
             }
             _ => {}
         }
-        let file = SegmentFile::open(&path, false, faults).await?;
         if file_bytes != scan.valid_bytes {
             file.truncate(scan.valid_bytes).await?;
             file.fdatasync().await?;
