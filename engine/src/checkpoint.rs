@@ -2,10 +2,12 @@
 //! it must survive a restart. 17 bytes: magic `CMQS`, version 1, offset u64 BE, CRC-32C of
 //! the preceding 13 bytes. Replaced atomically (`storage::write_atomically`).
 
-use std::fs;
+#[cfg(feature = "runtime")]
 use std::path::Path;
 
+#[cfg(feature = "runtime")]
 use crate::error::Result;
+#[cfg(feature = "runtime")]
 use crate::storage;
 use crate::types::Offset;
 
@@ -37,14 +39,16 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Offset, String> {
     )))
 }
 
+#[cfg(feature = "runtime")]
 pub async fn store(dir: &Path, offset: Offset) -> Result<()> {
     storage::write_atomically(dir, FILE_NAME, encode(offset).to_vec()).await
 }
 
 /// The stored log start, `None` if there is none; a damaged file is reported and ignored
 /// (the log start then falls back to the first segment, which exposes no lost data).
+#[cfg(feature = "runtime")]
 pub fn load(dir: &Path) -> Option<Offset> {
-    let bytes = fs::read(dir.join(FILE_NAME)).ok()?;
+    let bytes = std::fs::read(dir.join(FILE_NAME)).ok()?;
     match decode(&bytes) {
         Ok(offset) => Some(offset),
         Err(reason) => {

@@ -6,6 +6,7 @@
 //! (the default), [`Engine`] runs one glommio executor per shard, each owning its logs.
 
 pub mod batch;
+pub mod checkpoint;
 pub mod compression;
 pub mod error;
 pub mod offset_index;
@@ -20,8 +21,6 @@ pub mod config;
 
 #[cfg(feature = "runtime")]
 mod cache;
-#[cfg(feature = "runtime")]
-pub mod checkpoint;
 #[cfg(feature = "runtime")]
 pub mod compaction;
 #[cfg(feature = "runtime")]

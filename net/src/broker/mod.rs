@@ -20,6 +20,9 @@ mod producer_ids;
 mod replicas;
 pub mod topics;
 
+/// The `__consumer_offsets` record layout (its decoders read what is on disk).
+pub use groups::offsets as group_offsets;
+
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;

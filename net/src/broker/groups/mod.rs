@@ -9,7 +9,7 @@
 //! members join again (their heartbeats get UNKNOWN_MEMBER_ID), as after a coordinator move.
 
 mod group;
-mod offsets;
+pub mod offsets;
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
