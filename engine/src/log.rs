@@ -130,6 +130,33 @@ struct Inner {
     producers: ProducerState,
 }
 
+impl Inner {
+    /// The order of the watermarks (module docs), asserted wherever one moves. Input never
+    /// reaches these: a broken one is a bug in the log.
+    fn assert_watermarks(&self) {
+        let log_end = self.active.next_offset;
+        assert!(
+            self.log_start <= self.written,
+            "log start {} past the written watermark {}",
+            self.log_start,
+            self.written
+        );
+        assert!(
+            self.flushed <= self.written && self.written <= log_end,
+            "watermarks out of order: flushed {} written {} log end {}",
+            self.flushed,
+            self.written,
+            log_end
+        );
+        assert!(
+            self.committed <= log_end,
+            "committed {} past the log end {log_end}",
+            self.committed
+        );
+        self.active.assert_positions();
+    }
+}
+
 #[derive(Debug)]
 pub struct Log {
     topic_partition: TopicPartition,
@@ -349,6 +376,7 @@ impl Log {
         {
             let mut inner = self.inner.borrow_mut();
             inner.committed = offset.min(inner.active.next_offset);
+            inner.assert_watermarks();
         }
         self.progress.notify_all();
     }
@@ -513,6 +541,7 @@ impl Log {
                 last_offset: header.last_offset(),
                 log_append_time,
             };
+            inner.assert_watermarks();
             (info, inner.rollbacks, inner.config.durability)
         };
         drop(gate);
@@ -678,7 +707,14 @@ impl Log {
     fn complete_round(&self, end: RoundEnd) {
         let mut inner = self.inner.borrow_mut();
         inner.active.on_written(end.bytes, end.tail);
+        assert!(
+            end.offset >= inner.written,
+            "rounds complete in order: {} after {}",
+            end.offset,
+            inner.written
+        );
         inner.written = end.offset;
+        inner.assert_watermarks();
         inner.pending_bytes -= end.taken_bytes;
         let budget = inner.config.tail_cache_bytes;
         inner.cache.evict(budget, end.offset);
@@ -761,6 +797,7 @@ impl Log {
             inner.pending.clear();
             inner.pending_bytes = 0;
             inner.active.roll_back_to_written(written);
+            inner.assert_watermarks();
             inner.cache.truncate_from(written);
             inner.producers.truncate_from(written);
             inner.rollbacks += 1;
@@ -788,6 +825,7 @@ impl Log {
         match result {
             Ok(()) => {
                 inner.flushed = inner.flushed.max(written);
+                inner.assert_watermarks();
                 true
             }
             Err(error) => {
@@ -891,7 +929,12 @@ impl Log {
             .map_err(fence)?;
         let new =
             ActiveSegment::create(&self.dir, next_offset, interval, self.faults.clone()).await?;
-        let old = std::mem::replace(&mut self.inner.borrow_mut().active, new);
+        let old = {
+            let mut inner = self.inner.borrow_mut();
+            let old = std::mem::replace(&mut inner.active, new);
+            inner.assert_watermarks();
+            old
+        };
         let sealed = old.seal(&self.dir).map_err(fence)?;
         self.inner.borrow_mut().sealed.insert(base, sealed);
         add(&self.metrics.segments, 1);
@@ -1143,7 +1186,11 @@ impl Log {
             }
         };
         checkpoint::store(&self.dir, new_start).await?;
-        self.inner.borrow_mut().log_start = new_start;
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.log_start = new_start;
+            inner.assert_watermarks();
+        }
         self.delete_segments_below(new_start).await?;
         Ok(new_start)
     }

@@ -188,6 +188,24 @@ impl ActiveSegment {
         self.appended_bytes == 0
     }
 
+    /// appended >= submitted >= written, and the kept partial blocks match the positions.
+    pub fn assert_positions(&self) {
+        assert!(
+            self.written_bytes <= self.submitted_bytes
+                && self.submitted_bytes <= self.appended_bytes,
+            "segment {}: written {} submitted {} appended {} out of order",
+            self.base_offset,
+            self.written_bytes,
+            self.submitted_bytes,
+            self.appended_bytes
+        );
+        assert_eq!(self.written_tail.len() as u64, self.written_bytes % BLOCK_BYTES);
+        assert_eq!(
+            self.submitted_tail.len() as u64,
+            self.submitted_bytes % BLOCK_BYTES
+        );
+    }
+
     pub fn max_timestamp(&self) -> Option<Timestamp> {
         self.time_index.max_timestamp()
     }
