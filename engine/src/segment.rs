@@ -199,7 +199,10 @@ impl ActiveSegment {
             self.submitted_bytes,
             self.appended_bytes
         );
-        assert_eq!(self.written_tail.len() as u64, self.written_bytes % BLOCK_BYTES);
+        assert_eq!(
+            self.written_tail.len() as u64,
+            self.written_bytes % BLOCK_BYTES
+        );
         assert_eq!(
             self.submitted_tail.len() as u64,
             self.submitted_bytes % BLOCK_BYTES
