@@ -63,22 +63,22 @@ pub struct ReadView {
 
 #[derive(Debug)]
 pub struct ActiveSegment {
-    pub base_offset: Offset,
-    pub file: SegmentFile,
+    base_offset: Offset,
+    file: SegmentFile,
     /// Logical size including batches not yet written.
-    pub appended_bytes: u64,
+    appended_bytes: u64,
     /// Bytes handed to writes, in flight or done.
-    pub submitted_bytes: u64,
+    submitted_bytes: u64,
     /// Bytes whose writes completed, in order.
-    pub written_bytes: u64,
+    written_bytes: u64,
     /// The bytes of the block containing `submitted_bytes`, from its start.
     submitted_tail: Vec<u8>,
     /// The bytes of the block containing `written_bytes`, from its start.
     written_tail: Vec<u8>,
     offset_index: OffsetIndexWriter,
     time_index: TimeIndexWriter,
-    pub next_offset: Offset,
-    pub created: Instant,
+    next_offset: Offset,
+    created: Instant,
 }
 
 impl ActiveSegment {
@@ -188,6 +188,39 @@ impl ActiveSegment {
         self.appended_bytes == 0
     }
 
+    pub fn base_offset(&self) -> Offset {
+        self.base_offset
+    }
+
+    pub fn file(&self) -> &SegmentFile {
+        &self.file
+    }
+
+    /// The offset after the last appended batch (the log end).
+    pub fn next_offset(&self) -> Offset {
+        self.next_offset
+    }
+
+    /// Logical size including batches not yet written.
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended_bytes
+    }
+
+    /// Bytes handed to writes, in flight or done.
+    pub fn submitted_bytes(&self) -> u64 {
+        self.submitted_bytes
+    }
+
+    /// Bytes whose writes completed, in order.
+    pub fn written_bytes(&self) -> u64 {
+        self.written_bytes
+    }
+
+    /// When the segment was created or recovered (`segment.ms` counts from here).
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
     /// appended >= submitted >= written, and the kept partial blocks match the positions.
     pub fn assert_positions(&self) {
         assert!(
@@ -213,7 +246,6 @@ impl ActiveSegment {
         self.time_index.max_timestamp()
     }
 
-    /// Accounts for a batch appended at the end (not yet written).
     /// Whether a batch of `last_offset_delta + 1` offsets appended next keeps every offset
     /// of this segment within the indexes' 32-bit relative offsets (Kafka's
     /// `canConvertToRelativeOffset`); a log rolls before one that does not.
@@ -222,6 +254,7 @@ impl ActiveSegment {
         last - self.base_offset.0 <= u64::from(u32::MAX)
     }
 
+    /// Accounts for a batch appended at the end (not yet written); returns its position.
     pub fn on_append(&mut self, header: &batch::BatchHeader) -> Position {
         let position = Position(self.appended_bytes);
         let size = header.total_bytes() as u64;
@@ -359,16 +392,38 @@ pub async fn write_indexes(
 
 #[derive(Debug)]
 pub struct SealedSegment {
-    pub base_offset: Offset,
-    pub next_offset: Offset,
-    pub size: u64,
-    pub max_timestamp: Option<Timestamp>,
-    pub file: SegmentFile,
+    base_offset: Offset,
+    next_offset: Offset,
+    size: u64,
+    max_timestamp: Option<Timestamp>,
+    file: SegmentFile,
     offset_index: Option<Mmap>,
     time_index: Option<Mmap>,
 }
 
 impl SealedSegment {
+    pub fn base_offset(&self) -> Offset {
+        self.base_offset
+    }
+
+    /// The offset after the segment's last batch.
+    pub fn next_offset(&self) -> Offset {
+        self.next_offset
+    }
+
+    /// The file's length in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn max_timestamp(&self) -> Option<Timestamp> {
+        self.max_timestamp
+    }
+
+    pub fn file(&self) -> &SegmentFile {
+        &self.file
+    }
+
     #[allow(unsafe_code)]
     fn from_parts(
         dir: &Path,

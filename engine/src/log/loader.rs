@@ -1,0 +1,177 @@
+//! Opening a log directory: creating one, finishing interrupted compaction swaps, opening the
+//! sealed segments, recovering the active one, and restoring the log start and the
+//! idempotent producers' state.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use glommio::sync::Semaphore;
+
+use crate::cache::TailCache;
+use crate::checkpoint;
+use crate::config::LogConfig;
+use crate::error::{Error, Result};
+use crate::file::Faults;
+use crate::metrics::{Metrics, add};
+use crate::notify::Notify;
+use crate::producers::{ProducerBatch, ProducerState};
+use crate::segment::{ActiveSegment, SealedSegment};
+use crate::storage;
+use crate::types::{Offset, TopicPartition};
+
+use super::{CONFIG_FILE, Inner, Log, PRODUCERS_FILE};
+
+/// Rebuilds idempotent producer state at open: the snapshot taken at the last roll, then
+/// the batches the active segment's recovery found after it. A missing or damaged snapshot
+/// loses the older producers (their next batch is taken as a fresh start), never data.
+fn restore_producers(
+    dir: &Path,
+    active_base: Offset,
+    log_end: Offset,
+    recovered: Vec<ProducerBatch>,
+) -> ProducerState {
+    let path = dir.join(PRODUCERS_FILE);
+    let (mut state, up_to) = match std::fs::read(&path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            (ProducerState::default(), Offset(0))
+        }
+        Err(error) => {
+            log::warn!("{}: {error}; producer state starts empty", path.display());
+            (ProducerState::default(), Offset(0))
+        }
+        Ok(bytes) => match ProducerState::decode(&bytes) {
+            Ok((state, up_to)) if up_to <= log_end => (state, up_to),
+            Ok((_, up_to)) => {
+                log::warn!(
+                    "{}: covers offsets up to {up_to}, past the log end {log_end}; ignored",
+                    path.display()
+                );
+                (ProducerState::default(), Offset(0))
+            }
+            Err(error) => {
+                log::warn!("{}: {error}; producer state starts empty", path.display());
+                (ProducerState::default(), Offset(0))
+            }
+        },
+    };
+    if up_to < active_base && !state.is_empty() {
+        log::warn!(
+            "{}: covers offsets up to {up_to} only; producers of offsets {up_to}..{active_base} are forgotten",
+            path.display()
+        );
+    }
+    for batch in recovered {
+        if batch.base_offset >= up_to {
+            state.record(batch);
+        }
+    }
+    state
+}
+
+impl Log {
+    /// Creates a new, empty log directory with `config`.
+    pub async fn create(
+        dir: &Path,
+        topic_partition: TopicPartition,
+        config: LogConfig,
+        metrics: Rc<Metrics>,
+        faults: Option<Arc<Faults>>,
+    ) -> Result<Rc<Log>> {
+        config.validate()?;
+        let (log_dir, contents) = (dir.to_path_buf(), config.encode());
+        storage::blocking(move || {
+            std::fs::create_dir_all(&log_dir)
+                .map_err(|source| crate::file::classify(&log_dir, "create directory", source))?;
+            storage::write_atomically_blocking(&log_dir, CONFIG_FILE, contents.as_bytes())?;
+            match log_dir.parent() {
+                Some(parent) => storage::sync_dir_blocking(parent),
+                None => Ok(()),
+            }
+        })
+        .await?;
+        Log::open(dir, topic_partition, metrics, faults).await
+    }
+
+    /// Opens an existing log directory: finishes interrupted compaction swaps, opens sealed
+    /// segments, recovers the last one, and restores the log start offset.
+    pub async fn open(
+        dir: &Path,
+        topic_partition: TopicPartition,
+        metrics: Rc<Metrics>,
+        faults: Option<Arc<Faults>>,
+    ) -> Result<Rc<Log>> {
+        let config_path = dir.join(CONFIG_FILE);
+        let config_text = std::fs::read_to_string(&config_path).map_err(|source| Error::Io {
+            path: config_path.clone(),
+            op: "read",
+            source,
+        })?;
+        let config = LogConfig::decode(&config_text)?;
+        let swaps_dir = dir.to_path_buf();
+        let bases = storage::blocking(move || crate::compaction::recover_swaps(&swaps_dir)).await?;
+        let interval = config.index_interval_bytes;
+        let mut sealed = BTreeMap::new();
+        let last = bases.last().copied();
+        for &base in bases.iter().filter(|&&base| Some(base) != last) {
+            let segment = SealedSegment::open(dir, base, interval, faults.clone()).await?;
+            sealed.insert(base, segment);
+        }
+        let (active, recovered) = match last {
+            Some(base) => ActiveSegment::recover(dir, base, interval, faults.clone()).await?,
+            None => (
+                ActiveSegment::create(dir, Offset(0), interval, faults.clone()).await?,
+                Vec::new(),
+            ),
+        };
+        let first_base = sealed
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(active.base_offset());
+        let log_end = active.next_offset();
+        let log_start = checkpoint::load(dir)
+            .unwrap_or(first_base)
+            .clamp(first_base, log_end);
+        let producers = restore_producers(dir, active.base_offset(), log_end, recovered);
+        add(&metrics.segments, sealed.len() as u64 + 1);
+        let log = Rc::new(Log {
+            topic_partition,
+            dir: dir.to_path_buf(),
+            inner: RefCell::new(Inner {
+                config,
+                sealed,
+                active,
+                log_start,
+                written: log_end,
+                flushed: log_end,
+                committed: log_end,
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+                cache: TailCache::default(),
+                fenced: None,
+                rollbacks: 0,
+                last_write_error: None,
+                last_write_disk_full: false,
+                producers,
+            }),
+            streams: RefCell::new(VecDeque::new()),
+            progress: Notify::default(),
+            appended: Notify::default(),
+            append_gate: Semaphore::new(1),
+            log_start_gate: Semaphore::new(1),
+            writer_active: Cell::new(false),
+            syncer_active: Cell::new(false),
+            closed: Cell::new(false),
+            compacting: Cell::new(false),
+            compacted_through: Cell::new(None),
+            idle_mark: Cell::new(None),
+            metrics,
+            faults,
+        });
+        Log::start_flush_timer(&log);
+        Ok(log)
+    }
+}
