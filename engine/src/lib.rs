@@ -9,6 +9,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod compression;
 pub mod error;
+pub mod index;
 pub mod offset_index;
 pub mod producers;
 pub mod record;

@@ -5,53 +5,36 @@
 //! memory map (sealed segment).
 
 use crate::error::{Error, Result};
+use crate::index::{Entries, IndexView, u32_at};
 use crate::types::{Offset, Position};
 
 pub const ENTRY_BYTES: usize = 8;
 
-/// A read-only view of encoded offset index entries.
-#[derive(Debug, Clone, Copy)]
-pub struct OffsetIndex<'a> {
-    entries: &'a [u8],
-    base_offset: Offset,
-}
+/// The offset index's entries: (offset, position).
+#[derive(Debug)]
+pub struct OffsetEntries;
 
-impl<'a> OffsetIndex<'a> {
-    /// Views `entries`, which must already have passed [`OffsetIndex::check`] (or been written
-    /// by [`OffsetIndexWriter`]).
-    pub fn new(entries: &'a [u8], base_offset: Offset) -> OffsetIndex<'a> {
-        debug_assert_eq!(entries.len() % ENTRY_BYTES, 0);
-        OffsetIndex {
-            entries,
-            base_offset,
-        }
-    }
+impl Entries for OffsetEntries {
+    const ENTRY_BYTES: usize = ENTRY_BYTES;
+    type Entry = (Offset, Position);
 
-    pub fn len(&self) -> usize {
-        self.entries.len() / ENTRY_BYTES
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub fn entry(&self, n: usize) -> (Offset, Position) {
-        let at = n * ENTRY_BYTES;
-        let relative = u32::from_be_bytes(self.entries[at..at + 4].try_into().expect("4 bytes"));
-        let position =
-            u32::from_be_bytes(self.entries[at + 4..at + 8].try_into().expect("4 bytes"));
+    fn decode(entry: &[u8], base_offset: Offset) -> (Offset, Position) {
         (
-            Offset(self.base_offset.0 + u64::from(relative)),
-            Position(u64::from(position)),
+            Offset(base_offset.0 + u64::from(u32_at(entry, 0))),
+            Position(u64::from(u32_at(entry, 4))),
         )
     }
+}
 
+/// A read-only view of encoded offset index entries.
+pub type OffsetIndex<'a> = IndexView<'a, OffsetEntries>;
+
+impl OffsetIndex<'_> {
     /// The last indexed batch starting at or before `target`; the segment start if none.
     pub fn lookup(&self, target: Offset) -> (Offset, Position) {
-        let count = self.len();
-        let after = partition_point(count, |n| self.entry(n).0 <= target);
+        let after = self.partition_point(|(offset, _)| offset <= target);
         if after == 0 {
-            (self.base_offset, Position(0))
+            (self.base_offset(), Position(0))
         } else {
             self.entry(after - 1)
         }
@@ -86,20 +69,6 @@ impl<'a> OffsetIndex<'a> {
         }
         Ok(())
     }
-}
-
-/// Binary search over `0..count` for the first `n` where `before(n)` is false.
-pub(crate) fn partition_point(count: usize, before: impl Fn(usize) -> bool) -> usize {
-    let (mut low, mut high) = (0, count);
-    while low < high {
-        let middle = low + (high - low) / 2;
-        if before(middle) {
-            low = middle + 1;
-        } else {
-            high = middle;
-        }
-    }
-    low
 }
 
 /// Builds the offset index of a segment as batches are appended.
@@ -145,7 +114,7 @@ impl OffsetIndexWriter {
 
     /// Drops entries at or after `position` (the log was truncated there).
     pub fn truncate_to(&mut self, position: Position) {
-        let keep = partition_point(self.view().len(), |n| self.view().entry(n).1 < position);
+        let keep = self.view().partition_point(|(_, at)| at < position);
         self.entries.truncate(keep * ENTRY_BYTES);
         self.bytes_since_entry = self.interval_bytes;
     }

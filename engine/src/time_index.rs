@@ -3,53 +3,39 @@
 //! Timestamps in the index strictly increase.
 
 use crate::error::{Error, Result};
-use crate::offset_index::partition_point;
+use crate::index::{Entries, IndexView, u32_at};
 use crate::types::{Offset, Timestamp};
 
 pub const ENTRY_BYTES: usize = 12;
 
-/// A read-only view of encoded time index entries.
-#[derive(Debug, Clone, Copy)]
-pub struct TimeIndex<'a> {
-    entries: &'a [u8],
-    base_offset: Offset,
-}
+/// The time index's entries: (max timestamp, offset).
+#[derive(Debug)]
+pub struct TimeEntries;
 
-impl<'a> TimeIndex<'a> {
-    pub fn new(entries: &'a [u8], base_offset: Offset) -> TimeIndex<'a> {
-        debug_assert_eq!(entries.len() % ENTRY_BYTES, 0);
-        TimeIndex {
-            entries,
-            base_offset,
-        }
-    }
+impl Entries for TimeEntries {
+    const ENTRY_BYTES: usize = ENTRY_BYTES;
+    type Entry = (Timestamp, Offset);
 
-    pub fn len(&self) -> usize {
-        self.entries.len() / ENTRY_BYTES
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub fn entry(&self, n: usize) -> (Timestamp, Offset) {
-        let at = n * ENTRY_BYTES;
-        let timestamp = i64::from_be_bytes(self.entries[at..at + 8].try_into().expect("8 bytes"));
-        let relative =
-            u32::from_be_bytes(self.entries[at + 8..at + 12].try_into().expect("4 bytes"));
+    fn decode(entry: &[u8], base_offset: Offset) -> (Timestamp, Offset) {
+        let timestamp = i64::from_be_bytes(entry[..8].try_into().expect("8 bytes"));
         (
             Timestamp(timestamp),
-            Offset(self.base_offset.0 + u64::from(relative)),
+            Offset(base_offset.0 + u64::from(u32_at(entry, 8))),
         )
     }
+}
 
+/// A read-only view of encoded time index entries.
+pub type TimeIndex<'a> = IndexView<'a, TimeEntries>;
+
+impl TimeIndex<'_> {
     /// An offset from which a forward scan finds the first record with timestamp >= `target`:
     /// the offset of the last entry whose timestamp is below `target`, or the segment start.
     /// Every batch before that entry's batch holds only timestamps below it.
     pub fn lookup(&self, target: Timestamp) -> Offset {
-        let below = partition_point(self.len(), |n| self.entry(n).0 < target);
+        let below = self.partition_point(|(timestamp, _)| timestamp < target);
         if below == 0 {
-            self.base_offset
+            self.base_offset()
         } else {
             self.entry(below - 1).1
         }
@@ -149,7 +135,7 @@ impl TimeIndexWriter {
     /// max timestamp falls back to the last remaining entry, which may understate it until
     /// the next batch raises it: time lookups stay correct, only more conservative.
     pub fn truncate_to(&mut self, offset: Offset) {
-        let keep = partition_point(self.view().len(), |n| self.view().entry(n).1 < offset);
+        let keep = self.view().partition_point(|(_, at)| at < offset);
         self.entries.truncate(keep * ENTRY_BYTES);
         let view = self.view();
         let last = (!view.is_empty()).then(|| view.entry(view.len() - 1));
