@@ -677,60 +677,46 @@ fn fetched(committed: Option<Committed>) -> (i64, i32, String) {
     })
 }
 
+/// OffsetFetch: version 8 and later ask for several groups; before, for one, answered with
+/// the same fields at the top level. Both are built as groups, then the older shape is
+/// taken from the one group.
 pub async fn offset_fetch(
     context: &Context,
     request: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
-    if version < 8 {
+    type Wanted = (String, Option<Vec<(String, Vec<i32>)>>);
+    let wanted: Vec<Wanted> = if version < 8 {
         let topics = request.topics.map(|topics| {
             topics
                 .into_iter()
                 .map(|topic| (topic.name, topic.partition_indexes))
                 .collect()
         });
-        let (code, topics) = match fetch_offsets(context, request.group_id, topics).await {
-            Ok(topics) => (error_code::NONE, topics),
-            Err(code) => (code, Vec::new()),
-        };
-        return OffsetFetchResponse {
-            error_code: code,
-            topics: topics
-                .into_iter()
-                .map(|(name, partitions)| OffsetFetchResponseTopic {
-                    name,
-                    partitions: partitions
+        vec![(request.group_id, topics)]
+    } else {
+        request
+            .groups
+            .into_iter()
+            .map(|group| {
+                let topics = group.topics.map(|topics| {
+                    topics
                         .into_iter()
-                        .map(|(partition_index, committed)| {
-                            let (offset, epoch, metadata) = fetched(committed);
-                            OffsetFetchResponsePartition {
-                                partition_index,
-                                committed_offset: offset,
-                                committed_leader_epoch: epoch,
-                                metadata: Some(metadata),
-                                error_code: error_code::NONE,
-                            }
-                        })
-                        .collect(),
-                })
-                .collect(),
-            ..OffsetFetchResponse::default()
-        };
-    }
-    let mut groups = Vec::with_capacity(request.groups.len());
-    for wanted in request.groups {
-        let topics = wanted.topics.map(|topics| {
-            topics
-                .into_iter()
-                .map(|topic| (topic.name, topic.partition_indexes))
-                .collect()
-        });
-        let (code, topics) = match fetch_offsets(context, wanted.group_id.clone(), topics).await {
+                        .map(|topic| (topic.name, topic.partition_indexes))
+                        .collect()
+                });
+                (group.group_id, topics)
+            })
+            .collect()
+    };
+    let mut groups = Vec::with_capacity(wanted.len());
+    for (group_id, topics) in wanted {
+        let (code, topics) = match fetch_offsets(context, group_id.clone(), topics).await {
             Ok(topics) => (error_code::NONE, topics),
             Err(code) => (code, Vec::new()),
         };
         groups.push(OffsetFetchResponseGroup {
-            group_id: wanted.group_id,
+            group_id,
             error_code: code,
             topics: topics
                 .into_iter()
@@ -753,8 +739,33 @@ pub async fn offset_fetch(
                 .collect(),
         });
     }
+    if version >= 8 {
+        return OffsetFetchResponse {
+            groups,
+            ..OffsetFetchResponse::default()
+        };
+    }
+    let group = groups.pop().expect("one group before version 8");
     OffsetFetchResponse {
-        groups,
+        error_code: group.error_code,
+        topics: group
+            .topics
+            .into_iter()
+            .map(|topic| OffsetFetchResponseTopic {
+                name: topic.name,
+                partitions: topic
+                    .partitions
+                    .into_iter()
+                    .map(|partition| OffsetFetchResponsePartition {
+                        partition_index: partition.partition_index,
+                        committed_offset: partition.committed_offset,
+                        committed_leader_epoch: partition.committed_leader_epoch,
+                        metadata: partition.metadata,
+                        error_code: partition.error_code,
+                    })
+                    .collect(),
+            })
+            .collect(),
         ..OffsetFetchResponse::default()
     }
 }
