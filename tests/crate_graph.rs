@@ -1,5 +1,5 @@
 //! The workspace's crates depend on each other in one direction only:
-//! engine <- replication <- net <- the `coremq` binary and the tools. A crate may use any
+//! runtime <- engine <- replication <- net <- the `coremq` binary and the tools. A crate may use any
 //! crate below it, never one beside or above it. Read from `cargo metadata`, so a new
 //! dependency in any Cargo.toml that points the wrong way fails here.
 
@@ -7,6 +7,7 @@ use std::process::Command;
 
 /// Each workspace crate and its layer, lowest first.
 const LAYERS: &[(&str, u32)] = &[
+    ("coremq-runtime", 0),
     ("coremq-engine", 1),
     ("coremq-replication", 2),
     ("coremq-net", 3),

@@ -1,19 +1,18 @@
-//! The shard-per-core engine: one pinned glommio executor per shard, each owning its logs
+//! The shard-per-core engine: one executor per shard (the runtime's), each owning its logs
 //! outright. A cloneable, `Send` [`Handle`] routes each call to the shard owning the log
-//! over a bounded channel; a caller already on that shard runs the call directly.
+//! through the runtime's [`Shards`]; a caller already on that shard runs the call directly.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use glommio::sync::Semaphore;
-use glommio::{ExecutorJoinHandle, Latency, LocalExecutorBuilder, Placement, Shares};
+use coremq_runtime::{Runtime, RuntimeConfig, Service, ShardFuture, Shards};
+use glommio::{Latency, Shares};
 
 use crate::compaction::{self, CompactionReport};
 use crate::config::{EngineConfig, LogConfig};
@@ -24,24 +23,13 @@ use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::storage;
 use crate::types::{Offset, Timestamp, TopicPartition};
 
-/// Tasks one shard runs at once for callers; past it the shard stops taking from its queue
-/// and callers wait on the bounded channel (backpressure, not growth).
+/// Calls one shard runs at once; past it the shard stops taking from its queue and callers
+/// wait on the bounded channel (backpressure, not growth).
 const SHARD_TASKS_MAX: u64 = 4096;
-/// How long a stopping shard waits for its in-flight calls before it closes its logs.
+/// How long a stopping shard waits for its running calls before it closes its logs.
 const SHUTDOWN_CALLS_GRACE: Duration = Duration::from_secs(10);
 /// Suffix of a log directory being deleted.
 const DELETE_SUFFIX: &str = "-delete";
-
-type Job = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
-
-enum Message {
-    Job(Job),
-    Shutdown(std::sync::mpsc::Sender<Result<()>>),
-}
-
-thread_local! {
-    static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
-}
 
 /// The shard owning `topic_partition`: a fixed placement if configured, else a stable
 /// hash (CRC-32C of `topic-partition`) modulo the shard count.
@@ -50,11 +38,7 @@ pub fn placement(
     shards: usize,
     fixed: &BTreeMap<String, usize>,
 ) -> usize {
-    let name = topic_partition.dir_name();
-    match fixed.get(&name) {
-        Some(&shard) => shard % shards,
-        None => crc32c::crc32c(name.as_bytes()) as usize % shards,
-    }
+    coremq_runtime::placement(&topic_partition.dir_name(), shards, fixed)
 }
 
 /// One shard's state, reachable only from its own executor thread.
@@ -63,7 +47,6 @@ pub struct Shard {
     config: Arc<EngineConfig>,
     logs: RefCell<HashMap<TopicPartition, Rc<Log>>>,
     metrics: Rc<Metrics>,
-    stopping: Cell<bool>,
 }
 
 impl Shard {
@@ -71,9 +54,9 @@ impl Shard {
         self.id
     }
 
-    /// The shard running on this thread, if this is a shard thread.
+    /// The shard running on this thread, if this is a shard thread of a running engine.
     pub fn current() -> Option<Rc<Shard>> {
-        CURRENT.with(|current| current.borrow().clone())
+        coremq_runtime::local::<Shard>()
     }
 
     pub fn log(&self, topic_partition: &TopicPartition) -> Result<Rc<Log>> {
@@ -195,11 +178,11 @@ impl Shard {
     /// goes back to the system.
     async fn cleanup_loop(self: Rc<Self>) {
         let interval = Duration::from_millis(self.config.cleanup_interval_ms.max(1));
-        while !self.stopping.get() {
+        while !coremq_runtime::stopping() {
             glommio::timer::sleep(interval).await;
             let mut released = 0;
             for log in self.logs() {
-                if self.stopping.get() {
+                if coremq_runtime::stopping() {
                     return;
                 }
                 log.expire_streams(interval);
@@ -239,108 +222,75 @@ async fn run_cleanup(log: &Rc<Log>) {
     }
 }
 
-async fn shard_main(
-    id: usize,
-    shards: usize,
+/// What each shard of the engine does when it starts (open its logs, start its cleanup)
+/// and stops (close them).
+struct EngineService {
     config: Arc<EngineConfig>,
-    receiver: flume::Receiver<Message>,
-    ready: std::sync::mpsc::Sender<(usize, Result<()>)>,
-) {
-    let shard = Rc::new(Shard {
-        id,
-        config,
-        logs: RefCell::new(HashMap::new()),
-        metrics: Rc::new(Metrics::default()),
-        stopping: Cell::new(false),
-    });
-    CURRENT.with(|current| *current.borrow_mut() = Some(shard.clone()));
-    let opened = shard.open_existing(shards).await;
-    let failed = opened.is_err();
-    let _ = ready.send((id, opened));
-    if failed {
-        return;
-    }
-    let cleanup_queue = glommio::executor().create_task_queue(
-        Shares::Static(100),
-        Latency::NotImportant,
-        "cleanup",
-    );
-    glommio::spawn_local_into(shard.clone().cleanup_loop(), cleanup_queue)
-        .expect("the queue was just created")
-        .detach();
-    let tasks = Rc::new(Semaphore::new(SHARD_TASKS_MAX));
-    let reply = loop {
-        match receiver.recv_async().await {
-            Ok(Message::Job(job)) => {
-                let Ok(permit) = tasks.acquire_static_permit(1).await else {
-                    break None;
-                };
-                let future = job(shard.clone());
-                glommio::spawn_local(async move {
-                    future.await;
-                    drop(permit);
-                })
+}
+
+impl Service for EngineService {
+    type Error = Error;
+
+    fn start(&self, shard: usize) -> ShardFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let state = Rc::new(Shard {
+                id: shard,
+                config: self.config.clone(),
+                logs: RefCell::new(HashMap::new()),
+                metrics: Rc::new(Metrics::default()),
+            });
+            coremq_runtime::install(state.clone());
+            state.open_existing(self.config.shards).await?;
+            let cleanup_queue = glommio::executor().create_task_queue(
+                Shares::Static(100),
+                Latency::NotImportant,
+                "cleanup",
+            );
+            glommio::spawn_local_into(state.cleanup_loop(), cleanup_queue)
+                .expect("the queue was just created")
                 .detach();
+            Ok(())
+        })
+    }
+
+    fn stop(&self, _shard: usize) -> ShardFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let Some(state) = coremq_runtime::remove::<Shard>() else {
+                return Ok(());
+            };
+            let mut result = Ok(());
+            for log in state.logs() {
+                if let Err(error) = log.close().await {
+                    result = Err(error);
+                }
             }
-            Ok(Message::Shutdown(reply)) => break Some(reply),
-            Err(_) => break None,
-        }
-    };
-    shard.stopping.set(true);
-    // In-flight calls finish first, but a call waiting on something that never comes (a
-    // client's rebalance, a stuck disk) must not keep the process from exiting.
-    let finished = futures_lite::future::or(
-        async {
-            let _ = tasks.acquire(SHARD_TASKS_MAX).await;
-            true
-        },
-        async {
-            glommio::timer::sleep(SHUTDOWN_CALLS_GRACE).await;
-            false
-        },
-    )
-    .await;
-    if !finished {
-        log::warn!(
-            "shard {id}: {} calls still running {} s into shutdown; closing the logs anyway",
-            SHARD_TASKS_MAX - tasks.available(),
-            SHUTDOWN_CALLS_GRACE.as_secs()
-        );
-    }
-    let mut result = Ok(());
-    for log in shard.logs() {
-        if let Err(error) = log.close().await {
-            result = Err(error);
-        }
-    }
-    CURRENT.with(|current| current.borrow_mut().take());
-    if let Some(reply) = reply {
-        let _ = reply.send(result);
+            result
+        })
     }
 }
 
 /// A cloneable, `Send` handle to a running engine.
 #[derive(Clone)]
 pub struct Handle {
-    senders: Arc<Vec<flume::Sender<Message>>>,
+    shards: Shards,
     placement: Arc<BTreeMap<String, usize>>,
 }
 
 impl std::fmt::Debug for Handle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handle")
-            .field("shards", &self.senders.len())
+            .field("shards", &self.shards.count())
             .finish()
     }
 }
 
 impl Handle {
     pub fn shard_count(&self) -> usize {
-        self.senders.len()
+        self.shards.count()
     }
 
     pub fn shard_of(&self, topic_partition: &TopicPartition) -> usize {
-        placement(topic_partition, self.senders.len(), &self.placement)
+        placement(topic_partition, self.shards.count(), &self.placement)
     }
 
     /// Runs `work` on shard `shard` and returns its result: directly if the caller is on
@@ -351,23 +301,12 @@ impl Handle {
         F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T>> + 'static,
     {
-        if let Some(local) = Shard::current()
-            && local.id == shard
-            && !local.stopping.get()
-        {
-            return work(local).await;
-        }
-        let (reply, answer) = flume::bounded(1);
-        let job: Job = Box::new(move |shard| {
-            Box::pin(async move {
-                let _ = reply.send(work(shard).await);
+        self.shards
+            .run_on(shard, move || async move {
+                let local = Shard::current().ok_or(Error::ShuttingDown)?;
+                work(local).await
             })
-        });
-        self.senders[shard]
-            .send_async(Message::Job(job))
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
-        answer.recv_async().await.map_err(|_| Error::ShuttingDown)?
+            .await?
     }
 
     async fn with_log<T, F, Fut>(&self, topic_partition: &TopicPartition, work: F) -> Result<T>
@@ -600,7 +539,7 @@ impl Handle {
 /// until every [`Handle`] is gone.
 pub struct Engine {
     handle: Handle,
-    threads: Vec<ExecutorJoinHandle<()>>,
+    runtime: Runtime<EngineService>,
     /// Held until the shards are joined (fields drop in order, after `shutdown`'s joins).
     _lock: DirLock,
 }
@@ -616,64 +555,28 @@ impl Engine {
         }
         config.log_defaults.validate()?;
         let lock = prepare_data_dir(&config.data_dir)?;
-        raise_memlock(config.io_memory_bytes as u64 * config.shards as u64);
-        preflight()?;
-        let cpus = online_cpus();
-        let config = Arc::new(config);
-        let (ready_sender, ready) = std::sync::mpsc::channel();
-        let mut senders = Vec::new();
-        let mut threads = Vec::new();
-        for id in 0..config.shards {
-            let (sender, receiver) = flume::bounded(config.shard_queue_depth);
-            senders.push(sender);
-            let placement = match (&cpus[..], config.pin_shards) {
-                ([], _) | (_, false) => Placement::Unbound,
-                (cpus, true) => Placement::Fixed(cpus[id % cpus.len()]),
-            };
-            let shard_config = config.clone();
-            let ready_sender = ready_sender.clone();
-            let shards = config.shards;
-            let thread = LocalExecutorBuilder::new(placement)
-                .name(&format!("coremq-shard-{id}"))
-                .io_memory(config.io_memory_bytes)
-                .preempt_timer(Duration::from_millis(2))
-                .spawn(move || shard_main(id, shards, shard_config, receiver, ready_sender))
-                .map_err(|error| Error::Io {
-                    path: config.data_dir.clone(),
-                    op: "start shard executor (io_uring)",
-                    source: std::io::Error::other(error.to_string()),
-                })?;
-            threads.push(thread);
-        }
-        drop(ready_sender);
-        let handle = Handle {
-            senders: Arc::new(senders),
-            placement: Arc::new(config.placement.clone()),
+        let runtime_config = RuntimeConfig {
+            shards: config.shards,
+            pin: config.pin_shards,
+            io_memory_bytes: config.io_memory_bytes,
+            queue_depth: config.shard_queue_depth,
+            tasks_max: SHARD_TASKS_MAX,
+            shutdown_grace: SHUTDOWN_CALLS_GRACE,
+            name: "coremq-shard".into(),
         };
-        let engine = Engine {
-            handle,
-            threads,
+        let placement = Arc::new(config.placement.clone());
+        let service = Arc::new(EngineService {
+            config: Arc::new(config),
+        });
+        let runtime = Runtime::start(runtime_config, service)?;
+        Ok(Engine {
+            handle: Handle {
+                shards: runtime.shards(),
+                placement,
+            },
+            runtime,
             _lock: lock,
-        };
-        let mut failure = None;
-        for _ in 0..config.shards {
-            match ready.recv() {
-                Ok((_, Ok(()))) => {}
-                Ok((_, Err(error))) => {
-                    failure.get_or_insert(error);
-                }
-                Err(_) => {
-                    failure.get_or_insert(Error::ShuttingDown);
-                }
-            }
-        }
-        match failure {
-            None => Ok(engine),
-            Some(error) => {
-                let _ = engine.shutdown();
-                Err(error)
-            }
-        }
+        })
     }
 
     pub fn handle(&self) -> Handle {
@@ -682,48 +585,12 @@ impl Engine {
 
     /// Stops every shard after its in-flight calls finish; flushes and closes every log.
     pub fn shutdown(self) -> Result<()> {
-        let mut result = Ok(());
-        let mut replies = Vec::new();
-        for sender in self.handle.senders.iter() {
-            let (reply, answer) = std::sync::mpsc::channel();
-            if sender.send(Message::Shutdown(reply)).is_ok() {
-                replies.push(answer);
-            }
-        }
-        for answer in replies {
-            if let Ok(Err(error)) = answer.recv() {
-                result = Err(error);
-            }
-        }
-        for thread in self.threads {
-            let _ = thread.join();
-        }
-        result
+        self.runtime.shutdown()
     }
 }
 
-/// Makes any panic, on a shard or any other thread, log what happened and abort the process.
-///
-/// A shard owns its logs outright: when its thread dies, its partitions have no owner, and
-/// a process that kept running would accept connections it can never answer. As Kafka
-/// (`Exit.halt`) and Redpanda (`vassert` aborts) do, the process stops instead and its
-/// supervisor (systemd, Kubernetes) starts it again; recovery then runs as after a crash.
-/// The `coremq` binary calls this first thing. An embedding program decides for itself:
-/// without it, a panicking shard's thread ends and calls for its logs fail with
-/// [`Error::ShuttingDown`].
-pub fn abort_on_panic() {
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        report(info);
-        let thread = std::thread::current();
-        log::error!(
-            "thread {} panicked ({info}): aborting the process so that a supervisor restarts \
-             it (recovery runs as after a crash)",
-            thread.name().unwrap_or("unnamed")
-        );
-        std::process::abort();
-    }));
-}
+/// Makes any panic abort the process (see [`coremq_runtime::abort_on_panic`]).
+pub use coremq_runtime::abort_on_panic;
 
 /// Creates and locks the data directory, then removes what an interrupted deletion left.
 fn prepare_data_dir(data_dir: &Path) -> Result<DirLock> {
@@ -741,68 +608,4 @@ fn prepare_data_dir(data_dir: &Path) -> Result<DirLock> {
         }
     }
     Ok(lock)
-}
-
-/// Raises the soft memlock limit toward what the shards register with io_uring, as far
-/// as the hard limit allows. glommio falls back to unregistered buffers beyond it.
-fn raise_memlock(needed: u64) {
-    let Ok((soft, hard)) = rlimit::Resource::MEMLOCK.get() else {
-        return;
-    };
-    let wanted = (needed + (8 << 20)).min(hard);
-    if soft < wanted {
-        let _ = rlimit::Resource::MEMLOCK.set(wanted, hard);
-    }
-}
-
-/// Locked memory the shards' io_uring rings need before any buffer is registered: below
-/// it glommio cannot start an executor (measured with glommio 0.12 on Linux 6.18: 384 KiB
-/// fails, 512 KiB starts any number of shards).
-pub const MEMLOCK_MIN_BYTES: u64 = 512 << 10;
-
-/// Checks that the system gives the shards io_uring and enough locked memory, so a refusal
-/// reads as its cause and fix rather than as a failed executor.
-fn preflight() -> Result<()> {
-    if let Err(error) = io_uring::IoUring::new(4) {
-        let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-            .map(|text| text.trim().to_string())
-            .unwrap_or_default();
-        let cause = if disabled == "1" || disabled == "2" {
-            format!(
-                "kernel.io_uring_disabled is {disabled}: set it to 0 (sysctl -w kernel.io_uring_disabled=0)"
-            )
-        } else {
-            "in a container, the default seccomp profile (Docker, containerd, Kubernetes \
-             RuntimeDefault) blocks io_uring_setup: run with a profile that allows the \
-             io_uring_* system calls (for example docker run --security-opt \
-             seccomp=unconfined); Linux 5.8 or later is required"
-                .to_string()
-        };
-        return Err(Error::System {
-            reason: format!("io_uring is unavailable ({error}); {cause}"),
-        });
-    }
-    if let Ok((soft, _)) = rlimit::Resource::MEMLOCK.get()
-        && soft < MEMLOCK_MIN_BYTES
-    {
-        return Err(Error::System {
-            reason: format!(
-                "the locked-memory limit (RLIMIT_MEMLOCK) is {} KiB; io_uring needs at least {} KiB. \
-                 Raise it: ulimit -l unlimited, LimitMEMLOCK=infinity in a systemd unit, or \
-                 docker run --ulimit memlock=-1",
-                soft >> 10,
-                MEMLOCK_MIN_BYTES >> 10
-            ),
-        });
-    }
-    Ok(())
-}
-
-fn online_cpus() -> Vec<usize> {
-    let mut cpus: Vec<usize> = match glommio::CpuSet::online() {
-        Ok(set) => set.into_iter().map(|location| location.cpu).collect(),
-        Err(_) => Vec::new(),
-    };
-    cpus.sort_unstable();
-    cpus
 }

@@ -171,6 +171,18 @@ impl std::error::Error for Error {
     }
 }
 
+#[cfg(feature = "runtime")]
+impl From<coremq_runtime::Error> for Error {
+    fn from(error: coremq_runtime::Error) -> Error {
+        match error {
+            coremq_runtime::Error::ShuttingDown => Error::ShuttingDown,
+            other => Error::System {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
 impl Error {
     pub(crate) fn invalid_batch(reason: impl Into<String>) -> Error {
         Error::InvalidBatch {

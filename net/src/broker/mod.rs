@@ -80,18 +80,10 @@ pub(crate) struct Context {
     pub ips: connection::ConnectionsByIp,
 }
 
-thread_local! {
-    static CONTEXT: RefCell<Option<Rc<Context>>> = const { RefCell::new(None) };
-}
-
 impl Context {
+    /// This shard's context (kept in the runtime's per-shard state slot).
     pub fn current() -> Rc<Context> {
-        CONTEXT.with(|context| {
-            context
-                .borrow()
-                .clone()
-                .expect("broker context installed on every shard")
-        })
+        coremq_runtime::local::<Context>().expect("broker context installed on every shard")
     }
 
     /// Open Kafka connections served on this shard.
@@ -427,7 +419,7 @@ impl Broker {
                         closes: closes::CloseLog::new(),
                         ips,
                     });
-                    CONTEXT.with(|slot| *slot.borrow_mut() = Some(context.clone()));
+                    coremq_runtime::install(context.clone());
                     let loaded = groups::load(&context).await?;
                     if loaded > 0 {
                         log::info!("shard {shard}: {loaded} committed offsets recovered");

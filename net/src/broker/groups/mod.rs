@@ -167,7 +167,7 @@ pub async fn load(context: &Context) -> Result<usize, coremq_engine::Error> {
     let Some(topic) = context.topics().get(OFFSETS_TOPIC).cloned() else {
         return Ok(0);
     };
-    let shard = coremq_engine::engine::Shard::current().map_or(0, |shard| shard.id());
+    let shard = coremq_runtime::current_shard().unwrap_or(0);
     let mut loaded = 0;
     for partition in 0..topic.partitions {
         let log = TopicPartition::new(OFFSETS_TOPIC, partition)?;
