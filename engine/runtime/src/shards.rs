@@ -121,7 +121,7 @@ impl Shards {
 pub struct Runtime<S: Service> {
     shards: Shards,
     threads: Vec<ExecutorJoinHandle<()>>,
-    stopped: std::sync::mpsc::Receiver<Result<(), S::Error>>,
+    stopped: flume::Receiver<Result<(), S::Error>>,
     service: PhantomData<S>,
 }
 
@@ -132,8 +132,8 @@ impl<S: Service> Runtime<S> {
         raise_memlock(config.io_memory_bytes as u64 * config.shards as u64);
         preflight()?;
         let cpus = online_cpus();
-        let (ready_sender, ready) = std::sync::mpsc::channel();
-        let (stopped_sender, stopped) = std::sync::mpsc::channel();
+        let (ready_sender, ready) = flume::unbounded();
+        let (stopped_sender, stopped) = flume::unbounded();
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         let mut failure = None;
@@ -232,8 +232,8 @@ struct ShardMain<S: Service> {
     id: usize,
     service: Arc<S>,
     receiver: flume::Receiver<Message>,
-    ready: std::sync::mpsc::Sender<Result<(), S::Error>>,
-    stopped: std::sync::mpsc::Sender<Result<(), S::Error>>,
+    ready: flume::Sender<Result<(), S::Error>>,
+    stopped: flume::Sender<Result<(), S::Error>>,
     tasks_max: u64,
     grace: Duration,
 }

@@ -100,7 +100,9 @@ fn calls_run_on_the_shard_they_name_with_its_state() {
             .await
             .unwrap();
         let here = inner
-            .run_on(0, || async { coremq_runtime::local::<Tens>().map(|tens| tens.0) })
+            .run_on(0, || async {
+                coremq_runtime::local::<Tens>().map(|tens| tens.0)
+            })
             .await
             .unwrap();
         (there, here)
@@ -130,6 +132,8 @@ fn a_failed_start_stops_every_shard_and_says_why() {
 
 #[test]
 fn shutdown_returns_a_failed_stop() {
+    fn shareable<T: Send + Sync>(_: &T) {}
     let runtime = Runtime::start(config(2), service(None, Some(1))).unwrap();
+    shareable(&runtime);
     assert_eq!(runtime.shutdown(), Err(TestError::Refused(1)));
 }
