@@ -107,8 +107,8 @@ fn check_assignment<'a>(
     }
 }
 
-fn engine_failure(error: coremq_engine::Error) -> Failure {
-    (errors::code(&error), error.to_string())
+fn broker_failure(error: super::Error) -> Failure {
+    (errors::broker_code(&error), error.to_string())
 }
 
 fn described_configs(
@@ -244,7 +244,7 @@ async fn create_topic(
             error_code::TOPIC_ALREADY_EXISTS,
             format!("topic {:?} already exists", topic.name),
         ),
-        Err(error) => Err(engine_failure(error)),
+        Err(error) => Err(broker_failure(error)),
     }
 }
 
@@ -286,7 +286,7 @@ pub async fn delete_topics(
                     Ok(topic)
                 }
                 Ok(false) => fail(error_code::UNKNOWN_TOPIC_OR_PARTITION, "no such topic"),
-                Err(error) => Err(engine_failure(error)),
+                Err(error) => Err(broker_failure(error)),
             },
         };
         responses.push(match outcome {
@@ -369,7 +369,7 @@ async fn add_partitions(
     context
         .add_partitions(topic.name.clone(), count)
         .await
-        .map_err(engine_failure)
+        .map_err(broker_failure)
 }
 
 /// The broker's own settings under Kafka's names, with Kafka's config types: name, value,
@@ -599,7 +599,7 @@ async fn apply_overrides(
     context
         .set_topic_configs(name.to_string(), overrides)
         .await
-        .map_err(engine_failure)
+        .map_err(broker_failure)
 }
 
 pub async fn alter_configs(

@@ -1,4 +1,4 @@
-//! Engine errors as Kafka error codes.
+//! Engine and broker errors as Kafka error codes.
 
 use coremq_engine::Error;
 
@@ -25,5 +25,18 @@ pub fn code(error: &Error) -> i16 {
         // Retriable: the client tries again once the broker is back.
         Error::ShuttingDown => error_code::NOT_LEADER_OR_FOLLOWER,
         _ => error_code::UNKNOWN_SERVER_ERROR,
+    }
+}
+
+/// The Kafka error code for a broker error.
+pub fn broker_code(error: &super::Error) -> i16 {
+    use super::Error as Broker;
+    match error {
+        Broker::Engine(error) => code(error),
+        Broker::Step { source, .. } => broker_code(source),
+        Broker::UnknownTopic { .. } => error_code::UNKNOWN_TOPIC_OR_PARTITION,
+        Broker::TopicConfig { .. } | Broker::Config { .. } => error_code::INVALID_CONFIG,
+        Broker::Metadata { .. } => error_code::KAFKA_STORAGE_ERROR,
+        Broker::Listen { .. } | Broker::Admin { .. } => error_code::UNKNOWN_SERVER_ERROR,
     }
 }

@@ -12,26 +12,28 @@
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 
-use super::StartError;
+use super::Error;
 
 /// Fails when some process already listens on `address` (port 0 always has room). The
 /// plain bind also fails while connections a previous process accepted on the port linger
 /// (FIN_WAIT, TIME_WAIT); then the listening sockets are counted instead.
-pub(crate) fn probe(address: SocketAddr, what: &str) -> Result<(), StartError> {
+pub(crate) fn probe(address: SocketAddr, what: &str) -> Result<(), Error> {
     if address.port() == 0 {
         return Ok(());
     }
     match std::net::TcpListener::bind(address) {
         Ok(_) => Ok(()),
         Err(error) if error.kind() == ErrorKind::AddrInUse => verify(address, 0, what),
-        Err(error) => Err(StartError(format!(
-            "cannot listen for {what} on {address}: {error}"
-        ))),
+        Err(error) => Err(Error::Listen {
+            what: what.into(),
+            address,
+            reason: error.to_string(),
+        }),
     }
 }
 
 /// Fails when more sockets listen on `address` than the `ours` this process opened.
-pub(crate) fn verify(address: SocketAddr, ours: usize, what: &str) -> Result<(), StartError> {
+pub(crate) fn verify(address: SocketAddr, ours: usize, what: &str) -> Result<(), Error> {
     let table = if address.is_ipv4() {
         "/proc/net/tcp"
     } else {
@@ -48,11 +50,14 @@ pub(crate) fn verify(address: SocketAddr, ours: usize, what: &str) -> Result<(),
     Ok(())
 }
 
-fn in_use(address: SocketAddr, what: &str) -> StartError {
-    StartError(format!(
-        "cannot listen for {what} on {address}: address in use (another process listens \
-         there; stop it or choose another address)"
-    ))
+fn in_use(address: SocketAddr, what: &str) -> Error {
+    Error::Listen {
+        what: what.into(),
+        address,
+        reason: "address in use (another process listens there; stop it or choose another \
+                 address)"
+            .into(),
+    }
 }
 
 /// Sockets in state LISTEN bound exactly to `address` in a `/proc/net/tcp{,6}` table.
@@ -102,7 +107,7 @@ mod tests {
         assert!(verify(address, 1, "Kafka clients").is_ok());
         assert!(verify(address, 0, "Kafka clients").is_err());
         let error = probe(address, "Kafka clients").unwrap_err();
-        assert!(error.0.contains("address in use"), "{error}");
+        assert!(error.to_string().contains("address in use"), "{error}");
         drop(listener);
         assert!(probe(address, "Kafka clients").is_ok());
     }

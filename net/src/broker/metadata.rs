@@ -171,7 +171,7 @@ async fn auto_create(context: &Context, name: &str) -> Result<Arc<Topic>, i16> {
             .ok_or(error_code::UNKNOWN_TOPIC_OR_PARTITION),
         Err(error) => {
             log::warn!("auto-creating topic {name}: {error}");
-            Err(super::errors::code(&error))
+            Err(super::errors::broker_code(&error))
         }
     }
 }

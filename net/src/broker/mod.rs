@@ -9,6 +9,7 @@ pub mod config;
 mod configs;
 mod connection;
 mod dispatch;
+mod error;
 mod errors;
 mod fetch;
 mod groups;
@@ -19,6 +20,8 @@ mod produce;
 mod producer_ids;
 mod replicas;
 pub mod topics;
+
+pub use error::Error;
 
 /// The `__consumer_offsets` record layout (its decoders read what is on disk).
 pub use groups::offsets as group_offsets;
@@ -36,18 +39,6 @@ use glommio::sync::Semaphore;
 pub use config::{AcceptMode, BrokerConfig};
 pub use configs::parse_cleanup_policy;
 use topics::{Topic, TopicStore, TopicTable};
-
-/// Why the broker could not start.
-#[derive(Debug)]
-pub struct StartError(pub String);
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StartError {}
 
 /// A shard's broker state: reached from connection tasks and from closures the engine runs
 /// on the shard.
@@ -137,28 +128,30 @@ impl Context {
 
     /// Runs `change` on shard 0, one topic change at a time; it returns the new table (if
     /// any), which is saved and installed on every shard before the answer.
-    async fn change_topics<T, F, Fut>(&self, change: F) -> Result<T, coremq_engine::Error>
+    async fn change_topics<T, F, Fut>(&self, change: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(Rc<Context>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(Option<TopicTable>, T), coremq_engine::Error>> + 'static,
+        Fut: Future<Output = Result<(Option<TopicTable>, T), Error>> + 'static,
     {
-        self.handle
-            .on_shard(0, move |_| async move {
-                let context = Context::current();
-                let _change = context
-                    .topic_changes
-                    .acquire_permit(1)
-                    .await
-                    .map_err(|_| coremq_engine::Error::ShuttingDown)?;
+        let changed = self.handle.on_shard(0, move |_| async move {
+            let context = Context::current();
+            let _change = context
+                .topic_changes
+                .acquire_permit(1)
+                .await
+                .map_err(|_| coremq_engine::Error::ShuttingDown)?;
+            let changed = async {
                 let (table, answer) = change(context.clone()).await?;
                 if let Some(table) = table {
-                    save_table(&context.store, &context.config, &table).await?;
+                    context.store.save(&table).await?;
                     context.publish(table).await;
                 }
-                Ok(answer)
-            })
-            .await
+                Ok::<T, Error>(answer)
+            };
+            Ok(changed.await)
+        });
+        changed.await?
     }
 
     /// Creates topic `name` with `partitions` partitions and config `overrides` (checked by
@@ -168,7 +161,7 @@ impl Context {
         name: String,
         partitions: u32,
         overrides: std::collections::BTreeMap<String, String>,
-    ) -> Result<Option<Arc<Topic>>, coremq_engine::Error> {
+    ) -> Result<Option<Arc<Topic>>, Error> {
         self.change_topics(move |context| async move {
             if context.topics().get(&name).is_some() {
                 return Ok((None, None));
@@ -195,7 +188,7 @@ impl Context {
 
     /// Deletes topic `name`: out of the table first (so an interrupted deletion finishes at
     /// the next start), then its logs. `Ok(false)` if there is no such topic.
-    pub async fn delete_topic(&self, name: String) -> Result<bool, coremq_engine::Error> {
+    pub async fn delete_topic(&self, name: String) -> Result<bool, Error> {
         let deleted = self
             .change_topics(move |context| async move {
                 let table = context.topics();
@@ -216,17 +209,13 @@ impl Context {
     }
 
     /// Grows topic `name` to `count` partitions (checked by the caller to be more).
-    pub async fn add_partitions(
-        &self,
-        name: String,
-        count: u32,
-    ) -> Result<(), coremq_engine::Error> {
+    pub async fn add_partitions(&self, name: String, count: u32) -> Result<(), Error> {
         self.change_topics(move |context| async move {
             let table = context.topics();
             let topic = table
                 .get(&name)
                 .cloned()
-                .ok_or_else(|| coremq_engine::Error::UnknownLog { name: name.clone() })?;
+                .ok_or_else(|| Error::UnknownTopic { name: name.clone() })?;
             let config = topic_log_config(&context.config, &name, &topic.configs)?;
             for partition in topic.partitions..count {
                 let log = TopicPartition::new(name.clone(), partition)?;
@@ -250,7 +239,7 @@ impl Context {
         &self,
         name: String,
         overrides: std::collections::BTreeMap<String, String>,
-    ) -> Result<(), coremq_engine::Error> {
+    ) -> Result<(), Error> {
         self.change_topics(move |context| async move {
             let table = context.topics();
             let Some(topic) = table.get(&name).cloned() else {
@@ -263,7 +252,7 @@ impl Context {
             };
             let table = table.with(changed);
             // The table first: a restart applies its configs to the logs (reconcile).
-            save_table(&context.store, &context.config, &table).await?;
+            context.store.save(&table).await?;
             for partition in 0..topic.partitions {
                 let log = TopicPartition::new(name.clone(), partition)?;
                 context.handle.set_config(&log, config.clone()).await?;
@@ -288,34 +277,38 @@ pub struct Broker {
 
 impl Broker {
     /// Opens the data directory, recovers every log, and starts listening on every shard.
-    pub fn start(config: BrokerConfig) -> Result<Broker, StartError> {
+    pub fn start(config: BrokerConfig) -> Result<Broker, Error> {
         if config.shard_request_bytes_max < config.socket_request_max_bytes {
-            return Err(StartError(format!(
-                "shard_request_bytes_max ({}) must be at least socket_request_max_bytes ({})",
-                config.shard_request_bytes_max, config.socket_request_max_bytes
-            )));
+            return Err(Error::Config {
+                reason: format!(
+                    "shard_request_bytes_max ({}) must be at least socket_request_max_bytes ({})",
+                    config.shard_request_bytes_max, config.socket_request_max_bytes
+                ),
+            });
         }
         if config.kafka_listener.ip().is_unspecified() && config.advertised_host.is_none() {
             // Kafka refuses to advertise the non-routable meta-address too.
-            return Err(StartError(format!(
-                "the Kafka listener {} is a wildcard address, which clients cannot connect \
-                 to: set --advertised-host (COREMQ_ADVERTISED_HOST) to the host name or \
-                 address clients should use",
-                config.kafka_listener
-            )));
+            return Err(Error::Config {
+                reason: format!(
+                    "the Kafka listener {} is a wildcard address, which clients cannot connect \
+                     to: set --advertised-host (COREMQ_ADVERTISED_HOST) to the host name or \
+                     address clients should use",
+                    config.kafka_listener
+                ),
+            });
         }
         let config = Arc::new(config);
         for dir in [config.logs_dir(), config.meta_dir()] {
-            std::fs::create_dir_all(&dir).map_err(|error| {
-                StartError(format!(
+            std::fs::create_dir_all(&dir).map_err(|error| Error::Config {
+                reason: format!(
                     "data directory {} is unusable: {error}: give the broker a directory \
                      it can create and write (--data-dir or COREMQ_DATA_DIR)",
                     dir.display()
-                ))
+                ),
             })?;
         }
         let store = TopicStore::new(&config.meta_dir());
-        let mut table = store.load().map_err(StartError)?;
+        let mut table = store.load()?;
         let shards = if config.shards == 0 {
             std::thread::available_parallelism().map_or(1, |cores| cores.get())
         } else {
@@ -326,21 +319,26 @@ impl Broker {
             pin_shards: config.pin_shards,
             ..EngineConfig::new(config.logs_dir())
         })
-        .map_err(|error| StartError(format!("storage engine: {error}")))?;
+        .map_err(|error| Error::step("storage engine", error))?;
         let handle = engine.handle();
         futures_lite::future::block_on(reconcile(&handle, &config, &table))
-            .map_err(|error| StartError(format!("recovering topics: {error}")))?;
+            .map_err(|error| Error::step("recovering topics", error))?;
         if table.get(groups::OFFSETS_TOPIC).is_none() {
             let (on_shard, store, config) = (handle.clone(), store.clone(), config.clone());
-            table = futures_lite::future::block_on(handle.on_shard(0, move |_| async move {
-                create_offsets_topic(&on_shard, &store, &table, &config).await
-            }))
-            .map_err(|error| StartError(format!("creating {}: {error}", groups::OFFSETS_TOPIC)))?;
+            let created = futures_lite::future::block_on(handle.on_shard(0, move |_| async move {
+                Ok(create_offsets_topic(&on_shard, &store, &table, &config).await)
+            }));
+            table = created
+                .map_err(Error::from)
+                .and_then(|created| created)
+                .map_err(|error| {
+                    Error::step(format!("creating {}", groups::OFFSETS_TOPIC), error)
+                })?;
         }
         let table = Arc::new(table);
         let phase = http::PhaseCell::new();
         let admin = http::AdminServer::start(config.admin_listener, handle.clone(), phase.clone())
-            .map_err(StartError)?;
+            .map_err(|reason| Error::Admin { reason })?;
         // Shard 0 binds first; the others bind the address it got (a port of 0 means one
         // port for all of them). No other process may share it (listener.rs).
         listener::probe(config.kafka_listener, "Kafka clients")?;
@@ -356,36 +354,32 @@ impl Broker {
             let store = store.clone();
             let shard_handle = handle.clone();
             let producer_ids = if shard == 0 {
-                let reserved_end = producer_ids::ProducerIds::stored_end(&config.meta_dir())
-                    .map_err(StartError)?;
+                let reserved_end = producer_ids::ProducerIds::stored_end(&config.meta_dir())?;
                 Some((config.meta_dir(), reserved_end))
             } else {
                 None
             };
             let bound =
                 futures_lite::future::block_on(handle.on_shard(shard, move |_| async move {
+                    let cannot_listen = |reason: String| Error::Listen {
+                        what: "Kafka clients".into(),
+                        address,
+                        reason,
+                    };
                     let listener = if listens {
-                        let listener = TcpListener::bind(address).map_err(|error| {
-                            coremq_engine::Error::Io {
-                                path: address.to_string().into(),
-                                op: "listen on",
-                                source: std::io::Error::other(error.to_string()),
-                            }
-                        })?;
-                        Some(listener)
+                        match TcpListener::bind(address) {
+                            Ok(listener) => Some(listener),
+                            Err(error) => return Ok(Err(cannot_listen(error.to_string()))),
+                        }
                     } else {
                         None
                     };
                     // With port 0, the bound port is the one clients are told of.
-                    let bound = match &listener {
-                        Some(listener) => {
-                            listener
-                                .local_addr()
-                                .map_err(|error| coremq_engine::Error::Io {
-                                    path: address.to_string().into(),
-                                    op: "read the address of",
-                                    source: std::io::Error::other(error.to_string()),
-                                })?
+                    let bound = match listener.as_ref().map(TcpListener::local_addr) {
+                        Some(Ok(bound)) => bound,
+                        Some(Err(error)) => {
+                            let reason = format!("reading the bound address: {error}");
+                            return Ok(Err(cannot_listen(reason)));
                         }
                         None => address,
                     };
@@ -429,9 +423,10 @@ impl Broker {
                     if let Some(listener) = listener {
                         glommio::spawn_local(connection::accept_loop(context, listener)).detach();
                     }
-                    Ok(bound)
+                    Ok(Ok(bound))
                 }))
-                .map_err(|error| StartError(error.to_string()))?;
+                .map_err(Error::from)
+                .and_then(|bound| bound)?;
             address = bound;
         }
         let listeners = match config.accept {
@@ -508,7 +503,7 @@ impl Broker {
 
     /// Stops accepting, lets connections finish the requests they have read (up to
     /// `grace`), then flushes and closes every log.
-    pub fn shutdown(self, grace: Duration) -> Result<(), StartError> {
+    pub fn shutdown(self, grace: Duration) -> Result<(), Error> {
         self.phase.set(http::Phase::Stopping);
         for shard in 0..self.handle.shard_count() {
             let _ =
@@ -526,36 +521,19 @@ impl Broker {
         drop(self.admin);
         self.engine
             .shutdown()
-            .map_err(|error| StartError(format!("flushing logs: {error}")))
+            .map_err(|error| Error::step("flushing logs", error))
     }
 }
 
-/// Writes the topic table, failing as an engine error.
-async fn save_table(
-    store: &TopicStore,
-    config: &BrokerConfig,
-    table: &TopicTable,
-) -> Result<(), coremq_engine::Error> {
-    store
-        .save(table)
-        .await
-        .map_err(|reason| coremq_engine::Error::Corrupt {
-            path: config.meta_dir(),
-            reason,
-        })
-}
-
-/// A topic's log settings (see `configs::log_config`), failing as an engine error.
+/// A topic's log settings (see `configs::log_config`).
 fn topic_log_config(
     config: &BrokerConfig,
     name: &str,
     overrides: &std::collections::BTreeMap<String, String>,
-) -> Result<coremq_engine::LogConfig, coremq_engine::Error> {
-    configs::log_config(config, name, overrides).map_err(|reason| {
-        coremq_engine::Error::InvalidConfig {
-            key: "topic config",
-            reason,
-        }
+) -> Result<coremq_engine::LogConfig, Error> {
+    configs::log_config(config, name, overrides).map_err(|reason| Error::TopicConfig {
+        topic: name.to_string(),
+        reason,
     })
 }
 
@@ -565,7 +543,7 @@ async fn create_offsets_topic(
     store: &TopicStore,
     table: &TopicTable,
     config: &BrokerConfig,
-) -> Result<TopicTable, coremq_engine::Error> {
+) -> Result<TopicTable, Error> {
     let partitions = config.offsets_topic_partitions.max(1);
     for partition in 0..partitions {
         let log = TopicPartition::new(groups::OFFSETS_TOPIC, partition)?;
@@ -579,7 +557,7 @@ async fn create_offsets_topic(
         partitions,
         configs: [("cleanup.policy".to_string(), "compact".to_string())].into(),
     });
-    save_table(store, config, &table).await?;
+    store.save(&table).await?;
     Ok(table)
 }
 
@@ -589,7 +567,7 @@ async fn reconcile(
     handle: &Handle,
     broker: &BrokerConfig,
     table: &TopicTable,
-) -> Result<(), coremq_engine::Error> {
+) -> Result<(), Error> {
     let logs = handle.list_logs().await?;
     for log in &logs {
         let known = table

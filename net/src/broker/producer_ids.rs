@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use glommio::sync::Semaphore;
 
-use super::Context;
+use super::{Context, Error};
 use crate::protocol::error_code;
 use crate::protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 
@@ -26,17 +26,21 @@ pub struct ProducerIds {
 
 impl ProducerIds {
     /// The end of the last reserved block as stored in `meta_dir` (0 with none).
-    pub fn stored_end(meta_dir: &Path) -> Result<i64, String> {
+    pub fn stored_end(meta_dir: &Path) -> Result<i64, Error> {
         let path = meta_dir.join(FILE);
+        let unusable = |reason: String| Error::Metadata {
+            path: path.clone(),
+            reason,
+        };
         match std::fs::read_to_string(&path) {
             Ok(text) => text
                 .trim()
                 .parse::<i64>()
                 .ok()
                 .filter(|end| *end >= 0)
-                .ok_or_else(|| format!("{}: not a producer id: {text:?}", path.display())),
+                .ok_or_else(|| unusable(format!("not a producer id: {text:?}"))),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(error) => Err(format!("{}: {error}", path.display())),
+            Err(error) => Err(unusable(error.to_string())),
         }
     }
 

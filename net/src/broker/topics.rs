@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::Error;
 use crate::protocol::codec::Uuid;
 
 /// One topic.
@@ -169,21 +170,27 @@ impl TopicStore {
         }
     }
 
-    pub fn load(&self) -> Result<TopicTable, String> {
+    pub fn load(&self) -> Result<TopicTable, Error> {
+        let unusable = |reason: String| Error::Metadata {
+            path: self.path.clone(),
+            reason,
+        };
         match std::fs::read_to_string(&self.path) {
-            Ok(text) => TopicTable::decode(&text)
-                .map_err(|error| format!("{}: {error}", self.path.display())),
+            Ok(text) => TopicTable::decode(&text).map_err(unusable),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(TopicTable::default()),
-            Err(error) => Err(format!("{}: {error}", self.path.display())),
+            Err(error) => Err(unusable(error.to_string())),
         }
     }
 
     /// Replaces the stored table (on the shard's blocking thread).
-    pub async fn save(&self, table: &TopicTable) -> Result<(), String> {
+    pub async fn save(&self, table: &TopicTable) -> Result<(), Error> {
         let dir = self.path.parent().expect("the store has a directory");
         coremq_engine::storage::write_atomically(dir, "topics.json", table.encode().into_bytes())
             .await
-            .map_err(|error| error.to_string())
+            .map_err(|error| Error::Metadata {
+                path: self.path.clone(),
+                reason: error.to_string(),
+            })
     }
 }
 
