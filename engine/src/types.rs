@@ -37,8 +37,8 @@ impl Timestamp {
     }
 }
 
-/// Longest topic name Kafka accepts (249, so `name-partition` fits a 255-byte file name).
-pub const TOPIC_NAME_LENGTH_MAX: usize = 249;
+/// Longest log directory name: the file-system limit on one path component.
+const DIR_NAME_BYTES_MAX: usize = 255;
 
 /// A topic-partition: the unit of ordering, ownership and storage (one log).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,11 +48,30 @@ pub struct TopicPartition {
 }
 
 impl TopicPartition {
-    /// Checks the topic name with Kafka's rules: 1 to 249 characters of `[a-zA-Z0-9._-]`,
-    /// and not `.` or `..`.
+    /// Checks what the log's identity needs: a name that makes one directory (`topic-partition`)
+    /// of at most 255 bytes, without `/` or NUL, and not `.` or `..`. A front end applies its
+    /// own naming rules first (Kafka's are in the broker).
     pub fn new(topic: impl Into<String>, partition: u32) -> Result<TopicPartition> {
         let topic = topic.into();
-        validate_topic_name(&topic)?;
+        let invalid = |reason| -> Result<TopicPartition> {
+            Err(Error::InvalidName {
+                name: topic.clone(),
+                reason,
+            })
+        };
+        if topic.is_empty() {
+            return invalid("the name is empty");
+        }
+        if topic == "." || topic == ".." {
+            return invalid("'.' and '..' are reserved");
+        }
+        if topic.contains(['/', '\0']) {
+            return invalid("'/' and NUL cannot be in a directory name");
+        }
+        let dir_name_bytes = topic.len() + 1 + partition.to_string().len();
+        if dir_name_bytes > DIR_NAME_BYTES_MAX {
+            return invalid("the directory name `topic-partition` is longer than 255 bytes");
+        }
         Ok(TopicPartition { topic, partition })
     }
 
@@ -75,41 +94,23 @@ impl fmt::Display for TopicPartition {
     }
 }
 
-pub fn validate_topic_name(name: &str) -> Result<()> {
-    let invalid = |reason| {
-        Err(Error::InvalidName {
-            name: name.to_string(),
-            reason,
-        })
-    };
-    if name.is_empty() {
-        return invalid("the name is empty");
-    }
-    if name.len() > TOPIC_NAME_LENGTH_MAX {
-        return invalid("the name is longer than 249 characters");
-    }
-    if name == "." || name == ".." {
-        return invalid("'.' and '..' are reserved");
-    }
-    let legal = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-';
-    if !name.chars().all(legal) {
-        return invalid("only ASCII letters, digits, '.', '_' and '-' are allowed");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn topic_names_follow_kafka_rules() {
+    fn log_names_make_one_directory() {
         assert!(TopicPartition::new("quotes.eu-west_1", 3).is_ok());
         assert!(TopicPartition::new("", 0).is_err());
         assert!(TopicPartition::new("..", 0).is_err());
         assert!(TopicPartition::new("a/b", 0).is_err());
-        assert!(TopicPartition::new("x".repeat(250), 0).is_err());
-        assert!(TopicPartition::new("x".repeat(249), 0).is_ok());
+        assert!(TopicPartition::new("a\0b", 0).is_err());
+        assert!(TopicPartition::new("x".repeat(253), 0).is_ok());
+        assert!(TopicPartition::new("x".repeat(253), 10).is_err());
+        assert!(
+            TopicPartition::new("a b", 0).is_ok(),
+            "Kafka's rules are the broker's"
+        );
     }
 
     #[test]

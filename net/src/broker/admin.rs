@@ -8,7 +8,7 @@ use coremq_engine::{Offset, TopicPartition};
 
 use super::configs::{self, Described};
 use super::groups::{self, OFFSETS_TOPIC};
-use super::{BrokerConfig, Context, errors};
+use super::{BrokerConfig, Context, errors, topics};
 use crate::protocol::codec::Uuid;
 use crate::protocol::error_code;
 use crate::protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
@@ -171,8 +171,8 @@ async fn create_topic(
     topic: crate::protocol::messages::create_topics_request::CreatableTopic,
     validate_only: bool,
 ) -> Result<Created, Failure> {
-    coremq_engine::types::validate_topic_name(&topic.name)
-        .map_err(|error| (error_code::INVALID_TOPIC_EXCEPTION, error.to_string()))?;
+    topics::validate_name(&topic.name)
+        .map_err(|reason| (error_code::INVALID_TOPIC_EXCEPTION, reason))?;
     if context.topics().get(&topic.name).is_some() {
         return fail(
             error_code::TOPIC_ALREADY_EXISTS,

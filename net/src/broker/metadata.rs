@@ -146,7 +146,7 @@ fn describe(context: &Context, topic: &Arc<Topic>) -> MetadataResponseTopic {
 
 /// Creates topic `name` with the default partition count, unless it exists by now.
 async fn auto_create(context: &Context, name: &str) -> Result<Arc<Topic>, i16> {
-    if coremq_engine::types::validate_topic_name(name).is_err() {
+    if super::topics::validate_name(name).is_err() {
         return Err(error_code::INVALID_TOPIC_EXCEPTION);
     }
     if let Err((code, message)) =
