@@ -9,26 +9,19 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use coremq_net::broker::{Broker, BrokerConfig};
+use coremq_net::broker::Broker;
 use libfuzzer_sys::fuzz_target;
+
+#[path = "shared/broker.rs"]
+mod shared;
 
 fn broker() -> &'static Broker {
     static BROKER: OnceLock<(tempfile::TempDir, Broker)> = OnceLock::new();
     let (_, broker) = BROKER.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let config = BrokerConfig {
-            data_dir: dir.path().join("data"),
-            kafka_listener: "127.0.0.1:0".parse().unwrap(),
-            admin_listener: "127.0.0.1:0".parse().unwrap(),
-            shards: 1,
-            pin_shards: false,
-            partitions_per_shard_max: 64,
-            offsets_topic_partitions: 2,
-            group_initial_rebalance_delay_ms: 0,
-            ..BrokerConfig::default()
-        };
-        let broker = Broker::start(config).expect("the broker starts");
-        (dir, broker)
+        shared::start(|config| {
+            config.offsets_topic_partitions = 2;
+            config.group_initial_rebalance_delay_ms = 0;
+        })
     });
     broker
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coremq_engine::{BatchBuilder, Compression, Timestamp};
-use coremq_net::broker::{Broker, BrokerConfig};
+use coremq_net::broker::Broker;
 use coremq_net::protocol::api::{RequestBody, ResponseBody};
 use coremq_net::protocol::frame::{decode_response, encode_request};
 use coremq_net::protocol::messages::create_topics_request::CreatableTopic;
@@ -21,6 +21,9 @@ use coremq_net::protocol::messages::{
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
+
+#[path = "shared/broker.rs"]
+mod shared;
 
 const TOPIC: &str = "fuzz";
 const PARTITIONS: i32 = 2;
@@ -78,19 +81,10 @@ fn request(api_key: i16, version: i16, body: RequestBody) -> Bytes {
 fn broker() -> &'static Broker {
     static BROKER: OnceLock<(tempfile::TempDir, Broker)> = OnceLock::new();
     let (_, broker) = BROKER.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let config = BrokerConfig {
-            data_dir: dir.path().join("data"),
-            kafka_listener: "127.0.0.1:0".parse().unwrap(),
-            admin_listener: "127.0.0.1:0".parse().unwrap(),
-            shards: 1,
-            pin_shards: false,
-            partitions_per_shard_max: 64,
-            offsets_topic_partitions: 1,
-            auto_create_topics: false,
-            ..BrokerConfig::default()
-        };
-        let broker = Broker::start(config).expect("the broker starts");
+        let (dir, broker) = shared::start(|config| {
+            config.offsets_topic_partitions = 1;
+            config.auto_create_topics = false;
+        });
         let create = CreateTopicsRequest {
             topics: vec![CreatableTopic {
                 name: TOPIC.into(),

@@ -754,13 +754,10 @@ pub async fn delete_records(
         let known = table.get(&topic.name).cloned();
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for partition in topic.partitions {
-            let log = known
-                .as_ref()
-                .filter(|known| known.name != OFFSETS_TOPIC)
-                .and_then(|known| known.log(partition.partition_index));
-            let outcome = match log {
-                None => Err(error_code::UNKNOWN_TOPIC_OR_PARTITION),
-                Some(log) => delete_below(context, &log, partition.offset).await,
+            let internal = known.as_deref().filter(|known| known.name != OFFSETS_TOPIC);
+            let outcome = match errors::partition_log(internal, partition.partition_index) {
+                Err(code) => Err(code),
+                Ok(log) => delete_below(context, &log, partition.offset).await,
             };
             partitions.push(DeleteRecordsPartitionResult {
                 partition_index: partition.partition_index,
@@ -856,15 +853,12 @@ pub async fn offset_for_leader_epoch(
                 end_offset: -1,
                 ..EpochEndOffset::default()
             };
-            let log = known
-                .as_ref()
-                .and_then(|known| known.log(partition.partition));
-            match log {
-                None => answer.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION,
-                Some(_) if partition.current_leader_epoch > LEADER_EPOCH => {
+            match errors::partition_log(known.as_deref(), partition.partition) {
+                Err(code) => answer.error_code = code,
+                Ok(_) if partition.current_leader_epoch > LEADER_EPOCH => {
                     answer.error_code = error_code::UNKNOWN_LEADER_EPOCH;
                 }
-                Some(log) if partition.leader_epoch == LEADER_EPOCH => {
+                Ok(log) if partition.leader_epoch == LEADER_EPOCH => {
                     match context.handle.offsets(&log).await {
                         Ok(offsets) => {
                             answer.leader_epoch = LEADER_EPOCH;
@@ -874,7 +868,7 @@ pub async fn offset_for_leader_epoch(
                     }
                 }
                 // An epoch this log never had: Kafka's undefined epoch and offset.
-                Some(_) => {}
+                Ok(_) => {}
             }
             partitions.push(answer);
         }

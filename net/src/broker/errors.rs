@@ -2,7 +2,19 @@
 
 use coremq_engine::Error;
 
+use super::topics::Topic;
 use crate::protocol::error_code;
+
+/// The log of partition `index` of `topic` (as the caller found it, or `None`), or Kafka's
+/// UNKNOWN_TOPIC_OR_PARTITION when the topic or the partition does not exist.
+pub fn partition_log(
+    topic: Option<&Topic>,
+    index: i32,
+) -> Result<coremq_engine::TopicPartition, i16> {
+    topic
+        .and_then(|topic| topic.log(index))
+        .ok_or(error_code::UNKNOWN_TOPIC_OR_PARTITION)
+}
 
 pub fn code(error: &Error) -> i16 {
     match error {

@@ -297,11 +297,13 @@ pub async fn list_offsets(
                 leader_epoch: 0,
                 ..ListOffsetsPartitionResponse::default()
             };
-            let log = found.as_ref().and_then(|topic| topic.log(index));
-            let Some(log) = log else {
-                answer.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
-                partitions.push(answer);
-                continue;
+            let log = match errors::partition_log(found.as_deref(), index) {
+                Ok(log) => log,
+                Err(code) => {
+                    answer.error_code = code;
+                    partitions.push(answer);
+                    continue;
+                }
             };
             let result = match partition.timestamp {
                 EARLIEST | EARLIEST_LOCAL => context

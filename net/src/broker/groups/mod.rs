@@ -525,11 +525,11 @@ pub async fn offset_commit(
                 let metadata = partition.committed_metadata.clone().unwrap_or_default();
                 let result = if request.group_id.is_empty() {
                     Err(error_code::INVALID_GROUP_ID)
-                } else if known
-                    .and_then(|known| known.log(partition.partition_index))
-                    .is_none()
-                {
-                    Err(error_code::UNKNOWN_TOPIC_OR_PARTITION)
+                } else if let Err(code) = super::errors::partition_log(
+                    known.map(|topic| &**topic),
+                    partition.partition_index,
+                ) {
+                    Err(code)
                 } else if metadata.len() > METADATA_BYTES_MAX
                     || topic.name.len() > offsets::STRING_BYTES_MAX
                     || request.group_id.len() > offsets::STRING_BYTES_MAX
