@@ -23,6 +23,10 @@ use bytes::Bytes;
 use coremq_engine::notify::Notify;
 use coremq_engine::{BatchBuilder, Compression, Header, Timestamp};
 
+mod partitioner;
+
+pub use partitioner::{Partitioner, murmur2, partition_for_key};
+
 use super::{Cluster, Connection, Error, TopicMetadata, by_topic, unexpected};
 use crate::protocol::api::{RequestBody, ResponseBody};
 use crate::protocol::codec::Records;
@@ -128,8 +132,7 @@ struct Inner {
 struct TopicQueues {
     name: Rc<str>,
     partitions: Vec<PartitionQueue>,
-    /// Where records without a key go, until its batch fills.
-    sticky: Option<i32>,
+    partitioner: Partitioner,
 }
 
 #[derive(Default)]
@@ -334,39 +337,6 @@ fn record_size(record: &ProducerRecord<'_>) -> usize {
     record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len) + headers + 16
 }
 
-/// Kafka's partition for a key: murmur2 of the key bytes, sign bit cleared, modulo the
-/// partition count (`Utils.toPositive(Utils.murmur2(key)) % numPartitions`).
-pub fn partition_for_key(key: &[u8], partitions: usize) -> i32 {
-    ((murmur2(key) & 0x7fff_ffff) as usize % partitions) as i32
-}
-
-/// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`).
-pub fn murmur2(data: &[u8]) -> i32 {
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let tail = chunks.remainder();
-    if !tail.is_empty() {
-        for (index, byte) in tail.iter().enumerate().rev() {
-            h ^= u32::from(*byte) << (8 * index);
-        }
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h as i32
-}
-
 impl TopicQueues {
     fn new(metadata: &TopicMetadata) -> TopicQueues {
         TopicQueues {
@@ -374,26 +344,20 @@ impl TopicQueues {
             partitions: (0..metadata.partitions.len())
                 .map(|_| PartitionQueue::default())
                 .collect(),
-            sticky: None,
+            partitioner: Partitioner::default(),
         }
     }
 
     fn choose(&mut self, record: &ProducerRecord<'_>) -> Result<i32, Error> {
         let count = self.partitions.len();
-        let partition = match (record.partition, record.key) {
-            (Some(partition), _) => partition,
-            (None, Some(key)) => partition_for_key(key, count),
-            (None, None) => *self
-                .sticky
-                .get_or_insert_with(|| rand::random_range(0..count) as i32),
-        };
-        if partition < 0 || partition as usize >= count {
-            return Err(Error::broker(
-                error_code::UNKNOWN_TOPIC_OR_PARTITION,
-                format!("{}-{partition}", record.topic),
-            ));
-        }
-        Ok(partition)
+        self.partitioner
+            .choose(record.partition, record.key, count)
+            .map_err(|partition| {
+                Error::broker(
+                    error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("{}-{partition}", record.topic),
+                )
+            })
     }
 }
 
@@ -414,7 +378,7 @@ impl Inner {
             queue.ready.push_back(self.build(&topic, partition, open));
             if record.partition.is_none() && record.key.is_none() {
                 // The sticky partition's batch filled: the next one goes elsewhere.
-                queues.sticky = None;
+                queues.partitioner.batch_filled();
             }
             self.work.notify_all();
         }
@@ -719,38 +683,5 @@ async fn run_sender(inner: Rc<Inner>) {
             }
             None => woken.await,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn murmur2_matches_kafka() {
-        // The values Kafka's UtilsTest.testMurmur2 expects.
-        let cases: [(&str, i32); 6] = [
-            ("21", -973932308),
-            ("foobar", -790332482),
-            ("a-little-bit-long-string", -985981536),
-            ("a-little-bit-longer-string", -1486304829),
-            (
-                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
-                -58897971,
-            ),
-            ("abc", 479470107),
-        ];
-        for (key, expected) in cases {
-            assert_eq!(murmur2(key.as_bytes()), expected, "murmur2({key:?})");
-        }
-    }
-
-    #[test]
-    fn keys_map_to_partitions_like_kafka() {
-        assert_eq!(partition_for_key(b"abc", 10), 479470107 % 10);
-        assert_eq!(
-            partition_for_key(b"21", 7),
-            (-973932308i32 & 0x7fff_ffff) % 7
-        );
     }
 }
