@@ -79,13 +79,7 @@ fn finish_swap(dir: &Path, base: Offset) -> Result<()> {
     ] {
         remove_if_exists(&path)?;
     }
-    let log_path = segment::log_path(dir, base);
-    std::fs::rename(swap_path(dir, base), &log_path).map_err(|source| Error::Io {
-        path: log_path,
-        op: "rename",
-        source,
-    })?;
-    storage::sync_dir_blocking(dir)
+    storage::rename_blocking(&swap_path(dir, base), &segment::log_path(dir, base), dir)
 }
 
 /// Writes a new segment file sequentially through O_DIRECT in aligned chunks.
@@ -228,12 +222,7 @@ async fn compact_segments(
         let swap = swap_path(&dir, *base);
         let (swap_dir, base_offset) = (dir.clone(), *base);
         storage::blocking(move || {
-            std::fs::rename(&cleaned, &swap).map_err(|source| Error::Io {
-                path: cleaned.clone(),
-                op: "rename",
-                source,
-            })?;
-            storage::sync_dir_blocking(&swap_dir)?;
+            storage::rename_blocking(&cleaned, &swap, &swap_dir)?;
             finish_swap(&swap_dir, base_offset)
         })
         .await?;

@@ -124,12 +124,7 @@ impl Shard {
         ));
         let data_dir = self.config.data_dir.clone();
         storage::blocking(move || {
-            std::fs::rename(&dir, &doomed).map_err(|source| Error::Io {
-                path: dir.clone(),
-                op: "rename",
-                source,
-            })?;
-            storage::sync_dir_blocking(&data_dir)?;
+            storage::rename_blocking(&dir, &doomed, &data_dir)?;
             std::fs::remove_dir_all(&doomed).map_err(|source| Error::Io {
                 path: doomed,
                 op: "remove",

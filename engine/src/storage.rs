@@ -41,6 +41,17 @@ pub async fn remove_files(paths: Vec<PathBuf>) -> Result<()> {
     blocking(move || paths.iter().try_for_each(|path| remove_if_exists(path))).await
 }
 
+/// Renames `from` to `to` and makes it durable with an fsync of `dir`, the directory that
+/// holds both, on the calling thread.
+pub fn rename_blocking(from: &Path, to: &Path, dir: &Path) -> Result<()> {
+    fs::rename(from, to).map_err(|source| Error::Io {
+        path: from.to_path_buf(),
+        op: "rename",
+        source,
+    })?;
+    sync_dir_blocking(dir)
+}
+
 /// [`write_atomically`] on the calling thread.
 pub fn write_atomically_blocking(dir: &Path, name: &str, contents: &[u8]) -> Result<()> {
     let path = dir.join(name);
