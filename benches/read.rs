@@ -15,7 +15,6 @@ fn read(c: &mut Criterion) {
     let log = TopicPartition::new("read", 0).unwrap();
     let config = LogConfig {
         durability: Durability::Never,
-        tail_cache_bytes: 64 << 20,
         ..LogConfig::default()
     };
     block_on(handle.create_log(&log, Some(config))).unwrap();

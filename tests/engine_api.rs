@@ -6,7 +6,9 @@ mod common;
 use bytes::Bytes;
 use common::{batch, block_on, start, tp};
 use coremq_engine::record::decode_records;
-use coremq_engine::{BatchHeader, Compression, Engine, Error, Isolation, Offset, Timestamp};
+use coremq_engine::{
+    BatchHeader, Compression, Engine, Error, Isolation, Offset, Timestamp, TopicPartition,
+};
 
 #[test]
 fn append_read_and_reopen() {
@@ -68,44 +70,60 @@ fn append_read_and_reopen() {
     engine.shutdown().unwrap();
 }
 
-/// A log's tail cache is released once the log took no append for a whole cleanup pass,
-/// and fills again with the next appends; a busy log keeps its cache.
+/// One memory budget per shard, shared by its logs: a log that keeps taking appends pushes
+/// the oldest batches of the others out, the shard holds no more than its budget, what left
+/// memory is read back from the file, and what is recent is read from memory.
 #[test]
-fn idle_tail_caches_are_released() {
+fn the_shard_cache_budget_is_shared_by_its_logs() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::config(dir.path(), 1);
-    config.cleanup_interval_ms = 50;
+    config.cache_bytes = 200_000;
     let engine = Engine::start(config).unwrap();
     let handle = engine.handle();
-    let (idle, busy) = (tp("idle", 0), tp("busy", 0));
-    // Recent timestamps: retention (which runs in the same pass) keeps the records.
-    let now = Timestamp::now().0;
-    for log in [&idle, &busy] {
+    let (quiet, busy) = (tp("quiet", 0), tp("busy", 0));
+    for log in [&quiet, &busy] {
         block_on(handle.create_log(log, Some(common::small_segments()))).unwrap();
-        block_on(handle.append(log, batch(0, 10, 1_000, now, Compression::None))).unwrap();
     }
-    let cached = || block_on(handle.metrics()).unwrap().tail_cache_bytes;
-    let started = std::time::Instant::now();
-    let mut appends = 1;
-    // The busy log gets an append every 10 ms; the idle one none, so only its cache goes.
-    while cached() > 20_000 {
-        assert!(
-            started.elapsed().as_secs() < 30,
-            "the idle cache was never released"
-        );
-        block_on(handle.append(&busy, batch(appends, 1, 10, now, Compression::None))).unwrap();
-        appends += 1;
-        std::thread::sleep(std::time::Duration::from_millis(10));
+    let metrics = || block_on(handle.metrics()).unwrap();
+    let read = |log: &TopicPartition, from: u64| {
+        block_on(handle.read(log, Offset(from), 1 << 20, Isolation::Written)).unwrap()
+    };
+    for tag in 0..8 {
+        let bytes = batch(tag, 10, 1_000, 1, Compression::None);
+        block_on(handle.append(&quiet, bytes)).unwrap();
     }
+    let held = metrics().cache_bytes;
     assert!(
-        cached() > 10_000,
-        "the busy log's cache went too: {}",
-        cached()
+        held > 80_000,
+        "the quiet log's batches are in memory: {held}"
     );
-    let read = block_on(handle.read(&idle, Offset(0), 1 << 20, Isolation::Written)).unwrap();
-    assert_eq!(read.batches.len(), 1, "an idle log is read from its file");
-    block_on(handle.append(&idle, batch(1, 10, 1_000, now, Compression::None))).unwrap();
-    assert!(cached() > 20_000, "the next append is cached again");
+    assert_eq!(metrics().cache_budget_bytes, 200_000);
+    let misses = metrics().cache_misses;
+    assert_eq!(read(&quiet, 0).batches.len(), 8);
+    assert_eq!(metrics().cache_misses, misses, "read from memory");
+    for tag in 100..130 {
+        let bytes = batch(tag, 10, 1_000, 1, Compression::None);
+        block_on(handle.append(&busy, bytes)).unwrap();
+        let held = metrics().cache_bytes;
+        assert!(
+            held <= 200_000,
+            "the shard holds {held} bytes, over its budget"
+        );
+    }
+    // The quiet log's batches were the oldest: they left memory first.
+    let back = read(&quiet, 0);
+    assert_eq!(metrics().cache_misses, misses + 1, "read from the file");
+    let first = &back.batches[0];
+    let records = decode_records(first, 1 << 20).unwrap();
+    assert!(records[0].value.as_deref().unwrap().starts_with(b"0:0:"));
+    let end = block_on(handle.offsets(&busy)).unwrap().log_end.0;
+    let recent = read(&busy, end - 10);
+    assert_eq!(recent.batches.len(), 1);
+    assert_eq!(
+        metrics().cache_misses,
+        misses + 1,
+        "recent batches from memory"
+    );
     engine.shutdown().unwrap();
 }
 
@@ -197,12 +215,12 @@ fn concurrent_appends_pipeline_writes_and_lose_nothing() {
     use coremq_engine::{Durability, LogConfig};
     let dir = tempfile::tempdir().unwrap();
     let log = tp("pipelined", 0);
-    let faults = std::sync::Arc::new(coremq_engine::file::Faults::default());
+    let faults = std::sync::Arc::new(coremq_engine::storage::Faults::default());
     faults
         .write_delay_max_us
         .store(3000, std::sync::atomic::Ordering::Relaxed);
     let mut config = common::config(dir.path(), 2);
-    config.faults = Some(faults);
+    config.storage = coremq_engine::storage::Storage::with_hooks(faults);
     let engine = coremq_engine::Engine::start(config).unwrap();
     let handle = engine.handle();
     let config = LogConfig {
@@ -368,4 +386,40 @@ fn recovery_reads_an_active_segment_larger_than_its_chunk() {
     let info = block_on(handle.append(&log, batch(41, 3, 10, 1_000, Compression::None))).unwrap();
     assert_eq!(info.base_offset, end, "appends go on after the cut");
     engine.shutdown().unwrap();
+}
+
+/// Descriptors this process holds open on files under `dir`.
+fn open_files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .collect()
+}
+
+#[test]
+fn a_stopped_engine_keeps_no_file_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_path = std::fs::canonicalize(dir.path()).unwrap();
+    for round in 0..3 {
+        let (engine, handle) = start(&dir_path, 2);
+        for partition in 0..4 {
+            let log = tp("closed", partition);
+            if round == 0 {
+                block_on(handle.create_log(&log, Some(common::small_segments()))).unwrap();
+            }
+            for tag in 0..20 {
+                let bytes = batch(tag, 10, 500, 1, Compression::None);
+                block_on(handle.append(&log, bytes)).unwrap();
+            }
+        }
+        assert!(!open_files_under(&dir_path).is_empty());
+        drop(handle);
+        engine.shutdown().unwrap();
+        assert_eq!(
+            open_files_under(&dir_path),
+            Vec::<std::path::PathBuf>::new(),
+            "round {round}: files left open after shutdown"
+        );
+    }
 }

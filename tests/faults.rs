@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use common::{batch, block_on, small_segments, start, tp};
-use coremq_engine::file::Faults;
+use coremq_engine::storage::{Faults, Storage};
 use coremq_engine::{
     Ack, BatchHeader, Compression, Durability, Engine, Error, Handle, Isolation, LogConfig, Offset,
     TopicPartition,
@@ -272,7 +272,7 @@ fn always_log_with_faults(dir: &Path, name: &str) -> (Engine, Handle, TopicParti
     let log = tp(name, 0);
     let faults = Arc::new(Faults::default());
     let mut config = common::config(dir, 1);
-    config.faults = Some(faults.clone());
+    config.storage = Storage::with_hooks(faults.clone());
     let engine = Engine::start(config).unwrap();
     let handle = engine.handle();
     let always = LogConfig {

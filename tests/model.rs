@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
-use common::{block_on, start, tp};
+use common::{block_on, tp};
 use coremq_engine::record::decode_records;
 use coremq_engine::{
     BatchBuilder, BatchHeader, CleanupPolicy, Compression, Durability, Engine, Handle, Isolation,
@@ -126,14 +126,25 @@ fn check(handle: &Handle, log: &TopicPartition, model: &Model, rng: &mut StdRng)
     }
 }
 
+fn start(dir: &std::path::Path, shards: usize, cache_bytes: usize) -> (Engine, Handle) {
+    let mut config = common::config(dir, shards);
+    config.cache_bytes = cache_bytes;
+    let engine = Engine::start(config).expect("engine starts");
+    let handle = engine.handle();
+    (engine, handle)
+}
+
 fn run(seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let log = tp("model", seed as u32);
+    let segment_bytes = rng.random_range(4096..16384);
+    let index_interval_bytes = rng.random_range(64..2048);
+    // The shard's memory for recent batches: from none (every read from the files) up.
+    let cache_bytes = rng.random_range(0..32768);
     let config = LogConfig {
-        segment_bytes: rng.random_range(4096..16384),
-        index_interval_bytes: rng.random_range(64..2048),
-        tail_cache_bytes: rng.random_range(0..32768),
+        segment_bytes,
+        index_interval_bytes,
         retention_ms: None,
         cleanup_policy: CleanupPolicy::CompactDelete,
         delete_retention_ms: 1 << 40,
@@ -144,7 +155,7 @@ fn run(seed: u64) {
         ][rng.random_range(0..3)],
         ..LogConfig::default()
     };
-    let (mut engine, mut handle) = start(dir.path(), 1 + (seed % 2) as usize);
+    let (mut engine, mut handle) = start(dir.path(), 1 + (seed % 2) as usize, cache_bytes);
     block_on(handle.create_log(&log, Some(config.clone()))).unwrap();
     let mut model = Model {
         records: BTreeMap::new(),
@@ -212,7 +223,7 @@ fn run(seed: u64) {
             92..95 => block_on(handle.clear_cache(&log)).unwrap(),
             _ => {
                 engine.shutdown().unwrap();
-                (engine, handle) = start(dir.path(), 1 + (seed % 2) as usize);
+                (engine, handle) = start(dir.path(), 1 + (seed % 2) as usize, cache_bytes);
             }
         }
         check(&handle, &log, &model, &mut rng);

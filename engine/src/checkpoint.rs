@@ -1,6 +1,6 @@
 //! The log start offset checkpoint: `delete_records` and retention move the log start, and
 //! it must survive a restart. 17 bytes: magic `CMQS`, version 1, offset u64 BE, CRC-32C of
-//! the preceding 13 bytes. Replaced atomically (`storage::write_atomically`).
+//! the preceding 13 bytes. Replaced atomically (`Storage::write_atomically`).
 
 #[cfg(feature = "runtime")]
 use std::path::Path;
@@ -40,8 +40,10 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Offset, String> {
 }
 
 #[cfg(feature = "runtime")]
-pub async fn store(dir: &Path, offset: Offset) -> Result<()> {
-    storage::write_atomically(dir, FILE_NAME, encode(offset).to_vec()).await
+pub async fn store(storage: &storage::Storage, dir: &Path, offset: Offset) -> Result<()> {
+    storage
+        .write_atomically(dir, FILE_NAME, encode(offset).to_vec())
+        .await
 }
 
 /// The stored log start, `None` if there is none; a damaged file is reported and ignored

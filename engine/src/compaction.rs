@@ -21,7 +21,7 @@ use crate::metrics::add;
 use crate::mmap::map_read_only;
 use crate::record::{self, BatchBuilder};
 use crate::segment::{self, SealedSegment};
-use crate::storage::{self, remove_if_exists};
+use crate::storage::{self, Storage};
 use crate::types::{Offset, Timestamp};
 
 /// What one compaction pass did.
@@ -36,7 +36,7 @@ pub struct CompactionReport {
 }
 
 /// Cleans up after an interrupted compaction and lists the directory's segment bases.
-pub fn recover_swaps(dir: &Path) -> Result<Vec<Offset>> {
+pub fn recover_swaps(storage: &Storage, dir: &Path) -> Result<Vec<Offset>> {
     let io = |op, source| Error::Io {
         path: dir.to_path_buf(),
         op,
@@ -48,7 +48,7 @@ pub fn recover_swaps(dir: &Path) -> Result<Vec<Offset>> {
         let entry = entry.map_err(|e| io("list", e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".cleaned") || name.ends_with(".tmp") {
-            std::fs::remove_file(entry.path()).map_err(|e| io("remove", e))?;
+            storage.remove_if_exists(&entry.path())?;
         } else if let Some(log_name) = name.strip_suffix(".swap") {
             if let Some(base) = segment::parse_log_name(log_name) {
                 swaps.push(base);
@@ -58,7 +58,7 @@ pub fn recover_swaps(dir: &Path) -> Result<Vec<Offset>> {
         }
     }
     for base in swaps {
-        finish_swap(dir, base)?;
+        finish_swap(storage, dir, base)?;
         if !bases.contains(&base) {
             bases.push(base);
         }
@@ -72,14 +72,14 @@ fn swap_path(dir: &Path, base: Offset) -> std::path::PathBuf {
 }
 
 /// Replaces segment `base` by its `.swap` file; its indexes are rebuilt on open.
-fn finish_swap(dir: &Path, base: Offset) -> Result<()> {
+fn finish_swap(storage: &Storage, dir: &Path, base: Offset) -> Result<()> {
     for path in [
         segment::offset_index_path(dir, base),
         segment::time_index_path(dir, base),
     ] {
-        remove_if_exists(&path)?;
+        storage.remove_if_exists(&path)?;
     }
-    storage::rename_blocking(&swap_path(dir, base), &segment::log_path(dir, base), dir)
+    storage.rename_blocking(&swap_path(dir, base), &segment::log_path(dir, base), dir)
 }
 
 /// Writes a new segment file sequentially through O_DIRECT in aligned chunks.
@@ -160,7 +160,7 @@ async fn compact_segments(
                     latest.insert(Bytes::copy_from_slice(&key), record.offset);
                 }
             }
-            glommio::yield_if_needed().await;
+            coremq_runtime::yield_if_needed().await;
         }
     }
     let tombstone_horizon = Timestamp(now.0.saturating_sub(config.delete_retention_ms as i64));
@@ -171,7 +171,7 @@ async fn compact_segments(
         };
         report.bytes_before += map.len() as u64;
         let cleaned = dir.join(format!("{}.log.cleaned", segment::file_stem(*base)));
-        let file = SegmentFile::open(&cleaned, true, log.faults.clone()).await?;
+        let file = SegmentFile::open(&cleaned, true, log.storage.clone()).await?;
         file.truncate(0).await?;
         let mut writer = SegmentWriter {
             file,
@@ -209,28 +209,28 @@ async fn compact_segments(
             } else if !kept.is_empty() {
                 writer.push(&rebuild(&header, &kept)?).await?;
             }
-            glommio::yield_if_needed().await;
+            coremq_runtime::yield_if_needed().await;
         }
         if removed == 0 {
             drop(writer);
-            storage::remove_files(vec![cleaned.clone()]).await?;
+            log.storage.remove_files(vec![cleaned.clone()]).await?;
             report.bytes_after += map.len() as u64;
             continue;
         }
         drop(map);
         let size = writer.finish().await?;
         let swap = swap_path(&dir, *base);
-        let (swap_dir, base_offset) = (dir.clone(), *base);
+        let (swap_dir, base_offset, storage) = (dir.clone(), *base, log.storage.clone());
         storage::blocking(move || {
-            storage::rename_blocking(&cleaned, &swap, &swap_dir)?;
-            finish_swap(&swap_dir, base_offset)
+            storage.rename_blocking(&cleaned, &swap, &swap_dir)?;
+            finish_swap(&storage, &swap_dir, base_offset)
         })
         .await?;
         let interval = config.index_interval_bytes;
-        let segment = SealedSegment::open(&dir, *base, interval, log.faults.clone()).await?;
+        let segment = SealedSegment::open(&dir, *base, interval, log.storage.clone()).await?;
         if !log.replace_sealed(segment) {
             // Retention deleted the original meanwhile: the rewritten copy goes too.
-            let gone = SealedSegment::open(&dir, *base, interval, None).await?;
+            let gone = SealedSegment::open(&dir, *base, interval, log.storage.clone()).await?;
             gone.delete(&dir).await?;
         }
         report.segments_rewritten += 1;

@@ -63,8 +63,6 @@ pub struct LogConfig {
     pub timestamp_type: TimestampType,
     /// Bound on one batch's inflated records when the engine decodes it.
     pub decompressed_bytes_max: usize,
-    /// Bytes of recent batches kept in memory for readers at the head.
-    pub tail_cache_bytes: usize,
     /// Appended bytes not yet written to the file before appends wait (backpressure).
     pub pending_bytes_max: usize,
 }
@@ -85,7 +83,6 @@ impl Default for LogConfig {
             durability: Durability::Always,
             timestamp_type: TimestampType::CreateTime,
             decompressed_bytes_max: 64 << 20,
-            tail_cache_bytes: 8 << 20,
             pending_bytes_max: 32 << 20,
         }
     }
@@ -171,7 +168,6 @@ impl LogConfig {
                 "decompressed.bytes.max",
                 self.decompressed_bytes_max.to_string(),
             ),
-            ("tail.cache.bytes", self.tail_cache_bytes.to_string()),
             ("pending.bytes.max", self.pending_bytes_max.to_string()),
         ];
         for (key, value) in lines {
@@ -207,7 +203,11 @@ impl LogConfig {
             "retention.ms" => self.retention_ms = optional()?,
             "delete.retention.ms" => self.delete_retention_ms = number()?,
             "decompressed.bytes.max" => self.decompressed_bytes_max = number()? as usize,
-            "tail.cache.bytes" => self.tail_cache_bytes = number()? as usize,
+            // Configs written before one cache budget per shard carry the per-log size; the
+            // shard's budget (`EngineConfig::cache_bytes`) replaces it.
+            "tail.cache.bytes" => {
+                number()?;
+            }
             "pending.bytes.max" => self.pending_bytes_max = number()? as usize,
             "cleanup.policy" => {
                 self.cleanup_policy = match value {
@@ -304,8 +304,11 @@ pub struct EngineConfig {
     pub log_defaults: LogConfig,
     /// How often retention and compaction look at each log.
     pub cleanup_interval_ms: u64,
-    /// Test hook: failures to inject into every file the engine opens.
-    pub faults: Option<std::sync::Arc<crate::file::Faults>>,
+    /// Where durable writes go: the file system, watched by test hooks if it has any.
+    pub storage: crate::storage::Storage,
+    /// Memory per shard for recent batches, shared by its logs (default: an eighth of the
+    /// machine's memory, split between the shards, at least 16 MiB).
+    pub cache_bytes: usize,
 }
 
 #[cfg(feature = "runtime")]
@@ -321,8 +324,25 @@ impl EngineConfig {
             placement: BTreeMap::new(),
             log_defaults: LogConfig::default(),
             cleanup_interval_ms: 30_000,
-            faults: None,
+            storage: crate::storage::Storage::default(),
+            cache_bytes: EngineConfig::default_cache_bytes(shards),
         }
+    }
+
+    /// An eighth of the machine's memory (`/proc/meminfo`; 8 GiB if unreadable) split between
+    /// `shards`, at least 16 MiB each: recent data for readers from memory, leaving most of it to
+    /// the page cache, connections and the rest of the process.
+    pub fn default_cache_bytes(shards: usize) -> usize {
+        let total = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| {
+                let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kib.saturating_mul(1024))
+            })
+            .unwrap_or(8 << 30);
+        let share = total / 8 / shards.max(1) as u64;
+        usize::try_from(share).unwrap_or(usize::MAX).max(16 << 20)
     }
 }
 

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coremq_runtime::{Runtime, RuntimeConfig, Service, ShardFuture, Shards};
-use glommio::{Latency, Shares};
 
+use crate::cache::ShardCache;
 use crate::compaction::{self, CompactionReport};
 use crate::config::{EngineConfig, LogConfig};
 use crate::dir_lock::DirLock;
 use crate::error::{Error, Result};
-use crate::log::{Ack, AppendInfo, Isolation, Log, LogOffsets, ReadBatches};
+use crate::log::{Ack, AppendInfo, Isolation, Log, LogOffsets, ReadBatches, Services};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::storage;
 use crate::types::{Offset, Timestamp, TopicPartition};
@@ -47,6 +47,8 @@ pub struct Shard {
     config: Arc<EngineConfig>,
     logs: RefCell<HashMap<TopicPartition, Rc<Log>>>,
     metrics: Rc<Metrics>,
+    /// Memory for recent batches, shared by the shard's logs.
+    cache: Rc<ShardCache>,
 }
 
 impl Shard {
@@ -57,6 +59,15 @@ impl Shard {
     /// The shard running on this thread, if this is a shard thread of a running engine.
     pub fn current() -> Option<Rc<Shard>> {
         coremq_runtime::local::<Shard>()
+    }
+
+    /// What each of this shard's logs uses of it.
+    fn services(&self) -> Services {
+        Services {
+            metrics: self.metrics.clone(),
+            cache: self.cache.clone(),
+            storage: self.config.storage.clone(),
+        }
     }
 
     pub fn log(&self, topic_partition: &TopicPartition) -> Result<Rc<Log>> {
@@ -88,14 +99,7 @@ impl Shard {
         }
         let config = config.unwrap_or_else(|| self.config.log_defaults.clone());
         let dir = self.log_dir(&topic_partition);
-        let log = Log::create(
-            &dir,
-            topic_partition.clone(),
-            config,
-            self.metrics.clone(),
-            self.config.faults.clone(),
-        )
-        .await?;
+        let log = Log::create(&dir, topic_partition.clone(), config, self.services()).await?;
         let mut logs = self.logs.borrow_mut();
         if logs.contains_key(&topic_partition) {
             return Ok(false);
@@ -122,9 +126,9 @@ impl Shard {
             "{}.{nanos}{DELETE_SUFFIX}",
             topic_partition.dir_name()
         ));
-        let data_dir = self.config.data_dir.clone();
+        let (data_dir, storage) = (self.config.data_dir.clone(), self.config.storage.clone());
         storage::blocking(move || {
-            storage::rename_blocking(&dir, &doomed, &data_dir)?;
+            storage.rename_blocking(&dir, &doomed, &data_dir)?;
             std::fs::remove_dir_all(&doomed).map_err(|source| Error::Io {
                 path: doomed,
                 op: "remove",
@@ -156,54 +160,27 @@ impl Shard {
             {
                 continue;
             }
-            let log = Log::open(
-                &entry.path(),
-                topic_partition.clone(),
-                self.metrics.clone(),
-                self.config.faults.clone(),
-            )
-            .await?;
+            let log = Log::open(&entry.path(), topic_partition.clone(), self.services()).await?;
             self.logs.borrow_mut().insert(topic_partition, log);
         }
         Ok(())
     }
 
-    /// Retention and compaction for every log of this shard, in a low-priority task queue;
-    /// the tail caches of logs idle for a whole pass are released, and the memory freed
-    /// goes back to the system.
+    /// Retention and compaction for every log of this shard, in a low-priority task queue,
+    /// and a prune of the shard cache's order.
     async fn cleanup_loop(self: Rc<Self>) {
         let interval = Duration::from_millis(self.config.cleanup_interval_ms.max(1));
         while !coremq_runtime::stopping() {
-            glommio::timer::sleep(interval).await;
-            let mut released = 0;
+            coremq_runtime::sleep(interval).await;
             for log in self.logs() {
                 if coremq_runtime::stopping() {
                     return;
                 }
                 log.expire_streams(interval);
-                released += log.release_idle_cache();
                 run_cleanup(&log).await;
             }
-            if released > 0 {
-                log::debug!(
-                    "shard {}: released {released} bytes of idle tail caches",
-                    self.id
-                );
-                return_free_memory();
-            }
+            self.cache.prune();
         }
-    }
-}
-
-/// Asks glibc's allocator to give the free memory at the top of its heaps back to the
-/// system (`malloc_trim`): without it, memory freed by a burst (tail caches, request
-/// buffers) stays in the process. A no-op under another allocator.
-#[allow(unsafe_code)]
-fn return_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointers and is thread-safe (it locks each arena).
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
@@ -233,17 +210,11 @@ impl Service for EngineService {
                 config: self.config.clone(),
                 logs: RefCell::new(HashMap::new()),
                 metrics: Rc::new(Metrics::default()),
+                cache: ShardCache::new(self.config.cache_bytes),
             });
             coremq_runtime::install(state.clone());
             state.open_existing(self.config.shards).await?;
-            let cleanup_queue = glommio::executor().create_task_queue(
-                Shares::Static(100),
-                Latency::NotImportant,
-                "cleanup",
-            );
-            glommio::spawn_local_into(state.cleanup_loop(), cleanup_queue)
-                .expect("the queue was just created")
-                .detach();
+            coremq_runtime::spawn_background("cleanup", 100, state.cleanup_loop()).detach();
             Ok(())
         })
     }
@@ -259,6 +230,9 @@ impl Service for EngineService {
                     result = Err(error);
                 }
             }
+            // The cleanup task keeps the shard state until the executor ends: the logs go
+            // now, so their files close while the executor still runs (runtime, `stop`).
+            state.logs.borrow_mut().clear();
             result
         })
     }
@@ -304,7 +278,8 @@ impl Handle {
             .await?
     }
 
-    async fn with_log<T, F, Fut>(&self, topic_partition: &TopicPartition, work: F) -> Result<T>
+    /// Runs `work` with the log of `topic_partition` on the shard that owns it.
+    pub async fn with_log<T, F, Fut>(&self, topic_partition: &TopicPartition, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(Rc<Log>) -> Fut + Send + 'static,
@@ -516,11 +491,8 @@ impl Handle {
             let snapshot = self
                 .on_shard(shard, |shard| async move {
                     let mut snapshot = shard.metrics.snapshot();
-                    snapshot.tail_cache_bytes = shard
-                        .logs()
-                        .iter()
-                        .map(|log| log.cache_bytes() as u64)
-                        .sum();
+                    snapshot.cache_bytes = shard.cache.used() as u64;
+                    snapshot.cache_budget_bytes = shard.cache.budget() as u64;
                     Ok(snapshot)
                 })
                 .await?;

@@ -1,50 +1,19 @@
-//! Segment files through glommio's DMA (O_DIRECT, io_uring) API, with optional fault
-//! injection for tests. The only module besides the shard runtime that names glommio files.
+//! Segment files through glommio's DMA (O_DIRECT, io_uring) API; every creation, write,
+//! truncation and fdatasync is reported to the log's [`Storage`] first (its hooks, in tests,
+//! fail it or record it). The only module besides the shard runtime that names glommio files.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use glommio::GlommioError;
 use glommio::io::{DmaFile, OpenOptions, ReadResult};
 
 use crate::error::{Error, Result};
+use crate::storage::{Op, Storage};
 
 /// Block size used for O_DIRECT writes; glommio's alignment never exceeds it.
 pub const BLOCK_BYTES: u64 = 4096;
-
-/// Failures a test can ask the file layer to produce (one relaxed atomic load per write or
-/// fdatasync when a hook is installed; nothing when none is).
-#[derive(Debug, Default)]
-pub struct Faults {
-    /// Fail every fdatasync while set.
-    pub fail_fsync: AtomicBool,
-    /// Fail every write with ENOSPC while set.
-    pub fail_write_no_space: AtomicBool,
-    /// Delay each write by a pseudo-random 0..N microseconds, so writes complete out of the
-    /// order they were issued in (as a device may complete them).
-    pub write_delay_max_us: AtomicU64,
-    delay_state: AtomicU64,
-}
-
-impl Faults {
-    fn write_delay(&self) -> Option<std::time::Duration> {
-        let max = self.write_delay_max_us.load(Ordering::Relaxed);
-        if max == 0 {
-            return None;
-        }
-        let mut x = self
-            .delay_state
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            | 1;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        Some(std::time::Duration::from_micros(x % max))
-    }
-}
 
 pub(crate) fn io_error(error: GlommioError<()>) -> io::Error {
     match error {
@@ -58,15 +27,17 @@ pub(crate) fn io_error(error: GlommioError<()>) -> io::Error {
 pub struct SegmentFile {
     file: Rc<DmaFile>,
     path: PathBuf,
-    faults: Option<Arc<Faults>>,
+    storage: Storage,
 }
 
 impl SegmentFile {
-    pub async fn open(
-        path: &Path,
-        create: bool,
-        faults: Option<Arc<Faults>>,
-    ) -> Result<SegmentFile> {
+    /// Opens the file at `path`; with `create`, a new empty one (the caller truncates it).
+    pub async fn open(path: &Path, create: bool, storage: Storage) -> Result<SegmentFile> {
+        if create {
+            storage
+                .before(Op::Create { path })
+                .map_err(|e| classify(path, "open", e))?;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -77,7 +48,7 @@ impl SegmentFile {
         Ok(SegmentFile {
             file: Rc::new(file),
             path: path.to_path_buf(),
-            faults,
+            storage,
         })
     }
 
@@ -91,6 +62,11 @@ impl SegmentFile {
         &self.path
     }
 
+    /// Where this file's durable operations are reported.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
     /// Writes `parts`, concatenated and zero-padded to a whole block, at the block-aligned
     /// `position`. The bytes are copied into one aligned buffer before the first await.
     pub async fn write_parts(&self, position: u64, parts: &[&[u8]]) -> Result<()> {
@@ -101,16 +77,7 @@ impl SegmentFile {
         );
         let length: usize = parts.iter().map(|part| part.len()).sum();
         let padded = length.next_multiple_of(BLOCK_BYTES as usize);
-        if let Some(faults) = &self.faults
-            && faults.fail_write_no_space.load(Ordering::Relaxed)
-        {
-            return Err(classify(
-                &self.path,
-                "write",
-                io::Error::from_raw_os_error(libc::ENOSPC),
-            ));
-        }
-        if let Some(delay) = self.faults.as_ref().and_then(|faults| faults.write_delay()) {
+        if let Some(delay) = self.storage.write_delay() {
             glommio::timer::sleep(delay).await;
         }
         let mut buffer = self.file.alloc_dma_buffer(padded);
@@ -121,6 +88,13 @@ impl SegmentFile {
             at += part.len();
         }
         target[at..].fill(0);
+        self.storage
+            .before(Op::Write {
+                path: &self.path,
+                offset: position,
+                bytes: buffer.as_bytes(),
+            })
+            .map_err(|e| classify(&self.path, "write", e))?;
         let buffer = Rc::new(buffer);
         let mut done = 0;
         while done < padded {
@@ -152,15 +126,9 @@ impl SegmentFile {
     }
 
     pub async fn fdatasync(&self) -> Result<()> {
-        if let Some(faults) = &self.faults
-            && faults.fail_fsync.load(Ordering::Relaxed)
-        {
-            return Err(classify(
-                &self.path,
-                "fdatasync",
-                io::Error::from_raw_os_error(libc::EIO),
-            ));
-        }
+        self.storage
+            .before(Op::Sync { path: &self.path })
+            .map_err(|e| classify(&self.path, "fdatasync", e))?;
         self.file
             .fdatasync()
             .await
@@ -177,6 +145,12 @@ impl SegmentFile {
     }
 
     pub async fn truncate(&self, length: u64) -> Result<()> {
+        self.storage
+            .before(Op::Truncate {
+                path: &self.path,
+                length,
+            })
+            .map_err(|e| classify(&self.path, "truncate", e))?;
         self.file
             .truncate(length)
             .await

@@ -79,7 +79,8 @@ impl Metrics {
             segments: self.segments.get(),
             segments_deleted: self.segments_deleted.get(),
             compactions: self.compactions.get(),
-            tail_cache_bytes: 0,
+            cache_bytes: 0,
+            cache_budget_bytes: 0,
             fsync_latency_us: self.fsync_latency_us.borrow().clone(),
         }
     }
@@ -104,8 +105,10 @@ pub struct MetricsSnapshot {
     pub segments: u64,
     pub segments_deleted: u64,
     pub compactions: u64,
-    /// Bytes held in the logs' tail caches (a gauge, taken with the snapshot).
-    pub tail_cache_bytes: u64,
+    /// Bytes of recent batches held in memory (a gauge, taken with the snapshot).
+    pub cache_bytes: u64,
+    /// The shards' memory budgets for recent batches, together.
+    pub cache_budget_bytes: u64,
     /// fdatasync latency in microseconds.
     pub fsync_latency_us: Histogram<u64>,
 }
@@ -141,7 +144,8 @@ impl MetricsSnapshot {
         self.segments += other.segments;
         self.segments_deleted += other.segments_deleted;
         self.compactions += other.compactions;
-        self.tail_cache_bytes += other.tail_cache_bytes;
+        self.cache_bytes += other.cache_bytes;
+        self.cache_budget_bytes += other.cache_budget_bytes;
         self.fsync_latency_us
             .add(&other.fsync_latency_us)
             .expect("same histogram bounds");

@@ -154,6 +154,7 @@ impl ReadStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Storage;
     use rand::{Rng, SeedableRng};
 
     fn run(test: impl AsyncFnOnce() + Send + 'static) {
@@ -178,7 +179,9 @@ mod tests {
         let content = pattern(3 * CHUNK_BYTES as usize + 12_345);
         std::fs::write(&path, &content).unwrap();
         run(async move || {
-            let file = SegmentFile::open(&path, false, None).await.unwrap();
+            let file = SegmentFile::open(&path, false, Storage::default())
+                .await
+                .unwrap();
             let size = content.len() as u64;
             let mut stream = ReadStream::new(file);
             let mut random = rand::rngs::StdRng::seed_from_u64(7);
@@ -207,7 +210,9 @@ mod tests {
         let content = pattern(8 * CHUNK_BYTES as usize);
         std::fs::write(&path, &content).unwrap();
         run(async move || {
-            let file = SegmentFile::open(&path, false, None).await.unwrap();
+            let file = SegmentFile::open(&path, false, Storage::default())
+                .await
+                .unwrap();
             let size = content.len() as u64;
             let mut stream = ReadStream::new(file);
             stream.read(1000, 100_000, size).await.unwrap();

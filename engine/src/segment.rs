@@ -7,7 +7,6 @@
 //! (on the shard's blocking thread), and [`ActiveSegment::seal`] maps them read-only.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -15,12 +14,13 @@ use memmap2::Mmap;
 
 use crate::batch;
 use crate::error::Result;
-use crate::file::{BLOCK_BYTES, Faults, SegmentFile};
+use crate::file::{BLOCK_BYTES, SegmentFile};
 use crate::mmap::map_read_only;
 use crate::offset_index::{OffsetIndex, OffsetIndexWriter};
 use crate::producers::ProducerBatch;
 use crate::recovery::{self, Feed, Stop};
 use crate::storage;
+use crate::storage::Storage;
 use crate::time_index::{TimeIndex, TimeIndexWriter};
 use crate::types::{Offset, Position, Timestamp};
 
@@ -86,11 +86,11 @@ impl ActiveSegment {
         dir: &Path,
         base_offset: Offset,
         index_interval_bytes: u64,
-        faults: Option<Arc<Faults>>,
+        storage: Storage,
     ) -> Result<ActiveSegment> {
-        let file = SegmentFile::open(&log_path(dir, base_offset), true, faults).await?;
+        let file = SegmentFile::open(&log_path(dir, base_offset), true, storage.clone()).await?;
         file.truncate(0).await?;
-        storage::sync_dir(dir).await?;
+        storage.sync_dir(dir).await?;
         Ok(ActiveSegment {
             base_offset,
             file,
@@ -114,10 +114,10 @@ impl ActiveSegment {
         dir: &Path,
         base_offset: Offset,
         index_interval_bytes: u64,
-        faults: Option<Arc<Faults>>,
+        storage: Storage,
     ) -> Result<(ActiveSegment, Vec<ProducerBatch>)> {
         let path = log_path(dir, base_offset);
-        let file = SegmentFile::open(&path, false, faults).await?;
+        let file = SegmentFile::open(&path, false, storage).await?;
         let file_bytes = file.size().await?;
         let mut scan = recovery::Scan::new(base_offset, index_interval_bytes);
         let mut want = RECOVERY_CHUNK_BYTES;
@@ -370,6 +370,7 @@ impl ActiveSegment {
 /// Writes a segment's two index files (each atomically and durably), on the shard's blocking
 /// thread.
 pub async fn write_indexes(
+    storage: &Storage,
     dir: &Path,
     base_offset: Offset,
     offsets: Vec<u8>,
@@ -379,11 +380,11 @@ pub async fn write_indexes(
         offset_index_path(dir, base_offset),
         time_index_path(dir, base_offset),
     ];
-    let dir = dir.to_path_buf();
+    let (dir, storage) = (dir.to_path_buf(), storage.clone());
     storage::blocking(move || {
         for (path, contents) in paths.iter().zip([offsets, times]) {
             let name = path.file_name().expect("index path has a name");
-            storage::write_atomically_blocking(&dir, &name.to_string_lossy(), &contents)?;
+            storage.write_atomically_blocking(&dir, &name.to_string_lossy(), &contents)?;
         }
         Ok(())
     })
@@ -456,7 +457,7 @@ impl SealedSegment {
         dir: &Path,
         base_offset: Offset,
         index_interval_bytes: u64,
-        faults: Option<Arc<Faults>>,
+        storage: Storage,
     ) -> Result<SealedSegment> {
         let path = log_path(dir, base_offset);
         // SAFETY: a sealed segment's log file is never modified; recovery below writes it
@@ -506,6 +507,7 @@ impl SealedSegment {
                 }
                 scan.time_index.seal();
                 write_indexes(
+                    &storage,
                     dir,
                     base_offset,
                     scan.offset_index.bytes().to_vec(),
@@ -517,7 +519,7 @@ impl SealedSegment {
         };
         let file_bytes = bytes.len() as u64;
         drop(map);
-        let file = SegmentFile::open(&path, false, faults).await?;
+        let file = SegmentFile::open(&path, false, storage).await?;
         if size != file_bytes {
             file.truncate(size).await?;
             file.fdatasync().await?;
@@ -550,11 +552,13 @@ impl SealedSegment {
 
     /// Removes the segment's files. Open readers keep their file handle.
     pub async fn delete(self, dir: &Path) -> Result<()> {
-        storage::remove_files(vec![
-            log_path(dir, self.base_offset),
-            offset_index_path(dir, self.base_offset),
-            time_index_path(dir, self.base_offset),
-        ])
-        .await
+        self.file
+            .storage()
+            .remove_files(vec![
+                log_path(dir, self.base_offset),
+                offset_index_path(dir, self.base_offset),
+                time_index_path(dir, self.base_offset),
+            ])
+            .await
     }
 }

@@ -11,7 +11,7 @@ use coremq_engine::LogConfig;
 use coremq_engine::checkpoint;
 use coremq_engine::producers::ProducerState;
 use coremq_net::broker::group_offsets;
-use coremq_net::broker::topics::TopicTable;
+use coremq_replication::topics::TopicTable;
 use libfuzzer_sys::fuzz_target;
 
 /// `bytes` with its last four bytes replaced by the CRC-32C of the rest, as the writers do.

@@ -8,11 +8,13 @@ mod local;
 mod placement;
 mod shards;
 mod system;
+mod task;
 
 pub use local::{install, local, remove};
 pub use placement::placement;
 pub use shards::{Runtime, RuntimeConfig, Service, ShardFuture, Shards, current_shard, stopping};
 pub use system::{MEMLOCK_MIN_BYTES, abort_on_panic};
+pub use task::{Task, net, run_alone, sleep, spawn_background, spawn_local, sync, yield_if_needed};
 
 /// Why the runtime could not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq)]

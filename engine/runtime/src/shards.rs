@@ -289,6 +289,11 @@ impl<S: Service> ShardMain<S> {
             );
         }
         let result = self.service.stop(self.id).await;
+        // Glommio closes a file dropped while its executor runs on the reactor's next cycle;
+        // the files the service's stop dropped would otherwise keep their descriptors open
+        // after the executor is gone (an embedded engine started and stopped many times runs
+        // out of them). A timer wait is such a cycle.
+        glommio::timer::sleep(Duration::from_millis(1)).await;
         if shutdown {
             let _ = self.stopped.send(result);
         }

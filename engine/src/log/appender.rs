@@ -16,7 +16,6 @@ use crate::file::{BLOCK_BYTES, SegmentFile};
 use crate::metrics::add;
 use crate::producers::{Check, ProducerBatch};
 use crate::segment::{self, ActiveSegment};
-use crate::storage;
 use crate::types::{Offset, Timestamp};
 
 use super::{Ack, AppendInfo, Log, PRODUCERS_FILE};
@@ -134,6 +133,7 @@ impl Log {
             inner
                 .cache
                 .push(base_offset, header.next_offset(), batch.clone());
+            self.cache.appended(self, header.next_offset(), batch.len());
             inner.pending.push_back(batch);
             inner.pending_bytes += size;
             let info = AppendInfo {
@@ -210,7 +210,7 @@ impl Log {
             return;
         }
         let log = self.clone();
-        glommio::spawn_local(async move {
+        coremq_runtime::spawn_local(async move {
             log.write_rounds().await;
             log.writer_active.set(false);
             log.progress.notify_all();
@@ -226,7 +226,7 @@ impl Log {
             return;
         }
         let log = self.clone();
-        glommio::spawn_local(async move {
+        coremq_runtime::spawn_local(async move {
             loop {
                 let (file, written) = {
                     let inner = log.inner.borrow();
@@ -316,8 +316,9 @@ impl Log {
         inner.written = end.offset;
         inner.assert_watermarks();
         inner.pending_bytes -= end.taken_bytes;
-        let budget = inner.config.tail_cache_bytes;
-        inner.cache.evict(budget, end.offset);
+        drop(inner);
+        // Written batches may now leave memory, this log's or older ones of its neighbours.
+        self.cache.enforce();
     }
 
     /// Starts writing the pending batches, if any. The first block of the write is shared
@@ -355,7 +356,7 @@ impl Log {
         let done = Rc::new(Cell::new(false));
         let log = self.clone();
         let round_done = done.clone();
-        let task = glommio::spawn_local(async move {
+        let task = coremq_runtime::spawn_local(async move {
             let result = if shares_block {
                 let block = BLOCK_BYTES as usize;
                 let (first, rest) = (
@@ -454,7 +455,7 @@ impl Log {
 
     pub(super) fn start_flush_timer(log: &Rc<Log>) {
         let weak = Rc::downgrade(log);
-        glommio::spawn_local(async move {
+        coremq_runtime::spawn_local(async move {
             loop {
                 let interval = match weak.upgrade() {
                     Some(log) if !log.closed.get() => match log.inner.borrow().config.durability {
@@ -463,7 +464,7 @@ impl Log {
                     },
                     _ => return,
                 };
-                glommio::timer::sleep(Duration::from_millis(interval.unwrap_or(1000))).await;
+                coremq_runtime::sleep(Duration::from_millis(interval.unwrap_or(1000))).await;
                 if interval.is_some()
                     && let Some(log) = weak.upgrade()
                 {
@@ -485,7 +486,9 @@ impl Log {
             }
             inner.producers.encode(up_to)
         };
-        storage::write_atomically(&self.dir, PRODUCERS_FILE, bytes).await
+        self.storage
+            .write_atomically(&self.dir, PRODUCERS_FILE, bytes)
+            .await
     }
 
     /// Seals the active segment and starts a new one at the log end. The caller holds the
@@ -524,11 +527,11 @@ impl Log {
                 Some(format!("sealing segment {base} failed: {error}"));
             error
         };
-        segment::write_indexes(&self.dir, base, offsets, times)
+        segment::write_indexes(&self.storage, &self.dir, base, offsets, times)
             .await
             .map_err(fence)?;
         let new =
-            ActiveSegment::create(&self.dir, next_offset, interval, self.faults.clone()).await?;
+            ActiveSegment::create(&self.dir, next_offset, interval, self.storage.clone()).await?;
         let old = {
             let mut inner = self.inner.borrow_mut();
             let old = std::mem::replace(&mut inner.active, new);
@@ -544,7 +547,7 @@ impl Log {
 
 /// A write in flight.
 struct Round {
-    task: glommio::Task<Result<()>>,
+    task: coremq_runtime::Task<Result<()>>,
     end: RoundEnd,
     /// Set when the round's writes have completed (successfully or not).
     done: Rc<Cell<bool>>,

@@ -63,7 +63,7 @@ impl Log {
                 start = first_kept;
             }
         };
-        checkpoint::store(&self.dir, new_start).await?;
+        checkpoint::store(&self.storage, &self.dir, new_start).await?;
         {
             let mut inner = self.inner.borrow_mut();
             inner.log_start = new_start;

@@ -6,23 +6,21 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::Arc;
 
-use glommio::sync::Semaphore;
+use coremq_runtime::sync::Semaphore;
 
 use crate::cache::TailCache;
 use crate::checkpoint;
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
-use crate::file::Faults;
-use crate::metrics::{Metrics, add};
+use crate::metrics::add;
 use crate::notify::Notify;
 use crate::producers::{ProducerBatch, ProducerState};
 use crate::segment::{ActiveSegment, SealedSegment};
 use crate::storage;
 use crate::types::{Offset, TopicPartition};
 
-use super::{CONFIG_FILE, Inner, Log, PRODUCERS_FILE};
+use super::{CONFIG_FILE, Inner, Log, PRODUCERS_FILE, Services};
 
 /// Rebuilds idempotent producer state at open: the snapshot taken at the last roll, then
 /// the batches the active segment's recovery found after it. A missing or damaged snapshot
@@ -77,22 +75,22 @@ impl Log {
         dir: &Path,
         topic_partition: TopicPartition,
         config: LogConfig,
-        metrics: Rc<Metrics>,
-        faults: Option<Arc<Faults>>,
+        services: Services,
     ) -> Result<Rc<Log>> {
         config.validate()?;
+        let files = services.storage.clone();
         let (log_dir, contents) = (dir.to_path_buf(), config.encode());
         storage::blocking(move || {
             std::fs::create_dir_all(&log_dir)
                 .map_err(|source| crate::file::classify(&log_dir, "create directory", source))?;
-            storage::write_atomically_blocking(&log_dir, CONFIG_FILE, contents.as_bytes())?;
+            files.write_atomically_blocking(&log_dir, CONFIG_FILE, contents.as_bytes())?;
             match log_dir.parent() {
-                Some(parent) => storage::sync_dir_blocking(parent),
+                Some(parent) => files.sync_dir_blocking(parent),
                 None => Ok(()),
             }
         })
         .await?;
-        Log::open(dir, topic_partition, metrics, faults).await
+        Log::open(dir, topic_partition, services).await
     }
 
     /// Opens an existing log directory: finishes interrupted compaction swaps, opens sealed
@@ -100,9 +98,13 @@ impl Log {
     pub async fn open(
         dir: &Path,
         topic_partition: TopicPartition,
-        metrics: Rc<Metrics>,
-        faults: Option<Arc<Faults>>,
+        services: Services,
     ) -> Result<Rc<Log>> {
+        let Services {
+            metrics,
+            cache,
+            storage,
+        } = services;
         let config_path = dir.join(CONFIG_FILE);
         let config_text = std::fs::read_to_string(&config_path).map_err(|source| Error::Io {
             path: config_path.clone(),
@@ -111,18 +113,20 @@ impl Log {
         })?;
         let config = LogConfig::decode(&config_text)?;
         let swaps_dir = dir.to_path_buf();
-        let bases = storage::blocking(move || crate::compaction::recover_swaps(&swaps_dir)).await?;
+        let files = storage.clone();
+        let bases =
+            storage::blocking(move || crate::compaction::recover_swaps(&files, &swaps_dir)).await?;
         let interval = config.index_interval_bytes;
         let mut sealed = BTreeMap::new();
         let last = bases.last().copied();
         for &base in bases.iter().filter(|&&base| Some(base) != last) {
-            let segment = SealedSegment::open(dir, base, interval, faults.clone()).await?;
+            let segment = SealedSegment::open(dir, base, interval, storage.clone()).await?;
             sealed.insert(base, segment);
         }
         let (active, recovered) = match last {
-            Some(base) => ActiveSegment::recover(dir, base, interval, faults.clone()).await?,
+            Some(base) => ActiveSegment::recover(dir, base, interval, storage.clone()).await?,
             None => (
-                ActiveSegment::create(dir, Offset(0), interval, faults.clone()).await?,
+                ActiveSegment::create(dir, Offset(0), interval, storage.clone()).await?,
                 Vec::new(),
             ),
         };
@@ -150,7 +154,7 @@ impl Log {
                 committed: log_end,
                 pending: VecDeque::new(),
                 pending_bytes: 0,
-                cache: TailCache::default(),
+                cache: TailCache::new(cache.clone()),
                 fenced: None,
                 rollbacks: 0,
                 last_write_error: None,
@@ -167,9 +171,9 @@ impl Log {
             closed: Cell::new(false),
             compacting: Cell::new(false),
             compacted_through: Cell::new(None),
-            idle_mark: Cell::new(None),
             metrics,
-            faults,
+            cache,
+            storage,
         });
         Log::start_flush_timer(&log);
         Ok(log)

@@ -17,22 +17,20 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use glommio::sync::Semaphore;
+use coremq_runtime::sync::Semaphore;
 
-use crate::cache::TailCache;
+use crate::cache::{ShardCache, TailCache};
 use crate::config::{Durability, LogConfig};
 use crate::error::{Error, Result};
-use crate::file::Faults;
 use crate::metrics::Metrics;
 use crate::notify::Notify;
 use crate::producers::ProducerState;
 use crate::readahead::ReadStream;
 use crate::segment::{ActiveSegment, SealedSegment};
-use crate::storage;
+use crate::storage::Storage;
 use crate::types::{Offset, Timestamp, TopicPartition};
 
 /// The configuration file in each log directory.
@@ -177,10 +175,18 @@ pub struct Log {
     /// End of the sealed segments the last compaction pass fully cleaned (no tombstone left
     /// waiting); the next pass runs only once more segments are sealed.
     pub(crate) compacted_through: Cell<Option<Offset>>,
-    /// The log end at the last cleanup pass: unchanged at the next one, the log is idle.
-    idle_mark: Cell<Option<Offset>>,
     pub(crate) metrics: Rc<Metrics>,
-    pub(crate) faults: Option<Arc<Faults>>,
+    /// The shard's memory budget for recent batches, which this log's cache counts against.
+    pub(crate) cache: Rc<ShardCache>,
+    pub(crate) storage: Storage,
+}
+
+/// What a log uses of its shard.
+#[derive(Clone)]
+pub struct Services {
+    pub metrics: Rc<Metrics>,
+    pub cache: Rc<ShardCache>,
+    pub storage: Storage,
 }
 
 impl Log {
@@ -199,7 +205,9 @@ impl Log {
     /// Replaces the configuration, persisting it first.
     pub async fn set_config(&self, config: LogConfig) -> Result<()> {
         config.validate()?;
-        storage::write_atomically(&self.dir, CONFIG_FILE, config.encode().into_bytes()).await?;
+        self.storage
+            .write_atomically(&self.dir, CONFIG_FILE, config.encode().into_bytes())
+            .await?;
         self.inner.borrow_mut().config = config;
         Ok(())
     }
@@ -256,7 +264,7 @@ impl Log {
                 return false;
             }
             let woken = self.progress.notified();
-            futures_lite::future::or(woken, glommio::timer::sleep(left)).await;
+            futures_lite::future::or(woken, coremq_runtime::sleep(left)).await;
         }
     }
 
@@ -298,25 +306,20 @@ impl Log {
         flushed
     }
 
-    /// Bytes held in the tail cache.
-    pub(crate) fn cache_bytes(&self) -> usize {
-        self.inner.borrow().cache.bytes()
+    /// Evicts the cached batches ending at or before `offset`, if they are written (the
+    /// shard's budget asks); false if they are not written yet.
+    pub(crate) fn evict_cached_through(&self, offset: Offset) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        if offset > inner.written {
+            return false;
+        }
+        inner.cache.drop_through(offset);
+        true
     }
 
-    /// Drops the tail cache's written batches if no batch was appended since the last call
-    /// (the shard's cleanup pass calls it): readers of an idle log read the file, which the
-    /// kernel caches and can reclaim, instead of memory the broker would hold for good.
-    /// Returns the bytes released.
-    pub(crate) fn release_idle_cache(&self) -> usize {
-        let mut inner = self.inner.borrow_mut();
-        let end = inner.active.next_offset();
-        if self.idle_mark.replace(Some(end)) != Some(end) {
-            return 0;
-        }
-        let before = inner.cache.bytes();
-        let written = inner.written;
-        inner.cache.evict(0, written);
-        before - inner.cache.bytes()
+    /// Whether the batch ending before `next_offset` may still be cached.
+    pub(crate) fn caches(&self, next_offset: Offset) -> bool {
+        self.inner.borrow().cache.holds(next_offset)
     }
 
     /// Discards the cached batches (tests use it to force reads from disk).
