@@ -1,2 +1,19 @@
-//! Replication of coremq logs to followers. No code yet; it will drive the engine's
-//! `committed` watermark. The crate exists so the workspace keeps its dependency order.
+//! The partitions and the cluster metadata, between the front ends (the Kafka protocol today,
+//! MQTT next) and the engine. Front ends append to and read from a [`Partition`] with a
+//! [`Consistency`] and an [`Isolation`], never from the engine's log, and change topics
+//! through the [`Cluster`]; the topic table ([`topics`]) with its stored configs lives here.
+//!
+//! Single node today: a partition is its one local log, `Consistency::Durable` is the log's
+//! durability policy, and the topic table is a file. Replication fills these in (followers,
+//! the high watermark driving the engine's `committed` watermark, a Raft metadata log)
+//! without the front ends changing.
+
+mod cluster;
+mod error;
+mod partition;
+pub mod topics;
+
+pub use cluster::{Cluster, LogConfigs};
+pub use coremq_engine::Isolation;
+pub use error::Error;
+pub use partition::{Consistency, Partition};
