@@ -81,6 +81,10 @@ struct Options {
     /// Request bytes buffered per shard [default: 536870912]
     #[arg(long, env = "COREMQ_SHARD_REQUEST_BYTES_MAX")]
     shard_request_bytes_max: Option<usize>,
+    /// Memory per shard for recent batches, shared by its partitions [default: an eighth
+    /// of the machine's memory split between the shards, at least 16 MiB]
+    #[arg(long, env = "COREMQ_CACHE_BYTES")]
+    cache_bytes: Option<usize>,
     /// Partitions held per shard, all topics together; creations beyond are refused
     /// [default: 1000]
     #[arg(long, env = "COREMQ_PARTITIONS_PER_SHARD_MAX")]
@@ -179,6 +183,7 @@ impl Options {
             shard_request_bytes_max: self
                 .shard_request_bytes_max
                 .or(file.shard_request_bytes_max),
+            cache_bytes: self.cache_bytes.or(file.cache_bytes),
             partitions_per_shard_max: self
                 .partitions_per_shard_max
                 .or(file.partitions_per_shard_max),
@@ -252,6 +257,7 @@ impl Options {
             shard_request_bytes_max: self
                 .shard_request_bytes_max
                 .unwrap_or(defaults.shard_request_bytes_max),
+            cache_bytes: self.cache_bytes,
             partitions_per_shard_max: self
                 .partitions_per_shard_max
                 .unwrap_or(defaults.partitions_per_shard_max),

@@ -1,7 +1,10 @@
 //! The workspace's crates depend on each other in one direction only:
 //! runtime <- engine <- replication <- net <- the `coremq` binary and the tools. A crate may use any
 //! crate below it, never one beside or above it. Read from `cargo metadata`, so a new
-//! dependency in any Cargo.toml that points the wrong way fails here.
+//! dependency in any Cargo.toml that points the wrong way fails here. The executor (glommio)
+//! is named only by the runtime, the engine (its file I/O) and the tools (raw-disk baselines,
+//! client threads): the replication and network layers take tasks, timers and sockets from
+//! the runtime.
 
 use std::process::Command;
 
@@ -14,6 +17,9 @@ const LAYERS: &[(&str, u32)] = &[
     ("coremq", 4),
     ("coremq-tools", 4),
 ];
+
+/// The crates that may depend on the executor directly.
+const EXECUTOR_USERS: &[&str] = &["coremq-runtime", "coremq-engine", "coremq-tools"];
 
 fn layer(name: &str) -> Option<u32> {
     LAYERS
@@ -52,6 +58,11 @@ fn dependencies_point_down_the_layers() {
         seen.push(name.to_string());
         for dependency in package["dependencies"].as_array().unwrap() {
             let dependency = dependency["name"].as_str().unwrap();
+            if dependency == "glommio-ng" && !EXECUTOR_USERS.contains(&name) {
+                wrong.push(format!(
+                    "{name} -> {dependency} (take it from coremq-runtime)"
+                ));
+            }
             if let Some(below) = layer(dependency)
                 && below >= layer_of_package
             {

@@ -107,8 +107,8 @@ fn check_assignment<'a>(
     }
 }
 
-fn broker_failure(error: super::Error) -> Failure {
-    (errors::broker_code(&error), error.to_string())
+fn broker_failure(error: coremq_replication::Error) -> Failure {
+    (errors::cluster_code(&error), error.to_string())
 }
 
 fn described_configs(
@@ -236,10 +236,11 @@ async fn create_topic(
         return Ok((Uuid::ZERO, partitions, overrides));
     }
     match context
+        .cluster
         .create_topic(topic.name.clone(), partitions, overrides.clone())
         .await
     {
-        Ok(Some(created)) => Ok((created.id, partitions, overrides)),
+        Ok(Some(created)) => Ok((created.id.into(), partitions, overrides)),
         Ok(None) => fail(
             error_code::TOPIC_ALREADY_EXISTS,
             format!("topic {:?} already exists", topic.name),
@@ -271,7 +272,7 @@ pub async fn delete_topics(
         let table = context.topics();
         let found = match &name {
             Some(name) => table.get(name).cloned(),
-            None => table.by_id(&id).cloned(),
+            None => table.by_id(&id.into()).cloned(),
         };
         let outcome = match found {
             None if name.is_none() => fail(error_code::UNKNOWN_TOPIC_ID, "no topic has this id"),
@@ -280,7 +281,7 @@ pub async fn delete_topics(
                 error_code::INVALID_TOPIC_EXCEPTION,
                 "the internal topic __consumer_offsets cannot be deleted",
             ),
-            Some(topic) => match context.delete_topic(topic.name.clone()).await {
+            Some(topic) => match context.cluster.delete_topic(topic.name.clone()).await {
                 Ok(true) => {
                     groups::forget_topic(context, &topic.name).await;
                     Ok(topic)
@@ -292,7 +293,7 @@ pub async fn delete_topics(
         responses.push(match outcome {
             Ok(topic) => DeletableTopicResult {
                 name: Some(topic.name.clone()),
-                topic_id: topic.id,
+                topic_id: topic.id.into(),
                 ..DeletableTopicResult::default()
             },
             Err((code, message)) => DeletableTopicResult {
@@ -367,6 +368,7 @@ async fn add_partitions(
         return Ok(());
     }
     context
+        .cluster
         .add_partitions(topic.name.clone(), count)
         .await
         .map_err(broker_failure)
@@ -597,6 +599,7 @@ async fn apply_overrides(
         return Ok(());
     }
     context
+        .cluster
         .set_topic_configs(name.to_string(), overrides)
         .await
         .map_err(broker_failure)
@@ -781,7 +784,7 @@ async fn delete_below(context: &Context, log: &TopicPartition, offset: i64) -> R
     let offset = match offset {
         -1 => {
             context
-                .handle
+                .cluster
                 .offsets(log)
                 .await
                 .map_err(|error| errors::code(&error))?
@@ -791,7 +794,7 @@ async fn delete_below(context: &Context, log: &TopicPartition, offset: i64) -> R
         _ => return Err(error_code::OFFSET_OUT_OF_RANGE),
     };
     let start = context
-        .handle
+        .cluster
         .delete_records(log, offset)
         .await
         .map_err(|error| errors::code(&error))?;
@@ -859,7 +862,7 @@ pub async fn offset_for_leader_epoch(
                     answer.error_code = error_code::UNKNOWN_LEADER_EPOCH;
                 }
                 Ok(log) if partition.leader_epoch == LEADER_EPOCH => {
-                    match context.handle.offsets(&log).await {
+                    match context.cluster.offsets(&log).await {
                         Ok(offsets) => {
                             answer.leader_epoch = LEADER_EPOCH;
                             answer.end_offset = offsets.high_watermark.0 as i64;

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use coremq_engine::CleanupPolicy;
 
+pub use crate::server::AcceptMode;
+
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     /// Data directory: engine logs under `logs/`, broker metadata under `meta/`.
@@ -36,6 +38,9 @@ pub struct BrokerConfig {
     pub connection_requests_in_flight_max: usize,
     /// Request bytes buffered per shard across its connections.
     pub shard_request_bytes_max: usize,
+    /// Memory per shard for recent batches (`None`: the engine's default, from the
+    /// machine's memory).
+    pub cache_bytes: Option<usize>,
     /// Partitions the broker holds per shard, all topics together (Redpanda's
     /// `topic_partitions_per_shard`): creations beyond it are refused.
     pub partitions_per_shard_max: u32,
@@ -92,6 +97,7 @@ impl Default for BrokerConfig {
             socket_request_max_bytes: 100 << 20,
             connection_requests_in_flight_max: 64,
             shard_request_bytes_max: 512 << 20,
+            cache_bytes: None,
             partitions_per_shard_max: 1000,
             offsets_topic_partitions: 16,
             group_initial_rebalance_delay_ms: 3000,
@@ -108,39 +114,6 @@ impl Default for BrokerConfig {
             request_read_timeout_ms: 30_000,
             max_connections: i32::MAX as usize,
             max_connections_per_ip: i32::MAX as usize,
-        }
-    }
-}
-
-/// How connections reach the shards (measured in `benches/accept.rs`; see docs/design.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AcceptMode {
-    /// Every shard listens on the port with SO_REUSEPORT and serves what it accepts; the
-    /// kernel picks the shard by a hash of the connection's addresses.
-    ReusePort,
-    /// Shard 0 accepts every connection and hands it to the shard serving the fewest.
-    Handoff,
-}
-
-impl std::fmt::Display for AcceptMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AcceptMode::ReusePort => "reuseport",
-            AcceptMode::Handoff => "handoff",
-        })
-    }
-}
-
-impl std::str::FromStr for AcceptMode {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<AcceptMode, String> {
-        match text {
-            "reuseport" => Ok(AcceptMode::ReusePort),
-            "handoff" => Ok(AcceptMode::Handoff),
-            _ => Err(format!(
-                "{text:?} is not an accept mode (reuseport, handoff)"
-            )),
         }
     }
 }

@@ -11,7 +11,7 @@ use coremq_engine::{CleanupPolicy, Compression, Durability, LogConfig};
 
 use super::BrokerConfig;
 use super::groups;
-use super::topics::Topic;
+use coremq_replication::topics::Topic;
 
 /// Kafka's `ConfigType` values (DescribeConfigs v3+).
 pub const TYPE_BOOLEAN: i8 = 1;

@@ -12,6 +12,7 @@ use crate::protocol::error_code;
 use crate::protocol::frame::{self, FrameError, Request};
 use crate::protocol::messages::ApiVersionsResponse;
 use crate::protocol::messages::api_versions_response::ApiVersion;
+use crate::server::Incoming;
 
 fn api_versions(error_code: i16) -> ApiVersionsResponse {
     ApiVersionsResponse {
@@ -35,15 +36,9 @@ fn api_versions_fallback(correlation_id: i32) -> Vec<Bytes> {
     frame::encode_response(correlation_id, 0, &body)
 }
 
-/// A decoded frame: a request to handle, or an answer already made.
-pub enum Incoming {
-    Request(Request),
-    Answered(Vec<Bytes>),
-}
-
 /// Decodes one request frame (without its size prefix) and counts it. An error means the
 /// frame is not a request this broker can answer: the connection closes.
-pub fn decode(context: &Context, frame: Bytes) -> Result<Incoming, FrameError> {
+pub fn decode(context: &Context, frame: Bytes) -> Result<Incoming<Request>, FrameError> {
     match frame::decode_request(frame) {
         Ok(request) => {
             *context

@@ -2,8 +2,9 @@
 //! as they are, never borrowed for something they are not. [`super::errors`] turns either
 //! into a Kafka error code.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use crate::server::ListenError;
 
 #[derive(Debug)]
 pub enum Error {
@@ -13,17 +14,11 @@ pub enum Error {
     /// block) cannot be read or written.
     Metadata { path: PathBuf, reason: String },
     /// A listener cannot be opened, or another process holds its address.
-    Listen {
-        what: String,
-        address: SocketAddr,
-        reason: String,
-    },
+    Listen(ListenError),
     /// The HTTP admin server could not start.
     Admin { reason: String },
-    /// No topic of that name.
-    UnknownTopic { name: String },
-    /// A topic's configs make no valid log config.
-    TopicConfig { topic: String, reason: String },
+    /// The cluster layer (topics, partitions) refused or failed an operation.
+    Cluster(coremq_replication::Error),
     /// A start-up or shutdown step failed.
     Step { step: String, source: Box<Error> },
     /// The engine refused or failed an operation.
@@ -40,6 +35,18 @@ impl Error {
     }
 }
 
+impl From<ListenError> for Error {
+    fn from(error: ListenError) -> Error {
+        Error::Listen(error)
+    }
+}
+
+impl From<coremq_replication::Error> for Error {
+    fn from(error: coremq_replication::Error) -> Error {
+        Error::Cluster(error)
+    }
+}
+
 impl From<coremq_engine::Error> for Error {
     fn from(error: coremq_engine::Error) -> Error {
         Error::Engine(error)
@@ -51,13 +58,8 @@ impl std::fmt::Display for Error {
         match self {
             Error::Config { reason } | Error::Admin { reason } => f.write_str(reason),
             Error::Metadata { path, reason } => write!(f, "{}: {reason}", path.display()),
-            Error::Listen {
-                what,
-                address,
-                reason,
-            } => write!(f, "cannot listen for {what} on {address}: {reason}"),
-            Error::UnknownTopic { name } => write!(f, "no topic {name:?}"),
-            Error::TopicConfig { topic, reason } => write!(f, "topic {topic:?}: {reason}"),
+            Error::Listen(error) => write!(f, "{error}"),
+            Error::Cluster(source) => write!(f, "{source}"),
             Error::Step { step, source } => write!(f, "{step}: {source}"),
             Error::Engine(source) => write!(f, "{source}"),
         }
@@ -69,6 +71,8 @@ impl std::error::Error for Error {
         match self {
             Error::Step { source, .. } => Some(source.as_ref()),
             Error::Engine(source) => Some(source),
+            Error::Cluster(source) => Some(source),
+            Error::Listen(source) => Some(source),
             _ => None,
         }
     }

@@ -2,8 +2,8 @@
 
 use coremq_engine::Error;
 
-use super::topics::Topic;
 use crate::protocol::error_code;
+use coremq_replication::topics::Topic;
 
 /// The log of partition `index` of `topic` (as the caller found it, or `None`), or Kafka's
 /// UNKNOWN_TOPIC_OR_PARTITION when the topic or the partition does not exist.
@@ -40,15 +40,13 @@ pub fn code(error: &Error) -> i16 {
     }
 }
 
-/// The Kafka error code for a broker error.
-pub fn broker_code(error: &super::Error) -> i16 {
-    use super::Error as Broker;
+/// The Kafka error code for a cluster-layer error.
+pub fn cluster_code(error: &coremq_replication::Error) -> i16 {
+    use coremq_replication::Error as Cluster;
     match error {
-        Broker::Engine(error) => code(error),
-        Broker::Step { source, .. } => broker_code(source),
-        Broker::UnknownTopic { .. } => error_code::UNKNOWN_TOPIC_OR_PARTITION,
-        Broker::TopicConfig { .. } | Broker::Config { .. } => error_code::INVALID_CONFIG,
-        Broker::Metadata { .. } => error_code::KAFKA_STORAGE_ERROR,
-        Broker::Listen { .. } | Broker::Admin { .. } => error_code::UNKNOWN_SERVER_ERROR,
+        Cluster::Engine(error) => code(error),
+        Cluster::UnknownTopic { .. } => error_code::UNKNOWN_TOPIC_OR_PARTITION,
+        Cluster::TopicConfig { .. } => error_code::INVALID_CONFIG,
+        Cluster::Metadata { .. } => error_code::KAFKA_STORAGE_ERROR,
     }
 }

@@ -10,7 +10,8 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use coremq_engine::{Error, Isolation, Offset, Timestamp, TopicPartition};
+use coremq_engine::{Error, Offset, Timestamp, TopicPartition};
+use coremq_replication::Isolation;
 
 use super::{Context, errors};
 use crate::protocol::codec::{Records, Uuid};
@@ -47,7 +48,7 @@ pub async fn handle(context: &Rc<Context>, request: FetchRequest, version: i16) 
     let mut topics: Vec<(String, Uuid, Vec<Wanted>)> = Vec::new();
     for topic in &request.topics {
         let found = if version >= 13 {
-            table.by_id(&topic.topic_id).cloned()
+            table.by_id(&topic.topic_id.into()).cloned()
         } else {
             table.get(&topic.topic).cloned()
         };
@@ -114,7 +115,7 @@ async fn read_all(
             let context = context.clone();
             let log = partition.log.clone();
             let (offset, max_bytes) = (partition.offset, partition.max_bytes.min(response_max));
-            reads.push(glommio::spawn_local(async move {
+            reads.push(coremq_runtime::spawn_local(async move {
                 let log = log?;
                 let from = Offset(offset.max(0) as u64);
                 if offset < 0 {
@@ -122,7 +123,7 @@ async fn read_all(
                 }
                 Some(
                     match context
-                        .handle
+                        .cluster
                         .read(&log, from, max_bytes.max(1), Isolation::Written)
                         .await
                     {
@@ -206,7 +207,7 @@ impl From<&Error> for Failure {
 
 /// The answer to a negative fetch offset.
 async fn out_of_range(context: &Context, log: &TopicPartition) -> Failure {
-    match context.handle.offsets(log).await {
+    match context.cluster.offsets(log).await {
         Ok(offsets) => Failure {
             code: error_code::OFFSET_OUT_OF_RANGE,
             log_start: offsets.log_start.0 as i64,
@@ -236,7 +237,7 @@ async fn wait_any(
             let from = Offset(partition.offset as u64);
             waits.push(Box::pin(async move {
                 context
-                    .handle
+                    .cluster
                     .wait_readable(log, from, Isolation::Written, timeout)
                     .await
                     .unwrap_or(true)
@@ -244,7 +245,7 @@ async fn wait_any(
         }
     }
     if waits.is_empty() {
-        glommio::timer::sleep(timeout).await;
+        coremq_runtime::sleep(timeout).await;
         return false;
     }
     std::future::poll_fn(|task| {
@@ -307,20 +308,20 @@ pub async fn list_offsets(
             };
             let result = match partition.timestamp {
                 EARLIEST | EARLIEST_LOCAL => context
-                    .handle
+                    .cluster
                     .offsets(&log)
                     .await
                     .map(|offsets| Some((offsets.log_start, Timestamp(-1)))),
                 LATEST => context
-                    .handle
+                    .cluster
                     .offsets(&log)
                     .await
                     .map(|offsets| Some((offsets.high_watermark, Timestamp(-1)))),
-                MAX_TIMESTAMP => context.handle.max_timestamp_record(&log).await,
+                MAX_TIMESTAMP => context.cluster.max_timestamp_record(&log).await,
                 LATEST_TIERED => Ok(None),
                 timestamp if timestamp >= 0 => {
                     context
-                        .handle
+                        .cluster
                         .offset_for_timestamp(&log, Timestamp(timestamp))
                         .await
                 }

@@ -5,13 +5,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::Context;
-use super::topics::Topic;
 use crate::protocol::codec::Uuid;
 use crate::protocol::error_code;
 use crate::protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use crate::protocol::messages::{MetadataRequest, MetadataResponse};
+use coremq_replication::topics::Topic;
 
 /// What a client may do, as a bit per Kafka `AclOperation` code, for a broker without an
 /// authorizer: every operation Kafka supports on the resource type (KIP-430;
@@ -85,7 +85,7 @@ async fn topics(context: &Rc<Context>, request: MetadataRequest, version: i16) -
         let table = context.topics();
         let found = match &wanted.name {
             Some(name) => table.get(name).cloned(),
-            None => table.by_id(&wanted.topic_id).cloned(),
+            None => table.by_id(&wanted.topic_id.into()).cloned(),
         };
         let topic = match (found, wanted.name) {
             (Some(topic), _) => Some(topic),
@@ -127,7 +127,7 @@ fn describe(context: &Context, topic: &Arc<Topic>) -> MetadataResponseTopic {
     MetadataResponseTopic {
         error_code: error_code::NONE,
         name: Some(topic.name.clone()),
-        topic_id: topic.id,
+        topic_id: topic.id.into(),
         is_internal: topic.name == super::groups::OFFSETS_TOPIC,
         partitions: (0..topic.partitions)
             .map(|partition| MetadataResponsePartition {
@@ -156,6 +156,7 @@ async fn auto_create(context: &Context, name: &str) -> Result<Arc<Topic>, i16> {
         return Err(code);
     }
     let created = context
+        .cluster
         .create_topic(
             name.to_string(),
             context.config.default_partitions,
@@ -171,7 +172,7 @@ async fn auto_create(context: &Context, name: &str) -> Result<Arc<Topic>, i16> {
             .ok_or(error_code::UNKNOWN_TOPIC_OR_PARTITION),
         Err(error) => {
             log::warn!("auto-creating topic {name}: {error}");
-            Err(super::errors::broker_code(&error))
+            Err(super::errors::cluster_code(&error))
         }
     }
 }

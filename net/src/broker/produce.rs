@@ -8,7 +8,8 @@ use std::rc::Rc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use coremq_engine::batch::{self, BatchHeader, CheckedBatch};
-use coremq_engine::{Ack, Compression, TopicPartition, record};
+use coremq_engine::{Compression, TopicPartition, record};
+use coremq_replication::Consistency;
 
 use super::groups::OFFSETS_TOPIC;
 use super::{Context, configs, errors};
@@ -44,10 +45,10 @@ pub async fn handle(
     } else {
         None
     };
-    let ack = if acks == -1 {
-        Ack::Policy
+    let consistency = if acks == -1 {
+        Consistency::Durable
     } else {
-        Ack::Written
+        Consistency::Leader
     };
     let table = context.topics();
     // Per topic, each partition's answer if it was refused at once.
@@ -98,13 +99,13 @@ pub async fn handle(
         .zip(writable(frame, records))
         .map(|(partition, records)| {
             let context = context.clone();
-            glommio::spawn_local(async move {
+            coremq_runtime::spawn_local(async move {
                 let Accepted {
                     log,
                     index,
                     recompress,
                 } = partition;
-                append(&context, &log, index, records, recompress, ack).await
+                append(&context, &log, index, records, recompress, consistency).await
             })
         })
         .collect::<Vec<_>>()
@@ -191,7 +192,7 @@ async fn append(
     index: i32,
     mut records: BytesMut,
     recompress: Option<Compression>,
-    ack: Ack,
+    consistency: Consistency,
 ) -> PartitionProduceResponse {
     let sizes: Vec<usize> = batch::frames(&records)
         .map(|frame| frame.header.total_bytes())
@@ -214,13 +215,10 @@ async fn append(
         .into_iter()
         .map(|size| records.split_to(size))
         .collect();
-    let shard = context.handle.shard_of(log);
-    let target = log.clone();
     let appended = context
-        .handle
-        .on_shard(shard, move |shard| async move {
-            let log = shard.log(&target)?;
-            let config = log.config();
+        .cluster
+        .on_partition(log, move |partition| async move {
+            let config = partition.config();
             let mut checked = Vec::with_capacity(batches.len());
             for batch in batches {
                 let mut batch = CheckedBatch::from_mut(batch, config.batch_limits())?;
@@ -248,10 +246,10 @@ async fn append(
             }
             let mut first = None;
             for batch in checked {
-                let info = log.append_checked(batch, ack).await?;
+                let info = partition.append(batch, consistency).await?;
                 first.get_or_insert(info);
             }
-            let log_start = log.offsets().log_start;
+            let log_start = partition.offsets().log_start;
             Ok(Ok((first.expect("at least one batch"), log_start)))
         })
         .await;

@@ -5,7 +5,7 @@
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
-use glommio::sync::Semaphore;
+use coremq_runtime::sync::Semaphore;
 
 use super::{Context, Error};
 use crate::protocol::error_code;
@@ -65,7 +65,9 @@ impl ProducerIds {
         if id >= self.reserved_end.get() {
             let end = id + BLOCK;
             let contents = format!("{end}\n").into_bytes();
-            coremq_engine::storage::write_atomically(&self.dir, FILE, contents).await?;
+            coremq_engine::storage::Storage::default()
+                .write_atomically(&self.dir, FILE, contents)
+                .await?;
             self.reserved_end.set(end);
         }
         self.next.set(id + 1);
@@ -120,7 +122,7 @@ mod tests {
 
     #[test]
     fn ids_are_not_reused_after_a_restart() {
-        glommio::LocalExecutor::default().run(async {
+        coremq_runtime::run_alone(async || {
             let dir = tempfile::tempdir().unwrap();
             let open = |dir: &Path| {
                 ProducerIds::stored_end(dir).map(|end| ProducerIds::new(dir.to_path_buf(), end))

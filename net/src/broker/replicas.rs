@@ -201,7 +201,7 @@ pub async fn describe_log_dirs(
             let Some(log) = topic.log(index) else {
                 continue;
             };
-            match context.handle.offsets(&log).await {
+            match context.cluster.offsets(&log).await {
                 Ok(offsets) => partitions.push(DescribeLogDirsPartition {
                     partition_index: index,
                     partition_size: offsets.size_bytes as i64,

@@ -71,6 +71,18 @@ impl Uuid {
     pub const ZERO: Uuid = Uuid([0; 16]);
 }
 
+impl From<coremq_replication::topics::TopicId> for Uuid {
+    fn from(id: coremq_replication::topics::TopicId) -> Uuid {
+        Uuid(id.0)
+    }
+}
+
+impl From<Uuid> for coremq_replication::topics::TopicId {
+    fn from(id: Uuid) -> coremq_replication::topics::TopicId {
+        coremq_replication::topics::TopicId(id.0)
+    }
+}
+
 /// A `records` field: one or more stored record batches, kept as the `Bytes` they arrived
 /// in (a produce request) or were read as (a fetch), so they are never copied to be sent.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

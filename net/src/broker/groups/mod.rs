@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use coremq_engine::batch::BatchHeader;
 use coremq_engine::{
-    BatchBuilder, CleanupPolicy, Compression, Isolation, LogConfig, Timestamp, TopicPartition,
+    BatchBuilder, CleanupPolicy, Compression, LogConfig, Timestamp, TopicPartition,
 };
+use coremq_replication::{Consistency, Isolation};
 
 use super::Context;
 use crate::protocol::error_code;
@@ -64,7 +65,6 @@ pub fn offsets_log_config() -> LogConfig {
         cleanup_policy: CleanupPolicy::Compact,
         segment_bytes: 100 << 20,
         batch_bytes_max: 16 << 20,
-        tail_cache_bytes: 1 << 20,
         ..LogConfig::default()
     }
 }
@@ -174,10 +174,10 @@ pub async fn load(context: &Context) -> Result<usize, coremq_engine::Error> {
         if context.handle.shard_of(&log) != shard {
             continue;
         }
-        let mut next = context.handle.offsets(&log).await?.log_start;
+        let mut next = context.cluster.offsets(&log).await?.log_start;
         loop {
             let read = context
-                .handle
+                .cluster
                 .read(&log, next, 1 << 20, Isolation::Written)
                 .await?;
             if read.batches.is_empty() {
@@ -578,7 +578,10 @@ pub async fn offset_commit(
                     &[],
                 );
             }
-            let appended = context.handle.append(&log, batch.build()).await;
+            let appended = context
+                .cluster
+                .append(&log, batch.build(), Consistency::Durable)
+                .await;
             let info = appended.map_err(|error| match error {
                 coremq_engine::Error::BatchTooLarge { .. } => {
                     error_code::INVALID_COMMIT_OFFSET_SIZE
@@ -1116,7 +1119,11 @@ async fn write_tombstones<'a>(
     if batch.is_empty() {
         return Ok(());
     }
-    context.handle.append(log, batch.build()).await.map(drop)
+    context
+        .cluster
+        .append(log, batch.build(), Consistency::Durable)
+        .await
+        .map(drop)
 }
 
 /// Deletes every group's commits of `topic`, on every shard, as Kafka does when a topic is

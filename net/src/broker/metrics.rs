@@ -1,12 +1,7 @@
-//! The HTTP admin listener: `/metrics` (Prometheus text format, once the shards serve),
-//! `/health` (the process answers) and `/ready` (started and not stopping). It listens
-//! before the Kafka listener does, so a client that reached Kafka finds it. It runs on its
-//! own thread, off the shards: a scrape asks each shard for its counters through the
-//! engine's handle, like any cross-shard request, so the data path takes no locks for it.
+//! The broker's `/metrics`: the engine's counters, each shard's connections, requests, groups
+//! and closes, and the topic table's size, in OpenMetrics text.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use coremq_engine::{Handle, MetricsSnapshot};
 use prometheus_client::encoding::text::encode;
@@ -17,6 +12,7 @@ use prometheus_client::registry::Registry;
 
 use super::Context;
 use crate::protocol::api;
+use crate::server::Server;
 
 /// What one shard reports for a scrape.
 struct ShardCounters {
@@ -24,117 +20,6 @@ struct ShardCounters {
     requests: Vec<(i16, u64)>,
     groups: u64,
     closed: Vec<(&'static str, u64)>,
-}
-
-/// Where the broker is in its life, as the admin listener reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Phase {
-    /// Shards are being set up: not ready, and no metrics yet.
-    Starting,
-    /// Kafka listeners accept: ready.
-    Serving,
-    /// Shutting down: not ready; metrics still answer.
-    Stopping,
-}
-
-/// The broker's [`Phase`], shared with the admin thread.
-#[derive(Clone)]
-pub(crate) struct PhaseCell(Arc<AtomicU8>);
-
-impl PhaseCell {
-    pub(crate) fn new() -> PhaseCell {
-        PhaseCell(Arc::new(AtomicU8::new(Phase::Starting as u8)))
-    }
-
-    pub(crate) fn set(&self, phase: Phase) {
-        self.0.store(phase as u8, Ordering::Release);
-    }
-
-    fn get(&self) -> Phase {
-        match self.0.load(Ordering::Acquire) {
-            0 => Phase::Starting,
-            1 => Phase::Serving,
-            _ => Phase::Stopping,
-        }
-    }
-}
-
-/// A running admin listener.
-pub struct AdminServer {
-    server: Arc<tiny_http::Server>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl AdminServer {
-    /// Where the admin listener is bound.
-    pub fn address(&self) -> String {
-        self.server.server_addr().to_string()
-    }
-
-    pub fn start(
-        address: SocketAddr,
-        handle: Handle,
-        phase: PhaseCell,
-    ) -> Result<AdminServer, String> {
-        let server = tiny_http::Server::http(address)
-            .map_err(|error| format!("HTTP admin listener on {address}: {error}"))?;
-        let server = Arc::new(server);
-        let serving = server.clone();
-        let thread = std::thread::Builder::new()
-            .name("coremq-admin-http".into())
-            .spawn(move || {
-                for request in serving.incoming_requests() {
-                    let (status, content_type, body) = answer(request.url(), &handle, phase.get());
-                    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type)
-                        .expect("a static header is valid");
-                    let response = tiny_http::Response::from_string(body)
-                        .with_status_code(status)
-                        .with_header(header);
-                    if let Err(error) = request.respond(response) {
-                        log::debug!("admin HTTP response not sent: {error}");
-                    }
-                }
-            })
-            .map_err(|error| format!("starting the HTTP admin thread: {error}"))?;
-        Ok(AdminServer {
-            server,
-            thread: Some(thread),
-        })
-    }
-}
-
-/// Stops serving and waits for the admin thread.
-impl Drop for AdminServer {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn answer(url: &str, handle: &Handle, phase: Phase) -> (u16, &'static str, String) {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    match url.split('?').next().unwrap_or_default() {
-        "/health" => (200, TEXT, "ok\n".into()),
-        "/ready" if phase == Phase::Serving => (200, TEXT, "ready\n".into()),
-        "/ready" => (503, TEXT, "not ready\n".into()),
-        "/metrics" if phase == Phase::Starting => (503, TEXT, "starting\n".into()),
-        "/metrics" => match futures_lite::future::block_on(metrics(handle)) {
-            Ok(text) => (
-                200,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                text,
-            ),
-            Err(error) => (503, TEXT, format!("metrics unavailable: {error}\n")),
-        },
-        _ => (
-            404,
-            TEXT,
-            "not found: try /metrics, /health or /ready\n".into(),
-        ),
-    }
 }
 
 fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
@@ -149,7 +34,7 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
     registry.register(name, help, metric);
 }
 
-async fn metrics(handle: &Handle) -> Result<String, coremq_engine::Error> {
+pub(super) async fn metrics(handle: &Handle) -> Result<String, coremq_engine::Error> {
     let engine = handle.metrics().await?;
     let mut shards = Vec::with_capacity(handle.shard_count());
     for shard in 0..handle.shard_count() {
@@ -157,6 +42,7 @@ async fn metrics(handle: &Handle) -> Result<String, coremq_engine::Error> {
             handle
                 .on_shard(shard, |_| async move {
                     let context = Context::current();
+                    let server = Server::<Context>::current();
                     let requests = context
                         .requests
                         .borrow()
@@ -165,10 +51,13 @@ async fn metrics(handle: &Handle) -> Result<String, coremq_engine::Error> {
                         .collect();
                     let groups = context.groups.borrow().group_count() as u64;
                     Ok(ShardCounters {
-                        connections: context.open_connections() as u64,
+                        connections: server
+                            .as_ref()
+                            .map_or(0, |server| server.open_connections())
+                            as u64,
                         requests,
                         groups,
-                        closed: context.closes.counts(),
+                        closed: server.map(|server| server.closes()).unwrap_or_default(),
                     })
                 })
                 .await?,
@@ -215,7 +104,7 @@ fn render(
         ),
         (
             "cache_hits",
-            "Reads served from the tail cache",
+            "Reads served from memory (the shard caches of recent batches)",
             engine.cache_hits,
         ),
         (
@@ -252,9 +141,15 @@ fn render(
     );
     gauge(
         &mut registry,
-        "tail_cache_bytes",
-        "Bytes held in the logs' tail caches (released once a log is idle for a cleanup pass)",
-        engine.tail_cache_bytes as i64,
+        "cache_bytes",
+        "Bytes of recent batches held in memory, all shards",
+        engine.cache_bytes as i64,
+    );
+    gauge(
+        &mut registry,
+        "cache_budget_bytes",
+        "Memory the shards may hold recent batches in, all together",
+        engine.cache_budget_bytes as i64,
     );
     gauge(&mut registry, "topics", "Topics", topics as i64);
     gauge(&mut registry, "partitions", "Partitions", partitions as i64);

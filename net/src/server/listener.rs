@@ -1,4 +1,4 @@
-//! Keeping the Kafka port to one process. Every shard's listener sets SO_REUSEPORT so the
+//! Keeping a listener's port to one process. Every shard's listener sets SO_REUSEPORT so the
 //! shards of this process share the port, but the kernel lets any process of the same user
 //! join such a group: a second broker on the same port would silently take part of the
 //! connections. So before binding, a plain socket (no SO_REUSEPORT) is bound to the address
@@ -12,19 +12,38 @@
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 
-use super::Error;
+/// A listener that cannot be opened, or whose address another process holds.
+#[derive(Debug, Clone)]
+pub struct ListenError {
+    /// Who the listener is for ("Kafka clients").
+    pub what: String,
+    pub address: SocketAddr,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ListenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot listen for {} on {}: {}",
+            self.what, self.address, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ListenError {}
 
 /// Fails when some process already listens on `address` (port 0 always has room). The
 /// plain bind also fails while connections a previous process accepted on the port linger
 /// (FIN_WAIT, TIME_WAIT); then the listening sockets are counted instead.
-pub(crate) fn probe(address: SocketAddr, what: &str) -> Result<(), Error> {
+pub(crate) fn probe(address: SocketAddr, what: &str) -> Result<(), ListenError> {
     if address.port() == 0 {
         return Ok(());
     }
     match std::net::TcpListener::bind(address) {
         Ok(_) => Ok(()),
         Err(error) if error.kind() == ErrorKind::AddrInUse => verify(address, 0, what),
-        Err(error) => Err(Error::Listen {
+        Err(error) => Err(ListenError {
             what: what.into(),
             address,
             reason: error.to_string(),
@@ -33,7 +52,7 @@ pub(crate) fn probe(address: SocketAddr, what: &str) -> Result<(), Error> {
 }
 
 /// Fails when more sockets listen on `address` than the `ours` this process opened.
-pub(crate) fn verify(address: SocketAddr, ours: usize, what: &str) -> Result<(), Error> {
+pub(crate) fn verify(address: SocketAddr, ours: usize, what: &str) -> Result<(), ListenError> {
     let table = if address.is_ipv4() {
         "/proc/net/tcp"
     } else {
@@ -50,8 +69,8 @@ pub(crate) fn verify(address: SocketAddr, ours: usize, what: &str) -> Result<(),
     Ok(())
 }
 
-fn in_use(address: SocketAddr, what: &str) -> Error {
-    Error::Listen {
+fn in_use(address: SocketAddr, what: &str) -> ListenError {
+    ListenError {
         what: what.into(),
         address,
         reason: "address in use (another process listens there; stop it or choose another \

@@ -1,4 +1,4 @@
-//! Connections the broker closes: counted by reason for `/metrics`, and logged without
+//! Connections the server closes: counted by reason for `/metrics`, and logged without
 //! flooding the log under attack. Each shard logs at most [`LINES_PER_WINDOW`] lines per
 //! [`WINDOW`]; the closes past that are summed up, by reason, in one line when the window
 //! ends.
@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::Context;
+use super::{Protocol, Server};
 
 /// How often a shard sums up the close lines it held back.
 pub(crate) const WINDOW: Duration = Duration::from_secs(5);
@@ -116,11 +116,11 @@ impl CloseLog {
 }
 
 /// Ends each window of this shard's close log on time, so the summary of a burst is logged
-/// even when no close follows it; stops with the broker.
-pub(crate) async fn window_loop(context: Rc<Context>) {
+/// even when no close follows it; stops with the server.
+pub(super) async fn window_loop<P: Protocol>(server: Rc<Server<P>>) {
     loop {
-        let stopped = context.sleep_unless_stopping(WINDOW).await;
-        context.closes.end_window();
+        let stopped = server.sleep_unless_stopping(WINDOW).await;
+        server.closes.end_window();
         if stopped {
             return;
         }

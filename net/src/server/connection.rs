@@ -2,15 +2,16 @@
 //! long-polling fetch does not hold up the requests behind it), responses written in the
 //! order the requests came, as the protocol requires.
 //!
-//! Bounds: at most `connection_requests_in_flight_max` requests read ahead of their
-//! responses (then the connection stops reading), request bytes counted against the shard's
-//! `shard_request_bytes_max` until handled, frames over `socket_request_max_bytes` refused.
-//! A frame that is not a Kafka request closes this connection only, with one log line.
+//! Bounds ([`Limits`]): at most `requests_in_flight_max` requests read ahead of their
+//! responses (then the connection stops reading), frame bytes counted against the shard's
+//! `shard_frame_bytes_max` until handled, frames over `frame_bytes_max` refused. A frame the
+//! protocol cannot decode closes this connection only, with one log line.
 //!
 //! Limits on connections (closed with a line in the shard's close log, `closes.rs`): one
-//! with no request arriving and none in flight for `connections_max_idle_ms`; one whose
-//! request has not arrived whole `request_read_timeout_ms` after its first byte; one past
-//! `max_connections` (all shards) or `max_connections_per_ip`, as it arrives.
+//! with no request arriving and none in flight for `idle`; one whose request has not arrived
+//! whole `read_timeout` after its first byte; one past `connections_max` (all shards) or
+//! `connections_per_ip_max`, as it arrives. (The broker's settings name them:
+//! `connections_max_idle_ms`, `request_read_timeout_ms`, `max_connections`, ...)
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -21,16 +22,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use coremq_runtime::net::{AcceptedTcpStream, TcpListener, TcpStream};
+use coremq_runtime::sync::local_channel;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use glommio::channels::local_channel;
-use glommio::net::{AcceptedTcpStream, TcpListener, TcpStream};
 
-use super::closes::CloseReason;
-use super::dispatch::{self, Incoming};
-use super::{AcceptMode, Context};
+use super::{AcceptMode, CloseReason, FrameSize, Incoming, Limits, Protocol, Server};
 
 /// Open connections by client IP address, all shards together (touched on open and close).
-pub(crate) type ConnectionsByIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
+pub(super) type ConnectionsByIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
 /// A connection's place in the per-IP count, given back when it closes.
 struct IpSlot {
@@ -54,13 +53,17 @@ impl Drop for IpSlot {
 }
 
 /// Lets a new connection in, already counted on its shard, or says why not.
-fn admit(context: &Context, peer: Option<SocketAddr>) -> Result<Option<IpSlot>, Closing> {
-    let open: usize = context
+fn admit<P: Protocol>(
+    server: &Server<P>,
+    peer: Option<SocketAddr>,
+) -> Result<Option<IpSlot>, Closing> {
+    let open: usize = server
+        .shared
         .connections
         .iter()
         .map(|count| count.load(Ordering::Relaxed))
         .sum();
-    let max = context.config.max_connections;
+    let max = server.shared.limits.connections_max;
     if open > max {
         return Err((
             CloseReason::TooManyConnections,
@@ -71,12 +74,13 @@ fn admit(context: &Context, peer: Option<SocketAddr>) -> Result<Option<IpSlot>, 
         return Ok(None);
     };
     let ip = peer.ip();
-    let mut ips = context
+    let mut ips = server
+        .shared
         .ips
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let count = ips.entry(ip).or_default();
-    let max = context.config.max_connections_per_ip;
+    let max = server.shared.limits.connections_per_ip_max;
     if *count >= max {
         return Err((
             CloseReason::TooManyConnectionsPerIp,
@@ -85,7 +89,7 @@ fn admit(context: &Context, peer: Option<SocketAddr>) -> Result<Option<IpSlot>, 
     }
     *count += 1;
     Ok(Some(IpSlot {
-        ips: context.ips.clone(),
+        ips: server.shared.ips.clone(),
         ip,
     }))
 }
@@ -93,10 +97,10 @@ fn admit(context: &Context, peer: Option<SocketAddr>) -> Result<Option<IpSlot>, 
 /// Chunks of one response frame; `None` for a request answered with nothing (acks=0).
 type Response = Option<Vec<Bytes>>;
 
-/// Accepts connections until the broker stops: each is served here, or, in
+/// Accepts connections until the server stops: each is served here, or, in
 /// [`AcceptMode::Handoff`], on the shard with the fewest open connections.
-pub(crate) async fn accept_loop(context: Rc<Context>, listener: TcpListener) {
-    let stop = context.stop_signal();
+pub(super) async fn accept_loop<P: Protocol>(server: Rc<Server<P>>, listener: TcpListener) {
+    let stop = server.stopped.clone();
     loop {
         let accepted =
             futures_lite::future::or(async { Some(listener.shared_accept().await) }, async {
@@ -107,21 +111,21 @@ pub(crate) async fn accept_loop(context: Rc<Context>, listener: TcpListener) {
         match accepted {
             None => return,
             Some(Ok(stream)) => {
-                let shard = match context.config.accept {
-                    AcceptMode::ReusePort => context.shard,
-                    AcceptMode::Handoff => least_loaded(&context.connections),
+                let shard = match server.shared.limits.accept {
+                    AcceptMode::ReusePort => server.shard,
+                    AcceptMode::Handoff => least_loaded(&server.shared.connections),
                 };
                 // Counted from here, so the next accept sees it even before it arrives.
-                context.connections[shard].fetch_add(1, Ordering::Relaxed);
-                if shard == context.shard {
-                    spawn_connection(context.clone(), stream);
+                server.shared.connections[shard].fetch_add(1, Ordering::Relaxed);
+                if shard == server.shard {
+                    spawn_connection(server.clone(), stream);
                 } else {
-                    hand_off(&context, shard, stream);
+                    hand_off(&server, shard, stream);
                 }
             }
             Some(Err(error)) => {
                 log::warn!("accept failed: {error}");
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                coremq_runtime::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
     }
@@ -135,23 +139,24 @@ fn least_loaded(connections: &[AtomicUsize]) -> usize {
 }
 
 /// Serves an accepted connection, already counted on this shard, in a task of its own.
-fn spawn_connection(context: Rc<Context>, stream: AcceptedTcpStream) {
-    glommio::spawn_local(async move {
-        serve(&context, stream.bind_to_executor()).await;
-        context.connections[context.shard].fetch_sub(1, Ordering::Relaxed);
+fn spawn_connection<P: Protocol>(server: Rc<Server<P>>, stream: AcceptedTcpStream) {
+    coremq_runtime::spawn_local(async move {
+        serve(&server, stream.bind_to_executor()).await;
+        server.shared.connections[server.shard].fetch_sub(1, Ordering::Relaxed);
     })
     .detach();
 }
 
 /// Sends an accepted connection, counted on `shard`, to that shard to be served there. If
 /// that shard is stopping, the connection is dropped, which closes it.
-fn hand_off(context: &Context, shard: usize, stream: AcceptedTcpStream) {
-    let handle = context.handle.clone();
-    let connections = context.connections.clone();
-    glommio::spawn_local(async move {
+fn hand_off<P: Protocol>(server: &Server<P>, shard: usize, stream: AcceptedTcpStream) {
+    let handle = server.shared.handle.clone();
+    let connections = server.shared.connections.clone();
+    coremq_runtime::spawn_local(async move {
         let served = handle
             .on_shard(shard, move |_| async move {
-                spawn_connection(Context::current(), stream);
+                let server = Server::<P>::current().ok_or(coremq_engine::Error::ShuttingDown)?;
+                spawn_connection(server, stream);
                 Ok(())
             })
             .await;
@@ -162,28 +167,28 @@ fn hand_off(context: &Context, shard: usize, stream: AcceptedTcpStream) {
     .detach();
 }
 
-async fn serve(context: &Rc<Context>, stream: TcpStream) {
+async fn serve<P: Protocol>(server: &Rc<Server<P>>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
-    let _ip_slot = match admit(context, peer) {
+    let _ip_slot = match admit(server, peer) {
         Ok(slot) => slot,
         Err((reason, detail)) => {
-            context.closes.note(peer, reason, &detail);
+            server.closes.note(peer, reason, &detail);
             return;
         }
     };
+    let limits = &server.shared.limits;
     let (mut reader, writer) = futures_lite::io::split(stream);
-    let (queue, responses) = local_channel::new_bounded::<glommio::Task<Response>>(
-        context.config.connection_requests_in_flight_max,
-    );
+    let (queue, responses) =
+        local_channel::new_bounded::<coremq_runtime::Task<Response>>(limits.requests_in_flight_max);
     // Requests read whose responses are not written yet: a connection waiting on one (a
     // long poll, a join) is not idle.
     let in_flight = Rc::new(Cell::new(0usize));
-    let writer = glommio::spawn_local(write_responses(writer, responses, in_flight.clone()));
-    let stop = context.stop_signal();
+    let writer = coremq_runtime::spawn_local(write_responses(writer, responses, in_flight.clone()));
+    let stop = server.stopped.clone();
     loop {
         let next = futures_lite::future::or(
-            async { Some(read_frame(context, &mut reader, &in_flight).await) },
+            async { Some(read_frame(server, &mut reader, &in_flight).await) },
             async {
                 let _ = stop.recv_async().await;
                 None
@@ -194,16 +199,16 @@ async fn serve(context: &Rc<Context>, stream: TcpStream) {
             None | Some(Ok(None)) => break,
             Some(Ok(Some(read))) => read,
             Some(Err((reason, detail))) => {
-                context.closes.note(peer, reason, &detail);
+                server.closes.note(peer, reason, &detail);
                 break;
             }
         };
         in_flight.set(in_flight.get() + 1);
-        let request = match dispatch::decode(context, frame) {
+        let request = match server.protocol.decode(&frame.prefix, frame.body) {
             Ok(Incoming::Request(request)) => request,
             Ok(Incoming::Answered(answer)) => {
                 if queue
-                    .send(glommio::spawn_local(async move { Some(answer) }))
+                    .send(coremq_runtime::spawn_local(async move { Some(answer) }))
                     .await
                     .is_err()
                 {
@@ -212,15 +217,13 @@ async fn serve(context: &Rc<Context>, stream: TcpStream) {
                 continue;
             }
             Err(error) => {
-                context
-                    .closes
-                    .note(peer, CloseReason::BadRequest, &error.to_string());
+                server.closes.note(peer, CloseReason::BadRequest, &error);
                 break;
             }
         };
-        let context = context.clone();
-        let task = glommio::spawn_local(async move {
-            let response = dispatch::respond(&context, request, peer).await;
+        let respond = server.protocol.clone().respond(request, peer);
+        let task = coremq_runtime::spawn_local(async move {
+            let response = respond.await;
             drop(permit);
             response
         });
@@ -235,22 +238,31 @@ async fn serve(context: &Rc<Context>, stream: TcpStream) {
 /// Why a connection is being closed, and the line to log.
 type Closing = (CloseReason, String);
 
-/// Reads one frame; `Ok(None)` at a clean end of stream. The frame's bytes are reserved
+/// One frame as read: the prefix that delimits it and its body.
+struct Frame {
+    prefix: Vec<u8>,
+    body: Bytes,
+}
+
+/// Most prefix bytes a protocol may ask for (MQTT's is 5, Kafka's 4).
+const PREFIX_BYTES_MAX: usize = 8;
+
+/// Reads one frame; `Ok(None)` at a clean end of stream. The body's bytes are reserved
 /// against the shard's budget (the permit) and allocated as they arrive, so a size prefix
-/// alone cannot make the broker allocate. Waiting for a frame's first byte with nothing in
-/// flight is bounded by `connections_max_idle_ms`; the rest of the frame must arrive within
-/// `request_read_timeout_ms` (of the first byte for the size prefix, of the budget's grant
-/// for the body, since waiting for the budget is not the client's doing).
-async fn read_frame(
-    context: &Context,
+/// alone cannot make the server allocate. Waiting for a frame's first byte with nothing in
+/// flight is bounded by `idle`; the rest of the frame must arrive within `read_timeout` (of
+/// the first byte for the prefix, of the budget's grant for the body, since waiting for the
+/// budget is not the client's doing).
+async fn read_frame<P: Protocol>(
+    server: &Server<P>,
     reader: &mut (impl futures_lite::AsyncRead + Unpin),
     in_flight: &Cell<usize>,
-) -> Result<Option<(Bytes, glommio::sync::StaticPermit)>, Closing> {
-    let idle = Duration::from_millis(context.config.connections_max_idle_ms);
-    let read_timeout = Duration::from_millis(context.config.request_read_timeout_ms);
+) -> Result<Option<(Frame, coremq_runtime::sync::StaticPermit)>, Closing> {
+    let limits: &Limits = &server.shared.limits;
+    let (idle, read_timeout) = (limits.idle, limits.read_timeout);
     let read_failed =
         |error: std::io::Error| (CloseReason::ReadError, format!("read failed: {error}"));
-    let mut prefix = [0u8; 4];
+    let mut prefix = vec![0u8; 1];
     loop {
         // Readiness-based reads leave unread bytes in the socket, so giving up on this
         // read after the idle time and starting another loses nothing.
@@ -277,21 +289,39 @@ async fn read_frame(
             ),
         )
     };
-    within(read_timeout, reader.read_exact(&mut prefix[1..]))
+    let rest_of_prefix = async {
+        loop {
+            match P::frame_size(&prefix).map_err(|reason| (CloseReason::BadRequest, reason))? {
+                FrameSize::Body(size) => return Ok(size),
+                FrameSize::Need(more) => {
+                    let start = prefix.len();
+                    if more == 0 || start + more > PREFIX_BYTES_MAX {
+                        return Err((
+                            CloseReason::BadRequest,
+                            format!("a frame prefix of more than {PREFIX_BYTES_MAX} bytes"),
+                        ));
+                    }
+                    prefix.resize(start + more, 0);
+                    reader
+                        .read_exact(&mut prefix[start..])
+                        .await
+                        .map_err(read_failed)?;
+                }
+            }
+        }
+    };
+    let size = within(read_timeout, rest_of_prefix)
         .await
-        .ok_or_else(|| slow("the request size"))?
-        .map_err(read_failed)?;
-    let size = i32::from_be_bytes(prefix);
-    let max = context.config.socket_request_max_bytes;
-    if size < 0 || size as usize > max {
+        .ok_or_else(|| slow("the request size"))??;
+    let max = limits.frame_bytes_max;
+    if size > max {
         return Err((
             CloseReason::BadRequest,
-            format!("request size {size} is outside 0..={max} (socket_request_max_bytes)"),
+            format!("request size {size} is over {max} (socket_request_max_bytes)"),
         ));
     }
-    let size = size as usize;
-    let permit = context
-        .request_bytes
+    let permit = server
+        .frame_bytes
         .acquire_static_permit(size as u64)
         .await
         .map_err(|_| (CloseReason::ReadError, "shutting down".to_string()))?;
@@ -313,16 +343,20 @@ async fn read_frame(
         }
         Ok(frame)
     };
-    let frame = within(read_timeout, body)
+    let body = within(read_timeout, body)
         .await
         .ok_or_else(|| slow(&format!("a request of {size} bytes")))??;
-    Ok(Some((frame.freeze(), permit)))
+    let frame = Frame {
+        prefix,
+        body: body.freeze(),
+    };
+    Ok(Some((frame, permit)))
 }
 
 /// `work`'s output, or `None` when it takes longer than `limit`.
 async fn within<T>(limit: Duration, work: impl std::future::Future<Output = T>) -> Option<T> {
     futures_lite::future::or(async { Some(work.await) }, async {
-        glommio::timer::sleep(limit).await;
+        coremq_runtime::sleep(limit).await;
         None
     })
     .await
@@ -331,7 +365,7 @@ async fn within<T>(limit: Duration, work: impl std::future::Future<Output = T>) 
 /// Writes responses in request order, merging a response's small chunks into one write.
 async fn write_responses(
     mut writer: impl futures_lite::AsyncWrite + Unpin,
-    responses: local_channel::LocalReceiver<glommio::Task<Response>>,
+    responses: local_channel::LocalReceiver<coremq_runtime::Task<Response>>,
     in_flight: Rc<Cell<usize>>,
 ) {
     const MERGE_BYTES_MAX: usize = 64 << 10;
