@@ -45,12 +45,7 @@ fn broker_on(dir: &std::path::Path, listener: &str) -> Broker {
 }
 
 fn run<T: Send + 'static>(test: impl AsyncFnOnce() -> T + Send + 'static) -> T {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(1 << 20)
-        .spawn(move || test())
-        .expect("executor starts")
-        .join()
-        .expect("test body completes")
+    coremq_runtime::run_alone(test)
 }
 
 fn produce(topic: &str, partition: i32, values: &[&str]) -> RequestBody {
@@ -121,7 +116,7 @@ fn bootstrap_metadata_creation_and_pipelined_requests() {
         let calls: Vec<_> = (0..50)
             .map(|n| {
                 let leader = leader.clone();
-                glommio::spawn_local(async move {
+                coremq_runtime::spawn_local(async move {
                     leader
                         .call(produce("quotes", 1, &[&n.to_string(), "x"]))
                         .await
@@ -443,8 +438,8 @@ fn spawn_member(
     name: &'static str,
     log: Rc<RefCell<GroupLog>>,
     leave: Rc<Cell<bool>>,
-) -> glommio::Task<()> {
-    glommio::spawn_local(async move {
+) -> coremq_runtime::Task<()> {
+    coremq_runtime::spawn_local(async move {
         let cluster = Cluster::connect(ClientConfig::new(&bootstrap))
             .await
             .unwrap();
@@ -487,7 +482,7 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
         if done() {
             return;
         }
-        glommio::timer::sleep(Duration::from_millis(20)).await;
+        coremq_runtime::sleep(Duration::from_millis(20)).await;
     }
     panic!("timed out waiting until {what}");
 }
@@ -532,7 +527,7 @@ fn a_group_shares_partitions_rebalances_and_resumes_from_its_commits() {
             log.borrow().consumed.len() >= 3600
         })
         .await;
-        glommio::timer::sleep(Duration::from_millis(500)).await;
+        coremq_runtime::sleep(Duration::from_millis(500)).await;
         for flag in &leave {
             flag.set(true);
         }

@@ -13,8 +13,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use coremq_runtime::net::TcpStream;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use super::{Error, unexpected};
 use crate::protocol::api::{self, RequestBody, ResponseBody};
@@ -90,8 +90,8 @@ impl Connection {
             waiting: RefCell::default(),
             broken: RefCell::default(),
         });
-        glommio::spawn_local(write_frames(writer, queued, state.clone())).detach();
-        glommio::spawn_local(read_responses(reader, state.clone())).detach();
+        coremq_runtime::spawn_local(write_frames(writer, queued, state.clone())).detach();
+        coremq_runtime::spawn_local(read_responses(reader, state.clone())).detach();
         let connection = Rc::new(Connection {
             address,
             client_id: client_id.into(),

@@ -292,7 +292,7 @@ impl Consumer {
             let sender = self.results.0.clone();
             let topic_ids = topic_ids.clone();
             let timeout = self.config.max_wait;
-            glommio::spawn_local(async move {
+            coremq_runtime::spawn_local(async move {
                 let response = fetch(&cluster, leader, request, timeout).await;
                 let _ = sender.send(FetchResult {
                     leader,

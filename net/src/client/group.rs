@@ -87,7 +87,7 @@ pub struct GroupConsumer {
     assignment: RefCell<Vec<(Rc<str>, i32)>>,
     last_commit: Cell<Instant>,
     /// Dropping the task stops the heartbeats.
-    heartbeat: RefCell<Option<glommio::Task<()>>>,
+    heartbeat: RefCell<Option<coremq_runtime::Task<()>>>,
 }
 
 impl GroupConsumer {
@@ -137,7 +137,7 @@ impl GroupConsumer {
             self.auto_commit().await;
         }
         if self.assignment.borrow().is_empty() {
-            glommio::timer::sleep(self.consumer.config().max_wait).await;
+            coremq_runtime::sleep(self.consumer.config().max_wait).await;
             return Ok(Vec::new());
         }
         self.consumer.poll().await
@@ -286,7 +286,7 @@ impl GroupConsumer {
                     ..
                 }
             ) {
-                glommio::timer::sleep(RETRY_BACKOFF).await;
+                coremq_runtime::sleep(RETRY_BACKOFF).await;
             }
         }
     }
@@ -526,16 +526,16 @@ impl GroupConsumer {
     }
 
     /// Heartbeats every `heartbeat_interval`; an answer other than NONE marks a rejoin.
-    fn start_heartbeat(&self) -> glommio::Task<()> {
+    fn start_heartbeat(&self) -> coremq_runtime::Task<()> {
         let cluster = self.cluster.clone();
         let membership = self.membership.clone();
         let rejoin = self.rejoin.clone();
         let group_id = self.config.group_id.clone();
         let group_instance_id = self.config.group_instance_id.clone();
         let interval = self.config.heartbeat_interval;
-        glommio::spawn_local(async move {
+        coremq_runtime::spawn_local(async move {
             loop {
-                glommio::timer::sleep(interval).await;
+                coremq_runtime::sleep(interval).await;
                 if rejoin.get() {
                     continue;
                 }

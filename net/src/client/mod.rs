@@ -142,7 +142,7 @@ pub(crate) async fn within<T>(
     work: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
     futures_lite::future::or(work, async {
-        glommio::timer::sleep(timeout).await;
+        coremq_runtime::sleep(timeout).await;
         Err(Error::Timeout(format!("{what} after {timeout:?}")))
     })
     .await
