@@ -1,5 +1,6 @@
-//! `coremq-bench engine [--json] [--dir DIR] [--gib N]`: the engine against the raw device
-//! in one run, on one disk.
+//! `coremq-bench engine [--json] [--dir DIR] [--gib N] [--cache-bytes N]`: the engine against
+//! the raw device in one run, on one disk (`--cache-bytes`: the shard's memory for recent
+//! batches, default the engine's; `rolls` takes it too).
 //!
 //! 1. Writes N GiB (default 2) of 1 KiB records in 1 MiB batches through the engine
 //!    (`interval_ms` policy, 4 appends in flight) and the same bytes with plain O_DIRECT io_uring
@@ -18,6 +19,11 @@
 //! a time. Both use `never`, so the only syncs are the rolls' own. A probe on the shard
 //! sleeps 1 ms at a time and records how late it wakes: whatever a roll does on the shard
 //! thread itself shows there, apart from the device's own slowdown under the syncs.
+//!
+//! `coremq-bench loopback [--json] [--gib N]`: the TCP bandwidth of the loopback interface,
+//! the ceiling for any broker serving a client on the same host: one thread writes N GiB
+//! (default 2) in 1 MiB writes to 127.0.0.1, another reads them in 1 MiB reads. Consume
+//! throughput is reported as a ratio of it.
 //!
 //! The last line printed is one JSON object with the figures.
 
@@ -57,6 +63,7 @@ const NEIGHBOUR_RECORD_BYTES: usize = 1024;
 enum Bench {
     Engine,
     Rolls,
+    Loopback,
 }
 
 struct Options {
@@ -65,6 +72,8 @@ struct Options {
     dir: PathBuf,
     gib: u64,
     rolls: u64,
+    /// The shard's memory for recent batches (default: the engine's).
+    cache_bytes: Option<usize>,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -72,10 +81,12 @@ fn parse_options() -> Result<Options, String> {
     let bench = match args.next().as_deref() {
         Some("engine") => Bench::Engine,
         Some("rolls") => Bench::Rolls,
+        Some("loopback") => Bench::Loopback,
         _ => {
             return Err(
                 "usage: coremq-bench engine [--json] [--dir DIR] [--gib N]\n       \
-                 coremq-bench rolls [--json] [--dir DIR] [--rolls N]"
+                 coremq-bench rolls [--json] [--dir DIR] [--rolls N]\n       \
+                 coremq-bench loopback [--json] [--gib N]"
                     .into(),
             );
         }
@@ -92,6 +103,7 @@ fn parse_options() -> Result<Options, String> {
         dir: PathBuf::from("bench-data"),
         gib: 2,
         rolls: 400,
+        cache_bytes: None,
     };
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -99,6 +111,9 @@ fn parse_options() -> Result<Options, String> {
             "--dir" => options.dir = args.next().ok_or("--dir needs a value")?.into(),
             "--gib" => options.gib = positive(args.next(), "--gib")?,
             "--rolls" => options.rolls = positive(args.next(), "--rolls")?,
+            "--cache-bytes" => {
+                options.cache_bytes = Some(positive(args.next(), "--cache-bytes")? as usize)
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -116,8 +131,9 @@ fn main() {
     let _ = std::fs::remove_dir_all(&options.dir);
     std::fs::create_dir_all(&options.dir).expect("create the bench directory");
     let report = match options.bench {
-        Bench::Engine => run(&options.dir, options.gib << 30),
-        Bench::Rolls => rolls(&options.dir, options.rolls),
+        Bench::Engine => run(&options.dir, options.gib << 30, options.cache_bytes),
+        Bench::Rolls => rolls(&options.dir, options.rolls, options.cache_bytes),
+        Bench::Loopback => loopback(options.gib << 30),
     };
     let _ = std::fs::remove_dir_all(&options.dir);
     if !options.json {
@@ -129,12 +145,12 @@ fn main() {
     println!("{report}");
 }
 
-fn run(dir: &Path, total_bytes: u64) -> serde_json::Value {
+fn run(dir: &Path, total_bytes: u64, cache_bytes: Option<usize>) -> serde_json::Value {
     let batches = Arc::new(build_large_batches(16));
     let count = (total_bytes / MIB as u64) as usize;
     eprintln!("writing {count} MiB through the engine");
     let engine_dir = dir.join("engine");
-    let engine = Engine::start(engine_config(&engine_dir)).expect("engine starts");
+    let engine = Engine::start(engine_config(&engine_dir, cache_bytes)).expect("engine starts");
     let handle = engine.handle();
     let log = TopicPartition::new("bench", 0).unwrap();
     let config = LogConfig {
@@ -235,8 +251,40 @@ fn run(dir: &Path, total_bytes: u64) -> serde_json::Value {
 
 /// Append latency across `count` segment rolls, on the rolling log and on a neighbour log of
 /// the same shard.
-fn rolls(dir: &Path, count: u64) -> serde_json::Value {
-    let engine = Engine::start(engine_config(&dir.join("engine"))).expect("engine starts");
+fn loopback(total_bytes: u64) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind on loopback");
+    let address = listener.local_addr().expect("bound address");
+    let reader = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut buffer = vec![0u8; MIB];
+        let mut read = 0u64;
+        while read < total_bytes {
+            match stream.read(&mut buffer).expect("read") {
+                0 => break,
+                n => read += n as u64,
+            }
+        }
+        read
+    });
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    let buffer = vec![7u8; MIB];
+    let started = Instant::now();
+    let mut written = 0u64;
+    while written < total_bytes {
+        stream.write_all(&buffer).expect("write");
+        written += MIB as u64;
+    }
+    let read = reader.join().expect("reader thread");
+    let seconds = started.elapsed().as_secs_f64();
+    let mb_s = read as f64 / seconds / 1e6;
+    eprintln!("loopback: {read} bytes in {seconds:.2} s, {mb_s:.0} MB/s");
+    serde_json::json!({ "loopback_mb_s": mb_s.round() })
+}
+
+fn rolls(dir: &Path, count: u64, cache_bytes: Option<usize>) -> serde_json::Value {
+    let engine =
+        Engine::start(engine_config(&dir.join("engine"), cache_bytes)).expect("engine starts");
     let handle = engine.handle();
     let rolling = TopicPartition::new("rolling", 0).unwrap();
     let neighbour = TopicPartition::new("neighbour", 0).unwrap();
@@ -373,9 +421,12 @@ fn machine() -> String {
     format!("{cores} cores, {model}")
 }
 
-fn engine_config(dir: &Path) -> EngineConfig {
+fn engine_config(dir: &Path, cache_bytes: Option<usize>) -> EngineConfig {
     let mut config = EngineConfig::new(dir);
     config.shards = 1;
+    if let Some(cache_bytes) = cache_bytes {
+        config.cache_bytes = cache_bytes;
+    }
     config
 }
 
