@@ -3,7 +3,8 @@
 //! truncations, fdatasyncs, index, snapshot and config files, renames, directory syncs) is
 //! recorded through the engine's storage hooks while a seeded random workload runs: `always`
 //! appends of assorted sizes, some concurrent (group commit), some from an idempotent
-//! producer, over many segment rolls, and config changes.
+//! producer, over many segment rolls, config changes, and truncations (as a follower cuts a
+//! divergent suffix).
 //!
 //! Then, for every point of that history, the files a power loss there could leave are
 //! built: each file as its last fdatasync made it durable plus a prefix of the writes since,
@@ -243,6 +244,10 @@ struct Appended {
     by_name: HashMap<String, Bytes>,
     values: BTreeMap<u64, Bytes>,
     acked_at: BTreeMap<u64, usize>,
+    /// Offsets a truncation cut away, which later appends may take again: an image may hold
+    /// either value there.
+    reused_from: Option<u64>,
+    truncations: usize,
 }
 
 /// A value's name: its text up to the second `:`.
@@ -295,8 +300,33 @@ fn record(seed: u64, fail_at: Option<usize>) -> (Vec<Recorded>, Appended) {
     let mut appended = Appended::default();
     let mut tag = 0u64;
     let mut sequence = 0i32;
+    let mut producer = 7i64;
     for _ in 0..90 {
         match rng.random_range(0..20) {
+            19 => {
+                // A follower's truncation of a divergent suffix: what it removes may survive
+                // a crash during it (then as appended), what it keeps must.
+                let end = block_on(handle.offsets(&log)).unwrap().log_end.0;
+                let to = Offset(rng.random_range(end.saturating_sub(40)..=end));
+                let truncated = block_on(
+                    handle.with_log(&log, move |log| async move { log.truncate_to(to).await }),
+                );
+                // A log fenced by a failed write refuses it, as it refuses appends.
+                let Ok(new_end) = truncated else {
+                    continue;
+                };
+                appended.values.split_off(&new_end.0);
+                appended.acked_at.split_off(&new_end.0);
+                appended.reused_from = Some(
+                    appended
+                        .reused_from
+                        .map_or(new_end.0, |from| from.min(new_end.0)),
+                );
+                appended.truncations += 1;
+                // The producer's batches past the cut are forgotten with them: a new one.
+                producer += 1;
+                sequence = 0;
+            }
             0 => {
                 let mut config = log_config();
                 config.retention_ms = Some(rng.random_range(1..1_000_000) * 1000);
@@ -331,7 +361,7 @@ fn record(seed: u64, fail_at: Option<usize>) -> (Vec<Recorded>, Appended) {
             }
             5..=6 => {
                 tag += 1;
-                let (bytes, values) = batch(&mut rng, tag, Some((7, sequence)));
+                let (bytes, values) = batch(&mut rng, tag, Some((producer, sequence)));
                 let result = block_on(handle.append(&log, bytes));
                 if result.is_ok() {
                     sequence += values.len() as i32;
@@ -448,10 +478,11 @@ fn check_images(
                 }
             }
             for (offset, value) in &records {
-                let expected = appended
-                    .values
-                    .get(offset)
-                    .or_else(|| appended.by_name.get(&name_of(value)));
+                let reused = appended.reused_from.is_some_and(|from| *offset >= from);
+                let expected = match appended.values.get(offset) {
+                    Some(stored) if stored == value || !reused => Some(stored),
+                    _ => appended.by_name.get(&name_of(value)),
+                };
                 assert_eq!(
                     expected,
                     Some(value),
@@ -460,7 +491,14 @@ fn check_images(
             }
             let offsets: Vec<u64> = records.keys().copied().collect();
             let expected: Vec<u64> = (0..offsets.len() as u64).collect();
-            assert_eq!(offsets, expected, "{context}: offsets are not contiguous");
+            let gap = offsets.iter().zip(&expected).position(|(a, b)| a != b);
+            assert!(
+                gap.is_none(),
+                "{context}: offsets are not contiguous: {:?} after {:?}, {} records",
+                gap.map(|at| offsets[at]),
+                gap.and_then(|at| at.checked_sub(1)).map(|at| offsets[at]),
+                offsets.len()
+            );
             checked += 1;
         }
         drop(handle);
@@ -491,6 +529,11 @@ fn every_acknowledged_append_survives_a_power_loss_at_any_point() {
             .filter(|op| matches!(op, Recorded::Create(name) if name.ends_with(".log")))
             .count();
         assert!(rolls >= 5, "seed {seed}: {rolls} segments");
+        assert!(
+            appended.truncations >= 2,
+            "seed {seed}: {} truncations",
+            appended.truncations
+        );
         assert!(syncs >= 50, "seed {seed}: {syncs} fdatasyncs");
         images += check_images(seed, &ops, &appended, 0..=ops.len(), 2);
     }

@@ -61,6 +61,14 @@ pub enum Error {
         epoch: i16,
         current: i16,
     },
+    /// A replicated batch starts below the log end: a follower appends the leader's batches
+    /// in order, after truncating what diverged.
+    ReplicaOffsetBehind {
+        base_offset: Offset,
+        log_end: Offset,
+    },
+    /// A leader epoch older than one the log already holds.
+    StaleLeaderEpoch { epoch: i32, latest: i32 },
     /// The system refuses what the engine needs (io_uring, locked memory): the cause and
     /// how to fix it.
     System { reason: String },
@@ -111,6 +119,18 @@ impl fmt::Display for Error {
             ),
             Error::InvalidConfig { key, reason } => write!(f, "invalid config {key}: {reason}"),
             Error::UnknownLog { name } => write!(f, "log {name} does not exist"),
+            Error::ReplicaOffsetBehind {
+                base_offset,
+                log_end,
+            } => write!(
+                f,
+                "replicated batch at offset {} starts before the log end {}",
+                base_offset.0, log_end.0
+            ),
+            Error::StaleLeaderEpoch { epoch, latest } => write!(
+                f,
+                "leader epoch {epoch} is older than the log's latest epoch {latest}"
+            ),
             Error::DiskFull { path } => write!(
                 f,
                 "no space left on device writing {}: the append was not stored; \

@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod compression;
+pub mod epochs;
 pub mod error;
 pub mod index;
 pub mod offset_index;

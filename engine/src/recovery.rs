@@ -4,6 +4,7 @@
 //! truncates it to `valid_bytes`.
 
 use crate::batch::{self, BatchHeader};
+use crate::epochs::LeaderEpochs;
 use crate::error::Error;
 use crate::offset_index::OffsetIndexWriter;
 use crate::producers::ProducerBatch;
@@ -17,6 +18,8 @@ pub enum Stop {
     Truncated { position: Position },
     /// A whole batch is there but fails its checks.
     Corrupt { position: Position, error: Error },
+    /// The batch here reaches the offset the scan was asked to stop at (a truncation).
+    Limit { position: Position },
 }
 
 /// What a scan found: the valid prefix and everything derived from it.
@@ -34,6 +37,10 @@ pub struct Scan {
     pub stop: Option<Stop>,
     /// The batches of idempotent producers, in order (they rebuild producer state).
     pub producer_batches: Vec<ProducerBatch>,
+    /// The leader epochs the batches start, each at its first batch.
+    pub epochs: LeaderEpochs,
+    /// Batches holding this offset or later end the scan (see [`Scan::stopping_at`]).
+    limit: Option<Offset>,
 }
 
 /// Scans a segment's bytes. Batches must not start before `base_offset` and their offsets
@@ -68,7 +75,17 @@ impl Scan {
             time_index: TimeIndexWriter::new(base_offset, index_interval_bytes),
             stop: None,
             producer_batches: Vec::new(),
+            epochs: LeaderEpochs::default(),
+            limit: None,
         }
+    }
+
+    /// Makes the scan end before the first batch whose last offset is `limit` or later, as a
+    /// truncation to `limit` cuts the segment (Kafka's `LogSegment.truncateTo`: a batch that
+    /// holds `limit` goes whole).
+    pub fn stopping_at(mut self, limit: Offset) -> Scan {
+        self.limit = Some(limit);
+        self
     }
 
     /// Scans `bytes`, which start at `valid_bytes` in the segment; `at_end` says they run to
@@ -96,6 +113,12 @@ impl Scan {
                     });
                 }
             };
+            if self
+                .limit
+                .is_some_and(|limit| header.last_offset() >= limit)
+            {
+                return self.stopped(Stop::Limit { position: at });
+            }
             let batch = &rest[..header.total_bytes()];
             if let Err(error) = batch::verify(batch, Some(at)) {
                 return self.stopped(Stop::Corrupt {
@@ -128,6 +151,8 @@ impl Scan {
             self.next_offset = header.next_offset();
             self.batch_count += 1;
             self.producer_batches.extend(ProducerBatch::of(&header));
+            self.epochs
+                .assign(header.partition_leader_epoch, header.base_offset);
             position += header.total_bytes();
             self.valid_bytes += batch_bytes;
         }
@@ -222,6 +247,45 @@ mod tests {
         batch::set_base_offset(&mut bytes[batch_bytes..], Offset(10));
         let result = scan(&bytes, Offset(10), 1024);
         assert_eq!(result.valid_bytes, batch_bytes as u64);
+    }
+
+    #[test]
+    fn a_limit_ends_the_scan_before_the_batch_holding_it() {
+        let bytes = segment(5);
+        let batch_bytes = (bytes.len() / 5) as u64;
+        for (limit, kept) in [
+            (10, 0),
+            (13, 1),
+            (14, 2),
+            (15, 2),
+            (19, 4),
+            (20, 5),
+            (99, 5),
+        ] {
+            let mut scan = Scan::new(Offset(10), 1024).stopping_at(Offset(limit));
+            scan.feed(&bytes, true);
+            assert_eq!(scan.valid_bytes, kept * batch_bytes, "limit {limit}");
+            assert_eq!(scan.next_offset, Offset(10 + 2 * kept));
+            assert_eq!(scan.stop.is_some(), kept < 5);
+        }
+    }
+
+    #[test]
+    fn epochs_start_at_the_first_batch_of_each() {
+        let mut bytes = segment(6);
+        let batch_bytes = bytes.len() / 6;
+        for (n, epoch) in [0, 0, 3, 3, 3, 7].into_iter().enumerate() {
+            let batch = &mut bytes[n * batch_bytes..(n + 1) * batch_bytes];
+            batch::set_partition_leader_epoch(batch, epoch);
+        }
+        let scan = scan(&bytes, Offset(10), 1024);
+        let starts: Vec<_> = scan
+            .epochs
+            .entries()
+            .iter()
+            .map(|entry| (entry.epoch, entry.start_offset.0))
+            .collect();
+        assert_eq!(starts, [(0, 10), (3, 14), (7, 20)]);
     }
 
     #[test]

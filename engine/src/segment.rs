@@ -13,6 +13,7 @@ use bytes::Bytes;
 use memmap2::Mmap;
 
 use crate::batch;
+use crate::epochs::LeaderEpochs;
 use crate::error::Result;
 use crate::file::{BLOCK_BYTES, SegmentFile};
 use crate::mmap::map_read_only;
@@ -61,6 +62,15 @@ pub struct ReadView {
     pub start_position: Position,
 }
 
+/// What recovering an active segment learnt from its batches.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// The batches of idempotent producers, in order.
+    pub producer_batches: Vec<ProducerBatch>,
+    /// The leader epochs the batches start.
+    pub epochs: LeaderEpochs,
+}
+
 #[derive(Debug)]
 pub struct ActiveSegment {
     base_offset: Offset,
@@ -107,19 +117,24 @@ impl ActiveSegment {
     }
 
     /// Opens the last segment of a log after a restart or crash: scans every batch, cuts the
-    /// file at the first torn or corrupt one, and rebuilds the indexes. Also returns the
-    /// segment's batches of idempotent producers. The file is read in chunks, not mapped:
-    /// it is the one segment that is written again.
+    /// file at the first torn or corrupt one, and rebuilds the indexes. With `until`, the file
+    /// is also cut before the first batch holding that offset (a truncation). Also returns
+    /// what the batches tell of idempotent producers and leader epochs. The file is read in
+    /// chunks, not mapped: it is the one segment that is written again.
     pub async fn recover(
         dir: &Path,
         base_offset: Offset,
         index_interval_bytes: u64,
+        until: Option<Offset>,
         storage: Storage,
-    ) -> Result<(ActiveSegment, Vec<ProducerBatch>)> {
+    ) -> Result<(ActiveSegment, Recovered)> {
         let path = log_path(dir, base_offset);
         let file = SegmentFile::open(&path, false, storage).await?;
         let file_bytes = file.size().await?;
         let mut scan = recovery::Scan::new(base_offset, index_interval_bytes);
+        if let Some(limit) = until {
+            scan = scan.stopping_at(limit);
+        }
         let mut want = RECOVERY_CHUNK_BYTES;
         while scan.valid_bytes < file_bytes {
             let chunk = file.read_chunk(scan.valid_bytes, want).await?;
@@ -181,7 +196,11 @@ impl ActiveSegment {
             next_offset: scan.next_offset,
             created: Instant::now(),
         };
-        Ok((segment, scan.producer_batches))
+        let recovered = Recovered {
+            producer_batches: scan.producer_batches,
+            epochs: scan.epochs,
+        };
+        Ok((segment, recovered))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -246,12 +265,11 @@ impl ActiveSegment {
         self.time_index.max_timestamp()
     }
 
-    /// Whether a batch of `last_offset_delta + 1` offsets appended next keeps every offset
-    /// of this segment within the indexes' 32-bit relative offsets (Kafka's
+    /// Whether a batch ending at `last_offset` appended next keeps every offset of this
+    /// segment within the indexes' 32-bit relative offsets (Kafka's
     /// `canConvertToRelativeOffset`); a log rolls before one that does not.
-    pub fn fits_offsets(&self, last_offset_delta: u32) -> bool {
-        let last = self.next_offset.0 + u64::from(last_offset_delta);
-        last - self.base_offset.0 <= u64::from(u32::MAX)
+    pub fn fits_offsets(&self, last_offset: Offset) -> bool {
+        last_offset.0.saturating_sub(self.base_offset.0) <= u64::from(u32::MAX)
     }
 
     /// Accounts for a batch appended at the end (not yet written); returns its position.

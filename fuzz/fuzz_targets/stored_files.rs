@@ -1,6 +1,6 @@
 //! Arbitrary bytes as each small file the engine and the broker read back from disk: the
-//! idempotent-producer snapshot, the log-start checkpoint, a log's config, the topic table,
-//! and a `__consumer_offsets` record's key and value. The first byte picks the decoder; for
+//! idempotent-producer snapshot, the log-start checkpoint, the leader epoch checkpoint, a
+//! log's config, the topic table, and a `__consumer_offsets` record's key and value. The first byte picks the decoder; for
 //! the checksummed formats its high bit asks for a correct checksum, so the fuzzer gets past
 //! it into the fields. Every decoder must refuse bad bytes without a panic, and whatever it
 //! accepts must encode to bytes that decode to the same value.
@@ -9,6 +9,7 @@
 use bytes::Bytes;
 use coremq_engine::LogConfig;
 use coremq_engine::checkpoint;
+use coremq_engine::epochs::LeaderEpochs;
 use coremq_engine::producers::ProducerState;
 use coremq_net::broker::group_offsets;
 use coremq_replication::topics::TopicTable;
@@ -37,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
             bytes.to_vec()
         }
     };
-    match selector % 6 {
+    match selector % 7 {
         0 => {
             if let Ok((state, up_to)) = ProducerState::decode(&checked(data)) {
                 let again = ProducerState::decode(&state.encode(up_to)).expect("re-encoded");
@@ -76,6 +77,11 @@ fuzz_target!(|data: &[u8]| {
                     group_offsets::decode_key(&key),
                     Some((group, topic, partition))
                 );
+            }
+        }
+        5 => {
+            if let Ok(epochs) = LeaderEpochs::decode(&checked(data)) {
+                assert_eq!(LeaderEpochs::decode(&epochs.encode()), Ok(epochs));
             }
         }
         _ => {

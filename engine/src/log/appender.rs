@@ -20,6 +20,17 @@ use crate::types::{Offset, Timestamp};
 
 use super::{Ack, AppendInfo, Log, PRODUCERS_FILE};
 
+/// Where an appended batch comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// A producer, through this log as leader: the log assigns offsets, stamps its latest
+    /// leader epoch and checks idempotent sequences.
+    Producer,
+    /// The partition's leader, to this log as follower: the batch keeps its offsets and
+    /// epoch, and its epoch's start is recorded.
+    Replica,
+}
+
 /// Most bytes one write round hands to the file.
 const WRITE_BYTES_MAX: usize = 4 << 20;
 /// Write rounds in flight per log.
@@ -53,14 +64,19 @@ impl Log {
         batch: CheckedBatch,
         ack: Ack,
     ) -> Result<AppendInfo> {
-        let result = self.append_inner(batch, ack).await;
+        let result = self.append_inner(batch, ack, Origin::Producer).await;
         if result.is_err() {
             add(&self.metrics.append_errors, 1);
         }
         result
     }
 
-    async fn append_inner(self: &Rc<Self>, batch: CheckedBatch, ack: Ack) -> Result<AppendInfo> {
+    pub(super) async fn append_inner(
+        self: &Rc<Self>,
+        batch: CheckedBatch,
+        ack: Ack,
+        origin: Origin,
+    ) -> Result<AppendInfo> {
         let (batch_bytes_max, pending_bytes_max) = {
             let inner = self.inner.borrow();
             (inner.config.batch_bytes_max, inner.config.pending_bytes_max)
@@ -90,40 +106,74 @@ impl Log {
             }
             self.progress.notified().await;
         }
-        if self.needs_roll(size as u64, header.last_offset_delta) {
+        let last_offset = match origin {
+            Origin::Producer => {
+                let next = self.inner.borrow().active.next_offset();
+                Offset(next.0 + u64::from(header.last_offset_delta))
+            }
+            Origin::Replica => header.last_offset(),
+        };
+        if self.needs_roll(size as u64, last_offset) {
             self.roll().await?;
         }
-        let duplicate = {
-            let inner = self.inner.borrow();
-            match inner.producers.check(&header)? {
-                Check::Duplicate(stored) => {
-                    Some((stored, inner.rollbacks, inner.config.durability))
+        match origin {
+            Origin::Producer => {
+                let duplicate = {
+                    let inner = self.inner.borrow();
+                    match inner.producers.check(&header)? {
+                        Check::Duplicate(stored) => {
+                            Some((stored, inner.rollbacks, inner.config.durability))
+                        }
+                        Check::Append => None,
+                    }
+                };
+                if let Some((stored, rollbacks, durability)) = duplicate {
+                    // A retry of a stored batch: the first answer again, once that batch is
+                    // stored.
+                    drop(gate);
+                    add(&self.metrics.duplicate_batches, 1);
+                    self.wait_stored(stored.last_offset, rollbacks, ack.flushes(durability))
+                        .await?;
+                    return Ok(AppendInfo {
+                        base_offset: stored.base_offset,
+                        last_offset: stored.last_offset,
+                        log_append_time: None,
+                    });
                 }
-                Check::Append => None,
             }
-        };
-        if let Some((stored, rollbacks, durability)) = duplicate {
-            // A retry of a stored batch: the first answer again, once that batch is stored.
-            drop(gate);
-            add(&self.metrics.duplicate_batches, 1);
-            self.wait_stored(stored.last_offset, rollbacks, ack.flushes(durability))
-                .await?;
-            return Ok(AppendInfo {
-                base_offset: stored.base_offset,
-                last_offset: stored.last_offset,
-                log_append_time: None,
-            });
+            Origin::Replica => {
+                let log_end = self.inner.borrow().active.next_offset();
+                if header.base_offset < log_end {
+                    return Err(Error::ReplicaOffsetBehind {
+                        base_offset: header.base_offset,
+                        log_end,
+                    });
+                }
+                // The epoch's start is stored before its first batch is written.
+                let mut epochs = self.inner.borrow().epochs.clone();
+                if epochs.assign(header.partition_leader_epoch, header.base_offset) {
+                    epochs.store(&self.storage, &self.dir).await?;
+                    self.inner.borrow_mut().epochs = epochs;
+                }
+            }
         }
         let (info, rollbacks, durability) = {
             let mut inner = self.inner.borrow_mut();
-            let base_offset = inner.active.next_offset();
-            batch::set_base_offset(&mut batch, base_offset);
-            let log_append_time = (inner.config.timestamp_type == TimestampType::LogAppendTime)
-                .then(|| {
-                    let now = Timestamp::now();
-                    batch::set_log_append_time(&mut batch, now);
-                    now
-                });
+            let log_append_time = match origin {
+                Origin::Producer => {
+                    let base_offset = inner.active.next_offset();
+                    batch::set_base_offset(&mut batch, base_offset);
+                    if let Some(latest) = inner.epochs.latest() {
+                        batch::set_partition_leader_epoch(&mut batch, latest.epoch);
+                    }
+                    (inner.config.timestamp_type == TimestampType::LogAppendTime).then(|| {
+                        let now = Timestamp::now();
+                        batch::set_log_append_time(&mut batch, now);
+                        now
+                    })
+                }
+                Origin::Replica => None,
+            };
             let header = BatchHeader::parse(&batch).expect("validated before");
             let batch = batch.freeze();
             inner.active.on_append(&header);
@@ -132,12 +182,12 @@ impl Log {
             }
             inner
                 .cache
-                .push(base_offset, header.next_offset(), batch.clone());
+                .push(header.base_offset, header.next_offset(), batch.clone());
             self.cache.appended(self, header.next_offset(), batch.len());
             inner.pending.push_back(batch);
             inner.pending_bytes += size;
             let info = AppendInfo {
-                base_offset,
+                base_offset: header.base_offset,
                 last_offset: header.last_offset(),
                 log_append_time,
             };
@@ -196,13 +246,13 @@ impl Log {
         }
     }
 
-    fn needs_roll(&self, batch_bytes: u64, last_offset_delta: u32) -> bool {
+    fn needs_roll(&self, batch_bytes: u64, last_offset: Offset) -> bool {
         let inner = self.inner.borrow();
         let active = &inner.active;
         !active.is_empty()
             && (active.appended_bytes() + batch_bytes > inner.config.segment_bytes
                 || active.created().elapsed() >= Duration::from_millis(inner.config.segment_ms)
-                || !active.fits_offsets(last_offset_delta))
+                || !active.fits_offsets(last_offset))
     }
 
     fn start_writer(self: &Rc<Self>) {
@@ -491,17 +541,22 @@ impl Log {
             .await
     }
 
-    /// Seals the active segment and starts a new one at the log end. The caller holds the
-    /// append gate, so no append is in between; the segment's writes are drained first.
-    pub(super) async fn roll(&self) -> Result<()> {
+    /// Waits until every appended batch is written (an error if the log refuses writes).
+    pub(super) async fn wait_written(&self) -> Result<()> {
         loop {
             self.check_writable()?;
             let idle = self.inner.borrow().pending.is_empty() && !self.writer_active.get();
             if idle {
-                break;
+                return Ok(());
             }
             self.progress.notified().await;
         }
+    }
+
+    /// Seals the active segment and starts a new one at the log end. The caller holds the
+    /// append gate, so no append is in between; the segment's writes are drained first.
+    pub(super) async fn roll(&self) -> Result<()> {
+        self.wait_written().await?;
         let (file, size, next_offset, interval) = {
             let inner = self.inner.borrow();
             let active = &inner.active;

@@ -67,6 +67,8 @@ impl Log {
         {
             let mut inner = self.inner.borrow_mut();
             inner.log_start = new_start;
+            // In memory only: the next store of the epochs, or the next open, keeps it.
+            inner.epochs.truncate_from_start(new_start);
             inner.assert_watermarks();
         }
         self.delete_segments_below(new_start).await?;

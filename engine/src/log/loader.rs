@@ -12,12 +12,13 @@ use coremq_runtime::sync::Semaphore;
 use crate::cache::TailCache;
 use crate::checkpoint;
 use crate::config::LogConfig;
+use crate::epochs::LeaderEpochs;
 use crate::error::{Error, Result};
 use crate::metrics::add;
 use crate::notify::Notify;
 use crate::producers::{ProducerBatch, ProducerState};
-use crate::segment::{ActiveSegment, SealedSegment};
-use crate::storage;
+use crate::segment::{ActiveSegment, Recovered, SealedSegment};
+use crate::storage::{self, Storage};
 use crate::types::{Offset, TopicPartition};
 
 use super::{CONFIG_FILE, Inner, Log, PRODUCERS_FILE, Services};
@@ -67,6 +68,29 @@ fn restore_producers(
         }
     }
     state
+}
+
+/// Rebuilds the leader epochs at open: the checkpoint, less what lies past the log end or
+/// before its start, plus the epochs the active segment's batches start. Stored again if that
+/// changed it, so a later open, which scans only the then active segment, still has them.
+async fn restore_epochs(
+    dir: &Path,
+    storage: &Storage,
+    log_start: Offset,
+    log_end: Offset,
+    recovered: &LeaderEpochs,
+) -> Result<LeaderEpochs> {
+    let stored = LeaderEpochs::load(dir);
+    let mut epochs = stored.clone();
+    epochs.truncate_from_end(log_end);
+    for entry in recovered.entries() {
+        epochs.assign(entry.epoch, entry.start_offset);
+    }
+    epochs.truncate_from_start(log_start);
+    if epochs != stored {
+        epochs.store(storage, dir).await?;
+    }
+    Ok(epochs)
 }
 
 impl Log {
@@ -124,10 +148,12 @@ impl Log {
             sealed.insert(base, segment);
         }
         let (active, recovered) = match last {
-            Some(base) => ActiveSegment::recover(dir, base, interval, storage.clone()).await?,
+            Some(base) => {
+                ActiveSegment::recover(dir, base, interval, None, storage.clone()).await?
+            }
             None => (
                 ActiveSegment::create(dir, Offset(0), interval, storage.clone()).await?,
-                Vec::new(),
+                Recovered::default(),
             ),
         };
         let first_base = sealed
@@ -139,7 +165,13 @@ impl Log {
         let log_start = checkpoint::load(dir)
             .unwrap_or(first_base)
             .clamp(first_base, log_end);
-        let producers = restore_producers(dir, active.base_offset(), log_end, recovered);
+        let producers = restore_producers(
+            dir,
+            active.base_offset(),
+            log_end,
+            recovered.producer_batches,
+        );
+        let epochs = restore_epochs(dir, &storage, log_start, log_end, &recovered.epochs).await?;
         add(&metrics.segments, sealed.len() as u64 + 1);
         let log = Rc::new(Log {
             topic_partition,
@@ -160,6 +192,7 @@ impl Log {
                 last_write_error: None,
                 last_write_disk_full: false,
                 producers,
+                epochs,
             }),
             streams: RefCell::new(VecDeque::new()),
             progress: Notify::default(),

@@ -12,6 +12,7 @@ mod appender;
 mod cleanup;
 mod loader;
 mod reader;
+mod replica;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -24,6 +25,7 @@ use coremq_runtime::sync::Semaphore;
 
 use crate::cache::{ShardCache, TailCache};
 use crate::config::{Durability, LogConfig};
+use crate::epochs::LeaderEpochs;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::notify::Notify;
@@ -122,6 +124,8 @@ struct Inner {
     last_write_disk_full: bool,
     /// Idempotent producers' recent batches.
     producers: ProducerState,
+    /// Where each leader epoch starts (stored before a batch of a new epoch is written).
+    epochs: LeaderEpochs,
 }
 
 impl Inner {
