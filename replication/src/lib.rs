@@ -10,6 +10,8 @@
 
 mod cluster;
 mod error;
+pub mod follower;
+pub mod leader;
 mod partition;
 pub mod topics;
 

@@ -92,7 +92,8 @@ impl Log {
     }
 
     /// Removes every batch that holds `offset` or a later one, and returns the new log end
-    /// (at or below `offset`; below it when a batch straddles it). Below the log start, or at
+    /// (at or below `offset`; below it when a batch straddles it). At or past the log end it
+    /// removes only the epochs that start there (begun, never written in). Below the log start, or at
     /// or below the first segment's start, the log empties and starts at `offset` (as
     /// Kafka's). The committed watermark follows the log end down.
     pub async fn truncate_to(&self, offset: Offset) -> Result<Offset> {
@@ -119,6 +120,13 @@ impl Log {
             )
         };
         if offset >= log_end {
+            // Nothing to cut but an epoch this log started as leader without writing in it:
+            // it must go before a newer leader's batches of an older epoch come (Kafka's).
+            let mut epochs = self.inner.borrow().epochs.clone();
+            if epochs.truncate_from_end(log_end) {
+                epochs.store(&self.storage, &self.dir).await?;
+                self.inner.borrow_mut().epochs = epochs;
+            }
             return Ok(log_end);
         }
         if offset < log_start || offset <= first_base {
