@@ -19,6 +19,9 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use crate::Error;
 use crate::system::{online_cpus, preflight, raise_memlock};
 
+/// The longest a shard's reactor sleeps (see `ShardMain::run`).
+const REACTOR_TICK: Duration = Duration::from_millis(50);
+
 /// A future that runs on one shard (it need not be `Send`).
 pub type ShardFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
@@ -241,6 +244,16 @@ struct ShardMain<S: Service> {
 impl<S: Service> ShardMain<S> {
     async fn run(self) {
         CURRENT_SHARD.with(|current| current.set(Some(self.id)));
+        // Wakes the reactor at least every `REACTOR_TICK`. Each wake collects the blocking
+        // thread's finished work and other threads' wakers; if a notification of either is
+        // ever lost (a shard was once found asleep for good in io_uring during an engine's
+        // start, its blocking thread idle), the shard goes on a tick later instead of hanging.
+        glommio::spawn_local(async {
+            while !stopping() {
+                glommio::timer::sleep(REACTOR_TICK).await;
+            }
+        })
+        .detach();
         let started = self.service.start(self.id).await;
         let failed = started.is_err();
         let _ = self.ready.send(started);
