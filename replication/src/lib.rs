@@ -12,7 +12,9 @@ mod cluster;
 mod error;
 pub mod follower;
 pub mod leader;
+pub mod metadata;
 mod partition;
+pub mod quorum;
 pub mod topics;
 
 pub use cluster::{Cluster, LogConfigs};

@@ -1,0 +1,24 @@
+//! Arbitrary bytes as what the controller quorum reads from the network and from its metadata
+//! log: a voter's Raft message and a metadata record. The first byte picks the decoder. Bad
+//! bytes must be refused without a panic or an allocation beyond what they hold, and whatever
+//! decodes must encode to bytes that decode to the same value.
+#![no_main]
+
+use coremq_replication::metadata::Record;
+use coremq_replication::quorum::{decode_message, encode_message};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, data)) = data.split_first() else {
+        return;
+    };
+    if selector % 2 == 0 {
+        if let Ok(message) = decode_message(data) {
+            let bytes = encode_message(&message);
+            let again = decode_message(&bytes).expect("re-encoded message decodes");
+            assert_eq!(encode_message(&again), bytes);
+        }
+    } else if let Ok(record) = Record::decode(data) {
+        assert_eq!(Record::decode(&record.encode()), Ok(record));
+    }
+});

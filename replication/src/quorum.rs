@@ -1,0 +1,370 @@
+//! The controller quorum's Raft node: raft-rs's `RawNode` (tikv/raft-rs, sans-IO) holding the
+//! metadata log, whose entries are [`Record`]s. This module drives it without I/O: the caller
+//! ticks it, steps in the messages other voters sent, proposes records, and calls
+//! [`QuorumNode::drain`], which persists what Raft asks for (to the node's storage, before
+//! any message that depends on it goes out), and hands back the messages to send and the
+//! records committed, in log order. The same code runs in the broker and in the seeded
+//! simulation tests.
+//!
+//! Messages between voters travel in our own encoding ([`encode_message`]): postcard over a
+//! mirror of raft-rs's message, every length bounded by the bytes present. raft-rs's own
+//! protobuf decoder (rust-protobuf 2) is never given bytes from the network: it recurses on
+//! nested unknown groups without a bound (RUSTSEC-2024-0437).
+
+use raft::eraftpb::{
+    ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
+};
+use raft::storage::MemStorage;
+use raft::{Config, RawNode, StateRole};
+use serde::{Deserialize, Serialize};
+
+use crate::leader::BrokerId;
+use crate::metadata::Record;
+
+/// Raft ids are broker ids plus one: raft-rs reserves 0.
+fn raft_id(broker: BrokerId) -> u64 {
+    broker as u64 + 1
+}
+
+fn broker_id(raft: u64) -> BrokerId {
+    raft as BrokerId - 1
+}
+
+/// Timing of the quorum, in ticks of the caller's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuorumSettings {
+    /// A follower that hears no leader for this many ticks (randomized up to twice as many)
+    /// stands for election.
+    pub election_ticks: usize,
+    /// A leader's heartbeat period.
+    pub heartbeat_ticks: usize,
+}
+
+impl Default for QuorumSettings {
+    fn default() -> QuorumSettings {
+        QuorumSettings {
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+        }
+    }
+}
+
+/// What a drain produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Messages to send, each to `(voter, message)`.
+    pub messages: Vec<(BrokerId, Message)>,
+    /// Records committed since the last drain, with their log index, in order.
+    pub committed: Vec<(u64, Record)>,
+}
+
+/// This voter's Raft node for the metadata log.
+pub struct QuorumNode {
+    id: BrokerId,
+    raw: RawNode<MemStorage>,
+}
+
+/// Why a proposal was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeError {
+    /// Only the leader proposes; this is who it is, if known.
+    NotLeader(Option<BrokerId>),
+    /// Raft refused it (a leadership transfer in progress, or the node is stopping).
+    Refused(String),
+}
+
+impl QuorumNode {
+    /// A voter `id` of a quorum of `voters`, with nothing in its log yet.
+    pub fn new(
+        id: BrokerId,
+        voters: &[BrokerId],
+        settings: QuorumSettings,
+    ) -> Result<QuorumNode, raft::Error> {
+        let voters: Vec<u64> = voters.iter().map(|&voter| raft_id(voter)).collect();
+        let conf_state = ConfState::from((voters, vec![]));
+        QuorumNode::restart(id, MemStorage::new_with_conf_state(conf_state), settings)
+    }
+
+    /// A voter coming back with what it had persisted (its log, hard state and voters).
+    pub fn restart(
+        id: BrokerId,
+        storage: MemStorage,
+        settings: QuorumSettings,
+    ) -> Result<QuorumNode, raft::Error> {
+        // A restarted voter applies its committed log again from the start: the image is rebuilt
+        // from the records (there are no snapshots yet).
+        let applied = 0;
+        let config = Config {
+            id: raft_id(id),
+            election_tick: settings.election_ticks,
+            heartbeat_tick: settings.heartbeat_ticks,
+            applied,
+            check_quorum: true,
+            pre_vote: true,
+            max_inflight_msgs: 256,
+            ..Config::default()
+        };
+        config.validate()?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&config, storage, &logger)?;
+        Ok(QuorumNode { id, raw })
+    }
+
+    pub fn id(&self) -> BrokerId {
+        self.id
+    }
+
+    /// What this voter persisted, to restart it from after a crash.
+    pub fn storage(&self) -> MemStorage {
+        self.raw.store().clone()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader this voter knows of.
+    pub fn leader(&self) -> Option<BrokerId> {
+        match self.raw.raft.leader_id {
+            0 => None,
+            leader => Some(broker_id(leader)),
+        }
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// One tick of the caller's clock.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    /// A message another voter sent. Stale or unexpected messages are dropped, as Raft
+    /// expects of an unreliable network.
+    pub fn step(&mut self, message: Message) {
+        let _ = self.raw.step(message);
+    }
+
+    /// Proposes `record` for the metadata log; it is applied once a drain returns it
+    /// committed (if leadership is lost first, it may never be).
+    pub fn propose(&mut self, record: &Record) -> Result<(), ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader(self.leader()));
+        }
+        self.raw
+            .propose(Vec::new(), record.encode())
+            .map_err(|error| ProposeError::Refused(error.to_string()))
+    }
+
+    /// Persists what Raft asks for, and returns the messages to send and the records now
+    /// committed. Messages that depend on persisted state come out only after it is stored.
+    pub fn drain(&mut self) -> Output {
+        let mut output = Output::default();
+        while self.raw.has_ready() {
+            let mut ready = self.raw.ready();
+            self.collect_messages(ready.take_messages(), &mut output);
+            if !ready.snapshot().is_empty() {
+                let snapshot = ready.snapshot().clone();
+                self.raw
+                    .mut_store()
+                    .wl()
+                    .apply_snapshot(snapshot)
+                    .expect("a snapshot from the leader applies");
+            }
+            self.collect_committed(ready.take_committed_entries(), &mut output);
+            if !ready.entries().is_empty() {
+                self.raw
+                    .mut_store()
+                    .wl()
+                    .append(ready.entries())
+                    .expect("entries follow the log");
+            }
+            if let Some(hard_state) = ready.hs() {
+                self.raw.mut_store().wl().set_hardstate(hard_state.clone());
+            }
+            self.collect_messages(ready.take_persisted_messages(), &mut output);
+            let mut light = self.raw.advance(ready);
+            if let Some(commit) = light.commit_index() {
+                self.raw
+                    .mut_store()
+                    .wl()
+                    .mut_hard_state()
+                    .set_commit(commit);
+            }
+            self.collect_messages(light.take_messages(), &mut output);
+            self.collect_committed(light.take_committed_entries(), &mut output);
+            self.raw.advance_apply();
+        }
+        output
+    }
+
+    fn collect_messages(&self, messages: Vec<Message>, output: &mut Output) {
+        output
+            .messages
+            .extend(messages.into_iter().map(|m| (broker_id(m.to), m)));
+    }
+
+    fn collect_committed(&self, entries: Vec<Entry>, output: &mut Output) {
+        for entry in entries {
+            // Empty entries are each new leader's no-op; configuration changes are not used
+            // (the voters are fixed at start-up).
+            if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
+                continue;
+            }
+            match Record::decode(&entry.data) {
+                Ok(record) => output.committed.push((entry.index, record)),
+                Err(reason) => log::error!(
+                    "metadata log entry {} is not a record ({reason}); skipped on every voter",
+                    entry.index
+                ),
+            }
+        }
+    }
+}
+
+/// raft-rs's message, mirrored for our encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct WireMessage {
+    msg_type: i32,
+    to: u64,
+    from: u64,
+    term: u64,
+    log_term: u64,
+    index: u64,
+    entries: Vec<WireEntry>,
+    commit: u64,
+    commit_term: u64,
+    snapshot: Option<WireSnapshot>,
+    request_snapshot: u64,
+    reject: bool,
+    reject_hint: u64,
+    context: Vec<u8>,
+    priority: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct WireEntry {
+    entry_type: i32,
+    term: u64,
+    index: u64,
+    data: Vec<u8>,
+    context: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct WireSnapshot {
+    data: Vec<u8>,
+    index: u64,
+    term: u64,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+}
+
+/// The most bytes one encoded message may take.
+pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+
+/// `message` in the encoding voters send each other.
+pub fn encode_message(message: &Message) -> Vec<u8> {
+    let snapshot = message
+        .snapshot
+        .as_ref()
+        .filter(|s| !s.data.is_empty() || s.get_metadata().index > 0);
+    let wire = WireMessage {
+        msg_type: message.get_msg_type() as i32,
+        to: message.to,
+        from: message.from,
+        term: message.term,
+        log_term: message.log_term,
+        index: message.index,
+        entries: message
+            .entries
+            .iter()
+            .map(|entry| WireEntry {
+                entry_type: entry.get_entry_type() as i32,
+                term: entry.term,
+                index: entry.index,
+                data: entry.data.to_vec(),
+                context: entry.context.to_vec(),
+            })
+            .collect(),
+        commit: message.commit,
+        commit_term: message.commit_term,
+        snapshot: snapshot.map(|snapshot| {
+            let metadata = snapshot.get_metadata();
+            let conf_state = metadata.get_conf_state();
+            WireSnapshot {
+                data: snapshot.data.to_vec(),
+                index: metadata.index,
+                term: metadata.term,
+                voters: conf_state.voters.clone(),
+                learners: conf_state.learners.clone(),
+            }
+        }),
+        request_snapshot: message.request_snapshot,
+        reject: message.reject,
+        reject_hint: message.reject_hint,
+        context: message.context.to_vec(),
+        priority: message.priority,
+    };
+    postcard::to_stdvec(&wire).expect("messages serialize")
+}
+
+/// Decodes a message another voter sent; the reason if the bytes are not one.
+pub fn decode_message(bytes: &[u8]) -> Result<Message, String> {
+    if bytes.len() > MESSAGE_BYTES_MAX {
+        return Err(format!("a message of {} bytes", bytes.len()));
+    }
+    let wire = match postcard::take_from_bytes::<WireMessage>(bytes) {
+        Ok((wire, [])) => wire,
+        Ok((_, rest)) => return Err(format!("{} bytes after the message", rest.len())),
+        Err(error) => return Err(format!("not a quorum message: {error}")),
+    };
+    let msg_type = <MessageType as protobuf::ProtobufEnum>::from_i32(wire.msg_type)
+        .ok_or_else(|| format!("unknown message type {}", wire.msg_type))?;
+    let mut message = Message::default();
+    message.set_msg_type(msg_type);
+    message.to = wire.to;
+    message.from = wire.from;
+    message.term = wire.term;
+    message.log_term = wire.log_term;
+    message.index = wire.index;
+    for entry in wire.entries {
+        let entry_type = <EntryType as protobuf::ProtobufEnum>::from_i32(entry.entry_type)
+            .ok_or_else(|| format!("unknown entry type {}", entry.entry_type))?;
+        let mut decoded = Entry::default();
+        decoded.set_entry_type(entry_type);
+        decoded.term = entry.term;
+        decoded.index = entry.index;
+        decoded.data = entry.data.into();
+        decoded.context = entry.context.into();
+        message.entries.push(decoded);
+    }
+    message.commit = wire.commit;
+    message.commit_term = wire.commit_term;
+    if let Some(snapshot) = wire.snapshot {
+        let mut metadata = SnapshotMetadata {
+            index: snapshot.index,
+            term: snapshot.term,
+            ..SnapshotMetadata::default()
+        };
+        metadata.set_conf_state(ConfState::from((snapshot.voters, snapshot.learners)));
+        let mut decoded = Snapshot {
+            data: snapshot.data.into(),
+            ..Snapshot::default()
+        };
+        decoded.set_metadata(metadata);
+        message.set_snapshot(decoded);
+    }
+    message.request_snapshot = wire.request_snapshot;
+    message.reject = wire.reject;
+    message.reject_hint = wire.reject_hint;
+    message.context = wire.context.into();
+    message.priority = wire.priority;
+    Ok(message)
+}
+
+/// The hard state a voter persisted (tests and diagnostics).
+pub fn hard_state(node: &QuorumNode) -> HardState {
+    node.raw.store().rl().hard_state().clone()
+}

@@ -1,0 +1,320 @@
+//! The controller quorum in a seeded simulation: three voters over a simulated network that
+//! drops, delays, reorders and duplicates messages (every one encoded and decoded as voters
+//! send them), cuts voters off, and crashes and restarts them with what they persisted.
+//! Checked after every step: at most one leader per term, and every voter's committed records
+//! agree with every other's at each log index. At the end the network heals and a new record
+//! must commit everywhere.
+//!
+//! `QUORUM_SEED=n` replays one seed; `QUORUM_SEEDS=n` runs seeds 0..n (default 200).
+
+use std::collections::{BTreeMap, HashSet};
+
+use coremq_replication::metadata::Record;
+use coremq_replication::quorum::{QuorumNode, QuorumSettings, decode_message, encode_message};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const VOTERS: [i32; 3] = [0, 1, 2];
+
+struct Voter {
+    node: Option<QuorumNode>,
+    storage: raft::storage::MemStorage,
+    /// Records this voter applied since it last (re)started, by log index.
+    applied: BTreeMap<u64, Record>,
+    /// Their encodings.
+    seen: HashSet<Vec<u8>>,
+}
+
+struct Sim {
+    rng: StdRng,
+    voters: Vec<Voter>,
+    /// Messages in flight: (delivery step, to, bytes).
+    network: Vec<(u64, i32, Vec<u8>)>,
+    /// Voters cut off from the others, until the step.
+    isolated: BTreeMap<i32, u64>,
+    leaders: BTreeMap<u64, i32>,
+    /// Every record committed anywhere, by index: what all voters must agree on.
+    committed: BTreeMap<u64, Record>,
+    step: u64,
+    faults: bool,
+}
+
+fn marker(value: u64) -> Record {
+    Record::ProducerIds {
+        broker: 0,
+        first: value as i64,
+        count: 1,
+    }
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let settings = QuorumSettings::default();
+        let voters = VOTERS
+            .iter()
+            .map(|&id| {
+                let node = QuorumNode::new(id, &VOTERS, settings).unwrap();
+                Voter {
+                    storage: node.storage(),
+                    node: Some(node),
+                    applied: BTreeMap::new(),
+                    seen: HashSet::new(),
+                }
+            })
+            .collect();
+        Sim {
+            rng: StdRng::seed_from_u64(seed),
+            voters,
+            network: Vec::new(),
+            isolated: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            step: 0,
+            faults: true,
+        }
+    }
+
+    fn cut_off(&self, a: i32, b: i32) -> bool {
+        let now = self.step;
+        let isolated = |id: i32| self.isolated.get(&id).is_some_and(|&until| until > now);
+        a != b && (isolated(a) || isolated(b))
+    }
+
+    fn run_step(&mut self, seed: u64) {
+        self.step += 1;
+        let step = self.step;
+        if self.faults {
+            self.inject_faults();
+        }
+        // Deliver what is due, in a shuffled order.
+        let mut due: Vec<(u64, i32, Vec<u8>)> = Vec::new();
+        self.network.retain(|message| {
+            if message.0 <= step {
+                due.push(message.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for index in (1..due.len()).rev() {
+            due.swap(index, self.rng.random_range(0..=index));
+        }
+        for (_, to, bytes) in due {
+            let message = decode_message(&bytes).expect("voters' messages decode");
+            if let Some(node) = self.voters[to as usize].node.as_mut() {
+                node.step(message);
+            }
+        }
+        for id in VOTERS {
+            if let Some(node) = self.voters[id as usize].node.as_mut() {
+                node.tick();
+            }
+        }
+        for id in VOTERS {
+            self.drain(id, seed);
+        }
+    }
+
+    fn inject_faults(&mut self) {
+        let roll = self.rng.random_range(0..1000);
+        let id = VOTERS[self.rng.random_range(0..VOTERS.len())];
+        match roll {
+            0..=4 => {
+                // Crash: what it persisted survives, nothing else.
+                let voter = &mut self.voters[id as usize];
+                if let Some(node) = voter.node.take() {
+                    voter.storage = node.storage();
+                }
+            }
+            5..=14 => {
+                let voter = &mut self.voters[id as usize];
+                if voter.node.is_none() {
+                    let node =
+                        QuorumNode::restart(id, voter.storage.clone(), QuorumSettings::default())
+                            .unwrap();
+                    voter.node = Some(node);
+                    voter.applied.clear();
+                    voter.seen.clear();
+                }
+            }
+            15..=19 => {
+                let until = self.step + self.rng.random_range(10..200);
+                self.isolated.insert(id, until);
+            }
+            _ => {}
+        }
+        if roll % 7 == 0 {
+            let leader = VOTERS.iter().copied().find(|&id| {
+                self.voters[id as usize]
+                    .node
+                    .as_ref()
+                    .is_some_and(QuorumNode::is_leader)
+            });
+            if let Some(leader) = leader {
+                let value = self.step;
+                let _ = self.voters[leader as usize]
+                    .node
+                    .as_mut()
+                    .unwrap()
+                    .propose(&marker(value));
+            }
+        }
+    }
+
+    fn drain(&mut self, id: i32, seed: u64) {
+        let Some(node) = self.voters[id as usize].node.as_mut() else {
+            return;
+        };
+        let output = node.drain();
+        if node.is_leader() {
+            let term = node.term();
+            let previous = self.leaders.insert(term, id);
+            assert!(
+                previous.is_none_or(|previous| previous == id),
+                "seed {seed} step {}: two leaders in term {term} ({previous:?} and {id}); \
+                 replay: QUORUM_SEED={seed} cargo test -p coremq-replication --test quorum",
+                self.step
+            );
+        }
+        for (to, message) in output.messages {
+            if self.cut_off(id, to) {
+                continue;
+            }
+            let bytes = encode_message(&message);
+            let (drop, duplicate) = if self.faults {
+                (
+                    self.rng.random_range(0..100) < 5,
+                    self.rng.random_range(0..100) < 3,
+                )
+            } else {
+                (false, false)
+            };
+            if drop {
+                continue;
+            }
+            let copies = if duplicate { 2 } else { 1 };
+            for _ in 0..copies {
+                let delay = if self.faults {
+                    self.rng.random_range(0..4)
+                } else {
+                    0
+                };
+                self.network.push((self.step + delay, to, bytes.clone()));
+            }
+        }
+        let voter = &mut self.voters[id as usize];
+        for (index, record) in output.committed {
+            // Each marker is proposed once: applied at two indexes would be a duplicate.
+            assert!(
+                voter.seen.insert(record.encode()),
+                "seed {seed} step {}: voter {id} applied {record:?} twice",
+                self.step
+            );
+            voter.applied.insert(index, record.clone());
+            match self.committed.get(&index) {
+                Some(known) => assert_eq!(
+                    known, &record,
+                    "seed {seed} step {}: voter {id} committed a different record at {index}; \
+                     replay: QUORUM_SEED={seed} cargo test -p coremq-replication --test quorum",
+                    self.step
+                ),
+                None => {
+                    self.committed.insert(index, record);
+                }
+            }
+        }
+    }
+
+    fn leader(&self) -> Option<i32> {
+        VOTERS.iter().copied().find(|&id| {
+            self.voters[id as usize]
+                .node
+                .as_ref()
+                .is_some_and(QuorumNode::is_leader)
+        })
+    }
+}
+
+fn run(seed: u64) {
+    let mut sim = Sim::new(seed);
+    for _ in 0..3_000 {
+        sim.run_step(seed);
+    }
+    // Heal: every voter up, no faults; a leader emerges and a new record commits everywhere.
+    sim.faults = false;
+    sim.isolated.clear();
+    for id in VOTERS {
+        let voter = &mut sim.voters[id as usize];
+        if voter.node.is_none() {
+            voter.node = Some(
+                QuorumNode::restart(id, voter.storage.clone(), QuorumSettings::default()).unwrap(),
+            );
+            voter.applied.clear();
+            voter.seen.clear();
+        }
+    }
+    let mut proposed = false;
+    let last = marker(u64::MAX >> 2);
+    for _ in 0..2_000 {
+        sim.run_step(seed);
+        if !proposed && let Some(leader) = sim.leader() {
+            proposed = sim.voters[leader as usize]
+                .node
+                .as_mut()
+                .unwrap()
+                .propose(&last)
+                .is_ok();
+        }
+        let everywhere = sim
+            .voters
+            .iter()
+            .all(|voter| voter.applied.values().any(|record| record == &last));
+        if everywhere {
+            break;
+        }
+    }
+    for (id, voter) in sim.voters.iter().enumerate() {
+        assert!(
+            voter.applied.values().any(|record| record == &last),
+            "seed {seed}: voter {id} never applied the record proposed after healing; \
+             replay: QUORUM_SEED={seed} cargo test -p coremq-replication --test quorum"
+        );
+        // A voter that restarted applies the whole log again: it must hold all of it.
+        let expected: Vec<&Record> = sim.committed.range(..).map(|(_, r)| r).collect();
+        let got: Vec<&Record> = voter.applied.values().collect();
+        assert_eq!(
+            got, expected,
+            "seed {seed}: voter {id} applied a different log"
+        );
+    }
+    if std::env::var("QUORUM_STATS").is_ok() {
+        eprintln!(
+            "seed {seed}: {} terms with a leader, {} records committed",
+            sim.leaders.len(),
+            sim.committed.len()
+        );
+    }
+    assert!(
+        sim.committed.len() > 5,
+        "seed {seed}: only {} records committed",
+        sim.committed.len()
+    );
+}
+
+fn seeds() -> Vec<u64> {
+    if let Ok(seed) = std::env::var("QUORUM_SEED") {
+        return vec![seed.parse().expect("QUORUM_SEED is a number")];
+    }
+    let count = std::env::var("QUORUM_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200);
+    (0..count).collect()
+}
+
+#[test]
+fn the_metadata_log_stays_consistent_under_faults() {
+    for seed in seeds() {
+        run(seed);
+    }
+}
