@@ -9,6 +9,7 @@
 //! without the front ends changing.
 
 mod cluster;
+pub mod controller;
 mod error;
 pub mod follower;
 pub mod leader;
