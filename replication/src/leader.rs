@@ -15,6 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use coremq_engine::Offset;
 
+/// How long a leader waits for the controller to answer an in-sync replica change before it
+/// sends it again.
+pub const ALTER_RETRY_MS: u64 = 1_000;
+
 /// A broker's id, Kafka's replica id.
 pub type BrokerId = i32;
 
@@ -80,7 +84,8 @@ pub struct LeaderState {
     log_end: Offset,
     high_watermark: Offset,
     isr: BTreeSet<BrokerId>,
-    proposed: Option<BTreeSet<BrokerId>>,
+    /// The in-sync set asked of the controller, and when it was last sent.
+    proposed: Option<(BTreeSet<BrokerId>, u64)>,
     followers: BTreeMap<BrokerId, Follower>,
     settings: ReplicaSettings,
 }
@@ -147,7 +152,7 @@ impl LeaderState {
 
     /// The change waiting for the controller, if any.
     pub fn proposed(&self) -> Option<&BTreeSet<BrokerId>> {
-        self.proposed.as_ref()
+        self.proposed.as_ref().map(|(isr, _)| isr)
     }
 
     pub fn settings(&self) -> ReplicaSettings {
@@ -205,15 +210,23 @@ impl LeaderState {
         state.last_fetch_ms = now_ms;
         state.leader_end_at_last_fetch = log_end;
         let moved = self.advance_high_watermark();
-        let expand = self.maybe_expand(follower, fetch_offset);
+        let expand = self.maybe_expand(follower, fetch_offset, now_ms);
         Some((moved, expand))
     }
 
     /// Time passed: an in-sync follower not caught up for longer than the lag bound is
-    /// proposed out of the set (never the leader itself).
+    /// proposed out of the set (never the leader itself); a proposal unanswered for
+    /// `ALTER_RETRY_MS` is sent again (the request or its answer may have been lost).
     pub fn tick(&mut self, now_ms: u64) -> Option<IsrProposal> {
-        if self.proposed.is_some() {
-            return None;
+        if let Some((isr, sent_ms)) = &mut self.proposed {
+            if now_ms.saturating_sub(*sent_ms) < ALTER_RETRY_MS {
+                return None;
+            }
+            *sent_ms = now_ms;
+            return Some(IsrProposal {
+                leader_epoch: self.epoch,
+                isr: isr.clone(),
+            });
         }
         let lagging: Vec<BrokerId> = self
             .isr
@@ -235,7 +248,7 @@ impl LeaderState {
             .filter(|replica| !lagging.contains(replica))
             .copied()
             .collect();
-        Some(self.propose(isr))
+        Some(self.propose(isr, now_ms))
     }
 
     /// The controller committed `isr` (ours, or one it decided); the new high watermark if
@@ -253,8 +266,8 @@ impl LeaderState {
         self.proposed = None;
     }
 
-    fn propose(&mut self, isr: BTreeSet<BrokerId>) -> IsrProposal {
-        self.proposed = Some(isr.clone());
+    fn propose(&mut self, isr: BTreeSet<BrokerId>, now_ms: u64) -> IsrProposal {
+        self.proposed = Some((isr.clone(), now_ms));
         IsrProposal {
             leader_epoch: self.epoch,
             isr,
@@ -263,7 +276,12 @@ impl LeaderState {
 
     /// A follower outside the set joins once it has everything committed and everything of
     /// this epoch's start (Kafka's `isFollowerInSync` for expansion).
-    fn maybe_expand(&mut self, follower: BrokerId, log_end: Offset) -> Option<IsrProposal> {
+    fn maybe_expand(
+        &mut self,
+        follower: BrokerId,
+        log_end: Offset,
+        now_ms: u64,
+    ) -> Option<IsrProposal> {
         if self.proposed.is_some() || self.isr.contains(&follower) {
             return None;
         }
@@ -272,13 +290,16 @@ impl LeaderState {
         }
         let mut isr = self.isr.clone();
         isr.insert(follower);
-        Some(self.propose(isr))
+        Some(self.propose(isr, now_ms))
     }
 
     /// Moves the high watermark to the smallest log end of the counted in-sync replicas, if
     /// that is higher; a follower whose log end is not known yet holds it.
     fn advance_high_watermark(&mut self) -> Option<Offset> {
-        let counted = self.isr.iter().chain(self.proposed.iter().flatten());
+        let counted = self
+            .isr
+            .iter()
+            .chain(self.proposed.iter().flat_map(|(isr, _)| isr));
         let mut smallest = self.log_end;
         for replica in counted {
             if *replica == self.id {
@@ -388,7 +409,8 @@ mod tests {
                 isr: set(&[1, 2])
             }
         );
-        assert_eq!(state.tick(40_000), None, "one proposal at a time");
+        assert_eq!(state.tick(31_500), None, "one proposal at a time");
+        assert_eq!(state.tick(32_001), Some(proposal.clone()), "sent again");
         assert_eq!(state.high_watermark(), Offset(4), "3 counts until removed");
         assert_eq!(state.on_isr_committed(&set(&[1, 2])), Some(Offset(20)));
         assert_eq!(state.isr(), &set(&[1, 2]));
@@ -440,8 +462,9 @@ mod tests {
         // Cut off: no fetches, and the shrink never reaches the controller.
         let proposal = state.tick(60_000).expect("both lag");
         assert_eq!(proposal.isr, set(&[1]));
-        for now in (60_000..600_000).step_by(10_000) {
-            assert_eq!(state.tick(now), None);
+        for now in (61_000..600_000).step_by(10_000) {
+            // It keeps asking, and keeps not being answered.
+            assert_eq!(state.tick(now), Some(proposal.clone()));
             assert_eq!(state.on_appended(Offset(120)), None);
         }
         assert_eq!(state.high_watermark(), Offset(100));

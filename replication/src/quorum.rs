@@ -135,6 +135,17 @@ impl QuorumNode {
         self.raw.raft.term
     }
 
+    /// Whether this voter leads and has committed an entry of its own term, with every
+    /// committed record handed out: its image is then the whole committed metadata, and an
+    /// active controller may start from it.
+    pub fn leads_caught_up(&self) -> bool {
+        let raft = &self.raw.raft;
+        let log = &raft.raft_log;
+        raft.state == StateRole::Leader
+            && log.term(log.committed).ok() == Some(raft.term)
+            && log.applied == log.committed
+    }
+
     /// One tick of the caller's clock.
     pub fn tick(&mut self) {
         self.raw.tick();

@@ -1,0 +1,798 @@
+//! A whole replicated partition in a seeded simulation: three nodes, each a controller voter
+//! (raft-rs), a broker applying the metadata log, and a replica of one partition with
+//! replication factor 3 and `min.insync.replicas` 2, driven by the same state machines the
+//! broker uses (`Controller`, `QuorumNode`, `LeaderState`, `FollowerState`). A client writes
+//! with acks=all to whoever the metadata says leads. The network drops, delays, reorders and
+//! duplicates messages and cuts nodes off; nodes crash (keeping their logs and Raft state,
+//! as if every write were fsynced) and restart.
+//!
+//! Checked throughout: one leader per leader epoch, and a leader never acknowledges a record
+//! its epoch did not write. At the end the faults stop and the cluster settles: every
+//! acknowledged record is in the leader's log at the offset it was acknowledged with, and the
+//! in-sync replicas' logs are identical up to the high watermark.
+//!
+//! `CLUSTER_SEED=n` replays one seed; `CLUSTER_SEEDS=n` runs seeds 0..n (default 200).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use coremq_engine::Offset;
+use coremq_engine::epochs::LeaderEpochs;
+use coremq_replication::controller::{Controller, ControllerSettings, NO_LEADER};
+use coremq_replication::follower::{FollowerState, LocalLog, Request, Truncate};
+use coremq_replication::leader::{AckState, BrokerId, LeaderState, ReplicaSettings};
+use coremq_replication::metadata::MetadataImage;
+use coremq_replication::quorum::{QuorumNode, QuorumSettings, decode_message, encode_message};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const NODES: [BrokerId; 3] = [0, 1, 2];
+const TOPIC: [u8; 16] = [3; 16];
+const STEP_MS: u64 = 10;
+const SETTINGS: ReplicaSettings = ReplicaSettings {
+    lag_max_ms: 300,
+    min_insync: 2,
+};
+
+/// A replica's log: each offset's (leader epoch, value), and the epochs' starts.
+#[derive(Debug, Clone, Default)]
+struct Log {
+    records: Vec<(i32, u64)>,
+    epochs: LeaderEpochs,
+    /// The high watermark last learnt (kept across a crash as a lower bound).
+    committed: u64,
+}
+
+impl Log {
+    fn end(&self) -> Offset {
+        Offset(self.records.len() as u64)
+    }
+
+    fn append(&mut self, epoch: i32, value: u64) {
+        self.epochs.assign(epoch, self.end());
+        self.records.push((epoch, value));
+    }
+
+    fn truncate(&mut self, truncate: Truncate) {
+        match truncate {
+            Truncate::Nothing => {}
+            Truncate::To(offset) => {
+                self.records.truncate(offset.0 as usize);
+                self.epochs.truncate_from_end(self.end());
+                self.committed = self.committed.min(offset.0);
+            }
+            Truncate::Restart(_) => unreachable!("logs start at 0 here"),
+        }
+    }
+}
+
+impl LocalLog for Log {
+    fn log_end(&self) -> Offset {
+        self.end()
+    }
+    fn latest_epoch(&self) -> Option<i32> {
+        self.epochs.latest().map(|entry| entry.epoch)
+    }
+    fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, Offset)> {
+        self.epochs.end_offset_for(epoch, self.end())
+    }
+    fn committed(&self) -> Offset {
+        Offset(self.committed)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Msg {
+    Raft(Vec<u8>),
+    /// A broker's heartbeat; it (re)registers when the controller does not know this run.
+    Heartbeat {
+        from: BrokerId,
+        incarnation: u64,
+    },
+    AlterPartition {
+        from: BrokerId,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: BTreeSet<BrokerId>,
+    },
+    EpochEnd {
+        from: BrokerId,
+        leader_epoch: i32,
+        epoch: i32,
+    },
+    EpochEndReply {
+        leader_epoch: i32,
+        answer: Option<(i32, Offset)>,
+    },
+    Fetch {
+        from: BrokerId,
+        leader_epoch: i32,
+        offset: Offset,
+    },
+    FetchReply {
+        leader_epoch: i32,
+        from_offset: Offset,
+        records: Vec<(i32, u64)>,
+        high_watermark: Offset,
+    },
+}
+
+enum Role {
+    None,
+    Leader(LeaderState),
+    Follower {
+        state: FollowerState,
+        /// The step its outstanding request was sent at.
+        waiting_since: Option<u64>,
+    },
+}
+
+struct Node {
+    id: BrokerId,
+    up: bool,
+    quorum: QuorumNode,
+    image: MetadataImage,
+    controller: Option<(u64, Controller)>,
+    log: Log,
+    role: Role,
+    /// Appends waiting for acks=all: (offset, value).
+    pending: VecDeque<(Offset, u64)>,
+    /// Which run of the broker this is (a restart is a new one).
+    incarnation: u64,
+    /// The partition state the leader role last saw.
+    partition_epoch: i32,
+}
+
+struct Sim {
+    rng: StdRng,
+    seed: u64,
+    nodes: Vec<Node>,
+    network: Vec<(u64, BrokerId, Msg)>,
+    isolated: BTreeMap<BrokerId, u64>,
+    step: u64,
+    faults: bool,
+    producing: bool,
+    /// Leader of each leader epoch, as any node acted on it.
+    epoch_leaders: BTreeMap<i32, BrokerId>,
+    /// Acknowledged (offset, value).
+    acked: BTreeMap<u64, u64>,
+    next_value: u64,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let nodes = NODES
+            .iter()
+            .map(|&id| Node {
+                id,
+                up: true,
+                quorum: QuorumNode::new(id, &NODES, QuorumSettings::default()).unwrap(),
+                image: MetadataImage::default(),
+                controller: None,
+                log: Log::default(),
+                role: Role::None,
+                pending: VecDeque::new(),
+                incarnation: 1,
+                partition_epoch: -1,
+            })
+            .collect();
+        Sim {
+            rng: StdRng::seed_from_u64(seed),
+            seed,
+            nodes,
+            network: Vec::new(),
+            isolated: BTreeMap::new(),
+            step: 0,
+            faults: false,
+            producing: true,
+            epoch_leaders: BTreeMap::new(),
+            acked: BTreeMap::new(),
+            next_value: 1,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.step * STEP_MS
+    }
+
+    fn context(&self) -> String {
+        format!(
+            "seed {} step {}; replay: CLUSTER_SEED={} cargo test -p coremq-replication --test cluster",
+            self.seed, self.step, self.seed
+        )
+    }
+
+    fn send(&mut self, from: BrokerId, to: BrokerId, message: Msg) {
+        let now = self.step;
+        let cut = |id: BrokerId| self.isolated.get(&id).is_some_and(|&until| until > now);
+        if from != to && (cut(from) || cut(to)) {
+            return;
+        }
+        let (drop, duplicate, delay) = if self.faults {
+            (
+                self.rng.random_range(0..100) < 3,
+                self.rng.random_range(0..100) < 2,
+                self.rng.random_range(0..3),
+            )
+        } else {
+            (false, false, 0)
+        };
+        if drop {
+            return;
+        }
+        if duplicate {
+            self.network.push((now + 1 + delay, to, message.clone()));
+        }
+        self.network.push((now + 1 + delay, to, message));
+    }
+
+    fn run_step(&mut self) {
+        self.step += 1;
+        if self.faults {
+            self.inject_faults();
+        }
+        let step = self.step;
+        let mut due = Vec::new();
+        self.network.retain(|entry| {
+            if entry.0 <= step {
+                due.push(entry.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for index in (1..due.len()).rev() {
+            due.swap(index, self.rng.random_range(0..=index));
+        }
+        for (_, to, message) in due {
+            if self.nodes[to as usize].up {
+                self.deliver(to, message);
+            }
+        }
+        for id in NODES {
+            if self.nodes[id as usize].up {
+                self.node_step(id);
+            }
+        }
+        if self.producing && self.step.is_multiple_of(3) {
+            self.produce();
+        }
+    }
+
+    fn inject_faults(&mut self) {
+        let roll = self.rng.random_range(0..1000);
+        let id = NODES[self.rng.random_range(0..NODES.len())];
+        match roll {
+            0..=2 => {
+                let node = &mut self.nodes[id as usize];
+                if node.up {
+                    // Crash: the log and Raft's storage survive, nothing else does.
+                    node.up = false;
+                    node.controller = None;
+                    node.role = Role::None;
+                    node.pending.clear();
+                }
+            }
+            3..=12 => {
+                let node = &mut self.nodes[id as usize];
+                if !node.up {
+                    node.up = true;
+                    node.incarnation += 1;
+                    node.quorum =
+                        QuorumNode::restart(id, node.quorum.storage(), QuorumSettings::default())
+                            .unwrap();
+                    node.image = MetadataImage::default();
+                }
+            }
+            13..=15 => {
+                let until = self.step + self.rng.random_range(20..150);
+                self.isolated.insert(id, until);
+            }
+            _ => {}
+        }
+    }
+
+    fn deliver(&mut self, to: BrokerId, message: Msg) {
+        let now = self.now();
+        match message {
+            Msg::Raft(bytes) => {
+                let message = decode_message(&bytes).expect("voters' messages decode");
+                self.nodes[to as usize].quorum.step(message);
+            }
+            Msg::Heartbeat { from, incarnation } => {
+                let node = &mut self.nodes[to as usize];
+                if let Some((_, controller)) = node.controller.as_mut() {
+                    let known = controller
+                        .image()
+                        .brokers
+                        .get(&from)
+                        .is_some_and(|broker| broker.incarnation == incarnation);
+                    let mut records = Vec::new();
+                    if !known {
+                        records.extend(controller.register(from, incarnation, vec![], None));
+                    }
+                    if let Ok((more, _)) = controller.heartbeat(from, now, false) {
+                        records.extend(more);
+                    }
+                    for record in records {
+                        let _ = node.quorum.propose(&record);
+                    }
+                }
+            }
+            Msg::AlterPartition {
+                from,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => {
+                let node = &mut self.nodes[to as usize];
+                if let Some((_, controller)) = node.controller.as_mut()
+                    && let Ok(records) = controller.alter_partition(
+                        from,
+                        TOPIC,
+                        0,
+                        leader_epoch,
+                        partition_epoch,
+                        &isr,
+                    )
+                {
+                    for record in records {
+                        let _ = node.quorum.propose(&record);
+                    }
+                }
+            }
+            Msg::EpochEnd {
+                from,
+                leader_epoch,
+                epoch,
+            } => {
+                let node = &self.nodes[to as usize];
+                if let Role::Leader(leader) = &node.role
+                    && leader.epoch() == leader_epoch
+                {
+                    let answer = node.log.end_offset_for_epoch(epoch);
+                    self.send(
+                        to,
+                        from,
+                        Msg::EpochEndReply {
+                            leader_epoch,
+                            answer,
+                        },
+                    );
+                }
+            }
+            Msg::EpochEndReply {
+                leader_epoch,
+                answer,
+            } => {
+                let node = &mut self.nodes[to as usize];
+                if let Role::Follower {
+                    state,
+                    waiting_since,
+                } = &mut node.role
+                    && state.leader_epoch() == leader_epoch
+                {
+                    let truncate = state.on_epoch_end(answer, &node.log);
+                    node.log.truncate(truncate);
+                    *waiting_since = None;
+                }
+            }
+            Msg::Fetch {
+                from,
+                leader_epoch,
+                offset,
+            } => {
+                let node = &mut self.nodes[to as usize];
+                let Role::Leader(leader) = &mut node.role else {
+                    return;
+                };
+                if leader.epoch() != leader_epoch || offset > node.log.end() {
+                    return;
+                }
+                let Some((_, proposal)) = leader.on_fetch(from, offset, now) else {
+                    return;
+                };
+                let high_watermark = leader.high_watermark();
+                node.log.committed = high_watermark.0;
+                let proposal = proposal.map(|proposal| {
+                    let partition_epoch = node.image.partition(&TOPIC, 0).unwrap().partition_epoch;
+                    (proposal, partition_epoch)
+                });
+                let records = node.log.records[offset.0 as usize..]
+                    .iter()
+                    .take(20)
+                    .copied()
+                    .collect();
+                self.send(
+                    to,
+                    from,
+                    Msg::FetchReply {
+                        leader_epoch,
+                        from_offset: offset,
+                        records,
+                        high_watermark,
+                    },
+                );
+                if let Some((proposal, partition_epoch)) = proposal {
+                    self.alter(to, proposal.leader_epoch, partition_epoch, proposal.isr);
+                }
+            }
+            Msg::FetchReply {
+                leader_epoch,
+                from_offset,
+                records,
+                high_watermark,
+            } => {
+                let node = &mut self.nodes[to as usize];
+                if let Role::Follower {
+                    state,
+                    waiting_since,
+                } = &mut node.role
+                    && state.leader_epoch() == leader_epoch
+                    && state.is_fetching()
+                {
+                    *waiting_since = None;
+                    if from_offset != node.log.end() {
+                        return;
+                    }
+                    for (epoch, value) in records {
+                        node.log.append(epoch, value);
+                    }
+                    node.log.committed = high_watermark.0.min(node.log.end().0);
+                }
+            }
+        }
+    }
+
+    fn alter(
+        &mut self,
+        from: BrokerId,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: BTreeSet<BrokerId>,
+    ) {
+        if let Some(controller) = self.nodes[from as usize].quorum.leader() {
+            self.send(
+                from,
+                controller,
+                Msg::AlterPartition {
+                    from,
+                    leader_epoch,
+                    partition_epoch,
+                    isr,
+                },
+            );
+        }
+    }
+
+    fn node_step(&mut self, id: BrokerId) {
+        let now = self.now();
+        let context = self.context();
+        let node = &mut self.nodes[id as usize];
+        node.quorum.tick();
+        let output = node.quorum.drain();
+        for record in &output.committed {
+            // Every voter applies the same records: a refusal is the same everywhere.
+            let _ = node.image.apply(&record.1);
+        }
+        // The active controller: on the quorum leader, from its committed image.
+        let term = node.quorum.term();
+        if node.quorum.leads_caught_up() {
+            if node.controller.as_ref().is_none_or(|(at, _)| *at != term) {
+                let settings = ControllerSettings {
+                    session_timeout_ms: 600,
+                };
+                node.controller = Some((term, Controller::new(node.image.clone(), now, settings)));
+            }
+        } else if !node.quorum.is_leader() {
+            node.controller = None;
+        }
+        if let Some((_, controller)) = node.controller.as_mut() {
+            let mut records = controller.tick(now);
+            let registered = controller.image().brokers.len() == NODES.len();
+            if registered
+                && controller.image().topic_id("t").is_none()
+                && let Ok(created) = controller.create_topic("t", TOPIC, 1, 3, vec![], 0)
+            {
+                records.extend(created);
+            }
+            for record in records {
+                let _ = node.quorum.propose(&record);
+            }
+        }
+        let messages = node
+            .quorum
+            .drain()
+            .messages
+            .into_iter()
+            .chain(output.messages);
+        let messages: Vec<_> = messages.collect();
+        for (to, message) in messages {
+            self.send(id, to, Msg::Raft(encode_message(&message)));
+        }
+        // The broker heartbeats the controller (registering each run of it).
+        let node = &self.nodes[id as usize];
+        if self.step % 10 == (id as u64)
+            && let Some(controller) = node.quorum.leader()
+        {
+            let incarnation = node.incarnation;
+            self.send(
+                id,
+                controller,
+                Msg::Heartbeat {
+                    from: id,
+                    incarnation,
+                },
+            );
+        }
+        self.partition_step(id, now, &context);
+    }
+
+    /// The replica's role follows the metadata; then it does what the role asks.
+    fn partition_step(&mut self, id: BrokerId, now: u64, context: &str) {
+        let node = &mut self.nodes[id as usize];
+        let Some(state) = node.image.partition(&TOPIC, 0).cloned() else {
+            return;
+        };
+        let assignment = &state.assignment;
+        let epoch = assignment.leader_epoch;
+        match &mut node.role {
+            Role::Leader(leader) if assignment.leader == id && leader.epoch() == epoch => {
+                // Any newer partition state answers (or overrides) a pending proposal.
+                if node.partition_epoch != state.partition_epoch {
+                    node.partition_epoch = state.partition_epoch;
+                    leader.on_isr_committed(&assignment.isr);
+                }
+            }
+            Role::Follower { state, .. }
+                if assignment.leader != id
+                    && state.leader() == assignment.leader
+                    && state.leader_epoch() == epoch => {}
+            _ => {
+                node.pending.clear();
+                if assignment.leader == id {
+                    let previous = self.epoch_leaders.insert(epoch, id);
+                    assert!(
+                        previous.is_none_or(|previous| previous == id),
+                        "{context}: epoch {epoch} led by {previous:?} and {id}"
+                    );
+                    node.log.epochs.assign(epoch, node.log.end());
+                    node.partition_epoch = state.partition_epoch;
+                    let leader = LeaderState::new(
+                        assignment,
+                        node.log.end(),
+                        Offset(node.log.committed),
+                        now,
+                        SETTINGS,
+                    );
+                    node.role = Role::Leader(leader);
+                } else if assignment.leader != NO_LEADER {
+                    node.role = Role::Follower {
+                        state: FollowerState::new(assignment.leader, epoch),
+                        waiting_since: None,
+                    };
+                } else {
+                    node.role = Role::None;
+                }
+            }
+        }
+        let partition_epoch = state.partition_epoch;
+        let mut alter = None;
+        let mut request = None;
+        match &mut node.role {
+            Role::Leader(leader) => {
+                leader.on_appended(node.log.end());
+                if let Some(proposal) = leader.tick(now) {
+                    alter = Some((proposal.leader_epoch, partition_epoch, proposal.isr));
+                }
+                node.log.committed = leader.high_watermark().0;
+                while let Some(&(offset, value)) = node.pending.front() {
+                    match leader.ack_state(offset) {
+                        AckState::Waiting => break,
+                        AckState::Done => {
+                            assert_eq!(
+                                node.log.records.get(offset.0 as usize),
+                                Some(&(leader.epoch(), value)),
+                                "{context}: acknowledging what this epoch did not write"
+                            );
+                            self.acked.insert(offset.0, value);
+                        }
+                        AckState::NotEnoughReplicasAfterAppend => {}
+                    }
+                    node.pending.pop_front();
+                }
+            }
+            Role::Follower {
+                state,
+                waiting_since,
+            } => {
+                let stale = waiting_since.is_some_and(|since| self.step - since > 20);
+                if waiting_since.is_none() || stale {
+                    let (truncate, next) = state.next(&node.log);
+                    node.log.truncate(truncate);
+                    *waiting_since = Some(self.step);
+                    request = Some((state.leader(), state.leader_epoch(), next));
+                }
+            }
+            Role::None => {}
+        }
+        if let Some((leader_epoch, partition_epoch, isr)) = alter {
+            self.alter(id, leader_epoch, partition_epoch, isr);
+        }
+        if let Some((leader, leader_epoch, next)) = request {
+            let message = match next {
+                Request::EpochEnd { epoch } => Msg::EpochEnd {
+                    from: id,
+                    leader_epoch,
+                    epoch,
+                },
+                Request::Fetch { offset } => Msg::Fetch {
+                    from: id,
+                    leader_epoch,
+                    offset,
+                },
+            };
+            self.send(id, leader, message);
+        }
+    }
+
+    fn dump(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let role = match &node.role {
+                Role::None => "none".to_string(),
+                Role::Leader(state) => format!(
+                    "leader epoch {} isr {:?} proposed {:?} hw {}",
+                    state.epoch(),
+                    state.isr(),
+                    state.proposed(),
+                    state.high_watermark()
+                ),
+                Role::Follower {
+                    state,
+                    waiting_since,
+                } => format!(
+                    "follower of {} epoch {} fetching {} waiting {waiting_since:?}",
+                    state.leader(),
+                    state.leader_epoch(),
+                    state.is_fetching()
+                ),
+            };
+            out += &format!(
+                "node {} up {} quorum leader {:?} controller {} brokers {:?} partition {:?} log end {} committed {} role {role}\n",
+                node.id,
+                node.up,
+                node.quorum.leader(),
+                node.controller.is_some(),
+                node.image
+                    .brokers
+                    .iter()
+                    .map(|(id, b)| (*id, b.fenced))
+                    .collect::<Vec<_>>(),
+                node.image.partition(&TOPIC, 0),
+                node.log.end(),
+                node.log.committed,
+            );
+        }
+        out
+    }
+
+    /// The client writes one value with acks=all to the leader a live node's metadata names.
+    fn produce(&mut self) {
+        let asked = NODES[self.rng.random_range(0..NODES.len())];
+        if !self.nodes[asked as usize].up {
+            return;
+        }
+        let Some(state) = self.nodes[asked as usize].image.partition(&TOPIC, 0) else {
+            return;
+        };
+        let leader = state.assignment.leader;
+        if leader == NO_LEADER || !self.nodes[leader as usize].up {
+            return;
+        }
+        let value = self.next_value;
+        self.next_value += 1;
+        let node = &mut self.nodes[leader as usize];
+        if let Role::Leader(state) = &mut node.role
+            && state.has_min_insync()
+        {
+            let offset = node.log.end();
+            node.log.append(state.epoch(), value);
+            state.on_appended(node.log.end());
+            node.pending.push_back((offset, value));
+        }
+    }
+}
+
+fn run(seed: u64) {
+    let mut sim = Sim::new(seed);
+    // Start-up without faults: a controller, three registered brokers, the topic.
+    for _ in 0..300 {
+        sim.run_step();
+    }
+    sim.faults = true;
+    for _ in 0..4_000 {
+        sim.run_step();
+    }
+    // Settle: everyone up, no faults, until the partition has a leader with all three in
+    // sync and everything committed.
+    sim.faults = false;
+    sim.producing = false;
+    sim.isolated.clear();
+    for id in NODES {
+        let node = &mut sim.nodes[id as usize];
+        if !node.up {
+            node.up = true;
+            node.incarnation += 1;
+            node.quorum =
+                QuorumNode::restart(id, node.quorum.storage(), QuorumSettings::default()).unwrap();
+            node.image = MetadataImage::default();
+        }
+    }
+    let mut settled = None;
+    for _ in 0..4_000 {
+        sim.run_step();
+        let leader = NODES.iter().copied().find(|&id| {
+            matches!(&sim.nodes[id as usize].role, Role::Leader(state)
+                if state.isr().len() == 3
+                    && state.high_watermark() == sim.nodes[id as usize].log.end())
+        });
+        if let Some(leader) = leader
+            && sim
+                .nodes
+                .iter()
+                .all(|node| node.log.end() == sim.nodes[leader as usize].log.end())
+        {
+            settled = Some(leader);
+            break;
+        }
+    }
+    let context = sim.context();
+    let leader =
+        settled.unwrap_or_else(|| panic!("{context}: the cluster never settled:\n{}", sim.dump()));
+    let log = &sim.nodes[leader as usize].log.records;
+    for (&offset, &value) in &sim.acked {
+        assert_eq!(
+            log.get(offset as usize).map(|&(_, v)| v),
+            Some(value),
+            "{context}: acknowledged record at {offset} lost"
+        );
+    }
+    for node in &sim.nodes {
+        assert_eq!(
+            node.log.records, *log,
+            "{context}: replica {} differs",
+            node.id
+        );
+    }
+    assert!(
+        sim.acked.len() > 50,
+        "{context}: only {} acknowledged",
+        sim.acked.len()
+    );
+    if std::env::var("CLUSTER_STATS").is_ok() {
+        eprintln!(
+            "seed {seed}: {} acknowledged, {} leader epochs, log of {}",
+            sim.acked.len(),
+            sim.epoch_leaders.len(),
+            log.len()
+        );
+    }
+}
+
+fn seeds() -> Vec<u64> {
+    if let Ok(seed) = std::env::var("CLUSTER_SEED") {
+        return vec![seed.parse().expect("CLUSTER_SEED is a number")];
+    }
+    let count = std::env::var("CLUSTER_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200);
+    (0..count).collect()
+}
+
+#[test]
+fn no_acknowledged_record_is_lost_under_faults() {
+    for seed in seeds() {
+        run(seed);
+    }
+}
