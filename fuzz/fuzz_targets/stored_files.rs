@@ -1,6 +1,7 @@
 //! Arbitrary bytes as each small file the engine and the broker read back from disk: the
-//! idempotent-producer snapshot, the log-start checkpoint, the leader epoch checkpoint, a
-//! log's config, the topic table, and a `__consumer_offsets` record's key and value. The first byte picks the decoder; for
+//! idempotent-producer snapshot, the log-start checkpoint, the leader epoch checkpoint, the
+//! controller quorum's hard state, a log's config, the topic table, and a
+//! `__consumer_offsets` record's key and value. The first byte picks the decoder; for
 //! the checksummed formats its high bit asks for a correct checksum, so the fuzzer gets past
 //! it into the fields. Every decoder must refuse bad bytes without a panic, and whatever it
 //! accepts must encode to bytes that decode to the same value.
@@ -12,6 +13,7 @@ use coremq_engine::checkpoint;
 use coremq_engine::epochs::LeaderEpochs;
 use coremq_engine::producers::ProducerState;
 use coremq_net::broker::group_offsets;
+use coremq_replication::quorum_store;
 use coremq_replication::topics::TopicTable;
 use libfuzzer_sys::fuzz_target;
 
@@ -38,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
             bytes.to_vec()
         }
     };
-    match selector % 7 {
+    match selector % 8 {
         0 => {
             if let Ok((state, up_to)) = ProducerState::decode(&checked(data)) {
                 let again = ProducerState::decode(&state.encode(up_to)).expect("re-encoded");
@@ -82,6 +84,12 @@ fuzz_target!(|data: &[u8]| {
         5 => {
             if let Ok(epochs) = LeaderEpochs::decode(&checked(data)) {
                 assert_eq!(LeaderEpochs::decode(&epochs.encode()), Ok(epochs));
+            }
+        }
+        6 => {
+            if let Ok(state) = quorum_store::decode_hard_state(&checked(data)) {
+                let bytes = quorum_store::encode_hard_state(&state);
+                assert_eq!(quorum_store::decode_hard_state(&bytes), Ok(state));
             }
         }
         _ => {

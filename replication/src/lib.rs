@@ -16,6 +16,7 @@ pub mod leader;
 pub mod metadata;
 mod partition;
 pub mod quorum;
+pub mod quorum_store;
 pub mod topics;
 
 pub use cluster::{Cluster, LogConfigs};

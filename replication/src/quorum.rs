@@ -1,10 +1,10 @@
 //! The controller quorum's Raft node: raft-rs's `RawNode` (tikv/raft-rs, sans-IO) holding the
 //! metadata log, whose entries are [`Record`]s. This module drives it without I/O: the caller
 //! ticks it, steps in the messages other voters sent, proposes records, and calls
-//! [`QuorumNode::drain`], which persists what Raft asks for (to the node's storage, before
-//! any message that depends on it goes out), and hands back the messages to send and the
-//! records committed, in log order. The same code runs in the broker and in the seeded
-//! simulation tests.
+//! [`QuorumNode::drain`], which keeps what Raft asks for in the node's in-memory storage and
+//! hands back what to store durably (before any of the messages goes out), the messages to
+//! send and the records committed, in log order. The same code runs in the broker and in the
+//! seeded simulation tests.
 //!
 //! Messages between voters travel in our own encoding ([`encode_message`]): postcard over a
 //! mirror of raft-rs's message, every length bounded by the bytes present. raft-rs's own
@@ -49,13 +49,19 @@ impl Default for QuorumSettings {
     }
 }
 
-/// What a drain produced.
+/// What a drain produced. A voter stores `entries` and `hard_state` durably
+/// ([`crate::quorum_store::QuorumStore`]) before it sends any of `messages`: a vote or an
+/// acknowledged entry must survive a crash.
 #[derive(Debug, Default)]
 pub struct Output {
     /// Messages to send, each to `(voter, message)`.
     pub messages: Vec<(BrokerId, Message)>,
     /// Records committed since the last drain, with their log index, in order.
     pub committed: Vec<(u64, Record)>,
+    /// Entries to store, in order; a later run may replace an earlier one's suffix.
+    pub entries: Vec<Entry>,
+    /// The hard state to store, if it changed.
+    pub hard_state: Option<HardState>,
 }
 
 /// This voter's Raft node for the metadata log.
@@ -168,8 +174,8 @@ impl QuorumNode {
             .map_err(|error| ProposeError::Refused(error.to_string()))
     }
 
-    /// Persists what Raft asks for, and returns the messages to send and the records now
-    /// committed. Messages that depend on persisted state come out only after it is stored.
+    /// Keeps what Raft asks for in the in-memory storage and returns it to be stored durably
+    /// ([`Output`]), with the messages to send (after that) and the records now committed.
     pub fn drain(&mut self) -> Output {
         let mut output = Output::default();
         while self.raw.has_ready() {
@@ -190,18 +196,18 @@ impl QuorumNode {
                     .wl()
                     .append(ready.entries())
                     .expect("entries follow the log");
+                output.entries.extend(ready.entries().iter().cloned());
             }
             if let Some(hard_state) = ready.hs() {
                 self.raw.mut_store().wl().set_hardstate(hard_state.clone());
+                output.hard_state = Some(hard_state.clone());
             }
             self.collect_messages(ready.take_persisted_messages(), &mut output);
             let mut light = self.raw.advance(ready);
             if let Some(commit) = light.commit_index() {
-                self.raw
-                    .mut_store()
-                    .wl()
-                    .mut_hard_state()
-                    .set_commit(commit);
+                let mut store = self.raw.mut_store().wl();
+                store.mut_hard_state().set_commit(commit);
+                output.hard_state = Some(store.hard_state().clone());
             }
             self.collect_messages(light.take_messages(), &mut output);
             self.collect_committed(light.take_committed_entries(), &mut output);

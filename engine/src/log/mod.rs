@@ -206,6 +206,12 @@ impl Log {
         self.inner.borrow().config.clone()
     }
 
+    /// Where the log's durable writes go (a caller keeping a small file beside the log, as
+    /// the controller quorum does, writes through it too).
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
     /// Replaces the configuration, persisting it first.
     pub async fn set_config(&self, config: LogConfig) -> Result<()> {
         config.validate()?;
