@@ -13,6 +13,8 @@
 //!
 //! `CLUSTER_SEED=n` replays one seed; `CLUSTER_SEEDS=n` runs seeds 0..n (default 200).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use coremq_engine::Offset;
@@ -140,6 +142,15 @@ struct Node {
     incarnation: u64,
     /// The partition state the leader role last saw.
     partition_epoch: i32,
+}
+
+impl Node {
+    /// Proposes `records` to the quorum (lost if leadership is: the controller decides again).
+    fn propose(&mut self, records: Vec<coremq_replication::metadata::Record>) {
+        for record in records {
+            let _ = self.quorum.propose(&record);
+        }
+    }
 }
 
 struct Sim {
@@ -313,9 +324,7 @@ impl Sim {
                     if let Ok((more, _)) = controller.heartbeat(from, now, false) {
                         records.extend(more);
                     }
-                    for record in records {
-                        let _ = node.quorum.propose(&record);
-                    }
+                    node.propose(records);
                 }
             }
             Msg::AlterPartition {
@@ -335,9 +344,7 @@ impl Sim {
                         &isr,
                     )
                 {
-                    for record in records {
-                        let _ = node.quorum.propose(&record);
-                    }
+                    node.propose(records);
                 }
             }
             Msg::EpochEnd {
@@ -495,9 +502,7 @@ impl Sim {
             {
                 records.extend(created);
             }
-            for record in records {
-                let _ = node.quorum.propose(&record);
-            }
+            node.propose(records);
         }
         let messages = node
             .quorum
@@ -779,20 +784,9 @@ fn run(seed: u64) {
     }
 }
 
-fn seeds() -> Vec<u64> {
-    if let Ok(seed) = std::env::var("CLUSTER_SEED") {
-        return vec![seed.parse().expect("CLUSTER_SEED is a number")];
-    }
-    let count = std::env::var("CLUSTER_SEEDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(200);
-    (0..count).collect()
-}
-
 #[test]
 fn no_acknowledged_record_is_lost_under_faults() {
-    for seed in seeds() {
+    for seed in common::seeds("CLUSTER", 200) {
         run(seed);
     }
 }

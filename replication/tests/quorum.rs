@@ -7,6 +7,8 @@
 //!
 //! `QUORUM_SEED=n` replays one seed; `QUORUM_SEEDS=n` runs seeds 0..n (default 200).
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 
 use coremq_replication::metadata::Record;
@@ -301,20 +303,9 @@ fn run(seed: u64) {
     );
 }
 
-fn seeds() -> Vec<u64> {
-    if let Ok(seed) = std::env::var("QUORUM_SEED") {
-        return vec![seed.parse().expect("QUORUM_SEED is a number")];
-    }
-    let count = std::env::var("QUORUM_SEEDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(200);
-    (0..count).collect()
-}
-
 #[test]
 fn the_metadata_log_stays_consistent_under_faults() {
-    for seed in seeds() {
+    for seed in common::seeds("QUORUM", 200) {
         run(seed);
     }
 }

@@ -11,7 +11,7 @@ pub use glommio::timer::sleep;
 /// Synchronization between tasks of one shard (not `Send`).
 pub mod sync {
     pub use glommio::channels::local_channel;
-    pub use glommio::sync::{Semaphore, StaticPermit};
+    pub use glommio::sync::{Permit, Semaphore, StaticPermit};
 }
 
 /// TCP on the current shard's io_uring.

@@ -13,6 +13,8 @@
 
 use std::rc::Rc;
 
+use coremq_runtime::sync::Permit;
+
 use crate::batch::CheckedBatch;
 use crate::checkpoint;
 use crate::epochs::LeaderEpochs;
@@ -93,21 +95,11 @@ impl Log {
 
     /// Removes every batch that holds `offset` or a later one, and returns the new log end
     /// (at or below `offset`; below it when a batch straddles it). At or past the log end it
-    /// removes only the epochs that start there (begun, never written in). Below the log start, or at
-    /// or below the first segment's start, the log empties and starts at `offset` (as
-    /// Kafka's). The committed watermark follows the log end down.
+    /// removes only the epochs that start there (begun, never written in). Below the log
+    /// start, or at or below the first segment's start, the log empties and starts at
+    /// `offset` (as Kafka's). The committed watermark follows the log end down.
     pub async fn truncate_to(&self, offset: Offset) -> Result<Offset> {
-        let _gate = self
-            .append_gate
-            .acquire_permit(1)
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
-        let _moving = self
-            .log_start_gate
-            .acquire_permit(1)
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
-        self.wait_quiet().await?;
+        let _quiet = self.quiesce().await?;
         let (log_start, log_end, first_base, active_base) = {
             let inner = self.inner.borrow();
             let active_base = inner.active.base_offset();
@@ -199,28 +191,29 @@ impl Log {
     /// Empties the log and starts it again at `offset` (Kafka's `truncateFullyAndStartAt`):
     /// a follower whose log ends below the leader's log start, or diverges below it.
     pub async fn truncate_fully_and_start_at(&self, offset: Offset) -> Result<()> {
-        let _gate = self
+        let _quiet = self.quiesce().await?;
+        self.restart_at(offset).await
+    }
+
+    /// Stops appends and log-start moves and waits until everything appended is written and
+    /// flushed, as a truncation needs; the log stays so while the returned permits live.
+    async fn quiesce(&self) -> Result<(Permit<'_>, Permit<'_>)> {
+        let appends = self
             .append_gate
             .acquire_permit(1)
             .await
             .map_err(|_| Error::ShuttingDown)?;
-        let _moving = self
+        let moves = self
             .log_start_gate
             .acquire_permit(1)
             .await
             .map_err(|_| Error::ShuttingDown)?;
-        self.wait_quiet().await?;
-        self.restart_at(offset).await
-    }
-
-    /// Waits until every appended batch is written and flushed; the caller holds the append
-    /// gate, so none follows.
-    async fn wait_quiet(&self) -> Result<()> {
         self.wait_written().await?;
         while self.syncer_active.get() {
             self.progress.notified().await;
         }
-        self.flush().await
+        self.flush().await?;
+        Ok((appends, moves))
     }
 
     /// Removes every segment (highest first), then starts an empty one at `offset` with the
