@@ -433,7 +433,40 @@ fn produce_fetch_and_offset_apis_at_every_version() {
         );
         let partition = &response.topics[0].partitions[0];
         assert_eq!(partition.error_code, error_code::NONE);
+        assert_eq!(partition.leader_epoch, 0, "OffsetForLeaderEpoch v{version}");
         assert_eq!(partition.end_offset, end, "OffsetForLeaderEpoch v{version}");
+        // An epoch after the partition's: nothing known (Kafka's undefined epoch and
+        // offset); a client that believes in a later leader epoch: UNKNOWN_LEADER_EPOCH.
+        let ask = |current_leader_epoch, leader_epoch| OffsetForLeaderEpochRequest {
+            replica_id: -1,
+            topics: vec![OffsetForLeaderTopic {
+                topic: "versions".into(),
+                partitions: vec![OffsetForLeaderPartition {
+                    partition: 0,
+                    current_leader_epoch,
+                    leader_epoch,
+                }],
+            }],
+        };
+        let response = call!(client, OffsetForLeaderEpoch, version, ask(-1, 3));
+        let partition = &response.topics[0].partitions[0];
+        assert_eq!(
+            (
+                partition.error_code,
+                partition.leader_epoch,
+                partition.end_offset
+            ),
+            (error_code::NONE, -1, -1),
+            "OffsetForLeaderEpoch v{version} for a later epoch"
+        );
+        if version >= 2 {
+            let response = call!(client, OffsetForLeaderEpoch, version, ask(1, 0));
+            assert_eq!(
+                response.topics[0].partitions[0].error_code,
+                error_code::UNKNOWN_LEADER_EPOCH,
+                "OffsetForLeaderEpoch v{version} from a client ahead"
+            );
+        }
     }
 
     // DeleteRecords: partition 1 holds ten records; each version moves its start further.

@@ -215,7 +215,7 @@ impl Cluster {
             let config = metadata.log_config(&name, &overrides)?;
             for partition in 0..partitions {
                 let log = TopicPartition::new(name.clone(), partition)?;
-                handle.create_log(&log, Some(config.clone())).await?;
+                create_partition(&handle, &log, &config).await?;
             }
             let topic = Arc::new(Topic {
                 name,
@@ -262,7 +262,7 @@ impl Cluster {
             let config = metadata.log_config(&name, &topic.configs)?;
             for partition in topic.partitions..count {
                 let log = TopicPartition::new(name.clone(), partition)?;
-                handle.create_log(&log, Some(config.clone())).await?;
+                create_partition(&handle, &log, &config).await?;
             }
             let grown = Topic {
                 partitions: count.max(topic.partitions),
@@ -348,6 +348,38 @@ async fn publish(handle: &Handle, table: TopicTable) {
 
 /// Makes the logs match the topic table: deletes logs of topics (or partitions) it does not
 /// list, left by an interrupted change, and creates missing ones.
+/// The leader epoch of every partition of a single-node cluster: its one broker leads each
+/// from the start and never hands over.
+pub const SINGLE_NODE_LEADER_EPOCH: i32 = 0;
+
+/// Creates `log` with `config`, led by this broker.
+async fn create_partition(
+    handle: &Handle,
+    log: &TopicPartition,
+    config: &LogConfig,
+) -> Result<(), Error> {
+    handle.create_log(log, Some(config.clone())).await?;
+    lead(handle, log).await
+}
+
+/// Makes this broker the leader of `log` at the single-node epoch, which every batch it
+/// appends from then on carries (logs written before epochs get it at their log end).
+async fn lead(handle: &Handle, log: &TopicPartition) -> Result<(), Error> {
+    handle
+        .with_log(log, |log| async move {
+            let led = log
+                .leader_epochs()
+                .latest()
+                .is_some_and(|entry| entry.epoch >= SINGLE_NODE_LEADER_EPOCH);
+            if led {
+                return Ok(());
+            }
+            log.assign_leader_epoch(SINGLE_NODE_LEADER_EPOCH).await
+        })
+        .await?;
+    Ok(())
+}
+
 async fn reconcile(
     handle: &Handle,
     log_configs: &LogConfigs,
@@ -372,10 +404,13 @@ async fn reconcile(
         for partition in 0..topic.partitions {
             let log = TopicPartition::new(topic.name.clone(), partition)?;
             if !logs.contains(&log) {
-                handle.create_log(&log, Some(config.clone())).await?;
-            } else if handle.config(&log).await? != config {
+                create_partition(handle, &log, &config).await?;
+                continue;
+            }
+            if handle.config(&log).await? != config {
                 handle.set_config(&log, config.clone()).await?;
             }
+            lead(handle, &log).await?;
         }
     }
     Ok(())

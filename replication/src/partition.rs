@@ -104,6 +104,18 @@ impl Partition {
         self.log.max_timestamp_record().await
     }
 
+    /// The leader epoch this partition's batches are written under, if it has one.
+    pub fn leader_epoch(&self) -> Option<i32> {
+        self.log.leader_epochs().latest().map(|entry| entry.epoch)
+    }
+
+    /// Where leader epoch `epoch` ends in this partition (OffsetForLeaderEpoch): the largest
+    /// epoch at or below it and the next one's start, or the log end for the latest; `None`
+    /// for an epoch it knows nothing at or above.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, Offset)> {
+        self.log.end_offset_for_epoch(epoch)
+    }
+
     /// Moves the partition's start to `offset` (Kafka's DeleteRecords); the new start.
     pub async fn delete_records(&self, offset: Offset) -> Result<Offset> {
         self.log.delete_records(offset).await

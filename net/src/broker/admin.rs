@@ -837,9 +837,6 @@ pub fn describe_cluster(
     }
 }
 
-/// The leader epoch of every partition: a single node never changes leader.
-pub const LEADER_EPOCH: i32 = 0;
-
 pub async fn offset_for_leader_epoch(
     context: &Rc<Context>,
     request: OffsetForLeaderEpochRequest,
@@ -856,22 +853,43 @@ pub async fn offset_for_leader_epoch(
                 end_offset: -1,
                 ..EpochEndOffset::default()
             };
-            match errors::partition_log(known.as_deref(), partition.partition) {
-                Err(code) => answer.error_code = code,
-                Ok(_) if partition.current_leader_epoch > LEADER_EPOCH => {
+            let log = match errors::partition_log(known.as_deref(), partition.partition) {
+                Ok(log) => log,
+                Err(code) => {
+                    answer.error_code = code;
+                    partitions.push(answer);
+                    continue;
+                }
+            };
+            let requested = partition.leader_epoch;
+            let found = context
+                .cluster
+                .on_partition(&log, move |log| async move {
+                    Ok((log.leader_epoch(), log.end_offset_for_epoch(requested)))
+                })
+                .await;
+            match found {
+                Err(error) => answer.error_code = errors::code(&error),
+                // The client's view of the leader epoch, when it gives one, must be ours.
+                Ok((current, _))
+                    if partition.current_leader_epoch >= 0
+                        && partition.current_leader_epoch > current.unwrap_or(-1) =>
+                {
                     answer.error_code = error_code::UNKNOWN_LEADER_EPOCH;
                 }
-                Ok(log) if partition.leader_epoch == LEADER_EPOCH => {
-                    match context.cluster.offsets(&log).await {
-                        Ok(offsets) => {
-                            answer.leader_epoch = LEADER_EPOCH;
-                            answer.end_offset = offsets.high_watermark.0 as i64;
-                        }
-                        Err(error) => answer.error_code = errors::code(&error),
-                    }
+                Ok((current, _))
+                    if partition.current_leader_epoch >= 0
+                        && partition.current_leader_epoch < current.unwrap_or(-1) =>
+                {
+                    answer.error_code = error_code::FENCED_LEADER_EPOCH;
                 }
-                // An epoch this log never had: Kafka's undefined epoch and offset.
-                Ok(_) => {}
+                Ok((_, Some((epoch, end_offset)))) => {
+                    answer.leader_epoch = epoch;
+                    answer.end_offset = end_offset.0 as i64;
+                }
+                // An epoch this log knows nothing at or above: Kafka's undefined epoch and
+                // offset.
+                Ok((_, None)) => {}
             }
             partitions.push(answer);
         }

@@ -69,6 +69,7 @@ codes! {
     UNKNOWN_PRODUCER_ID = 59, false;
     NON_EMPTY_GROUP = 68, false;
     GROUP_ID_NOT_FOUND = 69, false;
+    FENCED_LEADER_EPOCH = 74, true;
     UNKNOWN_LEADER_EPOCH = 75, true;
     UNSUPPORTED_COMPRESSION_TYPE = 76, false;
     MEMBER_ID_REQUIRED = 79, false;
