@@ -17,6 +17,7 @@ pub mod metadata;
 mod partition;
 pub mod quorum;
 pub mod quorum_store;
+pub mod roles;
 pub mod topics;
 
 pub use cluster::{Cluster, LogConfigs};
