@@ -162,7 +162,7 @@ impl Controller {
             .insert(id, now_ms + self.settings.session_timeout_ms);
         if fenced {
             records.extend(self.apply(vec![Record::BrokerFence { id, fenced: false }]));
-            records.extend(self.elect_offline(id));
+            records.extend(self.elect_offline());
         }
         Ok((
             records,
@@ -173,7 +173,8 @@ impl Controller {
         ))
     }
 
-    /// Time passed: brokers whose session ended are fenced, their partitions moved.
+    /// Time passed: brokers whose session ended are fenced, their partitions moved, and
+    /// partitions without a leader get one where a replica allows it.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Record> {
         let expired: Vec<BrokerId> = self
             .deadlines
@@ -187,6 +188,9 @@ impl Controller {
                 records.extend(self.fence(id));
             }
         }
+        // A controller that took over, or one whose election was lost with its leadership,
+        // finds offline partitions it can elect for here.
+        records.extend(self.elect_offline());
         records
     }
 
@@ -245,21 +249,35 @@ impl Controller {
         self.apply(changes)
     }
 
-    /// Elects `id` where a partition has no leader and `id` is in its in-sync set.
-    fn elect_offline(&mut self, id: BrokerId) -> Vec<Record> {
+    /// Elects a leader wherever a partition has none and one of its in-sync replicas (or,
+    /// where the topic allows it, any replica) is alive again.
+    fn elect_offline(&mut self) -> Vec<Record> {
         let mut changes = Vec::new();
         for (topic, image) in &self.image.topics {
+            let unclean = image
+                .configs
+                .get(UNCLEAN_ELECTION)
+                .is_some_and(|value| value == "true");
             for (index, state) in image.partitions.iter().enumerate() {
-                if state.assignment.leader == NO_LEADER && state.assignment.isr.contains(&id) {
-                    let mut next = state.to_record(index as u32);
-                    next.leader = id;
-                    next.leader_epoch += 1;
-                    next.partition_epoch += 1;
-                    changes.push(Record::PartitionChange {
-                        topic: *topic,
-                        state: next,
-                    });
+                if state.assignment.leader != NO_LEADER {
+                    continue;
                 }
+                let mut next = state.to_record(index as u32);
+                let Some((leader, isr)) =
+                    self.pick_leader(&next.replicas, &next.isr, unclean, NO_LEADER)
+                else {
+                    continue;
+                };
+                next.leader = leader;
+                if let Some(isr) = isr {
+                    next.isr = isr;
+                }
+                next.leader_epoch += 1;
+                next.partition_epoch += 1;
+                changes.push(Record::PartitionChange {
+                    topic: *topic,
+                    state: next,
+                });
             }
         }
         self.apply(changes)

@@ -38,6 +38,10 @@ pub struct QuorumSettings {
     pub election_ticks: usize,
     /// A leader's heartbeat period.
     pub heartbeat_ticks: usize,
+    /// This voter's election timeout fixed at this many ticks instead of randomized. raft-rs
+    /// draws the random timeout from the thread's RNG, which a seeded simulation cannot
+    /// replay; the simulations give each voter its own fixed timeout from the seed instead.
+    pub fixed_election_ticks: Option<usize>,
 }
 
 impl Default for QuorumSettings {
@@ -45,6 +49,7 @@ impl Default for QuorumSettings {
         QuorumSettings {
             election_ticks: 10,
             heartbeat_ticks: 2,
+            fixed_election_ticks: None,
         }
     }
 }
@@ -104,6 +109,8 @@ impl QuorumNode {
             id: raft_id(id),
             election_tick: settings.election_ticks,
             heartbeat_tick: settings.heartbeat_ticks,
+            min_election_tick: settings.fixed_election_ticks.unwrap_or(0),
+            max_election_tick: settings.fixed_election_ticks.map_or(0, |ticks| ticks + 1),
             applied,
             check_quorum: true,
             pre_vote: true,

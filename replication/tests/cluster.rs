@@ -23,7 +23,8 @@ use coremq_replication::controller::{Controller, ControllerSettings, NO_LEADER};
 use coremq_replication::follower::{FollowerState, LocalLog, Request, Truncate};
 use coremq_replication::leader::{AckState, BrokerId, LeaderState, ReplicaSettings};
 use coremq_replication::metadata::MetadataImage;
-use coremq_replication::quorum::{QuorumNode, QuorumSettings, decode_message, encode_message};
+use coremq_replication::quorum::{QuorumNode, decode_message, encode_message};
+use coremq_replication::roles::{self, Change};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -140,11 +141,62 @@ struct Node {
     pending: VecDeque<(Offset, u64)>,
     /// Which run of the broker this is (a restart is a new one).
     incarnation: u64,
-    /// The partition state the leader role last saw.
-    partition_epoch: i32,
 }
 
 impl Node {
+    /// Carries out what the metadata change asks of this broker's replica.
+    fn apply(
+        &mut self,
+        change: Change,
+        now: u64,
+        epoch_leaders: &mut BTreeMap<i32, BrokerId>,
+        context: &str,
+    ) {
+        match change {
+            Change::Lead { assignment, .. } => {
+                let epoch = assignment.leader_epoch;
+                let previous = epoch_leaders.insert(epoch, self.id);
+                assert!(
+                    previous.is_none_or(|previous| previous == self.id),
+                    "{context}: epoch {epoch} led by {previous:?} and {}",
+                    self.id
+                );
+                self.pending.clear();
+                self.log.epochs.assign(epoch, self.log.end());
+                let leader = LeaderState::new(
+                    &assignment,
+                    self.log.end(),
+                    Offset(self.log.committed),
+                    now,
+                    SETTINGS,
+                );
+                self.role = Role::Leader(leader);
+            }
+            Change::IsrChanged { assignment, .. } => {
+                if let Role::Leader(leader) = &mut self.role {
+                    leader.on_isr_committed(&assignment.isr);
+                }
+            }
+            Change::Follow {
+                leader,
+                leader_epoch,
+                ..
+            } => {
+                self.pending.clear();
+                self.role = Role::Follower {
+                    state: FollowerState::new(leader, leader_epoch),
+                    waiting_since: None,
+                };
+            }
+            Change::Offline { .. } => {
+                self.pending.clear();
+                self.role = Role::None;
+            }
+            // One partition whose log always exists here, with no configs.
+            Change::CreateLog { .. } | Change::DeleteLog { .. } | Change::Configs { .. } => {}
+        }
+    }
+
     /// Proposes `records` to the quorum (lost if leadership is: the controller decides again).
     fn propose(&mut self, records: Vec<coremq_replication::metadata::Record>) {
         for record in records {
@@ -171,23 +223,23 @@ struct Sim {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
+        let mut rng = StdRng::seed_from_u64(seed);
         let nodes = NODES
             .iter()
             .map(|&id| Node {
                 id,
                 up: true,
-                quorum: QuorumNode::new(id, &NODES, QuorumSettings::default()).unwrap(),
+                quorum: QuorumNode::new(id, &NODES, common::quorum_settings(&mut rng)).unwrap(),
                 image: MetadataImage::default(),
                 controller: None,
                 log: Log::default(),
                 role: Role::None,
                 pending: VecDeque::new(),
                 incarnation: 1,
-                partition_epoch: -1,
             })
             .collect();
         Sim {
-            rng: StdRng::seed_from_u64(seed),
+            rng,
             seed,
             nodes,
             network: Vec::new(),
@@ -284,13 +336,12 @@ impl Sim {
                 }
             }
             3..=12 => {
+                let settings = common::quorum_settings(&mut self.rng);
                 let node = &mut self.nodes[id as usize];
                 if !node.up {
                     node.up = true;
                     node.incarnation += 1;
-                    node.quorum =
-                        QuorumNode::restart(id, node.quorum.storage(), QuorumSettings::default())
-                            .unwrap();
+                    node.quorum = QuorumNode::restart(id, node.quorum.storage(), settings).unwrap();
                     node.image = MetadataImage::default();
                 }
             }
@@ -477,9 +528,14 @@ impl Sim {
         let node = &mut self.nodes[id as usize];
         node.quorum.tick();
         let output = node.quorum.drain();
+        let before = node.image.clone();
         for record in &output.committed {
             // Every voter applies the same records: a refusal is the same everywhere.
             let _ = node.image.apply(&record.1);
+        }
+        // The replica's role follows the metadata, as the broker's does.
+        for change in roles::changes(&before, &node.image, id) {
+            node.apply(change, now, &mut self.epoch_leaders, &context);
         }
         // The active controller: on the quorum leader, from its committed image.
         let term = node.quorum.term();
@@ -532,54 +588,12 @@ impl Sim {
         self.partition_step(id, now, &context);
     }
 
-    /// The replica's role follows the metadata; then it does what the role asks.
+    /// The replica does what its role asks.
     fn partition_step(&mut self, id: BrokerId, now: u64, context: &str) {
         let node = &mut self.nodes[id as usize];
         let Some(state) = node.image.partition(&TOPIC, 0).cloned() else {
             return;
         };
-        let assignment = &state.assignment;
-        let epoch = assignment.leader_epoch;
-        match &mut node.role {
-            Role::Leader(leader) if assignment.leader == id && leader.epoch() == epoch => {
-                // Any newer partition state answers (or overrides) a pending proposal.
-                if node.partition_epoch != state.partition_epoch {
-                    node.partition_epoch = state.partition_epoch;
-                    leader.on_isr_committed(&assignment.isr);
-                }
-            }
-            Role::Follower { state, .. }
-                if assignment.leader != id
-                    && state.leader() == assignment.leader
-                    && state.leader_epoch() == epoch => {}
-            _ => {
-                node.pending.clear();
-                if assignment.leader == id {
-                    let previous = self.epoch_leaders.insert(epoch, id);
-                    assert!(
-                        previous.is_none_or(|previous| previous == id),
-                        "{context}: epoch {epoch} led by {previous:?} and {id}"
-                    );
-                    node.log.epochs.assign(epoch, node.log.end());
-                    node.partition_epoch = state.partition_epoch;
-                    let leader = LeaderState::new(
-                        assignment,
-                        node.log.end(),
-                        Offset(node.log.committed),
-                        now,
-                        SETTINGS,
-                    );
-                    node.role = Role::Leader(leader);
-                } else if assignment.leader != NO_LEADER {
-                    node.role = Role::Follower {
-                        state: FollowerState::new(assignment.leader, epoch),
-                        waiting_since: None,
-                    };
-                } else {
-                    node.role = Role::None;
-                }
-            }
-        }
         let partition_epoch = state.partition_epoch;
         let mut alter = None;
         let mut request = None;
@@ -724,12 +738,12 @@ fn run(seed: u64) {
     sim.producing = false;
     sim.isolated.clear();
     for id in NODES {
+        let settings = common::quorum_settings(&mut sim.rng);
         let node = &mut sim.nodes[id as usize];
         if !node.up {
             node.up = true;
             node.incarnation += 1;
-            node.quorum =
-                QuorumNode::restart(id, node.quorum.storage(), QuorumSettings::default()).unwrap();
+            node.quorum = QuorumNode::restart(id, node.quorum.storage(), settings).unwrap();
             node.image = MetadataImage::default();
         }
     }

@@ -12,7 +12,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 
 use coremq_replication::metadata::Record;
-use coremq_replication::quorum::{QuorumNode, QuorumSettings, decode_message, encode_message};
+use coremq_replication::quorum::{QuorumNode, decode_message, encode_message};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -51,11 +51,11 @@ fn marker(value: u64) -> Record {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
-        let settings = QuorumSettings::default();
+        let mut rng = StdRng::seed_from_u64(seed);
         let voters = VOTERS
             .iter()
             .map(|&id| {
-                let node = QuorumNode::new(id, &VOTERS, settings).unwrap();
+                let node = QuorumNode::new(id, &VOTERS, common::quorum_settings(&mut rng)).unwrap();
                 Voter {
                     storage: node.storage(),
                     node: Some(node),
@@ -65,7 +65,7 @@ impl Sim {
             })
             .collect();
         Sim {
-            rng: StdRng::seed_from_u64(seed),
+            rng,
             voters,
             network: Vec::new(),
             isolated: BTreeMap::new(),
@@ -129,11 +129,10 @@ impl Sim {
                 }
             }
             5..=14 => {
+                let settings = common::quorum_settings(&mut self.rng);
                 let voter = &mut self.voters[id as usize];
                 if voter.node.is_none() {
-                    let node =
-                        QuorumNode::restart(id, voter.storage.clone(), QuorumSettings::default())
-                            .unwrap();
+                    let node = QuorumNode::restart(id, voter.storage.clone(), settings).unwrap();
                     voter.node = Some(node);
                     voter.applied.clear();
                     voter.seen.clear();
@@ -246,35 +245,45 @@ fn run(seed: u64) {
     sim.faults = false;
     sim.isolated.clear();
     for id in VOTERS {
+        let settings = common::quorum_settings(&mut sim.rng);
         let voter = &mut sim.voters[id as usize];
         if voter.node.is_none() {
-            voter.node = Some(
-                QuorumNode::restart(id, voter.storage.clone(), QuorumSettings::default()).unwrap(),
-            );
+            voter.node = Some(QuorumNode::restart(id, voter.storage.clone(), settings).unwrap());
             voter.applied.clear();
             voter.seen.clear();
         }
     }
-    let mut proposed = false;
-    let last = marker(u64::MAX >> 2);
-    for _ in 0..2_000 {
+    // A proposal can be lost with a leadership change: propose a new final marker every 200
+    // steps until one is applied everywhere.
+    let finals: Vec<Record> = (0..10).map(|n| marker((u64::MAX >> 2) + n)).collect();
+    let mut last = None;
+    for step in 0..2_000 {
         sim.run_step(seed);
-        if !proposed && let Some(leader) = sim.leader() {
-            proposed = sim.voters[leader as usize]
+        if step % 200 == 0
+            && let Some(leader) = sim.leader()
+        {
+            let record = finals[step / 200].clone();
+            if sim.voters[leader as usize]
                 .node
                 .as_mut()
                 .unwrap()
-                .propose(&last)
-                .is_ok();
+                .propose(&record)
+                .is_ok()
+            {
+                last.get_or_insert(record);
+            }
         }
-        let everywhere = sim
-            .voters
-            .iter()
-            .all(|voter| voter.applied.values().any(|record| record == &last));
-        if everywhere {
+        let applied = finals.iter().find(|record| {
+            sim.voters
+                .iter()
+                .all(|voter| voter.applied.values().any(|applied| applied == *record))
+        });
+        if let Some(record) = applied {
+            last = Some(record.clone());
             break;
         }
     }
+    let last = last.unwrap_or_else(|| panic!("seed {seed}: no leader to propose to after healing"));
     for (id, voter) in sim.voters.iter().enumerate() {
         assert!(
             voter.applied.values().any(|record| record == &last),

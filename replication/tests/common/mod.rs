@@ -12,3 +12,13 @@ pub fn seeds(prefix: &str, default: u64) -> Vec<u64> {
         .unwrap_or(default);
     (0..count).collect()
 }
+
+/// A voter's quorum settings for a simulation: its own election timeout from the seeded
+/// `rng` (raft-rs's randomized one comes from the thread's RNG, which no seed replays).
+pub fn quorum_settings(rng: &mut rand::rngs::StdRng) -> coremq_replication::quorum::QuorumSettings {
+    use rand::Rng;
+    coremq_replication::quorum::QuorumSettings {
+        fixed_election_ticks: Some(rng.random_range(10..20)),
+        ..coremq_replication::quorum::QuorumSettings::default()
+    }
+}
