@@ -192,6 +192,19 @@ mod tests {
         next
     }
 
+    /// Three brokers and topic "quotes" with the one partition `state`.
+    fn with_partition(state: PartitionRecord) -> MetadataImage {
+        after(
+            &image_with_brokers(),
+            Record::CreateTopic {
+                id: TOPIC,
+                name: "quotes".into(),
+                configs: vec![],
+                partitions: vec![state],
+            },
+        )
+    }
+
     #[test]
     fn creation_leads_or_follows_what_is_assigned_here() {
         let empty = image_with_brokers();
@@ -229,15 +242,7 @@ mod tests {
 
     #[test]
     fn leader_and_isr_changes_map_to_roles() {
-        let base = after(
-            &image_with_brokers(),
-            Record::CreateTopic {
-                id: TOPIC,
-                name: "quotes".into(),
-                configs: vec![],
-                partitions: vec![state(0, &[0, 1, 2], 0, 0, &[0, 1, 2], 0)],
-            },
-        );
+        let base = with_partition(state(0, &[0, 1, 2], 0, 0, &[0, 1, 2], 0));
         // Only the ISR shrinks: the leader hears of it, a follower does nothing.
         let shrunk = after(
             &base,
@@ -286,15 +291,7 @@ mod tests {
 
     #[test]
     fn deletion_reassignment_and_configs() {
-        let base = after(
-            &image_with_brokers(),
-            Record::CreateTopic {
-                id: TOPIC,
-                name: "quotes".into(),
-                configs: vec![],
-                partitions: vec![state(0, &[0, 1], 0, 0, &[0, 1], 0)],
-            },
-        );
+        let base = with_partition(state(0, &[0, 1], 0, 0, &[0, 1], 0));
         let configured = after(
             &base,
             Record::TopicConfigs {
