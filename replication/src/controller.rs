@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::leader::BrokerId;
+use crate::leader::{Assignment, BrokerId};
 use crate::metadata::{Endpoint, MetadataImage, PartitionRecord, Record};
 
 /// No leader: none of the eligible replicas is alive.
@@ -206,52 +206,55 @@ impl Controller {
     /// Moves leadership off `id` for every partition it leads; with `leave_isr`, also takes
     /// it out of every in-sync set (never emptying one).
     fn move_away(&mut self, id: BrokerId, leave_isr: bool) -> Vec<Record> {
-        let mut changes = Vec::new();
-        for (topic, image) in &self.image.topics {
-            let unclean = image
-                .configs
-                .get(UNCLEAN_ELECTION)
-                .is_some_and(|value| value == "true");
-            for (index, state) in image.partitions.iter().enumerate() {
-                let assignment = &state.assignment;
-                let leads = assignment.leader == id;
-                let in_isr = assignment.isr.contains(&id);
-                if !(leads || (leave_isr && in_isr)) {
-                    continue;
-                }
-                let mut next = state.to_record(index as u32);
-                next.partition_epoch += 1;
-                if leave_isr && in_isr && assignment.isr.len() > 1 {
-                    next.isr.retain(|&member| member != id);
-                }
-                if leads {
-                    let candidates: Vec<BrokerId> =
-                        next.isr.iter().copied().filter(|&m| m != id).collect();
-                    match self.pick_leader(&next.replicas, &candidates, unclean, id) {
-                        Some((leader, isr)) => {
-                            next.leader = leader;
-                            if let Some(isr) = isr {
-                                next.isr = isr;
-                            }
-                        }
-                        None if leave_isr => next.leader = NO_LEADER,
-                        // A controlled shutdown with nobody to take over keeps its leader.
-                        None => continue,
+        self.change_partitions(|controller, mut next, assignment, unclean| {
+            let leads = assignment.leader == id;
+            let in_isr = assignment.isr.contains(&id);
+            if !(leads || (leave_isr && in_isr)) {
+                return None;
+            }
+            next.partition_epoch += 1;
+            if leave_isr && in_isr && assignment.isr.len() > 1 {
+                next.isr.retain(|&member| member != id);
+            }
+            if leads {
+                let candidates: Vec<BrokerId> =
+                    next.isr.iter().copied().filter(|&m| m != id).collect();
+                if !controller.elect(&mut next, &candidates, unclean, id) {
+                    // A controlled shutdown with nobody to take over keeps its leader.
+                    if !leave_isr {
+                        return None;
                     }
+                    next.leader = NO_LEADER;
                     next.leader_epoch += 1;
                 }
-                changes.push(Record::PartitionChange {
-                    topic: *topic,
-                    state: next,
-                });
             }
-        }
-        self.apply(changes)
+            Some(next)
+        })
     }
 
     /// Elects a leader wherever a partition has none and one of its in-sync replicas (or,
     /// where the topic allows it, any replica) is alive again.
     fn elect_offline(&mut self) -> Vec<Record> {
+        self.change_partitions(|controller, mut next, assignment, unclean| {
+            if assignment.leader != NO_LEADER {
+                return None;
+            }
+            let candidates = next.isr.clone();
+            if !controller.elect(&mut next, &candidates, unclean, NO_LEADER) {
+                return None;
+            }
+            next.partition_epoch += 1;
+            Some(next)
+        })
+    }
+
+    /// Applies and returns a change for every partition `decide` changes; it is given the
+    /// partition's state as a record to edit, its assignment, and whether its topic allows
+    /// unclean election.
+    fn change_partitions(
+        &mut self,
+        decide: impl Fn(&Controller, PartitionRecord, &Assignment, bool) -> Option<PartitionRecord>,
+    ) -> Vec<Record> {
         let mut changes = Vec::new();
         for (topic, image) in &self.image.topics {
             let unclean = image
@@ -259,28 +262,37 @@ impl Controller {
                 .get(UNCLEAN_ELECTION)
                 .is_some_and(|value| value == "true");
             for (index, state) in image.partitions.iter().enumerate() {
-                if state.assignment.leader != NO_LEADER {
-                    continue;
+                let next = state.to_record(index as u32);
+                if let Some(state) = decide(self, next, &state.assignment, unclean) {
+                    changes.push(Record::PartitionChange {
+                        topic: *topic,
+                        state,
+                    });
                 }
-                let mut next = state.to_record(index as u32);
-                let Some((leader, isr)) =
-                    self.pick_leader(&next.replicas, &next.isr, unclean, NO_LEADER)
-                else {
-                    continue;
-                };
-                next.leader = leader;
-                if let Some(isr) = isr {
-                    next.isr = isr;
-                }
-                next.leader_epoch += 1;
-                next.partition_epoch += 1;
-                changes.push(Record::PartitionChange {
-                    topic: *topic,
-                    state: next,
-                });
             }
         }
         self.apply(changes)
+    }
+
+    /// Makes the preferred eligible replica among `candidates` (not `leaving`) the leader of
+    /// `next` at the next leader epoch; false if there is none.
+    fn elect(
+        &self,
+        next: &mut PartitionRecord,
+        candidates: &[BrokerId],
+        unclean: bool,
+        leaving: BrokerId,
+    ) -> bool {
+        let Some((leader, isr)) = self.pick_leader(&next.replicas, candidates, unclean, leaving)
+        else {
+            return false;
+        };
+        next.leader = leader;
+        if let Some(isr) = isr {
+            next.isr = isr;
+        }
+        next.leader_epoch += 1;
+        true
     }
 
     /// The preferred live replica among `candidates` (in-sync), in assignment order; if
