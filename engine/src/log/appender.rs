@@ -149,11 +149,18 @@ impl Log {
                         log_end,
                     });
                 }
-                // The epoch's start is stored before its first batch is written.
-                let mut epochs = self.inner.borrow().epochs.clone();
-                if epochs.assign(header.partition_leader_epoch, header.base_offset) {
-                    epochs.store(&self.storage, &self.dir).await?;
-                    self.inner.borrow_mut().epochs = epochs;
+                // A new epoch's start is stored before its first batch is written; a batch of
+                // the latest epoch (nearly every one) copies nothing.
+                let epoch = header.partition_leader_epoch;
+                let starts_epoch = epoch >= 0
+                    && (self.inner.borrow().epochs.latest())
+                        .is_none_or(|latest| epoch > latest.epoch);
+                if starts_epoch {
+                    let mut epochs = self.inner.borrow().epochs.clone();
+                    if epochs.assign(epoch, header.base_offset) {
+                        epochs.store(&self.storage, &self.dir).await?;
+                        self.inner.borrow_mut().epochs = epochs;
+                    }
                 }
             }
         }
