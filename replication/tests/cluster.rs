@@ -144,6 +144,21 @@ struct Node {
 }
 
 impl Node {
+    /// The follower state and log, if this replica follows at `leader_epoch`: an answer from
+    /// that leader, which ends the wait for it.
+    fn follower_at(&mut self, leader_epoch: i32) -> Option<(&mut FollowerState, &mut Log)> {
+        match &mut self.role {
+            Role::Follower {
+                state,
+                waiting_since,
+            } if state.leader_epoch() == leader_epoch => {
+                *waiting_since = None;
+                Some((state, &mut self.log))
+            }
+            _ => None,
+        }
+    }
+
     /// Carries out what the metadata change asks of this broker's replica.
     fn apply(
         &mut self,
@@ -293,19 +308,7 @@ impl Sim {
         if self.faults {
             self.inject_faults();
         }
-        let step = self.step;
-        let mut due = Vec::new();
-        self.network.retain(|entry| {
-            if entry.0 <= step {
-                due.push(entry.clone());
-                false
-            } else {
-                true
-            }
-        });
-        for index in (1..due.len()).rev() {
-            due.swap(index, self.rng.random_range(0..=index));
-        }
+        let due = common::take_due(&mut self.network, self.step, &mut self.rng);
         for (_, to, message) in due {
             if self.nodes[to as usize].up {
                 self.deliver(to, message);
@@ -423,15 +426,9 @@ impl Sim {
                 answer,
             } => {
                 let node = &mut self.nodes[to as usize];
-                if let Role::Follower {
-                    state,
-                    waiting_since,
-                } = &mut node.role
-                    && state.leader_epoch() == leader_epoch
-                {
-                    let truncate = state.on_epoch_end(answer, &node.log);
-                    node.log.truncate(truncate);
-                    *waiting_since = None;
+                if let Some((state, log)) = node.follower_at(leader_epoch) {
+                    let truncate = state.on_epoch_end(answer, log);
+                    log.truncate(truncate);
                 }
             }
             Msg::Fetch {
@@ -481,21 +478,14 @@ impl Sim {
                 high_watermark,
             } => {
                 let node = &mut self.nodes[to as usize];
-                if let Role::Follower {
-                    state,
-                    waiting_since,
-                } = &mut node.role
-                    && state.leader_epoch() == leader_epoch
+                if let Some((state, log)) = node.follower_at(leader_epoch)
                     && state.is_fetching()
+                    && from_offset == log.end()
                 {
-                    *waiting_since = None;
-                    if from_offset != node.log.end() {
-                        return;
-                    }
                     for (epoch, value) in records {
-                        node.log.append(epoch, value);
+                        log.append(epoch, value);
                     }
-                    node.log.committed = high_watermark.0.min(node.log.end().0);
+                    log.committed = high_watermark.0.min(log.end().0);
                 }
             }
         }

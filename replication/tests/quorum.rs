@@ -89,18 +89,7 @@ impl Sim {
             self.inject_faults();
         }
         // Deliver what is due, in a shuffled order.
-        let mut due: Vec<(u64, i32, Vec<u8>)> = Vec::new();
-        self.network.retain(|message| {
-            if message.0 <= step {
-                due.push(message.clone());
-                false
-            } else {
-                true
-            }
-        });
-        for index in (1..due.len()).rev() {
-            due.swap(index, self.rng.random_range(0..=index));
-        }
+        let due = common::take_due(&mut self.network, step, &mut self.rng);
         for (_, to, bytes) in due {
             let message = decode_message(&bytes).expect("voters' messages decode");
             if let Some(node) = self.voters[to as usize].node.as_mut() {

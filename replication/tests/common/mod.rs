@@ -22,3 +22,18 @@ pub fn quorum_settings(rng: &mut rand::rngs::StdRng) -> coremq_replication::quor
         ..coremq_replication::quorum::QuorumSettings::default()
     }
 }
+
+/// Takes the messages of `network` (delivery step, recipient, message) due by `step`, in an
+/// order shuffled by `rng`: the simulated network reorders what arrives together.
+pub fn take_due<T>(
+    network: &mut Vec<(u64, i32, T)>,
+    step: u64,
+    rng: &mut rand::rngs::StdRng,
+) -> Vec<(u64, i32, T)> {
+    use rand::Rng;
+    let mut due: Vec<_> = network.extract_if(.., |entry| entry.0 <= step).collect();
+    for index in (1..due.len()).rev() {
+        due.swap(index, rng.random_range(0..=index));
+    }
+    due
+}
