@@ -99,6 +99,16 @@ impl LeaderEpochs {
         changed
     }
 
+    /// The epoch of the batch at `offset` (the latest epoch at the log end): the last epoch
+    /// starting at or before it; `None` before the first epoch.
+    pub fn epoch_at(&self, offset: Offset) -> Option<i32> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|entry| entry.start_offset <= offset)
+            .map(|entry| entry.epoch)
+    }
+
     /// Where `requested` ends in this log, as OffsetForLeaderEpoch answers: the largest epoch
     /// at or below it and the start of the next epoch above it (`log_end` when `requested` is
     /// the latest). `None` when the log knows no epoch at or above `requested` (Kafka's
@@ -227,6 +237,16 @@ mod tests {
         assert!(!cache.assign(-1, Offset(40)), "no epoch");
         assert!(cache.assign(3, Offset(10)), "same start replaces");
         assert_eq!(cache, epochs(&[(0, 0), (3, 10)]));
+    }
+
+    #[test]
+    fn the_epoch_at_an_offset_is_the_last_one_started_by_it() {
+        let cache = epochs(&[(1, 5), (3, 20)]);
+        assert_eq!(cache.epoch_at(Offset(4)), None);
+        assert_eq!(cache.epoch_at(Offset(5)), Some(1));
+        assert_eq!(cache.epoch_at(Offset(19)), Some(1));
+        assert_eq!(cache.epoch_at(Offset(20)), Some(3));
+        assert_eq!(cache.epoch_at(Offset(1000)), Some(3));
     }
 
     #[test]

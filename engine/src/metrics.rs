@@ -8,9 +8,12 @@ use hdrhistogram::Histogram;
 
 #[derive(Debug)]
 pub struct Metrics {
+    /// Appended by producers through a leader (replicated batches are counted apart).
     pub bytes_appended: Cell<u64>,
     pub records_appended: Cell<u64>,
     pub batches_appended: Cell<u64>,
+    /// Appended as a follower (or a controller voter) copying a leader's batches.
+    pub replica_bytes_appended: Cell<u64>,
     pub bytes_read: Cell<u64>,
     pub records_read: Cell<u64>,
     pub cache_hits: Cell<u64>,
@@ -32,6 +35,7 @@ impl Default for Metrics {
             bytes_appended: Cell::default(),
             records_appended: Cell::default(),
             batches_appended: Cell::default(),
+            replica_bytes_appended: Cell::default(),
             bytes_read: Cell::default(),
             records_read: Cell::default(),
             cache_hits: Cell::default(),
@@ -69,6 +73,7 @@ impl Metrics {
             bytes_appended: self.bytes_appended.get(),
             records_appended: self.records_appended.get(),
             batches_appended: self.batches_appended.get(),
+            replica_bytes_appended: self.replica_bytes_appended.get(),
             bytes_read: self.bytes_read.get(),
             records_read: self.records_read.get(),
             cache_hits: self.cache_hits.get(),
@@ -92,6 +97,7 @@ pub struct MetricsSnapshot {
     pub bytes_appended: u64,
     pub records_appended: u64,
     pub batches_appended: u64,
+    pub replica_bytes_appended: u64,
     pub bytes_read: u64,
     pub records_read: u64,
     pub cache_hits: u64,
@@ -134,6 +140,7 @@ impl MetricsSnapshot {
         self.bytes_appended += other.bytes_appended;
         self.records_appended += other.records_appended;
         self.batches_appended += other.batches_appended;
+        self.replica_bytes_appended += other.replica_bytes_appended;
         self.bytes_read += other.bytes_read;
         self.records_read += other.records_read;
         self.cache_hits += other.cache_hits;

@@ -202,12 +202,17 @@ impl Log {
             (info, inner.rollbacks, inner.config.durability)
         };
         drop(gate);
-        add(&self.metrics.bytes_appended, size as u64);
-        add(
-            &self.metrics.records_appended,
-            u64::from(header.records_count),
-        );
-        add(&self.metrics.batches_appended, 1);
+        match origin {
+            Origin::Producer => {
+                add(&self.metrics.bytes_appended, size as u64);
+                add(
+                    &self.metrics.records_appended,
+                    u64::from(header.records_count),
+                );
+                add(&self.metrics.batches_appended, 1);
+            }
+            Origin::Replica => add(&self.metrics.replica_bytes_appended, size as u64),
+        }
         self.appended.notify_all();
         self.start_writer();
         self.wait_stored(info.last_offset, rollbacks, ack.flushes(durability))

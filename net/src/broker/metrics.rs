@@ -83,18 +83,23 @@ fn render(
     let counters = [
         (
             "bytes_appended",
-            "Bytes appended to logs",
+            "Bytes producers appended to logs",
             engine.bytes_appended,
         ),
         (
             "records_appended",
-            "Records appended to logs",
+            "Records producers appended to logs",
             engine.records_appended,
         ),
         (
             "batches_appended",
-            "Record batches appended to logs",
+            "Record batches producers appended to logs",
             engine.batches_appended,
+        ),
+        (
+            "replica_bytes_appended",
+            "Bytes appended copying a leader's batches (followers, controller voters)",
+            engine.replica_bytes_appended,
         ),
         ("bytes_read", "Bytes read from logs", engine.bytes_read),
         (
