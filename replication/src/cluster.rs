@@ -1,9 +1,8 @@
 //! The cluster as the front ends see it: the topic table every shard reads, topic changes
 //! made one at a time on shard 0, and the partitions, reached on the shard that owns each.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,11 +12,14 @@ use coremq_engine::{
     AppendInfo, Handle, Isolation, LogConfig, LogOffsets, Offset, ReadBatches, Timestamp,
     TopicPartition,
 };
-use coremq_runtime::sync::Semaphore;
 
 use crate::Error;
+use crate::controller::{ControllerError, Reply, Request};
+use crate::leader::BrokerId;
+use crate::metadata::MetadataImage;
+use crate::node::{self, Event, Node, NodeConfig};
 use crate::partition::{Consistency, Partition};
-use crate::topics::{self, Topic, TopicStore, TopicTable};
+use crate::topics::{self, Topic, TopicTable};
 
 /// Turns a topic's stored config overrides into its log's settings: the front end knows
 /// what the names mean (Kafka's topic configs over the broker's defaults). Given the topic's
@@ -28,15 +30,86 @@ pub type LogConfigs =
 /// A shard's copy of the cluster metadata.
 struct Metadata {
     topics: RefCell<Arc<TopicTable>>,
-    store: TopicStore,
-    /// Serializes topic changes (used on shard 0 only).
-    changes: Semaphore,
-    log_configs: LogConfigs,
+    image: RefCell<Arc<MetadataImage>>,
+    /// The active controller, as this broker last heard.
+    controller: Cell<Option<BrokerId>>,
 }
 
 impl Metadata {
     fn current() -> Rc<Metadata> {
         coremq_runtime::local::<Metadata>().expect("cluster metadata installed on every shard")
+    }
+}
+
+/// What a front end holds to reach topics and partitions from any shard (`Send`, cheap to
+/// clone).
+#[derive(Clone)]
+pub struct Cluster {
+    handle: Handle,
+    /// The broker's metadata node ([`crate::node`]).
+    node: flume::Sender<Event>,
+    log_configs: LogConfigs,
+}
+
+impl Cluster {
+    /// Starts this broker's part of the cluster metadata on the shard that owns the metadata
+    /// log and waits until it serves: the committed metadata applied, the broker registered,
+    /// a pre-metadata-log topic table moved in, and the engine's logs made to match (see
+    /// [`crate::node`]). The topic table is then installed on every shard. Called once, off
+    /// the shards, before anything else uses them.
+    pub fn start(
+        handle: Handle,
+        config: NodeConfig,
+        log_configs: LogConfigs,
+    ) -> Result<Cluster, Error> {
+        for shard in 0..handle.shard_count() {
+            futures_lite::future::block_on(handle.on_shard(shard, move |_| async move {
+                coremq_runtime::install(Rc::new(Metadata {
+                    topics: RefCell::default(),
+                    image: RefCell::default(),
+                    controller: Cell::new(None),
+                }));
+                Ok(())
+            }))?;
+        }
+        let (node, events) = flume::unbounded();
+        let (ready, started) = flume::bounded(1);
+        let (log, _) = node::metadata_log();
+        let (node_handle, node_configs) = (handle.clone(), log_configs.clone());
+        let opened = handle.on_shard(handle.shard_of(&log), move |_| async move {
+            match Node::open(config, node_handle, node_configs).await {
+                Ok(node) => {
+                    coremq_runtime::spawn_local(node.run(events, ready)).detach();
+                    Ok(Ok(()))
+                }
+                Err(error) => Ok(Err(error)),
+            }
+        });
+        futures_lite::future::block_on(opened)??;
+        started.recv().map_err(|_| Error::Stopped)??;
+        Ok(Cluster {
+            handle,
+            node,
+            log_configs,
+        })
+    }
+
+    /// Stops the metadata node (before the engine closes its logs).
+    pub fn stop(&self) {
+        let (stopped, done) = flume::bounded(1);
+        if self.node.send(Event::Stop(stopped)).is_ok() {
+            let _ = done.recv();
+        }
+    }
+
+    /// Asks `request` of the controller; the answer comes once its records are committed
+    /// and carried out on this broker.
+    async fn ask(&self, request: Request) -> Result<Reply, Error> {
+        let (answer, answered) = flume::bounded(1);
+        self.node
+            .send(Event::Request(request, answer))
+            .map_err(|_| Error::Stopped)?;
+        answered.recv_async().await.map_err(|_| Error::Stopped)?
     }
 
     fn log_config(
@@ -49,47 +122,21 @@ impl Metadata {
             reason,
         })
     }
-}
-
-/// What a front end holds to reach topics and partitions from any shard (`Send`, cheap to
-/// clone).
-#[derive(Clone)]
-pub struct Cluster {
-    handle: Handle,
-}
-
-impl Cluster {
-    /// Loads the topic table from `meta_dir`, makes the engine's logs match it (logs of
-    /// topics it does not list are deleted, missing ones created, configs applied), and
-    /// installs it on every shard. Called once, off the shards, before anything else uses
-    /// them.
-    pub fn start(
-        handle: Handle,
-        meta_dir: &Path,
-        log_configs: LogConfigs,
-    ) -> Result<Cluster, Error> {
-        let store = TopicStore::new(meta_dir);
-        let table = store.load()?;
-        futures_lite::future::block_on(reconcile(&handle, &log_configs, &table))?;
-        let table = Arc::new(table);
-        for shard in 0..handle.shard_count() {
-            let (table, store, log_configs) = (table.clone(), store.clone(), log_configs.clone());
-            futures_lite::future::block_on(handle.on_shard(shard, move |_| async move {
-                coremq_runtime::install(Rc::new(Metadata {
-                    topics: RefCell::new(table),
-                    store,
-                    changes: Semaphore::new(1),
-                    log_configs,
-                }));
-                Ok(())
-            }))?;
-        }
-        Ok(Cluster { handle })
-    }
 
     /// This shard's copy of the topic table (call on a shard).
     pub fn topics(&self) -> Arc<TopicTable> {
         Metadata::current().topics.borrow().clone()
+    }
+
+    /// This shard's copy of the cluster metadata: brokers, and each partition's replicas,
+    /// leader and epochs (call on a shard).
+    pub fn image(&self) -> Arc<MetadataImage> {
+        Metadata::current().image.borrow().clone()
+    }
+
+    /// The active controller, as this broker last heard (call on a shard).
+    pub fn controller(&self) -> Option<BrokerId> {
+        Metadata::current().controller.get()
     }
 
     /// The shard that owns `partition`.
@@ -208,210 +255,87 @@ impl Cluster {
         partitions: u32,
         overrides: BTreeMap<String, String>,
     ) -> Result<Option<Arc<Topic>>, Error> {
-        self.change_topics(move |handle, metadata| async move {
-            if metadata.topics.borrow().get(&name).is_some() {
-                return Ok((None, None));
-            }
-            let config = metadata.log_config(&name, &overrides)?;
-            for partition in 0..partitions {
-                let log = TopicPartition::new(name.clone(), partition)?;
-                create_partition(&handle, &log, &config).await?;
-            }
-            let topic = Arc::new(Topic {
-                name,
-                id: topics::new_topic_id(),
-                partitions,
-                configs: overrides,
-            });
-            let table = metadata.topics.borrow().with(Topic::clone(&topic));
-            Ok((Some(table), Some(topic)))
-        })
-        .await
+        self.log_config(&name, &overrides)?;
+        let topic = Topic {
+            name,
+            id: topics::new_topic_id(),
+            partitions,
+            configs: overrides,
+        };
+        let request = Request::CreateTopic {
+            name: topic.name.clone(),
+            id: topic.id.0,
+            partitions,
+            replication_factor: 1,
+            configs: topic.configs.clone().into_iter().collect(),
+            start: rand::random_range(0..u32::MAX),
+        };
+        match self.ask(request).await {
+            Ok(_) => Ok(Some(Arc::new(topic))),
+            Err(Error::Controller(ControllerError::TopicExists(_))) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
-    /// Deletes topic `name`: out of the table first (so an interrupted deletion finishes at
-    /// the next start), then its logs. `Ok(false)` if there is no such topic.
+    /// Deletes topic `name` and, on this broker, its logs. `Ok(false)` if there is no such
+    /// topic.
     pub async fn delete_topic(&self, name: String) -> Result<bool, Error> {
-        let deleted = self
-            .change_topics(move |_, metadata| async move {
-                let table = metadata.topics.borrow().clone();
-                let Some(topic) = table.get(&name).cloned() else {
-                    return Ok((None, None));
-                };
-                Ok((Some(table.without(&name)), Some(topic)))
-            })
-            .await?;
-        let Some(topic) = deleted else {
-            return Ok(false);
-        };
-        for partition in 0..topic.partitions {
-            let log = TopicPartition::new(topic.name.clone(), partition)?;
-            self.handle.delete_log(&log).await?;
+        match self.ask(Request::DeleteTopic { name }).await {
+            Ok(_) => Ok(true),
+            Err(Error::Controller(ControllerError::UnknownTopic)) => Ok(false),
+            Err(error) => Err(error),
         }
-        Ok(true)
     }
 
     /// Grows topic `name` to `count` partitions (checked by the front end to be more).
     pub async fn add_partitions(&self, name: String, count: u32) -> Result<(), Error> {
-        self.change_topics(move |handle, metadata| async move {
-            let table = metadata.topics.borrow().clone();
-            let topic = table
-                .get(&name)
-                .cloned()
-                .ok_or_else(|| Error::UnknownTopic { name: name.clone() })?;
-            let config = metadata.log_config(&name, &topic.configs)?;
-            for partition in topic.partitions..count {
-                let log = TopicPartition::new(name.clone(), partition)?;
-                create_partition(&handle, &log, &config).await?;
+        let request = Request::CreatePartitions {
+            name: name.clone(),
+            count,
+            start: rand::random_range(0..u32::MAX),
+        };
+        match self.ask(request).await {
+            Ok(_) => Ok(()),
+            Err(Error::Controller(ControllerError::UnknownTopic)) => {
+                Err(Error::UnknownTopic { name })
             }
-            let grown = Topic {
-                partitions: count.max(topic.partitions),
-                ..Topic::clone(&topic)
-            };
-            Ok((Some(table.with(grown)), ()))
-        })
-        .await
+            Err(error) => Err(error),
+        }
     }
 
-    /// Replaces topic `name`'s config overrides with `overrides` (checked by the front end)
-    /// and applies them to every partition's log.
+    /// Replaces topic `name`'s config overrides with `overrides` (checked by the front end);
+    /// every replica's log takes them.
     pub async fn set_topic_configs(
         &self,
         name: String,
         overrides: BTreeMap<String, String>,
     ) -> Result<(), Error> {
-        self.change_topics(move |handle, metadata| async move {
-            let table = metadata.topics.borrow().clone();
-            let Some(topic) = table.get(&name).cloned() else {
-                return Ok((None, ()));
-            };
-            let config = metadata.log_config(&name, &overrides)?;
-            let changed = Topic {
-                configs: overrides,
-                ..Topic::clone(&topic)
-            };
-            let table = table.with(changed);
-            // The table first: a restart applies its configs to the logs (reconcile).
-            metadata.store.save(&table).await?;
-            for partition in 0..topic.partitions {
-                let log = TopicPartition::new(name.clone(), partition)?;
-                handle.set_config(&log, config.clone()).await?;
-            }
-            Ok((Some(table), ()))
-        })
-        .await
-    }
-
-    /// Runs `change` on shard 0, one topic change at a time; it returns the new table (if
-    /// any), which is saved and installed on every shard before the answer.
-    async fn change_topics<T, F, Fut>(&self, change: F) -> Result<T, Error>
-    where
-        T: Send + 'static,
-        F: FnOnce(Handle, Rc<Metadata>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(Option<TopicTable>, T), Error>> + 'static,
-    {
-        let handle = self.handle.clone();
-        let changed = self.handle.on_shard(0, move |_| async move {
-            let metadata = Metadata::current();
-            let _change = metadata
-                .changes
-                .acquire_permit(1)
-                .await
-                .map_err(|_| coremq_engine::Error::ShuttingDown)?;
-            let changed = async {
-                let (table, answer) = change(handle.clone(), metadata.clone()).await?;
-                if let Some(table) = table {
-                    metadata.store.save(&table).await?;
-                    publish(&handle, table).await;
-                }
-                Ok::<T, Error>(answer)
-            };
-            Ok(changed.await)
-        });
-        changed.await?
+        self.log_config(&name, &overrides)?;
+        let request = Request::TopicConfigs {
+            name,
+            configs: overrides.into_iter().collect(),
+        };
+        match self.ask(request).await {
+            Ok(_) | Err(Error::Controller(ControllerError::UnknownTopic)) => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 }
 
-/// Installs `table` on every shard.
-async fn publish(handle: &Handle, table: TopicTable) {
-    let table = Arc::new(table);
+/// Installs `image`, its topic table and `controller` on every shard.
+pub(crate) async fn publish(handle: &Handle, image: &MetadataImage, controller: Option<BrokerId>) {
+    let table = Arc::new(TopicTable::from_image(image));
+    let image = Arc::new(image.clone());
     for shard in 0..handle.shard_count() {
-        let table = table.clone();
+        let (table, image) = (table.clone(), image.clone());
         let _ = handle
             .on_shard(shard, move |_| async move {
-                *Metadata::current().topics.borrow_mut() = table;
+                let metadata = Metadata::current();
+                *metadata.topics.borrow_mut() = table;
+                *metadata.image.borrow_mut() = image;
+                metadata.controller.set(controller);
                 Ok(())
             })
             .await;
     }
-}
-
-/// Makes the logs match the topic table: deletes logs of topics (or partitions) it does not
-/// list, left by an interrupted change, and creates missing ones.
-/// The leader epoch of every partition of a single-node cluster: its one broker leads each
-/// from the start and never hands over.
-pub const SINGLE_NODE_LEADER_EPOCH: i32 = 0;
-
-/// Creates `log` with `config`, led by this broker.
-async fn create_partition(
-    handle: &Handle,
-    log: &TopicPartition,
-    config: &LogConfig,
-) -> Result<(), Error> {
-    handle.create_log(log, Some(config.clone())).await?;
-    lead(handle, log).await
-}
-
-/// Makes this broker the leader of `log` at the single-node epoch, which every batch it
-/// appends from then on carries (logs written before epochs get it at their log end).
-async fn lead(handle: &Handle, log: &TopicPartition) -> Result<(), Error> {
-    handle
-        .with_log(log, |log| async move {
-            let led = log
-                .leader_epochs()
-                .latest()
-                .is_some_and(|entry| entry.epoch >= SINGLE_NODE_LEADER_EPOCH);
-            if led {
-                return Ok(());
-            }
-            log.assign_leader_epoch(SINGLE_NODE_LEADER_EPOCH).await
-        })
-        .await?;
-    Ok(())
-}
-
-async fn reconcile(
-    handle: &Handle,
-    log_configs: &LogConfigs,
-    table: &TopicTable,
-) -> Result<(), Error> {
-    let logs = handle.list_logs().await?;
-    for log in &logs {
-        let known = table
-            .get(&log.topic)
-            .is_some_and(|topic| log.partition < topic.partitions);
-        if !known {
-            log::warn!("deleting log {log}: no topic lists it (an interrupted change)");
-            handle.delete_log(log).await?;
-        }
-    }
-    for topic in table.iter() {
-        let config =
-            log_configs(&topic.name, &topic.configs).map_err(|reason| Error::TopicConfig {
-                topic: topic.name.clone(),
-                reason,
-            })?;
-        for partition in 0..topic.partitions {
-            let log = TopicPartition::new(topic.name.clone(), partition)?;
-            if !logs.contains(&log) {
-                create_partition(handle, &log, &config).await?;
-                continue;
-            }
-            if handle.config(&log).await? != config {
-                handle.set_config(&log, config.clone()).await?;
-            }
-            lead(handle, &log).await?;
-        }
-    }
-    Ok(())
 }

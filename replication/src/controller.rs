@@ -8,6 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
+
 use crate::leader::{Assignment, BrokerId};
 use crate::metadata::{Endpoint, MetadataImage, PartitionRecord, Record};
 
@@ -47,8 +49,52 @@ pub enum ControllerError {
     IneligibleReplica(BrokerId),
 }
 
+/// What a broker asks of the active controller: its own broker's requests are handed over
+/// in the process, the others' arrive over the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Register {
+        id: BrokerId,
+        incarnation: u64,
+        endpoints: Vec<Endpoint>,
+        rack: Option<String>,
+    },
+    Heartbeat {
+        id: BrokerId,
+        shutting_down: bool,
+    },
+    /// A topic with id `id` (chosen by the asking broker), its replicas placed from `start`.
+    CreateTopic {
+        name: String,
+        id: [u8; 16],
+        partitions: u32,
+        replication_factor: u16,
+        configs: Vec<(String, String)>,
+        start: u32,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    CreatePartitions {
+        name: String,
+        count: u32,
+        start: u32,
+    },
+    TopicConfigs {
+        name: String,
+        configs: Vec<(String, String)>,
+    },
+}
+
+/// The controller's answer to a [`Request`] it accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Done,
+    Heartbeat(HeartbeatReply),
+}
+
 /// What a heartbeat tells the broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatReply {
     pub fenced: bool,
     /// A broker shutting down may stop once it leads nothing.
@@ -99,6 +145,56 @@ impl Controller {
                 }
             })
             .collect()
+    }
+
+    /// Decides `request` at `now_ms`: the records to commit, and the answer to give once
+    /// they are committed.
+    pub fn handle(
+        &mut self,
+        request: Request,
+        now_ms: u64,
+    ) -> Result<(Vec<Record>, Reply), ControllerError> {
+        let topic = |controller: &Controller, name: &str| {
+            controller
+                .image
+                .topic_id(name)
+                .ok_or(ControllerError::UnknownTopic)
+        };
+        let records = match request {
+            Request::Register {
+                id,
+                incarnation,
+                endpoints,
+                rack,
+            } => self.register(id, incarnation, endpoints, rack),
+            Request::Heartbeat { id, shutting_down } => {
+                let (records, reply) = self.heartbeat(id, now_ms, shutting_down)?;
+                return Ok((records, Reply::Heartbeat(reply)));
+            }
+            Request::CreateTopic {
+                name,
+                id,
+                partitions,
+                replication_factor,
+                configs,
+                start,
+            } => self.create_topic(
+                &name,
+                id,
+                partitions,
+                replication_factor.into(),
+                configs,
+                start as usize,
+            )?,
+            Request::DeleteTopic { name } => self.delete_topic(topic(self, &name)?)?,
+            Request::CreatePartitions { name, count, start } => {
+                self.add_partitions(topic(self, &name)?, count, start as usize)?
+            }
+            Request::TopicConfigs { name, configs } => {
+                self.set_topic_configs(topic(self, &name)?, configs)?
+            }
+        };
+        Ok((records, Reply::Done))
     }
 
     /// A broker (re)starting: registers its endpoints. It stays fenced until it heartbeats.
@@ -345,9 +441,82 @@ impl Controller {
         if self.image.topic_id(name).is_some() {
             return Err(ControllerError::TopicExists(name.to_string()));
         }
-        if partitions == 0 || replication_factor == 0 {
+        if partitions == 0 {
             return Err(ControllerError::InvalidPartitions(
-                "partitions and replication factor must be at least 1".into(),
+                "a topic needs at least one partition".into(),
+            ));
+        }
+        let states = self.place(0..partitions, replication_factor, start)?;
+        Ok(self.apply(vec![Record::CreateTopic {
+            id,
+            name: name.to_string(),
+            configs,
+            partitions: states,
+        }]))
+    }
+
+    /// Grows topic `id` to `count` partitions (CreatePartitions), the new ones with as many
+    /// replicas as its first, placed as at creation.
+    pub fn add_partitions(
+        &mut self,
+        id: [u8; 16],
+        count: u32,
+        start: usize,
+    ) -> Result<Vec<Record>, ControllerError> {
+        let topic = self
+            .image
+            .topics
+            .get(&id)
+            .ok_or(ControllerError::UnknownTopic)?;
+        let have = topic.partitions.len() as u32;
+        if count <= have {
+            return Err(ControllerError::InvalidPartitions(format!(
+                "the topic has {have} partitions; it can only grow"
+            )));
+        }
+        let replication_factor = topic
+            .partitions
+            .first()
+            .map_or(1, |state| state.assignment.replicas.len());
+        let states = self.place(have..count, replication_factor, start)?;
+        let records = states
+            .into_iter()
+            .map(|state| Record::PartitionChange { topic: id, state })
+            .collect();
+        Ok(self.apply(records))
+    }
+
+    /// Deletes topic `id`.
+    pub fn delete_topic(&mut self, id: [u8; 16]) -> Result<Vec<Record>, ControllerError> {
+        if !self.image.topics.contains_key(&id) {
+            return Err(ControllerError::UnknownTopic);
+        }
+        Ok(self.apply(vec![Record::DeleteTopic { id }]))
+    }
+
+    /// Replaces topic `id`'s config overrides.
+    pub fn set_topic_configs(
+        &mut self,
+        id: [u8; 16],
+        configs: Vec<(String, String)>,
+    ) -> Result<Vec<Record>, ControllerError> {
+        if !self.image.topics.contains_key(&id) {
+            return Err(ControllerError::UnknownTopic);
+        }
+        Ok(self.apply(vec![Record::TopicConfigs { id, configs }]))
+    }
+
+    /// Replicas for `partitions`, `replication_factor` each, round-robin over the live
+    /// brokers from `start`, the first leading (every replica in sync, epochs 0).
+    fn place(
+        &self,
+        partitions: std::ops::Range<u32>,
+        replication_factor: usize,
+        start: usize,
+    ) -> Result<Vec<PartitionRecord>, ControllerError> {
+        if replication_factor == 0 {
+            return Err(ControllerError::InvalidPartitions(
+                "the replication factor must be at least 1".into(),
             ));
         }
         let live: Vec<BrokerId> = self
@@ -363,7 +532,7 @@ impl Controller {
                 asked: replication_factor,
             });
         }
-        let states = (0..partitions)
+        let states = partitions
             .map(|partition| {
                 let first = (start + partition as usize) % live.len();
                 // Followers shift with the partition too, so their load spreads (Kafka's
@@ -390,12 +559,7 @@ impl Controller {
                 }
             })
             .collect();
-        Ok(self.apply(vec![Record::CreateTopic {
-            id,
-            name: name.to_string(),
-            configs,
-            partitions: states,
-        }]))
+        Ok(states)
     }
 
     /// A partition leader asks to change the in-sync replicas to `isr` (AlterPartition),

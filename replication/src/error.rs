@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::controller::ControllerError;
+
 #[derive(Debug)]
 pub enum Error {
     /// The stored topic table cannot be read or written.
@@ -13,6 +15,13 @@ pub enum Error {
     TopicConfig { topic: String, reason: String },
     /// The engine refused or failed an operation.
     Engine(coremq_engine::Error),
+    /// The controller refused the request.
+    Controller(ControllerError),
+    /// No active controller answered: none is elected, or leadership moved while the request
+    /// was in flight (it may or may not have been carried out).
+    NotController,
+    /// The cluster metadata is stopping.
+    Stopped,
 }
 
 impl From<coremq_engine::Error> for Error {
@@ -28,6 +37,9 @@ impl std::fmt::Display for Error {
             Error::UnknownTopic { name } => write!(f, "no topic {name:?}"),
             Error::TopicConfig { topic, reason } => write!(f, "topic {topic:?}: {reason}"),
             Error::Engine(source) => write!(f, "{source}"),
+            Error::Controller(error) => write!(f, "the controller refused: {error:?}"),
+            Error::NotController => write!(f, "no active controller answered"),
+            Error::Stopped => write!(f, "the cluster metadata is stopping"),
         }
     }
 }

@@ -3,10 +3,11 @@
 //! [`Consistency`] and an [`Isolation`], never from the engine's log, and change topics
 //! through the [`Cluster`]; the topic table ([`topics`]) with its stored configs lives here.
 //!
-//! Single node today: a partition is its one local log, `Consistency::Durable` is the log's
-//! durability policy, and the topic table is a file. Replication fills these in (followers,
-//! the high watermark driving the engine's `committed` watermark, a Raft metadata log)
-//! without the front ends changing.
+//! Topics are records in a Raft metadata log ([`node`]), a quorum of one on a single broker.
+//! Data is not yet replicated between brokers: a partition is its one local log and
+//! `Consistency::Durable` is the log's durability policy. Replication fills these in
+//! (followers, the high watermark driving the engine's `committed` watermark) without the
+//! front ends changing.
 
 mod cluster;
 pub mod controller;
@@ -14,6 +15,7 @@ mod error;
 pub mod follower;
 pub mod leader;
 pub mod metadata;
+pub mod node;
 mod partition;
 pub mod quorum;
 pub mod quorum_store;
@@ -23,4 +25,5 @@ pub mod topics;
 pub use cluster::{Cluster, LogConfigs};
 pub use coremq_engine::Isolation;
 pub use error::Error;
+pub use node::NodeConfig;
 pub use partition::{Consistency, Partition};

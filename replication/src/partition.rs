@@ -109,6 +109,12 @@ impl Partition {
         self.log.leader_epochs().latest().map(|entry| entry.epoch)
     }
 
+    /// The leader epoch of the batch at `offset` (ListOffsets answers with it, so a
+    /// consumer can later check its position against the leader's history).
+    pub fn leader_epoch_at(&self, offset: Offset) -> Option<i32> {
+        self.log.leader_epochs().epoch_at(offset)
+    }
+
     /// Where leader epoch `epoch` ends in this partition (OffsetForLeaderEpoch): the largest
     /// epoch at or below it and the next one's start, or the log end for the latest; `None`
     /// for an epoch it knows nothing at or above.

@@ -22,7 +22,7 @@ use crate::leader::BrokerId;
 use crate::metadata::Record;
 
 /// Raft ids are broker ids plus one: raft-rs reserves 0.
-fn raft_id(broker: BrokerId) -> u64 {
+pub fn raft_id(broker: BrokerId) -> u64 {
     broker as u64 + 1
 }
 
@@ -170,15 +170,28 @@ impl QuorumNode {
         let _ = self.raw.step(message);
     }
 
-    /// Proposes `record` for the metadata log; it is applied once a drain returns it
-    /// committed (if leadership is lost first, it may never be).
-    pub fn propose(&mut self, record: &Record) -> Result<(), ProposeError> {
+    /// Proposes `record` for the metadata log, at the index returned; it is applied once a
+    /// drain returns it committed (if leadership is lost first, it may never be: while this
+    /// voter leads in the same term, the entry at that index is this one).
+    pub fn propose(&mut self, record: &Record) -> Result<u64, ProposeError> {
         if !self.is_leader() {
             return Err(ProposeError::NotLeader(self.leader()));
         }
         self.raw
             .propose(Vec::new(), record.encode())
-            .map_err(|error| ProposeError::Refused(error.to_string()))
+            .map_err(|error| ProposeError::Refused(error.to_string()))?;
+        Ok(self.raw.raft.raft_log.last_index())
+    }
+
+    /// Stands for election now instead of at the election timeout (a quorum of one elects
+    /// itself at once).
+    pub fn campaign(&mut self) {
+        let _ = self.raw.campaign();
+    }
+
+    /// The index of the last entry handed out as committed.
+    pub fn applied(&self) -> u64 {
+        self.raw.raft.raft_log.applied
     }
 
     /// Keeps what Raft asks for in the in-memory storage and returns it to be stored durably

@@ -1,17 +1,17 @@
-//! The topic table: names, ids and partition counts, persisted in `meta/topics.json`.
+//! The topic table: names, ids, partition counts and configs, as every shard reads it.
 //!
-//! Every shard holds the current table (an immutable `Arc`) and reads it without locks.
-//! Changes (create, delete, add partitions, configs) run on shard 0 one at a time
-//! ([`crate::Cluster`]): it creates or deletes the logs, writes the file (temporary file,
-//! fsync, rename), then installs the new table on every shard before answering. The file is
-//! the truth: logs it does not list are left over from an interrupted change and are deleted
-//! at startup. Names are checked by the front end (Kafka's naming rules are Kafka's).
+//! The table is built from the cluster metadata (`TopicTable::from_image`) and every shard
+//! holds the current one (an immutable `Arc`), read without locks. Changes go through the
+//! controller ([`crate::Cluster`]). A data directory written before the metadata log kept the
+//! table in `meta/topics.json`; it is read once, to move its topics into the metadata log.
+//! Names are checked by the front end (Kafka's naming rules are Kafka's).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::Error;
+use crate::metadata::MetadataImage;
 
 /// A topic's id: 16 random bytes, never all zero (Kafka's topic UUID).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,6 +64,22 @@ impl TopicTable {
 
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
+    }
+
+    /// The topics of the cluster metadata `image`.
+    pub fn from_image(image: &MetadataImage) -> TopicTable {
+        let mut table = TopicTable::default();
+        for (id, topic) in &image.topics {
+            let topic = Arc::new(Topic {
+                name: topic.name.clone(),
+                id: TopicId(*id),
+                partitions: topic.partitions.len() as u32,
+                configs: topic.configs.clone(),
+            });
+            table.by_id.insert(topic.id, topic.clone());
+            table.by_name.insert(topic.name.clone(), topic);
+        }
+        table
     }
 
     /// A copy with `topic` added or replaced.
@@ -162,7 +178,8 @@ pub fn new_topic_id() -> TopicId {
     }
 }
 
-/// Where the table is stored.
+/// Where a data directory written before the cluster metadata log kept its topic table
+/// (read once, when the topics move into the metadata log).
 #[derive(Debug, Clone)]
 pub struct TopicStore {
     path: PathBuf,
@@ -175,28 +192,32 @@ impl TopicStore {
         }
     }
 
-    pub fn load(&self) -> Result<TopicTable, Error> {
+    /// The stored table, `None` without one.
+    pub fn load(&self) -> Result<Option<TopicTable>, Error> {
         let unusable = |reason: String| Error::Metadata {
             path: self.path.clone(),
             reason,
         };
         match std::fs::read_to_string(&self.path) {
-            Ok(text) => TopicTable::decode(&text).map_err(unusable),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(TopicTable::default()),
+            Ok(text) => TopicTable::decode(&text).map(Some).map_err(unusable),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(unusable(error.to_string())),
         }
     }
 
-    /// Replaces the stored table (on the shard's blocking thread).
-    pub async fn save(&self, table: &TopicTable) -> Result<(), Error> {
-        let dir = self.path.parent().expect("the store has a directory");
-        coremq_engine::storage::Storage::default()
-            .write_atomically(dir, "topics.json", table.encode().into_bytes())
-            .await
-            .map_err(|error| Error::Metadata {
-                path: self.path.clone(),
-                reason: error.to_string(),
-            })
+    /// Removes the stored table (once its topics are in the metadata log).
+    pub async fn remove(&self) -> Result<(), Error> {
+        let path = self.path.clone();
+        let removed = coremq_engine::storage::blocking(move || {
+            std::fs::remove_file(&path)?;
+            let dir = path.parent().expect("the store has a directory");
+            std::fs::File::open(dir)?.sync_all()
+        })
+        .await;
+        removed.map_err(|error| Error::Metadata {
+            path: self.path.clone(),
+            reason: error.to_string(),
+        })
     }
 }
 

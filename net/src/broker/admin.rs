@@ -817,7 +817,7 @@ pub fn describe_cluster(
             ..DescribeClusterResponse::default()
         };
     }
-    let (host, port) = config.advertised();
+    let image = context.cluster.image();
     DescribeClusterResponse {
         cluster_authorized_operations: if request.include_cluster_authorized_operations {
             super::metadata::CLUSTER_OPERATIONS
@@ -826,13 +826,16 @@ pub fn describe_cluster(
         },
         endpoint_type: ENDPOINT_BROKERS,
         cluster_id: config.cluster_id.clone(),
-        controller_id: config.node_id,
-        brokers: vec![DescribeClusterBroker {
-            broker_id: config.node_id,
-            host,
-            port: i32::from(port),
-            rack: None,
-        }],
+        controller_id: context.cluster.controller().unwrap_or(-1),
+        brokers: super::metadata::brokers(context, &image)
+            .into_iter()
+            .map(|broker| DescribeClusterBroker {
+                broker_id: broker.id,
+                host: broker.host,
+                port: i32::from(broker.port),
+                rack: broker.rack,
+            })
+            .collect(),
         ..DescribeClusterResponse::default()
     }
 }

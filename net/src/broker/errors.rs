@@ -48,5 +48,23 @@ pub fn cluster_code(error: &coremq_replication::Error) -> i16 {
         Cluster::UnknownTopic { .. } => error_code::UNKNOWN_TOPIC_OR_PARTITION,
         Cluster::TopicConfig { .. } => error_code::INVALID_CONFIG,
         Cluster::Metadata { .. } => error_code::KAFKA_STORAGE_ERROR,
+        Cluster::Controller(refused) => controller_code(refused),
+        // Retriable: a controller is elected, or the broker is back.
+        Cluster::NotController | Cluster::Stopped => error_code::NOT_CONTROLLER,
+    }
+}
+
+/// The Kafka error code for a request the controller refused.
+fn controller_code(error: &coremq_replication::controller::ControllerError) -> i16 {
+    use coremq_replication::controller::ControllerError as Refused;
+    match error {
+        Refused::UnknownBroker(_) => error_code::STALE_BROKER_EPOCH,
+        Refused::StaleLeaderEpoch => error_code::FENCED_LEADER_EPOCH,
+        Refused::UnknownTopic => error_code::UNKNOWN_TOPIC_OR_PARTITION,
+        Refused::TopicExists(_) => error_code::TOPIC_ALREADY_EXISTS,
+        Refused::NotEnoughBrokers { .. } => error_code::INVALID_REPLICATION_FACTOR,
+        Refused::InvalidPartitions(_) => error_code::INVALID_PARTITIONS,
+        Refused::StalePartitionEpoch => error_code::INVALID_UPDATE_VERSION,
+        Refused::IneligibleReplica(_) => error_code::INELIGIBLE_REPLICA,
     }
 }

@@ -295,7 +295,7 @@ pub async fn list_offsets(
                 error_code: error_code::NONE,
                 timestamp: -1,
                 offset: -1,
-                leader_epoch: 0,
+                leader_epoch: -1,
                 ..ListOffsetsPartitionResponse::default()
             };
             let log = match errors::partition_log(found.as_deref(), index) {
@@ -335,6 +335,13 @@ pub async fn list_offsets(
                 Ok(Some((offset, timestamp))) => {
                     answer.offset = offset.0 as i64;
                     answer.timestamp = timestamp.0;
+                    let epoch = context
+                        .cluster
+                        .on_partition(&log, move |partition| async move {
+                            Ok(partition.leader_epoch_at(offset))
+                        })
+                        .await;
+                    answer.leader_epoch = epoch.ok().flatten().unwrap_or(-1);
                 }
                 Ok(None) => {}
                 Err(error) => answer.error_code = errors::code(&error),

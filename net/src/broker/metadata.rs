@@ -1,5 +1,6 @@
-//! Metadata: this node as the only broker, leader of every partition; topics auto-created
-//! when the request allows it and the broker is configured to.
+//! Metadata: the brokers, controller and partitions (leader, epoch, replicas, in-sync and
+//! offline replicas) as this broker's copy of the cluster metadata has them; topics
+//! auto-created when the request allows it and the broker is configured to.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use crate::protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use crate::protocol::messages::{MetadataRequest, MetadataResponse};
+use coremq_replication::metadata::MetadataImage;
 use coremq_replication::topics::Topic;
 
 /// What a client may do, as a bit per Kafka `AclOperation` code, for a broker without an
@@ -50,16 +52,19 @@ pub async fn handle(
 
 async fn topics(context: &Rc<Context>, request: MetadataRequest, version: i16) -> MetadataResponse {
     let config = &context.config;
-    let (host, port) = config.advertised();
+    let image = context.cluster.image();
     let mut response = MetadataResponse {
-        brokers: vec![MetadataResponseBroker {
-            node_id: config.node_id,
-            host,
-            port: i32::from(port),
-            rack: None,
-        }],
+        brokers: brokers(context, &image)
+            .into_iter()
+            .map(|broker| MetadataResponseBroker {
+                node_id: broker.id,
+                host: broker.host,
+                port: i32::from(broker.port),
+                rack: broker.rack,
+            })
+            .collect(),
         cluster_id: Some(config.cluster_id.clone()),
-        controller_id: config.node_id,
+        controller_id: context.cluster.controller().unwrap_or(-1),
         cluster_authorized_operations: if request.include_cluster_authorized_operations {
             CLUSTER_OPERATIONS
         } else {
@@ -74,7 +79,7 @@ async fn topics(context: &Rc<Context>, request: MetadataRequest, version: i16) -
             response.topics = context
                 .topics()
                 .iter()
-                .map(|topic| describe(context, topic))
+                .map(|topic| describe(&image, topic))
                 .collect();
             return response;
         }
@@ -107,7 +112,9 @@ async fn topics(context: &Rc<Context>, request: MetadataRequest, version: i16) -
             }
         };
         if let Some(topic) = topic {
-            response.topics.push(describe(context, &topic));
+            response
+                .topics
+                .push(describe(&context.cluster.image(), &topic));
         }
     }
     response
@@ -122,22 +129,80 @@ fn missing(name: Option<String>, id: Uuid, code: i16) -> MetadataResponseTopic {
     }
 }
 
-fn describe(context: &Context, topic: &Arc<Topic>) -> MetadataResponseTopic {
-    let node = context.config.node_id;
+/// A broker clients can reach.
+pub struct Broker {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+}
+
+/// The brokers that are registered and not fenced, at their Kafka listener; this broker
+/// alone (as configured) before its registration is in.
+pub fn brokers(context: &Context, image: &MetadataImage) -> Vec<Broker> {
+    let listener = super::LISTENER_NAME;
+    let live: Vec<Broker> = image
+        .brokers
+        .iter()
+        .filter(|(_, info)| !info.fenced)
+        .filter_map(|(&id, info)| {
+            let endpoint = info.endpoints.iter().find(|e| e.listener == listener)?;
+            Some(Broker {
+                id,
+                host: endpoint.host.clone(),
+                port: endpoint.port,
+                rack: info.rack.clone(),
+            })
+        })
+        .collect();
+    if !live.is_empty() {
+        return live;
+    }
+    let (host, port) = context.config.advertised();
+    vec![Broker {
+        id: context.config.node_id,
+        host,
+        port,
+        rack: None,
+    }]
+}
+
+/// `topic` with each partition's leader, epoch and replicas from `image`; a partition with
+/// no leader (or not in the image yet) answers LEADER_NOT_AVAILABLE, which clients retry.
+fn describe(image: &MetadataImage, topic: &Arc<Topic>) -> MetadataResponseTopic {
+    let id = topic.id.0;
     MetadataResponseTopic {
         error_code: error_code::NONE,
         name: Some(topic.name.clone()),
         topic_id: topic.id.into(),
         is_internal: topic.name == super::groups::OFFSETS_TOPIC,
         partitions: (0..topic.partitions)
-            .map(|partition| MetadataResponsePartition {
-                error_code: error_code::NONE,
-                partition_index: partition as i32,
-                leader_id: node,
-                leader_epoch: 0,
-                replica_nodes: vec![node],
-                isr_nodes: vec![node],
-                offline_replicas: Vec::new(),
+            .map(|partition| {
+                let mut described = MetadataResponsePartition {
+                    error_code: error_code::LEADER_NOT_AVAILABLE,
+                    partition_index: partition as i32,
+                    leader_id: -1,
+                    leader_epoch: -1,
+                    ..MetadataResponsePartition::default()
+                };
+                let Some(state) = image.partition(&id, partition) else {
+                    return described;
+                };
+                let assignment = &state.assignment;
+                if assignment.leader >= 0 {
+                    described.error_code = error_code::NONE;
+                }
+                described.leader_id = assignment.leader;
+                described.leader_epoch = assignment.leader_epoch;
+                described.replica_nodes = assignment.replicas.clone();
+                described.isr_nodes = assignment.isr.iter().copied().collect();
+                described.offline_replicas = assignment
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|&replica| !image.is_live(replica))
+                    .collect();
+                described
             })
             .collect(),
         ..MetadataResponseTopic::default()

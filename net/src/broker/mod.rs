@@ -32,14 +32,18 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use coremq_engine::{Engine, EngineConfig, Handle};
+use coremq_replication::metadata::Endpoint;
 use coremq_replication::topics::TopicTable;
-use coremq_replication::{Cluster, LogConfigs};
+use coremq_replication::{Cluster, LogConfigs, NodeConfig};
 
 use crate::server::http::{self, Phase, PhaseCell};
 use crate::server::{self, FrameSize, Incoming, Limits, Protocol, Server, Shared};
 
 pub use config::{AcceptMode, BrokerConfig};
 pub use configs::parse_cleanup_policy;
+
+/// The name of the Kafka listener in the cluster metadata (Kafka's default listener name).
+const LISTENER_NAME: &str = "PLAINTEXT";
 
 /// A shard's broker state: reached from connection tasks and from closures the engine runs
 /// on the shard. It is the Kafka [`Protocol`] its shard's server serves.
@@ -131,6 +135,7 @@ pub struct Broker {
     pub summary: String,
     engine: Engine,
     handle: Handle,
+    cluster: Cluster,
     admin: http::AdminServer,
     phase: PhaseCell,
 }
@@ -187,8 +192,30 @@ impl Broker {
             let config = config.clone();
             Arc::new(move |name, overrides| configs::log_config(&config, name, overrides))
         };
-        let cluster = Cluster::start(handle.clone(), &config.meta_dir(), log_configs)
-            .map_err(|error| Error::step("recovering topics", error))?;
+        let shared = Shared::new(limits(&config), handle.clone());
+        let address = server::bind::<Context>(&shared, config.kafka_listener)?;
+        // With port 0, the bound port is the one clients are told of.
+        let config = if address == config.kafka_listener {
+            config
+        } else {
+            Arc::new(BrokerConfig {
+                kafka_listener: address,
+                ..(*config).clone()
+            })
+        };
+        let (host, port) = config.advertised();
+        let node = NodeConfig {
+            broker_id: config.node_id,
+            endpoints: vec![Endpoint {
+                listener: LISTENER_NAME.into(),
+                host,
+                port,
+            }],
+            rack: None,
+            meta_dir: config.meta_dir(),
+        };
+        let cluster = Cluster::start(handle.clone(), node, log_configs)
+            .map_err(|error| Error::step("recovering the cluster metadata", error))?;
         let partitions = config.offsets_topic_partitions.max(1);
         let compacted = [("cleanup.policy".to_string(), "compact".to_string())].into();
         futures_lite::future::block_on(cluster.create_topic(
@@ -207,17 +234,6 @@ impl Broker {
         };
         let admin = http::AdminServer::start(config.admin_listener, phase.clone(), metrics)
             .map_err(|reason| Error::Admin { reason })?;
-        let shared = Shared::new(limits(&config), handle.clone());
-        let address = server::bind::<Context>(&shared, config.kafka_listener)?;
-        // With port 0, the bound port is the one clients are told of.
-        let config = if address == config.kafka_listener {
-            config
-        } else {
-            Arc::new(BrokerConfig {
-                kafka_listener: address,
-                ..(*config).clone()
-            })
-        };
         for shard in 0..shards {
             let (config, cluster, shared) = (config.clone(), cluster.clone(), shared.clone());
             let shard_handle = handle.clone();
@@ -288,6 +304,7 @@ impl Broker {
             summary,
             engine,
             handle,
+            cluster,
             admin,
             phase,
         })
@@ -337,6 +354,7 @@ impl Broker {
                 }));
         }
         drop(self.admin);
+        self.cluster.stop();
         self.engine
             .shutdown()
             .map_err(|error| Error::step("flushing logs", error))

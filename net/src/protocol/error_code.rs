@@ -59,6 +59,7 @@ codes! {
     INVALID_REPLICATION_FACTOR = 38, false;
     INVALID_REPLICA_ASSIGNMENT = 39, false;
     INVALID_CONFIG = 40, false;
+    NOT_CONTROLLER = 41, true;
     INVALID_REQUEST = 42, false;
     POLICY_VIOLATION = 44, false;
     OUT_OF_ORDER_SEQUENCE_NUMBER = 45, false;
@@ -72,6 +73,7 @@ codes! {
     FENCED_LEADER_EPOCH = 74, true;
     UNKNOWN_LEADER_EPOCH = 75, true;
     UNSUPPORTED_COMPRESSION_TYPE = 76, false;
+    STALE_BROKER_EPOCH = 77, false;
     MEMBER_ID_REQUIRED = 79, false;
     FENCED_INSTANCE_ID = 82, false;
     ELECTION_NOT_NEEDED = 84, false;
@@ -79,7 +81,9 @@ codes! {
     GROUP_SUBSCRIBED_TO_TOPIC = 86, false;
     INVALID_RECORD = 87, false;
     THROTTLING_QUOTA_EXCEEDED = 89, true;
+    INVALID_UPDATE_VERSION = 95, false;
     UNKNOWN_TOPIC_ID = 100, true;
+    INELIGIBLE_REPLICA = 107, false;
     MISMATCHED_ENDPOINT_TYPE = 114, false;
 }
 
