@@ -5,9 +5,12 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
+use coremq_net::broker::config::{Voter, parse_voters};
 use coremq_net::broker::{AcceptMode, Broker, BrokerConfig};
 use serde::Deserialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -53,6 +56,17 @@ struct Options {
     /// This broker's node id [default: 0]
     #[arg(long, env = "COREMQ_NODE_ID")]
     node_id: Option<i32>,
+    /// The controller quorum's voters, this broker among them: `ID@HOST:PORT` separated by
+    /// commas, host names allowed (Kafka's controller.quorum.voters); each voter listens
+    /// for the others at its entry [default: none, this broker is its own controller]
+    #[arg(long, env = "COREMQ_CONTROLLER_VOTERS")]
+    #[serde(default, deserialize_with = "parsed")]
+    controller_voters: Option<Voters>,
+    /// Where this voter listens for the others, `ADDRESS:PORT` or `HOST:PORT` [default:
+    /// its entry in --controller-voters]
+    #[arg(long, env = "COREMQ_CONTROLLER_LISTENER")]
+    #[serde(default, deserialize_with = "parsed")]
+    controller_listener: Option<Listener>,
     /// Cluster id reported to clients [default: coremq-cluster]
     #[arg(long, env = "COREMQ_CLUSTER_ID")]
     cluster_id: Option<String>,
@@ -126,6 +140,15 @@ struct Options {
     /// [default: 9223372036854775807]
     #[arg(long, env = "COREMQ_LOG_FLUSH_INTERVAL_MS")]
     log_flush_interval_ms: Option<u64>,
+    /// How often this broker heartbeats the controller, in milliseconds (Kafka's
+    /// broker.heartbeat.interval.ms) [default: 250]
+    #[arg(long, env = "COREMQ_BROKER_HEARTBEAT_INTERVAL_MS")]
+    broker_heartbeat_interval_ms: Option<u64>,
+    /// A broker the controller has not heard from for this long is fenced and its
+    /// partitions get other leaders, in milliseconds (Kafka's broker.session.timeout.ms)
+    /// [default: 1500]
+    #[arg(long, env = "COREMQ_BROKER_SESSION_TIMEOUT_MS")]
+    broker_session_timeout_ms: Option<u64>,
     /// Shortest session timeout a group member may ask for, in milliseconds (Kafka's
     /// group.min.session.timeout.ms) [default: 6000]
     #[arg(long, env = "COREMQ_GROUP_MIN_SESSION_TIMEOUT_MS")]
@@ -164,6 +187,8 @@ impl Options {
             advertised_host: self.advertised_host.or(file.advertised_host),
             advertised_port: self.advertised_port.or(file.advertised_port),
             node_id: self.node_id.or(file.node_id),
+            controller_voters: self.controller_voters.or(file.controller_voters),
+            controller_listener: self.controller_listener.or(file.controller_listener),
             cluster_id: self.cluster_id.or(file.cluster_id),
             shards: self.shards.or(file.shards),
             pin_shards: if self.no_pin {
@@ -202,6 +227,12 @@ impl Options {
                 .log_flush_interval_messages
                 .or(file.log_flush_interval_messages),
             log_flush_interval_ms: self.log_flush_interval_ms.or(file.log_flush_interval_ms),
+            broker_heartbeat_interval_ms: self
+                .broker_heartbeat_interval_ms
+                .or(file.broker_heartbeat_interval_ms),
+            broker_session_timeout_ms: self
+                .broker_session_timeout_ms
+                .or(file.broker_session_timeout_ms),
             group_min_session_timeout_ms: self
                 .group_min_session_timeout_ms
                 .or(file.group_min_session_timeout_ms),
@@ -239,6 +270,10 @@ impl Options {
             advertised_host: self.advertised_host.or(kafka_host),
             advertised_port: self.advertised_port,
             node_id: self.node_id.unwrap_or(defaults.node_id),
+            controller_voters: self
+                .controller_voters
+                .map_or(defaults.controller_voters, |v| v.0),
+            controller_listener: self.controller_listener.map(|l| l.address),
             cluster_id: self.cluster_id.unwrap_or(defaults.cluster_id),
             shards: self.shards.unwrap_or(defaults.shards),
             pin_shards: self.pin_shards.unwrap_or(defaults.pin_shards),
@@ -280,6 +315,12 @@ impl Options {
             log_flush_interval_ms: self
                 .log_flush_interval_ms
                 .unwrap_or(defaults.log_flush_interval_ms),
+            broker_heartbeat_interval_ms: self
+                .broker_heartbeat_interval_ms
+                .unwrap_or(defaults.broker_heartbeat_interval_ms),
+            broker_session_timeout_ms: self
+                .broker_session_timeout_ms
+                .unwrap_or(defaults.broker_session_timeout_ms),
             group_min_session_timeout_ms: self
                 .group_min_session_timeout_ms
                 .unwrap_or(defaults.group_min_session_timeout_ms),
@@ -339,6 +380,18 @@ impl std::str::FromStr for Listener {
     }
 }
 
+/// The `--controller-voters` setting.
+#[derive(Debug, Clone)]
+struct Voters(Vec<Voter>);
+
+impl std::str::FromStr for Voters {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Voters, String> {
+        parse_voters(text).map(Voters)
+    }
+}
+
 /// Reads a TOML string setting through the type's `FromStr`, as its flag does.
 fn parsed<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
@@ -371,12 +424,28 @@ fn main() {
         Ok(signals) => signals,
         Err(error) => fail(&format!("cannot install signal handlers: {error}")),
     };
+    // A signal while starting (waiting for the other controller voters, say) ends the
+    // process at once: nothing was served yet.
+    let started = Arc::new(AtomicBool::new(false));
+    let (signalled, signal) = std::sync::mpsc::channel();
+    {
+        let started = started.clone();
+        std::thread::spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                if !started.load(Ordering::SeqCst) {
+                    fail(&format!("signal {signal} while starting"));
+                }
+                let _ = signalled.send(signal);
+            }
+        });
+    }
     let broker = match Broker::start(config) {
         Ok(broker) => broker,
         Err(error) => fail(&error.to_string()),
     };
+    started.store(true, Ordering::SeqCst);
     log::info!("{}", broker.summary);
-    if let Some(signal) = signals.forever().next() {
+    if let Ok(signal) = signal.recv() {
         log::info!("signal {signal}: finishing in-flight requests, flushing, exiting");
     }
     if let Err(error) = broker.shutdown(Duration::from_secs(10)) {

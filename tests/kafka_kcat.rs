@@ -5,6 +5,8 @@
 
 #[path = "support/broker.rs"]
 mod broker;
+#[path = "support/kcat.rs"]
+mod kcat;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -14,28 +16,12 @@ use std::time::Duration;
 use broker::Broker;
 
 fn kcat(broker: &Broker, args: &[&str], input: &str) -> String {
-    let mut child = Command::new("kcat")
-        .args(["-b", &broker.bootstrap()])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kcat is installed (tools/test-all.sh installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "kcat {args:?} failed: {}\nbroker log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        broker.log()
-    );
-    String::from_utf8(output.stdout).unwrap()
+    kcat::run(&broker.bootstrap(), args, input).unwrap_or_else(|error| {
+        panic!(
+            "kcat {args:?} failed: {error}\nbroker log:\n{}",
+            broker.log()
+        )
+    })
 }
 
 fn consume_json(broker: &Broker, topic: &str, offset: &str) -> Vec<serde_json::Value> {

@@ -235,3 +235,50 @@ fn topic_changes_survive_restarts_and_a_recreated_topic_keeps_only_its_new_recor
     assert_eq!(values(&broker, "kept").len(), 3);
     broker.shutdown(std::time::Duration::from_secs(5)).unwrap();
 }
+
+/// A producer id from InitProducerId.
+fn producer_id(broker: &Broker) -> i64 {
+    use coremq_net::protocol::api::{RequestBody, ResponseBody};
+    use coremq_net::protocol::messages::InitProducerIdRequest;
+    let bootstrap = broker.kafka_address.to_string();
+    coremq_runtime::run_alone(async move || {
+        let cluster = Cluster::connect(ClientConfig::new(&bootstrap))
+            .await
+            .unwrap();
+        let request = InitProducerIdRequest {
+            transaction_timeout_ms: 60_000,
+            producer_id: -1,
+            producer_epoch: -1,
+            transactional_id: None,
+        };
+        let (_, ResponseBody::InitProducerId(response)) = cluster
+            .call_any(RequestBody::InitProducerId(request))
+            .await
+            .unwrap()
+        else {
+            panic!("not an InitProducerId response");
+        };
+        assert_eq!(response.error_code, 0);
+        response.producer_id
+    })
+}
+
+#[test]
+fn producer_ids_come_from_controller_blocks_after_those_handed_out_before() {
+    let dir = tempfile::tempdir().unwrap();
+    // A data directory from before the metadata log had reserved ids up to 5000.
+    std::fs::create_dir_all(dir.path().join("meta")).unwrap();
+    std::fs::write(dir.path().join("meta/producer_ids"), "5000\n").unwrap();
+    let broker = broker(dir.path());
+    let first = [producer_id(&broker), producer_id(&broker)];
+    assert_eq!(first, [5000, 5001]);
+    broker.shutdown(std::time::Duration::from_secs(5)).unwrap();
+    // A restart gets a new block: the rest of the old one is never handed out again.
+    let broker = self::broker(dir.path());
+    let again = producer_id(&broker);
+    assert_eq!(
+        again,
+        5000 + coremq_replication::controller::PRODUCER_ID_BLOCK
+    );
+    broker.shutdown(std::time::Duration::from_secs(5)).unwrap();
+}

@@ -19,6 +19,7 @@ use crate::leader::BrokerId;
 use crate::metadata::MetadataImage;
 use crate::node::{self, Event, Node, NodeConfig};
 use crate::partition::{Consistency, Partition};
+use crate::peers::Transport;
 use crate::topics::{self, Topic, TopicTable};
 
 /// Turns a topic's stored config overrides into its log's settings: the front end knows
@@ -61,6 +62,7 @@ impl Cluster {
         handle: Handle,
         config: NodeConfig,
         log_configs: LogConfigs,
+        transport: Option<Transport>,
     ) -> Result<Cluster, Error> {
         for shard in 0..handle.shard_count() {
             futures_lite::future::block_on(handle.on_shard(shard, move |_| async move {
@@ -77,7 +79,7 @@ impl Cluster {
         let (log, _) = node::metadata_log();
         let (node_handle, node_configs) = (handle.clone(), log_configs.clone());
         let opened = handle.on_shard(handle.shard_of(&log), move |_| async move {
-            match Node::open(config, node_handle, node_configs).await {
+            match Node::open(config, node_handle, node_configs, transport).await {
                 Ok(node) => {
                     coremq_runtime::spawn_local(node.run(events, ready)).detach();
                     Ok(Ok(()))
@@ -132,6 +134,15 @@ impl Cluster {
     /// leader and epochs (call on a shard).
     pub fn image(&self) -> Arc<MetadataImage> {
         Metadata::current().image.borrow().clone()
+    }
+
+    /// The broker leading `partition`, as this broker's metadata has it; `None` when the
+    /// partition has no leader or is unknown (call on a shard).
+    pub fn leader_of(&self, partition: &TopicPartition) -> Option<BrokerId> {
+        let image = Metadata::current().image.borrow().clone();
+        let id = image.topic_id(&partition.topic)?;
+        let state = image.partition(&id, partition.partition)?;
+        Some(state.assignment.leader).filter(|&leader| leader >= 0)
     }
 
     /// The active controller, as this broker last heard (call on a shard).
@@ -318,6 +329,22 @@ impl Cluster {
         match self.ask(request).await {
             Ok(_) | Err(Error::Controller(ControllerError::UnknownTopic)) => Ok(()),
             Err(error) => Err(error),
+        }
+    }
+
+    /// A block of producer ids for `broker`, cluster-wide unique, none below `at_least`:
+    /// the first and how many.
+    pub async fn allocate_producer_ids(
+        &self,
+        broker: BrokerId,
+        at_least: i64,
+    ) -> Result<(i64, i64), Error> {
+        match self
+            .ask(Request::AllocateProducerIds { broker, at_least })
+            .await?
+        {
+            Reply::ProducerIds { first, count } => Ok((first, count)),
+            other => unreachable!("the controller answers an allocation with ids: {other:?}"),
         }
     }
 }

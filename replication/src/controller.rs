@@ -28,7 +28,7 @@ pub struct ControllerSettings {
 
 /// Why a request to the controller was refused (each maps to the Kafka error a broker or
 /// client expects).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControllerError {
     /// The broker is not registered (heartbeat before registration).
     UnknownBroker(BrokerId),
@@ -84,6 +84,12 @@ pub enum Request {
         name: String,
         configs: Vec<(String, String)>,
     },
+    /// A block of producer ids for `broker`, none below `at_least` (ids a broker handed out
+    /// before the metadata log).
+    AllocateProducerIds {
+        broker: BrokerId,
+        at_least: i64,
+    },
 }
 
 /// The controller's answer to a [`Request`] it accepted.
@@ -91,6 +97,11 @@ pub enum Request {
 pub enum Reply {
     Done,
     Heartbeat(HeartbeatReply),
+    /// Producer ids `first..first + count`, this broker's alone.
+    ProducerIds {
+        first: i64,
+        count: i64,
+    },
 }
 
 /// What a heartbeat tells the broker.
@@ -192,6 +203,17 @@ impl Controller {
             }
             Request::TopicConfigs { name, configs } => {
                 self.set_topic_configs(topic(self, &name)?, configs)?
+            }
+            Request::AllocateProducerIds { broker, at_least } => {
+                let records = self.allocate_producer_ids(broker, at_least);
+                let reply = match records.as_slice() {
+                    [Record::ProducerIds { first, count, .. }] => Reply::ProducerIds {
+                        first: *first,
+                        count: *count,
+                    },
+                    _ => unreachable!("one block per allocation"),
+                };
+                return Ok((records, reply));
             }
         };
         Ok((records, Reply::Done))
@@ -602,9 +624,9 @@ impl Controller {
         Ok(self.apply(vec![Record::PartitionChange { topic, state: next }]))
     }
 
-    /// The next block of producer ids, for `broker`.
-    pub fn allocate_producer_ids(&mut self, broker: BrokerId) -> Vec<Record> {
-        let first = self.image.next_producer_id;
+    /// The next block of producer ids, none below `at_least`, for `broker`.
+    pub fn allocate_producer_ids(&mut self, broker: BrokerId, at_least: i64) -> Vec<Record> {
+        let first = self.image.next_producer_id.max(at_least);
         self.apply(vec![Record::ProducerIds {
             broker,
             first,
@@ -825,8 +847,8 @@ mod tests {
     #[test]
     fn producer_id_blocks_never_overlap() {
         let mut controller = controller_with(&[0, 1]);
-        controller.allocate_producer_ids(0);
-        let records = controller.allocate_producer_ids(1);
+        controller.allocate_producer_ids(0, 0);
+        let records = controller.allocate_producer_ids(1, 0);
         assert_eq!(
             records,
             [Record::ProducerIds {
@@ -834,6 +856,21 @@ mod tests {
                 first: PRODUCER_ID_BLOCK,
                 count: PRODUCER_ID_BLOCK
             }]
+        );
+        // Ids handed out before the metadata log are skipped, and the next block follows.
+        let skipped = controller.allocate_producer_ids(0, 10 * PRODUCER_ID_BLOCK + 7);
+        let next = controller.allocate_producer_ids(1, 0);
+        let firsts: Vec<i64> = [skipped, next]
+            .iter()
+            .flatten()
+            .map(|record| match record {
+                Record::ProducerIds { first, .. } => *first,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            firsts,
+            [10 * PRODUCER_ID_BLOCK + 7, 11 * PRODUCER_ID_BLOCK + 7]
         );
     }
 }

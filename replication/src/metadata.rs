@@ -277,7 +277,7 @@ impl MetadataImage {
                 first,
                 count,
             } => {
-                if *first != self.next_producer_id || *count <= 0 {
+                if *first < self.next_producer_id || *count <= 0 {
                     return Err(format!(
                         "producer ids from {first} (next is {})",
                         self.next_producer_id

@@ -24,9 +24,10 @@ use coremq_engine::{Handle, LogConfig, TopicPartition};
 
 use crate::Error;
 use crate::cluster::{LogConfigs, publish};
-use crate::controller::{Controller, ControllerSettings, Reply, Request};
+use crate::controller::{Controller, ControllerError, ControllerSettings, Reply, Request};
 use crate::leader::BrokerId;
 use crate::metadata::{Endpoint, MetadataImage};
+use crate::peers::{self, Frame, Refusal, Transport};
 use crate::quorum::{self, QuorumNode, QuorumSettings};
 use crate::quorum_store::QuorumStore;
 use crate::roles::{self, Change, PartitionName};
@@ -36,10 +37,11 @@ use crate::topics::TopicStore;
 pub const METADATA_TOPIC: &str = "__cluster_metadata";
 /// The clock the quorum ticks with.
 const TICK: Duration = Duration::from_millis(100);
-/// How often the broker heartbeats the controller (Kafka's `broker.heartbeat.interval.ms`).
-const HEARTBEAT_MS: u64 = 2_000;
-/// A broker not heard from for this long is fenced (Kafka's `broker.session.timeout.ms`).
-const SESSION_TIMEOUT_MS: u64 = 9_000;
+/// A request forwarded to the controller that has no answer by then fails as
+/// [`Error::NotController`] (the controller moved, or the frames were lost).
+const FORWARD_TIMEOUT_MS: u64 = 5_000;
+/// Frames other brokers sent, taken per turn at most (the rest wait for the next turn).
+const FRAMES_PER_TURN: usize = 256;
 
 /// The metadata log: its partition, and settings that keep every entry (there are no
 /// snapshots yet) and fsync each append (a vote or an entry must survive a crash).
@@ -59,18 +61,49 @@ pub fn metadata_log() -> (TopicPartition, LogConfig) {
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub broker_id: BrokerId,
+    /// The controller quorum's voters (this broker among them); this broker alone makes a
+    /// quorum of one.
+    pub voters: Vec<BrokerId>,
     /// The listeners clients are told of.
     pub endpoints: Vec<Endpoint>,
     pub rack: Option<String>,
     /// Where a data directory written before the metadata log keeps its topic table.
     pub meta_dir: PathBuf,
+    /// How often the broker heartbeats the controller (Kafka's
+    /// `broker.heartbeat.interval.ms`).
+    pub heartbeat_ms: u64,
+    /// A broker the controller has not heard from for this long is fenced (Kafka's
+    /// `broker.session.timeout.ms`).
+    pub session_timeout_ms: u64,
 }
 
 pub(crate) type Answer = flume::Sender<Result<Reply, Error>>;
 
+/// Who hears how a request to the controller went.
+enum Asker {
+    /// A front end or this node itself; `None` when nobody waits (periodic heartbeats).
+    Local(Option<Answer>),
+    /// Another broker, by the id it gave its request.
+    Remote { broker: BrokerId, id: u64 },
+}
+
+/// A request this broker forwarded to the controller.
+struct Forwarded {
+    answer: Option<Answer>,
+    deadline_ms: u64,
+    /// The answer came: given once this node has applied the metadata log up to the index.
+    outcome: Option<(Result<Reply, Error>, u64)>,
+}
+
 pub(crate) enum Event {
     Request(Request, Answer),
     Stop(flume::Sender<()>),
+}
+
+/// What woke the node.
+enum Woken {
+    Event(Event),
+    Frame(Vec<u8>),
 }
 
 /// A request whose records are proposed: answered once the entry at `index` is committed
@@ -79,7 +112,7 @@ struct Waiter {
     index: u64,
     term: u64,
     reply: Reply,
-    answer: Option<Answer>,
+    asker: Asker,
 }
 
 pub(crate) struct Node {
@@ -92,6 +125,10 @@ pub(crate) struct Node {
     /// The active controller, while this voter leads in the term it was made in.
     controller: Option<(u64, Controller)>,
     waiters: Vec<Waiter>,
+    transport: Option<Transport>,
+    /// Requests forwarded to the controller, by id.
+    forwarded: BTreeMap<u64, Forwarded>,
+    next_forward_id: u64,
     /// This run of the broker (a restart registers a new one).
     incarnation: u64,
     /// The logs match the image, and every change is carried out as it is applied.
@@ -110,6 +147,7 @@ impl Node {
         config: NodeConfig,
         handle: Handle,
         log_configs: LogConfigs,
+        transport: Option<Transport>,
     ) -> Result<Node, Error> {
         let (log, log_config) = metadata_log();
         let shard = coremq_engine::engine::Shard::current().expect("opened on a shard");
@@ -117,7 +155,7 @@ impl Node {
         let metadata_log = shard.log(&log)?;
         let path = metadata_log.dir().to_path_buf();
         let store = QuorumStore::new(metadata_log);
-        let voters = [config.broker_id];
+        let voters = &config.voters;
         let raft_voters = voters.iter().map(|&id| quorum::raft_id(id)).collect();
         let storage = store
             .load(raft_voters)
@@ -140,6 +178,9 @@ impl Node {
             image: MetadataImage::default(),
             controller: None,
             waiters: Vec::new(),
+            transport,
+            forwarded: BTreeMap::new(),
+            next_forward_id: 0,
             incarnation: rand::random(),
             serving: false,
             stopping: None,
@@ -178,28 +219,25 @@ impl Node {
 
     /// Everything before serving.
     async fn start(&mut self, events: &flume::Receiver<Event>) -> Result<(), Error> {
-        while !self.quorum.leads_caught_up() {
-            self.turn(events).await?;
-        }
         let register = Request::Register {
             id: self.config.broker_id,
             incarnation: self.incarnation,
             endpoints: self.config.endpoints.clone(),
             rack: self.config.rack.clone(),
         };
-        self.ask(register, events).await?;
+        self.ask_until_answered(register, events).await?;
         loop {
             let heartbeat = Request::Heartbeat {
                 id: self.config.broker_id,
                 shutting_down: false,
             };
-            if let Reply::Heartbeat(reply) = self.ask(heartbeat, events).await?
+            if let Reply::Heartbeat(reply) = self.ask_until_answered(heartbeat, events).await?
                 && !reply.fenced
             {
                 break;
             }
         }
-        self.next_heartbeat_ms = self.now_ms() + HEARTBEAT_MS;
+        self.next_heartbeat_ms = self.now_ms() + self.config.heartbeat_ms;
         self.migrate(events).await?;
         self.reconcile().await?;
         self.serving = true;
@@ -213,12 +251,32 @@ impl Node {
         events: &flume::Receiver<Event>,
     ) -> Result<Reply, Error> {
         let (answer, answered) = flume::bounded(1);
-        self.request(request, Some(answer));
+        self.request(request, Asker::Local(Some(answer)));
         loop {
             if let Ok(reply) = answered.try_recv() {
                 return reply;
             }
             self.turn(events).await?;
+        }
+    }
+
+    /// [`Node::ask`], again after a tick while no controller answers (none is elected yet,
+    /// or it moved): for requests that may be repeated.
+    async fn ask_until_answered(
+        &mut self,
+        request: Request,
+        events: &flume::Receiver<Event>,
+    ) -> Result<Reply, Error> {
+        loop {
+            match self.ask(request.clone(), events).await {
+                Err(Error::NotController) => {
+                    let started = self.now_ms();
+                    while self.now_ms() < started + TICK.as_millis() as u64 {
+                        self.turn(events).await?;
+                    }
+                }
+                answered => return answered,
+            }
         }
     }
 
@@ -232,16 +290,112 @@ impl Node {
             coremq_runtime::sleep(TICK).await;
             None
         };
-        let event = futures_lite::future::or(async { events.recv_async().await.ok() }, tick);
-        match event.await {
-            Some(Event::Request(request, answer)) => self.request(request, Some(answer)),
-            Some(Event::Stop(stopped)) => {
+        let frames = async {
+            match &self.transport {
+                Some(transport) => transport.incoming.recv_async().await.ok().map(Woken::Frame),
+                None => std::future::pending().await,
+            }
+        };
+        let event = async { events.recv_async().await.ok().map(Woken::Event) };
+        let woken = futures_lite::future::or(futures_lite::future::or(event, frames), tick);
+        match woken.await {
+            Some(Woken::Event(Event::Request(request, answer))) => {
+                self.request(request, Asker::Local(Some(answer)))
+            }
+            Some(Woken::Event(Event::Stop(stopped))) => {
                 self.stopping = Some(stopped);
                 return Ok(());
+            }
+            Some(Woken::Frame(frame)) => {
+                self.frame(&frame);
+                let more: Vec<Vec<u8>> = match &self.transport {
+                    Some(transport) => transport
+                        .incoming
+                        .try_iter()
+                        .take(FRAMES_PER_TURN)
+                        .collect(),
+                    None => Vec::new(),
+                };
+                for frame in more {
+                    self.frame(&frame);
+                }
             }
             None => self.tick(),
         }
         self.drain().await
+    }
+
+    /// Takes one frame another broker sent.
+    fn frame(&mut self, bytes: &[u8]) {
+        let (from, frame) = match peers::decode(bytes) {
+            Ok(decoded) => decoded,
+            Err(reason) => {
+                log::warn!("cluster metadata: a frame dropped: {reason}");
+                return;
+            }
+        };
+        match frame {
+            Frame::Quorum(message) => self.quorum.step(message),
+            Frame::Ask { id, request } => self.request(request, Asker::Remote { broker: from, id }),
+            Frame::Answer { id, outcome } => {
+                let Some(forwarded) = self.forwarded.get_mut(&id) else {
+                    return;
+                };
+                forwarded.outcome = Some(match outcome {
+                    Ok((reply, index)) => (Ok(reply), index),
+                    Err(Refusal::NotController) => (Err(Error::NotController), 0),
+                    Err(Refusal::Controller(error)) => (Err(Error::Controller(error)), 0),
+                });
+            }
+        }
+    }
+
+    fn send(&self, to: BrokerId, frame: &Frame) {
+        if let Some(transport) = &self.transport {
+            let _ = transport
+                .outgoing
+                .send((to, peers::encode(self.config.broker_id, frame)));
+        }
+    }
+
+    /// Tells `asker` how its request went; `index` is the log index it must have applied
+    /// first (a remote asker waits for it).
+    fn answer(&self, asker: Asker, outcome: Result<Reply, Error>, index: u64) {
+        match asker {
+            Asker::Local(answer) => {
+                if let Some(answer) = answer {
+                    let _ = answer.send(outcome);
+                }
+            }
+            Asker::Remote { broker, id } => {
+                let outcome = match outcome {
+                    Ok(reply) => Ok((reply, index)),
+                    Err(Error::Controller(error)) => Err(Refusal::Controller(error)),
+                    Err(_) => Err(Refusal::NotController),
+                };
+                self.send(broker, &Frame::Answer { id, outcome });
+            }
+        }
+    }
+
+    /// Gives the answers that came for forwarded requests once their index is applied, and
+    /// fails those that had none in time.
+    fn answer_forwarded(&mut self) {
+        let (now, applied) = (self.now_ms(), self.quorum.applied());
+        self.forwarded.retain(|_, forwarded| {
+            let outcome = match forwarded.outcome.take() {
+                Some((outcome, index)) if index <= applied => outcome,
+                held if now < forwarded.deadline_ms => {
+                    forwarded.outcome = held;
+                    return true;
+                }
+                _ => Err(Error::NotController),
+            };
+            if let Some(answer) = forwarded.answer.take() {
+                let _ = answer.send(outcome);
+            }
+            false
+        });
     }
 
     fn tick(&mut self) {
@@ -249,49 +403,55 @@ impl Node {
         let now = self.now_ms();
         if let Some((_, controller)) = self.controller.as_mut() {
             let records = controller.tick(now);
-            self.propose(records, Reply::Done, None);
+            self.propose(records, Reply::Done, Asker::Local(None));
         }
         if self.serving && now >= self.next_heartbeat_ms {
-            self.next_heartbeat_ms = now + HEARTBEAT_MS;
+            self.next_heartbeat_ms = now + self.config.heartbeat_ms;
             let heartbeat = Request::Heartbeat {
                 id: self.config.broker_id,
                 shutting_down: false,
             };
-            self.request(heartbeat, None);
+            self.request(heartbeat, Asker::Local(None));
         }
     }
 
-    /// Hands `request` to the active controller and proposes its records; `answer` hears
-    /// the outcome.
-    fn request(&mut self, request: Request, answer: Option<Answer>) {
+    /// Hands `request` to the active controller (here, or forwarded to the voter that
+    /// leads) and proposes its records; `asker` hears the outcome.
+    fn request(&mut self, request: Request, asker: Asker) {
         let now = self.now_ms();
         let Some((_, controller)) = self.controller.as_mut() else {
-            if let Some(answer) = answer {
-                let _ = answer.send(Err(Error::NotController));
+            let leader = self
+                .quorum
+                .leader()
+                .filter(|&leader| leader != self.config.broker_id);
+            match (leader, asker) {
+                (Some(leader), Asker::Local(answer)) if self.transport.is_some() => {
+                    let id = self.next_forward_id;
+                    self.next_forward_id += 1;
+                    self.forwarded.insert(
+                        id,
+                        Forwarded {
+                            answer,
+                            deadline_ms: now + FORWARD_TIMEOUT_MS,
+                            outcome: None,
+                        },
+                    );
+                    self.send(leader, &Frame::Ask { id, request });
+                }
+                (_, asker) => self.answer(asker, Err(Error::NotController), 0),
             }
             return;
         };
         match controller.handle(request, now) {
-            Ok((records, reply)) => self.propose(records, reply, answer),
-            Err(error) => {
-                if let Some(answer) = answer {
-                    let _ = answer.send(Err(Error::Controller(error)));
-                }
-            }
+            Ok((records, reply)) => self.propose(records, reply, asker),
+            Err(error) => self.answer(asker, Err(Error::Controller(error)), 0),
         }
     }
 
-    /// Proposes `records`; `answer` hears `reply` once the last is committed and applied.
-    fn propose(
-        &mut self,
-        records: Vec<crate::metadata::Record>,
-        reply: Reply,
-        answer: Option<Answer>,
-    ) {
+    /// Proposes `records`; `asker` hears `reply` once the last is committed and applied.
+    fn propose(&mut self, records: Vec<crate::metadata::Record>, reply: Reply, asker: Asker) {
         if records.is_empty() {
-            if let Some(answer) = answer {
-                let _ = answer.send(Ok(reply));
-            }
+            self.answer(asker, Ok(reply), self.quorum.applied());
             return;
         }
         let mut last = self.quorum.applied();
@@ -301,9 +461,7 @@ impl Node {
                 Err(error) => {
                     // The controller decided on an image this voter no longer leads for.
                     self.controller = None;
-                    if let Some(answer) = answer {
-                        let _ = answer.send(Err(Error::NotController));
-                    }
+                    self.answer(asker, Err(Error::NotController), 0);
                     log::warn!("cluster metadata: a proposal failed: {error:?}");
                     return;
                 }
@@ -313,7 +471,7 @@ impl Node {
             index: last,
             term: self.quorum.term(),
             reply,
-            answer,
+            asker,
         });
     }
 
@@ -326,6 +484,7 @@ impl Node {
             if output.entries.is_empty()
                 && output.hard_state.is_none()
                 && output.committed.is_empty()
+                && output.messages.is_empty()
             {
                 break;
             }
@@ -333,7 +492,9 @@ impl Node {
             if let Some(hard_state) = &output.hard_state {
                 self.store.set_hard_state(hard_state).await?;
             }
-            // One voter has nobody to send to; the voters' transport comes with more.
+            for (to, message) in output.messages {
+                self.send(to, &Frame::Quorum(message));
+            }
             if !output.committed.is_empty() {
                 let before = self.image.clone();
                 for (index, record) in &output.committed {
@@ -355,11 +516,12 @@ impl Node {
             }
         }
         self.answer_waiters();
+        self.answer_forwarded();
         let term = self.quorum.term();
         if self.quorum.leads_caught_up() {
             if self.controller.as_ref().is_none_or(|(at, _)| *at != term) {
                 let settings = ControllerSettings {
-                    session_timeout_ms: SESSION_TIMEOUT_MS,
+                    session_timeout_ms: self.config.session_timeout_ms,
                 };
                 let controller = Controller::new(self.image.clone(), self.now_ms(), settings);
                 self.controller = Some((term, controller));
@@ -376,6 +538,7 @@ impl Node {
             self.quorum.is_leader(),
             self.quorum.applied(),
         );
+        let mut done = Vec::new();
         self.waiters.retain_mut(|waiter| {
             let outcome = if waiter.term != term || !leads {
                 // Leadership moved on: the entry may or may not be committed.
@@ -385,11 +548,13 @@ impl Node {
             } else {
                 return true;
             };
-            if let Some(answer) = waiter.answer.take() {
-                let _ = answer.send(outcome);
-            }
+            let asker = std::mem::replace(&mut waiter.asker, Asker::Local(None));
+            done.push((asker, outcome, waiter.index));
             false
         });
+        for (asker, outcome, index) in done {
+            self.answer(asker, outcome, index);
+        }
     }
 
     /// Creates, as records with their ids, the topics a data directory written before the
@@ -416,7 +581,11 @@ impl Node {
                 configs: topic.configs.clone().into_iter().collect(),
                 start: 0,
             };
-            self.ask(create, events).await?;
+            match self.ask_until_answered(create, events).await {
+                // Created by an earlier try whose answer was lost.
+                Ok(_) | Err(Error::Controller(ControllerError::TopicExists(_))) => {}
+                Err(error) => return Err(error),
+            }
         }
         store.remove().await
     }

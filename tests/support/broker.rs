@@ -15,6 +15,8 @@ pub struct Broker {
     pub admin_port: u16,
     pub data_dir: PathBuf,
     log: PathBuf,
+    /// The log's length before this start: what it wrote comes after.
+    logged_before: usize,
     extra: Vec<String>,
 }
 
@@ -53,15 +55,22 @@ impl Broker {
             .unwrap_or_else(|failure| panic!("{failure}"))
     }
 
-    /// Starts the broker and waits until it is ready: its admin listener says so, and its
-    /// own log has its startup line (a ready answer could come from another process that
-    /// took the admin port, while this one exits).
+    /// Starts the broker and waits until it is ready.
     fn try_start(
         data_dir: &Path,
         listener: &str,
         admin_port: u16,
         extra: &[&str],
     ) -> Result<Broker, String> {
+        let mut broker = Broker::spawn(data_dir, listener, admin_port, extra);
+        broker.wait_ready(Duration::from_secs(20))?;
+        Ok(broker)
+    }
+
+    /// Starts the broker without waiting for it: a broker of a cluster is ready only once
+    /// a majority of the controller's voters runs. `--shards 2 --no-pin` unless `extra`
+    /// names its own `--shards`.
+    pub fn spawn(data_dir: &Path, listener: &str, admin_port: u16, extra: &[&str]) -> Broker {
         let port = listener
             .rsplit_once(':')
             .and_then(|(_, port)| port.parse().ok())
@@ -74,6 +83,11 @@ impl Broker {
             .append(true)
             .open(&log)
             .unwrap();
+        let shards: &[&str] = if extra.contains(&"--shards") {
+            &["--no-pin"]
+        } else {
+            &["--shards", "2", "--no-pin"]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_coremq"))
             .arg("--data-dir")
             .arg(data_dir)
@@ -81,41 +95,47 @@ impl Broker {
             .arg(listener)
             .arg("--admin-listener")
             .arg(format!("127.0.0.1:{admin_port}"))
-            .args(["--shards", "2", "--no-pin"])
+            .args(shards)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(output)
             .spawn()
             .expect("the coremq binary starts");
-        let broker = Broker {
+        Broker {
             child: Some(child),
             port,
             admin_port,
             data_dir: data_dir.to_path_buf(),
             log,
+            logged_before,
             extra: extra.iter().map(|arg| arg.to_string()).collect(),
-        };
-        let mut broker = broker;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        }
+    }
+
+    /// Waits until the broker is ready: its admin listener says so, and its own log has its
+    /// startup line (a ready answer could come from another process that took the admin
+    /// port, while this one exits).
+    pub fn wait_ready(&mut self, patience: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + patience;
         loop {
-            let ready = broker.try_http_get("/ready").map(|(status, _)| status) == Some(200)
-                && broker
+            let ready = self.try_http_get("/ready").map(|(status, _)| status) == Some(200)
+                && self
                     .log()
-                    .get(logged_before..)
+                    .get(self.logged_before..)
                     .is_some_and(|new| new.contains("serving Kafka clients"));
-            let exited = broker
+            let exited = self
                 .child
                 .as_mut()
                 .and_then(|child| child.try_wait().ok().flatten());
             if let Some(status) = exited {
-                broker.child = None;
-                return Err(format!("the broker exited ({status}): {}", broker.log()));
+                self.child = None;
+                return Err(format!("the broker exited ({status}): {}", self.log()));
             }
             if ready {
-                return Ok(broker);
+                return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(format!("broker did not become ready: {}", broker.log()));
+                return Err(format!("broker did not become ready: {}", self.log()));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -187,6 +207,20 @@ impl Broker {
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         let again = Broker::start_on(&self.data_dir, self.port, &extra);
         *self = again;
+    }
+
+    /// Starts the stopped broker again on the same ports, directory and flags, without
+    /// waiting for it.
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none(), "the broker is stopped");
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let listener = self.bootstrap();
+        *self = Broker::spawn(&self.data_dir, &listener, self.admin_port, &extra);
+    }
+
+    /// Whether the process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 }
 

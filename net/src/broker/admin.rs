@@ -89,12 +89,24 @@ pub fn check_capacity(context: &Context, adding: u32) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Replica assignments may only name this broker, one replica per partition.
+/// Replica assignments may only name this broker, one replica per partition, and only while
+/// it is the cluster's one broker: in a larger cluster the controller places replicas itself
+/// (explicit placement comes with reassignment).
 fn check_assignment<'a>(
     context: &Context,
     mut replicas: impl Iterator<Item = &'a Vec<i32>>,
 ) -> Result<(), Failure> {
     let node = context.config.node_id;
+    let brokers = context.cluster.image().brokers.len();
+    if brokers > 1 {
+        return fail(
+            error_code::INVALID_REPLICA_ASSIGNMENT,
+            format!(
+                "explicit replica assignments are not supported in a cluster of {brokers} \
+                 brokers yet; leave them out and the controller places the replicas"
+            ),
+        );
+    }
     if replicas.all(|brokers| brokers.as_slice() == [node]) {
         Ok(())
     } else {
@@ -183,7 +195,8 @@ async fn create_topic(
         return fail(
             error_code::INVALID_REPLICATION_FACTOR,
             format!(
-                "replication factor {} is larger than the 1 available broker",
+                "replication factor {}: replication between brokers is not built yet, \
+                 every partition has one replica",
                 topic.replication_factor
             ),
         );
@@ -439,6 +452,16 @@ fn broker_settings(config: &BrokerConfig) -> Vec<(&'static str, String, i8)> {
         (
             "group.initial.rebalance.delay.ms",
             config.group_initial_rebalance_delay_ms.to_string(),
+            configs::TYPE_INT,
+        ),
+        (
+            "broker.heartbeat.interval.ms",
+            config.broker_heartbeat_interval_ms.to_string(),
+            configs::TYPE_INT,
+        ),
+        (
+            "broker.session.timeout.ms",
+            config.broker_session_timeout_ms.to_string(),
             configs::TYPE_INT,
         ),
         (
@@ -758,10 +781,11 @@ pub async fn delete_records(
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for partition in topic.partitions {
             let internal = known.as_deref().filter(|known| known.name != OFFSETS_TOPIC);
-            let outcome = match errors::partition_log(internal, partition.partition_index) {
-                Err(code) => Err(code),
-                Ok(log) => delete_below(context, &log, partition.offset).await,
-            };
+            let outcome =
+                match errors::led_partition_log(context, internal, partition.partition_index) {
+                    Err(code) => Err(code),
+                    Ok(log) => delete_below(context, &log, partition.offset).await,
+                };
             partitions.push(DeleteRecordsPartitionResult {
                 partition_index: partition.partition_index,
                 low_watermark: *outcome.as_ref().unwrap_or(&-1),
@@ -856,14 +880,15 @@ pub async fn offset_for_leader_epoch(
                 end_offset: -1,
                 ..EpochEndOffset::default()
             };
-            let log = match errors::partition_log(known.as_deref(), partition.partition) {
-                Ok(log) => log,
-                Err(code) => {
-                    answer.error_code = code;
-                    partitions.push(answer);
-                    continue;
-                }
-            };
+            let log =
+                match errors::led_partition_log(context, known.as_deref(), partition.partition) {
+                    Ok(log) => log,
+                    Err(code) => {
+                        answer.error_code = code;
+                        partitions.push(answer);
+                        continue;
+                    }
+                };
             let requested = partition.leader_epoch;
             let found = context
                 .cluster

@@ -23,6 +23,12 @@ pub struct BrokerConfig {
     pub advertised_port: Option<u16>,
     /// This broker's node id.
     pub node_id: i32,
+    /// The controller quorum's voters, this broker among them (KRaft's
+    /// `controller.quorum.voters`); empty, this broker is a quorum of one.
+    pub controller_voters: Vec<Voter>,
+    /// Where this broker listens for the other voters; its own voter entry's address when
+    /// unset.
+    pub controller_listener: Option<SocketAddr>,
     pub cluster_id: String,
     /// Shards (one executor per core); 0 means one per available core.
     pub shards: usize,
@@ -62,6 +68,11 @@ pub struct BrokerConfig {
     /// answered; Kafka's (Long.MAX for both) leaves writes to the page cache.
     pub log_flush_interval_messages: u64,
     pub log_flush_interval_ms: u64,
+    /// How often this broker heartbeats the controller, and how long the controller waits
+    /// for a heartbeat before it fences the broker and moves its partitions' leadership
+    /// (Kafka's `broker.heartbeat.interval.ms` and `broker.session.timeout.ms`).
+    pub broker_heartbeat_interval_ms: u64,
+    pub broker_session_timeout_ms: u64,
     /// Session timeouts a group member may ask for (Kafka's `group.min.session.timeout.ms`
     /// and `group.max.session.timeout.ms`); others get INVALID_SESSION_TIMEOUT.
     pub group_min_session_timeout_ms: u64,
@@ -89,6 +100,8 @@ impl Default for BrokerConfig {
             advertised_host: None,
             advertised_port: None,
             node_id: 0,
+            controller_voters: Vec::new(),
+            controller_listener: None,
             cluster_id: "coremq-cluster".into(),
             shards: 0,
             pin_shards: true,
@@ -108,6 +121,8 @@ impl Default for BrokerConfig {
             log_cleanup_policy: CleanupPolicy::Delete,
             log_flush_interval_messages: 1,
             log_flush_interval_ms: i64::MAX as u64,
+            broker_heartbeat_interval_ms: 250,
+            broker_session_timeout_ms: 1500,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
             connections_max_idle_ms: 600_000,
@@ -134,5 +149,94 @@ impl BrokerConfig {
 
     pub fn meta_dir(&self) -> PathBuf {
         self.data_dir.join("meta")
+    }
+}
+
+/// A controller quorum voter: `id@host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Voter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}:{}", self.id, self.host, self.port)
+    }
+}
+
+impl std::str::FromStr for Voter {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Voter, String> {
+        let malformed = || format!("{text:?} is not a voter, ID@HOST:PORT");
+        let (id, address) = text.split_once('@').ok_or_else(malformed)?;
+        let (host, port) = address.rsplit_once(':').ok_or_else(malformed)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match (id.parse::<i32>(), port.parse::<u16>()) {
+            (Ok(id), Ok(port)) if id >= 0 && !host.is_empty() => Ok(Voter {
+                id,
+                host: host.to_string(),
+                port,
+            }),
+            _ => Err(malformed()),
+        }
+    }
+}
+
+/// Voters separated by commas, each id once.
+pub fn parse_voters(text: &str) -> Result<Vec<Voter>, String> {
+    let voters = text
+        .split(',')
+        .map(|voter| voter.trim().parse())
+        .collect::<Result<Vec<Voter>, String>>()?;
+    let mut ids: Vec<i32> = voters.iter().map(|voter| voter.id).collect();
+    ids.sort_unstable();
+    if let Some(twice) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(format!("voter {} is named twice", twice[0]));
+    }
+    Ok(voters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voters_parse_as_kraft_writes_them() {
+        let voters = parse_voters("0@broker-0.coremq:9093, 1@127.0.0.1:9094,2@[::1]:9095").unwrap();
+        assert_eq!(
+            voters,
+            [
+                Voter {
+                    id: 0,
+                    host: "broker-0.coremq".into(),
+                    port: 9093
+                },
+                Voter {
+                    id: 1,
+                    host: "127.0.0.1".into(),
+                    port: 9094
+                },
+                Voter {
+                    id: 2,
+                    host: "::1".into(),
+                    port: 9095
+                },
+            ]
+        );
+        for bad in [
+            "",
+            "0@host",
+            "host:1",
+            "-1@h:1",
+            "x@h:1",
+            "0@:1",
+            "0@h:70000",
+        ] {
+            assert!(parse_voters(bad).is_err(), "{bad:?} parsed");
+        }
+        assert!(parse_voters("0@a:1,0@b:2").unwrap_err().contains("twice"));
     }
 }

@@ -16,6 +16,31 @@ pub fn partition_log(
         .ok_or(error_code::UNKNOWN_TOPIC_OR_PARTITION)
 }
 
+/// [`partition_log`], led by this broker: NOT_LEADER_OR_FOLLOWER when another broker (or
+/// none) leads it.
+pub fn led_partition_log(
+    context: &super::Context,
+    topic: Option<&Topic>,
+    index: i32,
+) -> Result<coremq_engine::TopicPartition, i16> {
+    let log = partition_log(topic, index)?;
+    check_leader(context, &log)?;
+    Ok(log)
+}
+
+/// NOT_LEADER_OR_FOLLOWER unless this broker leads `log` (clients then refresh their
+/// metadata and go to the leader).
+pub fn check_leader(
+    context: &super::Context,
+    log: &coremq_engine::TopicPartition,
+) -> Result<(), i16> {
+    if context.cluster.leader_of(log) == Some(context.config.node_id) {
+        Ok(())
+    } else {
+        Err(error_code::NOT_LEADER_OR_FOLLOWER)
+    }
+}
+
 pub fn code(error: &Error) -> i16 {
     match error {
         Error::InvalidBatch { .. } | Error::DecompressedTooLarge { .. } => {

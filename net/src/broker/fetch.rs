@@ -62,9 +62,13 @@ pub async fn handle(context: &Rc<Context>, request: FetchRequest, version: i16) 
             .iter()
             .map(|partition| {
                 let index = partition.partition;
-                let log = found.as_ref().and_then(|topic| topic.log(index));
+                let known = found.as_ref().and_then(|topic| topic.log(index));
+                let led = known.as_ref().map(|log| errors::check_leader(context, log));
+                let log = known.filter(|_| led == Some(Ok(())));
                 Wanted {
-                    error: if log.is_some() {
+                    error: if let Some(Err(code)) = led {
+                        code
+                    } else if log.is_some() {
                         error_code::NONE
                     } else if found.is_some() {
                         error_code::UNKNOWN_TOPIC_OR_PARTITION
@@ -298,7 +302,7 @@ pub async fn list_offsets(
                 leader_epoch: -1,
                 ..ListOffsetsPartitionResponse::default()
             };
-            let log = match errors::partition_log(found.as_deref(), index) {
+            let log = match errors::led_partition_log(context, found.as_deref(), index) {
                 Ok(log) => log,
                 Err(code) => {
                     answer.error_code = code;

@@ -140,20 +140,11 @@ pub struct Broker {
 /// The brokers that are registered and not fenced, at their Kafka listener; this broker
 /// alone (as configured) before its registration is in.
 pub fn brokers(context: &Context, image: &MetadataImage) -> Vec<Broker> {
-    let listener = super::LISTENER_NAME;
     let live: Vec<Broker> = image
         .brokers
         .iter()
         .filter(|(_, info)| !info.fenced)
-        .filter_map(|(&id, info)| {
-            let endpoint = info.endpoints.iter().find(|e| e.listener == listener)?;
-            Some(Broker {
-                id,
-                host: endpoint.host.clone(),
-                port: endpoint.port,
-                rack: info.rack.clone(),
-            })
-        })
+        .filter_map(|(&id, _)| broker(image, id))
         .collect();
     if !live.is_empty() {
         return live;
@@ -165,6 +156,21 @@ pub fn brokers(context: &Context, image: &MetadataImage) -> Vec<Broker> {
         port,
         rack: None,
     }]
+}
+
+/// Broker `id` at its Kafka listener, if registered.
+pub fn broker(image: &MetadataImage, id: i32) -> Option<Broker> {
+    let info = image.brokers.get(&id)?;
+    let endpoint = info
+        .endpoints
+        .iter()
+        .find(|endpoint| endpoint.listener == super::LISTENER_NAME)?;
+    Some(Broker {
+        id,
+        host: endpoint.host.clone(),
+        port: endpoint.port,
+        rack: info.rack.clone(),
+    })
 }
 
 /// `topic` with each partition's leader, epoch and replicas from `image`; a partition with

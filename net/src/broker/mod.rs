@@ -17,6 +17,7 @@ mod produce;
 mod producer_ids;
 mod replicas;
 pub mod topics;
+mod voters;
 
 pub use error::Error;
 
@@ -113,6 +114,35 @@ impl Protocol for Context {
     }
 }
 
+/// Starts the controller listener and the links to the other voters when the broker has
+/// voters to talk to; the transport its metadata node uses.
+fn start_controller_listener(
+    config: &BrokerConfig,
+    handle: &Handle,
+) -> Result<Option<coremq_replication::Transport>, Error> {
+    if config.controller_voters.is_empty() {
+        return Ok(None);
+    }
+    let address = voters::listener(config).map_err(|reason| Error::Config { reason })?;
+    let shared = Shared::new(voters::limits(config), handle.clone());
+    let bound = server::bind::<voters::Inbound>(&shared, address)?;
+    let (inbound, transport, to_send) = voters::transport();
+    for shard in 0..handle.shard_count() {
+        let (inbound, shared) = (inbound.clone(), shared.clone());
+        futures_lite::future::block_on(handle.on_shard(shard, move |_| async move {
+            Server::start(Rc::new(inbound), shared, shard);
+            Ok(())
+        }))?;
+    }
+    let (me, voters) = (config.node_id, config.controller_voters.clone());
+    futures_lite::future::block_on(handle.on_shard(0, move |_| async move {
+        voters::start_links(me, &voters, to_send);
+        Ok(())
+    }))?;
+    server::check_listeners::<voters::Inbound>(&shared, bound)?;
+    Ok(Some(transport))
+}
+
 /// The Kafka server's bounds, from the broker's settings.
 fn limits(config: &BrokerConfig) -> Limits {
     Limits {
@@ -148,6 +178,17 @@ impl Broker {
                 reason: format!(
                     "shard_request_bytes_max ({}) must be at least socket_request_max_bytes ({})",
                     config.shard_request_bytes_max, config.socket_request_max_bytes
+                ),
+            });
+        }
+        if config.broker_heartbeat_interval_ms == 0
+            || config.broker_heartbeat_interval_ms >= config.broker_session_timeout_ms
+        {
+            return Err(Error::Config {
+                reason: format!(
+                    "broker_heartbeat_interval_ms ({}) must be above 0 and below \
+                     broker_session_timeout_ms ({}), or every broker is fenced",
+                    config.broker_heartbeat_interval_ms, config.broker_session_timeout_ms
                 ),
             });
         }
@@ -204,8 +245,19 @@ impl Broker {
             })
         };
         let (host, port) = config.advertised();
+        let transport = start_controller_listener(&config, &handle)?;
+        let voters = if config.controller_voters.is_empty() {
+            vec![config.node_id]
+        } else {
+            config
+                .controller_voters
+                .iter()
+                .map(|voter| voter.id)
+                .collect()
+        };
         let node = NodeConfig {
             broker_id: config.node_id,
+            voters,
             endpoints: vec![Endpoint {
                 listener: LISTENER_NAME.into(),
                 host,
@@ -213,17 +265,34 @@ impl Broker {
             }],
             rack: None,
             meta_dir: config.meta_dir(),
+            heartbeat_ms: config.broker_heartbeat_interval_ms,
+            session_timeout_ms: config.broker_session_timeout_ms,
         };
-        let cluster = Cluster::start(handle.clone(), node, log_configs)
+        let cluster = Cluster::start(handle.clone(), node, log_configs, transport)
             .map_err(|error| Error::step("recovering the cluster metadata", error))?;
         let partitions = config.offsets_topic_partitions.max(1);
-        let compacted = [("cleanup.policy".to_string(), "compact".to_string())].into();
-        futures_lite::future::block_on(cluster.create_topic(
-            groups::OFFSETS_TOPIC.into(),
-            partitions,
-            compacted,
-        ))
-        .map_err(|error| Error::step(format!("creating {}", groups::OFFSETS_TOPIC), error))?;
+        let compacted: std::collections::BTreeMap<String, String> =
+            [("cleanup.policy".to_string(), "compact".to_string())].into();
+        // Every broker asks; the first creates it. Asked again while no controller answers.
+        loop {
+            let created = futures_lite::future::block_on(cluster.create_topic(
+                groups::OFFSETS_TOPIC.into(),
+                partitions,
+                compacted.clone(),
+            ));
+            match created {
+                Ok(_) => break,
+                Err(coremq_replication::Error::NotController) => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(error) => {
+                    return Err(Error::step(
+                        format!("creating {}", groups::OFFSETS_TOPIC),
+                        error,
+                    ));
+                }
+            }
+        }
         let phase = PhaseCell::default();
         let metrics: http::Metrics = {
             let handle = handle.clone();
@@ -238,8 +307,7 @@ impl Broker {
             let (config, cluster, shared) = (config.clone(), cluster.clone(), shared.clone());
             let shard_handle = handle.clone();
             let producer_ids = if shard == 0 {
-                let reserved_end = producer_ids::ProducerIds::stored_end(&config.meta_dir())?;
-                Some((config.meta_dir(), reserved_end))
+                Some(producer_ids::ProducerIds::stored_end(&config.meta_dir())?)
             } else {
                 None
             };
@@ -252,9 +320,7 @@ impl Broker {
                     stop: RefCell::new(Some(stop)),
                     stopped,
                     groups: RefCell::new(groups::Coordinator::default()),
-                    producer_ids: producer_ids.map(|(dir, reserved_end)| {
-                        producer_ids::ProducerIds::new(dir, reserved_end)
-                    }),
+                    producer_ids: producer_ids.map(producer_ids::ProducerIds::new),
                     requests: RefCell::default(),
                 });
                 coremq_runtime::install(context.clone());
@@ -355,6 +421,15 @@ impl Broker {
         }
         drop(self.admin);
         self.cluster.stop();
+        for shard in 0..self.handle.shard_count() {
+            let _ =
+                futures_lite::future::block_on(self.handle.on_shard(shard, move |_| async move {
+                    if let Some(server) = Server::<voters::Inbound>::current() {
+                        server.drain(deadline).await;
+                    }
+                    Ok(())
+                }));
+        }
         self.engine
             .shutdown()
             .map_err(|error| Error::step("flushing logs", error))

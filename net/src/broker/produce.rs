@@ -74,6 +74,16 @@ pub async fn handle(
                     error_code::UNKNOWN_TOPIC_OR_PARTITION,
                     format!("{}-{index} does not exist", topic_data.name),
                 ))
+            } else if let Some(Err(code)) =
+                log.as_ref().map(|log| errors::check_leader(context, log))
+            {
+                Some((
+                    code,
+                    format!(
+                        "broker {} does not lead {}-{index}",
+                        context.config.node_id, topic_data.name
+                    ),
+                ))
             } else if partition_data.records.is_none() {
                 Some((error_code::INVALID_RECORD, "no records".into()))
             } else {

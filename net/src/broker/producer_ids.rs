@@ -1,9 +1,11 @@
-//! Producer ids for idempotent producers (InitProducerId). Ids are never reused: shard 0
-//! hands them out from a block whose end is written to `meta/producer_ids` before the first
-//! id of the block is given, so a restart continues after the block.
+//! Producer ids for idempotent producers (InitProducerId). Shard 0 hands them out from a
+//! block the controller allocated to this broker (a `ProducerIds` record in the metadata
+//! log), so no two brokers, and no two runs of one, give the same id. A data directory
+//! written before the metadata log has `meta/producer_ids`, the end of the last block it
+//! reserved: it is read, never written, and every block starts after it.
 
 use std::cell::Cell;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use coremq_runtime::sync::Semaphore;
 
@@ -11,21 +13,21 @@ use super::{Context, Error};
 use crate::protocol::error_code;
 use crate::protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 
-/// Ids reserved per write of the file.
-const BLOCK: i64 = 1000;
 const FILE: &str = "producer_ids";
 
 /// Shard 0's allocator.
 #[derive(Debug)]
 pub struct ProducerIds {
-    dir: PathBuf,
+    /// Ids below this were handed out before the metadata log.
+    legacy_end: i64,
     next: Cell<i64>,
-    reserved_end: Cell<i64>,
+    block_end: Cell<i64>,
     allocating: Semaphore,
 }
 
 impl ProducerIds {
-    /// The end of the last reserved block as stored in `meta_dir` (0 with none).
+    /// The end of the last block a data directory written before the metadata log
+    /// reserved, as stored in `meta_dir` (0 with none).
     pub fn stored_end(meta_dir: &Path) -> Result<i64, Error> {
         let path = meta_dir.join(FILE);
         let unusable = |reason: String| Error::Metadata {
@@ -44,32 +46,33 @@ impl ProducerIds {
         }
     }
 
-    /// An allocator whose ids start at `reserved_end` (read by [`ProducerIds::stored_end`]).
-    pub fn new(meta_dir: PathBuf, reserved_end: i64) -> ProducerIds {
+    /// An allocator whose ids are at least `legacy_end` (read by
+    /// [`ProducerIds::stored_end`]).
+    pub fn new(legacy_end: i64) -> ProducerIds {
         ProducerIds {
-            dir: meta_dir,
-            next: Cell::new(reserved_end),
-            reserved_end: Cell::new(reserved_end),
+            legacy_end,
+            next: Cell::new(0),
+            block_end: Cell::new(0),
             allocating: Semaphore::new(1),
         }
     }
 
-    pub async fn allocate(&self) -> Result<i64, coremq_engine::Error> {
-        // One allocation at a time: the next block's end is stored before its first id goes.
+    /// The next id, asking the controller for a block when this one is used up.
+    pub async fn allocate(&self, context: &Context) -> Result<i64, coremq_replication::Error> {
         let _allocating = self
             .allocating
             .acquire_permit(1)
             .await
-            .map_err(|_| coremq_engine::Error::ShuttingDown)?;
-        let id = self.next.get();
-        if id >= self.reserved_end.get() {
-            let end = id + BLOCK;
-            let contents = format!("{end}\n").into_bytes();
-            coremq_engine::storage::Storage::default()
-                .write_atomically(&self.dir, FILE, contents)
+            .map_err(|_| coremq_replication::Error::Stopped)?;
+        if self.next.get() >= self.block_end.get() {
+            let (first, count) = context
+                .cluster
+                .allocate_producer_ids(context.config.node_id, self.legacy_end)
                 .await?;
-            self.reserved_end.set(end);
+            self.next.set(first);
+            self.block_end.set(first + count);
         }
+        let id = self.next.get();
         self.next.set(id + 1);
         Ok(id)
     }
@@ -99,9 +102,10 @@ pub async fn init_producer_id(
                 .producer_ids
                 .as_ref()
                 .expect("shard 0 allocates producer ids");
-            ids.allocate().await
+            Ok(ids.allocate(&context).await)
         })
-        .await;
+        .await
+        .unwrap_or(Err(coremq_replication::Error::Stopped));
     match allocated {
         Ok(producer_id) => InitProducerIdResponse {
             error_code: error_code::NONE,
@@ -111,32 +115,8 @@ pub async fn init_producer_id(
         },
         Err(error) => {
             log::warn!("allocating a producer id: {error}");
+            // Retriable: the client asks again once a controller answers.
             refuse(error_code::COORDINATOR_NOT_AVAILABLE)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_not_reused_after_a_restart() {
-        coremq_runtime::run_alone(async || {
-            let dir = tempfile::tempdir().unwrap();
-            let open = |dir: &Path| {
-                ProducerIds::stored_end(dir).map(|end| ProducerIds::new(dir.to_path_buf(), end))
-            };
-            let ids = open(dir.path()).unwrap();
-            let mut first = Vec::new();
-            for _ in 0..3 {
-                first.push(ids.allocate().await.unwrap());
-            }
-            assert_eq!(first, vec![0, 1, 2]);
-            let reopened = open(dir.path()).unwrap();
-            assert_eq!(reopened.allocate().await.unwrap(), BLOCK);
-            std::fs::write(dir.path().join(FILE), "garbage").unwrap();
-            assert!(open(dir.path()).is_err());
-        });
     }
 }

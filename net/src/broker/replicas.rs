@@ -1,10 +1,12 @@
-//! The replica-management APIs answered as a one-broker Kafka cluster answers them: every
-//! partition has one replica, on this broker, which leads it. ElectLeaders finds nothing to
-//! elect, a reassignment can only name this broker (and completes at once), none is ever in
-//! progress, and DescribeLogDirs reports the one log directory. The replication issue gives
-//! them their full meaning.
+//! The replica-management APIs while every partition has one replica (data replication is
+//! not built yet): ElectLeaders finds nothing to elect where the replica leads, and nothing
+//! eligible where its broker is fenced; a reassignment to the broker that holds the partition
+//! is done at once and a move to another is refused; none is ever in progress; DescribeLogDirs
+//! reports the one log directory and the partitions this broker holds.
 
 use std::rc::Rc;
+
+use coremq_replication::metadata::PartitionState;
 
 use super::{Context, errors};
 use crate::protocol::error_code;
@@ -24,12 +26,12 @@ use crate::protocol::messages::{
 /// Kafka's `ElectionType`: preferred (0) and unclean (1).
 const ELECTION_TYPES: [i8; 2] = [0, 1];
 
-/// Whether `topic` has partition `index` here.
-fn has_partition(context: &Context, topic: &str, index: i32) -> bool {
-    context
-        .topics()
-        .get(topic)
-        .is_some_and(|topic| topic.log(index).is_some())
+/// Partition `index` of `topic` as the cluster metadata has it.
+fn partition_state(context: &Context, topic: &str, index: i32) -> Option<PartitionState> {
+    let image = context.cluster.image();
+    let id = image.topic_id(topic)?;
+    let index = u32::try_from(index).ok()?;
+    image.partition(&id, index).cloned()
 }
 
 fn partition_result(partition_id: i32, code: i16, message: &str) -> PartitionResult {
@@ -40,9 +42,10 @@ fn partition_result(partition_id: i32, code: i16, message: &str) -> PartitionRes
     }
 }
 
-/// ElectLeaders: the one replica leads every partition, so a named partition gets
-/// ELECTION_NOT_NEEDED and a request for every partition (null) lists none, as Kafka leaves
-/// out the partitions whose leader is already the one wanted.
+/// ElectLeaders: a partition's one replica leads it while its broker is live, so a named
+/// partition gets ELECTION_NOT_NEEDED, or ELIGIBLE_LEADERS_NOT_AVAILABLE while that broker is
+/// fenced; a request for every partition (null) lists none, as Kafka leaves out the
+/// partitions whose leader is already the one wanted.
 pub fn elect_leaders(context: &Context, request: ElectLeadersRequest) -> ElectLeadersResponse {
     let valid_type = ELECTION_TYPES.contains(&request.election_type);
     let results = request
@@ -60,18 +63,27 @@ pub fn elect_leaders(context: &Context, request: ElectLeadersRequest) -> ElectLe
                             error_code::INVALID_REQUEST,
                             "election type must be 0 (preferred) or 1 (unclean)",
                         )
-                    } else if has_partition(context, &wanted.topic, index) {
-                        partition_result(
-                            index,
-                            error_code::ELECTION_NOT_NEEDED,
-                            "the partition's only replica already leads it",
-                        )
                     } else {
-                        partition_result(
-                            index,
-                            error_code::UNKNOWN_TOPIC_OR_PARTITION,
-                            "no such topic or partition",
-                        )
+                        match partition_state(context, &wanted.topic, index) {
+                            None => partition_result(
+                                index,
+                                error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                                "no such topic or partition",
+                            ),
+                            Some(state) if state.assignment.leader < 0 => partition_result(
+                                index,
+                                error_code::ELIGIBLE_LEADERS_NOT_AVAILABLE,
+                                &format!(
+                                    "the partition's replicas {:?} are all offline",
+                                    state.assignment.replicas
+                                ),
+                            ),
+                            Some(_) => partition_result(
+                                index,
+                                error_code::ELECTION_NOT_NEEDED,
+                                "the partition's only replica already leads it",
+                            ),
+                        }
                     }
                 })
                 .collect(),
@@ -89,10 +101,15 @@ pub fn elect_leaders(context: &Context, request: ElectLeadersRequest) -> ElectLe
     }
 }
 
-/// Why a reassignment of a partition to `replicas` is refused, if it is: Kafka's checks (a
-/// non-empty list of distinct, registered brokers), with this broker the only one
-/// registered. A cancellation (null) finds no reassignment in progress.
-fn reassignment_refusal(context: &Context, replicas: Option<&[i32]>) -> Option<(i16, String)> {
+/// Why a reassignment of a partition now on `current` to `replicas` is refused, if it is:
+/// Kafka's checks (a non-empty list of distinct, registered brokers), then what one replica
+/// per partition allows: only the broker that holds it. A cancellation (null) finds no
+/// reassignment in progress.
+fn reassignment_refusal(
+    context: &Context,
+    current: &[i32],
+    replicas: Option<&[i32]>,
+) -> Option<(i16, String)> {
     let invalid = |message: String| Some((error_code::INVALID_REPLICA_ASSIGNMENT, message));
     let Some(replicas) = replicas else {
         return Some((
@@ -100,27 +117,30 @@ fn reassignment_refusal(context: &Context, replicas: Option<&[i32]>) -> Option<(
             "no reassignment is in progress for this partition".to_string(),
         ));
     };
-    let node_id = context.config.node_id;
     if replicas.is_empty() {
         return invalid("the replica list is empty".to_string());
     }
+    let image = context.cluster.image();
+    if let Some(unknown) = replicas.iter().find(|id| !image.brokers.contains_key(id)) {
+        return invalid(format!("broker {unknown} is not registered"));
+    }
     if replicas.len() > 1 {
         return invalid(format!(
-            "replicas {replicas:?}: this cluster has one broker ({node_id}), so a partition \
-             has one replica"
+            "replicas {replicas:?}: a partition has one replica until replication between \
+             brokers is built"
         ));
     }
-    if replicas[0] != node_id {
+    if replicas != current {
         return invalid(format!(
-            "broker {} is not registered; this cluster has broker {node_id} only",
-            replicas[0]
+            "the partition is on broker(s) {current:?}: moving replicas between brokers is \
+             not built yet"
         ));
     }
     None
 }
 
 /// AlterPartitionReassignments: moving a partition to the broker that holds it is done at
-/// once; any other broker is not registered.
+/// once; a move to another broker is refused.
 pub fn alter_partition_reassignments(
     context: &Context,
     request: AlterPartitionReassignmentsRequest,
@@ -134,13 +154,16 @@ pub fn alter_partition_reassignments(
                 .iter()
                 .map(|partition| {
                     let index = partition.partition_index;
-                    let refusal = if has_partition(context, &topic.name, index) {
-                        reassignment_refusal(context, partition.replicas.as_deref())
-                    } else {
-                        Some((
+                    let refusal = match partition_state(context, &topic.name, index) {
+                        Some(state) => reassignment_refusal(
+                            context,
+                            &state.assignment.replicas,
+                            partition.replicas.as_deref(),
+                        ),
+                        None => Some((
                             error_code::UNKNOWN_TOPIC_OR_PARTITION,
                             "no such topic or partition".to_string(),
-                        ))
+                        )),
                     };
                     let (code, message) =
                         refusal.map_or((error_code::NONE, None), |(code, m)| (code, Some(m)));
@@ -171,7 +194,7 @@ pub fn list_partition_reassignments(
     }
 }
 
-/// DescribeLogDirs: the one log directory, the size of each partition asked for (every
+/// DescribeLogDirs: the one log directory, the size of each partition here asked for (every
 /// partition when the topics are null) and its lag (the log end past the high watermark),
 /// and from v4 the volume's total and usable bytes. Partitions that do not exist are left
 /// out, as Kafka leaves out those a directory does not hold.
@@ -201,6 +224,11 @@ pub async fn describe_log_dirs(
             let Some(log) = topic.log(index) else {
                 continue;
             };
+            let here = partition_state(context, &name, index)
+                .is_some_and(|state| state.assignment.replicas.contains(&context.config.node_id));
+            if !here {
+                continue;
+            }
             match context.cluster.offsets(&log).await {
                 Ok(offsets) => partitions.push(DescribeLogDirsPartition {
                     partition_index: index,

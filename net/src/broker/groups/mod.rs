@@ -144,14 +144,21 @@ fn coordinator_log(context: &Context, group: &str) -> TopicPartition {
     }
 }
 
-/// Runs `work` on the shard coordinating `group`; `None` if that shard is stopping.
-async fn on_coordinator<T, F, Fut>(context: &Context, group: &str, work: F) -> Option<T>
+/// Runs `work` on the shard coordinating `group`. NOT_COORDINATOR when another broker
+/// leads the group's `__consumer_offsets` partition, COORDINATOR_NOT_AVAILABLE when none
+/// does or the shard is stopping.
+async fn on_coordinator<T, F, Fut>(context: &Context, group: &str, work: F) -> Result<T, i16>
 where
     T: Send + 'static,
     F: FnOnce(Rc<Context>, TopicPartition) -> Fut + Send + 'static,
     Fut: Future<Output = T> + 'static,
 {
     let log = coordinator_log(context, group);
+    match context.cluster.leader_of(&log) {
+        Some(leader) if leader == context.config.node_id => {}
+        Some(_) => return Err(error_code::NOT_COORDINATOR),
+        None => return Err(error_code::COORDINATOR_NOT_AVAILABLE),
+    }
     let shard = context.handle.shard_of(&log);
     context
         .handle
@@ -159,10 +166,11 @@ where
             Ok(work(Context::current(), log).await)
         })
         .await
-        .ok()
+        .map_err(|_| error_code::COORDINATOR_NOT_AVAILABLE)
 }
 
-/// Replays this shard's `__consumer_offsets` partitions into its coordinator.
+/// Replays the `__consumer_offsets` partitions this shard owns and this broker leads into
+/// the shard's coordinator.
 pub async fn load(context: &Context) -> Result<usize, coremq_engine::Error> {
     let Some(topic) = context.topics().get(OFFSETS_TOPIC).cloned() else {
         return Ok(0);
@@ -171,7 +179,8 @@ pub async fn load(context: &Context) -> Result<usize, coremq_engine::Error> {
     let mut loaded = 0;
     for partition in 0..topic.partitions {
         let log = TopicPartition::new(OFFSETS_TOPIC, partition)?;
-        if context.handle.shard_of(&log) != shard {
+        let led = context.cluster.leader_of(&log) == Some(context.config.node_id);
+        if !led || context.handle.shard_of(&log) != shard {
             continue;
         }
         let mut next = context.cluster.offsets(&log).await?.log_start;
@@ -231,8 +240,6 @@ pub fn find_coordinator(
     request: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let (host, port) = context.config.advertised();
-    let node_id = context.config.node_id;
     // A transaction coordinator is refused with an error Kafka clients treat as fatal at
     // once (librdkafka and the Java client fail `init_transactions` with it), rather than
     // one they retry until their timeout.
@@ -256,14 +263,32 @@ pub fn find_coordinator(
             error_code: *code,
             error_message: Some(message.clone()),
         },
-        None => CoordinatorEntry {
-            key,
-            node_id,
-            host: host.clone(),
-            port: i32::from(port),
-            error_code: error_code::NONE,
-            error_message: None,
-        },
+        None => {
+            let log = coordinator_log(context, &key);
+            let image = context.cluster.image();
+            match context
+                .cluster
+                .leader_of(&log)
+                .and_then(|leader| super::metadata::broker(&image, leader))
+            {
+                Some(broker) => CoordinatorEntry {
+                    key,
+                    node_id: broker.id,
+                    host: broker.host,
+                    port: i32::from(broker.port),
+                    error_code: error_code::NONE,
+                    error_message: None,
+                },
+                None => CoordinatorEntry {
+                    key,
+                    node_id: -1,
+                    host: String::new(),
+                    port: -1,
+                    error_code: error_code::COORDINATOR_NOT_AVAILABLE,
+                    error_message: Some(format!("{log} has no leader")),
+                },
+            }
+        }
     };
     if version >= 4 {
         return FindCoordinatorResponse {
@@ -347,8 +372,7 @@ pub async fn join_group(
         .await
     })
     .await;
-    answer
-        .unwrap_or_else(|| group::error_join(String::new(), error_code::COORDINATOR_NOT_AVAILABLE))
+    answer.unwrap_or_else(|code| group::error_join(String::new(), code))
 }
 
 pub async fn sync_group(context: &Context, request: SyncGroupRequest) -> SyncGroupResponse {
@@ -383,7 +407,7 @@ pub async fn sync_group(context: &Context, request: SyncGroupRequest) -> SyncGro
         wait(reply, || group::error_sync(error_code::UNKNOWN_MEMBER_ID)).await
     })
     .await;
-    answer.unwrap_or_else(|| group::error_sync(error_code::COORDINATOR_NOT_AVAILABLE))
+    answer.unwrap_or_else(group::error_sync)
 }
 
 pub async fn heartbeat(context: &Context, request: HeartbeatRequest) -> HeartbeatResponse {
@@ -408,7 +432,7 @@ pub async fn heartbeat(context: &Context, request: HeartbeatRequest) -> Heartbea
             }
         })
         .await
-        .unwrap_or(error_code::COORDINATOR_NOT_AVAILABLE)
+        .unwrap_or_else(|code| code)
     };
     HeartbeatResponse {
         error_code: code,
@@ -449,7 +473,7 @@ pub async fn leave_group(
                 .collect()
         })
         .await
-        .unwrap_or_else(|| vec![error_code::COORDINATOR_NOT_AVAILABLE; leaving.len()])
+        .unwrap_or_else(|code| vec![code; leaving.len()])
     };
     if version < 3 {
         return LeaveGroupResponse {
@@ -602,7 +626,7 @@ pub async fn offset_commit(
             Ok(())
         })
         .await
-        .unwrap_or(Err(error_code::COORDINATOR_NOT_AVAILABLE))
+        .unwrap_or_else(Err)
     };
     OffsetCommitResponse {
         topics: checked
@@ -670,7 +694,6 @@ async fn fetch_offsets(
         }
     })
     .await
-    .ok_or(error_code::COORDINATOR_NOT_AVAILABLE)
 }
 
 /// A partition's committed offset, leader epoch and metadata (Kafka's "no offset" if none).
@@ -884,9 +907,9 @@ pub async fn describe_groups(
         })
         .await;
         groups.push(match described {
-            None => dead(error_code::COORDINATOR_NOT_AVAILABLE),
-            Some(None) => dead(error_code::NONE),
-            Some(Some((group_state, protocol_type, protocol_data, members))) => DescribedGroup {
+            Err(code) => dead(code),
+            Ok(None) => dead(error_code::NONE),
+            Ok(Some((group_state, protocol_type, protocol_data, members))) => DescribedGroup {
                 error_code: error_code::NONE,
                 group_id,
                 group_state,
@@ -921,7 +944,7 @@ pub async fn delete_groups(
                 delete_group(&context, &log, id).await
             })
             .await
-            .unwrap_or(error_code::COORDINATOR_NOT_AVAILABLE)
+            .unwrap_or_else(|code| code)
         };
         results.push(DeletableGroupResult {
             group_id,
@@ -1014,7 +1037,7 @@ pub async fn offset_delete(
         delete_offsets(&context, &log, group_id, wanted).await
     })
     .await
-    .unwrap_or(Err(error_code::COORDINATOR_NOT_AVAILABLE));
+    .unwrap_or_else(Err);
     match outcome {
         Ok(topics) => OffsetDeleteResponse {
             error_code: error_code::NONE,

@@ -1,0 +1,360 @@
+//! Three real `coremq` processes as one cluster (`--controller-voters`, loopback ports, one
+//! shard each), driven with kcat and the wire client: one metadata view on every broker,
+//! partitions spread over the brokers, producer ids unique cluster-wide, and the loss of
+//! the controller: the two left elect another, fence the lost broker and keep serving; the
+//! lost broker, restarted, rejoins and leads its partitions again with its records.
+//!
+//! Every partition has one replica until data replication lands, so a partition of a dead
+//! broker is offline until it comes back.
+
+#[path = "support/broker.rs"]
+mod broker;
+#[path = "support/kcat.rs"]
+mod kcat;
+#[path = "support/wire.rs"]
+mod wire;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use broker::{Broker, free_port};
+use coremq_net::protocol::api::{RequestBody, ResponseBody};
+use coremq_net::protocol::error_code;
+use coremq_net::protocol::messages::create_topics_request::{
+    CreatableReplicaAssignment, CreatableTopic,
+};
+use coremq_net::protocol::messages::{CreateTopicsRequest, InitProducerIdRequest};
+use serde_json::Value;
+use wire::Wire;
+
+const BROKERS: usize = 3;
+
+/// Starts three brokers, each a controller voter, and waits until all are ready. Ports are
+/// free when picked but another test may take one before it is bound: then the whole
+/// cluster starts again on others.
+fn start_cluster(dir: &Path, partitions: u32) -> Vec<Broker> {
+    let mut failures = Vec::new();
+    for attempt in 0..3 {
+        let kafka: Vec<u16> = (0..BROKERS).map(|_| free_port()).collect();
+        let admin: Vec<u16> = (0..BROKERS).map(|_| free_port()).collect();
+        let voters = (0..BROKERS)
+            .map(|id| format!("{id}@127.0.0.1:{}", free_port()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut brokers: Vec<Broker> = (0..BROKERS)
+            .map(|id| {
+                let data = dir.join(format!("try{attempt}-broker{id}"));
+                let flags = [
+                    "--node-id".to_string(),
+                    id.to_string(),
+                    "--controller-voters".into(),
+                    voters.clone(),
+                    "--shards".into(),
+                    "1".into(),
+                    "--default-partitions".into(),
+                    partitions.to_string(),
+                ];
+                let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+                Broker::spawn(
+                    &data,
+                    &format!("127.0.0.1:{}", kafka[id]),
+                    admin[id],
+                    &flags,
+                )
+            })
+            .collect();
+        let started: Result<(), String> = brokers
+            .iter_mut()
+            .try_for_each(|broker| broker.wait_ready(Duration::from_secs(60)));
+        match started {
+            Ok(()) => return brokers,
+            Err(failure) => failures.push(failure),
+        }
+    }
+    panic!("the cluster did not start: {failures:#?}");
+}
+
+fn kcat(broker: &Broker, args: &[&str], input: &str) -> Result<String, String> {
+    kcat::run(&broker.bootstrap(), args, input)
+}
+
+fn metadata(broker: &Broker) -> Value {
+    let listed = kcat(broker, &["-L", "-J"], "").expect("kcat -L answers");
+    serde_json::from_str(&listed).expect("kcat -J prints JSON")
+}
+
+/// The ids of the brokers Metadata lists.
+fn broker_ids(metadata: &Value) -> BTreeSet<i64> {
+    metadata["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|broker| broker["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// The leader of each partition of `topic` (-1: none), in partition order.
+fn leaders(metadata: &Value, topic: &str) -> Vec<i64> {
+    let Some(found) = metadata["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|listed| listed["topic"] == topic)
+    else {
+        return Vec::new();
+    };
+    let mut partitions: Vec<(i64, i64)> = found["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_i64().unwrap(),
+                p["leader"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    partitions.sort_unstable();
+    partitions.into_iter().map(|(_, leader)| leader).collect()
+}
+
+/// Polls `condition` on `broker`'s metadata until it holds; the last metadata if it never
+/// does within `patience`.
+fn await_metadata(
+    broker: &Broker,
+    patience: Duration,
+    condition: impl Fn(&Value) -> bool,
+) -> Result<Value, Value> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let seen = metadata(broker);
+        if condition(&seen) {
+            return Ok(seen);
+        }
+        if Instant::now() >= deadline {
+            return Err(seen);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every payload of `topic`, from every partition, sorted.
+fn consume_all(broker: &Broker, topic: &str) -> Vec<String> {
+    let consumed = kcat(broker, &["-C", "-t", topic, "-e", "-J", "-q"], "")
+        .unwrap_or_else(|error| panic!("kcat consumes {topic}: {error}"));
+    let mut payloads: Vec<String> = consumed
+        .lines()
+        .map(|line| {
+            let record: Value = serde_json::from_str(line).expect("kcat -J prints JSON");
+            record["payload"].as_str().unwrap().to_string()
+        })
+        .collect();
+    payloads.sort();
+    payloads
+}
+
+fn produce(broker: &Broker, topic: &str, payloads: &[String]) {
+    let input: String = payloads
+        .iter()
+        .map(|payload| format!("{payload}:{payload}\n"))
+        .collect();
+    kcat(
+        broker,
+        &["-P", "-t", topic, "-K:", "-X", "acks=all"],
+        &input,
+    )
+    .unwrap_or_else(|error| panic!("kcat produces to {topic}: {error}"));
+}
+
+fn init_producer_id(broker: &Broker) -> i64 {
+    let mut wire = Wire::connect(broker.bootstrap());
+    let request = InitProducerIdRequest {
+        transactional_id: None,
+        transaction_timeout_ms: 60_000,
+        producer_id: -1,
+        producer_epoch: -1,
+    };
+    let ResponseBody::InitProducerId(response) = wire.call(4, RequestBody::InitProducerId(request))
+    else {
+        panic!("not an InitProducerId response");
+    };
+    assert_eq!(response.error_code, error_code::NONE);
+    response.producer_id
+}
+
+fn create_topic(broker: &Broker, topic: CreatableTopic) -> (i16, String) {
+    let mut wire = Wire::connect(broker.bootstrap());
+    let request = CreateTopicsRequest {
+        topics: vec![topic],
+        timeout_ms: 30_000,
+        ..CreateTopicsRequest::default()
+    };
+    let ResponseBody::CreateTopics(response) = wire.call(7, RequestBody::CreateTopics(request))
+    else {
+        panic!("not a CreateTopics response");
+    };
+    let result = &response.topics[0];
+    (
+        result.error_code,
+        result.error_message.clone().unwrap_or_default(),
+    )
+}
+
+fn logs(brokers: &[Broker]) -> String {
+    brokers
+        .iter()
+        .enumerate()
+        .map(|(id, broker)| format!("--- broker {id}:\n{}", broker.log()))
+        .collect()
+}
+
+#[test]
+fn three_brokers_share_one_metadata_view_and_spread_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let brokers = start_cluster(dir.path(), 6);
+    let all: BTreeSet<i64> = (0..BROKERS as i64).collect();
+    for broker in &brokers {
+        let seen = metadata(broker);
+        assert_eq!(broker_ids(&seen), all, "every broker lists all three");
+        assert!(
+            all.contains(&seen["controllerid"].as_i64().unwrap()),
+            "a voter is the controller: {seen}"
+        );
+    }
+    let payloads: Vec<String> = (0..120).map(|n| format!("record-{n:03}")).collect();
+    produce(&brokers[0], "spread", &payloads);
+    let placed = leaders(&metadata(&brokers[1]), "spread");
+    assert_eq!(placed.len(), 6);
+    let leading: BTreeSet<i64> = placed.iter().copied().collect();
+    assert_eq!(leading, all, "six partitions are led by all three brokers");
+    for broker in &brokers {
+        assert_eq!(consume_all(broker, "spread"), payloads);
+    }
+
+    let ids: BTreeSet<i64> = brokers
+        .iter()
+        .flat_map(|broker| [init_producer_id(broker), init_producer_id(broker)])
+        .collect();
+    assert_eq!(
+        ids.len(),
+        2 * BROKERS,
+        "producer ids are unique cluster-wide"
+    );
+
+    let (code, message) = create_topic(
+        &brokers[2],
+        CreatableTopic {
+            name: "replicated".into(),
+            num_partitions: 1,
+            replication_factor: 3,
+            ..CreatableTopic::default()
+        },
+    );
+    assert_eq!(
+        code,
+        error_code::INVALID_REPLICATION_FACTOR,
+        "until data replication lands: {message}"
+    );
+    let (code, message) = create_topic(
+        &brokers[2],
+        CreatableTopic {
+            name: "placed".into(),
+            num_partitions: -1,
+            replication_factor: -1,
+            assignments: vec![CreatableReplicaAssignment {
+                partition_index: 0,
+                broker_ids: vec![1],
+            }],
+            ..CreatableTopic::default()
+        },
+    );
+    assert_eq!(
+        code,
+        error_code::INVALID_REPLICA_ASSIGNMENT,
+        "explicit placement: {message}"
+    );
+    assert!(broker_ids(&metadata(&brokers[0])).len() == BROKERS);
+    assert!(leaders(&metadata(&brokers[0]), "replicated").is_empty());
+}
+
+#[test]
+fn losing_the_controller_elects_another_fences_the_lost_broker_and_it_rejoins() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut brokers = start_cluster(dir.path(), 6);
+    let payloads: Vec<String> = (0..60).map(|n| format!("before-{n:02}")).collect();
+    produce(&brokers[0], "kept", &payloads);
+    let before = metadata(&brokers[0]);
+    let controller = before["controllerid"].as_i64().unwrap() as usize;
+    let placed = leaders(&before, "kept");
+    assert!(placed.contains(&(controller as i64)), "{before}");
+
+    brokers[controller].stop_with("-KILL");
+    let survivor = &brokers[(controller + 1) % BROKERS];
+    let after = await_metadata(survivor, Duration::from_secs(30), |seen| {
+        let controller_moved = seen["controllerid"].as_i64().unwrap() != controller as i64;
+        let fenced = !broker_ids(seen).contains(&(controller as i64));
+        let offline = leaders(seen, "kept")
+            .iter()
+            .zip(&placed)
+            .all(|(&now, &was)| now == if was == controller as i64 { -1 } else { was });
+        controller_moved && fenced && offline
+    })
+    .unwrap_or_else(|seen| {
+        panic!(
+            "the survivors elect a controller and fence broker {controller}: {seen}\n{}",
+            logs(&brokers)
+        )
+    });
+    assert_eq!(broker_ids(&after).len(), BROKERS - 1);
+
+    // The two left create and serve topics on their own.
+    let fresh: Vec<String> = (0..30).map(|n| format!("during-{n:02}")).collect();
+    produce(survivor, "fresh", &fresh);
+    let fresh_leaders: BTreeSet<i64> = leaders(&metadata(survivor), "fresh").into_iter().collect();
+    assert!(!fresh_leaders.contains(&(controller as i64)));
+    assert!(!fresh_leaders.contains(&-1));
+    assert_eq!(consume_all(survivor, "fresh"), fresh);
+
+    brokers[controller].respawn();
+    brokers[controller]
+        .wait_ready(Duration::from_secs(60))
+        .unwrap_or_else(|failure| panic!("the lost broker restarts: {failure}"));
+    let survivor = &brokers[(controller + 1) % BROKERS];
+    await_metadata(survivor, Duration::from_secs(30), |seen| {
+        broker_ids(seen).len() == BROKERS && leaders(seen, "kept") == placed
+    })
+    .unwrap_or_else(|seen| {
+        panic!(
+            "broker {controller} rejoins and leads its partitions again: {seen}\n{}",
+            logs(&brokers)
+        )
+    });
+    assert_eq!(consume_all(survivor, "kept"), payloads);
+}
+
+#[test]
+fn a_broker_outside_the_voters_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let voters = format!("0@127.0.0.1:{},1@127.0.0.1:{}", free_port(), free_port());
+    let mut broker = Broker::spawn(
+        &dir.path().join("data"),
+        &format!("127.0.0.1:{}", free_port()),
+        free_port(),
+        &[
+            "--node-id",
+            "7",
+            "--controller-voters",
+            &voters,
+            "--shards",
+            "1",
+        ],
+    );
+    let failure = broker
+        .wait_ready(Duration::from_secs(20))
+        .expect_err("a broker that is not a voter does not start");
+    assert!(
+        failure.contains("not among the controller voters"),
+        "{failure}"
+    );
+}
