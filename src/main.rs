@@ -149,6 +149,10 @@ struct Options {
     /// [default: 1500]
     #[arg(long, env = "COREMQ_BROKER_SESSION_TIMEOUT_MS")]
     broker_session_timeout_ms: Option<u64>,
+    /// A follower not caught up with its leader for this long leaves the in-sync replicas,
+    /// in milliseconds (Kafka's replica.lag.time.max.ms) [default: 30000]
+    #[arg(long, env = "COREMQ_REPLICA_LAG_TIME_MAX_MS")]
+    replica_lag_time_max_ms: Option<u64>,
     /// Shortest session timeout a group member may ask for, in milliseconds (Kafka's
     /// group.min.session.timeout.ms) [default: 6000]
     #[arg(long, env = "COREMQ_GROUP_MIN_SESSION_TIMEOUT_MS")]
@@ -233,6 +237,9 @@ impl Options {
             broker_session_timeout_ms: self
                 .broker_session_timeout_ms
                 .or(file.broker_session_timeout_ms),
+            replica_lag_time_max_ms: self
+                .replica_lag_time_max_ms
+                .or(file.replica_lag_time_max_ms),
             group_min_session_timeout_ms: self
                 .group_min_session_timeout_ms
                 .or(file.group_min_session_timeout_ms),
@@ -321,6 +328,9 @@ impl Options {
             broker_session_timeout_ms: self
                 .broker_session_timeout_ms
                 .unwrap_or(defaults.broker_session_timeout_ms),
+            replica_lag_time_max_ms: self
+                .replica_lag_time_max_ms
+                .unwrap_or(defaults.replica_lag_time_max_ms),
             group_min_session_timeout_ms: self
                 .group_min_session_timeout_ms
                 .unwrap_or(defaults.group_min_session_timeout_ms),

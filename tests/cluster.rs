@@ -4,18 +4,23 @@
 //! the controller: the two left elect another, fence the lost broker and keep serving; the
 //! lost broker, restarted, rejoins and leads its partitions again with its records.
 //!
-//! Every partition has one replica until data replication lands, so a partition of a dead
-//! broker is offline until it comes back.
+//! A topic with one replica per partition goes offline with its broker; a topic with three
+//! (min.insync.replicas=2) keeps every acknowledged record through SIGKILLs and SIGSTOPs of
+//! its leaders, with confluent-kafka producing and reading (`tests/python/replicated.py`),
+//! and its replicas end byte-for-byte identical.
 
 #[path = "support/broker.rs"]
 mod broker;
 #[path = "support/kcat.rs"]
 mod kcat;
+#[path = "support/python.rs"]
+mod python;
 #[path = "support/wire.rs"]
 mod wire;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use broker::{Broker, free_port};
@@ -247,14 +252,14 @@ fn three_brokers_share_one_metadata_view_and_spread_partitions() {
         CreatableTopic {
             name: "replicated".into(),
             num_partitions: 1,
-            replication_factor: 3,
+            replication_factor: 4,
             ..CreatableTopic::default()
         },
     );
     assert_eq!(
         code,
         error_code::INVALID_REPLICATION_FACTOR,
-        "until data replication lands: {message}"
+        "more replicas than brokers: {message}"
     );
     let (code, message) = create_topic(
         &brokers[2],
@@ -357,4 +362,141 @@ fn a_broker_outside_the_voters_refuses_to_start() {
         failure.contains("not among the controller voters"),
         "{failure}"
     );
+}
+
+/// `tests/python/replicated.py` with `args`, started.
+fn replicated(args: &[&str]) -> Child {
+    Command::new(python::interpreter())
+        .arg(python::scripts().join("replicated.py"))
+        .args(args)
+        .current_dir(python::scripts())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs")
+}
+
+/// Waits for `child` and fails the test with its output unless it exits 0.
+fn succeeded(child: Child, brokers: &[Broker]) -> String {
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "replicated.py failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        logs(brokers)
+    );
+    println!("{stdout}");
+    stdout
+}
+
+/// The in-sync replica count of each partition of `topic`.
+fn in_sync(metadata: &Value, topic: &str) -> Vec<usize> {
+    metadata["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|listed| listed["topic"] == topic)
+        .flat_map(|listed| listed["partitions"].as_array().unwrap())
+        .map(|partition| partition["isrs"].as_array().map_or(0, Vec::len))
+        .collect()
+}
+
+/// Every segment of `topic`'s `partition` on `broker`, concatenated in offset order.
+fn stored(broker: &Broker, topic: &str, partition: usize) -> Vec<u8> {
+    let dir = broker
+        .data_dir
+        .join("logs")
+        .join(format!("{topic}-{partition}"));
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    segments.sort();
+    segments
+        .iter()
+        .flat_map(|path| std::fs::read(path).unwrap())
+        .collect()
+}
+
+fn signal(broker: &Broker, name: &str) {
+    let status = Command::new("kill")
+        .args([name, &broker.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn killed_and_stopped_leaders_lose_no_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut brokers = start_cluster(dir.path(), 1);
+    let bootstrap = brokers
+        .iter()
+        .map(Broker::bootstrap)
+        .collect::<Vec<_>>()
+        .join(",");
+    succeeded(replicated(&[&bootstrap, "create", "quotes", "3"]), &brokers);
+    let acked = dir.path().join("acked.json");
+    let producer = replicated(&[
+        &bootstrap,
+        "produce",
+        "quotes",
+        "16",
+        acked.to_str().unwrap(),
+    ]);
+    // Three faults on the leaders of the three partitions in turn: a SIGKILL and a restart,
+    // a SIGSTOP for three session timeouts and a SIGCONT, another SIGKILL and restart.
+    for (round, fault) in ["-KILL", "-STOP", "-KILL"].into_iter().enumerate() {
+        std::thread::sleep(Duration::from_secs(2));
+        let seen = metadata(&brokers[(round + 1) % BROKERS]);
+        let leader = leaders(&seen, "quotes")[round];
+        assert!(leader >= 0, "partition {round} has a leader: {seen}");
+        let victim = leader as usize;
+        signal(&brokers[victim], fault);
+        std::thread::sleep(Duration::from_millis(4500));
+        if fault == "-STOP" {
+            signal(&brokers[victim], "-CONT");
+        } else {
+            brokers[victim].stop_with("-KILL");
+            brokers[victim].respawn();
+            brokers[victim]
+                .wait_ready(Duration::from_secs(60))
+                .unwrap_or_else(|failure| panic!("broker {victim} restarts: {failure}"));
+        }
+    }
+    succeeded(producer, &brokers);
+    await_metadata(&brokers[0], Duration::from_secs(60), |seen| {
+        in_sync(seen, "quotes") == [3, 3, 3]
+    })
+    .unwrap_or_else(|seen| {
+        panic!(
+            "every replica rejoins the in-sync set: {seen}\n{}",
+            logs(&brokers)
+        )
+    });
+    succeeded(
+        replicated(&[&bootstrap, "verify", "quotes", acked.to_str().unwrap()]),
+        &brokers,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for partition in 0..3 {
+        loop {
+            let copies: Vec<Vec<u8>> = brokers
+                .iter()
+                .map(|broker| stored(broker, "quotes", partition))
+                .collect();
+            if copies.iter().all(|copy| copy == &copies[0]) {
+                assert!(!copies[0].is_empty());
+                break;
+            }
+            let sizes: Vec<usize> = copies.iter().map(Vec::len).collect();
+            assert!(
+                Instant::now() < deadline,
+                "the replicas of quotes-{partition} differ: {sizes:?} bytes"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }

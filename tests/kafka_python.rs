@@ -8,8 +8,9 @@
 
 #[path = "support/broker.rs"]
 mod broker;
+#[path = "support/python.rs"]
+mod python;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use broker::{Broker, free_port};
@@ -18,25 +19,11 @@ use coremq_engine::{BatchHeader, Compression};
 /// Settings every test broker shares: quick first rebalances (Kafka waits 3 s).
 const FLAGS: &[&str] = &["--group-initial-rebalance-delay-ms", "300"];
 
-fn python() -> PathBuf {
-    if let Some(path) = std::env::var_os("COREMQ_TEST_PYTHON") {
-        return PathBuf::from(path);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/e2e-venv/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run tools/test-all.sh (it installs confluent-kafka and kafka-python) \
-         or set COREMQ_TEST_PYTHON",
-        venv.display()
-    );
-    venv
-}
-
 /// Runs `tests/python/{script}` with `args`; fails the test (with its output and the
 /// broker's log) unless it exits 0.
 fn run(broker: &Broker, script: &str, args: &[&str]) -> String {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python");
-    let output = Command::new(python())
+    let dir = python::scripts();
+    let output = Command::new(python::interpreter())
         .arg(dir.join(script))
         .args(args)
         .current_dir(&dir)

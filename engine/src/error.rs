@@ -76,6 +76,18 @@ pub enum Error {
     DataDirLocked { dir: PathBuf, holder: Option<u32> },
     /// The engine (or the shard owning the log) has shut down.
     ShuttingDown,
+    /// Raised by a replication layer over the logs: a replicated write needs more in-sync
+    /// replicas than the partition has (`after_append`: it was stored on the leader, but
+    /// the set shrank before it committed).
+    NotEnoughReplicas {
+        in_sync: usize,
+        required: usize,
+        after_append: bool,
+    },
+    /// Raised by a replication layer: this replica does not lead the partition (any more).
+    NotLeader,
+    /// Raised by a replication layer: a replicated write did not commit in time.
+    TimedOut { waited_ms: u64 },
 }
 
 impl fmt::Display for Error {
@@ -178,6 +190,26 @@ impl fmt::Display for Error {
                 )
             }
             Error::ShuttingDown => write!(f, "the engine is shutting down"),
+            Error::NotEnoughReplicas {
+                in_sync,
+                required,
+                after_append,
+            } => write!(
+                f,
+                "{in_sync} in-sync replicas, {required} required (min.insync.replicas){}",
+                if *after_append {
+                    ": the batch was stored on the leader but did not commit"
+                } else {
+                    ""
+                }
+            ),
+            Error::NotLeader => write!(f, "this broker does not lead the partition"),
+            Error::TimedOut { waited_ms } => {
+                write!(
+                    f,
+                    "not replicated to the in-sync replicas within {waited_ms} ms"
+                )
+            }
         }
     }
 }

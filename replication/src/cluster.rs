@@ -20,6 +20,7 @@ use crate::metadata::MetadataImage;
 use crate::node::{self, Event, Node, NodeConfig};
 use crate::partition::{Consistency, Partition};
 use crate::peers::Transport;
+use crate::replica::{LeaderLinks, Replicas};
 use crate::topics::{self, Topic, TopicTable};
 
 /// Turns a topic's stored config overrides into its log's settings: the front end knows
@@ -63,18 +64,22 @@ impl Cluster {
         config: NodeConfig,
         log_configs: LogConfigs,
         transport: Option<Transport>,
+        links: LeaderLinks,
     ) -> Result<Cluster, Error> {
+        let (node, events) = flume::unbounded();
+        let (me, lag_max_ms) = (config.broker_id, config.replica_lag_max_ms);
         for shard in 0..handle.shard_count() {
+            let (node, links) = (node.clone(), links.clone());
             futures_lite::future::block_on(handle.on_shard(shard, move |_| async move {
                 coremq_runtime::install(Rc::new(Metadata {
                     topics: RefCell::default(),
                     image: RefCell::default(),
                     controller: Cell::new(None),
                 }));
+                Replicas::install(me, node, links(), lag_max_ms);
                 Ok(())
             }))?;
         }
-        let (node, events) = flume::unbounded();
         let (ready, started) = flume::bounded(1);
         let (log, _) = node::metadata_log();
         let (node_handle, node_configs) = (handle.clone(), log_configs.clone());
@@ -264,6 +269,7 @@ impl Cluster {
         &self,
         name: String,
         partitions: u32,
+        replication_factor: u16,
         overrides: BTreeMap<String, String>,
     ) -> Result<Option<Arc<Topic>>, Error> {
         self.log_config(&name, &overrides)?;
@@ -277,7 +283,7 @@ impl Cluster {
             name: topic.name.clone(),
             id: topic.id.0,
             partitions,
-            replication_factor: 1,
+            replication_factor,
             configs: topic.configs.clone().into_iter().collect(),
             start: rand::random_range(0..u32::MAX),
         };
@@ -350,6 +356,23 @@ impl Cluster {
 }
 
 /// Installs `image`, its topic table and `controller` on every shard.
+/// The partition epoch of partition `index` of topic `topic`, as this shard's metadata has
+/// it (call on a shard).
+pub(crate) fn partition_epoch(topic: &[u8; 16], index: u32) -> Option<i32> {
+    let image = Metadata::current().image.borrow().clone();
+    image
+        .partition(topic, index)
+        .map(|state| state.partition_epoch)
+}
+
+/// The address of broker `id`'s first listener, as this shard's metadata has it (call on a
+/// shard).
+pub(crate) fn broker_address(id: BrokerId) -> Option<(String, u16)> {
+    let image = Metadata::current().image.borrow().clone();
+    let endpoint = image.brokers.get(&id)?.endpoints.first()?.clone();
+    Some((endpoint.host, endpoint.port))
+}
+
 pub(crate) async fn publish(handle: &Handle, image: &MetadataImage, controller: Option<BrokerId>) {
     let table = Arc::new(TopicTable::from_image(image));
     let image = Arc::new(image.clone());

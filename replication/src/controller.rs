@@ -90,6 +90,16 @@ pub enum Request {
         broker: BrokerId,
         at_least: i64,
     },
+    /// The leader `broker` of a partition asks for in-sync replicas `isr` (Kafka's
+    /// AlterPartition), from the state at `partition_epoch` it leads at `leader_epoch`.
+    AlterPartition {
+        broker: BrokerId,
+        topic: [u8; 16],
+        partition: u32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<BrokerId>,
+    },
 }
 
 /// The controller's answer to a [`Request`] it accepted.
@@ -215,6 +225,21 @@ impl Controller {
                 };
                 return Ok((records, reply));
             }
+            Request::AlterPartition {
+                broker,
+                topic,
+                partition,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => self.alter_partition(
+                broker,
+                topic,
+                partition,
+                leader_epoch,
+                partition_epoch,
+                &isr.into_iter().collect(),
+            )?,
         };
         Ok((records, Reply::Done))
     }

@@ -12,6 +12,7 @@
 mod cluster;
 pub mod controller;
 mod error;
+pub mod fetcher;
 pub mod follower;
 pub mod leader;
 pub mod metadata;
@@ -20,6 +21,7 @@ mod partition;
 pub mod peers;
 pub mod quorum;
 pub mod quorum_store;
+pub mod replica;
 pub mod roles;
 pub mod topics;
 
@@ -29,3 +31,4 @@ pub use error::Error;
 pub use node::NodeConfig;
 pub use partition::{Consistency, Partition};
 pub use peers::Transport;
+pub use replica::LeaderLinks;

@@ -30,6 +30,7 @@ use crate::metadata::{Endpoint, MetadataImage};
 use crate::peers::{self, Frame, Refusal, Transport};
 use crate::quorum::{self, QuorumNode, QuorumSettings};
 use crate::quorum_store::QuorumStore;
+use crate::replica::Replicas;
 use crate::roles::{self, Change, PartitionName};
 use crate::topics::TopicStore;
 
@@ -75,6 +76,9 @@ pub struct NodeConfig {
     /// A broker the controller has not heard from for this long is fenced (Kafka's
     /// `broker.session.timeout.ms`).
     pub session_timeout_ms: u64,
+    /// A follower not caught up for this long leaves the in-sync replicas (Kafka's
+    /// `replica.lag.time.max.ms`).
+    pub replica_lag_max_ms: u64,
 }
 
 pub(crate) type Answer = flume::Sender<Result<Reply, Error>>;
@@ -628,6 +632,15 @@ impl Node {
             }
             Change::DeleteLog { partition } => {
                 let log = log_of(&partition)?;
+                let resigned = log.clone();
+                self.handle
+                    .on_shard(self.handle.shard_of(&log), move |_| async move {
+                        if let Some(replicas) = Replicas::current() {
+                            replicas.resign(&resigned);
+                        }
+                        Ok(())
+                    })
+                    .await?;
                 match self.handle.delete_log(&log).await {
                     Ok(()) | Err(coremq_engine::Error::UnknownLog { .. }) => {}
                     Err(error) => return Err(error.into()),
@@ -638,16 +651,49 @@ impl Node {
                 assignment,
             } => {
                 let epoch = assignment.leader_epoch;
+                let (topic, configs) = self.topic_of(&partition);
                 self.handle
                     .with_log(&log_of(&partition)?, move |log| async move {
                         let led = log
                             .leader_epochs()
                             .latest()
                             .is_some_and(|entry| entry.epoch >= epoch);
-                        if led {
-                            return Ok(());
+                        if !led {
+                            log.assign_leader_epoch(epoch).await?;
                         }
-                        log.assign_leader_epoch(epoch).await
+                        if let Some(replicas) = Replicas::current() {
+                            let index = partition.partition;
+                            replicas.lead(log, topic, index, &assignment, &configs);
+                        }
+                        Ok(())
+                    })
+                    .await?;
+            }
+            Change::Follow {
+                partition,
+                leader,
+                leader_epoch,
+            } => {
+                let (topic, _) = self.topic_of(&partition);
+                self.handle
+                    .with_log(&log_of(&partition)?, move |log| async move {
+                        if let Some(replicas) = Replicas::current() {
+                            replicas.follow(log, topic, leader, leader_epoch);
+                        }
+                        Ok(())
+                    })
+                    .await?;
+            }
+            Change::IsrChanged {
+                partition,
+                assignment,
+            } => {
+                self.handle
+                    .with_log(&log_of(&partition)?, move |log| async move {
+                        if let Some(replicas) = Replicas::current() {
+                            replicas.isr_changed(log.topic_partition(), &assignment.isr);
+                        }
+                        Ok(())
                     })
                     .await?;
             }
@@ -668,8 +714,16 @@ impl Node {
                             state.assignment.replicas.contains(&self.config.broker_id)
                         });
                     if assigned {
+                        let log = log_of(&partition)?;
+                        self.handle.set_config(&log, config.clone()).await?;
+                        let configs = configs.clone();
                         self.handle
-                            .set_config(&log_of(&partition)?, config.clone())
+                            .on_shard(self.handle.shard_of(&log), move |_| async move {
+                                if let Some(replicas) = Replicas::current() {
+                                    replicas.configs_changed(&log, &configs);
+                                }
+                                Ok(())
+                            })
                             .await?;
                     }
                 }
@@ -680,14 +734,30 @@ impl Node {
                     partition.topic,
                     partition.partition
                 );
-            }
-            // A single broker leads every partition it has; following and in-sync changes
-            // come with replication between brokers.
-            Change::IsrChanged { .. } | Change::Follow { .. } => {
-                log::warn!("cluster metadata: {change:?} needs replication between brokers");
+                let log = log_of(&partition)?;
+                self.handle
+                    .on_shard(self.handle.shard_of(&log), move |_| async move {
+                        if let Some(replicas) = Replicas::current() {
+                            replicas.resign(&log);
+                        }
+                        Ok(())
+                    })
+                    .await?;
             }
         }
         Ok(())
+    }
+
+    /// The id and configs of `partition`'s topic in the image.
+    fn topic_of(&self, partition: &PartitionName) -> ([u8; 16], BTreeMap<String, String>) {
+        let id = self.image.topic_id(&partition.topic).unwrap_or_default();
+        let configs = self
+            .image
+            .topics
+            .get(&id)
+            .map(|topic| topic.configs.clone())
+            .unwrap_or_default();
+        (id, configs)
     }
 
     fn log_config(

@@ -1,7 +1,7 @@
 //! A partition as the front ends see it: append with a [`Consistency`], read with an
-//! [`Isolation`]. Single node, a partition is its one local log; replication makes it the
-//! leader's replica, whose `Durable` appends wait for the in-sync followers and whose
-//! consumers read up to the high watermark.
+//! [`Isolation`]. Where this broker leads it, `Durable` appends wait for the in-sync
+//! replicas (the high watermark) and reads with [`Isolation::Committed`] stop at the high
+//! watermark; followers fetch with [`Partition::replica_read`].
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -9,8 +9,16 @@ use std::time::Duration;
 use coremq_engine::batch::CheckedBatch;
 use coremq_engine::log::Log;
 use coremq_engine::{
-    Ack, AppendInfo, Isolation, LogConfig, LogOffsets, Offset, ReadBatches, Result, Timestamp,
+    Ack, AppendInfo, Error, Isolation, LogConfig, LogOffsets, Offset, ReadBatches, Result,
+    Timestamp,
 };
+
+use crate::leader::BrokerId;
+use crate::replica::{Leading, Replicas};
+
+/// How long an `acks=all` write waits for the in-sync replicas before it fails with
+/// [`Error::TimedOut`] (the front end's request timeout bounds it too).
+pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How sure an append must be before it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,11 +43,21 @@ impl Consistency {
 #[derive(Clone)]
 pub struct Partition {
     log: Rc<Log>,
+    /// Its leader role, where this broker leads it.
+    leading: Option<Rc<Leading>>,
 }
 
 impl Partition {
     pub(crate) fn new(log: Rc<Log>) -> Partition {
-        Partition { log }
+        let leading =
+            Replicas::current().and_then(|replicas| replicas.leader(log.topic_partition()));
+        Partition { log, leading }
+    }
+
+    /// Whether this broker leads the partition (it has a leader epoch here and a leader
+    /// role).
+    pub fn is_leader(&self) -> bool {
+        self.leading.is_some()
     }
 
     /// The partition's log settings (batch limits, cleanup policy, durability).
@@ -53,7 +71,9 @@ impl Partition {
         batch: CheckedBatch,
         consistency: Consistency,
     ) -> Result<AppendInfo> {
-        self.log.append_checked(batch, consistency.ack()).await
+        self.before_append(consistency)?;
+        let info = self.log.append_checked(batch, consistency.ack()).await?;
+        self.after_append(info, consistency).await
     }
 
     /// Checks and appends one batch as it came (see [`Partition::append`]).
@@ -62,7 +82,58 @@ impl Partition {
         batch: bytes::Bytes,
         consistency: Consistency,
     ) -> Result<AppendInfo> {
-        self.log.append_acked(batch, consistency.ack()).await
+        self.before_append(consistency)?;
+        let info = self.log.append_acked(batch, consistency.ack()).await?;
+        self.after_append(info, consistency).await
+    }
+
+    fn before_append(&self, consistency: Consistency) -> Result<()> {
+        match &self.leading {
+            Some(leading) if consistency == Consistency::Durable => leading.check_min_insync(),
+            _ => Ok(()),
+        }
+    }
+
+    async fn after_append(&self, info: AppendInfo, consistency: Consistency) -> Result<AppendInfo> {
+        if let Some(leading) = &self.leading {
+            leading.appended();
+            if consistency == Consistency::Durable {
+                leading
+                    .await_commit(info.last_offset, REPLICATION_TIMEOUT)
+                    .await?;
+            }
+        }
+        Ok(info)
+    }
+
+    /// A follower's fetch (Kafka's Fetch with a replica id): records `replica`'s progress
+    /// (its log ends at `from`) and reads everything written from `from`, with the high
+    /// watermark as the followers learn it. Refused unless this broker leads at
+    /// `leader_epoch`: [`Error::NotLeader`], or [`Error::StaleLeaderEpoch`] for a follower
+    /// ahead or behind.
+    pub async fn replica_read(
+        &self,
+        replica: BrokerId,
+        leader_epoch: i32,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<ReadBatches> {
+        let Some(leading) = &self.leading else {
+            return Err(Error::NotLeader);
+        };
+        if leader_epoch >= 0 && leader_epoch != leading.epoch() {
+            return Err(Error::StaleLeaderEpoch {
+                epoch: leader_epoch,
+                latest: leading.epoch(),
+            });
+        }
+        let replicas = Replicas::current().ok_or(Error::NotLeader)?;
+        if !leading.fetched(&replicas, replica, from) {
+            return Err(Error::NotLeader);
+        }
+        let mut read = self.log.read(from, max_bytes, Isolation::Written).await?;
+        read.high_watermark = leading.high_watermark();
+        Ok(read)
     }
 
     /// Whole batches from the one holding `from`, up to `max_bytes` (at least one batch),
@@ -87,8 +158,14 @@ impl Partition {
         self.log.wait_readable(from, isolation, timeout).await
     }
 
+    /// The log's offsets; where this broker leads, the high watermark is the replicas'
+    /// (what consumers may read), not the leader's written end.
     pub fn offsets(&self) -> LogOffsets {
-        self.log.offsets()
+        let mut offsets = self.log.offsets();
+        if let Some(leading) = &self.leading {
+            offsets.high_watermark = leading.high_watermark().min(offsets.high_watermark);
+        }
+        offsets
     }
 
     /// The first record at or after `timestamp`: offset and timestamp.

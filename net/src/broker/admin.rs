@@ -155,10 +155,10 @@ pub async fn create_topics(
             ..CreatableTopicResult::default()
         };
         match create_topic(context, topic, request.validate_only).await {
-            Ok((id, partitions, overrides)) => {
+            Ok((id, partitions, replication_factor, overrides)) => {
                 result.topic_id = id;
                 result.num_partitions = partitions as i32;
-                result.replication_factor = 1;
+                result.replication_factor = replication_factor as i16;
                 if version >= 5 {
                     result.configs = Some(described_configs(&context.config, &name, &overrides));
                 }
@@ -176,7 +176,8 @@ pub async fn create_topics(
     }
 }
 
-type Created = (Uuid, u32, BTreeMap<String, String>);
+/// A created topic's id, partitions, replication factor and config overrides.
+type Created = (Uuid, u32, u16, BTreeMap<String, String>);
 
 async fn create_topic(
     context: &Rc<Context>,
@@ -191,16 +192,24 @@ async fn create_topic(
             format!("topic {:?} already exists", topic.name),
         );
     }
-    if !matches!(topic.replication_factor, -1 | 1) {
-        return fail(
-            error_code::INVALID_REPLICATION_FACTOR,
-            format!(
-                "replication factor {}: replication between brokers is not built yet, \
-                 every partition has one replica",
-                topic.replication_factor
-            ),
-        );
-    }
+    let live = context
+        .cluster
+        .image()
+        .brokers
+        .values()
+        .filter(|broker| !broker.fenced)
+        .count()
+        .max(1);
+    let replication_factor = match topic.replication_factor {
+        -1 => 1,
+        factor if factor >= 1 && factor as usize <= live => factor as u16,
+        factor => {
+            return fail(
+                error_code::INVALID_REPLICATION_FACTOR,
+                format!("replication factor {factor}: {live} brokers are available"),
+            );
+        }
+    };
     let partitions = if topic.assignments.is_empty() {
         match topic.num_partitions {
             -1 => context.config.default_partitions,
@@ -246,14 +255,19 @@ async fn create_topic(
         .map_err(|message| (error_code::INVALID_CONFIG, message))?;
     check_capacity(context, partitions)?;
     if validate_only {
-        return Ok((Uuid::ZERO, partitions, overrides));
+        return Ok((Uuid::ZERO, partitions, replication_factor, overrides));
     }
     match context
         .cluster
-        .create_topic(topic.name.clone(), partitions, overrides.clone())
+        .create_topic(
+            topic.name.clone(),
+            partitions,
+            replication_factor,
+            overrides.clone(),
+        )
         .await
     {
-        Ok(Some(created)) => Ok((created.id.into(), partitions, overrides)),
+        Ok(Some(created)) => Ok((created.id.into(), partitions, replication_factor, overrides)),
         Ok(None) => fail(
             error_code::TOPIC_ALREADY_EXISTS,
             format!("topic {:?} already exists", topic.name),
@@ -463,6 +477,11 @@ fn broker_settings(config: &BrokerConfig) -> Vec<(&'static str, String, i8)> {
             "broker.session.timeout.ms",
             config.broker_session_timeout_ms.to_string(),
             configs::TYPE_INT,
+        ),
+        (
+            "replica.lag.time.max.ms",
+            config.replica_lag_time_max_ms.to_string(),
+            configs::TYPE_LONG,
         ),
         (
             "group.min.session.timeout.ms",

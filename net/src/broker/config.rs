@@ -73,6 +73,9 @@ pub struct BrokerConfig {
     /// (Kafka's `broker.heartbeat.interval.ms` and `broker.session.timeout.ms`).
     pub broker_heartbeat_interval_ms: u64,
     pub broker_session_timeout_ms: u64,
+    /// A follower not caught up with its leader for this long leaves the in-sync replicas
+    /// (Kafka's `replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
     /// Session timeouts a group member may ask for (Kafka's `group.min.session.timeout.ms`
     /// and `group.max.session.timeout.ms`); others get INVALID_SESSION_TIMEOUT.
     pub group_min_session_timeout_ms: u64,
@@ -123,6 +126,7 @@ impl Default for BrokerConfig {
             log_flush_interval_ms: i64::MAX as u64,
             broker_heartbeat_interval_ms: 250,
             broker_session_timeout_ms: 1500,
+            replica_lag_time_max_ms: 30_000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
             connections_max_idle_ms: 600_000,

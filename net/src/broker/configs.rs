@@ -73,7 +73,8 @@ impl Check {
 enum Effect {
     /// A log setting of the engine's, with the same name.
     Log,
-    /// Read by the broker (produce recompresses for `compression.type`).
+    /// Read by the broker (produce recompresses for `compression.type`; replication reads
+    /// `min.insync.replicas`, the controller `unclean.leader.election.enable`).
     Broker,
     /// `flush.messages` and `flush.ms`: together they give the log's fsync policy.
     Flush,
@@ -91,7 +92,7 @@ struct Spec {
     effect: Effect,
 }
 
-const NO_REPLICATION: &str = "coremq: accepted and checked; no effect until replication";
+const NO_REPLICATION: &str = "coremq: accepted and checked; replication is not throttled";
 const NO_TIERED: &str = "coremq: accepted and checked; there is no tiered storage";
 const NO_LEVELS: &str =
     "coremq: accepted and checked; recompression uses the codec's default level";
@@ -295,7 +296,7 @@ const TOPIC_CONFIGS: &[Spec] = &[
         kind: TYPE_INT,
         default: "1",
         check: Check::int_at_least(1),
-        effect: Effect::None(NO_REPLICATION),
+        effect: Effect::Broker,
     },
     Spec {
         key: "preallocate",
@@ -372,7 +373,7 @@ const TOPIC_CONFIGS: &[Spec] = &[
         kind: TYPE_BOOLEAN,
         default: "false",
         check: Check::Bool,
-        effect: Effect::None(NO_REPLICATION),
+        effect: Effect::Broker,
     },
 ];
 
@@ -750,7 +751,7 @@ mod tests {
         assert_eq!(get("segment.bytes").source, SOURCE_DEFAULT);
         assert_eq!(get("compression.type").value, "zstd");
         assert_eq!(get("min.insync.replicas").value, "1");
-        assert!(get("min.insync.replicas").documentation.is_some());
+        assert!(get("leader.replication.throttled.replicas").documentation.is_some());
         assert!(get("retention.ms").documentation.is_none());
         let bad = |key: &str, value: &str| log_config(&broker, "t", &one(key, value)).is_err();
         assert!(bad("compression.type", "brotli"));

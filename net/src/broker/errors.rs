@@ -60,7 +60,15 @@ pub fn code(error: &Error) -> i16 {
         Error::OutOfOrderSequence { .. } => error_code::OUT_OF_ORDER_SEQUENCE_NUMBER,
         Error::ProducerFenced { .. } => error_code::INVALID_PRODUCER_EPOCH,
         // Retriable: the client tries again once the broker is back.
-        Error::ShuttingDown => error_code::NOT_LEADER_OR_FOLLOWER,
+        Error::ShuttingDown | Error::NotLeader => error_code::NOT_LEADER_OR_FOLLOWER,
+        Error::NotEnoughReplicas {
+            after_append: false,
+            ..
+        } => error_code::NOT_ENOUGH_REPLICAS,
+        Error::NotEnoughReplicas {
+            after_append: true, ..
+        } => error_code::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        Error::TimedOut { .. } => error_code::REQUEST_TIMED_OUT,
         _ => error_code::UNKNOWN_SERVER_ERROR,
     }
 }

@@ -27,10 +27,29 @@ use crate::protocol::messages::{
 /// Error code for a session id the broker never handed out.
 const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
 
+/// Who fetches: a consumer reads what the in-sync replicas have (the high watermark); a
+/// follower (a replica id) reads everything written and reports its progress by fetching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    Consumer,
+    Replica(i32),
+}
+
+impl Reader {
+    fn isolation(self) -> Isolation {
+        match self {
+            Reader::Consumer => Isolation::Committed,
+            Reader::Replica(_) => Isolation::Written,
+        }
+    }
+}
+
 /// One requested partition, resolved.
 struct Wanted {
     log: Option<TopicPartition>,
     partition: i32,
+    /// The leader epoch the fetcher knows (-1: none given).
+    leader_epoch: i32,
     /// The error for a partition that cannot be read at all.
     error: i16,
     offset: i64,
@@ -77,6 +96,7 @@ pub async fn handle(context: &Rc<Context>, request: FetchRequest, version: i16) 
                     },
                     log,
                     partition: index,
+                    leader_epoch: partition.current_leader_epoch,
                     offset: partition.fetch_offset,
                     max_bytes: partition.partition_max_bytes.max(0) as usize,
                 }
@@ -93,11 +113,21 @@ pub async fn handle(context: &Rc<Context>, request: FetchRequest, version: i16) 
         usize::MAX
     };
     let min_bytes = request.min_bytes.max(0) as usize;
+    let replica = if version >= 15 {
+        request.replica_state.replica_id
+    } else {
+        request.replica_id
+    };
+    let reader = if replica >= 0 {
+        Reader::Replica(replica)
+    } else {
+        Reader::Consumer
+    };
     let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
     loop {
-        let (responses, bytes) = read_all(context, &topics, response_max).await;
+        let (responses, bytes) = read_all(context, reader, &topics, response_max).await;
         let left = deadline.saturating_duration_since(Instant::now());
-        if bytes >= min_bytes || left.is_zero() || !wait_any(context, &topics, left).await {
+        if bytes >= min_bytes || left.is_zero() || !wait_any(context, reader, &topics, left).await {
             return FetchResponse {
                 responses,
                 ..FetchResponse::default()
@@ -110,6 +140,7 @@ pub async fn handle(context: &Rc<Context>, request: FetchRequest, version: i16) 
 /// `response_max` bytes (the first non-empty partition always keeps its first batch).
 async fn read_all(
     context: &Rc<Context>,
+    reader: Reader,
     topics: &[(String, Uuid, Vec<Wanted>)],
     response_max: usize,
 ) -> (Vec<FetchableTopicResponse>, usize) {
@@ -119,22 +150,33 @@ async fn read_all(
             let context = context.clone();
             let log = partition.log.clone();
             let (offset, max_bytes) = (partition.offset, partition.max_bytes.min(response_max));
+            let epoch = partition.leader_epoch;
             reads.push(coremq_runtime::spawn_local(async move {
                 let log = log?;
                 let from = Offset(offset.max(0) as u64);
                 if offset < 0 {
                     return Some(Err(out_of_range(&context, &log).await));
                 }
-                Some(
-                    match context
-                        .cluster
-                        .read(&log, from, max_bytes.max(1), Isolation::Written)
-                        .await
-                    {
-                        Ok(read) => Ok(read),
-                        Err(error) => Err(Failure::from(&error)),
-                    },
-                )
+                let max_bytes = max_bytes.max(1);
+                let read = match reader {
+                    Reader::Consumer => {
+                        context
+                            .cluster
+                            .read(&log, from, max_bytes, Isolation::Committed)
+                            .await
+                    }
+                    Reader::Replica(replica) => {
+                        context
+                            .cluster
+                            .on_partition(&log, move |partition| async move {
+                                partition
+                                    .replica_read(replica, epoch, from, max_bytes)
+                                    .await
+                            })
+                            .await
+                    }
+                };
+                Some(read.map_err(|error| Failure::from(&error)))
             }));
         }
     }
@@ -201,8 +243,15 @@ impl From<&Error> for Failure {
             } => (log_start.0 as i64, log_end.0 as i64),
             _ => (-1, -1),
         };
+        let code = match error {
+            Error::StaleLeaderEpoch { epoch, latest } if epoch < latest => {
+                error_code::FENCED_LEADER_EPOCH
+            }
+            Error::StaleLeaderEpoch { .. } => error_code::UNKNOWN_LEADER_EPOCH,
+            _ => errors::code(error),
+        };
         Failure {
-            code: errors::code(error),
+            code,
             log_start,
             high_watermark,
         }
@@ -226,6 +275,7 @@ async fn out_of_range(context: &Context, log: &TopicPartition) -> Failure {
 /// answers, the others are dropped at once and leave nothing behind.
 async fn wait_any(
     context: &Rc<Context>,
+    reader: Reader,
     topics: &[(String, Uuid, Vec<Wanted>)],
     timeout: Duration,
 ) -> bool {
@@ -242,7 +292,7 @@ async fn wait_any(
             waits.push(Box::pin(async move {
                 context
                     .cluster
-                    .wait_readable(log, from, Isolation::Written, timeout)
+                    .wait_readable(log, from, reader.isolation(), timeout)
                     .await
                     .unwrap_or(true)
             }));

@@ -231,6 +231,7 @@ async fn auto_create(context: &Context, name: &str) -> Result<Arc<Topic>, i16> {
         .create_topic(
             name.to_string(),
             context.config.default_partitions,
+            1,
             Default::default(),
         )
         .await;

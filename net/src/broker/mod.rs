@@ -15,6 +15,7 @@ mod metadata;
 mod metrics;
 mod produce;
 mod producer_ids;
+mod replica_links;
 mod replicas;
 pub mod topics;
 mod voters;
@@ -267,8 +268,13 @@ impl Broker {
             meta_dir: config.meta_dir(),
             heartbeat_ms: config.broker_heartbeat_interval_ms,
             session_timeout_ms: config.broker_session_timeout_ms,
+            replica_lag_max_ms: config.replica_lag_time_max_ms,
         };
-        let cluster = Cluster::start(handle.clone(), node, log_configs, transport)
+        let links: coremq_replication::LeaderLinks = Arc::new(|| {
+            Rc::new(replica_links::Links::default())
+                as Rc<dyn coremq_replication::fetcher::LeaderLink>
+        });
+        let cluster = Cluster::start(handle.clone(), node, log_configs, transport, links)
             .map_err(|error| Error::step("recovering the cluster metadata", error))?;
         let partitions = config.offsets_topic_partitions.max(1);
         let compacted: std::collections::BTreeMap<String, String> =
@@ -278,6 +284,7 @@ impl Broker {
             let created = futures_lite::future::block_on(cluster.create_topic(
                 groups::OFFSETS_TOPIC.into(),
                 partitions,
+                1,
                 compacted.clone(),
             ));
             match created {

@@ -1,0 +1,251 @@
+//! How a follower reaches its leaders: Kafka's own Fetch (with this broker's replica id) and
+//! OffsetForLeaderEpoch over the in-repo client, one connection per leader broker and shard,
+//! opened again when it breaks.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::ToSocketAddrs;
+use std::rc::Rc;
+use std::time::Duration;
+
+use coremq_engine::Offset;
+use coremq_replication::fetcher::{
+    EpochAnswer, EpochQuery, FetchPartition, Fetched, LeaderLink, LocalFuture,
+};
+use coremq_replication::leader::BrokerId;
+
+use crate::client::Connection;
+use crate::client::{Error, within};
+use crate::protocol::api::{RequestBody, ResponseBody};
+use crate::protocol::codec::Uuid;
+use crate::protocol::error_code;
+use crate::protocol::messages::fetch_request::{self, FetchTopic, ReplicaState};
+use crate::protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
+use crate::protocol::messages::{FetchRequest, OffsetForLeaderEpochRequest};
+
+/// How long connecting to a leader may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a leader may take to answer, beyond a fetch's own wait.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes one replica fetch asks for, all partitions together.
+const FETCH_BYTES: i32 = 16 << 20;
+
+/// A shard's connections to leader brokers.
+#[derive(Default)]
+pub struct Links {
+    connections: RefCell<HashMap<BrokerId, Rc<Connection>>>,
+}
+
+impl Links {
+    async fn connection(
+        &self,
+        leader: BrokerId,
+        (host, port): &(String, u16),
+    ) -> Result<Rc<Connection>, Error> {
+        let known = self.connections.borrow().get(&leader).cloned();
+        if let Some(connection) = known.filter(|connection| !connection.is_broken()) {
+            return Ok(connection);
+        }
+        let address = (host.as_str(), *port)
+            .to_socket_addrs()
+            .map_err(|error| Error::Io(format!("resolving {host}:{port}: {error}")))?
+            .next()
+            .ok_or_else(|| Error::Io(format!("{host}:{port} resolves to no address")))?;
+        let connection = Connection::open(address, "coremq-replica", CONNECT_TIMEOUT).await?;
+        self.connections
+            .borrow_mut()
+            .insert(leader, connection.clone());
+        Ok(connection)
+    }
+
+    /// Sends `body` to `leader`, dropping the connection if it fails.
+    async fn call(
+        &self,
+        leader: BrokerId,
+        address: &(String, u16),
+        body: RequestBody,
+        patience: Duration,
+    ) -> Result<ResponseBody, String> {
+        let answer = async {
+            let connection = self.connection(leader, address).await?;
+            within(patience, "the leader's answer", connection.call(body)).await
+        }
+        .await;
+        match answer {
+            Ok((_, response)) => Ok(response),
+            Err(error) => {
+                self.connections.borrow_mut().remove(&leader);
+                Err(format!(
+                    "broker {leader} at {}:{}: {error}",
+                    address.0, address.1
+                ))
+            }
+        }
+    }
+}
+
+impl LeaderLink for Links {
+    fn fetch<'a>(
+        &'a self,
+        leader: BrokerId,
+        address: (String, u16),
+        replica: BrokerId,
+        partitions: Vec<FetchPartition>,
+        wait: Duration,
+    ) -> LocalFuture<'a, Result<Vec<Fetched>, String>> {
+        Box::pin(async move {
+            let mut topics: Vec<FetchTopic> = Vec::new();
+            for wanted in &partitions {
+                let partition = fetch_request::FetchPartition {
+                    partition: wanted.partition.partition as i32,
+                    current_leader_epoch: wanted.leader_epoch,
+                    fetch_offset: wanted.fetch_offset.0 as i64,
+                    last_fetched_epoch: -1,
+                    log_start_offset: wanted.log_start.0 as i64,
+                    partition_max_bytes: coremq_replication::fetcher::FETCH_PARTITION_BYTES as i32,
+                    ..fetch_request::FetchPartition::default()
+                };
+                match topics
+                    .iter_mut()
+                    .find(|topic| topic.topic == wanted.partition.topic)
+                {
+                    Some(topic) => topic.partitions.push(partition),
+                    None => topics.push(FetchTopic {
+                        topic: wanted.partition.topic.clone(),
+                        topic_id: Uuid(wanted.topic_id),
+                        partitions: vec![partition],
+                    }),
+                }
+            }
+            let request = FetchRequest {
+                replica_id: replica,
+                replica_state: ReplicaState {
+                    replica_id: replica,
+                    replica_epoch: -1,
+                },
+                max_wait_ms: wait.as_millis() as i32,
+                min_bytes: 1,
+                max_bytes: FETCH_BYTES,
+                topics,
+                ..FetchRequest::default()
+            };
+            let response = self
+                .call(
+                    leader,
+                    &address,
+                    RequestBody::Fetch(request),
+                    wait + ANSWER_TIMEOUT,
+                )
+                .await?;
+            let ResponseBody::Fetch(response) = response else {
+                return Err("not a Fetch response".into());
+            };
+            if response.error_code != error_code::NONE {
+                return Err(format!("Fetch refused: error {}", response.error_code));
+            }
+            let answers = partitions
+                .iter()
+                .map(|wanted| {
+                    let found = response
+                        .responses
+                        .iter()
+                        .filter(|topic| {
+                            topic.topic == wanted.partition.topic
+                                || topic.topic_id == Uuid(wanted.topic_id)
+                        })
+                        .flat_map(|topic| &topic.partitions)
+                        .find(|data| data.partition_index == wanted.partition.partition as i32);
+                    let Some(data) = found else {
+                        return Fetched::Refused("not in the answer".into());
+                    };
+                    match data.error_code {
+                        error_code::NONE => Fetched::Records {
+                            batches: data
+                                .records
+                                .as_ref()
+                                .map(|records| records.to_bytes())
+                                .unwrap_or_default(),
+                            high_watermark: Offset(data.high_watermark.max(0) as u64),
+                        },
+                        error_code::OFFSET_OUT_OF_RANGE => Fetched::OutOfRange {
+                            log_start: Offset(data.log_start_offset.max(0) as u64),
+                            log_end: Offset(data.high_watermark.max(0) as u64),
+                        },
+                        code => Fetched::Refused(
+                            error_code::name(code)
+                                .map_or_else(|| format!("error {code}"), str::to_string),
+                        ),
+                    }
+                })
+                .collect();
+            Ok(answers)
+        })
+    }
+
+    fn epoch_ends<'a>(
+        &'a self,
+        leader: BrokerId,
+        address: (String, u16),
+        replica: BrokerId,
+        queries: Vec<EpochQuery>,
+    ) -> LocalFuture<'a, Result<Vec<EpochAnswer>, String>> {
+        Box::pin(async move {
+            let mut topics: Vec<OffsetForLeaderTopic> = Vec::new();
+            for query in &queries {
+                let partition = OffsetForLeaderPartition {
+                    partition: query.partition.partition as i32,
+                    current_leader_epoch: query.current_leader_epoch,
+                    leader_epoch: query.epoch,
+                };
+                match topics
+                    .iter_mut()
+                    .find(|topic| topic.topic == query.partition.topic)
+                {
+                    Some(topic) => topic.partitions.push(partition),
+                    None => topics.push(OffsetForLeaderTopic {
+                        topic: query.partition.topic.clone(),
+                        partitions: vec![partition],
+                    }),
+                }
+            }
+            let request = OffsetForLeaderEpochRequest {
+                replica_id: replica,
+                topics,
+            };
+            let response = self
+                .call(
+                    leader,
+                    &address,
+                    RequestBody::OffsetForLeaderEpoch(request),
+                    ANSWER_TIMEOUT,
+                )
+                .await?;
+            let ResponseBody::OffsetForLeaderEpoch(response) = response else {
+                return Err("not an OffsetForLeaderEpoch response".into());
+            };
+            let answers = queries
+                .iter()
+                .map(|query| {
+                    let found = response
+                        .topics
+                        .iter()
+                        .filter(|topic| topic.topic == query.partition.topic)
+                        .flat_map(|topic| &topic.partitions)
+                        .find(|end| end.partition == query.partition.partition as i32);
+                    match found {
+                        None => Err("not in the answer".to_string()),
+                        Some(end) if end.error_code != error_code::NONE => Err(error_code::name(
+                            end.error_code,
+                        )
+                        .map_or_else(|| format!("error {}", end.error_code), str::to_string)),
+                        Some(end) if end.leader_epoch < 0 || end.end_offset < 0 => Ok(None),
+                        Some(end) => Ok(Some((end.leader_epoch, Offset(end.end_offset as u64)))),
+                    }
+                })
+                .collect();
+            Ok(answers)
+        })
+    }
+}
