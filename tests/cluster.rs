@@ -443,23 +443,41 @@ fn killed_and_stopped_leaders_lose_no_acknowledged_record() {
         &bootstrap,
         "produce",
         "quotes",
-        "16",
+        "24",
         acked.to_str().unwrap(),
     ]);
-    // Three faults on the leaders of the three partitions in turn: a SIGKILL and a restart,
-    // a SIGSTOP for three session timeouts and a SIGCONT, another SIGKILL and restart.
-    for (round, fault) in ["-KILL", "-STOP", "-KILL"].into_iter().enumerate() {
+    // Four faults on the leaders of the partitions in turn: a SIGKILL and a restart, a
+    // SIGSTOP for three session timeouts and a SIGCONT, a SIGTERM (a controlled shutdown,
+    // which hands the leaderships away first) and a restart, another SIGKILL.
+    for (round, fault) in ["-KILL", "-STOP", "-TERM", "-KILL"].into_iter().enumerate() {
         std::thread::sleep(Duration::from_secs(2));
         let seen = metadata(&brokers[(round + 1) % BROKERS]);
-        let leader = leaders(&seen, "quotes")[round];
-        assert!(leader >= 0, "partition {round} has a leader: {seen}");
+        let leader = leaders(&seen, "quotes")[round % 3];
+        assert!(leader >= 0, "partition {} has a leader: {seen}", round % 3);
         let victim = leader as usize;
-        signal(&brokers[victim], fault);
-        std::thread::sleep(Duration::from_millis(4500));
-        if fault == "-STOP" {
-            signal(&brokers[victim], "-CONT");
-        } else {
-            brokers[victim].stop_with("-KILL");
+        match fault {
+            "-STOP" => {
+                signal(&brokers[victim], "-STOP");
+                std::thread::sleep(Duration::from_millis(4500));
+                signal(&brokers[victim], "-CONT");
+            }
+            "-TERM" => {
+                let status = brokers[victim].stop();
+                assert!(status.success(), "{}", brokers[victim].log());
+                assert!(
+                    brokers[victim]
+                        .log()
+                        .contains(&format!("broker {victim} leads no partition any more")),
+                    "a controlled shutdown: {}",
+                    brokers[victim].log()
+                );
+            }
+            _ => {
+                brokers[victim].stop_with("-KILL");
+                std::thread::sleep(Duration::from_secs(3));
+            }
+        }
+        if !brokers[victim].is_running() {
             brokers[victim].respawn();
             brokers[victim]
                 .wait_ready(Duration::from_secs(60))

@@ -101,6 +101,33 @@ impl Cluster {
         })
     }
 
+    /// Controlled shutdown (Kafka's): asks the controller to move every leadership of this
+    /// broker to another in-sync replica, and waits until it leads nothing or `patience`
+    /// ends (a partition with no other in-sync replica keeps its leader). Whether it was
+    /// done. Returns at once when this broker is the cluster's only one. Called off the
+    /// shards.
+    pub fn hand_over(&self, me: BrokerId, patience: Duration) -> bool {
+        let started = std::time::Instant::now();
+        if self.node.send(Event::ShuttingDown).is_err() {
+            return false;
+        }
+        loop {
+            let asked = futures_lite::future::block_on(self.ask(Request::Heartbeat {
+                id: me,
+                shutting_down: true,
+            }));
+            if let Ok(Reply::Heartbeat(reply)) = asked
+                && reply.shutdown_ready
+            {
+                return true;
+            }
+            if started.elapsed() >= patience {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Stops the metadata node (before the engine closes its logs).
     pub fn stop(&self) {
         let (stopped, done) = flume::bounded(1);

@@ -101,6 +101,9 @@ struct Forwarded {
 
 pub(crate) enum Event {
     Request(Request, Answer),
+    /// The broker is stopping: its heartbeats ask the controller to move its leaderships
+    /// away (controlled shutdown) from now on.
+    ShuttingDown,
     Stop(flume::Sender<()>),
 }
 
@@ -137,6 +140,8 @@ pub(crate) struct Node {
     incarnation: u64,
     /// The logs match the image, and every change is carried out as it is applied.
     serving: bool,
+    /// In a controlled shutdown: heartbeats ask for the leaderships to move away.
+    shutting_down: bool,
     /// Who to tell once stopped, when a stop was asked for.
     stopping: Option<flume::Sender<()>>,
     next_heartbeat_ms: u64,
@@ -187,6 +192,7 @@ impl Node {
             next_forward_id: 0,
             incarnation: rand::random(),
             serving: false,
+            shutting_down: false,
             stopping: None,
             next_heartbeat_ms: 0,
             published_controller: None,
@@ -306,6 +312,7 @@ impl Node {
             Some(Woken::Event(Event::Request(request, answer))) => {
                 self.request(request, Asker::Local(Some(answer)))
             }
+            Some(Woken::Event(Event::ShuttingDown)) => self.shutting_down = true,
             Some(Woken::Event(Event::Stop(stopped))) => {
                 self.stopping = Some(stopped);
                 return Ok(());
@@ -413,7 +420,7 @@ impl Node {
             self.next_heartbeat_ms = now + self.config.heartbeat_ms;
             let heartbeat = Request::Heartbeat {
                 id: self.config.broker_id,
-                shutting_down: false,
+                shutting_down: self.shutting_down,
             };
             self.request(heartbeat, Asker::Local(None));
         }

@@ -751,7 +751,11 @@ mod tests {
         assert_eq!(get("segment.bytes").source, SOURCE_DEFAULT);
         assert_eq!(get("compression.type").value, "zstd");
         assert_eq!(get("min.insync.replicas").value, "1");
-        assert!(get("leader.replication.throttled.replicas").documentation.is_some());
+        assert!(
+            get("leader.replication.throttled.replicas")
+                .documentation
+                .is_some()
+        );
         assert!(get("retention.ms").documentation.is_none());
         let bad = |key: &str, value: &str| log_config(&broker, "t", &one(key, value)).is_err();
         assert!(bad("compression.type", "brotli"));

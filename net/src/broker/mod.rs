@@ -169,6 +169,9 @@ pub struct Broker {
     cluster: Cluster,
     admin: http::AdminServer,
     phase: PhaseCell,
+    /// This broker's id, and whether it is one of several controller voters.
+    node_id: i32,
+    clustered: bool,
 }
 
 impl Broker {
@@ -380,6 +383,8 @@ impl Broker {
             cluster,
             admin,
             phase,
+            node_id: config.node_id,
+            clustered: config.controller_voters.len() > 1,
         })
     }
 
@@ -409,11 +414,25 @@ impl Broker {
         answer.ok().flatten()
     }
 
-    /// Stops accepting, lets connections finish the requests they have read (up to
-    /// `grace`), then flushes and closes every log.
+    /// In a cluster, first hands every leadership to another in-sync replica (controlled
+    /// shutdown, within `grace`), so clients move on with a retry; then stops accepting,
+    /// lets connections finish the requests they have read (up to what is left of
+    /// `grace`), and flushes and closes every log.
     pub fn shutdown(self, grace: Duration) -> Result<(), Error> {
-        self.phase.set(Phase::Stopping);
         let deadline = std::time::Instant::now() + grace;
+        if self.clustered {
+            let me = self.node_id;
+            if self.cluster.hand_over(me, grace / 2) {
+                log::info!("controlled shutdown: broker {me} leads no partition any more");
+            } else {
+                log::warn!(
+                    "controlled shutdown: broker {me} still leads partitions after {:?} \
+                     (no other in-sync replica, or no controller)",
+                    grace / 2
+                );
+            }
+        }
+        self.phase.set(Phase::Stopping);
         for shard in 0..self.handle.shard_count() {
             let _ =
                 futures_lite::future::block_on(self.handle.on_shard(shard, move |_| async move {
