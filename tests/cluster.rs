@@ -29,7 +29,9 @@ use coremq_net::protocol::error_code;
 use coremq_net::protocol::messages::create_topics_request::{
     CreatableReplicaAssignment, CreatableTopic,
 };
-use coremq_net::protocol::messages::{CreateTopicsRequest, InitProducerIdRequest};
+use coremq_net::protocol::messages::{
+    CreateTopicsRequest, FindCoordinatorRequest, InitProducerIdRequest,
+};
 use serde_json::Value;
 use wire::Wire;
 
@@ -186,6 +188,23 @@ fn init_producer_id(broker: &Broker) -> i64 {
     };
     assert_eq!(response.error_code, error_code::NONE);
     response.producer_id
+}
+
+/// The broker coordinating `group`.
+fn find_coordinator(broker: &Broker, group: &str) -> i32 {
+    let mut wire = Wire::connect(broker.bootstrap());
+    let request = FindCoordinatorRequest {
+        key: group.into(),
+        key_type: 0,
+        coordinator_keys: Vec::new(),
+    };
+    let ResponseBody::FindCoordinator(response) =
+        wire.call(3, RequestBody::FindCoordinator(request))
+    else {
+        panic!("not a FindCoordinator response");
+    };
+    assert_eq!(response.error_code, error_code::NONE);
+    response.node_id
 }
 
 fn create_topic(broker: &Broker, topic: CreatableTopic) -> (i16, String) {
@@ -402,7 +421,9 @@ fn in_sync(metadata: &Value, topic: &str) -> Vec<usize> {
         .collect()
 }
 
-/// Every segment of `topic`'s `partition` on `broker`, concatenated in offset order.
+/// The batches of `topic`'s `partition` on `broker`, every segment's in offset order (the
+/// zeros after an active segment's last batch left out: their length depends on how the
+/// file grew, not on what it holds).
 fn stored(broker: &Broker, topic: &str, partition: usize) -> Vec<u8> {
     let dir = broker
         .data_dir
@@ -414,10 +435,19 @@ fn stored(broker: &Broker, topic: &str, partition: usize) -> Vec<u8> {
         .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
         .collect();
     segments.sort();
-    segments
-        .iter()
-        .flat_map(|path| std::fs::read(path).unwrap())
-        .collect()
+    let mut batches = Vec::new();
+    for path in segments {
+        let bytes = std::fs::read(path).unwrap();
+        let mut at = 0;
+        while let Ok(header) = coremq_engine::BatchHeader::parse(&bytes[at..]) {
+            if at + header.total_bytes() > bytes.len() {
+                break;
+            }
+            batches.extend_from_slice(&bytes[at..at + header.total_bytes()]);
+            at += header.total_bytes();
+        }
+    }
+    batches
 }
 
 fn signal(broker: &Broker, name: &str) {
@@ -498,6 +528,22 @@ fn killed_and_stopped_leaders_lose_no_acknowledged_record() {
         replicated(&[&bootstrap, "verify", "quotes", acked.to_str().unwrap()]),
         &brokers,
     );
+    // The group's coordinator dies: the leader of its `__consumer_offsets` partition moves
+    // to a replica, which replays the commits.
+    let coordinator = find_coordinator(&brokers[0], "replicated-group") as usize;
+    brokers[coordinator].stop_with("-KILL");
+    let others: Vec<String> = (0..BROKERS)
+        .filter(|&id| id != coordinator)
+        .map(|id| brokers[id].bootstrap())
+        .collect();
+    succeeded(
+        replicated(&[&others.join(","), "committed", "quotes"]),
+        &brokers,
+    );
+    brokers[coordinator].respawn();
+    brokers[coordinator]
+        .wait_ready(Duration::from_secs(60))
+        .unwrap_or_else(|failure| panic!("broker {coordinator} restarts: {failure}"));
     let deadline = Instant::now() + Duration::from_secs(30);
     for partition in 0..3 {
         loop {

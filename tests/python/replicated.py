@@ -11,7 +11,9 @@
       reads every partition from the start and checks that each acknowledged value is
       there exactly once, at the partition and offset it was acknowledged with; then a
       consumer group reads everything again and commits, and its committed offsets are the
-      log ends.
+      log ends;
+  replicated.py BOOTSTRAP committed TOPIC
+      the group's committed offsets are still the log ends (run after its coordinator moved).
 """
 
 import json
@@ -125,6 +127,28 @@ def verify(servers, topic, out):
     print(f"a group read all {read} and committed the log ends {ends}")
 
 
+def committed(servers, topic):
+    group = Consumer({"bootstrap.servers": servers, "group.id": "replicated-group"})
+    partitions = len(group.list_topics(topic, timeout=10).topics[topic].partitions)
+    wanted = [TopicPartition(topic, p) for p in range(partitions)]
+
+    def read():
+        try:
+            ends = [
+                group.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
+                for p in range(partitions)
+            ]
+            return ends, [c.offset for c in group.committed(wanted, timeout=5)]
+        except Exception as error:  # leaders and the coordinator are moving
+            print(f"not readable yet: {error}")
+            return None
+
+    ends, offsets = wait_for("the committed offsets", read, timeout=60, interval=0.5)
+    group.close()
+    assert offsets == ends, f"committed {offsets} after the coordinator moved, log ends {ends}"
+    print(f"the group's commits survived its coordinator: {offsets}")
+
+
 def main():
     servers = bootstrap()
     step, topic = sys.argv[2], sys.argv[3]
@@ -134,6 +158,8 @@ def main():
         produce(servers, topic, float(sys.argv[4]), sys.argv[5])
     elif step == "verify":
         verify(servers, topic, sys.argv[4])
+    elif step == "committed":
+        committed(servers, topic)
     else:
         sys.exit(f"unknown step {step}")
 

@@ -282,17 +282,35 @@ impl Broker {
         let partitions = config.offsets_topic_partitions.max(1);
         let compacted: std::collections::BTreeMap<String, String> =
             [("cleanup.policy".to_string(), "compact".to_string())].into();
-        // Every broker asks; the first creates it. Asked again while no controller answers.
+        // Every broker asks; the first creates it, with Kafka's replication factor of 3 where
+        // the cluster has three brokers (offsets.topic.replication.factor). Asked again while
+        // no controller answers, or too few brokers have registered yet.
+        let replication = config.controller_voters.len().clamp(1, 3) as u16;
+        let mut waited_for_brokers = false;
         loop {
             let created = futures_lite::future::block_on(cluster.create_topic(
                 groups::OFFSETS_TOPIC.into(),
                 partitions,
-                1,
+                replication,
                 compacted.clone(),
             ));
             match created {
                 Ok(_) => break,
                 Err(coremq_replication::Error::NotController) => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(coremq_replication::Error::Controller(
+                    coremq_replication::controller::ControllerError::NotEnoughBrokers {
+                        live, ..
+                    },
+                )) => {
+                    if !std::mem::replace(&mut waited_for_brokers, true) {
+                        log::info!(
+                            "creating {} with {replication} replicas: waiting for brokers \
+                             ({live} registered)",
+                            groups::OFFSETS_TOPIC
+                        );
+                    }
                     std::thread::sleep(Duration::from_millis(100))
                 }
                 Err(error) => {

@@ -11,7 +11,7 @@
 mod group;
 pub mod offsets;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,12 @@ struct Stored {
 pub struct Coordinator {
     groups: HashMap<String, Group>,
     offsets: HashMap<String, BTreeMap<(String, i32), Stored>>,
+    /// The leader epoch at which each `__consumer_offsets` partition of this shard was
+    /// replayed: leading it at another epoch (leadership came back, or moved here) replays
+    /// it again.
+    loaded: HashMap<u32, i32>,
+    /// Partitions being replayed now: their requests wait.
+    loading: HashSet<u32>,
 }
 
 impl Coordinator {
@@ -123,6 +129,14 @@ impl Coordinator {
         }
     }
 
+    /// Forgets the groups `__consumer_offsets` partition `partition` of `partitions`
+    /// coordinates, before it is replayed.
+    fn forget_partition(&mut self, partition: u32, partitions: u32) {
+        let elsewhere = |group: &String| offsets::partition_for(group, partitions) != partition;
+        self.groups.retain(|group, _| elsewhere(group));
+        self.offsets.retain(|group, _| elsewhere(group));
+    }
+
     fn exists(&self, group: &str) -> bool {
         self.groups.contains_key(group) || self.offsets.contains_key(group)
     }
@@ -163,14 +177,72 @@ where
     context
         .handle
         .on_shard(shard, move |_| async move {
-            Ok(work(Context::current(), log).await)
+            let context = Context::current();
+            match ensure_loaded(&context, &log).await {
+                Ok(()) => Ok(Ok(work(context, log).await)),
+                Err(error) => {
+                    log::warn!("replaying {log}: {error}");
+                    Ok(Err(error_code::COORDINATOR_LOAD_IN_PROGRESS))
+                }
+            }
         })
         .await
-        .map_err(|_| error_code::COORDINATOR_NOT_AVAILABLE)
+        .map_err(|_| error_code::COORDINATOR_NOT_AVAILABLE)?
+}
+
+/// The leader epoch of `log` in this shard's metadata.
+fn leader_epoch(context: &Context, log: &TopicPartition) -> Option<i32> {
+    let image = context.cluster.image();
+    let id = image.topic_id(&log.topic)?;
+    image
+        .partition(&id, log.partition)
+        .map(|state| state.assignment.leader_epoch)
+}
+
+/// Replays `log` (a `__consumer_offsets` partition this broker leads, on this shard) into
+/// the coordinator unless it was replayed at its current leader epoch; waits while another
+/// request replays it.
+async fn ensure_loaded(
+    context: &Context,
+    log: &TopicPartition,
+) -> Result<(), coremq_engine::Error> {
+    let epoch = leader_epoch(context, log).unwrap_or(-1);
+    loop {
+        let (loaded, loading) = {
+            let coordinator = context.groups.borrow();
+            (
+                coordinator.loaded.get(&log.partition).copied(),
+                coordinator.loading.contains(&log.partition),
+            )
+        };
+        if loaded == Some(epoch) {
+            return Ok(());
+        }
+        if !loading {
+            break;
+        }
+        coremq_runtime::sleep(Duration::from_millis(10)).await;
+    }
+    let partitions = context
+        .topics()
+        .get(OFFSETS_TOPIC)
+        .map_or(1, |topic| topic.partitions);
+    {
+        let mut coordinator = context.groups.borrow_mut();
+        coordinator.loading.insert(log.partition);
+        coordinator.forget_partition(log.partition, partitions);
+    }
+    let replayed = replay(context, log).await;
+    let mut coordinator = context.groups.borrow_mut();
+    coordinator.loading.remove(&log.partition);
+    if replayed.is_ok() {
+        coordinator.loaded.insert(log.partition, epoch);
+    }
+    replayed.map(|_| ())
 }
 
 /// Replays the `__consumer_offsets` partitions this shard owns and this broker leads into
-/// the shard's coordinator.
+/// the shard's coordinator; the number of commits read.
 pub async fn load(context: &Context) -> Result<usize, coremq_engine::Error> {
     let Some(topic) = context.topics().get(OFFSETS_TOPIC).cloned() else {
         return Ok(0);
@@ -183,40 +255,48 @@ pub async fn load(context: &Context) -> Result<usize, coremq_engine::Error> {
         if !led || context.handle.shard_of(&log) != shard {
             continue;
         }
-        let mut next = context.cluster.offsets(&log).await?.log_start;
-        loop {
-            let read = context
-                .cluster
-                .read(&log, next, 1 << 20, Isolation::Written)
-                .await?;
-            if read.batches.is_empty() {
-                break;
-            }
-            for batch in &read.batches {
-                let header = BatchHeader::parse(batch)?;
-                let records = coremq_engine::record::decode_records(batch, 64 << 20)?;
-                for (delta, record) in records.into_iter().enumerate() {
-                    let Some((group, topic, partition)) =
-                        record.key.as_deref().and_then(offsets::decode_key)
-                    else {
-                        continue;
-                    };
-                    let value = record.value.as_ref().and_then(offsets::decode_value);
-                    let stored = value.map(|committed| Stored {
-                        committed,
-                        log_offset: header.base_offset.0 + delta as u64,
-                    });
-                    context
-                        .groups
-                        .borrow_mut()
-                        .apply(&group, &topic, partition, stored);
-                    loaded += 1;
-                }
-                next = header.next_offset();
-            }
-        }
+        let epoch = leader_epoch(context, &log).unwrap_or(-1);
+        loaded += replay(context, &log).await?;
+        context.groups.borrow_mut().loaded.insert(partition, epoch);
     }
     Ok(loaded)
+}
+
+/// Applies every commit stored in `log` to the coordinator; the number read.
+async fn replay(context: &Context, log: &TopicPartition) -> Result<usize, coremq_engine::Error> {
+    let mut loaded = 0;
+    let mut next = context.cluster.offsets(log).await?.log_start;
+    loop {
+        let read = context
+            .cluster
+            .read(log, next, 1 << 20, Isolation::Written)
+            .await?;
+        if read.batches.is_empty() {
+            return Ok(loaded);
+        }
+        for batch in &read.batches {
+            let header = BatchHeader::parse(batch)?;
+            let records = coremq_engine::record::decode_records(batch, 64 << 20)?;
+            for (delta, record) in records.into_iter().enumerate() {
+                let Some((group, topic, partition)) =
+                    record.key.as_deref().and_then(offsets::decode_key)
+                else {
+                    continue;
+                };
+                let value = record.value.as_ref().and_then(offsets::decode_value);
+                let stored = value.map(|committed| Stored {
+                    committed,
+                    log_offset: header.base_offset.0 + delta as u64,
+                });
+                context
+                    .groups
+                    .borrow_mut()
+                    .apply(&group, &topic, partition, stored);
+                loaded += 1;
+            }
+            next = header.next_offset();
+        }
+    }
 }
 
 /// Runs group timers on this shard until the broker stops.
@@ -227,7 +307,9 @@ pub async fn tick_loop(context: Rc<Context>) {
         }
         let now = Instant::now();
         let mut coordinator = context.groups.borrow_mut();
-        let Coordinator { groups, offsets } = &mut *coordinator;
+        let Coordinator {
+            groups, offsets, ..
+        } = &mut *coordinator;
         groups.retain(|id, group| {
             group.tick(now);
             !group.is_idle() || offsets.contains_key(id)
