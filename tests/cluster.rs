@@ -546,19 +546,123 @@ fn killed_and_stopped_leaders_lose_no_acknowledged_record() {
         .unwrap_or_else(|failure| panic!("broker {coordinator} restarts: {failure}"));
     let deadline = Instant::now() + Duration::from_secs(30);
     for partition in 0..3 {
-        loop {
-            let copies: Vec<Vec<u8>> = brokers
-                .iter()
-                .map(|broker| stored(broker, "quotes", partition))
-                .collect();
-            if copies.iter().all(|copy| copy == &copies[0]) {
-                assert!(!copies[0].is_empty());
-                break;
-            }
-            let sizes: Vec<usize> = copies.iter().map(Vec::len).collect();
+        while !identical(&brokers, "quotes", partition) {
             assert!(
                 Instant::now() < deadline,
-                "the replicas of quotes-{partition} differ: {sizes:?} bytes"
+                "the replicas of quotes-{partition} differ"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Whether every broker holds the same batches of `topic`'s `partition`, and some.
+fn identical(brokers: &[Broker], topic: &str, partition: usize) -> bool {
+    let copies: Vec<Vec<u8>> = brokers
+        .iter()
+        .map(|broker| stored(broker, topic, partition))
+        .collect();
+    !copies[0].is_empty() && copies.iter().all(|copy| copy == &copies[0])
+}
+
+/// Faults the test injects; `COREMQ_FAULTS` sets how many (100 by default), and
+/// `COREMQ_FAULT_SEED` replays one schedule.
+fn fault_schedule() -> (usize, u64) {
+    let count = std::env::var("COREMQ_FAULTS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(100);
+    let seed = std::env::var("COREMQ_FAULT_SEED")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(rand::random);
+    (count, seed)
+}
+
+#[test]
+fn a_hundred_random_faults_lose_no_acknowledged_record_and_no_commit() {
+    use rand::{Rng, SeedableRng};
+    let (count, seed) = fault_schedule();
+    println!("{count} faults, COREMQ_FAULT_SEED={seed}");
+    let mut random = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut brokers = start_cluster(dir.path(), 1);
+    let bootstrap = brokers
+        .iter()
+        .map(Broker::bootstrap)
+        .collect::<Vec<_>>()
+        .join(",");
+    succeeded(replicated(&[&bootstrap, "create", "ticks", "3"]), &brokers);
+    let acked = dir.path().join("acked.json");
+    let stop = dir.path().join("stop");
+    let until = format!("until:{}", stop.display());
+    let producer = replicated(&[
+        &bootstrap,
+        "produce",
+        "ticks",
+        &until,
+        acked.to_str().unwrap(),
+    ]);
+    let member = replicated(&[&bootstrap, "group", "ticks", stop.to_str().unwrap()]);
+    for fault in 0..count {
+        let seen = await_metadata(&brokers[fault % BROKERS], Duration::from_secs(60), |seen| {
+            in_sync(seen, "ticks") == [3, 3, 3]
+                && leaders(seen, "ticks").iter().all(|&leader| leader >= 0)
+        })
+        .unwrap_or_else(|seen| {
+            panic!(
+                "seed {seed}, fault {fault}: every replica back in sync: {seen}\n{}",
+                logs(&brokers)
+            )
+        });
+        std::thread::sleep(Duration::from_millis(random.random_range(0..1000)));
+        // Leaders first: most faults hit the leader of a partition.
+        let victim = if random.random_bool(0.8) {
+            leaders(&seen, "ticks")[random.random_range(0..3)] as usize
+        } else {
+            random.random_range(0..BROKERS)
+        };
+        match random.random_range(0..3) {
+            0 => {
+                brokers[victim].stop_with("-KILL");
+                std::thread::sleep(Duration::from_millis(random.random_range(0..1500)));
+            }
+            1 => {
+                signal(&brokers[victim], "-STOP");
+                std::thread::sleep(Duration::from_millis(random.random_range(200..3000)));
+                signal(&brokers[victim], "-CONT");
+            }
+            _ => {
+                let status = brokers[victim].stop();
+                assert!(status.success(), "seed {seed}: {}", brokers[victim].log());
+            }
+        }
+        if !brokers[victim].is_running() {
+            brokers[victim].respawn();
+            brokers[victim]
+                .wait_ready(Duration::from_secs(60))
+                .unwrap_or_else(|failure| {
+                    panic!("seed {seed}, fault {fault}: broker {victim} restarts: {failure}")
+                });
+        }
+    }
+    std::fs::write(&stop, b"").unwrap();
+    succeeded(producer, &brokers);
+    succeeded(member, &brokers);
+    await_metadata(&brokers[0], Duration::from_secs(60), |seen| {
+        in_sync(seen, "ticks") == [3, 3, 3]
+    })
+    .unwrap_or_else(|seen| panic!("seed {seed}: every replica rejoins: {seen}"));
+    succeeded(
+        replicated(&[&bootstrap, "verify", "ticks", acked.to_str().unwrap()]),
+        &brokers,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for partition in 0..3 {
+        while !identical(&brokers, "ticks", partition) {
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed}: the replicas of ticks-{partition} differ"
             );
             std::thread::sleep(Duration::from_millis(200));
         }

@@ -6,7 +6,10 @@
   replicated.py BOOTSTRAP produce TOPIC SECONDS OUT
       an idempotent acks=all producer writes numbered values for SECONDS (while the test
       kills and restarts brokers) and writes every acknowledged value with its partition and
-      offset to OUT (JSON);
+      offset to OUT (JSON); SECONDS may be `until:FILE`: until FILE exists;
+  replicated.py BOOTSTRAP group TOPIC STOP
+      a consumer group member reads and commits until the file STOP exists, reading its
+      committed offsets back after each commit: they never go backwards;
   replicated.py BOOTSTRAP verify TOPIC OUT
       reads every partition from the start and checks that each acknowledged value is
       there exactly once, at the partition and offset it was acknowledged with; then a
@@ -17,6 +20,7 @@
 """
 
 import json
+import os
 import sys
 import time
 
@@ -62,7 +66,13 @@ def produce(servers, topic, seconds, out):
         }
     )
     started, sent = time.monotonic(), 0
-    while time.monotonic() - started < seconds:
+
+    def going():
+        if isinstance(seconds, str):
+            return not os.path.exists(seconds)
+        return time.monotonic() - started < seconds
+
+    while going():
         producer.produce(topic, key=b"k%d" % (sent % 31), value=b"v%07d" % sent, on_delivery=delivered)
         sent += 1
         producer.poll(0)
@@ -127,6 +137,47 @@ def verify(servers, topic, out):
     print(f"a group read all {read} and committed the log ends {ends}")
 
 
+def group(servers, topic, stop):
+    member = Consumer(
+        {
+            "bootstrap.servers": servers,
+            "group.id": "replicated-members",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 10000,
+        }
+    )
+    member.subscribe([topic])
+    highest, read, commits, checks = {}, 0, 0, 0
+    while not os.path.exists(stop):
+        messages = member.consume(500, timeout=0.5)
+        read += sum(1 for msg in messages if not msg.error())
+        if not messages:
+            continue
+        try:
+            member.commit(asynchronous=False)
+            commits += 1
+            assigned = member.assignment()
+            for tp in member.committed(assigned, timeout=5):
+                if tp.offset < 0:
+                    continue
+                key = tp.partition
+                assert tp.offset >= highest.get(key, -1), (
+                    f"the committed offset of partition {key} went back from "
+                    f"{highest[key]} to {tp.offset}"
+                )
+                highest[key] = tp.offset
+                checks += 1
+        except AssertionError:
+            raise
+        except Exception as error:  # a coordinator or leader is moving: later
+            print(f"commit or read back failed, retried later: {error}")
+    member.close()
+    assert commits > 0 and checks > 0, f"{commits} commits, {checks} read back"
+    print(f"group member read {read}, committed {commits} times, {checks} offsets read back, "
+          f"none went backwards")
+
+
 def committed(servers, topic):
     group = Consumer({"bootstrap.servers": servers, "group.id": "replicated-group"})
     partitions = len(group.list_topics(topic, timeout=10).topics[topic].partitions)
@@ -155,7 +206,11 @@ def main():
     if step == "create":
         create(servers, topic, int(sys.argv[4]))
     elif step == "produce":
-        produce(servers, topic, float(sys.argv[4]), sys.argv[5])
+        seconds = sys.argv[4]
+        seconds = seconds[len("until:"):] if seconds.startswith("until:") else float(seconds)
+        produce(servers, topic, seconds, sys.argv[5])
+    elif step == "group":
+        group(servers, topic, sys.argv[4])
     elif step == "verify":
         verify(servers, topic, sys.argv[4])
     elif step == "committed":
