@@ -190,6 +190,41 @@ fn init_producer_id(broker: &Broker) -> i64 {
     response.producer_id
 }
 
+/// Produces to `partition` of `topic` on `broker` at Produce v11: the error, the current
+/// leader it names (KIP-951) and the endpoints the answer carries.
+fn produce_elsewhere(broker: &Broker, topic: &str, partition: i32) -> (i16, i32, Vec<(i32, i32)>) {
+    use coremq_net::protocol::codec::Records;
+    use coremq_net::protocol::messages::ProduceRequest;
+    use coremq_net::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let mut wire = Wire::connect(broker.bootstrap());
+    let request = ProduceRequest {
+        acks: 1,
+        timeout_ms: 5_000,
+        topic_data: vec![TopicProduceData {
+            name: topic.into(),
+            partition_data: vec![PartitionProduceData {
+                index: partition,
+                records: Some(Records::default()),
+            }],
+        }],
+        ..ProduceRequest::default()
+    };
+    let ResponseBody::Produce(response) = wire.call(11, RequestBody::Produce(request)) else {
+        panic!("not a Produce response");
+    };
+    let answer = &response.responses[0].partition_responses[0];
+    let endpoints = response
+        .node_endpoints
+        .iter()
+        .map(|endpoint| (endpoint.node_id, endpoint.port))
+        .collect();
+    (
+        answer.error_code,
+        answer.current_leader.leader_id,
+        endpoints,
+    )
+}
+
 /// The broker coordinating `group`.
 fn find_coordinator(broker: &Broker, group: &str) -> i32 {
     let mut wire = Wire::connect(broker.bootstrap());
@@ -255,6 +290,22 @@ fn three_brokers_share_one_metadata_view_and_spread_partitions() {
     for broker in &brokers {
         assert_eq!(consume_all(broker, "spread"), payloads);
     }
+
+    // A produce to a broker that does not lead the partition names the leader (KIP-951).
+    let (partition, leader) = placed
+        .iter()
+        .enumerate()
+        .find(|&(_, &leader)| leader != 0)
+        .map(|(partition, &leader)| (partition as i32, leader as i32))
+        .unwrap();
+    let hint = produce_elsewhere(&brokers[0], "spread", partition);
+    assert_eq!(hint.0, error_code::NOT_LEADER_OR_FOLLOWER);
+    assert_eq!(hint.1, leader, "the current leader's id");
+    assert_eq!(
+        hint.2,
+        vec![(leader, brokers[leader as usize].port as i32)],
+        "and its endpoint"
+    );
 
     let ids: BTreeSet<i64> = brokers
         .iter()
@@ -458,16 +509,23 @@ fn signal(broker: &Broker, name: &str) {
     assert!(status.success());
 }
 
-#[test]
-fn killed_and_stopped_leaders_lose_no_acknowledged_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut brokers = start_cluster(dir.path(), 1);
+/// A cluster with `topic`: three partitions, three replicas in sync, min.insync.replicas=2;
+/// the brokers and the bootstrap list of all three.
+fn replicated_cluster(dir: &Path, topic: &str) -> (Vec<Broker>, String) {
+    let brokers = start_cluster(dir, 1);
     let bootstrap = brokers
         .iter()
         .map(Broker::bootstrap)
         .collect::<Vec<_>>()
         .join(",");
-    succeeded(replicated(&[&bootstrap, "create", "quotes", "3"]), &brokers);
+    succeeded(replicated(&[&bootstrap, "create", topic, "3"]), &brokers);
+    (brokers, bootstrap)
+}
+
+#[test]
+fn killed_and_stopped_leaders_lose_no_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut brokers, bootstrap) = replicated_cluster(dir.path(), "quotes");
     let acked = dir.path().join("acked.json");
     let producer = replicated(&[
         &bootstrap,
@@ -544,12 +602,18 @@ fn killed_and_stopped_leaders_lose_no_acknowledged_record() {
     brokers[coordinator]
         .wait_ready(Duration::from_secs(60))
         .unwrap_or_else(|failure| panic!("broker {coordinator} restarts: {failure}"));
+    await_identical(&brokers, "quotes");
+}
+
+/// Waits until every broker holds the same batches of each of `topic`'s three partitions
+/// (a follower may still be a fetch behind); fails the test after 30 s.
+fn await_identical(brokers: &[Broker], topic: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     for partition in 0..3 {
-        while !identical(&brokers, "quotes", partition) {
+        while !identical(brokers, topic, partition) {
             assert!(
                 Instant::now() < deadline,
-                "the replicas of quotes-{partition} differ"
+                "the replicas of {topic}-{partition} differ"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -586,13 +650,7 @@ fn a_hundred_random_faults_lose_no_acknowledged_record_and_no_commit() {
     println!("{count} faults, COREMQ_FAULT_SEED={seed}");
     let mut random = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let mut brokers = start_cluster(dir.path(), 1);
-    let bootstrap = brokers
-        .iter()
-        .map(Broker::bootstrap)
-        .collect::<Vec<_>>()
-        .join(",");
-    succeeded(replicated(&[&bootstrap, "create", "ticks", "3"]), &brokers);
+    let (mut brokers, bootstrap) = replicated_cluster(dir.path(), "ticks");
     let acked = dir.path().join("acked.json");
     let stop = dir.path().join("stop");
     let until = format!("until:{}", stop.display());
@@ -657,14 +715,6 @@ fn a_hundred_random_faults_lose_no_acknowledged_record_and_no_commit() {
         replicated(&[&bootstrap, "verify", "ticks", acked.to_str().unwrap()]),
         &brokers,
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for partition in 0..3 {
-        while !identical(&brokers, "ticks", partition) {
-            assert!(
-                Instant::now() < deadline,
-                "seed {seed}: the replicas of ticks-{partition} differ"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    println!("seed {seed}: checking the replicas");
+    await_identical(&brokers, "ticks");
 }

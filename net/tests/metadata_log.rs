@@ -29,12 +29,8 @@ fn broker(dir: &Path) -> Broker {
 
 /// Every record value of `topic`'s partitions, by partition.
 fn values(broker: &Broker, topic: &str) -> BTreeMap<i32, Vec<String>> {
-    let bootstrap = broker.kafka_address.to_string();
     let topic = topic.to_string();
-    coremq_runtime::run_alone(async move || {
-        let cluster = Cluster::connect(ClientConfig::new(&bootstrap))
-            .await
-            .unwrap();
+    with_cluster(broker, async move |cluster| {
         let metadata = cluster.topic(&topic).await.unwrap();
         let mut values = BTreeMap::new();
         for partition in &metadata.partitions {
@@ -70,12 +66,8 @@ async fn latest(cluster: &Rc<Cluster>, topic: &str, partition: i32) -> i64 {
 }
 
 fn topic_id(broker: &Broker, topic: &str) -> Option<Uuid> {
-    let bootstrap = broker.kafka_address.to_string();
     let topic = topic.to_string();
-    coremq_runtime::run_alone(async move || {
-        let cluster = Cluster::connect(ClientConfig::new(&bootstrap))
-            .await
-            .unwrap();
+    with_cluster(broker, async move |cluster| {
         cluster
             .topic(&topic)
             .await
@@ -84,7 +76,11 @@ fn topic_id(broker: &Broker, topic: &str) -> Option<Uuid> {
     })
 }
 
-fn with_cluster(broker: &Broker, work: impl AsyncFnOnce(Rc<Cluster>) + Send + 'static) {
+/// Runs `work` with a client connected to `broker`; what it returns.
+fn with_cluster<T: Send + 'static>(
+    broker: &Broker,
+    work: impl AsyncFnOnce(Rc<Cluster>) -> T + Send + 'static,
+) -> T {
     let bootstrap = broker.kafka_address.to_string();
     coremq_runtime::run_alone(async move || {
         let cluster = Cluster::connect(ClientConfig::new(&bootstrap))
@@ -240,11 +236,7 @@ fn topic_changes_survive_restarts_and_a_recreated_topic_keeps_only_its_new_recor
 fn producer_id(broker: &Broker) -> i64 {
     use coremq_net::protocol::api::{RequestBody, ResponseBody};
     use coremq_net::protocol::messages::InitProducerIdRequest;
-    let bootstrap = broker.kafka_address.to_string();
-    coremq_runtime::run_alone(async move || {
-        let cluster = Cluster::connect(ClientConfig::new(&bootstrap))
-            .await
-            .unwrap();
+    with_cluster(broker, async move |cluster| {
         let request = InitProducerIdRequest {
             transaction_timeout_ms: 60_000,
             producer_id: -1,

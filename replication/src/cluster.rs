@@ -321,6 +321,17 @@ impl Cluster {
         }
     }
 
+    /// Makes partition `partition` of topic `id`'s preferred replica its leader (Kafka's
+    /// preferred-leader election).
+    pub async fn elect_preferred(&self, id: [u8; 16], partition: u32) -> Result<(), Error> {
+        self.ask(Request::ElectPreferred {
+            topic: id,
+            partition,
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Deletes topic `name` and, on this broker, its logs. `Ok(false)` if there is no such
     /// topic.
     pub async fn delete_topic(&self, name: String) -> Result<bool, Error> {

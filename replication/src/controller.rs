@@ -24,6 +24,10 @@ pub const UNCLEAN_ELECTION: &str = "unclean.leader.election.enable";
 pub struct ControllerSettings {
     /// A broker not heard from for this long is fenced (`broker.session.timeout.ms`).
     pub session_timeout_ms: u64,
+    /// How often leaderships move back to their preferred replicas (Kafka's
+    /// `auto.leader.rebalance.enable` with `leader.imbalance.check.interval.seconds`);
+    /// never when `None`.
+    pub rebalance_interval_ms: Option<u64>,
 }
 
 /// Why a request to the controller was refused (each maps to the Kafka error a broker or
@@ -47,6 +51,8 @@ pub enum ControllerError {
     /// A proposed in-sync replica is not a live replica, or the leader is missing from it
     /// (INELIGIBLE_REPLICA).
     IneligibleReplica(BrokerId),
+    /// The preferred replica is not live and in sync (PREFERRED_LEADER_NOT_AVAILABLE).
+    PreferredLeaderNotAvailable,
 }
 
 /// What a broker asks of the active controller: its own broker's requests are handed over
@@ -100,6 +106,11 @@ pub enum Request {
         partition_epoch: i32,
         isr: Vec<BrokerId>,
     },
+    /// Makes a partition's preferred replica its leader (Kafka's ElectLeaders, preferred).
+    ElectPreferred {
+        topic: [u8; 16],
+        partition: u32,
+    },
 }
 
 /// The controller's answer to a [`Request`] it accepted.
@@ -130,6 +141,8 @@ pub struct Controller {
     deadlines: BTreeMap<BrokerId, u64>,
     /// Brokers in a controlled shutdown: no partition is moved to them.
     shutting_down: BTreeSet<BrokerId>,
+    /// When leaderships next move back to their preferred replicas.
+    next_rebalance_ms: Option<u64>,
     settings: ControllerSettings,
 }
 
@@ -147,8 +160,41 @@ impl Controller {
             image,
             deadlines,
             shutting_down: BTreeSet::new(),
+            next_rebalance_ms: settings
+                .rebalance_interval_ms
+                .map(|interval| now_ms + interval),
             settings,
         }
+    }
+
+    /// Moves each partition `wanted` picks whose leader is not its preferred replica (the
+    /// first of its assignment) to that replica, where it is live, in sync and not shutting
+    /// down (Kafka's preferred-leader election).
+    pub fn elect_preferred(&mut self, wanted: impl Fn(&[u8; 16], u32) -> bool) -> Vec<Record> {
+        let mut changes = Vec::new();
+        for (topic, image) in &self.image.topics {
+            for (index, state) in image.partitions.iter().enumerate() {
+                let assignment = &state.assignment;
+                let Some(&preferred) = assignment.replicas.first() else {
+                    continue;
+                };
+                let eligible = assignment.leader != preferred
+                    && assignment.isr.contains(&preferred)
+                    && self.image.is_live(preferred)
+                    && !self.shutting_down.contains(&preferred);
+                if eligible && wanted(topic, index as u32) {
+                    let mut next = state.to_record(index as u32);
+                    next.leader = preferred;
+                    next.leader_epoch += 1;
+                    next.partition_epoch += 1;
+                    changes.push(Record::PartitionChange {
+                        topic: *topic,
+                        state: next,
+                    });
+                }
+            }
+        }
+        self.apply(changes)
     }
 
     /// The image with every decision so far applied (committed or not).
@@ -240,6 +286,16 @@ impl Controller {
                 partition_epoch,
                 &isr.into_iter().collect(),
             )?,
+            Request::ElectPreferred { topic, partition } => {
+                if self.image.partition(&topic, partition).is_none() {
+                    return Err(ControllerError::UnknownTopic);
+                }
+                let records = self.elect_preferred(|id, index| *id == topic && index == partition);
+                if records.is_empty() {
+                    return Err(ControllerError::PreferredLeaderNotAvailable);
+                }
+                records
+            }
         };
         Ok((records, Reply::Done))
     }
@@ -334,6 +390,13 @@ impl Controller {
         // A controller that took over, or one whose election was lost with its leadership,
         // finds offline partitions it can elect for here.
         records.extend(self.elect_offline());
+        if let (Some(at), Some(interval)) =
+            (self.next_rebalance_ms, self.settings.rebalance_interval_ms)
+            && now_ms >= at
+        {
+            self.next_rebalance_ms = Some(now_ms + interval);
+            records.extend(self.elect_preferred(|_, _| true));
+        }
         records
     }
 
@@ -694,6 +757,7 @@ mod tests {
             0,
             ControllerSettings {
                 session_timeout_ms: TIMEOUT,
+                rebalance_interval_ms: None,
             },
         );
         for &id in brokers {
@@ -782,6 +846,54 @@ mod tests {
         assert_eq!(
             (back.leader, back.leader_epoch),
             (2, offline.leader_epoch + 1)
+        );
+    }
+
+    #[test]
+    fn leadership_moves_back_to_the_preferred_replica_once_it_is_in_sync() {
+        let mut controller = controller_with(&[0, 1, 2]);
+        controller.settings.rebalance_interval_ms = Some(10_000);
+        controller.next_rebalance_ms = Some(10_000);
+        controller
+            .create_topic("quotes", TOPIC, 1, 3, vec![], 0)
+            .unwrap();
+        controller.heartbeat(0, 0, true).unwrap();
+        let moved = state(&controller, 0);
+        assert_eq!(moved.leader, 1, "a controlled shutdown moved it");
+        // Back, but not in sync yet: neither a request nor the rebalance moves it.
+        controller.heartbeat(0, 1, false).unwrap();
+        let request = Request::ElectPreferred {
+            topic: TOPIC,
+            partition: 0,
+        };
+        assert_eq!(
+            controller.handle(request.clone(), 2),
+            Err(ControllerError::PreferredLeaderNotAvailable)
+        );
+        for id in [0, 1, 2] {
+            controller.heartbeat(id, 9_000, false).unwrap();
+        }
+        assert!(controller.tick(10_000).is_empty());
+        assert_eq!(state(&controller, 0).leader, 1);
+        // In sync again: the next rebalance (not an earlier tick) moves it back.
+        let isr: BTreeSet<BrokerId> = [0, 1, 2].into();
+        let s = state(&controller, 0);
+        controller
+            .alter_partition(1, TOPIC, 0, s.leader_epoch, s.partition_epoch, &isr)
+            .unwrap();
+        for now in [15_000, 20_000] {
+            for id in [0, 1, 2] {
+                controller.heartbeat(id, now - 1, false).unwrap();
+            }
+            let moved = !controller.tick(now).is_empty();
+            assert_eq!(moved, now == 20_000, "at {now}");
+        }
+        let back = state(&controller, 0);
+        assert_eq!((back.leader, back.leader_epoch), (0, s.leader_epoch + 1));
+        assert_eq!(
+            controller.handle(request, 20_001),
+            Err(ControllerError::PreferredLeaderNotAvailable),
+            "nothing to elect"
         );
     }
 

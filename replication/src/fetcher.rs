@@ -118,6 +118,30 @@ async fn truncate(log: &Log, truncate: Truncate) -> coremq_engine::Result<()> {
     }
 }
 
+/// Cuts `following`'s log as its state says; false (and a log line) if that failed.
+async fn truncated(following: &Following, cut: Truncate) -> bool {
+    match truncate(&following.log, cut).await {
+        Ok(()) => true,
+        Err(error) => {
+            log::warn!("{}: truncating: {error}", following.partition);
+            false
+        }
+    }
+}
+
+/// The leader's answers, one per partition asked about; `None` (and a log line) if it
+/// could not be reached or answered for other partitions.
+fn answered<T>(leader: BrokerId, answers: Result<Vec<T>, String>, asked: usize) -> Option<Vec<T>> {
+    match answers {
+        Ok(answers) if answers.len() == asked => Some(answers),
+        Ok(_) => None,
+        Err(error) => {
+            log::debug!("replica fetcher: leader {leader}: {error}");
+            None
+        }
+    }
+}
+
 /// Fetches from `leader` for this shard until it follows nothing from it.
 pub(crate) async fn run(replicas: Rc<Replicas>, leader: BrokerId) {
     let links = replicas.links();
@@ -135,8 +159,7 @@ pub(crate) async fn run(replicas: Rc<Replicas>, leader: BrokerId) {
         let mut fetches = Vec::new();
         for partition in &following {
             let (cut, request) = partition.state.borrow_mut().next(&View(&partition.log));
-            if let Err(error) = truncate(&partition.log, cut).await {
-                log::warn!("{}: truncating: {error}", partition.partition);
+            if !truncated(partition, cut).await {
                 continue;
             }
             match request {
@@ -174,13 +197,9 @@ async fn reconcile(
             epoch: *epoch,
         })
         .collect();
-    let answers = match links.epoch_ends(leader, address, me, asked).await {
-        Ok(answers) if answers.len() == queries.len() => answers,
-        Ok(_) => return false,
-        Err(error) => {
-            log::debug!("replica fetcher: leader {leader}: {error}");
-            return false;
-        }
+    let asked = links.epoch_ends(leader, address, me, asked).await;
+    let Some(answers) = answered(leader, asked, queries.len()) else {
+        return false;
     };
     let mut progressed = false;
     for ((following, _), answer) in queries.into_iter().zip(answers) {
@@ -193,10 +212,7 @@ async fn reconcile(
                     .state
                     .borrow_mut()
                     .on_epoch_end(end, &View(&following.log));
-                match truncate(&following.log, cut).await {
-                    Ok(()) => progressed = true,
-                    Err(error) => log::warn!("{}: truncating: {error}", following.partition),
-                }
+                progressed |= truncated(&following, cut).await;
             }
             Err(refused) => log::debug!("{}: epoch end refused: {refused}", following.partition),
         }
@@ -222,13 +238,9 @@ async fn fetch(
             log_start: following.log.offsets().log_start,
         })
         .collect();
-    let answers = match links.fetch(leader, address, me, asked, FETCH_WAIT).await {
-        Ok(answers) if answers.len() == fetches.len() => answers,
-        Ok(_) => return false,
-        Err(error) => {
-            log::debug!("replica fetcher: leader {leader}: {error}");
-            return false;
-        }
+    let asked = links.fetch(leader, address, me, asked, FETCH_WAIT).await;
+    let Some(answers) = answered(leader, asked, fetches.len()) else {
+        return false;
     };
     let mut progressed = false;
     for ((following, offset), answer) in fetches.into_iter().zip(answers) {
@@ -252,10 +264,7 @@ async fn fetch(
                     .state
                     .borrow_mut()
                     .on_out_of_range(offset, log_start, log_end);
-                match truncate(&following.log, cut).await {
-                    Ok(()) => progressed = true,
-                    Err(error) => log::warn!("{}: truncating: {error}", following.partition),
-                }
+                progressed |= truncated(&following, cut).await;
             }
             Fetched::Refused(reason) => {
                 log::debug!("{}: fetch refused: {reason}", following.partition);

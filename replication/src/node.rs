@@ -26,7 +26,7 @@ use crate::Error;
 use crate::cluster::{LogConfigs, publish};
 use crate::controller::{Controller, ControllerError, ControllerSettings, Reply, Request};
 use crate::leader::BrokerId;
-use crate::metadata::{Endpoint, MetadataImage};
+use crate::metadata::{Endpoint, MetadataImage, Record};
 use crate::peers::{self, Frame, Refusal, Transport};
 use crate::quorum::{self, QuorumNode, QuorumSettings};
 use crate::quorum_store::QuorumStore;
@@ -41,6 +41,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// A request forwarded to the controller that has no answer by then fails as
 /// [`Error::NotController`] (the controller moved, or the frames were lost).
 const FORWARD_TIMEOUT_MS: u64 = 5_000;
+/// How often the active controller moves leaderships back to their preferred replicas
+/// (Kafka checks every 300 s; a rolling restart should not leave leaders piled up for long).
+const LEADER_REBALANCE_MS: u64 = 30_000;
 /// Frames other brokers sent, taken per turn at most (the rest wait for the next turn).
 const FRAMES_PER_TURN: usize = 256;
 
@@ -512,6 +515,11 @@ impl Node {
                     if let Err(reason) = self.image.apply(record) {
                         // Every voter refuses the same record alike.
                         log::error!("metadata record {index} refused: {reason}");
+                    } else if let Record::BrokerFence { id, fenced } = record
+                        && self.serving
+                    {
+                        let state = if *fenced { "fenced" } else { "back in session" };
+                        log::info!("cluster metadata: broker {id} {state}");
                     }
                 }
                 if self.serving {
@@ -533,6 +541,7 @@ impl Node {
             if self.controller.as_ref().is_none_or(|(at, _)| *at != term) {
                 let settings = ControllerSettings {
                     session_timeout_ms: self.config.session_timeout_ms,
+                    rebalance_interval_ms: Some(LEADER_REBALANCE_MS),
                 };
                 let controller = Controller::new(self.image.clone(), self.now_ms(), settings);
                 self.controller = Some((term, controller));

@@ -237,6 +237,11 @@ impl Replicas {
             settings(configs, self.lag_max_ms),
         );
         log.set_committed(state.high_watermark());
+        log::info!(
+            "{partition}: leading at epoch {}, in-sync replicas {:?}",
+            assignment.leader_epoch,
+            assignment.isr
+        );
         let leading = Rc::new(Leading {
             log,
             topic,
@@ -278,6 +283,7 @@ impl Replicas {
     ) {
         let partition = log.topic_partition().clone();
         self.resign(&partition);
+        log::info!("{partition}: following broker {leader} at epoch {leader_epoch}");
         let following = Rc::new(Following {
             log,
             partition: partition.clone(),

@@ -533,6 +533,7 @@ impl Sim {
             if node.controller.as_ref().is_none_or(|(at, _)| *at != term) {
                 let settings = ControllerSettings {
                     session_timeout_ms: 600,
+                    rebalance_interval_ms: None,
                 };
                 node.controller = Some((term, Controller::new(node.image.clone(), now, settings)));
             }

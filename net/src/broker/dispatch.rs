@@ -155,7 +155,7 @@ async fn handle(
             ResponseBody::OffsetDelete(groups::offset_delete(context, body).await)
         }
         RequestBody::ElectLeaders(body) => {
-            ResponseBody::ElectLeaders(replicas::elect_leaders(context, body))
+            ResponseBody::ElectLeaders(replicas::elect_leaders(context, body).await)
         }
         RequestBody::AlterPartitionReassignments(body) => {
             ResponseBody::AlterPartitionReassignments(replicas::alter_partition_reassignments(

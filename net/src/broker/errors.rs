@@ -41,6 +41,26 @@ pub fn check_leader(
     }
 }
 
+/// The leader of `log` another live broker is, with its leader epoch, for the
+/// current-leader hint Produce and Fetch answers carry with NOT_LEADER_OR_FOLLOWER (KIP-951),
+/// so a client moves on without a metadata round trip.
+pub fn leader_hint(
+    context: &super::Context,
+    log: &coremq_engine::TopicPartition,
+) -> Option<(i32, super::metadata::Broker)> {
+    let image = context.cluster.image();
+    let id = image.topic_id(&log.topic)?;
+    let assignment = &image.partition(&id, log.partition)?.assignment;
+    let leader = assignment.leader;
+    if leader < 0 || leader == context.config.node_id || !image.is_live(leader) {
+        return None;
+    }
+    Some((
+        assignment.leader_epoch,
+        super::metadata::broker(&image, leader)?,
+    ))
+}
+
 pub fn code(error: &Error) -> i16 {
     match error {
         Error::InvalidBatch { .. } | Error::DecompressedTooLarge { .. } => {
@@ -99,5 +119,6 @@ fn controller_code(error: &coremq_replication::controller::ControllerError) -> i
         Refused::InvalidPartitions(_) => error_code::INVALID_PARTITIONS,
         Refused::StalePartitionEpoch => error_code::INVALID_UPDATE_VERSION,
         Refused::IneligibleReplica(_) => error_code::INELIGIBLE_REPLICA,
+        Refused::PreferredLeaderNotAvailable => error_code::PREFERRED_LEADER_NOT_AVAILABLE,
     }
 }

@@ -16,7 +16,9 @@ use coremq_replication::Isolation;
 use super::{Context, errors};
 use crate::protocol::codec::{Records, Uuid};
 use crate::protocol::error_code;
-use crate::protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use crate::protocol::messages::fetch_response::{
+    FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+};
 use crate::protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -50,6 +52,8 @@ struct Wanted {
     partition: i32,
     /// The leader epoch the fetcher knows (-1: none given).
     leader_epoch: i32,
+    /// Where another broker leads it: its epoch and that broker (KIP-951's hint).
+    hint: Option<(i32, super::metadata::Broker)>,
     /// The error for a partition that cannot be read at all.
     error: i16,
     offset: i64,
@@ -83,6 +87,10 @@ pub async fn handle(context: &Rc<Context>, request: FetchRequest, version: i16) 
                 let index = partition.partition;
                 let known = found.as_ref().and_then(|topic| topic.log(index));
                 let led = known.as_ref().map(|log| errors::check_leader(context, log));
+                let hint = known
+                    .as_ref()
+                    .filter(|_| led == Some(Err(error_code::NOT_LEADER_OR_FOLLOWER)))
+                    .and_then(|log| errors::leader_hint(context, log));
                 let log = known.filter(|_| led == Some(Ok(())));
                 Wanted {
                     error: if let Some(Err(code)) = led {
@@ -97,6 +105,7 @@ pub async fn handle(context: &Rc<Context>, request: FetchRequest, version: i16) 
                     log,
                     partition: index,
                     leader_epoch: partition.current_leader_epoch,
+                    hint,
                     offset: partition.fetch_offset,
                     max_bytes: partition.partition_max_bytes.max(0) as usize,
                 }
@@ -128,8 +137,28 @@ pub async fn handle(context: &Rc<Context>, request: FetchRequest, version: i16) 
         let (responses, bytes) = read_all(context, reader, &topics, response_max).await;
         let left = deadline.saturating_duration_since(Instant::now());
         if bytes >= min_bytes || left.is_zero() || !wait_any(context, reader, &topics, left).await {
+            let mut node_endpoints: Vec<NodeEndpoint> = Vec::new();
+            for (_, _, wanted) in &topics {
+                for (_, leader) in wanted
+                    .iter()
+                    .filter_map(|partition| partition.hint.as_ref())
+                {
+                    if !node_endpoints
+                        .iter()
+                        .any(|known| known.node_id == leader.id)
+                    {
+                        node_endpoints.push(NodeEndpoint {
+                            node_id: leader.id,
+                            host: leader.host.clone(),
+                            port: leader.port.into(),
+                            rack: leader.rack.clone(),
+                        });
+                    }
+                }
+            }
             return FetchResponse {
                 responses,
+                node_endpoints,
                 ..FetchResponse::default()
             };
         }
@@ -193,6 +222,12 @@ async fn read_all(
                 records: Some(Records::default()),
                 ..PartitionData::default()
             };
+            if let Some((epoch, leader)) = &partition.hint {
+                data.current_leader = LeaderIdAndEpoch {
+                    leader_id: leader.id,
+                    leader_epoch: *epoch,
+                };
+            }
             match read {
                 None => {}
                 Some(Ok(read)) => {

@@ -15,7 +15,8 @@ use super::groups::OFFSETS_TOPIC;
 use super::{Context, configs, errors};
 use crate::protocol::error_code;
 use crate::protocol::messages::produce_response::{
-    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse,
+    TopicProduceResponse,
 };
 use crate::protocol::messages::{ProduceRequest, ProduceResponse};
 
@@ -55,6 +56,8 @@ pub async fn handle(
     let mut answers = Vec::new();
     let mut accepted = Vec::new();
     let mut records = Vec::new();
+    // The leaders named in current-leader hints (KIP-951).
+    let mut endpoints = Vec::new();
     for topic_data in request.topic_data {
         let topic = table.get(&topic_data.name).cloned();
         let mut partitions = Vec::new();
@@ -90,7 +93,30 @@ pub async fn handle(
                 None
             };
             if let Some((code, message)) = failure {
-                partitions.push(Some(failed(index, code, message)));
+                let mut response = failed(index, code, message);
+                let hint = log
+                    .as_ref()
+                    .filter(|_| code == error_code::NOT_LEADER_OR_FOLLOWER);
+                if let Some((epoch, leader)) =
+                    hint.and_then(|log| errors::leader_hint(context, log))
+                {
+                    response.current_leader = LeaderIdAndEpoch {
+                        leader_id: leader.id,
+                        leader_epoch: epoch,
+                    };
+                    if !endpoints
+                        .iter()
+                        .any(|known: &NodeEndpoint| known.node_id == leader.id)
+                    {
+                        endpoints.push(NodeEndpoint {
+                            node_id: leader.id,
+                            host: leader.host,
+                            port: leader.port.into(),
+                            rack: leader.rack,
+                        });
+                    }
+                }
+                partitions.push(Some(response));
                 continue;
             }
             partitions.push(None);
@@ -136,6 +162,7 @@ pub async fn handle(
     }
     (acks != 0).then(|| ProduceResponse {
         responses,
+        node_endpoints: endpoints,
         ..ProduceResponse::default()
     })
 }

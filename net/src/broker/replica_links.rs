@@ -15,7 +15,7 @@ use coremq_replication::fetcher::{
 use coremq_replication::leader::BrokerId;
 
 use crate::client::Connection;
-use crate::client::{Error, within};
+use crate::client::{Error, by_topic, within};
 use crate::protocol::api::{RequestBody, ResponseBody};
 use crate::protocol::codec::Uuid;
 use crate::protocol::error_code;
@@ -96,8 +96,7 @@ impl LeaderLink for Links {
         wait: Duration,
     ) -> LocalFuture<'a, Result<Vec<Fetched>, String>> {
         Box::pin(async move {
-            let mut topics: Vec<FetchTopic> = Vec::new();
-            for wanted in &partitions {
+            let topics = by_topic(partitions.iter().map(|wanted| {
                 let partition = fetch_request::FetchPartition {
                     partition: wanted.partition.partition as i32,
                     current_leader_epoch: wanted.leader_epoch,
@@ -107,18 +106,15 @@ impl LeaderLink for Links {
                     partition_max_bytes: coremq_replication::fetcher::FETCH_PARTITION_BYTES as i32,
                     ..fetch_request::FetchPartition::default()
                 };
-                match topics
-                    .iter_mut()
-                    .find(|topic| topic.topic == wanted.partition.topic)
-                {
-                    Some(topic) => topic.partitions.push(partition),
-                    None => topics.push(FetchTopic {
-                        topic: wanted.partition.topic.clone(),
-                        topic_id: Uuid(wanted.topic_id),
-                        partitions: vec![partition],
-                    }),
-                }
-            }
+                ((wanted.partition.topic.clone(), wanted.topic_id), partition)
+            }))
+            .into_iter()
+            .map(|((topic, id), partitions)| FetchTopic {
+                topic,
+                topic_id: Uuid(id),
+                partitions,
+            })
+            .collect();
             let request = FetchRequest {
                 replica_id: replica,
                 replica_state: ReplicaState {
@@ -192,24 +188,17 @@ impl LeaderLink for Links {
         queries: Vec<EpochQuery>,
     ) -> LocalFuture<'a, Result<Vec<EpochAnswer>, String>> {
         Box::pin(async move {
-            let mut topics: Vec<OffsetForLeaderTopic> = Vec::new();
-            for query in &queries {
+            let topics = by_topic(queries.iter().map(|query| {
                 let partition = OffsetForLeaderPartition {
                     partition: query.partition.partition as i32,
                     current_leader_epoch: query.current_leader_epoch,
                     leader_epoch: query.epoch,
                 };
-                match topics
-                    .iter_mut()
-                    .find(|topic| topic.topic == query.partition.topic)
-                {
-                    Some(topic) => topic.partitions.push(partition),
-                    None => topics.push(OffsetForLeaderTopic {
-                        topic: query.partition.topic.clone(),
-                        partitions: vec![partition],
-                    }),
-                }
-            }
+                (query.partition.topic.clone(), partition)
+            }))
+            .into_iter()
+            .map(|(topic, partitions)| OffsetForLeaderTopic { topic, partitions })
+            .collect();
             let request = OffsetForLeaderEpochRequest {
                 replica_id: replica,
                 topics,

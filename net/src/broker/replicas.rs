@@ -42,62 +42,125 @@ fn partition_result(partition_id: i32, code: i16, message: &str) -> PartitionRes
     }
 }
 
-/// ElectLeaders: a partition's one replica leads it while its broker is live, so a named
-/// partition gets ELECTION_NOT_NEEDED, or ELIGIBLE_LEADERS_NOT_AVAILABLE while that broker is
-/// fenced; a request for every partition (null) lists none, as Kafka leaves out the
-/// partitions whose leader is already the one wanted.
-pub fn elect_leaders(context: &Context, request: ElectLeadersRequest) -> ElectLeadersResponse {
-    let valid_type = ELECTION_TYPES.contains(&request.election_type);
-    let results = request
-        .topic_partitions
-        .unwrap_or_default()
-        .into_iter()
-        .map(|wanted| ReplicaElectionResult {
-            partition_result: wanted
-                .partitions
-                .iter()
-                .map(|&index| {
-                    if !valid_type {
+/// ElectLeaders. Preferred (0): a partition led by its preferred replica (the first of its
+/// assignment) gets ELECTION_NOT_NEEDED; the others ask the controller to move leadership
+/// there (PREFERRED_LEADER_NOT_AVAILABLE unless that replica is live and in sync); a request
+/// for every partition (null) lists only those it tried, as Kafka leaves out the partitions
+/// whose leader is already the one wanted. Unclean (1): a partition with a leader gets
+/// ELECTION_NOT_NEEDED; one without gets ELIGIBLE_LEADERS_NOT_AVAILABLE, since unclean
+/// election is the topic's `unclean.leader.election.enable`, not a request.
+pub async fn elect_leaders(
+    context: &Rc<Context>,
+    request: ElectLeadersRequest,
+) -> ElectLeadersResponse {
+    if !ELECTION_TYPES.contains(&request.election_type) {
+        let results = request
+            .topic_partitions
+            .unwrap_or_default()
+            .into_iter()
+            .map(|wanted| ReplicaElectionResult {
+                partition_result: wanted
+                    .partitions
+                    .iter()
+                    .map(|&index| {
                         partition_result(
                             index,
                             error_code::INVALID_REQUEST,
                             "election type must be 0 (preferred) or 1 (unclean)",
                         )
-                    } else {
-                        match partition_state(context, &wanted.topic, index) {
-                            None => partition_result(
-                                index,
-                                error_code::UNKNOWN_TOPIC_OR_PARTITION,
-                                "no such topic or partition",
-                            ),
-                            Some(state) if state.assignment.leader < 0 => partition_result(
-                                index,
-                                error_code::ELIGIBLE_LEADERS_NOT_AVAILABLE,
-                                &format!(
-                                    "the partition's replicas {:?} are all offline",
-                                    state.assignment.replicas
-                                ),
-                            ),
-                            Some(_) => partition_result(
-                                index,
-                                error_code::ELECTION_NOT_NEEDED,
-                                "the partition's only replica already leads it",
-                            ),
-                        }
-                    }
+                    })
+                    .collect(),
+                topic: wanted.topic,
+            })
+            .collect();
+        return ElectLeadersResponse {
+            error_code: error_code::INVALID_REQUEST,
+            replica_election_results: results,
+            ..ElectLeadersResponse::default()
+        };
+    }
+    let every = request.topic_partitions.is_none();
+    let wanted: Vec<(String, Vec<i32>)> = match request.topic_partitions {
+        Some(topics) => topics
+            .into_iter()
+            .map(|topic| (topic.topic, topic.partitions))
+            .collect(),
+        None => {
+            let image = context.cluster.image();
+            image
+                .topics
+                .values()
+                .map(|topic| {
+                    (
+                        topic.name.clone(),
+                        (0..topic.partitions.len() as i32).collect(),
+                    )
                 })
-                .collect(),
-            topic: wanted.topic,
-        })
-        .collect();
+                .collect()
+        }
+    };
+    let mut results = Vec::with_capacity(wanted.len());
+    for (topic, partitions) in wanted {
+        let mut partition_results = Vec::with_capacity(partitions.len());
+        for index in partitions {
+            let (code, message) = elect(context, request.election_type, &topic, index).await;
+            if every && code == error_code::ELECTION_NOT_NEEDED {
+                continue;
+            }
+            partition_results.push(partition_result(index, code, &message));
+        }
+        if !(every && partition_results.is_empty()) {
+            results.push(ReplicaElectionResult {
+                topic,
+                partition_result: partition_results,
+            });
+        }
+    }
     ElectLeadersResponse {
-        error_code: if valid_type {
-            error_code::NONE
-        } else {
-            error_code::INVALID_REQUEST
-        },
+        error_code: error_code::NONE,
         replica_election_results: results,
         ..ElectLeadersResponse::default()
+    }
+}
+
+/// One partition's election of `kind`: the code and message to answer.
+async fn elect(context: &Context, kind: i8, topic: &str, index: i32) -> (i16, String) {
+    let Some(state) = partition_state(context, topic, index) else {
+        return (
+            error_code::UNKNOWN_TOPIC_OR_PARTITION,
+            "no such topic or partition".into(),
+        );
+    };
+    let assignment = &state.assignment;
+    if kind == 1 {
+        return if assignment.leader >= 0 {
+            (
+                error_code::ELECTION_NOT_NEEDED,
+                "the partition has a leader".into(),
+            )
+        } else {
+            (
+                error_code::ELIGIBLE_LEADERS_NOT_AVAILABLE,
+                "unclean election is the topic's unclean.leader.election.enable, not a request"
+                    .into(),
+            )
+        };
+    }
+    if assignment.replicas.first() == Some(&assignment.leader) {
+        return (
+            error_code::ELECTION_NOT_NEEDED,
+            "the preferred replica leads the partition".into(),
+        );
+    }
+    let Some(id) = context.cluster.image().topic_id(topic) else {
+        return (
+            error_code::UNKNOWN_TOPIC_OR_PARTITION,
+            "no such topic or partition".into(),
+        );
+    };
+    match context.cluster.elect_preferred(id, index as u32).await {
+        Ok(()) => (error_code::NONE, String::new()),
+        Err(error) => (errors::cluster_code(&error), error.to_string()),
     }
 }
 
