@@ -12,7 +12,8 @@
       committed offsets back after each commit: they never go backwards;
   replicated.py BOOTSTRAP verify TOPIC OUT
       reads every partition from the start and checks that each acknowledged value is
-      there exactly once, at the partition and offset it was acknowledged with; then a
+      there exactly once, at the partition and offset it was acknowledged with, and that
+      kafka-python reads the same; then a
       consumer group reads everything again and commits, and its committed offsets are the
       log ends;
   replicated.py BOOTSTRAP committed TOPIC
@@ -112,6 +113,24 @@ def verify(servers, topic, out):
     assert not lost, f"acknowledged but lost: {lost[:5]}"
     assert not moved, f"at another offset than acknowledged: {moved[:5]}"
     assert duplicates == 0, f"{duplicates} values read twice"
+
+    # kafka-python (an independent client) reads the same.
+    from kafka import KafkaConsumer
+    from kafka import TopicPartition as KafkaPartition
+
+    reader = KafkaConsumer(
+        bootstrap_servers=servers.split(","), enable_auto_commit=False, consumer_timeout_ms=10000
+    )
+    reader.assign([KafkaPartition(topic, p) for p in range(partitions)])
+    reader.seek_to_beginning()
+    again = {}
+    for record in reader:
+        again[record.value.decode()] = [record.partition, record.offset]
+        if len(again) >= len(seen):
+            break
+    reader.close()
+    assert again == seen, f"kafka-python read {len(again)} records, confluent-kafka {len(seen)}"
+    print(f"kafka-python read the same {len(again)} records at the same offsets")
 
     group = Consumer(
         {
