@@ -18,8 +18,23 @@ pub fn config(dir: &Path, shards: usize) -> EngineConfig {
     config
 }
 
+/// Starts an engine on `dir`. The lock of an engine this test shut down can outlive it for
+/// a moment: a test beside it that forks a process (mount, kill) shares every open file
+/// until the child's exec closes them, the lock file among them, so a start that finds the
+/// directory locked by this very process tries again for a while.
 pub fn start(dir: &Path, shards: usize) -> (Engine, Handle) {
-    let engine = Engine::start(config(dir, shards)).expect("engine starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let engine = loop {
+        match Engine::start(config(dir, shards)) {
+            Err(coremq_engine::Error::DataDirLocked {
+                holder: Some(holder),
+                ..
+            }) if holder == std::process::id() && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            started => break started.expect("engine starts"),
+        }
+    };
     let handle = engine.handle();
     (engine, handle)
 }
