@@ -94,7 +94,7 @@ struct View<'a>(&'a Log);
 
 impl LocalLog for View<'_> {
     fn log_end(&self) -> Offset {
-        self.0.offsets().log_end
+        self.0.log_end()
     }
 
     fn latest_epoch(&self) -> Option<i32> {
@@ -253,7 +253,7 @@ async fn fetch(
                 high_watermark,
             } => match append(&following.log, batches).await {
                 Ok(()) => {
-                    let log_end = following.log.offsets().log_end;
+                    let log_end = following.log.log_end();
                     following.log.set_committed(high_watermark.min(log_end));
                     progressed = true;
                 }
@@ -283,7 +283,7 @@ async fn append(log: &Rc<Log>, batches: Bytes) -> coremq_engine::Result<()> {
         .collect();
     for (position, size) in frames {
         let checked = CheckedBatch::new(batches.slice(position..position + size), limits)?;
-        if checked.header().last_offset() < log.offsets().log_end {
+        if checked.header().last_offset() < log.log_end() {
             continue;
         }
         log.append_replica(checked, Ack::Policy).await?;

@@ -649,13 +649,7 @@ impl Node {
             Change::DeleteLog { partition } => {
                 let log = log_of(&partition)?;
                 let resigned = log.clone();
-                self.handle
-                    .on_shard(self.handle.shard_of(&log), move |_| async move {
-                        if let Some(replicas) = Replicas::current() {
-                            replicas.resign(&resigned);
-                        }
-                        Ok(())
-                    })
+                self.on_replicas(&log, move |replicas| replicas.resign(&resigned))
                     .await?;
                 match self.handle.delete_log(&log).await {
                     Ok(()) | Err(coremq_engine::Error::UnknownLog { .. }) => {}
@@ -704,14 +698,12 @@ impl Node {
                 partition,
                 assignment,
             } => {
-                self.handle
-                    .with_log(&log_of(&partition)?, move |log| async move {
-                        if let Some(replicas) = Replicas::current() {
-                            replicas.isr_changed(log.topic_partition(), &assignment.isr);
-                        }
-                        Ok(())
-                    })
-                    .await?;
+                let log = log_of(&partition)?;
+                let changed = log.clone();
+                self.on_replicas(&log, move |replicas| {
+                    replicas.isr_changed(&changed, &assignment.isr)
+                })
+                .await?;
             }
             Change::Configs { topic, configs } => {
                 let config = self.log_config(&topic, &configs)?;
@@ -732,15 +724,11 @@ impl Node {
                     if assigned {
                         let log = log_of(&partition)?;
                         self.handle.set_config(&log, config.clone()).await?;
-                        let configs = configs.clone();
-                        self.handle
-                            .on_shard(self.handle.shard_of(&log), move |_| async move {
-                                if let Some(replicas) = Replicas::current() {
-                                    replicas.configs_changed(&log, &configs);
-                                }
-                                Ok(())
-                            })
-                            .await?;
+                        let (changed, configs) = (log.clone(), configs.clone());
+                        self.on_replicas(&log, move |replicas| {
+                            replicas.configs_changed(&changed, &configs)
+                        })
+                        .await?;
                     }
                 }
             }
@@ -751,16 +739,28 @@ impl Node {
                     partition.partition
                 );
                 let log = log_of(&partition)?;
-                self.handle
-                    .on_shard(self.handle.shard_of(&log), move |_| async move {
-                        if let Some(replicas) = Replicas::current() {
-                            replicas.resign(&log);
-                        }
-                        Ok(())
-                    })
+                let resigned = log.clone();
+                self.on_replicas(&log, move |replicas| replicas.resign(&resigned))
                     .await?;
             }
         }
+        Ok(())
+    }
+
+    /// Runs `work` with the replica registry of the shard owning `log`.
+    async fn on_replicas(
+        &self,
+        log: &TopicPartition,
+        work: impl FnOnce(&Replicas) + Send + 'static,
+    ) -> Result<(), Error> {
+        self.handle
+            .on_shard(self.handle.shard_of(log), move |_| async move {
+                if let Some(replicas) = Replicas::current() {
+                    work(&replicas);
+                }
+                Ok(())
+            })
+            .await?;
         Ok(())
     }
 

@@ -96,7 +96,8 @@ impl Partition {
 
     async fn after_append(&self, info: AppendInfo, consistency: Consistency) -> Result<AppendInfo> {
         if let Some(leading) = &self.leading {
-            leading.appended();
+            // Written up to the batch's end: the append was answered.
+            leading.appended(Offset(info.last_offset.0 + 1));
             if consistency == Consistency::Durable {
                 leading
                     .await_commit(info.last_offset, REPLICATION_TIMEOUT)

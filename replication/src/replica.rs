@@ -79,10 +79,9 @@ impl Leading {
         }
     }
 
-    /// The leader's log grew: the high watermark may move (at once where it is the only
-    /// in-sync replica).
-    pub fn appended(&self) {
-        let written = self.log.offsets().high_watermark;
+    /// The leader's log is written up to `written` (an append ending below it was answered):
+    /// the high watermark may move (at once where it is the only in-sync replica).
+    pub fn appended(&self, written: Offset) {
         let moved = self.state.borrow_mut().on_appended(written);
         if let Some(high_watermark) = moved {
             self.log.set_committed(high_watermark);

@@ -222,6 +222,12 @@ impl Log {
         Ok(())
     }
 
+    /// The next offset to be assigned, without the rest of [`Log::offsets`] (which sums the
+    /// segments' sizes).
+    pub fn log_end(&self) -> Offset {
+        self.inner.borrow().active.next_offset()
+    }
+
     pub fn offsets(&self) -> LogOffsets {
         let inner = self.inner.borrow();
         LogOffsets {
