@@ -8,11 +8,17 @@
 //! (min.insync.replicas=2) keeps every acknowledged record through SIGKILLs and SIGSTOPs of
 //! its leaders, with confluent-kafka producing and reading (`tests/python/replicated.py`),
 //! and its replicas end byte-for-byte identical.
+//!
+//! A leader cut off from the other brokers (each broker in its own network namespace,
+//! `support/netns.rs`) stops acknowledging acks=all writes, the others elect a leader and
+//! carry on, and once healed the old leader drops what only it wrote and catches up.
 
 #[path = "support/broker.rs"]
 mod broker;
 #[path = "support/kcat.rs"]
 mod kcat;
+#[path = "support/netns.rs"]
+mod netns;
 #[path = "support/python.rs"]
 mod python;
 #[path = "support/wire.rs"]
@@ -32,6 +38,7 @@ use coremq_net::protocol::messages::create_topics_request::{
 use coremq_net::protocol::messages::{
     CreateTopicsRequest, FindCoordinatorRequest, InitProducerIdRequest,
 };
+use netns::Network;
 use serde_json::Value;
 use wire::Wire;
 
@@ -52,16 +59,7 @@ fn start_cluster(dir: &Path, partitions: u32) -> Vec<Broker> {
         let mut brokers: Vec<Broker> = (0..BROKERS)
             .map(|id| {
                 let data = dir.join(format!("try{attempt}-broker{id}"));
-                let flags = [
-                    "--node-id".to_string(),
-                    id.to_string(),
-                    "--controller-voters".into(),
-                    voters.clone(),
-                    "--shards".into(),
-                    "1".into(),
-                    "--default-partitions".into(),
-                    partitions.to_string(),
-                ];
+                let flags = cluster_flags(id, &voters, partitions);
                 let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
                 Broker::spawn(
                     &data,
@@ -80,6 +78,50 @@ fn start_cluster(dir: &Path, partitions: u32) -> Vec<Broker> {
         }
     }
     panic!("the cluster did not start: {failures:#?}");
+}
+
+/// The flags of broker `id` in a cluster of `voters`: one shard, `partitions` partitions
+/// for topics created on first use.
+fn cluster_flags(id: usize, voters: &str, partitions: u32) -> Vec<String> {
+    vec![
+        "--node-id".to_string(),
+        id.to_string(),
+        "--controller-voters".into(),
+        voters.into(),
+        "--shards".into(),
+        "1".into(),
+        "--default-partitions".into(),
+        partitions.to_string(),
+    ]
+}
+
+/// Starts three brokers, each in its own namespace of `network` on its own address (the
+/// same ports on each), and waits until all are ready.
+fn start_cluster_in(network: &Network, dir: &Path, partitions: u32) -> Vec<Broker> {
+    let voters = (0..BROKERS)
+        .map(|id| format!("{id}@{}:9093", network.address(id)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut brokers: Vec<Broker> = (0..BROKERS)
+        .map(|id| {
+            let flags = cluster_flags(id, &voters, partitions);
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            Broker::spawn_in(
+                &network.netns(id),
+                &network.address(id),
+                &dir.join(format!("broker{id}")),
+                9092,
+                9190,
+                &flags,
+            )
+        })
+        .collect();
+    for id in 0..BROKERS {
+        brokers[id]
+            .wait_ready(Duration::from_secs(60))
+            .unwrap_or_else(|failure| panic!("broker {id} starts: {failure}\n{}", logs(&brokers)));
+    }
+    brokers
 }
 
 fn kcat(broker: &Broker, args: &[&str], input: &str) -> Result<String, String> {
@@ -602,14 +644,14 @@ fn killed_and_stopped_leaders_lose_no_acknowledged_record() {
     brokers[coordinator]
         .wait_ready(Duration::from_secs(60))
         .unwrap_or_else(|failure| panic!("broker {coordinator} restarts: {failure}"));
-    await_identical(&brokers, "quotes");
+    await_identical(&brokers, "quotes", 3);
 }
 
-/// Waits until every broker holds the same batches of each of `topic`'s three partitions
-/// (a follower may still be a fetch behind); fails the test after 30 s.
-fn await_identical(brokers: &[Broker], topic: &str) {
+/// Waits until every broker holds the same batches of each of `topic`'s `partitions` (a
+/// follower may still be a fetch behind); fails the test after 30 s.
+fn await_identical(brokers: &[Broker], topic: &str, partitions: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    for partition in 0..3 {
+    for partition in 0..partitions {
         while !identical(brokers, topic, partition) {
             assert!(
                 Instant::now() < deadline,
@@ -716,5 +758,148 @@ fn a_hundred_random_faults_lose_no_acknowledged_record_and_no_commit() {
         &brokers,
     );
     println!("seed {seed}: checking the replicas");
-    await_identical(&brokers, "ticks");
+    await_identical(&brokers, "ticks", 3);
+}
+
+/// Produces one record, `value`, to partition 0 of `topic` on `broker` with `acks`, the
+/// leader waiting at most `timeout_ms` for the in-sync replicas: the error code and the
+/// offset.
+fn produce_one(
+    broker: &Broker,
+    topic: &str,
+    acks: i16,
+    timeout_ms: i32,
+    value: &str,
+) -> (i16, i64) {
+    use coremq_engine::{BatchBuilder, Compression, Timestamp};
+    use coremq_net::protocol::codec::Records;
+    use coremq_net::protocol::messages::ProduceRequest;
+    use coremq_net::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let mut batch = BatchBuilder::new(Compression::None);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    batch.push(
+        Timestamp(now.as_millis() as i64),
+        None,
+        Some(value.as_bytes()),
+        &[],
+    );
+    let request = ProduceRequest {
+        acks,
+        timeout_ms,
+        topic_data: vec![TopicProduceData {
+            name: topic.into(),
+            partition_data: vec![PartitionProduceData {
+                index: 0,
+                records: Some(Records::new(vec![batch.build()])),
+            }],
+        }],
+        ..ProduceRequest::default()
+    };
+    let mut wire = Wire::connect(broker.bootstrap());
+    let ResponseBody::Produce(response) = wire.call(11, RequestBody::Produce(request)) else {
+        panic!("not a Produce response");
+    };
+    let answer = &response.responses[0].partition_responses[0];
+    (answer.error_code, answer.base_offset)
+}
+
+#[test]
+fn a_leader_cut_off_from_the_others_stops_acknowledging_and_truncates_once_healed() {
+    let network = Network::create(BROKERS).unwrap_or_else(|failure| {
+        panic!("this test creates network namespaces: it needs root, ip and nft: {failure}")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let brokers = start_cluster_in(&network, dir.path(), 1);
+    let bootstrap = brokers
+        .iter()
+        .map(Broker::bootstrap)
+        .collect::<Vec<_>>()
+        .join(",");
+    succeeded(replicated(&[&bootstrap, "create", "cut", "1"]), &brokers);
+    let acked = dir.path().join("acked.json");
+    let stop = dir.path().join("stop");
+    let until = format!("until:{}", stop.display());
+    let producer = replicated(&[
+        &bootstrap,
+        "produce",
+        "cut",
+        &until,
+        acked.to_str().unwrap(),
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    let old = leaders(&metadata(&brokers[0]), "cut")[0];
+    assert!(old >= 0, "the partition has a leader");
+    let old = old as usize;
+    network.isolate(old);
+    println!("broker {old}, the leader, cut off from the others");
+
+    // After its session timeout (1.5 s) at the latest, the cut-off leader acknowledges no
+    // acks=all write; an acks=1 write it still takes alone, as a Kafka leader does.
+    std::thread::sleep(Duration::from_millis(1500));
+    for n in 0..4 {
+        let (code, _) = produce_one(&brokers[old], "cut", -1, 1000, &format!("cut-all-{n}"));
+        assert!(
+            [
+                error_code::REQUEST_TIMED_OUT,
+                error_code::NOT_ENOUGH_REPLICAS,
+                error_code::NOT_ENOUGH_REPLICAS_AFTER_APPEND
+            ]
+            .contains(&code),
+            "the cut-off leader answered an acks=all write with {code}"
+        );
+        let (code, _) = produce_one(&brokers[old], "cut", 1, 1000, &format!("cut-one-{n}"));
+        assert_eq!(code, error_code::NONE, "the cut-off leader takes acks=1");
+    }
+
+    // The others fence it, elect a leader and acknowledge acks=all writes without it.
+    let survivor = (old + 1) % BROKERS;
+    let after = await_metadata(&brokers[survivor], Duration::from_secs(30), |seen| {
+        let leader = leaders(seen, "cut")[0];
+        leader >= 0 && leader != old as i64 && !broker_ids(seen).contains(&(old as i64))
+    })
+    .unwrap_or_else(|seen| {
+        panic!(
+            "the majority elects a leader and fences broker {old}: {seen}\n{}",
+            logs(&brokers)
+        )
+    });
+    let new = leaders(&after, "cut")[0] as usize;
+    let (code, _) = produce_one(&brokers[new], "cut", -1, 10_000, "majority");
+    assert_eq!(
+        code,
+        error_code::NONE,
+        "the new leader acknowledges acks=all"
+    );
+
+    network.heal();
+    println!("healed: broker {old} rejoins");
+    await_metadata(&brokers[survivor], Duration::from_secs(60), |seen| {
+        in_sync(seen, "cut") == [3] && broker_ids(seen).len() == BROKERS
+    })
+    .unwrap_or_else(|seen| {
+        panic!(
+            "broker {old} rejoins the in-sync replicas: {seen}\n{}",
+            logs(&brokers)
+        )
+    });
+    std::fs::write(&stop, b"").unwrap();
+    succeeded(producer, &brokers);
+    succeeded(
+        replicated(&[&bootstrap, "verify", "cut", acked.to_str().unwrap()]),
+        &brokers,
+    );
+    // What only the cut-off leader wrote is gone from every replica: it truncated.
+    await_identical(&brokers, "cut", 1);
+    let kept = consume_all(&brokers[old], "cut");
+    assert!(kept.iter().any(|value| value == "majority"));
+    let diverged: Vec<&String> = kept
+        .iter()
+        .filter(|value| value.starts_with("cut-"))
+        .collect();
+    assert!(
+        diverged.is_empty(),
+        "written only by the cut-off leader, still there: {diverged:?}"
+    );
 }

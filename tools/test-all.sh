@@ -18,12 +18,14 @@ if ! command -v cargo-fuzz >/dev/null 2>&1 && ! cargo fuzz --version >/dev/null 
 fi
 cargo --version
 
-say "Kafka clients for the end-to-end tests"
-if ! command -v kcat >/dev/null 2>&1; then
+say "Kafka clients and network tools for the end-to-end tests"
+# kcat; ip (iproute2) and nft (nftables) for the network-partition test (tests/partition.rs).
+if ! command -v kcat >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1 \
+  || ! command -v nft >/dev/null 2>&1; then
   sudo_cmd=""
   if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
   $sudo_cmd apt-get update -qq
-  $sudo_cmd apt-get install -y -qq kcat >/dev/null
+  $sudo_cmd apt-get install -y -qq kcat iproute2 nftables >/dev/null
 fi
 kcat -V | head -n 1
 # confluent-kafka (current librdkafka) and kafka-python (pure Python), in a virtual

@@ -3,11 +3,10 @@
 //! [`Consistency`] and an [`Isolation`], never from the engine's log, and change topics
 //! through the [`Cluster`]; the topic table ([`topics`]) with its stored configs lives here.
 //!
-//! Topics are records in a Raft metadata log ([`node`]), a quorum of one on a single broker.
-//! Data is not yet replicated between brokers: a partition is its one local log and
-//! `Consistency::Durable` is the log's durability policy. Replication fills these in
-//! (followers, the high watermark driving the engine's `committed` watermark) without the
-//! front ends changing.
+//! Topics are records in a Raft metadata log ([`node`]), a quorum of one on a single broker
+//! and of the `--controller-voters` in a cluster. Partitions with several replicas are
+//! copied from their leader by followers ([`fetcher`]); the high watermark drives the
+//! engine's `committed` watermark, and `Consistency::Durable` waits for it.
 
 mod cluster;
 pub mod controller;

@@ -16,25 +16,23 @@ use coremq_engine::{
 use crate::leader::BrokerId;
 use crate::replica::{Leading, Replicas};
 
-/// How long an `acks=all` write waits for the in-sync replicas before it fails with
-/// [`Error::TimedOut`] (the front end's request timeout bounds it too).
-pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// How sure an append must be before it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consistency {
     /// Written to the leader's log (Kafka's acks=1 and acks=0): the log's fsync follows in
     /// the background under the `always` policy.
     Leader,
-    /// The topic's durability policy met (Kafka's acks=all): fsynced under `always`.
-    Durable,
+    /// The topic's durability policy met (Kafka's acks=all): fsynced under `always`, and
+    /// on a replicated partition the in-sync replicas hold it (the high watermark passed
+    /// it) within `timeout`, else [`Error::TimedOut`] (Kafka's produce `timeout_ms`).
+    Durable { timeout: Duration },
 }
 
 impl Consistency {
     fn ack(self) -> Ack {
         match self {
             Consistency::Leader => Ack::Written,
-            Consistency::Durable => Ack::Policy,
+            Consistency::Durable { .. } => Ack::Policy,
         }
     }
 }
@@ -89,7 +87,9 @@ impl Partition {
 
     fn before_append(&self, consistency: Consistency) -> Result<()> {
         match &self.leading {
-            Some(leading) if consistency == Consistency::Durable => leading.check_min_insync(),
+            Some(leading) if matches!(consistency, Consistency::Durable { .. }) => {
+                leading.check_min_insync()
+            }
             _ => Ok(()),
         }
     }
@@ -98,10 +98,8 @@ impl Partition {
         if let Some(leading) = &self.leading {
             // Written up to the batch's end: the append was answered.
             leading.appended(Offset(info.last_offset.0 + 1));
-            if consistency == Consistency::Durable {
-                leading
-                    .await_commit(info.last_offset, REPLICATION_TIMEOUT)
-                    .await?;
+            if let Consistency::Durable { timeout } = consistency {
+                leading.await_commit(info.last_offset, timeout).await?;
             }
         }
         Ok(info)

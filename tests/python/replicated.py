@@ -95,9 +95,11 @@ def verify(servers, topic, out):
     )
     partitions = len(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    seen, duplicates = {}, 0
+    # The topic may hold records of other writers too: read until every acknowledged value
+    # is seen, or the deadline.
+    seen, duplicates, missing = {}, 0, set(acked)
     deadline = time.monotonic() + 60
-    while len(seen) < len(acked) and time.monotonic() < deadline:
+    while missing and time.monotonic() < deadline:
         msg = consumer.poll(0.5)
         if msg is None or msg.error():
             continue
@@ -105,6 +107,7 @@ def verify(servers, topic, out):
         if value in seen:
             duplicates += 1
         seen[value] = [msg.partition(), msg.offset()]
+        missing.discard(value)
     consumer.close()
     lost = [v for v in acked if v not in seen]
     moved = [v for v in acked if v in seen and seen[v] != acked[v]]

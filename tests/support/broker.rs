@@ -18,6 +18,11 @@ pub struct Broker {
     /// The log's length before this start: what it wrote comes after.
     logged_before: usize,
     extra: Vec<String>,
+    /// The address its listeners bind and clients reach: 127.0.0.1, or its address in its
+    /// network namespace.
+    host: String,
+    /// The network namespace it runs in (`ip netns exec`), if not this process's.
+    netns: Option<String>,
 }
 
 /// A port nothing listens on right now.
@@ -75,6 +80,48 @@ impl Broker {
             .rsplit_once(':')
             .and_then(|(_, port)| port.parse().ok())
             .expect("a listener ends with its port");
+        Broker::spawn_at(
+            None,
+            "127.0.0.1",
+            data_dir,
+            listener,
+            port,
+            admin_port,
+            extra,
+        )
+    }
+
+    /// Starts the broker in network namespace `netns`, its listeners on `host` (an address
+    /// of that namespace), without waiting for it.
+    pub fn spawn_in(
+        netns: &str,
+        host: &str,
+        data_dir: &Path,
+        port: u16,
+        admin_port: u16,
+        extra: &[&str],
+    ) -> Broker {
+        let listener = format!("{host}:{port}");
+        Broker::spawn_at(
+            Some(netns),
+            host,
+            data_dir,
+            &listener,
+            port,
+            admin_port,
+            extra,
+        )
+    }
+
+    fn spawn_at(
+        netns: Option<&str>,
+        host: &str,
+        data_dir: &Path,
+        listener: &str,
+        port: u16,
+        admin_port: u16,
+        extra: &[&str],
+    ) -> Broker {
         let log = data_dir.with_extension("log");
         // A restart appends to the same log: only what this start writes counts.
         let logged_before = std::fs::metadata(&log).map_or(0, |meta| meta.len() as usize);
@@ -88,13 +135,23 @@ impl Broker {
         } else {
             &["--shards", "2", "--no-pin"]
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_coremq"))
+        let binary = env!("CARGO_BIN_EXE_coremq");
+        // `ip netns exec` execs the broker in place: the child's pid is the broker's.
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, binary]);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--kafka-listener")
             .arg(listener)
             .arg("--admin-listener")
-            .arg(format!("127.0.0.1:{admin_port}"))
+            .arg(format!("{host}:{admin_port}"))
             .args(shards)
             .args(extra)
             .stdout(Stdio::null())
@@ -109,6 +166,8 @@ impl Broker {
             log,
             logged_before,
             extra: extra.iter().map(|arg| arg.to_string()).collect(),
+            host: host.to_string(),
+            netns: netns.map(str::to_string),
         }
     }
 
@@ -142,7 +201,7 @@ impl Broker {
     }
 
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     /// GETs `path` from the HTTP admin listener: the status code and the body.
@@ -154,7 +213,7 @@ impl Broker {
     /// As `http_get`, `None` when the listener cannot be reached.
     pub fn try_http_get(&self, path: &str) -> Option<(u16, String)> {
         use std::io::{Read, Write};
-        let mut stream = TcpStream::connect(("127.0.0.1", self.admin_port)).ok()?;
+        let mut stream = TcpStream::connect((self.host.as_str(), self.admin_port)).ok()?;
         write!(
             stream,
             "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
@@ -215,7 +274,15 @@ impl Broker {
         assert!(self.child.is_none(), "the broker is stopped");
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         let listener = self.bootstrap();
-        *self = Broker::spawn(&self.data_dir, &listener, self.admin_port, &extra);
+        *self = Broker::spawn_at(
+            self.netns.as_deref(),
+            &self.host,
+            &self.data_dir,
+            &listener,
+            self.port,
+            self.admin_port,
+            &extra,
+        );
     }
 
     /// Whether the process runs.

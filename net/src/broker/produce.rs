@@ -5,6 +5,7 @@
 //! leader; acks=0 gets no answer.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use coremq_engine::batch::{self, BatchHeader, CheckedBatch};
@@ -47,7 +48,10 @@ pub async fn handle(
         None
     };
     let consistency = if acks == -1 {
-        Consistency::Durable
+        // Kafka's produce timeout: how long the leader waits for the in-sync replicas.
+        Consistency::Durable {
+            timeout: Duration::from_millis(request.timeout_ms.max(0) as u64),
+        }
     } else {
         Consistency::Leader
     };

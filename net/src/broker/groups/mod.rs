@@ -55,6 +55,9 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 const METADATA_BYTES_MAX: usize = 4096;
 /// Batches coremq builds are zstd-compressed (docs/format.md).
 const OFFSETS_CODEC: Compression = Compression::Zstd;
+/// How long a commit waits for the in-sync replicas of its `__consumer_offsets` partition
+/// (Kafka's `offsets.commit.timeout.ms`).
+const OFFSET_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often sessions and join phases are checked.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -686,7 +689,13 @@ pub async fn offset_commit(
             }
             let appended = context
                 .cluster
-                .append(&log, batch.build(), Consistency::Durable)
+                .append(
+                    &log,
+                    batch.build(),
+                    Consistency::Durable {
+                        timeout: OFFSET_COMMIT_TIMEOUT,
+                    },
+                )
                 .await;
             let info = appended.map_err(|error| match error {
                 coremq_engine::Error::BatchTooLarge { .. } => {
@@ -1226,7 +1235,13 @@ async fn write_tombstones<'a>(
     }
     context
         .cluster
-        .append(log, batch.build(), Consistency::Durable)
+        .append(
+            log,
+            batch.build(),
+            Consistency::Durable {
+                timeout: OFFSET_COMMIT_TIMEOUT,
+            },
+        )
         .await
         .map(drop)
 }
