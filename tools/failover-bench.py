@@ -19,10 +19,7 @@ Needs confluent-kafka (tools/test-all.sh puts it in target/e2e-venv).
 
 import argparse
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -30,73 +27,7 @@ import time
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-
-def free_ports(count):
-    """`count` distinct ports nothing listens on (all held open while picked)."""
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-class Cluster:
-    def __init__(self, binary, root, extra):
-        self.binary, self.root, self.extra = binary, root, extra
-        ports = free_ports(9)
-        self.kafka, self.admin, voters = ports[0:3], ports[3:6], ports[6:9]
-        self.voters = ",".join(f"{i}@127.0.0.1:{port}" for i, port in enumerate(voters))
-        self.processes = [None] * 3
-        for broker in range(3):
-            self.start(broker)
-
-    def start(self, broker):
-        log = open(os.path.join(self.root, f"broker{broker}.log"), "a")
-        self.processes[broker] = subprocess.Popen(
-            [
-                self.binary,
-                "--node-id", str(broker),
-                "--controller-voters", self.voters,
-                "--kafka-listener", f"127.0.0.1:{self.kafka[broker]}",
-                "--admin-listener", f"127.0.0.1:{self.admin[broker]}",
-                "--data-dir", os.path.join(self.root, f"data{broker}"),
-                "--shards", "1",
-                "--no-pin",
-                *self.extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-
-    def kill(self, broker):
-        self.processes[broker].send_signal(signal.SIGKILL)
-        self.processes[broker].wait()
-
-    def stop(self):
-        for process in self.processes:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-
-    def bootstrap(self):
-        return ",".join(f"127.0.0.1:{port}" for port in self.kafka)
-
-
-def wait_for(what, condition, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def percentile(values, fraction):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+from benchcluster import Cluster, percentile, wait_for
 
 
 def main():
