@@ -84,10 +84,12 @@ def main():
                     "--threads", "1",
                     "--json",
                 ],
-                check=True,
                 capture_output=True,
                 text=True,
-            ).stdout
+            )
+            if output.returncode != 0:
+                raise SystemExit(f"coremq-perf failed on {topic}: {output.stderr[-2000:]}")
+            output = output.stdout
             cpu = cluster.cpu_seconds() - before
             summary = json.loads(output.strip().splitlines()[-1])
             # Errors by kind (retried produce errors included): a run with any is no measure.

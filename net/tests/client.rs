@@ -403,6 +403,63 @@ fn idempotent_retries_across_a_broker_restart_store_each_record_once() {
     broker.shutdown(Duration::from_secs(5)).unwrap();
 }
 
+#[test]
+fn callers_reconnecting_at_once_share_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listener = format!("127.0.0.1:{port}");
+    let broker = broker_on(dir.path(), &listener);
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let (go_on, resume) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn({
+        let listener = listener.clone();
+        move || {
+            run(async move || {
+                let cluster = Cluster::connect(ClientConfig::new(&listener))
+                    .await
+                    .unwrap();
+                let before = cluster.broker(0).await.unwrap();
+                stop.send(()).unwrap();
+                resume.recv().unwrap();
+                until("the connection to the stopped broker breaks", || {
+                    before.is_broken()
+                })
+                .await;
+                // Eight callers at once find no connection to the restarted broker: one
+                // opens it and the others wait for it (two connections to one broker
+                // could reorder an idempotent producer's batches).
+                let callers: Vec<_> = (0..8)
+                    .map(|_| {
+                        let cluster = cluster.clone();
+                        coremq_runtime::spawn_local(async move { cluster.broker(0).await.unwrap() })
+                    })
+                    .collect();
+                let mut connections = Vec::new();
+                for caller in callers {
+                    connections.push(caller.await);
+                }
+                assert!(!Rc::ptr_eq(&connections[0], &before));
+                assert!(
+                    connections
+                        .iter()
+                        .all(|connection| Rc::ptr_eq(connection, &connections[0])),
+                    "one connection for all eight"
+                );
+            })
+        }
+    });
+    stopped.recv().unwrap();
+    broker.shutdown(Duration::from_secs(5)).unwrap();
+    let broker = broker_on(dir.path(), &listener);
+    go_on.send(()).unwrap();
+    client.join().unwrap();
+    broker.shutdown(Duration::from_secs(5)).unwrap();
+}
+
 /// Produces `values` to `topic` and waits for every acknowledgement.
 async fn produce_values(cluster: &Rc<Cluster>, topic: &str, values: std::ops::Range<u32>) {
     let producer = Producer::new(cluster.clone(), ProducerConfig::default())

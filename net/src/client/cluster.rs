@@ -3,9 +3,11 @@
 //! again after it breaks.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
+
+use coremq_engine::notify::Notify;
 
 use super::{ClientConfig, Connection, Error, unexpected, within};
 use crate::protocol::api::{RequestBody, ResponseBody};
@@ -29,11 +31,37 @@ pub struct TopicMetadata {
     pub partitions: Vec<PartitionMetadata>,
 }
 
+/// `address` is being opened until this is dropped, also when the opening is abandoned.
+struct Opening<'a> {
+    cluster: &'a Cluster,
+    address: SocketAddr,
+}
+
+impl<'a> Opening<'a> {
+    fn new(cluster: &'a Cluster, address: SocketAddr) -> Opening<'a> {
+        cluster.opening.borrow_mut().insert(address);
+        Opening { cluster, address }
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.cluster.opening.borrow_mut().remove(&self.address);
+        self.cluster.opened.notify_all();
+    }
+}
+
 /// A cluster seen from one executor.
 pub struct Cluster {
     config: ClientConfig,
     brokers: RefCell<HashMap<i32, SocketAddr>>,
     connections: RefCell<HashMap<SocketAddr, Rc<Connection>>>,
+    /// Addresses a connection is being opened to: callers wait for that one instead of
+    /// opening another (two connections to one broker could reorder an idempotent
+    /// producer's batches of one partition).
+    opening: RefCell<HashSet<SocketAddr>>,
+    /// Woken when an opening ends.
+    opened: Notify,
     topics: RefCell<HashMap<String, Rc<TopicMetadata>>>,
 }
 
@@ -47,6 +75,8 @@ impl Cluster {
             config,
             brokers: RefCell::default(),
             connections: RefCell::default(),
+            opening: RefCell::default(),
+            opened: Notify::default(),
             topics: RefCell::default(),
         });
         cluster.refresh(&[]).await?;
@@ -78,17 +108,29 @@ impl Cluster {
     }
 
     async fn connection_to(&self, address: SocketAddr) -> Result<Rc<Connection>, Error> {
-        if let Some(connection) = self.connections.borrow().get(&address)
-            && !connection.is_broken()
-        {
-            return Ok(connection.clone());
+        loop {
+            if let Some(connection) = self.connections.borrow().get(&address)
+                && !connection.is_broken()
+            {
+                return Ok(connection.clone());
+            }
+            if !self.opening.borrow().contains(&address) {
+                break;
+            }
+            let opened = self.opened.notified();
+            if self.opening.borrow().contains(&address) {
+                opened.await;
+            }
         }
-        let connection = within(
+        let opening = Opening::new(self, address);
+        let opened = within(
             self.config.request_timeout,
             "connecting",
             Connection::open(address, &self.config.client_id, self.config.request_timeout),
         )
-        .await?;
+        .await;
+        drop(opening);
+        let connection = opened?;
         self.connections
             .borrow_mut()
             .insert(address, connection.clone());
