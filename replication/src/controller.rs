@@ -28,6 +28,9 @@ pub struct ControllerSettings {
     /// `auto.leader.rebalance.enable` with `leader.imbalance.check.interval.seconds`);
     /// never when `None`.
     pub rebalance_interval_ms: Option<u64>,
+    /// A broker whose controller port refuses connections ([`Request::Refused`]) is fenced
+    /// at once unless it heartbeated within this long (two heartbeat intervals).
+    pub refused_grace_ms: u64,
 }
 
 /// Why a request to the controller was refused (each maps to the Kafka error a broker or
@@ -110,6 +113,10 @@ pub enum Request {
     ElectPreferred {
         topic: [u8; 16],
         partition: u32,
+    },
+    /// Broker `id`'s controller port refused a connection: no process listens there.
+    Refused {
+        id: BrokerId,
     },
 }
 
@@ -238,6 +245,7 @@ impl Controller {
                 let (records, reply) = self.heartbeat(id, now_ms, shutting_down)?;
                 return Ok((records, Reply::Heartbeat(reply)));
             }
+            Request::Refused { id } => self.refused(id, now_ms),
             Request::CreateTopic {
                 name,
                 id,
@@ -398,6 +406,24 @@ impl Controller {
             records.extend(self.elect_preferred(|_, _| true));
         }
         records
+    }
+
+    /// Broker `id`'s controller port refused a connection at `now_ms`: no process listens
+    /// there, so the run that heartbeated is gone (killed, crashed) and waiting out its
+    /// session would only delay its partitions' new leaders. It is fenced at once, unless
+    /// it heartbeated within the grace (a refusal seen before a new run started, or a
+    /// broker whose address moved). A stopped or cut-off broker refuses nothing: its
+    /// session runs out as before.
+    pub fn refused(&mut self, id: BrokerId, now_ms: u64) -> Vec<Record> {
+        let Some(&deadline) = self.deadlines.get(&id) else {
+            return Vec::new();
+        };
+        let heard = deadline.saturating_sub(self.settings.session_timeout_ms);
+        if self.image.is_live(id) && now_ms >= heard + self.settings.refused_grace_ms {
+            self.fence(id)
+        } else {
+            Vec::new()
+        }
     }
 
     /// Fences `id`: its leaderships move to live in-sync replicas (or the partition goes
@@ -749,6 +775,7 @@ mod tests {
     use super::*;
 
     const TIMEOUT: u64 = 6_000;
+    const GRACE: u64 = 500;
     const TOPIC: [u8; 16] = [7; 16];
 
     fn controller_with(brokers: &[BrokerId]) -> Controller {
@@ -758,6 +785,7 @@ mod tests {
             ControllerSettings {
                 session_timeout_ms: TIMEOUT,
                 rebalance_interval_ms: None,
+                refused_grace_ms: GRACE,
             },
         );
         for &id in brokers {
@@ -809,6 +837,32 @@ mod tests {
             controller.create_topic("wide", [8; 16], 1, 4, vec![], 0),
             Err(ControllerError::NotEnoughBrokers { live: 3, asked: 4 })
         );
+    }
+
+    #[test]
+    fn a_broker_refusing_connections_is_fenced_without_waiting_for_its_session() {
+        let mut controller = controller_with(&[0, 1, 2]);
+        controller
+            .create_topic("quotes", TOPIC, 1, 3, vec![], 0)
+            .unwrap();
+        assert_eq!(state(&controller, 0).leader, 0);
+        // Within the grace after its last heartbeat: a refusal from before a restart.
+        assert!(controller.refused(0, GRACE - 1).is_empty());
+        assert_eq!(state(&controller, 0).leader, 0);
+        let (records, _) = controller
+            .handle(Request::Refused { id: 0 }, GRACE)
+            .unwrap();
+        assert!(!records.is_empty());
+        let after = state(&controller, 0);
+        assert_eq!((after.leader, after.leader_epoch), (1, 1));
+        assert!(!after.isr.contains(&0));
+        assert!(!controller.image().is_live(0));
+        // Fenced already, or unknown: nothing more.
+        assert!(controller.refused(0, 2 * GRACE).is_empty());
+        assert!(controller.refused(9, 2 * GRACE).is_empty());
+        // Back with a heartbeat, as after any fencing.
+        controller.heartbeat(0, 3 * GRACE, false).unwrap();
+        assert!(controller.image().is_live(0));
     }
 
     #[test]

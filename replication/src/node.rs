@@ -114,6 +114,7 @@ pub(crate) enum Event {
 enum Woken {
     Event(Event),
     Frame(Vec<u8>),
+    Refused(BrokerId),
 }
 
 /// A request whose records are proposed: answered once the entry at `index` is committed
@@ -309,6 +310,18 @@ impl Node {
                 None => std::future::pending().await,
             }
         };
+        let refused = async {
+            match &self.transport {
+                Some(transport) => transport
+                    .refused
+                    .recv_async()
+                    .await
+                    .ok()
+                    .map(Woken::Refused),
+                None => std::future::pending().await,
+            }
+        };
+        let frames = futures_lite::future::or(frames, refused);
         let event = async { events.recv_async().await.ok().map(Woken::Event) };
         let woken = futures_lite::future::or(futures_lite::future::or(event, frames), tick);
         match woken.await {
@@ -334,6 +347,12 @@ impl Node {
                     self.frame(&frame);
                 }
             }
+            // Only the active controller acts on what its own links see: it is the voter
+            // that keeps talking to every other.
+            Some(Woken::Refused(id)) if self.controller.is_some() => {
+                self.request(Request::Refused { id }, Asker::Local(None));
+            }
+            Some(Woken::Refused(_)) => {}
             None => self.tick(),
         }
         self.drain().await
@@ -542,6 +561,7 @@ impl Node {
                 let settings = ControllerSettings {
                     session_timeout_ms: self.config.session_timeout_ms,
                     rebalance_interval_ms: Some(LEADER_REBALANCE_MS),
+                    refused_grace_ms: 2 * self.config.heartbeat_ms,
                 };
                 let controller = Controller::new(self.image.clone(), self.now_ms(), settings);
                 self.controller = Some((term, controller));

@@ -22,6 +22,8 @@ pub struct Transport {
     pub outgoing: flume::Sender<(BrokerId, Vec<u8>)>,
     /// Encoded frames other brokers sent.
     pub incoming: flume::Receiver<Vec<u8>>,
+    /// Brokers whose controller port refused a connection (no process listens there).
+    pub refused: flume::Receiver<BrokerId>,
 }
 
 /// One message between metadata nodes.

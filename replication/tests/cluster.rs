@@ -534,6 +534,7 @@ impl Sim {
                 let settings = ControllerSettings {
                     session_timeout_ms: 600,
                     rebalance_interval_ms: None,
+                    refused_grace_ms: 200,
                 };
                 node.controller = Some((term, Controller::new(node.image.clone(), now, settings)));
             }

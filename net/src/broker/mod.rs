@@ -127,7 +127,7 @@ fn start_controller_listener(
     let address = voters::listener(config).map_err(|reason| Error::Config { reason })?;
     let shared = Shared::new(voters::limits(config), handle.clone());
     let bound = server::bind::<voters::Inbound>(&shared, address)?;
-    let (inbound, transport, to_send) = voters::transport();
+    let (inbound, transport, outbound) = voters::transport();
     for shard in 0..handle.shard_count() {
         let (inbound, shared) = (inbound.clone(), shared.clone());
         futures_lite::future::block_on(handle.on_shard(shard, move |_| async move {
@@ -137,7 +137,7 @@ fn start_controller_listener(
     }
     let (me, voters) = (config.node_id, config.controller_voters.clone());
     futures_lite::future::block_on(handle.on_shard(0, move |_| async move {
-        voters::start_links(me, &voters, to_send);
+        voters::start_links(me, &voters, outbound);
         Ok(())
     }))?;
     server::check_listeners::<voters::Inbound>(&shared, bound)?;

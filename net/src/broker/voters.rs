@@ -3,7 +3,9 @@
 //! frame to the metadata node; one connection to each other voter carries this broker's
 //! frames, made again whenever it breaks. Frames are a 4-byte big-endian length and the
 //! bytes. Nothing is answered on the connection a frame came in on: answers travel on the
-//! answering broker's own connection, as Raft messages do.
+//! answering broker's own connection, as Raft messages do, so anything read on one is its
+//! end. A voter whose port refuses a connection is reported to the metadata node: no
+//! process listens there, and its controller need not wait out its session to fence it.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -15,7 +17,7 @@ use coremq_replication::Transport;
 use coremq_replication::leader::BrokerId;
 use coremq_replication::quorum::MESSAGE_BYTES_MAX;
 use coremq_runtime::net::TcpStream;
-use futures_lite::AsyncWriteExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use super::config::{BrokerConfig, Voter};
 use crate::server::{FrameSize, Incoming, Limits, Protocol};
@@ -102,30 +104,41 @@ pub(crate) fn listener(config: &BrokerConfig) -> Result<SocketAddr, String> {
     resolve(&me.host, me.port)
 }
 
+/// What the links to the other voters take from and report to the metadata node.
+pub(crate) struct Outbound {
+    to_send: flume::Receiver<(BrokerId, Vec<u8>)>,
+    refused: flume::Sender<BrokerId>,
+}
+
 /// The inbound protocol with the channel it fills, and the transport the metadata node
 /// uses; the senders are started by [`start_links`] on the shard running them.
-pub(crate) fn transport() -> (Inbound, Transport, flume::Receiver<(BrokerId, Vec<u8>)>) {
+pub(crate) fn transport() -> (Inbound, Transport, Outbound) {
     let (frames, incoming) = flume::unbounded();
     let (outgoing, to_send) = flume::unbounded();
+    let (refusals, refused) = flume::unbounded();
     (
         Inbound { frames },
-        Transport { outgoing, incoming },
-        to_send,
+        Transport {
+            outgoing,
+            incoming,
+            refused,
+        },
+        Outbound {
+            to_send,
+            refused: refusals,
+        },
     )
 }
 
-/// Starts, on this shard, a connection to each voter but `me`, and routes `to_send` to them;
-/// all end once the metadata node drops its transport.
-pub(crate) fn start_links(
-    me: BrokerId,
-    voters: &[Voter],
-    to_send: flume::Receiver<(BrokerId, Vec<u8>)>,
-) {
+/// Starts, on this shard, a connection to each voter but `me`, and routes the frames to
+/// send to them; all end once the metadata node drops its transport.
+pub(crate) fn start_links(me: BrokerId, voters: &[Voter], outbound: Outbound) {
+    let Outbound { to_send, refused } = outbound;
     let mut queues = BTreeMap::new();
     for voter in voters.iter().filter(|voter| voter.id != me) {
         let (queue, queued) = flume::bounded(QUEUED_FRAMES_MAX);
         queues.insert(voter.id, queue);
-        coremq_runtime::spawn_local(link(voter.clone(), queued)).detach();
+        coremq_runtime::spawn_local(link(voter.clone(), queued, refused.clone())).detach();
     }
     coremq_runtime::spawn_local(async move {
         while let Ok((to, frame)) = to_send.recv_async().await {
@@ -138,15 +151,18 @@ pub(crate) fn start_links(
 }
 
 /// Sends the frames queued for `voter`, connecting as needed; frames that come while it
-/// cannot be reached are dropped.
-async fn link(voter: Voter, queued: flume::Receiver<Vec<u8>>) {
+/// cannot be reached are dropped. Each refused connection is reported on `refused`.
+async fn link(voter: Voter, queued: flume::Receiver<Vec<u8>>, refused: flume::Sender<BrokerId>) {
     let mut reachable = true;
     while let Ok(first) = queued.recv_async().await {
         let stream = match connect(&voter).await {
             Ok(stream) => stream,
-            Err(reason) => {
+            Err(error) => {
+                if error.kind() == std::io::ErrorKind::ConnectionRefused {
+                    let _ = refused.send(voter.id);
+                }
                 if reachable {
-                    log::warn!("controller voter {voter}: unreachable: {reason}");
+                    log::warn!("controller voter {voter}: unreachable: {error}");
                     reachable = false;
                 }
                 coremq_runtime::sleep(RECONNECT_PAUSE).await;
@@ -164,36 +180,55 @@ async fn link(voter: Voter, queued: flume::Receiver<Vec<u8>>) {
     }
 }
 
-async fn connect(voter: &Voter) -> Result<TcpStream, String> {
-    let address = resolve(&voter.host, voter.port)?;
+async fn connect(voter: &Voter) -> std::io::Result<TcpStream> {
+    let address = resolve(&voter.host, voter.port).map_err(std::io::Error::other)?;
     let stream = TcpStream::connect_timeout(address, CONNECT_TIMEOUT)
         .await
-        .map_err(|error| format!("connecting to {address}: {error}"))?;
+        .map_err(|error| {
+            let error = std::io::Error::from(error);
+            std::io::Error::new(error.kind(), format!("connecting to {address}: {error}"))
+        })?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
 
-/// Writes `first` and every frame queued after it, until the queue closes or a write fails.
+/// Writes `first` and every frame queued after it, until the queue closes, a write fails
+/// or the voter closes the connection (its process ended: the next frame then finds out
+/// whether anything listens there).
 async fn send(
-    mut stream: TcpStream,
+    stream: TcpStream,
     first: Vec<u8>,
     queued: &flume::Receiver<Vec<u8>>,
 ) -> std::io::Result<()> {
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let closed = async {
+        // Nothing is ever sent back on this connection: a read ends only with it.
+        let _ = reader.read(&mut [0u8; 1]).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "closed by the voter",
+        ))
+    };
+    let mut closed = std::pin::pin!(closed);
     let mut frame = first;
     loop {
-        write_frame(&mut stream, &frame).await?;
+        write_frame(&mut writer, &frame).await?;
         while let Ok(more) = queued.try_recv() {
-            write_frame(&mut stream, &more).await?;
+            write_frame(&mut writer, &more).await?;
         }
-        stream.flush().await?;
-        match queued.recv_async().await {
-            Ok(next) => frame = next,
-            Err(_) => return Ok(()),
+        writer.flush().await?;
+        let next = async { Ok(queued.recv_async().await.ok()) };
+        match futures_lite::future::or(next, closed.as_mut()).await? {
+            Some(next) => frame = next,
+            None => return Ok(()),
         }
     }
 }
 
-async fn write_frame(stream: &mut TcpStream, frame: &[u8]) -> std::io::Result<()> {
+async fn write_frame(
+    stream: &mut (impl futures_lite::AsyncWrite + Unpin),
+    frame: &[u8],
+) -> std::io::Result<()> {
     stream
         .write_all(&(frame.len() as u32).to_be_bytes())
         .await?;
