@@ -451,6 +451,32 @@ fn losing_the_controller_elects_another_fences_the_lost_broker_and_it_rejoins() 
 }
 
 #[test]
+fn two_voters_left_of_three_keep_their_sessions() {
+    // The killed voter's port refuses every connection the controller's Raft messages try:
+    // a refusal each 100 ms must neither starve the others' heartbeats nor fence them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut brokers = start_cluster(dir.path(), 1);
+    brokers[0].stop_with("-KILL");
+    let before: Vec<usize> = brokers[1..]
+        .iter()
+        .map(|broker| broker.log().len())
+        .collect();
+    let payloads: Vec<String> = (0..20).map(|n| format!("two-{n:02}")).collect();
+    produce(&brokers[1], "pair", &payloads);
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(consume_all(&brokers[2], "pair"), payloads);
+    assert_eq!(broker_ids(&metadata(&brokers[2])), BTreeSet::from([1, 2]));
+    for (broker, logged) in brokers[1..].iter().zip(before) {
+        let since = &broker.log()[logged..];
+        assert!(
+            !since.contains("broker 1 fenced") && !since.contains("broker 2 fenced"),
+            "a broker in session was fenced: {}",
+            logs(&brokers[1..])
+        );
+    }
+}
+
+#[test]
 fn a_broker_outside_the_voters_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let voters = format!("0@127.0.0.1:{},1@127.0.0.1:{}", free_port(), free_port());

@@ -23,12 +23,20 @@ def free_ports(count):
 class Cluster:
     def __init__(self, binary, root, extra):
         self.binary, self.root, self.extra = binary, root, extra
-        ports = free_ports(9)
-        self.kafka, self.admin, voters = ports[0:3], ports[3:6], ports[6:9]
-        self.voters = ",".join(f"{i}@127.0.0.1:{port}" for i, port in enumerate(voters))
-        self.processes = [None] * 3
-        for broker in range(3):
-            self.start(broker)
+        # A port free when picked may be taken before a broker binds it: that broker exits
+        # at once, and the cluster starts again on other ports.
+        for _ in range(5):
+            ports = free_ports(9)
+            self.kafka, self.admin, voters = ports[0:3], ports[3:6], ports[6:9]
+            self.voters = ",".join(f"{i}@127.0.0.1:{port}" for i, port in enumerate(voters))
+            self.processes = [None] * 3
+            for broker in range(3):
+                self.start(broker)
+            time.sleep(1)
+            if all(process.poll() is None for process in self.processes):
+                return
+            self.stop()
+        raise SystemExit(f"the brokers did not start: see {root}")
 
     def start(self, broker):
         log = open(os.path.join(self.root, f"broker{broker}.log"), "a")
@@ -54,7 +62,8 @@ class Cluster:
 
     def stop(self):
         for process in self.processes:
-            process.send_signal(signal.SIGKILL)
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
             process.wait()
 
     def bootstrap(self):

@@ -149,6 +149,8 @@ pub(crate) struct Node {
     /// Who to tell once stopped, when a stop was asked for.
     stopping: Option<flume::Sender<()>>,
     next_heartbeat_ms: u64,
+    /// When the next tick is due: ticks keep time however often frames and events come.
+    next_tick_ms: u64,
     /// The controller the shards were last told of.
     published_controller: Option<BrokerId>,
     started: Instant,
@@ -199,6 +201,7 @@ impl Node {
             shutting_down: false,
             stopping: None,
             next_heartbeat_ms: 0,
+            next_tick_ms: TICK.as_millis() as u64,
             published_controller: None,
             started: Instant::now(),
         })
@@ -300,8 +303,9 @@ impl Node {
         if self.stopping.is_some() {
             return Err(Error::Stopped);
         }
+        let until_tick = Duration::from_millis(self.next_tick_ms.saturating_sub(self.now_ms()));
         let tick = async {
-            coremq_runtime::sleep(TICK).await;
+            coremq_runtime::sleep(until_tick).await;
             None
         };
         let frames = async {
@@ -352,8 +356,14 @@ impl Node {
             Some(Woken::Refused(id)) if self.controller.is_some() => {
                 self.request(Request::Refused { id }, Asker::Local(None));
             }
-            Some(Woken::Refused(_)) => {}
-            None => self.tick(),
+            Some(Woken::Refused(_)) | None => {}
+        }
+        // Due whether the sleep ended or something else woke the node first: a node woken
+        // more often than every tick (frames, refusals) still ticks, so it still heartbeats.
+        let now = self.now_ms();
+        if now >= self.next_tick_ms {
+            self.next_tick_ms = now + TICK.as_millis() as u64;
+            self.tick();
         }
         self.drain().await
     }
