@@ -242,6 +242,10 @@ async fn auto_create(context: &Context, name: &str) -> Result<Arc<Topic>, i16> {
             .get(name)
             .cloned()
             .ok_or(error_code::UNKNOWN_TOPIC_OR_PARTITION),
+        // No controller right now (one is being elected): Kafka answers a topic it is
+        // auto-creating with LEADER_NOT_AVAILABLE, which producers retry; NOT_CONTROLLER
+        // fails their deliveries.
+        Err(coremq_replication::Error::NotController) => Err(error_code::LEADER_NOT_AVAILABLE),
         Err(error) => {
             log::warn!("auto-creating topic {name}: {error}");
             Err(super::errors::cluster_code(&error))
