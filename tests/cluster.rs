@@ -454,14 +454,18 @@ fn losing_the_controller_elects_another_fences_the_lost_broker_and_it_rejoins() 
 fn two_voters_left_of_three_keep_their_sessions() {
     // The controller is killed: its port refuses every connection the others' Raft
     // messages try, a refusal each 100 ms, which must neither starve their heartbeats nor
-    // fence them. A topic auto-created before they elect another controller is retried
-    // (LEADER_NOT_AVAILABLE), not failed.
+    // fence them.
     let dir = tempfile::tempdir().unwrap();
     let mut brokers = start_cluster(dir.path(), 1);
     let controller = metadata(&brokers[0])["controllerid"].as_i64().unwrap() as usize;
     brokers[controller].stop_with("-KILL");
     let left: Vec<usize> = (0..BROKERS).filter(|&id| id != controller).collect();
     let before: Vec<usize> = left.iter().map(|&id| brokers[id].log().len()).collect();
+    // Once it is fenced, new topics are placed on the two left only.
+    await_metadata(&brokers[left[0]], Duration::from_secs(30), |seen| {
+        !broker_ids(seen).contains(&(controller as i64))
+    })
+    .unwrap_or_else(|seen| panic!("broker {controller} is fenced: {seen}\n{}", logs(&brokers)));
     let payloads: Vec<String> = (0..20).map(|n| format!("two-{n:02}")).collect();
     produce(&brokers[left[0]], "pair", &payloads);
     std::thread::sleep(Duration::from_secs(8));
