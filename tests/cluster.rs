@@ -589,13 +589,32 @@ fn signal(broker: &Broker, name: &str) {
 /// the brokers and the bootstrap list of all three.
 fn replicated_cluster(dir: &Path, topic: &str) -> (Vec<Broker>, String) {
     let brokers = start_cluster(dir, 1);
-    let bootstrap = brokers
+    let bootstrap = bootstrap_of(&brokers);
+    succeeded(replicated(&[&bootstrap, "create", topic, "3"]), &brokers);
+    (brokers, bootstrap)
+}
+
+/// The bootstrap list of all `brokers`.
+fn bootstrap_of(brokers: &[Broker]) -> String {
+    brokers
         .iter()
         .map(Broker::bootstrap)
         .collect::<Vec<_>>()
-        .join(",");
-    succeeded(replicated(&[&bootstrap, "create", topic, "3"]), &brokers);
-    (brokers, bootstrap)
+        .join(",")
+}
+
+/// `replicated.py produce` to `topic` until the file it is given (the third value) exists;
+/// the second is where it writes what was acknowledged.
+fn produce_until_stopped(
+    dir: &Path,
+    bootstrap: &str,
+    topic: &str,
+) -> (Child, std::path::PathBuf, std::path::PathBuf) {
+    let acked = dir.join("acked.json");
+    let stop = dir.join("stop");
+    let until = format!("until:{}", stop.display());
+    let producer = replicated(&[bootstrap, "produce", topic, &until, acked.to_str().unwrap()]);
+    (producer, acked, stop)
 }
 
 #[test]
@@ -727,16 +746,7 @@ fn a_hundred_random_faults_lose_no_acknowledged_record_and_no_commit() {
     let mut random = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let (mut brokers, bootstrap) = replicated_cluster(dir.path(), "ticks");
-    let acked = dir.path().join("acked.json");
-    let stop = dir.path().join("stop");
-    let until = format!("until:{}", stop.display());
-    let producer = replicated(&[
-        &bootstrap,
-        "produce",
-        "ticks",
-        &until,
-        acked.to_str().unwrap(),
-    ]);
+    let (producer, acked, stop) = produce_until_stopped(dir.path(), &bootstrap, "ticks");
     let member = replicated(&[&bootstrap, "group", "ticks", stop.to_str().unwrap()]);
     for fault in 0..count {
         let seen = await_metadata(&brokers[fault % BROKERS], Duration::from_secs(60), |seen| {
@@ -846,22 +856,9 @@ fn a_leader_cut_off_from_the_others_stops_acknowledging_and_truncates_once_heale
     });
     let dir = tempfile::tempdir().unwrap();
     let brokers = start_cluster_in(&network, dir.path(), 1);
-    let bootstrap = brokers
-        .iter()
-        .map(Broker::bootstrap)
-        .collect::<Vec<_>>()
-        .join(",");
+    let bootstrap = bootstrap_of(&brokers);
     succeeded(replicated(&[&bootstrap, "create", "cut", "1"]), &brokers);
-    let acked = dir.path().join("acked.json");
-    let stop = dir.path().join("stop");
-    let until = format!("until:{}", stop.display());
-    let producer = replicated(&[
-        &bootstrap,
-        "produce",
-        "cut",
-        &until,
-        acked.to_str().unwrap(),
-    ]);
+    let (producer, acked, stop) = produce_until_stopped(dir.path(), &bootstrap, "cut");
     std::thread::sleep(Duration::from_secs(2));
     let old = leaders(&metadata(&brokers[0]), "cut")[0];
     assert!(old >= 0, "the partition has a leader");

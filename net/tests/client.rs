@@ -29,6 +29,16 @@ fn broker(dir: &std::path::Path) -> Broker {
     broker_on(dir, "127.0.0.1:0")
 }
 
+/// A loopback address on a port nothing listens on now, for a broker that restarts on it.
+fn free_listener() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 fn broker_on(dir: &std::path::Path, listener: &str) -> Broker {
     Broker::start(BrokerConfig {
         data_dir: dir.to_path_buf(),
@@ -343,12 +353,7 @@ fn acks_zero_and_one_with_compression() {
 #[test]
 fn idempotent_retries_across_a_broker_restart_store_each_record_once() {
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listener = format!("127.0.0.1:{port}");
+    let listener = free_listener();
     let broker = broker_on(dir.path(), &listener);
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let (go_on, resume) = std::sync::mpsc::channel::<()>();
@@ -406,12 +411,7 @@ fn idempotent_retries_across_a_broker_restart_store_each_record_once() {
 #[test]
 fn callers_reconnecting_at_once_share_one_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listener = format!("127.0.0.1:{port}");
+    let listener = free_listener();
     let broker = broker_on(dir.path(), &listener);
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let (go_on, resume) = std::sync::mpsc::channel::<()>();
