@@ -3,6 +3,7 @@
 folder, one shard each, every broker a controller voter."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,6 +66,17 @@ class Cluster:
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
             process.wait()
+
+    def close(self, failed):
+        """Stops the brokers and removes their data (a benchmark writes gigabytes); the
+        logs stay when the run failed."""
+        self.stop()
+        if failed:
+            for broker in range(3):
+                shutil.rmtree(os.path.join(self.root, f"data{broker}"), ignore_errors=True)
+            print(f"broker logs kept in {self.root}")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def bootstrap(self):
         return ",".join(f"127.0.0.1:{port}" for port in self.kafka)

@@ -38,6 +38,7 @@ def main():
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="coremq-failover-")
     cluster = Cluster(os.path.abspath(args.binary), root, args.broker_args.split())
+    finished = False
     try:
         admin = AdminClient({"bootstrap.servers": cluster.bootstrap()})
 
@@ -144,8 +145,9 @@ def main():
                 f"{len(values)} kills, {name}: median {statistics.median(values) * 1000:.0f} ms, "
                 f"p99 {percentile(values, 0.99) * 1000:.0f} ms, max {max(values) * 1000:.0f} ms"
             )
+        finished = True
     finally:
-        cluster.stop()
+        cluster.close(failed=not finished)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ def main():
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="coremq-replication-")
     cluster = Cluster(os.path.abspath(args.binary), root, args.broker_args.split())
+    finished = False
     try:
         admin = AdminClient({"bootstrap.servers": cluster.bootstrap()})
 
@@ -133,8 +134,9 @@ def main():
                 f"| {median(lambda r: r['ack']['p99_9']):.2f} ms "
                 f"| {median(lambda r: r['cpu_per_gib']):.1f} |"
             )
+        finished = True
     finally:
-        cluster.stop()
+        cluster.close(failed=not finished)
 
 
 if __name__ == "__main__":
