@@ -373,24 +373,37 @@ fn three_brokers_share_one_metadata_view_and_spread_partitions() {
         error_code::INVALID_REPLICATION_FACTOR,
         "more replicas than brokers: {message}"
     );
-    let (code, message) = create_topic(
-        &brokers[2],
-        CreatableTopic {
-            name: "placed".into(),
-            num_partitions: -1,
-            replication_factor: -1,
-            assignments: vec![CreatableReplicaAssignment {
-                partition_index: 0,
-                broker_ids: vec![1],
-            }],
-            ..CreatableTopic::default()
-        },
-    );
-    assert_eq!(
-        code,
-        error_code::INVALID_REPLICA_ASSIGNMENT,
-        "explicit placement: {message}"
-    );
+    // Explicit placement: the replicas asked for, the first leading; a broker named twice
+    // or not registered is refused.
+    let placed = |name: &str, broker_ids: Vec<i32>| {
+        create_topic(
+            &brokers[2],
+            CreatableTopic {
+                name: name.into(),
+                num_partitions: -1,
+                replication_factor: -1,
+                assignments: vec![CreatableReplicaAssignment {
+                    partition_index: 0,
+                    broker_ids,
+                }],
+                ..CreatableTopic::default()
+            },
+        )
+    };
+    let (code, message) = placed("placed", vec![1, 2]);
+    assert_eq!(code, error_code::NONE, "explicit placement: {message}");
+    await_metadata(&brokers[0], Duration::from_secs(10), |seen| {
+        leaders(seen, "placed") == [1] && in_sync(seen, "placed") == [2]
+    })
+    .unwrap_or_else(|seen| panic!("placed on brokers 1 and 2: {seen}"));
+    for wrong in [vec![1, 1], vec![7]] {
+        let (code, message) = placed("misplaced", wrong.clone());
+        assert_eq!(
+            code,
+            error_code::INVALID_REPLICA_ASSIGNMENT,
+            "{wrong:?}: {message}"
+        );
+    }
     assert!(broker_ids(&metadata(&brokers[0])).len() == BROKERS);
     assert!(leaders(&metadata(&brokers[0]), "replicated").is_empty());
 }
@@ -697,12 +710,12 @@ fn killed_and_stopped_leaders_lose_no_acknowledged_record() {
     brokers[coordinator]
         .wait_ready(Duration::from_secs(60))
         .unwrap_or_else(|failure| panic!("broker {coordinator} restarts: {failure}"));
-    await_identical(&brokers, "quotes", 3);
+    await_identical(&brokers.iter().collect::<Vec<_>>(), "quotes", 3);
 }
 
 /// Waits until every broker holds the same batches of each of `topic`'s `partitions` (a
 /// follower may still be a fetch behind); fails the test after 30 s.
-fn await_identical(brokers: &[Broker], topic: &str, partitions: usize) {
+fn await_identical(brokers: &[&Broker], topic: &str, partitions: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     for partition in 0..partitions {
         while !identical(brokers, topic, partition) {
@@ -716,10 +729,10 @@ fn await_identical(brokers: &[Broker], topic: &str, partitions: usize) {
 }
 
 /// Whether every broker holds the same batches of `topic`'s `partition`, and some.
-fn identical(brokers: &[Broker], topic: &str, partition: usize) -> bool {
+fn identical(brokers: &[&Broker], topic: &str, partition: usize) -> bool {
     let copies: Vec<Vec<u8>> = brokers
         .iter()
-        .map(|broker| stored(broker, topic, partition))
+        .map(|&broker| stored(broker, topic, partition))
         .collect();
     !copies[0].is_empty() && copies.iter().all(|copy| copy == &copies[0])
 }
@@ -802,7 +815,7 @@ fn a_hundred_random_faults_lose_no_acknowledged_record_and_no_commit() {
         &brokers,
     );
     println!("seed {seed}: checking the replicas");
-    await_identical(&brokers, "ticks", 3);
+    await_identical(&brokers.iter().collect::<Vec<_>>(), "ticks", 3);
 }
 
 /// Produces one record, `value`, to partition 0 of `topic` on `broker` with `acks`, the
@@ -922,7 +935,7 @@ fn a_leader_cut_off_from_the_others_stops_acknowledging_and_truncates_once_heale
         &brokers,
     );
     // What only the cut-off leader wrote is gone from every replica: it truncated.
-    await_identical(&brokers, "cut", 1);
+    await_identical(&brokers.iter().collect::<Vec<_>>(), "cut", 1);
     let kept = consume_all(&brokers[old], "cut");
     assert!(kept.iter().any(|value| value == "majority"));
     let diverged: Vec<&String> = kept
@@ -933,4 +946,86 @@ fn a_leader_cut_off_from_the_others_stops_acknowledging_and_truncates_once_heale
         diverged.is_empty(),
         "written only by the cut-off leader, still there: {diverged:?}"
     );
+}
+
+#[test]
+fn a_partition_moved_twice_while_producing_loses_no_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let brokers = start_cluster(dir.path(), 1);
+    let bootstrap = bootstrap_of(&brokers);
+    // Broker `a` is not the controller: the test stops it at the end, and a stopped
+    // controller would answer nothing.
+    let controller = metadata(&brokers[0])["controllerid"].as_i64().unwrap() as usize;
+    let a = (0..BROKERS).find(|&id| id != controller).unwrap();
+    let others: Vec<usize> = (0..BROKERS).filter(|&id| id != a).collect();
+    let (s, b) = (others[0], others[1]);
+    let list = |ids: &[usize]| {
+        ids.iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    succeeded(
+        replicated(&[&bootstrap, "assigned", "moving", &list(&[s, a])]),
+        &brokers,
+    );
+    let (producer, acked, stop) = produce_until_stopped(dir.path(), &bootstrap, "moving");
+    // Away from its leader `s` (broker `b` copies the log and takes over), then onto `s`
+    // again, whose copy was deleted: it copies everything anew.
+    std::thread::sleep(Duration::from_secs(2));
+    succeeded(
+        replicated(&[&bootstrap, "move", "moving", &list(&[b, a])]),
+        &brokers,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    succeeded(
+        replicated(&[&bootstrap, "move", "moving", &list(&[s, b])]),
+        &brokers,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&stop, "").unwrap();
+    succeeded(producer, &brokers);
+    succeeded(
+        replicated(&[&bootstrap, "verify", "moving", acked.to_str().unwrap()]),
+        &brokers,
+    );
+    let copy = |broker: &Broker| broker.data_dir.join("logs").join("moving-0");
+    assert!(
+        !copy(&brokers[a]).exists(),
+        "the replica moved away is deleted"
+    );
+    await_identical(&[&brokers[s], &brokers[b]], "moving", 1);
+
+    // A move that cannot end (broker `a`, added, is stopped) is listed, then cancelled.
+    // The canceller knows only the brokers that answer (kafka-python may ask any broker it
+    // knows for metadata, and a stopped one never answers).
+    let go = dir.path().join("go");
+    let answering = format!("{},{}", brokers[s].bootstrap(), brokers[b].bootstrap());
+    let canceller = replicated(&[
+        &answering,
+        "cancel",
+        "moving",
+        &list(&[s, b, a]),
+        go.to_str().unwrap(),
+    ]);
+    let ready = dir.path().join("go.ready");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the canceller never got ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&brokers[a], "-STOP");
+    std::fs::write(&go, "").unwrap();
+    // (A failure leaves broker `a` stopped: the test's end kills it anyway.)
+    succeeded(canceller, &brokers);
+    signal(&brokers[a], "-CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while copy(&brokers[a]).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "broker {a} keeps the replica of a cancelled move: {}",
+            brokers[a].log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

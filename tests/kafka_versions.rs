@@ -843,8 +843,9 @@ fn topic_and_cluster_admin_apis_at_every_version() {
         assert!(every.replica_election_results.is_empty());
     }
 
-    // AlterPartitionReassignments: to this broker is done at once, to another broker or to
-    // nothing is refused, a cancellation finds none in progress; none is ever listed.
+    // AlterPartitionReassignments: to where the partition is changes nothing, to a broker
+    // not registered or to nothing is refused, a cancellation finds none in progress; none
+    // is listed.
     for version in served(AlterPartitionReassignmentsRequest::API_KEY) {
         let reassign = |partition_index: i32, replicas: Option<Vec<i32>>| {
             alter_partition_reassignments_request::ReassignablePartition {

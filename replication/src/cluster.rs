@@ -291,13 +291,16 @@ impl Cluster {
     }
 
     /// Creates topic `name` with `partitions` partitions and config `overrides` (checked by
-    /// the front end). `Ok(None)` if it already exists.
+    /// the front end), `replication_factor` replicas each placed by the controller, or those
+    /// `assignments` names (one list per partition) where it is not empty. `Ok(None)` if it
+    /// already exists.
     pub async fn create_topic(
         &self,
         name: String,
         partitions: u32,
         replication_factor: u16,
         overrides: BTreeMap<String, String>,
+        assignments: Vec<Vec<BrokerId>>,
     ) -> Result<Option<Arc<Topic>>, Error> {
         self.log_config(&name, &overrides)?;
         let topic = Topic {
@@ -313,6 +316,7 @@ impl Cluster {
             replication_factor,
             configs: topic.configs.clone().into_iter().collect(),
             start: rand::random_range(0..u32::MAX),
+            assignments,
         };
         match self.ask(request).await {
             Ok(_) => Ok(Some(Arc::new(topic))),
@@ -332,6 +336,24 @@ impl Cluster {
         .map(|_| ())
     }
 
+    /// Moves partition `partition` of topic `id` to the replicas `target`, or cancels the
+    /// reassignment in progress when `None` (see [`crate::controller::Controller::reassign`]).
+    /// The answer comes once the move has started, not ended.
+    pub async fn reassign(
+        &self,
+        id: [u8; 16],
+        partition: u32,
+        target: Option<Vec<BrokerId>>,
+    ) -> Result<(), Error> {
+        self.ask(Request::Reassign {
+            topic: id,
+            partition,
+            target,
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Deletes topic `name` and, on this broker, its logs. `Ok(false)` if there is no such
     /// topic.
     pub async fn delete_topic(&self, name: String) -> Result<bool, Error> {
@@ -342,12 +364,20 @@ impl Cluster {
         }
     }
 
-    /// Grows topic `name` to `count` partitions (checked by the front end to be more).
-    pub async fn add_partitions(&self, name: String, count: u32) -> Result<(), Error> {
+    /// Grows topic `name` to `count` partitions (checked by the front end to be more),
+    /// placed by the controller, or as `assignments` says (one list per new partition)
+    /// where it is not empty.
+    pub async fn add_partitions(
+        &self,
+        name: String,
+        count: u32,
+        assignments: Vec<Vec<BrokerId>>,
+    ) -> Result<(), Error> {
         let request = Request::CreatePartitions {
             name: name.clone(),
             count,
             start: rand::random_range(0..u32::MAX),
+            assignments,
         };
         match self.ask(request).await {
             Ok(_) => Ok(()),
@@ -393,7 +423,6 @@ impl Cluster {
     }
 }
 
-/// Installs `image`, its topic table and `controller` on every shard.
 /// The partition epoch of partition `index` of topic `topic`, as this shard's metadata has
 /// it (call on a shard).
 pub(crate) fn partition_epoch(topic: &[u8; 16], index: u32) -> Option<i32> {
@@ -411,6 +440,7 @@ pub(crate) fn broker_address(id: BrokerId) -> Option<(String, u16)> {
     Some((endpoint.host, endpoint.port))
 }
 
+/// Installs `image`, its topic table and `controller` on every shard.
 pub(crate) async fn publish(handle: &Handle, image: &MetadataImage, controller: Option<BrokerId>) {
     let table = Arc::new(TopicTable::from_image(image));
     let image = Arc::new(image.clone());

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::leader::{Assignment, BrokerId};
-use crate::metadata::{Endpoint, MetadataImage, PartitionRecord, Record};
+use crate::metadata::{Endpoint, MetadataImage, PartitionRecord, Record, without};
 
 /// No leader: none of the eligible replicas is alive.
 pub const NO_LEADER: BrokerId = -1;
@@ -56,6 +56,38 @@ pub enum ControllerError {
     IneligibleReplica(BrokerId),
     /// The preferred replica is not live and in sync (PREFERRED_LEADER_NOT_AVAILABLE).
     PreferredLeaderNotAvailable,
+    /// A replica assignment or reassignment names no replica, one twice, or a broker that
+    /// is not registered and in session (INVALID_REPLICA_ASSIGNMENT).
+    InvalidAssignment(String),
+    /// A cancellation found no reassignment in progress (NO_REASSIGNMENT_IN_PROGRESS).
+    NoReassignment,
+}
+
+/// Where the replicas of new partitions go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// `replication_factor` replicas each, round-robin over the live brokers from `start`.
+    RoundRobin {
+        replication_factor: usize,
+        start: usize,
+    },
+    /// One replica list per partition, as asked (CreateTopics' and CreatePartitions'
+    /// assignments).
+    Given(Vec<Vec<BrokerId>>),
+}
+
+impl Placement {
+    /// Round-robin unless `assignments` names the replicas.
+    pub fn new(replication_factor: usize, start: u32, assignments: Vec<Vec<BrokerId>>) -> Self {
+        if assignments.is_empty() {
+            Placement::RoundRobin {
+                replication_factor,
+                start: start as usize,
+            }
+        } else {
+            Placement::Given(assignments)
+        }
+    }
 }
 
 /// What a broker asks of the active controller: its own broker's requests are handed over
@@ -72,7 +104,8 @@ pub enum Request {
         id: BrokerId,
         shutting_down: bool,
     },
-    /// A topic with id `id` (chosen by the asking broker), its replicas placed from `start`.
+    /// A topic with id `id` (chosen by the asking broker), its replicas placed from `start`,
+    /// or as `assignments` says (one replica list per partition) when it is not empty.
     CreateTopic {
         name: String,
         id: [u8; 16],
@@ -80,14 +113,17 @@ pub enum Request {
         replication_factor: u16,
         configs: Vec<(String, String)>,
         start: u32,
+        assignments: Vec<Vec<BrokerId>>,
     },
     DeleteTopic {
         name: String,
     },
+    /// Grows a topic to `count` partitions, the new ones placed as at creation.
     CreatePartitions {
         name: String,
         count: u32,
         start: u32,
+        assignments: Vec<Vec<BrokerId>>,
     },
     TopicConfigs {
         name: String,
@@ -117,6 +153,13 @@ pub enum Request {
     /// Broker `id`'s controller port refused a connection: no process listens there.
     Refused {
         id: BrokerId,
+    },
+    /// Moves a partition to the replicas `target` (AlterPartitionReassignments), or cancels
+    /// the reassignment in progress when `None`.
+    Reassign {
+        topic: [u8; 16],
+        partition: u32,
+        target: Option<Vec<BrokerId>>,
     },
 }
 
@@ -253,18 +296,18 @@ impl Controller {
                 replication_factor,
                 configs,
                 start,
-            } => self.create_topic(
-                &name,
-                id,
-                partitions,
-                replication_factor.into(),
-                configs,
-                start as usize,
-            )?,
-            Request::DeleteTopic { name } => self.delete_topic(topic(self, &name)?)?,
-            Request::CreatePartitions { name, count, start } => {
-                self.add_partitions(topic(self, &name)?, count, start as usize)?
+                assignments,
+            } => {
+                let placement = Placement::new(replication_factor.into(), start, assignments);
+                self.create_topic(&name, id, partitions, configs, placement)?
             }
+            Request::DeleteTopic { name } => self.delete_topic(topic(self, &name)?)?,
+            Request::CreatePartitions {
+                name,
+                count,
+                start,
+                assignments,
+            } => self.add_partitions(topic(self, &name)?, count, start, assignments)?,
             Request::TopicConfigs { name, configs } => {
                 self.set_topic_configs(topic(self, &name)?, configs)?
             }
@@ -304,6 +347,11 @@ impl Controller {
                 }
                 records
             }
+            Request::Reassign {
+                topic,
+                partition,
+                target,
+            } => self.reassign(topic, partition, target)?,
         };
         Ok((records, Reply::Done))
     }
@@ -396,8 +444,9 @@ impl Controller {
             }
         }
         // A controller that took over, or one whose election was lost with its leadership,
-        // finds offline partitions it can elect for here.
+        // finds offline partitions it can elect for, and reassignments it can end, here.
         records.extend(self.elect_offline());
+        records.extend(self.complete_reassignments());
         if let (Some(at), Some(interval)) =
             (self.next_rebalance_ms, self.settings.rebalance_interval_ms)
             && now_ms >= at
@@ -562,17 +611,15 @@ impl Controller {
         })
     }
 
-    /// A new topic of `partitions` partitions with `replication_factor` replicas each, placed
-    /// round-robin over the live brokers from `start` (Kafka's rack-unaware placement), the
-    /// first replica leading.
+    /// A new topic of `partitions` partitions, its replicas placed as `placement` says, the
+    /// first replica of each leading.
     pub fn create_topic(
         &mut self,
         name: &str,
         id: [u8; 16],
         partitions: u32,
-        replication_factor: usize,
         configs: Vec<(String, String)>,
-        start: usize,
+        placement: Placement,
     ) -> Result<Vec<Record>, ControllerError> {
         if self.image.topic_id(name).is_some() {
             return Err(ControllerError::TopicExists(name.to_string()));
@@ -582,7 +629,7 @@ impl Controller {
                 "a topic needs at least one partition".into(),
             ));
         }
-        let states = self.place(0..partitions, replication_factor, start)?;
+        let states = self.place(0..partitions, placement)?;
         Ok(self.apply(vec![Record::CreateTopic {
             id,
             name: name.to_string(),
@@ -592,12 +639,14 @@ impl Controller {
     }
 
     /// Grows topic `id` to `count` partitions (CreatePartitions), the new ones with as many
-    /// replicas as its first, placed as at creation.
+    /// replicas as the topic's first partition, placed from `start` as at creation, or as
+    /// `assignments` says.
     pub fn add_partitions(
         &mut self,
         id: [u8; 16],
         count: u32,
-        start: usize,
+        start: u32,
+        assignments: Vec<Vec<BrokerId>>,
     ) -> Result<Vec<Record>, ControllerError> {
         let topic = self
             .image
@@ -614,7 +663,19 @@ impl Controller {
             .partitions
             .first()
             .map_or(1, |state| state.assignment.replicas.len());
-        let states = self.place(have..count, replication_factor, start)?;
+        let placement = Placement::new(replication_factor, start, assignments);
+        let states = self.place(have..count, placement)?;
+        if let Some(state) = states
+            .iter()
+            .find(|state| state.replicas.len() != replication_factor)
+        {
+            return Err(ControllerError::InvalidAssignment(format!(
+                "partition {} would have {} replicas, the topic's others have {}",
+                state.partition,
+                state.replicas.len(),
+                replication_factor
+            )));
+        }
         let records = states
             .into_iter()
             .map(|state| Record::PartitionChange { topic: id, state })
@@ -642,14 +703,53 @@ impl Controller {
         Ok(self.apply(vec![Record::TopicConfigs { id, configs }]))
     }
 
-    /// Replicas for `partitions`, `replication_factor` each, round-robin over the live
-    /// brokers from `start`, the first leading (every replica in sync, epochs 0).
+    /// Replicas for `partitions` as `placement` says, the first leading (every replica in
+    /// sync, epochs 0).
     fn place(
+        &self,
+        partitions: std::ops::Range<u32>,
+        placement: Placement,
+    ) -> Result<Vec<PartitionRecord>, ControllerError> {
+        let assignments = match placement {
+            Placement::RoundRobin {
+                replication_factor,
+                start,
+            } => self.round_robin(partitions.clone(), replication_factor, start)?,
+            Placement::Given(assignments) => {
+                if assignments.len() != partitions.len() {
+                    return Err(ControllerError::InvalidAssignment(format!(
+                        "{} replica lists for {} partitions",
+                        assignments.len(),
+                        partitions.len()
+                    )));
+                }
+                self.image
+                    .check_assignments(&assignments)
+                    .map_err(ControllerError::InvalidAssignment)?;
+                assignments
+            }
+        };
+        Ok(partitions
+            .zip(assignments)
+            .map(|(partition, replicas)| PartitionRecord {
+                partition,
+                isr: replicas.clone(),
+                leader: replicas[0],
+                replicas,
+                leader_epoch: 0,
+                partition_epoch: 0,
+            })
+            .collect())
+    }
+
+    /// Replicas for `partitions`, `replication_factor` each, round-robin over the live
+    /// brokers from `start` (Kafka's rack-unaware placement).
+    fn round_robin(
         &self,
         partitions: std::ops::Range<u32>,
         replication_factor: usize,
         start: usize,
-    ) -> Result<Vec<PartitionRecord>, ControllerError> {
+    ) -> Result<Vec<Vec<BrokerId>>, ControllerError> {
         if replication_factor == 0 {
             return Err(ControllerError::InvalidPartitions(
                 "the replication factor must be at least 1".into(),
@@ -668,7 +768,7 @@ impl Controller {
                 asked: replication_factor,
             });
         }
-        let states = partitions
+        Ok(partitions
             .map(|partition| {
                 let first = (start + partition as usize) % live.len();
                 // Followers shift with the partition too, so their load spreads (Kafka's
@@ -684,18 +784,127 @@ impl Controller {
                         live[(first + offset) % live.len()]
                     })
                     .collect();
-                let replicas = dedup_keep_order(replicas, &live, first);
-                PartitionRecord {
-                    partition,
-                    isr: replicas.clone(),
-                    leader: replicas[0],
-                    replicas,
-                    leader_epoch: 0,
-                    partition_epoch: 0,
+                dedup_keep_order(replicas, &live, first)
+            })
+            .collect())
+    }
+
+    /// Starts moving a partition to the replicas `target` (KIP-455): they join the
+    /// partition's replicas now, and once every one of them is in sync the others leave
+    /// ([`Controller::complete_reassignment`]). A new target during a reassignment starts
+    /// from the partition's replicas as they are (those the old target added stay until the
+    /// new one is in sync, so no in-sync replica is dropped); `None` cancels it, back to the
+    /// replicas before it, unless none of those is in sync. The leader changes only where it
+    /// is no longer a replica.
+    pub fn reassign(
+        &mut self,
+        topic: [u8; 16],
+        partition: u32,
+        target: Option<Vec<BrokerId>>,
+    ) -> Result<Vec<Record>, ControllerError> {
+        let state = self
+            .image
+            .partition(&topic, partition)
+            .ok_or(ControllerError::UnknownTopic)?;
+        let current = &state.assignment.replicas;
+        let (replicas, adding, removing) = match target {
+            Some(target) => {
+                let lists = std::slice::from_ref(&target);
+                self.image
+                    .check_assignments(lists)
+                    .map_err(ControllerError::InvalidAssignment)?;
+                // Asked again for where it is, or is going: nothing changes (and the
+                // leader's in-sync proposals stay current).
+                if target == state.target() {
+                    return Ok(Vec::new());
                 }
+                let adding = without(&target, current);
+                let removing = without(current, &target);
+                let replicas = target.iter().chain(&removing).copied().collect();
+                (replicas, adding, removing)
+            }
+            None if state.reassigning.is_none() => return Err(ControllerError::NoReassignment),
+            None => (state.original(), Vec::new(), Vec::new()),
+        };
+        let mut next = state.to_record(partition);
+        next.isr.retain(|member| replicas.contains(member));
+        if next.isr.is_empty() {
+            return Err(ControllerError::InvalidAssignment(format!(
+                "no replica of {replicas:?} is in sync (the in-sync replicas are {:?}): \
+                 moving back would lose the partition",
+                state.assignment.isr
+            )));
+        }
+        next.replicas = replicas;
+        next.partition_epoch += 1;
+        if !next.replicas.contains(&next.leader) {
+            // It led as a replica being added, and that reassignment is cancelled.
+            let candidates = next.isr.clone();
+            if !self.elect(&mut next, &candidates, false, NO_LEADER) {
+                next.leader = NO_LEADER;
+                next.leader_epoch += 1;
+            }
+        }
+        let mut records = self.apply(vec![Record::Reassignment {
+            topic,
+            state: next,
+            adding,
+            removing,
+        }]);
+        records.extend(self.complete_reassignment(topic, partition));
+        Ok(records)
+    }
+
+    /// Ends the reassignment of a partition once every replica of its target is in sync:
+    /// the replicas leaving go, and if the leader is one of them, the preferred live
+    /// in-sync replica of the target takes over at the next leader epoch.
+    fn complete_reassignment(&mut self, topic: [u8; 16], partition: u32) -> Vec<Record> {
+        let Some(state) = self.image.partition(&topic, partition) else {
+            return Vec::new();
+        };
+        let target = state.target();
+        let isr = &state.assignment.isr;
+        if state.reassigning.is_none() || !target.iter().all(|replica| isr.contains(replica)) {
+            return Vec::new();
+        }
+        let mut next = state.to_record(partition);
+        next.replicas = target.clone();
+        next.isr.retain(|member| target.contains(member));
+        next.partition_epoch += 1;
+        if !target.contains(&next.leader) {
+            let candidates = next.isr.clone();
+            if !self.elect(&mut next, &candidates, false, NO_LEADER) {
+                // No replica of the target can lead yet: the leader stays until one can.
+                return Vec::new();
+            }
+        }
+        self.apply(vec![Record::Reassignment {
+            topic,
+            state: next,
+            adding: Vec::new(),
+            removing: Vec::new(),
+        }])
+    }
+
+    /// Completes every reassignment that can be (its target in sync since the last look).
+    fn complete_reassignments(&mut self) -> Vec<Record> {
+        let reassigning: Vec<([u8; 16], u32)> = self
+            .image
+            .topics
+            .iter()
+            .flat_map(|(id, topic)| {
+                topic
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, state)| state.reassigning.is_some())
+                    .map(|(index, _)| (*id, index as u32))
             })
             .collect();
-        Ok(states)
+        reassigning
+            .into_iter()
+            .flat_map(|(topic, partition)| self.complete_reassignment(topic, partition))
+            .collect()
     }
 
     /// A partition leader asks to change the in-sync replicas to `isr` (AlterPartition),
@@ -735,7 +944,9 @@ impl Controller {
         let mut next = state.to_record(partition);
         next.isr = isr.iter().copied().collect();
         next.partition_epoch += 1;
-        Ok(self.apply(vec![Record::PartitionChange { topic, state: next }]))
+        let mut records = self.apply(vec![Record::PartitionChange { topic, state: next }]);
+        records.extend(self.complete_reassignment(topic, partition));
+        Ok(records)
     }
 
     /// The next block of producer ids, none below `at_least`, for `broker`.
@@ -807,7 +1018,7 @@ mod tests {
     fn topics_spread_leaders_and_replicas_over_the_live_brokers() {
         let mut controller = controller_with(&[0, 1, 2]);
         controller
-            .create_topic("quotes", TOPIC, 6, 3, vec![], 0)
+            .create_topic("quotes", TOPIC, 6, vec![], Placement::new(3, 0, vec![]))
             .unwrap();
         let mut leaders = BTreeMap::new();
         for partition in 0..6 {
@@ -821,7 +1032,7 @@ mod tests {
         }
         assert_eq!(leaders.values().copied().collect::<Vec<_>>(), [2, 2, 2]);
         let mut five = controller_with(&[0, 1, 2, 3, 4]);
-        five.create_topic("spread", TOPIC, 10, 3, vec![], 2)
+        five.create_topic("spread", TOPIC, 10, vec![], Placement::new(3, 2, vec![]))
             .unwrap();
         let mut held = BTreeMap::new();
         for partition in 0..10 {
@@ -834,7 +1045,7 @@ mod tests {
         }
         assert_eq!(held.values().copied().collect::<Vec<_>>(), [6; 5]);
         assert_eq!(
-            controller.create_topic("wide", [8; 16], 1, 4, vec![], 0),
+            controller.create_topic("wide", [8; 16], 1, vec![], Placement::new(4, 0, vec![])),
             Err(ControllerError::NotEnoughBrokers { live: 3, asked: 4 })
         );
     }
@@ -843,7 +1054,7 @@ mod tests {
     fn a_broker_refusing_connections_is_fenced_without_waiting_for_its_session() {
         let mut controller = controller_with(&[0, 1, 2]);
         controller
-            .create_topic("quotes", TOPIC, 1, 3, vec![], 0)
+            .create_topic("quotes", TOPIC, 1, vec![], Placement::new(3, 0, vec![]))
             .unwrap();
         assert_eq!(state(&controller, 0).leader, 0);
         // Within the grace after its last heartbeat: a refusal from before a restart.
@@ -869,7 +1080,7 @@ mod tests {
     fn a_missed_session_moves_leadership_within_the_isr_and_back_when_offline() {
         let mut controller = controller_with(&[0, 1, 2]);
         controller
-            .create_topic("quotes", TOPIC, 1, 3, vec![], 0)
+            .create_topic("quotes", TOPIC, 1, vec![], Placement::new(3, 0, vec![]))
             .unwrap();
         let before = state(&controller, 0);
         assert_eq!(before.leader, 0);
@@ -909,7 +1120,7 @@ mod tests {
         controller.settings.rebalance_interval_ms = Some(10_000);
         controller.next_rebalance_ms = Some(10_000);
         controller
-            .create_topic("quotes", TOPIC, 1, 3, vec![], 0)
+            .create_topic("quotes", TOPIC, 1, vec![], Placement::new(3, 0, vec![]))
             .unwrap();
         controller.heartbeat(0, 0, true).unwrap();
         let moved = state(&controller, 0);
@@ -956,7 +1167,7 @@ mod tests {
         let mut controller = controller_with(&[0, 1]);
         let configs = vec![(UNCLEAN_ELECTION.to_string(), "true".to_string())];
         controller
-            .create_topic("lossy", TOPIC, 1, 2, configs, 0)
+            .create_topic("lossy", TOPIC, 1, configs, Placement::new(2, 0, vec![]))
             .unwrap();
         // The leader shrank the ISR to itself, then died.
         let s = state(&controller, 0);
@@ -975,7 +1186,7 @@ mod tests {
     fn alter_partition_checks_epochs_and_eligibility() {
         let mut controller = controller_with(&[0, 1, 2]);
         controller
-            .create_topic("quotes", TOPIC, 1, 3, vec![], 0)
+            .create_topic("quotes", TOPIC, 1, vec![], Placement::new(3, 0, vec![]))
             .unwrap();
         let s = state(&controller, 0);
         let shrink: BTreeSet<BrokerId> = [0, 1].into();
@@ -1006,7 +1217,7 @@ mod tests {
     fn controlled_shutdown_moves_leaders_first_then_fences() {
         let mut controller = controller_with(&[0, 1, 2]);
         controller
-            .create_topic("quotes", TOPIC, 3, 3, vec![], 0)
+            .create_topic("quotes", TOPIC, 3, vec![], Placement::new(3, 0, vec![]))
             .unwrap();
         let (_, reply) = controller.heartbeat(0, 100, true).unwrap();
         assert!(reply.shutdown_ready && reply.fenced);
@@ -1027,12 +1238,233 @@ mod tests {
     fn a_restarted_broker_loses_its_leaderships_until_it_is_back_in_sync() {
         let mut controller = controller_with(&[0, 1, 2]);
         controller
-            .create_topic("quotes", TOPIC, 1, 3, vec![], 0)
+            .create_topic("quotes", TOPIC, 1, vec![], Placement::new(3, 0, vec![]))
             .unwrap();
         controller.register(0, 2, vec![], None);
         let s = state(&controller, 0);
         assert_eq!((s.leader, s.isr.clone()), (1, vec![1, 2]));
         assert!(!controller.image().is_live(0));
+    }
+
+    /// The leader of `partition` asks for in-sync replicas `isr` (as it does once they caught
+    /// up); panics if refused.
+    fn grow_isr(controller: &mut Controller, partition: u32, isr: &[BrokerId]) -> Vec<Record> {
+        let now = state(controller, partition);
+        controller
+            .alter_partition(
+                now.leader,
+                TOPIC,
+                partition,
+                now.leader_epoch,
+                now.partition_epoch,
+                &isr.iter().copied().collect(),
+            )
+            .unwrap()
+    }
+
+    fn reassigning(controller: &Controller, partition: u32) -> Option<(Vec<i32>, Vec<i32>)> {
+        let state = controller.image().partition(&TOPIC, partition).unwrap();
+        let moving = state.reassigning.as_ref()?;
+        Some((moving.adding.clone(), moving.removing.clone()))
+    }
+
+    #[test]
+    fn explicit_assignments_are_checked_and_kept() {
+        let mut controller = controller_with(&[1, 2, 3, 4]);
+        controller.heartbeat(4, 0, false).unwrap();
+        let given = Placement::Given(vec![vec![3, 1], vec![2, 4]]);
+        controller
+            .create_topic("quotes", TOPIC, 2, vec![], given)
+            .unwrap();
+        assert_eq!(state(&controller, 0).replicas, [3, 1]);
+        assert_eq!(
+            (state(&controller, 1).leader, state(&controller, 1).isr),
+            (2, vec![2, 4])
+        );
+        controller
+            .add_partitions(TOPIC, 3, 0, vec![vec![4, 3]])
+            .unwrap();
+        assert_eq!(state(&controller, 2).replicas, [4, 3]);
+        let refused = |controller: &mut Controller, lists: Vec<Vec<BrokerId>>| {
+            controller
+                .create_topic(
+                    "other",
+                    [8; 16],
+                    lists.len() as u32,
+                    vec![],
+                    Placement::Given(lists),
+                )
+                .unwrap_err()
+        };
+        for lists in [
+            vec![vec![1, 1]],
+            vec![vec![9]],
+            vec![vec![]],
+            vec![vec![1, 2], vec![3]],
+        ] {
+            let error = refused(&mut controller, lists.clone());
+            assert!(
+                matches!(error, ControllerError::InvalidAssignment(_)),
+                "{lists:?}: {error:?}"
+            );
+        }
+        assert!(matches!(
+            controller.add_partitions(TOPIC, 4, 0, vec![vec![1, 2, 3]]),
+            Err(ControllerError::InvalidAssignment(_))
+        ));
+        controller.tick(TIMEOUT + 1);
+        assert!(
+            matches!(
+                refused(&mut controller, vec![vec![2]]),
+                ControllerError::InvalidAssignment(reason) if reason.contains("fenced")
+            ),
+            "a broker out of session takes no new replica"
+        );
+    }
+
+    #[test]
+    fn a_reassignment_adds_replicas_then_removes_the_old_once_the_new_are_in_sync() {
+        let mut controller = controller_with(&[1, 2, 3, 4]);
+        let given = Placement::Given(vec![vec![1, 2]]);
+        controller
+            .create_topic("quotes", TOPIC, 1, vec![], given)
+            .unwrap();
+        controller.reassign(TOPIC, 0, Some(vec![3, 2])).unwrap();
+        let moving = state(&controller, 0);
+        assert_eq!(
+            moving.replicas,
+            [3, 2, 1],
+            "the target first, then those leaving"
+        );
+        assert_eq!(
+            (moving.leader, moving.leader_epoch),
+            (1, 0),
+            "the leader stays"
+        );
+        assert_eq!(moving.isr, [1, 2]);
+        assert_eq!(reassigning(&controller, 0), Some((vec![3], vec![1])));
+        assert!(
+            controller.tick(10).is_empty(),
+            "nothing ends before the new replica is in sync"
+        );
+        // Broker 3 caught up: the leader adds it, and the reassignment ends at once.
+        let records = grow_isr(&mut controller, 0, &[1, 2, 3]);
+        assert_eq!(records.len(), 2, "{records:?}");
+        let moved = state(&controller, 0);
+        assert_eq!(moved.replicas, [3, 2]);
+        assert_eq!(moved.isr, [2, 3]);
+        assert_eq!(
+            (moved.leader, moved.leader_epoch),
+            (3, 1),
+            "broker 1 led and left"
+        );
+        assert_eq!(reassigning(&controller, 0), None);
+        // The same replicas again: nothing to do.
+        assert!(
+            controller
+                .reassign(TOPIC, 0, Some(vec![3, 2]))
+                .unwrap()
+                .is_empty()
+        );
+        // A reorder ends at once (every replica is in sync); the leader stays.
+        controller.reassign(TOPIC, 0, Some(vec![2, 3])).unwrap();
+        assert_eq!(state(&controller, 0).replicas, [2, 3]);
+        assert_eq!(state(&controller, 0).leader, 3);
+        assert_eq!(reassigning(&controller, 0), None);
+        // Shrinking ends at once too.
+        controller.reassign(TOPIC, 0, Some(vec![3])).unwrap();
+        assert_eq!(state(&controller, 0).replicas, [3]);
+        assert_eq!(state(&controller, 0).isr, [3]);
+    }
+
+    #[test]
+    fn a_reassignment_is_replaced_keeping_what_is_in_sync_or_cancelled() {
+        let mut controller = controller_with(&[1, 2, 3, 4]);
+        let given = Placement::Given(vec![vec![1, 2]]);
+        controller
+            .create_topic("quotes", TOPIC, 1, vec![], given)
+            .unwrap();
+        assert_eq!(
+            controller.reassign(TOPIC, 0, None),
+            Err(ControllerError::NoReassignment)
+        );
+        controller.reassign(TOPIC, 0, Some(vec![3, 4])).unwrap();
+        grow_isr(&mut controller, 0, &[1, 2, 3]);
+        assert_eq!(reassigning(&controller, 0), Some((vec![3, 4], vec![1, 2])));
+        // A new target: broker 4 (not in sync) goes at once with the others leaving, and
+        // with all of 3, 1 in sync the move ends at once.
+        controller.reassign(TOPIC, 0, Some(vec![3, 1])).unwrap();
+        let replaced = state(&controller, 0);
+        assert_eq!((replaced.replicas, replaced.isr), (vec![3, 1], vec![1, 3]));
+        assert_eq!(reassigning(&controller, 0), None);
+        controller.reassign(TOPIC, 0, Some(vec![4, 1])).unwrap();
+        assert_eq!(state(&controller, 0).replicas, [4, 1, 3]);
+        assert_eq!(reassigning(&controller, 0), Some((vec![4], vec![3])));
+        // Cancelled: back to the replicas before it, with their in-sync set.
+        controller.reassign(TOPIC, 0, None).unwrap();
+        let back = state(&controller, 0);
+        assert_eq!(
+            (back.replicas, back.isr, back.leader),
+            (vec![1, 3], vec![1, 3], 1)
+        );
+        assert_eq!(reassigning(&controller, 0), None);
+
+        // Moving to 2, 4 while the replicas before (1, 3) fall out of sync: only 2 is in
+        // sync, so a cancellation is refused, and a new target keeps 2 until it is in sync.
+        controller.reassign(TOPIC, 0, Some(vec![2, 4])).unwrap();
+        grow_isr(&mut controller, 0, &[1, 2, 3]);
+        for id in [2, 4] {
+            controller.heartbeat(id, TIMEOUT, false).unwrap();
+        }
+        controller.tick(TIMEOUT + 1);
+        let moving = state(&controller, 0);
+        assert_eq!(
+            (moving.leader, moving.isr.clone()),
+            (2, vec![2]),
+            "{moving:?}"
+        );
+        assert!(matches!(
+            controller.reassign(TOPIC, 0, None),
+            Err(ControllerError::InvalidAssignment(_))
+        ));
+        controller.reassign(TOPIC, 0, Some(vec![4])).unwrap();
+        assert_eq!(state(&controller, 0).replicas, [4, 2, 1, 3]);
+        assert_eq!(
+            state(&controller, 0).isr,
+            [2],
+            "the one in-sync replica stays"
+        );
+        assert_eq!(
+            controller.reassign(TOPIC, 0, Some(vec![2, 9])),
+            Err(ControllerError::InvalidAssignment(
+                "broker 9 is not registered".into()
+            ))
+        );
+        assert_eq!(
+            controller.reassign([9; 16], 0, Some(vec![2])),
+            Err(ControllerError::UnknownTopic)
+        );
+    }
+
+    #[test]
+    fn a_reassignment_waits_for_a_live_leader_of_its_target() {
+        let mut controller = controller_with(&[1, 2, 3]);
+        let given = Placement::Given(vec![vec![1]]);
+        controller
+            .create_topic("quotes", TOPIC, 1, vec![], given)
+            .unwrap();
+        controller.reassign(TOPIC, 0, Some(vec![2])).unwrap();
+        grow_isr(&mut controller, 0, &[1, 2]);
+        assert_eq!(state(&controller, 0).replicas, [2]);
+        assert_eq!(state(&controller, 0).leader, 2);
+        // Broker 3 misses its session while being added: the move waits, the leader stays.
+        controller.reassign(TOPIC, 0, Some(vec![3, 2])).unwrap();
+        for id in [1, 2] {
+            controller.heartbeat(id, TIMEOUT, false).unwrap();
+        }
+        controller.tick(TIMEOUT + 1);
+        assert_eq!(state(&controller, 0).leader, 2);
+        assert_eq!(reassigning(&controller, 0), Some((vec![3], vec![])));
     }
 
     #[test]

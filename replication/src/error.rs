@@ -37,6 +37,9 @@ impl std::fmt::Display for Error {
             Error::UnknownTopic { name } => write!(f, "no topic {name:?}"),
             Error::TopicConfig { topic, reason } => write!(f, "topic {topic:?}: {reason}"),
             Error::Engine(source) => write!(f, "{source}"),
+            Error::Controller(ControllerError::InvalidAssignment(reason)) => {
+                write!(f, "invalid replica assignment: {reason}")
+            }
             Error::Controller(error) => write!(f, "the controller refused: {error:?}"),
             Error::NotController => write!(f, "no active controller answered"),
             Error::Stopped => write!(f, "the cluster metadata is stopping"),

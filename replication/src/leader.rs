@@ -73,6 +73,19 @@ struct Follower {
     leader_end_at_last_fetch: Offset,
 }
 
+impl Follower {
+    /// A follower not heard from yet, at `now_ms` with the leader's log ending at
+    /// `log_end`; one `in_sync` counts as caught up now.
+    fn new(in_sync: bool, now_ms: u64, log_end: Offset) -> Follower {
+        Follower {
+            log_end: None,
+            caught_up_ms: if in_sync { now_ms } else { 0 },
+            last_fetch_ms: now_ms,
+            leader_end_at_last_fetch: log_end,
+        }
+    }
+}
+
 /// A leader of one partition for one leader epoch.
 #[derive(Debug, Clone)]
 pub struct LeaderState {
@@ -111,12 +124,7 @@ impl LeaderState {
             .iter()
             .filter(|&&replica| replica != id)
             .map(|&replica| {
-                let follower = Follower {
-                    log_end: None,
-                    caught_up_ms: if isr.contains(&replica) { now_ms } else { 0 },
-                    last_fetch_ms: now_ms,
-                    leader_end_at_last_fetch: log_end,
-                };
+                let follower = Follower::new(isr.contains(&replica), now_ms, log_end);
                 (replica, follower)
             })
             .collect();
@@ -251,10 +259,24 @@ impl LeaderState {
         Some(self.propose(isr, now_ms))
     }
 
-    /// The controller committed `isr` (ours, or one it decided); the new high watermark if
-    /// that moved it.
-    pub fn on_isr_committed(&mut self, isr: &BTreeSet<BrokerId>) -> Option<Offset> {
-        self.isr = isr.clone();
+    /// The controller committed a new in-sync set (ours, or one it decided) or new replicas
+    /// (a reassignment) for this leader's epoch, at `now_ms`: a replica joining is followed
+    /// from now, not caught up; one gone is forgotten. The new high watermark if that moved
+    /// it.
+    pub fn on_assignment_committed(
+        &mut self,
+        assignment: &Assignment,
+        now_ms: u64,
+    ) -> Option<Offset> {
+        let replicas = &assignment.replicas;
+        self.followers
+            .retain(|replica, _| replicas.contains(replica));
+        for &replica in replicas.iter().filter(|&&replica| replica != self.id) {
+            self.followers
+                .entry(replica)
+                .or_insert_with(|| Follower::new(false, now_ms, self.log_end));
+        }
+        self.isr = assignment.isr.clone();
         self.isr.insert(self.id);
         self.proposed = None;
         self.advance_high_watermark()
@@ -336,14 +358,18 @@ mod tests {
         replicas.iter().copied().collect()
     }
 
-    fn leader(isr: &[BrokerId], log_end: u64) -> LeaderState {
-        let assignment = Assignment {
+    /// Broker 1 leads replicas 1, 2, 3 at epoch 5 with in-sync set `isr`.
+    fn assignment(isr: &[BrokerId]) -> Assignment {
+        Assignment {
             leader: 1,
             leader_epoch: 5,
             replicas: vec![1, 2, 3],
             isr: set(isr),
-        };
-        LeaderState::new(&assignment, Offset(log_end), Offset(0), 0, SETTINGS)
+        }
+    }
+
+    fn leader(isr: &[BrokerId], log_end: u64) -> LeaderState {
+        LeaderState::new(&assignment(isr), Offset(log_end), Offset(0), 0, SETTINGS)
     }
 
     #[test]
@@ -412,8 +438,37 @@ mod tests {
         assert_eq!(state.tick(31_500), None, "one proposal at a time");
         assert_eq!(state.tick(32_001), Some(proposal.clone()), "sent again");
         assert_eq!(state.high_watermark(), Offset(4), "3 counts until removed");
-        assert_eq!(state.on_isr_committed(&set(&[1, 2])), Some(Offset(20)));
+        assert_eq!(
+            state.on_assignment_committed(&assignment(&[1, 2]), 32_100),
+            Some(Offset(20))
+        );
         assert_eq!(state.isr(), &set(&[1, 2]));
+    }
+
+    #[test]
+    fn replicas_a_reassignment_adds_join_once_caught_up_and_those_removed_stop_counting() {
+        let mut state = leader(&[1, 2, 3], 0);
+        state.on_appended(Offset(10));
+        state.on_fetch(2, Offset(10), 100);
+        state.on_fetch(3, Offset(6), 100);
+        assert_eq!(state.high_watermark(), Offset(6));
+        // Broker 4 is added: a replica, not in sync, so it holds nothing back.
+        let moving = Assignment {
+            replicas: vec![4, 2, 1, 3],
+            ..assignment(&[1, 2, 3])
+        };
+        assert_eq!(state.on_assignment_committed(&moving, 200), None);
+        assert_eq!(state.on_fetch(4, Offset(3), 300), Some((None, None)));
+        let joins = state.on_fetch(4, Offset(10), 400).unwrap().1;
+        assert_eq!(joins.map(|p| p.isr), Some(set(&[1, 2, 3, 4])));
+        // The reassignment ends: 3 leaves, and the high watermark no longer waits for it.
+        let moved = Assignment {
+            replicas: vec![4, 2, 1],
+            isr: set(&[1, 2, 4]),
+            ..assignment(&[])
+        };
+        assert_eq!(state.on_assignment_committed(&moved, 500), Some(Offset(10)));
+        assert_eq!(state.on_fetch(3, Offset(10), 600), None, "not a replica");
     }
 
     #[test]

@@ -74,6 +74,15 @@ pub enum Record {
         first: i64,
         count: i64,
     },
+    /// A partition's whole new state as a reassignment starts, changes course, completes or
+    /// is cancelled (KIP-455): `adding` and `removing` are the replicas it moves in and out
+    /// of `state.replicas` (which holds both while it runs); both empty once it ends.
+    Reassignment {
+        topic: [u8; 16],
+        state: PartitionRecord,
+        adding: Vec<BrokerId>,
+        removing: Vec<BrokerId>,
+    },
 }
 
 /// The most bytes one encoded record may take.
@@ -106,11 +115,21 @@ pub struct BrokerInfo {
     pub fenced: bool,
 }
 
+/// A reassignment in progress: the replicas being moved in and out of the partition's
+/// replicas, which hold both (the target first, in the order asked, then those leaving).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reassigning {
+    pub adding: Vec<BrokerId>,
+    pub removing: Vec<BrokerId>,
+}
+
 /// A partition as the image holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionState {
     pub assignment: Assignment,
     pub partition_epoch: i32,
+    /// The reassignment in progress, if one is.
+    pub reassigning: Option<Reassigning>,
 }
 
 impl PartitionState {
@@ -123,9 +142,24 @@ impl PartitionState {
                 isr: state.isr.iter().copied().collect(),
             },
             partition_epoch: state.partition_epoch,
+            reassigning: None,
         }
     }
 
+    /// The replicas a reassignment in progress moves the partition to (the current ones
+    /// when none is), in the order asked.
+    pub fn target(&self) -> Vec<BrokerId> {
+        let removing = self.reassigning.as_ref().map_or(&[][..], |r| &r.removing);
+        without(&self.assignment.replicas, removing)
+    }
+
+    /// The replicas before the reassignment in progress (the current ones when none is).
+    pub fn original(&self) -> Vec<BrokerId> {
+        let adding = self.reassigning.as_ref().map_or(&[][..], |r| &r.adding);
+        without(&self.assignment.replicas, adding)
+    }
+
+    /// The partition's state as a record (its reassignment, if any, left out).
     pub fn to_record(&self, partition: u32) -> PartitionRecord {
         PartitionRecord {
             partition,
@@ -168,6 +202,37 @@ impl MetadataImage {
     /// Whether `broker` is registered and in session.
     pub fn is_live(&self, broker: BrokerId) -> bool {
         self.brokers.get(&broker).is_some_and(|info| !info.fenced)
+    }
+
+    /// Why replica lists asked for explicitly (one per partition) are refused, if they are:
+    /// each names at least one broker, none twice, each registered and in session, and
+    /// every list is as long as the first (Kafka's manual assignment checks).
+    pub fn check_assignments(&self, lists: &[Vec<BrokerId>]) -> Result<(), String> {
+        for replicas in lists {
+            if replicas.is_empty() {
+                return Err("a replica list is empty".into());
+            }
+            if replicas.len() != lists[0].len() {
+                return Err(format!(
+                    "partitions with {} and {} replicas: every partition of a topic has as many",
+                    lists[0].len(),
+                    replicas.len()
+                ));
+            }
+            for (at, replica) in replicas.iter().enumerate() {
+                if replicas[..at].contains(replica) {
+                    return Err(format!("broker {replica} is named twice"));
+                }
+                match self.brokers.get(replica) {
+                    None => return Err(format!("broker {replica} is not registered")),
+                    Some(info) if info.fenced => {
+                        return Err(format!("broker {replica} is fenced (not in session)"));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Applies `record`, or refuses it (leaving the image as it was) if it does not fit.
@@ -235,19 +300,19 @@ impl MetadataImage {
                 match index.cmp(&image.partitions.len()) {
                     std::cmp::Ordering::Less => {
                         let old = &image.partitions[index];
-                        if state.partition_epoch <= old.partition_epoch
-                            || state.leader_epoch < old.assignment.leader_epoch
-                        {
+                        check_epochs(old, state)?;
+                        // A reassignment in progress stays: only its own records move
+                        // replicas meanwhile.
+                        let reassigning = old.reassigning.clone();
+                        if reassigning.is_some() && state.replicas != old.assignment.replicas {
                             return Err(format!(
-                                "partition {index}: epochs go back (partition {} after {}, \
-                                 leader {} after {})",
-                                state.partition_epoch,
-                                old.partition_epoch,
-                                state.leader_epoch,
-                                old.assignment.leader_epoch
+                                "partition {index}: replicas change during a reassignment"
                             ));
                         }
-                        image.partitions[index] = PartitionState::from_record(state);
+                        image.partitions[index] = PartitionState {
+                            reassigning,
+                            ..PartitionState::from_record(state)
+                        };
                     }
                     // A new partition (CreatePartitions) comes next in order.
                     std::cmp::Ordering::Equal => {
@@ -257,6 +322,37 @@ impl MetadataImage {
                         return Err(format!("partition {index} leaves a gap"));
                     }
                 }
+            }
+            Record::Reassignment {
+                topic,
+                state,
+                adding,
+                removing,
+            } => {
+                self.check_partition(state)?;
+                let moved = |replica: &BrokerId| state.replicas.contains(replica);
+                let overlap = adding.iter().any(|replica| removing.contains(replica));
+                if !adding.iter().all(moved) || !removing.iter().all(moved) || overlap {
+                    return Err("reassigned replicas are not among the replicas".into());
+                }
+                let image = self
+                    .topics
+                    .get_mut(topic)
+                    .ok_or_else(|| "unknown topic".to_string())?;
+                let index = state.partition as usize;
+                let old = image
+                    .partitions
+                    .get(index)
+                    .ok_or_else(|| format!("unknown partition {index}"))?;
+                check_epochs(old, state)?;
+                let ends = adding.is_empty() && removing.is_empty();
+                image.partitions[index] = PartitionState {
+                    reassigning: (!ends).then(|| Reassigning {
+                        adding: adding.clone(),
+                        removing: removing.clone(),
+                    }),
+                    ..PartitionState::from_record(state)
+                };
             }
             Record::DeleteTopic { id } => {
                 let topic = self
@@ -306,6 +402,29 @@ impl MetadataImage {
         }
         Ok(())
     }
+}
+
+/// The brokers of `these` not in `those`, in order.
+pub fn without(these: &[BrokerId], those: &[BrokerId]) -> Vec<BrokerId> {
+    let kept = these.iter().filter(|broker| !those.contains(broker));
+    kept.copied().collect()
+}
+
+/// A partition's new state moves its partition epoch on and its leader epoch not back.
+fn check_epochs(old: &PartitionState, state: &PartitionRecord) -> Result<(), String> {
+    if state.partition_epoch <= old.partition_epoch
+        || state.leader_epoch < old.assignment.leader_epoch
+    {
+        return Err(format!(
+            "partition {}: epochs go back (partition {} after {}, leader {} after {})",
+            state.partition,
+            state.partition_epoch,
+            old.partition_epoch,
+            state.leader_epoch,
+            old.assignment.leader_epoch
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -630,6 +630,7 @@ impl Node {
                 replication_factor: 1,
                 configs: topic.configs.clone().into_iter().collect(),
                 start: 0,
+                assignments: Vec::new(),
             };
             match self.ask_until_answered(create, events).await {
                 // Created by an earlier try whose answer was lost.
@@ -724,14 +725,14 @@ impl Node {
                     })
                     .await?;
             }
-            Change::IsrChanged {
+            Change::AssignmentChanged {
                 partition,
                 assignment,
             } => {
                 let log = log_of(&partition)?;
                 let changed = log.clone();
                 self.on_replicas(&log, move |replicas| {
-                    replicas.isr_changed(&changed, &assignment.isr)
+                    replicas.assignment_changed(&changed, &assignment)
                 })
                 .await?;
             }

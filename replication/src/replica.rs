@@ -252,10 +252,15 @@ impl Replicas {
         self.start_ticking();
     }
 
-    /// The controller committed a new in-sync set for a partition this broker still leads.
-    pub fn isr_changed(&self, partition: &TopicPartition, isr: &BTreeSet<BrokerId>) {
+    /// The controller committed new in-sync replicas or replicas for a partition this broker
+    /// still leads at the same epoch.
+    pub fn assignment_changed(&self, partition: &TopicPartition, assignment: &Assignment) {
         if let Some(leading) = self.leader(partition) {
-            let moved = leading.state.borrow_mut().on_isr_committed(isr);
+            let now = self.now_ms();
+            let moved = leading
+                .state
+                .borrow_mut()
+                .on_assignment_committed(assignment, now);
             if let Some(high_watermark) = moved {
                 leading.log.set_committed(high_watermark);
             }

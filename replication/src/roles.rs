@@ -31,8 +31,9 @@ pub enum Change {
         partition: PartitionName,
         assignment: Assignment,
     },
-    /// Still leading at the same epoch; the controller committed a new in-sync set.
-    IsrChanged {
+    /// Still leading at the same epoch; the controller committed a new in-sync set or new
+    /// replicas (a reassignment).
+    AssignmentChanged {
         partition: PartitionName,
         assignment: Assignment,
     },
@@ -107,8 +108,11 @@ pub fn changes(old: &MetadataImage, new: &MetadataImage, me: BrokerId) -> Vec<Ch
         match assignment.leader {
             leader if leader == me => {
                 if same_epoch && led_before {
-                    if previous.is_some_and(|old| old.isr != assignment.isr) {
-                        changes.push(Change::IsrChanged {
+                    let changed = previous.is_some_and(|old| {
+                        old.isr != assignment.isr || old.replicas != assignment.replicas
+                    });
+                    if changed {
+                        changes.push(Change::AssignmentChanged {
                             partition,
                             assignment: assignment.clone(),
                         });
@@ -253,7 +257,7 @@ mod tests {
         );
         assert!(matches!(
             changes(&base, &shrunk, 0)[..],
-            [Change::IsrChanged { .. }]
+            [Change::AssignmentChanged { .. }]
         ));
         assert!(changes(&base, &shrunk, 1).is_empty());
         // A new leader at a new epoch: it leads, the old leader and the others follow it.
@@ -319,6 +323,11 @@ mod tests {
         assert!(matches!(
             changes(&base, &moved, 2)[..],
             [Change::CreateLog { .. }, Change::Follow { leader: 0, .. }]
+        ));
+        // The leader, at the same epoch, hears of its new replicas.
+        assert!(matches!(
+            &changes(&base, &moved, 0)[..],
+            [Change::AssignmentChanged { assignment, .. }] if assignment.replicas == [0, 2]
         ));
         let deleted = after(&base, Record::DeleteTopic { id: TOPIC });
         assert_eq!(

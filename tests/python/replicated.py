@@ -17,7 +17,19 @@
       consumer group reads everything again and commits, and its committed offsets are the
       log ends;
   replicated.py BOOTSTRAP committed TOPIC
-      the group's committed offsets are still the log ends (run after its coordinator moved).
+      the group's committed offsets are still the log ends (run after its coordinator moved);
+  replicated.py BOOTSTRAP assigned TOPIC REPLICAS
+      creates TOPIC with one partition on the brokers REPLICAS names (`0,1`: an explicit
+      replica assignment, the first leading) and min.insync.replicas=2, and waits until they
+      are all in sync;
+  replicated.py BOOTSTRAP move TOPIC REPLICAS
+      moves partition 0 of TOPIC to REPLICAS with kafka-python's
+      alter_partition_reassignments and waits until list_partition_reassignments shows the
+      move over and the metadata lists exactly REPLICAS, all in sync;
+  replicated.py BOOTSTRAP cancel TOPIC REPLICAS GO
+      creates GO.ready once connected; once the file GO exists, starts moving partition 0 to REPLICAS (one of which cannot
+      catch up: the test stopped it just before), checks that list_partition_reassignments shows the replicas being added and
+      removed, cancels the move and waits until the partition is back on its replicas.
 """
 
 import json
@@ -222,6 +234,94 @@ def committed(servers, topic):
     print(f"the group's commits survived its coordinator: {offsets}")
 
 
+def replicas_of(text):
+    return [int(broker) for broker in text.split(",")]
+
+
+def partition_zero(servers, topic):
+    admin = AdminClient({"bootstrap.servers": servers})
+    return admin.list_topics(topic, timeout=5).topics[topic].partitions[0]
+
+
+def assigned(servers, topic, replicas):
+    admin = AdminClient({"bootstrap.servers": servers})
+    new = NewTopic(
+        topic, num_partitions=1, replica_assignment=[replicas], config={"min.insync.replicas": "2"}
+    )
+    admin.create_topics([new])[topic].result(timeout=30)
+
+    def placed():
+        listed = partition_zero(servers, topic)
+        return listed.replicas == replicas and sorted(listed.isrs) == sorted(replicas)
+
+    wait_for(f"replicas {replicas} in sync", placed, timeout=30)
+    print(f"created {topic} on brokers {replicas}")
+
+
+def reassignments(admin, topic):
+    from kafka import TopicPartition as KafkaPartition
+
+    return admin.list_partition_reassignments([KafkaPartition(topic, 0)])
+
+
+def move(servers, topic, replicas):
+    from kafka import TopicPartition as KafkaPartition
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=servers.split(","))
+    before = partition_zero(servers, topic).replicas
+    started = time.monotonic()
+    answer = admin.alter_partition_reassignments({KafkaPartition(topic, 0): replicas})
+    assert answer == {KafkaPartition(topic, 0): None}, f"the move was refused: {answer}"
+
+    def moved():
+        if reassignments(admin, topic):
+            return False
+        listed = partition_zero(servers, topic)
+        return listed.replicas == replicas and sorted(listed.isrs) == sorted(replicas)
+
+    wait_for(f"the move to {replicas}", moved, timeout=60, interval=0.2)
+    admin.close()
+    print(f"moved {topic}-0 from {before} to {replicas} in {time.monotonic() - started:.1f} s")
+
+
+def cancel(servers, topic, replicas, go):
+    from kafka import TopicPartition as KafkaPartition
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import NoReassignmentInProgressError
+
+    admin = KafkaAdminClient(bootstrap_servers=servers.split(","))
+    tp = KafkaPartition(topic, 0)
+    before = partition_zero(servers, topic).replicas
+    # Connected to the controller (asked through it) before the test stops a broker.
+    assert reassignments(admin, topic) == {}, "nothing in progress yet"
+    open(go + ".ready", "w").close()
+    wait_for("the go", lambda: os.path.exists(go), timeout=60, interval=0.01)
+    assert admin.alter_partition_reassignments({tp: replicas}) == {tp: None}
+    ongoing = reassignments(admin, topic)
+    adding = [b for b in replicas if b not in before]
+    removing = [b for b in before if b not in replicas]
+    expected = {
+        "replicas": replicas + removing,
+        "adding_replicas": adding,
+        "removing_replicas": removing,
+    }
+    assert ongoing == {tp: expected}, f"in progress: {ongoing}, expected {expected}"
+    listed = partition_zero(servers, topic)
+    assert listed.replicas == replicas + removing, f"the metadata lists {listed.replicas}"
+    assert admin.alter_partition_reassignments({tp: None}) == {tp: None}
+    assert reassignments(admin, topic) == {}, "nothing in progress after the cancellation"
+    again = admin.alter_partition_reassignments({tp: None})
+    assert again == {tp: NoReassignmentInProgressError}, f"a second cancellation: {again}"
+    wait_for(
+        f"the replicas back on {before}",
+        lambda: partition_zero(servers, topic).replicas == before,
+        timeout=30,
+    )
+    admin.close()
+    print(f"the move of {topic}-0 to {replicas} was listed as {ongoing[tp]}, then cancelled")
+
+
 def main():
     servers = bootstrap()
     step, topic = sys.argv[2], sys.argv[3]
@@ -237,6 +337,12 @@ def main():
         verify(servers, topic, sys.argv[4])
     elif step == "committed":
         committed(servers, topic)
+    elif step == "assigned":
+        assigned(servers, topic, replicas_of(sys.argv[4]))
+    elif step == "move":
+        move(servers, topic, replicas_of(sys.argv[4]))
+    elif step == "cancel":
+        cancel(servers, topic, replicas_of(sys.argv[4]), sys.argv[5])
     else:
         sys.exit(f"unknown step {step}")
 

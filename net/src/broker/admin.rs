@@ -89,34 +89,14 @@ pub fn check_capacity(context: &Context, adding: u32) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Replica assignments may only name this broker, one replica per partition, and only while
-/// it is the cluster's one broker: in a larger cluster the controller places replicas itself
-/// (explicit placement comes with reassignment).
-fn check_assignment<'a>(
-    context: &Context,
-    mut replicas: impl Iterator<Item = &'a Vec<i32>>,
-) -> Result<(), Failure> {
-    let node = context.config.node_id;
-    let brokers = context.cluster.image().brokers.len();
-    if brokers > 1 {
-        return fail(
-            error_code::INVALID_REPLICA_ASSIGNMENT,
-            format!(
-                "explicit replica assignments are not supported in a cluster of {brokers} \
-                 brokers yet; leave them out and the controller places the replicas"
-            ),
-        );
-    }
-    if replicas.all(|brokers| brokers.as_slice() == [node]) {
-        Ok(())
-    } else {
-        fail(
-            error_code::INVALID_REPLICA_ASSIGNMENT,
-            format!(
-                "a single-node cluster: every partition has exactly one replica, on broker {node}"
-            ),
-        )
-    }
+/// Replica lists asked for explicitly, checked against the cluster as the controller
+/// will check them (so `validate_only` answers the same).
+fn check_assignment(context: &Context, lists: &[Vec<i32>]) -> Result<(), Failure> {
+    context
+        .cluster
+        .image()
+        .check_assignments(lists)
+        .map_err(|reason| (error_code::INVALID_REPLICA_ASSIGNMENT, reason))
 }
 
 fn broker_failure(error: coremq_replication::Error) -> Failure {
@@ -210,6 +190,13 @@ async fn create_topic(
             );
         }
     };
+    let mut assignments: Vec<(i32, Vec<i32>)> = topic
+        .assignments
+        .iter()
+        .map(|a| (a.partition_index, a.broker_ids.clone()))
+        .collect();
+    assignments.sort_unstable();
+    let assignments: Vec<Vec<i32>> = assignments.into_iter().map(|(_, lists)| lists).collect();
     let partitions = if topic.assignments.is_empty() {
         match topic.num_partitions {
             -1 => context.config.default_partitions,
@@ -238,9 +225,12 @@ async fn create_topic(
                 "assignments must cover partitions 0..n once each",
             );
         }
-        check_assignment(context, topic.assignments.iter().map(|a| &a.broker_ids))?;
+        check_assignment(context, &assignments)?;
         check_partitions(topic.assignments.len() as i32)?
     };
+    let replication_factor = assignments
+        .first()
+        .map_or(replication_factor, |replicas| replicas.len() as u16);
     let mut overrides = BTreeMap::new();
     for config in topic.configs {
         let Some(value) = config.value else {
@@ -264,6 +254,7 @@ async fn create_topic(
             partitions,
             replication_factor,
             overrides.clone(),
+            assignments,
         )
         .await
     {
@@ -381,14 +372,20 @@ async fn add_partitions(
             ),
         );
     }
-    if let Some(assignments) = &topic.assignments {
+    let assignments: Vec<Vec<i32>> = topic
+        .assignments
+        .iter()
+        .flatten()
+        .map(|a| a.broker_ids.clone())
+        .collect();
+    if topic.assignments.is_some() {
         if assignments.len() as u32 != count - existing.partitions {
             return fail(
                 error_code::INVALID_REPLICA_ASSIGNMENT,
                 "one assignment per new partition is required",
             );
         }
-        check_assignment(context, assignments.iter().map(|a| &a.broker_ids))?;
+        check_assignment(context, &assignments)?;
     }
     check_capacity(context, count - existing.partitions)?;
     if validate_only {
@@ -396,7 +393,7 @@ async fn add_partitions(
     }
     context
         .cluster
-        .add_partitions(topic.name.clone(), count)
+        .add_partitions(topic.name.clone(), count, assignments)
         .await
         .map_err(broker_failure)
 }

@@ -158,13 +158,13 @@ async fn handle(
             ResponseBody::ElectLeaders(replicas::elect_leaders(context, body).await)
         }
         RequestBody::AlterPartitionReassignments(body) => {
-            ResponseBody::AlterPartitionReassignments(replicas::alter_partition_reassignments(
-                context, body,
-            ))
+            ResponseBody::AlterPartitionReassignments(
+                replicas::alter_partition_reassignments(context, body).await,
+            )
         }
-        RequestBody::ListPartitionReassignments(body) => {
-            ResponseBody::ListPartitionReassignments(replicas::list_partition_reassignments(body))
-        }
+        RequestBody::ListPartitionReassignments(body) => ResponseBody::ListPartitionReassignments(
+            replicas::list_partition_reassignments(context, body),
+        ),
         RequestBody::DescribeLogDirs(body) => {
             ResponseBody::DescribeLogDirs(replicas::describe_log_dirs(context, body).await)
         }

@@ -120,5 +120,7 @@ fn controller_code(error: &coremq_replication::controller::ControllerError) -> i
         Refused::StalePartitionEpoch => error_code::INVALID_UPDATE_VERSION,
         Refused::IneligibleReplica(_) => error_code::INELIGIBLE_REPLICA,
         Refused::PreferredLeaderNotAvailable => error_code::PREFERRED_LEADER_NOT_AVAILABLE,
+        Refused::InvalidAssignment(_) => error_code::INVALID_REPLICA_ASSIGNMENT,
+        Refused::NoReassignment => error_code::NO_REASSIGNMENT_IN_PROGRESS,
     }
 }

@@ -233,6 +233,7 @@ async fn auto_create(context: &Context, name: &str) -> Result<Arc<Topic>, i16> {
             context.config.default_partitions,
             1,
             Default::default(),
+            Vec::new(),
         )
         .await;
     match created {

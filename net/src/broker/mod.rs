@@ -293,6 +293,7 @@ impl Broker {
                 partitions,
                 replication,
                 compacted.clone(),
+                Vec::new(),
             ));
             match created {
                 Ok(_) => break,

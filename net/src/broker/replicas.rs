@@ -1,8 +1,7 @@
-//! The replica-management APIs while every partition has one replica (data replication is
-//! not built yet): ElectLeaders finds nothing to elect where the replica leads, and nothing
-//! eligible where its broker is fenced; a reassignment to the broker that holds the partition
-//! is done at once and a move to another is refused; none is ever in progress; DescribeLogDirs
-//! reports the one log directory and the partitions this broker holds.
+//! The replica-management APIs: ElectLeaders (preferred-leader election through the
+//! controller), AlterPartitionReassignments and ListPartitionReassignments (moving replicas
+//! between brokers), and DescribeLogDirs (the one log directory and the partitions this
+//! broker holds).
 
 use std::rc::Rc;
 
@@ -17,6 +16,9 @@ use crate::protocol::messages::describe_log_dirs_response::{
     DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
 };
 use crate::protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+use crate::protocol::messages::list_partition_reassignments_response::{
+    OngoingPartitionReassignment, OngoingTopicReassignment,
+};
 use crate::protocol::messages::{
     AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse,
     DescribeLogDirsRequest, DescribeLogDirsResponse, ElectLeadersRequest, ElectLeadersResponse,
@@ -164,82 +166,49 @@ async fn elect(context: &Context, kind: i8, topic: &str, index: i32) -> (i16, St
     }
 }
 
-/// Why a reassignment of a partition now on `current` to `replicas` is refused, if it is:
-/// Kafka's checks (a non-empty list of distinct, registered brokers), then what one replica
-/// per partition allows: only the broker that holds it. A cancellation (null) finds no
-/// reassignment in progress.
-fn reassignment_refusal(
-    context: &Context,
-    current: &[i32],
-    replicas: Option<&[i32]>,
-) -> Option<(i16, String)> {
-    let invalid = |message: String| Some((error_code::INVALID_REPLICA_ASSIGNMENT, message));
-    let Some(replicas) = replicas else {
-        return Some((
-            error_code::NO_REASSIGNMENT_IN_PROGRESS,
-            "no reassignment is in progress for this partition".to_string(),
-        ));
-    };
-    if replicas.is_empty() {
-        return invalid("the replica list is empty".to_string());
-    }
-    let image = context.cluster.image();
-    if let Some(unknown) = replicas.iter().find(|id| !image.brokers.contains_key(id)) {
-        return invalid(format!("broker {unknown} is not registered"));
-    }
-    if replicas.len() > 1 {
-        return invalid(format!(
-            "replicas {replicas:?}: a partition has one replica until replication between \
-             brokers is built"
-        ));
-    }
-    if replicas != current {
-        return invalid(format!(
-            "the partition is on broker(s) {current:?}: moving replicas between brokers is \
-             not built yet"
-        ));
-    }
-    None
-}
-
-/// AlterPartitionReassignments: moving a partition to the broker that holds it is done at
-/// once; a move to another broker is refused.
-pub fn alter_partition_reassignments(
-    context: &Context,
+/// AlterPartitionReassignments: each partition asked for starts moving to its new replicas
+/// (or its reassignment in progress is cancelled, where the list is null) through the
+/// controller; the answer comes once the move has started. The new replicas copy the log
+/// from the leader, and once all of them are in sync the replicas left out are removed
+/// (KIP-455); ListPartitionReassignments shows what is still moving.
+pub async fn alter_partition_reassignments(
+    context: &Rc<Context>,
     request: AlterPartitionReassignmentsRequest,
 ) -> AlterPartitionReassignmentsResponse {
-    let responses = request
-        .topics
-        .into_iter()
-        .map(|topic| ReassignableTopicResponse {
-            partitions: topic
-                .partitions
-                .iter()
-                .map(|partition| {
-                    let index = partition.partition_index;
-                    let refusal = match partition_state(context, &topic.name, index) {
-                        Some(state) => reassignment_refusal(
-                            context,
-                            &state.assignment.replicas,
-                            partition.replicas.as_deref(),
-                        ),
-                        None => Some((
-                            error_code::UNKNOWN_TOPIC_OR_PARTITION,
-                            "no such topic or partition".to_string(),
-                        )),
-                    };
-                    let (code, message) =
-                        refusal.map_or((error_code::NONE, None), |(code, m)| (code, Some(m)));
-                    ReassignablePartitionResponse {
-                        partition_index: index,
-                        error_code: code,
-                        error_message: message,
+    let mut responses = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let id = context.cluster.image().topic_id(&topic.name);
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for partition in topic.partitions {
+            let index = partition.partition_index;
+            let known = id.filter(|_| partition_state(context, &topic.name, index).is_some());
+            let (code, message) = match known {
+                None => (
+                    error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some("no such topic or partition".to_string()),
+                ),
+                Some(id) => {
+                    let moved = context
+                        .cluster
+                        .reassign(id, index as u32, partition.replicas)
+                        .await;
+                    match moved {
+                        Ok(()) => (error_code::NONE, None),
+                        Err(error) => (errors::cluster_code(&error), Some(error.to_string())),
                     }
-                })
-                .collect(),
+                }
+            };
+            partitions.push(ReassignablePartitionResponse {
+                partition_index: index,
+                error_code: code,
+                error_message: message,
+            });
+        }
+        responses.push(ReassignableTopicResponse {
             name: topic.name,
-        })
-        .collect();
+            partitions,
+        });
+    }
     AlterPartitionReassignmentsResponse {
         error_code: error_code::NONE,
         responses,
@@ -247,12 +216,51 @@ pub fn alter_partition_reassignments(
     }
 }
 
-/// ListPartitionReassignments: none is ever in progress.
+/// ListPartitionReassignments: the partitions asked for (every partition when the topics
+/// are null) with a reassignment in progress: their replicas, and those being added and
+/// removed. Partitions not moving, or unknown, are left out, as Kafka does.
 pub fn list_partition_reassignments(
-    _request: ListPartitionReassignmentsRequest,
+    context: &Context,
+    request: ListPartitionReassignmentsRequest,
 ) -> ListPartitionReassignmentsResponse {
+    let image = context.cluster.image();
+    let wanted: Vec<(String, Option<Vec<i32>>)> = match request.topics {
+        Some(topics) => topics
+            .into_iter()
+            .map(|topic| (topic.name, Some(topic.partition_indexes)))
+            .collect(),
+        None => image
+            .topics
+            .values()
+            .map(|topic| (topic.name.clone(), None))
+            .collect(),
+    };
+    let mut topics = Vec::new();
+    for (name, indexes) in wanted {
+        let Some(topic) = image.topic_id(&name).and_then(|id| image.topics.get(&id)) else {
+            continue;
+        };
+        let indexes = indexes.unwrap_or_else(|| (0..topic.partitions.len() as i32).collect());
+        let partitions: Vec<OngoingPartitionReassignment> = indexes
+            .into_iter()
+            .filter_map(|index| {
+                let state = topic.partitions.get(usize::try_from(index).ok()?)?;
+                let moving = state.reassigning.as_ref()?;
+                Some(OngoingPartitionReassignment {
+                    partition_index: index,
+                    replicas: state.assignment.replicas.clone(),
+                    adding_replicas: moving.adding.clone(),
+                    removing_replicas: moving.removing.clone(),
+                })
+            })
+            .collect();
+        if !partitions.is_empty() {
+            topics.push(OngoingTopicReassignment { name, partitions });
+        }
+    }
     ListPartitionReassignmentsResponse {
         error_code: error_code::NONE,
+        topics,
         ..ListPartitionReassignmentsResponse::default()
     }
 }
