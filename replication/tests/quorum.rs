@@ -303,7 +303,5 @@ fn run(seed: u64) {
 
 #[test]
 fn the_metadata_log_stays_consistent_under_faults() {
-    for seed in common::seeds("QUORUM", 200) {
-        run(seed);
-    }
+    common::run_seeds("QUORUM", 1000, run);
 }

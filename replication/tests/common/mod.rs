@@ -1,5 +1,25 @@
 //! Helpers shared by the replication crate's simulation tests.
 
+/// Runs `run` for each seed of [`seeds`], on as many threads as there are cores (each seed
+/// is a whole simulation of its own, replayed alone the same on one thread). A failing seed's
+/// panic names the command that replays it.
+pub fn run_seeds(prefix: &str, default: u64, run: impl Fn(u64) + Sync) {
+    let seeds = seeds(prefix, default);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..workers.min(seeds.len()) {
+            scope.spawn(|| {
+                while let Some(&seed) =
+                    seeds.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                {
+                    run(seed);
+                }
+            });
+        }
+    });
+}
+
 /// The seeds a simulation runs: only `$PREFIX_SEED` if set (to replay one), else
 /// `0..$PREFIX_SEEDS`, `0..default` without it.
 pub fn seeds(prefix: &str, default: u64) -> Vec<u64> {
