@@ -56,14 +56,15 @@ struct Options {
     /// This broker's node id [default: 0]
     #[arg(long, env = "COREMQ_NODE_ID")]
     node_id: Option<i32>,
-    /// The controller quorum's voters, this broker among them: `ID@HOST:PORT` separated by
-    /// commas, host names allowed (Kafka's controller.quorum.voters); each voter listens
-    /// for the others at its entry [default: none, this broker is its own controller]
+    /// The controller quorum's voters: `ID@HOST:PORT` separated by commas, host names
+    /// allowed (Kafka's controller.quorum.voters); each voter listens for the others at its
+    /// entry. A broker not among them observes the quorum (needs --controller-listener)
+    /// [default: none, this broker is its own controller]
     #[arg(long, env = "COREMQ_CONTROLLER_VOTERS")]
     #[serde(default, deserialize_with = "parsed")]
     controller_voters: Option<Voters>,
-    /// Where this voter listens for the others, `ADDRESS:PORT` or `HOST:PORT` [default:
-    /// its entry in --controller-voters]
+    /// Where this broker listens for the voters, `ADDRESS:PORT` or `HOST:PORT`; an
+    /// observer tells the voters this address [default: its entry in --controller-voters]
     #[arg(long, env = "COREMQ_CONTROLLER_LISTENER")]
     #[serde(default, deserialize_with = "parsed")]
     controller_listener: Option<Listener>,

@@ -12,6 +12,11 @@
 //! A leader cut off from the other brokers (each broker in its own network namespace,
 //! `support/netns.rs`) stops acknowledging acks=all writes, the others elect a leader and
 //! carry on, and once healed the old leader drops what only it wrote and catches up.
+//!
+//! Replicas move between brokers (AlterPartitionReassignments from kafka-python) under an
+//! idempotent producer without losing a record, a move is listed and cancelled, and a
+//! fourth broker outside the voters (an observer) joins and takes a partition. With no
+//! controller (two voters of three gone), auto-creation answers LEADER_NOT_AVAILABLE.
 
 #[path = "support/broker.rs"]
 mod broker;
@@ -48,6 +53,11 @@ const BROKERS: usize = 3;
 /// free when picked but another test may take one before it is bound: then the whole
 /// cluster starts again on others.
 fn start_cluster(dir: &Path, partitions: u32) -> Vec<Broker> {
+    start_cluster_of(dir, partitions).0
+}
+
+/// [`start_cluster`], with the `--controller-voters` the brokers were given.
+fn start_cluster_of(dir: &Path, partitions: u32) -> (Vec<Broker>, String) {
     let mut failures = Vec::new();
     for attempt in 0..3 {
         let kafka: Vec<u16> = (0..BROKERS).map(|_| free_port()).collect();
@@ -73,7 +83,7 @@ fn start_cluster(dir: &Path, partitions: u32) -> Vec<Broker> {
             .iter_mut()
             .try_for_each(|broker| broker.wait_ready(Duration::from_secs(60)));
         match started {
-            Ok(()) => return brokers,
+            Ok(()) => return (brokers, voters),
             Err(failure) => failures.push(failure),
         }
     }
@@ -498,7 +508,74 @@ fn two_voters_left_of_three_keep_their_sessions() {
 }
 
 #[test]
-fn a_broker_outside_the_voters_refuses_to_start() {
+fn an_observer_joins_takes_a_partition_moved_onto_it_and_is_fenced_once_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut brokers, voters) = start_cluster_of(dir.path(), 1);
+    // Broker 3 is not a voter: it follows the metadata log from the voters.
+    let flags = cluster_flags(3, &voters, 1);
+    let listener = format!("127.0.0.1:{}", free_port());
+    let mut flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    flags.extend(["--controller-listener", &listener]);
+    let kafka = format!("127.0.0.1:{}", free_port());
+    brokers.push(Broker::spawn(
+        &dir.path().join("observer"),
+        &kafka,
+        free_port(),
+        &flags,
+    ));
+    brokers[3]
+        .wait_ready(Duration::from_secs(60))
+        .unwrap_or_else(|failure| panic!("the observer starts: {failure}\n{}", logs(&brokers)));
+    let all: BTreeSet<i64> = (0..4).collect();
+    await_metadata(&brokers[0], Duration::from_secs(10), |seen| {
+        broker_ids(seen) == all
+    })
+    .unwrap_or_else(|seen| panic!("four brokers: {seen}"));
+    assert!(brokers[3].log().contains("observing the controller quorum"));
+    assert_eq!(
+        broker_ids(&metadata(&brokers[3])),
+        all,
+        "the observer's own view"
+    );
+
+    // A partition on voters 0 and 1 moves to the new broker and 1 while a producer runs.
+    let bootstrap = bootstrap_of(&brokers);
+    succeeded(
+        replicated(&[&bootstrap, "assigned", "onto", "0,1"]),
+        &brokers,
+    );
+    let (producer, acked, stop) = produce_until_stopped(dir.path(), &bootstrap, "onto");
+    std::thread::sleep(Duration::from_secs(2));
+    succeeded(replicated(&[&bootstrap, "move", "onto", "3,1"]), &brokers);
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&stop, "").unwrap();
+    succeeded(producer, &brokers);
+    succeeded(
+        replicated(&[&bootstrap, "verify", "onto", acked.to_str().unwrap()]),
+        &brokers,
+    );
+    await_identical(&[&brokers[3], &brokers[1]], "onto", 1);
+
+    // Killed, the observer is fenced (its controller port refuses) and broker 1 leads;
+    // restarted, it is back in session and in sync.
+    brokers[3].stop_with("-KILL");
+    let voters_only: BTreeSet<i64> = (0..3).collect();
+    await_metadata(&brokers[0], Duration::from_secs(10), |seen| {
+        broker_ids(seen) == voters_only && leaders(seen, "onto") == [1]
+    })
+    .unwrap_or_else(|seen| panic!("the observer fenced: {seen}\n{}", logs(&brokers)));
+    brokers[3].respawn();
+    brokers[3]
+        .wait_ready(Duration::from_secs(60))
+        .unwrap_or_else(|failure| panic!("the observer restarts: {failure}"));
+    await_metadata(&brokers[0], Duration::from_secs(30), |seen| {
+        broker_ids(seen) == all && in_sync(seen, "onto") == [2]
+    })
+    .unwrap_or_else(|seen| panic!("the observer back in sync: {seen}\n{}", logs(&brokers)));
+}
+
+#[test]
+fn a_broker_outside_the_voters_without_a_controller_listener_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let voters = format!("0@127.0.0.1:{},1@127.0.0.1:{}", free_port(), free_port());
     let mut broker = Broker::spawn(
@@ -1027,5 +1104,59 @@ fn a_partition_moved_twice_while_producing_loses_no_acknowledged_record() {
             brokers[a].log()
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The error code broker `broker` answers a Metadata request (v12, auto-creation allowed)
+/// for `topic` with.
+fn auto_create(broker: &Broker, topic: &str) -> i16 {
+    use coremq_net::protocol::messages::MetadataRequest;
+    use coremq_net::protocol::messages::metadata_request::MetadataRequestTopic;
+    let mut wire = Wire::connect(broker.bootstrap());
+    let request = MetadataRequest {
+        topics: Some(vec![MetadataRequestTopic {
+            name: Some(topic.into()),
+            ..MetadataRequestTopic::default()
+        }]),
+        allow_auto_topic_creation: true,
+        ..MetadataRequest::default()
+    };
+    let ResponseBody::Metadata(response) = wire.call(12, RequestBody::Metadata(request)) else {
+        panic!("not a Metadata response");
+    };
+    response.topics[0].error_code
+}
+
+#[test]
+fn a_topic_auto_created_while_no_controller_is_elected_gets_leader_not_available() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut brokers = start_cluster(dir.path(), 1);
+    // Two of the three voters gone: no majority, so no controller until one returns.
+    brokers[1].stop_with("-KILL");
+    brokers[2].stop_with("-KILL");
+    let code = auto_create(&brokers[0], "later");
+    assert_eq!(
+        code,
+        error_code::LEADER_NOT_AVAILABLE,
+        "a retriable error, as Kafka answers (librdkafka fails deliveries on NOT_CONTROLLER)"
+    );
+    brokers[1].respawn();
+    brokers[1]
+        .wait_ready(Duration::from_secs(60))
+        .unwrap_or_else(|failure| panic!("broker 1 restarts: {failure}"));
+    // (Its leader may be broker 2: a creation the old controller decided before it lost
+    // its majority commits once there is one again, and broker 2 was in session then.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let code = auto_create(&brokers[0], "later");
+        if code == error_code::NONE {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the topic is created once a controller is elected: code {code}\n{}",
+            logs(&brokers)
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

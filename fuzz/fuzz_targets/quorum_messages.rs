@@ -1,6 +1,7 @@
 //! Arbitrary bytes as what the controller quorum reads from the network and from its metadata
-//! log: a frame from another voter (a Raft message, a request forwarded to the controller or
-//! its answer), a bare Raft message, and a metadata record. The first byte picks the decoder.
+//! log: a frame from another broker (a Raft message, a request forwarded to the controller or
+//! its answer, an observer's fetch or a voter's records for it), a bare Raft message, and a
+//! metadata record. The first byte picks the decoder.
 //! Bad bytes must be refused without a panic or an allocation beyond what they hold, and
 //! whatever decodes must encode to bytes that decode to the same value.
 #![no_main]

@@ -4,7 +4,8 @@
 //! through the [`Cluster`]; the topic table ([`topics`]) with its stored configs lives here.
 //!
 //! Topics are records in a Raft metadata log ([`node`]), a quorum of one on a single broker
-//! and of the `--controller-voters` in a cluster. Partitions with several replicas are
+//! and of the `--controller-voters` in a cluster; brokers outside the voters follow its
+//! committed records ([`observer`]). Partitions with several replicas are
 //! copied from their leader by followers ([`fetcher`]); the high watermark drives the
 //! engine's `committed` watermark, and `Consistency::Durable` waits for it.
 
@@ -16,6 +17,7 @@ pub mod follower;
 pub mod leader;
 pub mod metadata;
 pub mod node;
+pub mod observer;
 mod partition;
 pub mod peers;
 pub mod quorum;

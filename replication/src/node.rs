@@ -1,6 +1,7 @@
 //! A broker's part in the cluster metadata, one task on the shard that owns the metadata log:
 //! its controller quorum voter ([`QuorumNode`] over a [`QuorumStore`] in the
-//! `__cluster_metadata-0` log), the active controller while that voter leads, the image built
+//! `__cluster_metadata-0` log), or, on a broker outside the voters, its [`Observer`] fetching
+//! the committed records from them; the active controller while that voter leads, the image built
 //! by applying the committed records, and the broker's own replicas made to match the image
 //! ([`roles::changes`]), with the topic table published to every shard.
 //!
@@ -27,8 +28,9 @@ use crate::cluster::{LogConfigs, publish};
 use crate::controller::{Controller, ControllerError, ControllerSettings, Reply, Request};
 use crate::leader::BrokerId;
 use crate::metadata::{Endpoint, MetadataImage, Record};
+use crate::observer::Observer;
 use crate::peers::{self, Frame, Refusal, Transport};
-use crate::quorum::{self, QuorumNode, QuorumSettings};
+use crate::quorum::{self, Output, QuorumNode, QuorumSettings};
 use crate::quorum_store::QuorumStore;
 use crate::replica::Replicas;
 use crate::roles::{self, Change, PartitionName};
@@ -46,6 +48,8 @@ const FORWARD_TIMEOUT_MS: u64 = 5_000;
 const LEADER_REBALANCE_MS: u64 = 30_000;
 /// Frames other brokers sent, taken per turn at most (the rest wait for the next turn).
 const FRAMES_PER_TURN: usize = 256;
+/// About how many bytes of records a voter sends an observer in one answer.
+const OBSERVER_FETCH_BYTES: u64 = 1 << 20;
 
 /// The metadata log: its partition, and settings that keep every entry (there are no
 /// snapshots yet) and fsync each append (a vote or an entry must survive a crash).
@@ -65,9 +69,12 @@ pub fn metadata_log() -> (TopicPartition, LogConfig) {
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub broker_id: BrokerId,
-    /// The controller quorum's voters (this broker among them); this broker alone makes a
-    /// quorum of one.
+    /// The controller quorum's voters; this broker alone makes a quorum of one. A broker
+    /// not among them observes the quorum ([`Observer`]).
     pub voters: Vec<BrokerId>,
+    /// Where the voters reach this broker's controller listener: an observer sends it with
+    /// each fetch, since the voters do not know it otherwise.
+    pub controller_address: Option<crate::peers::Address>,
     /// The listeners clients are told of.
     pub endpoints: Vec<Endpoint>,
     pub rack: Option<String>,
@@ -126,12 +133,57 @@ struct Waiter {
     asker: Asker,
 }
 
+/// How this broker takes part in the controller quorum.
+enum Membership {
+    /// A voter, with its Raft state stored in the metadata log.
+    Voter {
+        quorum: Box<QuorumNode>,
+        store: QuorumStore,
+    },
+    /// A broker outside the quorum, following the committed records.
+    Observer(Observer),
+}
+
+impl Membership {
+    /// The quorum leader, as this broker knows.
+    fn leader(&self) -> Option<BrokerId> {
+        match self {
+            Membership::Voter { quorum, .. } => quorum.leader(),
+            Membership::Observer(observer) => observer.leader(),
+        }
+    }
+
+    /// The index of the last record applied.
+    fn applied(&self) -> u64 {
+        match self {
+            Membership::Voter { quorum, .. } => quorum.applied(),
+            Membership::Observer(observer) => observer.applied(),
+        }
+    }
+
+    fn term(&self) -> u64 {
+        match self {
+            Membership::Voter { quorum, .. } => quorum.term(),
+            Membership::Observer(_) => 0,
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        matches!(self, Membership::Voter { quorum, .. } if quorum.is_leader())
+    }
+
+    fn leads_caught_up(&self) -> bool {
+        matches!(self, Membership::Voter { quorum, .. } if quorum.leads_caught_up())
+    }
+}
+
 pub(crate) struct Node {
     config: NodeConfig,
     handle: Handle,
     log_configs: LogConfigs,
-    quorum: QuorumNode,
-    store: QuorumStore,
+    membership: Membership,
+    /// Where the observers this voter answered listen (told to the transport once each).
+    observers: BTreeMap<BrokerId, peers::Address>,
     image: MetadataImage,
     /// The active controller, while this voter leads in the term it was made in.
     controller: Option<(u64, Controller)>,
@@ -157,39 +209,55 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// Opens the metadata log and the voter's stored state (on the log's shard).
+    /// Opens the metadata log and the voter's stored state (on the log's shard); an
+    /// observer keeps nothing, it fetches the records again at each start.
     pub(crate) async fn open(
         config: NodeConfig,
         handle: Handle,
         log_configs: LogConfigs,
         transport: Option<Transport>,
     ) -> Result<Node, Error> {
-        let (log, log_config) = metadata_log();
-        let shard = coremq_engine::engine::Shard::current().expect("opened on a shard");
-        shard.create_log(log.clone(), Some(log_config)).await?;
-        let metadata_log = shard.log(&log)?;
-        let path = metadata_log.dir().to_path_buf();
-        let store = QuorumStore::new(metadata_log);
         let voters = &config.voters;
-        let raft_voters = voters.iter().map(|&id| quorum::raft_id(id)).collect();
-        let storage = store
-            .load(raft_voters)
-            .await
-            .map_err(|reason| Error::Metadata { path, reason })?;
-        let mut quorum = QuorumNode::restart(config.broker_id, storage, QuorumSettings::default())
-            .map_err(|error| Error::Metadata {
-                path: config.meta_dir.clone(),
-                reason: format!("the controller quorum: {error}"),
-            })?;
-        if voters.len() == 1 {
-            quorum.campaign();
-        }
+        let membership = if voters.contains(&config.broker_id) {
+            let (log, log_config) = metadata_log();
+            let shard = coremq_engine::engine::Shard::current().expect("opened on a shard");
+            shard.create_log(log.clone(), Some(log_config)).await?;
+            let metadata_log = shard.log(&log)?;
+            let path = metadata_log.dir().to_path_buf();
+            let store = QuorumStore::new(metadata_log);
+            let raft_voters = voters.iter().map(|&id| quorum::raft_id(id)).collect();
+            let storage = store
+                .load(raft_voters)
+                .await
+                .map_err(|reason| Error::Metadata { path, reason })?;
+            let settings = QuorumSettings::default();
+            let mut quorum =
+                QuorumNode::restart(config.broker_id, storage, settings).map_err(|error| {
+                    Error::Metadata {
+                        path: config.meta_dir.clone(),
+                        reason: format!("the controller quorum: {error}"),
+                    }
+                })?;
+            if voters.len() == 1 {
+                quorum.campaign();
+            }
+            Membership::Voter {
+                quorum: Box::new(quorum),
+                store,
+            }
+        } else {
+            log::info!(
+                "cluster metadata: broker {} observing the controller quorum of {voters:?}",
+                config.broker_id
+            );
+            Membership::Observer(Observer::new(voters.clone()))
+        };
         Ok(Node {
             config,
             handle,
             log_configs,
-            quorum,
-            store,
+            membership,
+            observers: BTreeMap::new(),
             image: MetadataImage::default(),
             controller: None,
             waiters: Vec::new(),
@@ -378,7 +446,27 @@ impl Node {
             }
         };
         match frame {
-            Frame::Quorum(message) => self.quorum.step(message),
+            Frame::Quorum(message) => {
+                if let Membership::Voter { quorum, .. } = &mut self.membership {
+                    quorum.step(message);
+                }
+            }
+            Frame::Fetch {
+                from: index,
+                reply_to,
+            } => self.answer_fetch(from, index, reply_to),
+            Frame::Records {
+                records,
+                through,
+                committed,
+                leader,
+            } => {
+                if let Membership::Observer(observer) = &mut self.membership
+                    && observer.on_records(from, records, through, committed, leader)
+                {
+                    self.observe();
+                }
+            }
             Frame::Ask { id, request } => self.request(request, Asker::Remote { broker: from, id }),
             Frame::Answer { id, outcome } => {
                 let Some(forwarded) = self.forwarded.get_mut(&id) else {
@@ -391,6 +479,54 @@ impl Node {
                 });
             }
         }
+    }
+
+    /// Answers an observer's fetch from `index` with the committed records from there,
+    /// telling the transport where `observer` listens first.
+    fn answer_fetch(&mut self, observer: BrokerId, index: u64, reply_to: peers::Address) {
+        let Membership::Voter { quorum, .. } = &self.membership else {
+            return;
+        };
+        let (records, through) = quorum.committed_records(index, OBSERVER_FETCH_BYTES);
+        let answer = Frame::Records {
+            records,
+            through,
+            committed: quorum.committed(),
+            leader: quorum.leader(),
+        };
+        if self.observers.get(&observer) != Some(&reply_to) {
+            log::info!(
+                "cluster metadata: broker {observer} observes from {}:{}",
+                reply_to.0,
+                reply_to.1
+            );
+            if let Some(transport) = &self.transport {
+                let _ = transport.routes.send((observer, reply_to.clone()));
+            }
+            self.observers.insert(observer, reply_to);
+        }
+        self.send(observer, &answer);
+    }
+
+    /// An observer asks a voter for the records it has not applied, unless it waits for an
+    /// answer.
+    fn observe(&mut self) {
+        let now = self.now_ms();
+        let Membership::Observer(observer) = &mut self.membership else {
+            return;
+        };
+        let (Some((voter, index)), Some(reply_to)) =
+            (observer.fetch(now), self.config.controller_address.clone())
+        else {
+            return;
+        };
+        self.send(
+            voter,
+            &Frame::Fetch {
+                from: index,
+                reply_to,
+            },
+        );
     }
 
     fn send(&self, to: BrokerId, frame: &Frame) {
@@ -424,7 +560,7 @@ impl Node {
     /// Gives the answers that came for forwarded requests once their index is applied, and
     /// fails those that had none in time.
     fn answer_forwarded(&mut self) {
-        let (now, applied) = (self.now_ms(), self.quorum.applied());
+        let (now, applied) = (self.now_ms(), self.membership.applied());
         self.forwarded.retain(|_, forwarded| {
             let outcome = match forwarded.outcome.take() {
                 Some((outcome, index)) if index <= applied => outcome,
@@ -442,7 +578,10 @@ impl Node {
     }
 
     fn tick(&mut self) {
-        self.quorum.tick();
+        match &mut self.membership {
+            Membership::Voter { quorum, .. } => quorum.tick(),
+            Membership::Observer(_) => self.observe(),
+        }
         let now = self.now_ms();
         if let Some((_, controller)) = self.controller.as_mut() {
             let records = controller.tick(now);
@@ -464,7 +603,7 @@ impl Node {
         let now = self.now_ms();
         let Some((_, controller)) = self.controller.as_mut() else {
             let leader = self
-                .quorum
+                .membership
                 .leader()
                 .filter(|&leader| leader != self.config.broker_id);
             match (leader, asker) {
@@ -494,12 +633,16 @@ impl Node {
     /// Proposes `records`; `asker` hears `reply` once the last is committed and applied.
     fn propose(&mut self, records: Vec<crate::metadata::Record>, reply: Reply, asker: Asker) {
         if records.is_empty() {
-            self.answer(asker, Ok(reply), self.quorum.applied());
+            self.answer(asker, Ok(reply), self.membership.applied());
             return;
         }
-        let mut last = self.quorum.applied();
+        let Membership::Voter { quorum, .. } = &mut self.membership else {
+            self.answer(asker, Err(Error::NotController), 0);
+            return;
+        };
+        let mut last = quorum.applied();
         for record in &records {
-            match self.quorum.propose(record) {
+            match quorum.propose(record) {
                 Ok(index) => last = index,
                 Err(error) => {
                     // The controller decided on an image this voter no longer leads for.
@@ -512,7 +655,7 @@ impl Node {
         }
         self.waiters.push(Waiter {
             index: last,
-            term: self.quorum.term(),
+            term: self.membership.term(),
             reply,
             asker,
         });
@@ -523,7 +666,13 @@ impl Node {
     /// or drops the active controller as leadership comes and goes.
     async fn drain(&mut self) -> Result<(), Error> {
         loop {
-            let output = self.quorum.drain();
+            let output = match &mut self.membership {
+                Membership::Voter { quorum, .. } => quorum.drain(),
+                Membership::Observer(observer) => Output {
+                    committed: observer.drain(),
+                    ..Output::default()
+                },
+            };
             if output.entries.is_empty()
                 && output.hard_state.is_none()
                 && output.committed.is_empty()
@@ -531,9 +680,11 @@ impl Node {
             {
                 break;
             }
-            self.store.append(&output.entries).await?;
-            if let Some(hard_state) = &output.hard_state {
-                self.store.set_hard_state(hard_state).await?;
+            if let Membership::Voter { store, .. } = &self.membership {
+                store.append(&output.entries).await?;
+                if let Some(hard_state) = &output.hard_state {
+                    store.set_hard_state(hard_state).await?;
+                }
             }
             for (to, message) in output.messages {
                 self.send(to, &Frame::Quorum(message));
@@ -557,7 +708,7 @@ impl Node {
                     }
                 }
             }
-            let controller = self.quorum.leader();
+            let controller = self.membership.leader();
             if !output.committed.is_empty() || controller != self.published_controller {
                 self.published_controller = controller;
                 publish(&self.handle, &self.image, controller).await;
@@ -565,8 +716,8 @@ impl Node {
         }
         self.answer_waiters();
         self.answer_forwarded();
-        let term = self.quorum.term();
-        if self.quorum.leads_caught_up() {
+        let term = self.membership.term();
+        if self.membership.leads_caught_up() {
             if self.controller.as_ref().is_none_or(|(at, _)| *at != term) {
                 let settings = ControllerSettings {
                     session_timeout_ms: self.config.session_timeout_ms,
@@ -576,7 +727,7 @@ impl Node {
                 let controller = Controller::new(self.image.clone(), self.now_ms(), settings);
                 self.controller = Some((term, controller));
             }
-        } else if !self.quorum.is_leader() {
+        } else if !self.membership.is_leader() {
             self.controller = None;
         }
         Ok(())
@@ -584,9 +735,9 @@ impl Node {
 
     fn answer_waiters(&mut self) {
         let (term, leads, applied) = (
-            self.quorum.term(),
-            self.quorum.is_leader(),
-            self.quorum.applied(),
+            self.membership.term(),
+            self.membership.is_leader(),
+            self.membership.applied(),
         );
         let mut done = Vec::new();
         self.waiters.retain_mut(|waiter| {

@@ -1,5 +1,6 @@
 //! What brokers' metadata nodes send each other: quorum messages between the controller
-//! voters, and requests forwarded to the active controller with their answers. The transport
+//! voters, requests forwarded to the active controller with their answers, and the
+//! committed records observers fetch from the voters. The transport
 //! (TCP between brokers, in `net/`; a simulated network in tests) moves opaque frames and
 //! may lose, repeat or reorder them: Raft tolerates that, and a forwarded request whose
 //! answer is lost times out as [`crate::Error::NotController`], as one to a controller that
@@ -14,12 +15,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::controller::{ControllerError, Reply, Request};
 use crate::leader::BrokerId;
+use crate::metadata::Record;
 use crate::quorum;
+
+/// Where a broker's controller listener is reached: host and port.
+pub type Address = (String, u16);
 
 /// The links to the other brokers a metadata node talks to.
 pub struct Transport {
     /// Encoded frames to send, each to a broker; the transport may drop any.
     pub outgoing: flume::Sender<(BrokerId, Vec<u8>)>,
+    /// Where brokers outside the voters (observers) listen, as they say: the voters are
+    /// reached at their configured addresses, observers here.
+    pub routes: flume::Sender<(BrokerId, Address)>,
     /// Encoded frames other brokers sent.
     pub incoming: flume::Receiver<Vec<u8>>,
     /// Brokers whose controller port refused a connection (no process listens there).
@@ -39,6 +47,17 @@ pub enum Frame {
     Answer {
         id: u64,
         outcome: Result<(Reply, u64), Refusal>,
+    },
+    /// An observer (a broker outside the quorum) asks a voter for the committed records from
+    /// index `from`; the voter answers at `reply_to`, the observer's controller listener.
+    Fetch { from: u64, reply_to: Address },
+    /// A voter's answer to [`Frame::Fetch`]: the committed `records` (with their indexes)
+    /// up to index `through`, the voter's commit index, and the quorum leader it knows.
+    Records {
+        records: Vec<(u64, Record)>,
+        through: u64,
+        committed: u64,
+        leader: Option<BrokerId>,
     },
 }
 
@@ -63,6 +82,16 @@ enum Wire {
         id: u64,
         outcome: Result<(Reply, u64), Refusal>,
     },
+    Fetch {
+        from: u64,
+        reply_to: Address,
+    },
+    Records {
+        records: Vec<(u64, Record)>,
+        through: u64,
+        committed: u64,
+        leader: Option<BrokerId>,
+    },
 }
 
 /// `frame` from broker `from`, encoded.
@@ -76,6 +105,21 @@ pub fn encode(from: BrokerId, frame: &Frame) -> Vec<u8> {
         Frame::Answer { id, outcome } => Wire::Answer {
             id: *id,
             outcome: outcome.clone(),
+        },
+        Frame::Fetch { from, reply_to } => Wire::Fetch {
+            from: *from,
+            reply_to: reply_to.clone(),
+        },
+        Frame::Records {
+            records,
+            through,
+            committed,
+            leader,
+        } => Wire::Records {
+            records: records.clone(),
+            through: *through,
+            committed: *committed,
+            leader: *leader,
         },
     };
     postcard::to_stdvec(&(from, wire)).expect("frames serialize")
@@ -95,6 +139,18 @@ pub fn decode(bytes: &[u8]) -> Result<(BrokerId, Frame), String> {
         Wire::Quorum(message) => Frame::Quorum(quorum::decode_message(&message)?),
         Wire::Ask { id, request } => Frame::Ask { id, request },
         Wire::Answer { id, outcome } => Frame::Answer { id, outcome },
+        Wire::Fetch { from, reply_to } => Frame::Fetch { from, reply_to },
+        Wire::Records {
+            records,
+            through,
+            committed,
+            leader,
+        } => Frame::Records {
+            records,
+            through,
+            committed,
+            leader,
+        },
     };
     Ok((from, frame))
 }
@@ -142,6 +198,22 @@ mod tests {
                 outcome: Err(Refusal::Controller(ControllerError::TopicExists(
                     "t".into(),
                 ))),
+            },
+            Frame::Fetch {
+                from: 12,
+                reply_to: ("broker-3.coremq".into(), 9093),
+            },
+            Frame::Records {
+                records: vec![(
+                    12,
+                    Record::BrokerFence {
+                        id: 3,
+                        fenced: false,
+                    },
+                )],
+                through: 13,
+                committed: 20,
+                leader: Some(1),
             },
         ];
         for frame in frames {

@@ -15,7 +15,7 @@ use raft::eraftpb::{
     ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
 };
 use raft::storage::MemStorage;
-use raft::{Config, RawNode, StateRole};
+use raft::{Config, GetEntriesContext, RawNode, StateRole};
 use serde::{Deserialize, Serialize};
 
 use crate::leader::BrokerId;
@@ -189,6 +189,36 @@ impl QuorumNode {
         let _ = self.raw.campaign();
     }
 
+    /// Committed records from index `from` on, for an observer (a broker outside the
+    /// quorum): at most about `max_bytes` of entries, at least one when there is any. With
+    /// them the last index they cover (their no-op entries included; `from - 1` when there
+    /// is nothing new) and the commit index. Every voter's log holds the same committed
+    /// entries, so any voter may answer.
+    pub fn committed_records(&self, from: u64, max_bytes: u64) -> (Vec<(u64, Record)>, u64) {
+        let log = &self.raw.raft.raft_log;
+        let from = from.max(log.first_index());
+        if from > log.committed {
+            return (Vec::new(), from - 1);
+        }
+        let entries = log
+            .slice(
+                from,
+                log.committed + 1,
+                max_bytes,
+                GetEntriesContext::empty(false),
+            )
+            .unwrap_or_default();
+        let through = entries.last().map_or(from - 1, |entry| entry.index);
+        let mut output = Output::default();
+        Self::collect_records(entries, &mut output);
+        (output.committed, through)
+    }
+
+    /// The commit index: every voter's log agrees up to it.
+    pub fn committed(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
     /// The index of the last entry handed out as committed.
     pub fn applied(&self) -> u64 {
         self.raw.raft.raft_log.applied
@@ -209,7 +239,7 @@ impl QuorumNode {
                     .apply_snapshot(snapshot)
                     .expect("a snapshot from the leader applies");
             }
-            self.collect_committed(ready.take_committed_entries(), &mut output);
+            Self::collect_records(ready.take_committed_entries(), &mut output);
             if !ready.entries().is_empty() {
                 self.raw
                     .mut_store()
@@ -230,7 +260,7 @@ impl QuorumNode {
                 output.hard_state = Some(store.hard_state().clone());
             }
             self.collect_messages(light.take_messages(), &mut output);
-            self.collect_committed(light.take_committed_entries(), &mut output);
+            Self::collect_records(light.take_committed_entries(), &mut output);
             self.raw.advance_apply();
         }
         output
@@ -242,7 +272,7 @@ impl QuorumNode {
             .extend(messages.into_iter().map(|m| (broker_id(m.to), m)));
     }
 
-    fn collect_committed(&self, entries: Vec<Entry>, output: &mut Output) {
+    fn collect_records(entries: Vec<Entry>, output: &mut Output) {
         for entry in entries {
             // Empty entries are each new leader's no-op; configuration changes are not used
             // (the voters are fixed at start-up).

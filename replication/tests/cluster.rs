@@ -256,7 +256,7 @@ impl Sim {
             .map(|&id| Node {
                 id,
                 up: true,
-                quorum: QuorumNode::new(id, &NODES, common::quorum_settings(&mut rng)).unwrap(),
+                quorum: QuorumNode::new(id, &NODES, common::quorum_settings(id, &mut rng)).unwrap(),
                 image: MetadataImage::default(),
                 controller: None,
                 log: Log::default(),
@@ -395,7 +395,7 @@ impl Sim {
                 }
             }
             3..=12 => {
-                let settings = common::quorum_settings(&mut self.rng);
+                let settings = common::quorum_settings(id, &mut self.rng);
                 let node = &mut self.nodes[id as usize];
                 if !node.up {
                     node.up = true;
@@ -821,7 +821,7 @@ fn run(seed: u64) {
     sim.producing = false;
     sim.isolated.clear();
     for id in NODES {
-        let settings = common::quorum_settings(&mut sim.rng);
+        let settings = common::quorum_settings(id, &mut sim.rng);
         let node = &mut sim.nodes[id as usize];
         if !node.up {
             node.up = true;

@@ -2,21 +2,30 @@
 //! drops, delays, reorders and duplicates messages (every one encoded and decoded as voters
 //! send them), cuts voters off, and crashes and restarts them with what they persisted.
 //! Checked after every step: at most one leader per term, and every voter's committed records
-//! agree with every other's at each log index. At the end the network heals and a new record
-//! must commit everywhere.
+//! agree with every other's at each log index. A fourth broker observes the quorum, fetching
+//! the committed records from the voters over the same faulty network (frames as brokers
+//! encode them): each record it takes is the one committed at its index. At the end the
+//! network heals, a new record must commit everywhere, and the observer must hold the whole
+//! committed log.
 //!
-//! `QUORUM_SEED=n` replays one seed; `QUORUM_SEEDS=n` runs seeds 0..n (default 200).
+//! `QUORUM_SEED=n` replays one seed; `QUORUM_SEEDS=n` runs seeds 0..n (default 1000).
 
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
 
 use coremq_replication::metadata::Record;
+use coremq_replication::observer::Observer;
+use coremq_replication::peers::{self, Frame};
 use coremq_replication::quorum::{QuorumNode, decode_message, encode_message};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const VOTERS: [i32; 3] = [0, 1, 2];
+/// The broker observing the quorum.
+const OBSERVER: i32 = 3;
+/// Simulated time per step.
+const STEP_MS: u64 = 10;
 
 struct Voter {
     node: Option<QuorumNode>,
@@ -39,6 +48,11 @@ struct Sim {
     committed: BTreeMap<u64, Record>,
     step: u64,
     faults: bool,
+    observer: Observer,
+    /// What the observer took, by index.
+    observed: BTreeMap<u64, Record>,
+    /// Frames between the observer and the voters in flight: (delivery step, to, bytes).
+    frames: Vec<(u64, i32, Vec<u8>)>,
 }
 
 fn marker(value: u64) -> Record {
@@ -55,7 +69,8 @@ impl Sim {
         let voters = VOTERS
             .iter()
             .map(|&id| {
-                let node = QuorumNode::new(id, &VOTERS, common::quorum_settings(&mut rng)).unwrap();
+                let node =
+                    QuorumNode::new(id, &VOTERS, common::quorum_settings(id, &mut rng)).unwrap();
                 Voter {
                     storage: node.storage(),
                     node: Some(node),
@@ -73,6 +88,80 @@ impl Sim {
             committed: BTreeMap::new(),
             step: 0,
             faults: true,
+            observer: Observer::new(VOTERS.to_vec()),
+            observed: BTreeMap::new(),
+            frames: Vec::new(),
+        }
+    }
+
+    /// Sends `frame` from `from` to `to` over the faulty network.
+    fn send_frame(&mut self, from: i32, to: i32, frame: &Frame) {
+        if self.cut_off(from, to) || (self.faults && self.rng.random_range(0..100) < 5) {
+            return;
+        }
+        let delay = if self.faults {
+            self.rng.random_range(0..4)
+        } else {
+            0
+        };
+        let bytes = peers::encode(from, frame);
+        self.frames.push((self.step + delay, to, bytes));
+    }
+
+    /// The observer's part of a step: frames due are delivered (a voter answers a fetch
+    /// from its committed log), and the observer fetches when it may.
+    fn observe(&mut self, seed: u64) {
+        let due = common::take_due(&mut self.frames, self.step, &mut self.rng);
+        for (_, to, bytes) in due {
+            let (from, frame) = peers::decode(&bytes).expect("frames decode");
+            match frame {
+                Frame::Fetch { from: index, .. } => {
+                    let Some(node) = self.voters[to as usize].node.as_ref() else {
+                        continue;
+                    };
+                    let (records, through) = node.committed_records(index, 4096);
+                    let answer = Frame::Records {
+                        records,
+                        through,
+                        committed: node.committed(),
+                        leader: node.leader(),
+                    };
+                    self.send_frame(to, from, &answer);
+                }
+                Frame::Records {
+                    records,
+                    through,
+                    committed,
+                    leader,
+                } => {
+                    self.observer
+                        .on_records(from, records, through, committed, leader);
+                    for (index, record) in self.observer.drain() {
+                        match self.committed.get(&index) {
+                            Some(known) => assert_eq!(
+                                known, &record,
+                                "seed {seed} step {}: the observer took another record at \
+                                 {index}; replay: QUORUM_SEED={seed} cargo test -p \
+                                 coremq-replication --test quorum",
+                                self.step
+                            ),
+                            None => {
+                                self.committed.insert(index, record.clone());
+                            }
+                        }
+                        let previous = self.observed.insert(index, record);
+                        assert!(previous.is_none(), "seed {seed}: index {index} taken twice");
+                    }
+                }
+                _ => unreachable!("only fetches and records travel here"),
+            }
+        }
+        if let Some((voter, index)) = self.observer.fetch(self.step * STEP_MS) {
+            let fetch = Frame::Fetch {
+                from: index,
+                reply_to: ("observer".into(), 9093),
+            };
+            self.send_frame(OBSERVER, voter, &fetch);
         }
     }
 
@@ -104,11 +193,16 @@ impl Sim {
         for id in VOTERS {
             self.drain(id, seed);
         }
+        self.observe(seed);
     }
 
     fn inject_faults(&mut self) {
         let roll = self.rng.random_range(0..1000);
         let id = VOTERS[self.rng.random_range(0..VOTERS.len())];
+        if roll == 999 {
+            let until = self.step + self.rng.random_range(10..200);
+            self.isolated.insert(OBSERVER, until);
+        }
         match roll {
             0..=4 => {
                 // Crash: what it persisted survives, nothing else.
@@ -118,7 +212,7 @@ impl Sim {
                 }
             }
             5..=14 => {
-                let settings = common::quorum_settings(&mut self.rng);
+                let settings = common::quorum_settings(id, &mut self.rng);
                 let voter = &mut self.voters[id as usize];
                 if voter.node.is_none() {
                     let node = QuorumNode::restart(id, voter.storage.clone(), settings).unwrap();
@@ -234,7 +328,7 @@ fn run(seed: u64) {
     sim.faults = false;
     sim.isolated.clear();
     for id in VOTERS {
-        let settings = common::quorum_settings(&mut sim.rng);
+        let settings = common::quorum_settings(id, &mut sim.rng);
         let voter = &mut sim.voters[id as usize];
         if voter.node.is_none() {
             voter.node = Some(QuorumNode::restart(id, voter.storage.clone(), settings).unwrap());
@@ -273,6 +367,20 @@ fn run(seed: u64) {
         }
     }
     let last = last.unwrap_or_else(|| panic!("seed {seed}: no leader to propose to after healing"));
+    // The observer catches up with everything committed.
+    for _ in 0..1_000 {
+        if sim.observed.values().any(|record| record == &last) {
+            break;
+        }
+        sim.run_step(seed);
+    }
+    let expected: Vec<&Record> = sim.committed.values().collect();
+    let observed: Vec<&Record> = sim.observed.values().collect();
+    assert_eq!(
+        observed, expected,
+        "seed {seed}: the observer holds another log; replay: QUORUM_SEED={seed} cargo test \
+         -p coremq-replication --test quorum"
+    );
     for (id, voter) in sim.voters.iter().enumerate() {
         assert!(
             voter.applied.values().any(|record| record == &last),

@@ -23,11 +23,11 @@ pub struct BrokerConfig {
     pub advertised_port: Option<u16>,
     /// This broker's node id.
     pub node_id: i32,
-    /// The controller quorum's voters, this broker among them (KRaft's
-    /// `controller.quorum.voters`); empty, this broker is a quorum of one.
+    /// The controller quorum's voters (KRaft's `controller.quorum.voters`); empty, this
+    /// broker is a quorum of one. A broker not among them observes the quorum.
     pub controller_voters: Vec<Voter>,
-    /// Where this broker listens for the other voters; its own voter entry's address when
-    /// unset.
+    /// Where this broker listens for the voters' frames; its own voter entry's address when
+    /// unset (an observer must set it).
     pub controller_listener: Option<SocketAddr>,
     pub cluster_id: String,
     /// Shards (one executor per core); 0 means one per available core.
@@ -145,6 +145,26 @@ impl BrokerConfig {
             .unwrap_or_else(|| self.kafka_listener.ip().to_string());
         let port = self.advertised_port.unwrap_or(self.kafka_listener.port());
         (host, port)
+    }
+
+    /// Where the voters reach this broker's controller listener: its address, with the
+    /// advertised host in place of an unspecified one (0.0.0.0).
+    pub fn controller_address(&self, listener: SocketAddr) -> (String, u16) {
+        let host = if listener.ip().is_unspecified() {
+            self.advertised().0
+        } else {
+            listener.ip().to_string()
+        };
+        (host, listener.port())
+    }
+
+    /// Whether this broker is one of the controller voters (or its own quorum of one).
+    pub fn is_voter(&self) -> bool {
+        self.controller_voters.is_empty()
+            || self
+                .controller_voters
+                .iter()
+                .any(|voter| voter.id == self.node_id)
     }
 
     pub fn logs_dir(&self) -> PathBuf {

@@ -35,6 +35,7 @@ use bytes::Bytes;
 
 use coremq_engine::{Engine, EngineConfig, Handle};
 use coremq_replication::metadata::Endpoint;
+use coremq_replication::peers::Address;
 use coremq_replication::topics::TopicTable;
 use coremq_replication::{Cluster, LogConfigs, NodeConfig};
 
@@ -116,11 +117,12 @@ impl Protocol for Context {
 }
 
 /// Starts the controller listener and the links to the other voters when the broker has
-/// voters to talk to; the transport its metadata node uses.
+/// voters to talk to; the transport its metadata node uses, and the address the voters
+/// reach the listener at.
 fn start_controller_listener(
     config: &BrokerConfig,
     handle: &Handle,
-) -> Result<Option<coremq_replication::Transport>, Error> {
+) -> Result<Option<(coremq_replication::Transport, Address)>, Error> {
     if config.controller_voters.is_empty() {
         return Ok(None);
     }
@@ -141,7 +143,7 @@ fn start_controller_listener(
         Ok(())
     }))?;
     server::check_listeners::<voters::Inbound>(&shared, bound)?;
-    Ok(Some(transport))
+    Ok(Some((transport, config.controller_address(address))))
 }
 
 /// The Kafka server's bounds, from the broker's settings.
@@ -249,7 +251,10 @@ impl Broker {
             })
         };
         let (host, port) = config.advertised();
-        let transport = start_controller_listener(&config, &handle)?;
+        let (transport, controller_address) = match start_controller_listener(&config, &handle)? {
+            Some((transport, address)) => (Some(transport), Some(address)),
+            None => (None, None),
+        };
         let voters = if config.controller_voters.is_empty() {
             vec![config.node_id]
         } else {
@@ -262,6 +267,7 @@ impl Broker {
         let node = NodeConfig {
             broker_id: config.node_id,
             voters,
+            controller_address,
             endpoints: vec![Endpoint {
                 listener: LISTENER_NAME.into(),
                 host,
@@ -403,7 +409,7 @@ impl Broker {
             admin,
             phase,
             node_id: config.node_id,
-            clustered: config.controller_voters.len() > 1,
+            clustered: config.controller_voters.len() > 1 || !config.is_voter(),
         })
     }
 

@@ -1,7 +1,8 @@
-//! The transport between the controller quorum's voters (`coremq_replication::peers`): the
-//! controller listener, served by the generic server with its bounds and drain, hands every
-//! frame to the metadata node; one connection to each other voter carries this broker's
-//! frames, made again whenever it breaks. Frames are a 4-byte big-endian length and the
+//! The transport between the controller quorum's voters and observers
+//! (`coremq_replication::peers`): the controller listener, served by the generic server with
+//! its bounds and drain, hands every frame to the metadata node; one connection to each
+//! other voter, and to each observer at the address it gave, carries this broker's frames,
+//! made again whenever it breaks. Frames are a 4-byte big-endian length and the
 //! bytes. Nothing is answered on the connection a frame came in on: answers travel on the
 //! answering broker's own connection, as Raft messages do, so anything read on one is its
 //! end. A voter whose port refuses a connection is reported to the metadata node: no
@@ -77,8 +78,8 @@ pub(crate) fn limits(config: &BrokerConfig) -> Limits {
     }
 }
 
-/// The address this voter listens on for the others: the setting, else its own entry in the
-/// voters resolved.
+/// The address this broker listens on for the voters' frames: the setting, else its own
+/// entry in the voters resolved. A broker outside the voters (an observer) must set it.
 pub(crate) fn listener(config: &BrokerConfig) -> Result<SocketAddr, String> {
     if let Some(address) = config.controller_listener {
         return Ok(address);
@@ -89,9 +90,9 @@ pub(crate) fn listener(config: &BrokerConfig) -> Result<SocketAddr, String> {
         .find(|voter| voter.id == config.node_id)
         .ok_or_else(|| {
             format!(
-                "broker {} is not among the controller voters ({}): every broker of a \
-                 cluster is a voter for now (brokers that only follow the metadata are \
-                 not supported)",
+                "broker {} is not among the controller voters ({}): to run it as an observer \
+                 (a broker that follows the metadata without voting), give it \
+                 --controller-listener, the address the voters reach it at",
                 config.node_id,
                 config
                     .controller_voters
@@ -104,9 +105,10 @@ pub(crate) fn listener(config: &BrokerConfig) -> Result<SocketAddr, String> {
     resolve(&me.host, me.port)
 }
 
-/// What the links to the other voters take from and report to the metadata node.
+/// What the links to the other brokers take from and report to the metadata node.
 pub(crate) struct Outbound {
     to_send: flume::Receiver<(BrokerId, Vec<u8>)>,
+    routes: flume::Receiver<(BrokerId, coremq_replication::peers::Address)>,
     refused: flume::Sender<BrokerId>,
 }
 
@@ -115,35 +117,59 @@ pub(crate) struct Outbound {
 pub(crate) fn transport() -> (Inbound, Transport, Outbound) {
     let (frames, incoming) = flume::unbounded();
     let (outgoing, to_send) = flume::unbounded();
+    let (route, routes) = flume::unbounded();
     let (refusals, refused) = flume::unbounded();
     (
         Inbound { frames },
         Transport {
             outgoing,
+            routes: route,
             incoming,
             refused,
         },
         Outbound {
             to_send,
+            routes,
             refused: refusals,
         },
     )
 }
 
-/// Starts, on this shard, a connection to each voter but `me`, and routes the frames to
-/// send to them; all end once the metadata node drops its transport.
+/// Starts, on this shard, a connection to each voter but `me`, and to each observer the
+/// metadata node learns of (again when its address changes), and routes the frames to send
+/// to them; all end once the metadata node drops its transport.
 pub(crate) fn start_links(me: BrokerId, voters: &[Voter], outbound: Outbound) {
-    let Outbound { to_send, refused } = outbound;
+    let Outbound {
+        to_send,
+        routes,
+        refused,
+    } = outbound;
     let mut queues = BTreeMap::new();
-    for voter in voters.iter().filter(|voter| voter.id != me) {
+    let open = move |peer: Voter, queues: &mut BTreeMap<BrokerId, flume::Sender<Vec<u8>>>| {
         let (queue, queued) = flume::bounded(QUEUED_FRAMES_MAX);
-        queues.insert(voter.id, queue);
-        coremq_runtime::spawn_local(link(voter.clone(), queued, refused.clone())).detach();
+        queues.insert(peer.id, queue);
+        coremq_runtime::spawn_local(link(peer, queued, refused.clone())).detach();
+    };
+    for voter in voters.iter().filter(|voter| voter.id != me) {
+        open(voter.clone(), &mut queues);
     }
+    let fixed: Vec<BrokerId> = voters.iter().map(|voter| voter.id).collect();
     coremq_runtime::spawn_local(async move {
-        while let Ok((to, frame)) = to_send.recv_async().await {
-            if let Some(queue) = queues.get(&to) {
-                let _ = queue.try_send(frame);
+        loop {
+            let frame = async { to_send.recv_async().await.map(Ok) };
+            let route = async { routes.recv_async().await.map(Err) };
+            match futures_lite::future::or(frame, route).await {
+                Ok(Ok((to, frame))) => {
+                    if let Some(queue) = queues.get(&to) {
+                        let _ = queue.try_send(frame);
+                    }
+                }
+                // An observer, at the address it gave (its old link ends with its queue).
+                Ok(Err((id, (host, port)))) if !fixed.contains(&id) => {
+                    open(Voter { id, host, port }, &mut queues);
+                }
+                Ok(Err(_)) => {}
+                Err(_) => return,
             }
         }
     })

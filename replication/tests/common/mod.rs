@@ -33,12 +33,18 @@ pub fn seeds(prefix: &str, default: u64) -> Vec<u64> {
     (0..count).collect()
 }
 
-/// A voter's quorum settings for a simulation: its own election timeout from the seeded
-/// `rng` (raft-rs's randomized one comes from the thread's RNG, which no seed replays).
-pub fn quorum_settings(rng: &mut rand::rngs::StdRng) -> coremq_replication::quorum::QuorumSettings {
+/// Voter `id`'s quorum settings for a simulation: its own election timeout from the seeded
+/// `rng` (raft-rs's randomized one comes from the thread's RNG, which no seed replays), in a
+/// range of its own: two voters with the same fixed timeout would stand for election in
+/// the same tick, split the vote and do it again forever (a seed found that).
+pub fn quorum_settings(
+    id: i32,
+    rng: &mut rand::rngs::StdRng,
+) -> coremq_replication::quorum::QuorumSettings {
     use rand::Rng;
+    let first = 10 + 4 * id as usize;
     coremq_replication::quorum::QuorumSettings {
-        fixed_election_ticks: Some(rng.random_range(10..20)),
+        fixed_election_ticks: Some(rng.random_range(first..first + 4)),
         ..coremq_replication::quorum::QuorumSettings::default()
     }
 }
