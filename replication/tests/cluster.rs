@@ -3,8 +3,14 @@
 //! replication factor 3 and `min.insync.replicas` 2, driven by the same state machines the
 //! broker uses (`Controller`, `QuorumNode`, `LeaderState`, `FollowerState`). A client writes
 //! with acks=all to whoever the metadata says leads. The network drops, delays, reorders and
-//! duplicates messages and cuts nodes off; nodes crash (keeping their logs and Raft state,
-//! as if every write were fsynced) and restart.
+//! duplicates messages and cuts nodes off; nodes crash and restart. A crash loses what a
+//! replica's log held but had not fsynced yet: appends reach the page cache first and an
+//! fsync some steps later makes them durable, as the engine's writer does; the leader counts
+//! its own log as far as it is fsynced, and a follower fetches again (reporting its progress)
+//! only once its last append is fsynced, as the broker's fetcher does under the default
+//! `flush.messages=1`. Raft's entries and votes survive whole: raft-rs has them persisted
+//! before any message that depends on them leaves, and the broker fsyncs them first, so a
+//! crash between two steps loses nothing another node saw.
 //!
 //! Checked throughout: one leader per leader epoch, and a leader never acknowledges a record
 //! its epoch did not write. At the end the faults stop and the cluster settles: every
@@ -40,6 +46,8 @@ const SETTINGS: ReplicaSettings = ReplicaSettings {
 #[derive(Debug, Clone, Default)]
 struct Log {
     records: Vec<(i32, u64)>,
+    /// How many of `records` are fsynced; a crash loses the rest.
+    durable: usize,
     epochs: LeaderEpochs,
     /// The high watermark last learnt (kept across a crash as a lower bound).
     committed: u64,
@@ -55,11 +63,34 @@ impl Log {
         self.records.push((epoch, value));
     }
 
+    /// Where the log ends on disk.
+    fn durable_end(&self) -> Offset {
+        Offset(self.durable as u64)
+    }
+
+    fn is_synced(&self) -> bool {
+        self.durable == self.records.len()
+    }
+
+    fn sync(&mut self) {
+        self.durable = self.records.len();
+    }
+
+    /// A crash: what was not fsynced is gone, and with it the epochs that began there (the
+    /// engine truncates its epoch cache to the log end it recovers).
+    fn crash(&mut self) {
+        self.records.truncate(self.durable);
+        self.epochs.truncate_from_end(self.end());
+        self.committed = self.committed.min(self.durable as u64);
+    }
+
     fn truncate(&mut self, truncate: Truncate) {
         match truncate {
             Truncate::Nothing => {}
             Truncate::To(offset) => {
+                // The engine's truncation is durable before it returns.
                 self.records.truncate(offset.0 as usize);
+                self.durable = self.durable.min(self.records.len());
                 self.epochs.truncate_from_end(self.end());
                 self.committed = self.committed.min(offset.0);
             }
@@ -146,6 +177,11 @@ struct Node {
     pending: VecDeque<(Offset, u64)>,
     /// Which run of the broker this is (a restart is a new one).
     incarnation: u64,
+    /// Whether this run took its replicas' roles: only once the metadata has it registered
+    /// and unfenced, as the broker starts serving (a restarted leader must not lead its old
+    /// epoch again with a log that lost its unsynced tail; registering fences the old run
+    /// and moves its leaderships first).
+    serving: bool,
 }
 
 impl Node {
@@ -224,6 +260,18 @@ impl Node {
         }
     }
 
+    /// Starts a crashed node again: a new run of the broker, its metadata replayed from its
+    /// Raft log, serving once registered and unfenced.
+    fn restart(&mut self, settings: coremq_replication::quorum::QuorumSettings) {
+        if !self.up {
+            self.up = true;
+            self.incarnation += 1;
+            self.serving = false;
+            self.quorum = QuorumNode::restart(self.id, self.quorum.storage(), settings).unwrap();
+            self.image = MetadataImage::default();
+        }
+    }
+
     /// Proposes `records` to the quorum (lost if leadership is: the controller decides again).
     fn propose(&mut self, records: Vec<coremq_replication::metadata::Record>) {
         for record in records {
@@ -263,6 +311,7 @@ impl Sim {
                 role: Role::None,
                 pending: VecDeque::new(),
                 incarnation: 1,
+                serving: false,
             })
             .collect();
         Sim {
@@ -387,8 +436,9 @@ impl Sim {
             0..=2 => {
                 let node = &mut self.nodes[id as usize];
                 if node.up {
-                    // Crash: the log and Raft's storage survive, nothing else does.
+                    // Crash: what the log fsynced and Raft's storage survive, nothing else.
                     node.up = false;
+                    node.log.crash();
                     node.controller = None;
                     node.role = Role::None;
                     node.pending.clear();
@@ -396,13 +446,7 @@ impl Sim {
             }
             3..=12 => {
                 let settings = common::quorum_settings(id, &mut self.rng);
-                let node = &mut self.nodes[id as usize];
-                if !node.up {
-                    node.up = true;
-                    node.incarnation += 1;
-                    node.quorum = QuorumNode::restart(id, node.quorum.storage(), settings).unwrap();
-                    node.image = MetadataImage::default();
-                }
+                self.nodes[id as usize].restart(settings);
             }
             13..=15 => {
                 let until = self.step + self.rng.random_range(20..150);
@@ -607,8 +651,22 @@ impl Sim {
             // Every voter applies the same records: a refusal is the same everywhere.
             let _ = node.image.apply(&record.1);
         }
-        // The replica's role follows the metadata, as the broker's does.
-        for change in roles::changes(&before, &node.image, id) {
+        // The replica's role follows the metadata, as the broker's does, once this run is
+        // registered and unfenced (then from an empty image: the broker's reconcile).
+        let unfenced = node
+            .image
+            .brokers
+            .get(&id)
+            .is_some_and(|broker| broker.incarnation == node.incarnation && !broker.fenced);
+        let changes = if node.serving {
+            roles::changes(&before, &node.image, id)
+        } else if unfenced {
+            node.serving = true;
+            roles::changes(&MetadataImage::default(), &node.image, id)
+        } else {
+            Vec::new()
+        };
+        for change in changes {
             node.apply(change, now, &mut self.epoch_leaders, &context);
         }
         // The active controller: on the quorum leader, from its committed image.
@@ -667,7 +725,12 @@ impl Sim {
 
     /// The replica does what its role asks.
     fn partition_step(&mut self, id: BrokerId, now: u64, context: &str) {
+        // The log's writer fsyncs what was appended a few steps ago (a group commit).
+        let sync = self.rng.random_range(0..3) == 0;
         let node = &mut self.nodes[id as usize];
+        if sync {
+            node.log.sync();
+        }
         let Some(state) = node.image.partition(&TOPIC, 0).cloned() else {
             return;
         };
@@ -676,7 +739,7 @@ impl Sim {
         let mut request = None;
         match &mut node.role {
             Role::Leader(leader) => {
-                leader.on_appended(node.log.end());
+                leader.on_appended(node.log.durable_end());
                 if let Some(proposal) = leader.tick(now) {
                     alter = Some((proposal.leader_epoch, partition_epoch, proposal.isr));
                 }
@@ -701,8 +764,9 @@ impl Sim {
                 state,
                 waiting_since,
             } => {
+                // The next request reports the log end: only once the append is fsynced.
                 let stale = waiting_since.is_some_and(|since| self.step - since > 20);
-                if waiting_since.is_none() || stale {
+                if (waiting_since.is_none() || stale) && node.log.is_synced() {
                     let (truncate, next) = state.next(&node.log);
                     node.log.truncate(truncate);
                     *waiting_since = Some(self.step);
@@ -799,7 +863,6 @@ impl Sim {
         {
             let offset = node.log.end();
             node.log.append(state.epoch(), value);
-            state.on_appended(node.log.end());
             node.pending.push_back((offset, value));
         }
     }
@@ -822,13 +885,7 @@ fn run(seed: u64) {
     sim.isolated.clear();
     for id in NODES {
         let settings = common::quorum_settings(id, &mut sim.rng);
-        let node = &mut sim.nodes[id as usize];
-        if !node.up {
-            node.up = true;
-            node.incarnation += 1;
-            node.quorum = QuorumNode::restart(id, node.quorum.storage(), settings).unwrap();
-            node.image = MetadataImage::default();
-        }
+        sim.nodes[id as usize].restart(settings);
     }
     let mut settled = None;
     for step in 0..4_000 {
