@@ -16,7 +16,9 @@
 //! Replicas move between brokers (AlterPartitionReassignments from kafka-python) under an
 //! idempotent producer without losing a record, a move is listed and cancelled, and a
 //! fourth broker outside the voters (an observer) joins and takes a partition. With no
-//! controller (two voters of three gone), auto-creation answers LEADER_NOT_AVAILABLE.
+//! controller (two voters of three gone), auto-creation answers LEADER_NOT_AVAILABLE. A
+//! consumer group keeps its member, generation and partitions when its coordinator is
+//! SIGKILLed (the new coordinator replays the stored membership).
 
 #[path = "support/broker.rs"]
 mod broker;
@@ -279,6 +281,11 @@ fn produce_elsewhere(broker: &Broker, topic: &str, partition: i32) -> (i16, i32,
 
 /// The broker coordinating `group`.
 fn find_coordinator(broker: &Broker, group: &str) -> i32 {
+    coordinator_of(broker, group).expect("a coordinator")
+}
+
+/// The broker coordinating `group` as `broker` answers, if it names one.
+fn coordinator_of(broker: &Broker, group: &str) -> Option<i32> {
     let mut wire = Wire::connect(broker.bootstrap());
     let request = FindCoordinatorRequest {
         key: group.into(),
@@ -290,8 +297,7 @@ fn find_coordinator(broker: &Broker, group: &str) -> i32 {
     else {
         panic!("not a FindCoordinator response");
     };
-    assert_eq!(response.error_code, error_code::NONE);
-    response.node_id
+    (response.error_code == error_code::NONE).then_some(response.node_id)
 }
 
 fn create_topic(broker: &Broker, topic: CreatableTopic) -> (i16, String) {
@@ -788,6 +794,52 @@ fn killed_and_stopped_leaders_lose_no_acknowledged_record() {
         .wait_ready(Duration::from_secs(60))
         .unwrap_or_else(|failure| panic!("broker {coordinator} restarts: {failure}"));
     await_identical(&brokers.iter().collect::<Vec<_>>(), "quotes", 3);
+}
+
+#[test]
+fn a_group_keeps_its_members_when_its_coordinator_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut brokers, bootstrap) = replicated_cluster(dir.path(), "steady");
+    let ready = dir.path().join("ready");
+    let go = dir.path().join("go");
+    let member = replicated(&[
+        &bootstrap,
+        "steady",
+        "steady",
+        ready.to_str().unwrap(),
+        go.to_str().unwrap(),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the member never got its partitions"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The coordinator dies: another broker leads the group's `__consumer_offsets`
+    // partition and must answer the member's heartbeats from the membership it replays.
+    let coordinator = find_coordinator(&brokers[0], "steady-members") as usize;
+    brokers[coordinator].stop_with("-KILL");
+    let survivor = &brokers[(coordinator + 1) % BROKERS];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now_coordinating = coordinator_of(survivor, "steady-members");
+        if now_coordinating.is_some_and(|id| id as usize != coordinator) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the coordinator never moved");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Past the member's session timeout: had the new coordinator not known the member, its
+    // heartbeats would have been refused and it would have joined again by now.
+    std::thread::sleep(Duration::from_secs(12));
+    std::fs::write(&go, b"").unwrap();
+    succeeded(member, &brokers);
+    brokers[coordinator].respawn();
+    brokers[coordinator]
+        .wait_ready(Duration::from_secs(60))
+        .unwrap_or_else(|failure| panic!("broker {coordinator} restarts: {failure}"));
 }
 
 /// Waits until every broker holds the same batches of each of `topic`'s `partitions` (a

@@ -1,7 +1,7 @@
 //! Arbitrary bytes as each small file the engine and the broker read back from disk: the
 //! idempotent-producer snapshot, the log-start checkpoint, the leader epoch checkpoint, the
-//! controller quorum's hard state, a log's config, the topic table, and a
-//! `__consumer_offsets` record's key and value. The first byte picks the decoder; for
+//! controller quorum's hard state, a log's config, the topic table, and the keys and values
+//! of `__consumer_offsets` records (offset commits and group membership). The first byte picks the decoder; for
 //! the checksummed formats its high bit asks for a correct checksum, so the fuzzer gets past
 //! it into the fields. Every decoder must refuse bad bytes without a panic, and whatever it
 //! accepts must encode to bytes that decode to the same value.
@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
             bytes.to_vec()
         }
     };
-    match selector % 8 {
+    match selector % 10 {
         0 => {
             if let Ok((state, up_to)) = ProducerState::decode(&checked(data)) {
                 let again = ProducerState::decode(&state.encode(up_to)).expect("re-encoded");
@@ -92,10 +92,22 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(quorum_store::decode_hard_state(&bytes), Ok(state));
             }
         }
-        _ => {
+        7 => {
             if let Some(committed) = group_offsets::decode_value(&Bytes::copy_from_slice(data)) {
                 let value = Bytes::from(group_offsets::encode_value(&committed));
                 assert_eq!(group_offsets::decode_value(&value), Some(committed));
+            }
+        }
+        8 => {
+            if let Some(group) = group_offsets::decode_group_key(data) {
+                let key = group_offsets::encode_group_key(&group);
+                assert_eq!(group_offsets::decode_group_key(&key), Some(group));
+            }
+        }
+        _ => {
+            if let Some(group) = group_offsets::decode_group_value(data) {
+                let value = group_offsets::encode_group_value(&group).expect("decoded, so it fits");
+                assert_eq!(group_offsets::decode_group_value(&value), Some(group));
             }
         }
     }

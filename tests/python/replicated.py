@@ -18,6 +18,11 @@
       log ends;
   replicated.py BOOTSTRAP committed TOPIC
       the group's committed offsets are still the log ends (run after its coordinator moved);
+  replicated.py BOOTSTRAP steady TOPIC READY GO
+      a consumer group member joins and gets its partitions, then writes READY and keeps
+      polling until the file GO exists (the test kills the group's coordinator meanwhile):
+      it was never revoked nor assigned again, and DescribeGroups shows it Stable with the
+      same member id and partitions (the new coordinator reloaded the membership);
   replicated.py BOOTSTRAP assigned TOPIC REPLICAS
       creates TOPIC with one partition on the brokers REPLICAS names (`0,1`: an explicit
       replica assignment, the first leading) and min.insync.replicas=2, and waits until they
@@ -234,6 +239,46 @@ def committed(servers, topic):
     print(f"the group's commits survived its coordinator: {offsets}")
 
 
+def steady(servers, topic, ready, go):
+    group_id = "steady-members"
+    assigned, revoked = [], []
+    member = Consumer(
+        {
+            "bootstrap.servers": servers,
+            "group.id": group_id,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 1000,
+        }
+    )
+    member.subscribe(
+        [topic],
+        on_assign=lambda _, partitions: assigned.append(sorted(p.partition for p in partitions)),
+        on_revoke=lambda _, partitions: revoked.append(sorted(p.partition for p in partitions)),
+        on_lost=lambda _, partitions: revoked.append(("lost", len(partitions))),
+    )
+    while not assigned:
+        member.poll(0.2)
+    member_id = member.memberid()
+    with open(ready, "w") as out:
+        out.write(member_id)
+    while not os.path.exists(go):
+        member.poll(0.2)
+    assert assigned == [[0, 1, 2]] and not revoked, (
+        f"the member rebalanced after its coordinator moved: assigned {assigned}, "
+        f"revoked {revoked}"
+    )
+    assert member.memberid() == member_id, f"member id {member_id} became {member.memberid()}"
+    admin = AdminClient({"bootstrap.servers": servers})
+    described = admin.describe_consumer_groups([group_id])[group_id].result(timeout=30)
+    members = [(m.member_id, sorted(tp.partition for tp in m.assignment.topic_partitions))
+               for m in described.members]
+    assert str(described.state).endswith("STABLE"), f"group state {described.state}"
+    assert members == [(member_id, [0, 1, 2])], f"described members {members}"
+    member.close()
+    print(f"member {member_id} kept its partitions and generation through the coordinator's move")
+
+
 def replicas_of(text):
     return [int(broker) for broker in text.split(",")]
 
@@ -339,6 +384,8 @@ def main():
         verify(servers, topic, sys.argv[4])
     elif step == "committed":
         committed(servers, topic)
+    elif step == "steady":
+        steady(servers, topic, sys.argv[4], sys.argv[5])
     elif step == "assigned":
         assigned(servers, topic, replicas_of(sys.argv[4]))
     elif step == "move":

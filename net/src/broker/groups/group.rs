@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::offsets::{StoredGroup, StoredMember};
 use crate::protocol::codec;
 use crate::protocol::error_code;
 use crate::protocol::messages::join_group_response::JoinGroupResponseMember;
@@ -116,6 +117,9 @@ pub struct Group {
     initial_delay_until: Option<Instant>,
     joins: u64,
     initial_delay: Duration,
+    /// The membership changed in a way the log must hold (a generation settled, or a static
+    /// member replaced) and has not been written since.
+    unstored: bool,
 }
 
 /// A JoinGroup answer that refuses `member_id` with `code`.
@@ -151,7 +155,107 @@ impl Group {
             initial_delay_until: None,
             joins: 0,
             initial_delay,
+            unstored: false,
         }
+    }
+
+    /// The group as `__consumer_offsets` held it: a coordinator that takes the group over
+    /// (after a restart or a leadership move) carries on with the same generation, leader
+    /// and assignments, and each member's session starts again from `now` (Kafka's
+    /// `loadGroup`), so members that are still there keep heartbeating without a rebalance.
+    pub fn restore(
+        id: String,
+        stored: StoredGroup,
+        initial_delay: Duration,
+        now: Instant,
+    ) -> Group {
+        let mut group = Group::new(id, initial_delay, now);
+        group.generation = stored.generation;
+        group.protocol_type = Some(stored.protocol_type);
+        let Some(protocol) = stored.protocol.filter(|_| !stored.members.is_empty()) else {
+            return group;
+        };
+        for member in stored.members {
+            if let Some(instance_id) = &member.instance_id {
+                group
+                    .instances
+                    .insert(instance_id.clone(), member.member_id.clone());
+            }
+            group.joins += 1;
+            let session_timeout = Duration::from_millis(member.session_timeout_ms.max(0) as u64);
+            group.members.insert(
+                member.member_id,
+                Member {
+                    instance_id: member.instance_id,
+                    client_id: member.client_id,
+                    client_host: member.client_host,
+                    session_timeout,
+                    rebalance_timeout: Duration::from_millis(
+                        member.rebalance_timeout_ms.max(0) as u64
+                    ),
+                    protocols: vec![(protocol.clone(), member.subscription)],
+                    assignment: member.assignment,
+                    deadline: now + session_timeout,
+                    joined: group.joins,
+                    awaiting_join: None,
+                    awaiting_sync: None,
+                },
+            );
+        }
+        group.leader = stored
+            .leader
+            .filter(|leader| group.members.contains_key(leader));
+        group.protocol = Some(protocol);
+        group.state = State::Stable;
+        group
+    }
+
+    /// What the log must hold of the group now, if it changed since it was last taken: a
+    /// settled generation (Stable, or Empty once every member left). Taking it marks it
+    /// stored; [`Group::store_failed`] undoes that.
+    pub fn take_unstored(&mut self, now_ms: i64) -> Option<StoredGroup> {
+        if !self.unstored || !matches!(self.state, State::Stable | State::Empty) {
+            return None;
+        }
+        self.unstored = false;
+        let protocol = self.protocol.clone();
+        let members = self
+            .members
+            .iter()
+            .map(|(id, member)| StoredMember {
+                member_id: id.clone(),
+                instance_id: member.instance_id.clone(),
+                client_id: member.client_id.clone(),
+                client_host: member.client_host.clone(),
+                rebalance_timeout_ms: i32::try_from(member.rebalance_timeout.as_millis())
+                    .unwrap_or(i32::MAX),
+                session_timeout_ms: i32::try_from(member.session_timeout.as_millis())
+                    .unwrap_or(i32::MAX),
+                subscription: protocol
+                    .as_deref()
+                    .map(|protocol| member.metadata(protocol))
+                    .unwrap_or_default(),
+                assignment: member.assignment.clone(),
+            })
+            .collect();
+        Some(StoredGroup {
+            protocol_type: self.protocol_type().to_string(),
+            generation: self.generation,
+            protocol,
+            leader: self.leader.clone(),
+            state_timestamp: now_ms,
+            members,
+        })
+    }
+
+    /// The record [`Group::take_unstored`] gave was not written: it is due again.
+    pub fn store_failed(&mut self) {
+        self.unstored = true;
+    }
+
+    /// Whether the group has a change the log does not hold yet.
+    pub fn is_unstored(&self) -> bool {
+        self.unstored
     }
 
     pub fn state(&self) -> State {
@@ -321,6 +425,7 @@ impl Group {
             }
             return match self.state {
                 State::Stable if unchanged => {
+                    self.unstored = true;
                     let mut answer = self.join_answer(&member_id);
                     // Its assignment stands; it need not assign again even if it leads.
                     answer.members.clear();
@@ -440,6 +545,7 @@ impl Group {
             self.state = State::Empty;
             self.protocol = None;
             self.leader = None;
+            self.unstored = true;
             return;
         }
         self.protocol = Some(self.select_protocol());
@@ -576,6 +682,7 @@ impl Group {
                 if self.leader.as_deref() == Some(member_id) {
                     let mut assignments: HashMap<String, Bytes> = assignments.into_iter().collect();
                     self.state = State::Stable;
+                    self.unstored = true;
                     let mut waiting = Vec::new();
                     for (id, member) in self.members.iter_mut() {
                         member.assignment = assignments.remove(id).unwrap_or_default();
@@ -730,6 +837,65 @@ mod tests {
         let id = first.member_id;
         let waiting = later(group.join(join(&id, None, protocols), now));
         (id, waiting)
+    }
+
+    #[test]
+    fn a_settled_generation_is_stored_and_a_restored_group_carries_on() {
+        let start = Instant::now();
+        let mut group = Group::new("g".into(), Duration::from_millis(100), start);
+        let (a, a_join) = join_new(&mut group, &["range"], start);
+        let (b, b_join) = join_new(&mut group, &["range"], start);
+        group.tick(start + Duration::from_millis(150));
+        a_join.try_recv().unwrap();
+        b_join.try_recv().unwrap();
+        assert_eq!(
+            group.take_unstored(1),
+            None,
+            "nothing settled while completing"
+        );
+        let now = start + Duration::from_millis(200);
+        let assignments = vec![(a.clone(), Bytes::from("A")), (b.clone(), Bytes::from("B"))];
+        later(group.sync(&a, None, 1, (None, None), assignments, now));
+        let stored = group
+            .take_unstored(7)
+            .expect("the leader's sync settled generation 1");
+        assert_eq!(group.take_unstored(8), None, "taken once");
+        assert_eq!((stored.generation, stored.state_timestamp), (1, 7));
+        assert_eq!(stored.leader.as_deref(), Some(a.as_str()));
+        assert_eq!(stored.protocol.as_deref(), Some("range"));
+        assert_eq!(stored.members.len(), 2);
+        group.store_failed();
+        assert_eq!(group.take_unstored(9).map(|g| g.generation), Some(1));
+
+        // Another coordinator takes the group over from the record.
+        let later_on = now + Duration::from_secs(60);
+        let mut restored = Group::restore("g".into(), stored, Duration::ZERO, later_on);
+        assert_eq!(restored.state(), State::Stable);
+        assert_eq!(restored.heartbeat(&b, None, 1, later_on), error_code::NONE);
+        assert_eq!(
+            restored.heartbeat(&b, None, 0, later_on),
+            error_code::ILLEGAL_GENERATION
+        );
+        let b_sync = now_answer(restored.sync(&b, None, 1, (None, None), vec![], later_on));
+        assert_eq!(b_sync.assignment, Bytes::from("B"));
+        let described = restored.members();
+        assert_eq!(described[0].metadata, Bytes::from("meta-range"));
+        // The same member joining again gets the current generation, no rebalance.
+        let answer = now_answer(restored.join(join(&b, None, &["range"]), later_on));
+        assert_eq!(answer.generation_id, 1);
+        // Sessions run from the takeover: members that do not come back expire.
+        restored.tick(later_on + Duration::from_secs(9));
+        assert_eq!(restored.state(), State::Stable);
+        restored.tick(later_on + Duration::from_secs(11));
+        assert_eq!(restored.state(), State::Empty);
+        let emptied = restored
+            .take_unstored(10)
+            .expect("the empty generation is stored");
+        assert_eq!((emptied.generation, emptied.members.len()), (2, 0));
+        let empty = Group::restore("g".into(), emptied, Duration::ZERO, later_on);
+        assert_eq!(empty.state(), State::Empty);
+        assert!(empty.is_idle());
+        assert_eq!(empty.protocol_type(), "consumer");
     }
 
     #[test]

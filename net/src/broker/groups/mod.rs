@@ -4,9 +4,11 @@
 //! A group belongs to one partition of the internal compacted topic `__consumer_offsets`
 //! (Kafka's hash of the group id), and so to the shard owning that partition: its state lives
 //! only there, and every group request hops to that shard, like any partition request. Offset
-//! commits are appended to that partition before they are answered or applied; at startup
-//! each shard replays its partitions. Membership itself is not persisted: after a restart
-//! members join again (their heartbeats get UNKNOWN_MEMBER_ID), as after a coordinator move.
+//! commits are appended to that partition before they are answered or applied. Membership is
+//! written there too whenever a generation settles (the leader's SyncGroup, or the group
+//! emptying): a coordinator that starts, or takes the partition over when its leadership
+//! moves, replays it and carries on with the same members, generation and assignments, so
+//! consumers keep heartbeating without a rebalance.
 
 mod group;
 pub mod offsets;
@@ -48,6 +50,7 @@ use crate::protocol::messages::{
 };
 use group::{Group, Join, Reply, State};
 pub use offsets::Committed;
+use offsets::StoredGroup;
 
 /// The internal topic holding committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -128,6 +131,20 @@ impl Coordinator {
                         self.offsets.remove(group);
                     }
                 }
+            }
+        }
+    }
+
+    /// A group's membership record, replayed: the group as it was stored, or gone with a
+    /// tombstone.
+    fn apply_group(&mut self, id: &str, stored: Option<StoredGroup>, initial_delay: Duration) {
+        match stored {
+            Some(stored) => {
+                let group = Group::restore(id.to_string(), stored, initial_delay, Instant::now());
+                self.groups.insert(id.to_string(), group);
+            }
+            None => {
+                self.groups.remove(id);
             }
         }
     }
@@ -281,9 +298,28 @@ async fn replay(context: &Context, log: &TopicPartition) -> Result<usize, coremq
             let header = BatchHeader::parse(batch)?;
             let records = coremq_engine::record::decode_records(batch, 64 << 20)?;
             for (delta, record) in records.into_iter().enumerate() {
-                let Some((group, topic, partition)) =
-                    record.key.as_deref().and_then(offsets::decode_key)
-                else {
+                let key = record.key.as_deref().unwrap_or_default();
+                if let Some(group) = offsets::decode_group_key(key) {
+                    let stored = match &record.value {
+                        None => None,
+                        Some(value) => match offsets::decode_group_value(value) {
+                            Some(stored) => Some(stored),
+                            None => {
+                                log::warn!("{log}: group {group}'s membership record unreadable");
+                                continue;
+                            }
+                        },
+                    };
+                    let delay =
+                        Duration::from_millis(context.config.group_initial_rebalance_delay_ms);
+                    context
+                        .groups
+                        .borrow_mut()
+                        .apply_group(&group, stored, delay);
+                    loaded += 1;
+                    continue;
+                }
+                let Some((group, topic, partition)) = offsets::decode_key(key) else {
                     continue;
                 };
                 let value = record.value.as_ref().and_then(offsets::decode_value);
@@ -309,14 +345,82 @@ pub async fn tick_loop(context: Rc<Context>) {
             return;
         }
         let now = Instant::now();
+        {
+            let mut coordinator = context.groups.borrow_mut();
+            let Coordinator {
+                groups, offsets, ..
+            } = &mut *coordinator;
+            groups.retain(|id, group| {
+                group.tick(now);
+                !group.is_idle() || group.is_unstored() || offsets.contains_key(id)
+            });
+        }
+        store_groups(&context, None).await;
+    }
+}
+
+/// Writes the membership of this shard's groups that changed since it was last written
+/// (only `only`'s when named), each to its `__consumer_offsets` partition where this broker
+/// still leads it. A failed write is tried again at the next tick; a record that cannot be
+/// stored (an id or a batch too large) is not, and its members join again after a move.
+async fn store_groups(context: &Context, only: Option<&str>) {
+    let now_ms = Timestamp::now().0;
+    let mut due = Vec::new();
+    {
         let mut coordinator = context.groups.borrow_mut();
-        let Coordinator {
-            groups, offsets, ..
-        } = &mut *coordinator;
-        groups.retain(|id, group| {
-            group.tick(now);
-            !group.is_idle() || offsets.contains_key(id)
-        });
+        for (id, group) in coordinator.groups.iter_mut() {
+            if only.is_some_and(|only| only != id) {
+                continue;
+            }
+            let Some(stored) = group.take_unstored(now_ms) else {
+                continue;
+            };
+            let log = coordinator_log(context, id);
+            // Led elsewhere now: the coordinator there holds the group.
+            if context.cluster.leader_of(&log) != Some(context.config.node_id) {
+                continue;
+            }
+            let value = offsets::encode_group_value(&stored)
+                .filter(|_| id.len() <= offsets::STRING_BYTES_MAX);
+            match value {
+                Some(value) => due.push((log, id.clone(), value)),
+                None => log::warn!(
+                    "group {id}: membership too large to store; its members join again after a \
+                     coordinator move"
+                ),
+            }
+        }
+    }
+    for (log, id, value) in due {
+        let mut batch = BatchBuilder::new(OFFSETS_CODEC);
+        batch.push(
+            Timestamp(now_ms),
+            Some(&offsets::encode_group_key(&id)),
+            Some(&value),
+            &[],
+        );
+        let written = context
+            .cluster
+            .append(
+                &log,
+                batch.build(),
+                Consistency::Durable {
+                    timeout: OFFSET_COMMIT_TIMEOUT,
+                },
+            )
+            .await;
+        match written {
+            Ok(_) => {}
+            Err(error @ coremq_engine::Error::BatchTooLarge { .. }) => {
+                log::warn!("group {id}: membership not stored: {error}");
+            }
+            Err(error) => {
+                log::warn!("storing the membership of group {id}: {error}");
+                if let Some(group) = context.groups.borrow_mut().groups.get_mut(&id) {
+                    group.store_failed();
+                }
+            }
+        }
     }
 }
 
@@ -489,6 +593,9 @@ pub async fn sync_group(context: &Context, request: SyncGroupRequest) -> SyncGro
                 Instant::now(),
             ),
         };
+        // The leader's assignments settled a generation: it is stored before the leader
+        // hears back (the other members have their answers already).
+        store_groups(&context, Some(&request.group_id)).await;
         wait(reply, || group::error_sync(error_code::UNKNOWN_MEMBER_ID)).await
     })
     .await;
@@ -1068,9 +1175,12 @@ async fn delete_group(context: &Context, log: &TopicPartition, group_id: String)
             .map(|offsets| offsets.keys().cloned().collect())
             .unwrap_or_default()
     };
+    // The membership record goes too, else a coordinator taking the group over would
+    // find it again.
     let tombstones = keys
         .iter()
-        .map(|(topic, partition)| (group_id.as_str(), topic.as_str(), *partition));
+        .map(|(topic, partition)| offsets::encode_key(&group_id, topic, *partition))
+        .chain(std::iter::once(offsets::encode_group_key(&group_id)));
     if let Err(error) = write_tombstones(context, log, tombstones).await {
         log::warn!("deleting group {group_id}: {error}");
         return error_code::COORDINATOR_NOT_AVAILABLE;
@@ -1202,7 +1312,7 @@ async fn delete_offsets(
     };
     let tombstones = committed
         .iter()
-        .map(|(topic, partition)| (group_id.as_str(), topic.as_str(), *partition));
+        .map(|(topic, partition)| offsets::encode_key(&group_id, topic, *partition));
     if let Err(error) = write_tombstones(context, log, tombstones).await {
         log::warn!("deleting offsets of group {group_id}: {error}");
         return Err(error_code::COORDINATOR_NOT_AVAILABLE);
@@ -1214,21 +1324,16 @@ async fn delete_offsets(
     Ok(topics)
 }
 
-/// Appends one batch of tombstones to `log` for the commits named by `keys` (group, topic,
-/// partition); nothing when there are none.
-async fn write_tombstones<'a>(
+/// Appends one batch of tombstones to `log` for the records `keys` name; nothing when
+/// there are none.
+async fn write_tombstones(
     context: &Context,
     log: &TopicPartition,
-    keys: impl Iterator<Item = (&'a str, &'a str, i32)>,
+    keys: impl Iterator<Item = Vec<u8>>,
 ) -> Result<(), coremq_engine::Error> {
     let mut batch = BatchBuilder::new(OFFSETS_CODEC);
-    for (group, topic, partition) in keys {
-        batch.push(
-            Timestamp::now(),
-            Some(&offsets::encode_key(group, topic, partition)),
-            None,
-            &[],
-        );
+    for key in keys {
+        batch.push(Timestamp::now(), Some(&key), None, &[]);
     }
     if batch.is_empty() {
         return Ok(());
@@ -1279,7 +1384,7 @@ async fn forget_topic_here(context: &Context, topic: &str) {
     for (log, keys) in by_log {
         let tombstones = keys
             .iter()
-            .map(|(group, partition)| (group.as_str(), topic, *partition));
+            .map(|(group, partition)| offsets::encode_key(group, topic, *partition));
         match write_tombstones(context, &log, tombstones).await {
             Ok(()) => {
                 let mut coordinator = context.groups.borrow_mut();
