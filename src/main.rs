@@ -420,7 +420,9 @@ fn read_file(path: &Path) -> Result<Options, String> {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     coremq_engine::abort_on_panic();
     let options = Options::parse();
     let file = match &options.config {

@@ -69,9 +69,9 @@ class Cluster:
 
     def close(self, failed):
         """Stops the brokers and removes their data (a benchmark writes gigabytes); the
-        logs stay when the run failed."""
+        logs stay when the run failed or COREMQ_BENCH_KEEP_LOGS is set."""
         self.stop()
-        if failed:
+        if failed or os.environ.get("COREMQ_BENCH_KEEP_LOGS"):
             for broker in range(3):
                 shutil.rmtree(os.path.join(self.root, f"data{broker}"), ignore_errors=True)
             print(f"broker logs kept in {self.root}")

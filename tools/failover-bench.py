@@ -110,7 +110,7 @@ def main():
             (leader,) = wait_for("a leader every broker names", agreed_leader)
             with lock:
                 acks.clear()
-            killed_at = time.monotonic()
+            killed_at, killed_clock = time.monotonic(), time.time()
             cluster.kill(leader)
             survivor = admins[(leader + 1) % 3]
 
@@ -132,7 +132,8 @@ def main():
             times.append(elapsed)
             elections.append(elected_at - killed_at)
             print(
-                f"kill {kill + 1}: leader {leader}, new leader in the metadata after "
+                f"kill {kill + 1} at {time.strftime('%H:%M:%S', time.gmtime(killed_clock))}"
+                f".{int(killed_clock * 1000) % 1000:03d}: leader {leader}, new leader in the metadata after "
                 f"{(elected_at - killed_at) * 1000:.0f} ms, first acknowledgement after "
                 f"{elapsed * 1000:.0f} ms",
                 flush=True,

@@ -41,7 +41,8 @@ pub const METADATA_TOPIC: &str = "__cluster_metadata";
 /// The clock the quorum ticks with.
 const TICK: Duration = Duration::from_millis(100);
 /// A request forwarded to the controller that has no answer by then fails as
-/// [`Error::NotController`] (the controller moved, or the frames were lost).
+/// [`Error::NotController`] (the frames were lost); it fails sooner when its voter refuses
+/// connections or another voter leads.
 const FORWARD_TIMEOUT_MS: u64 = 5_000;
 /// How often the active controller moves leaderships back to their preferred replicas
 /// (Kafka checks every 300 s; a rolling restart should not leave leaders piled up for long).
@@ -104,6 +105,8 @@ enum Asker {
 /// A request this broker forwarded to the controller.
 struct Forwarded {
     answer: Option<Answer>,
+    /// The voter it went to.
+    to: BrokerId,
     deadline_ms: u64,
     /// The answer came: given once this node has applied the metadata log up to the index.
     outcome: Option<(Result<Reply, Error>, u64)>,
@@ -421,10 +424,14 @@ impl Node {
             }
             // Only the active controller acts on what its own links see: it is the voter
             // that keeps talking to every other.
-            Some(Woken::Refused(id)) if self.controller.is_some() => {
-                self.request(Request::Refused { id }, Asker::Local(None));
+            Some(Woken::Refused(id)) => {
+                // Nothing listens there: what was forwarded to it is lost.
+                self.give_up_forwarded(|to| to == id);
+                if self.controller.is_some() {
+                    self.request(Request::Refused { id }, Asker::Local(None));
+                }
             }
-            Some(Woken::Refused(_)) | None => {}
+            None => {}
         }
         // Due whether the sleep ended or something else woke the node first: a node woken
         // more often than every tick (frames, refusals) still ticks, so it still heartbeats.
@@ -557,9 +564,27 @@ impl Node {
         }
     }
 
+    /// Fails at once the forwarded requests still without an answer whose voter `lost`
+    /// says is gone, rather than at their deadline: their askers try again (the next
+    /// controller, once one is known).
+    fn give_up_forwarded(&mut self, lost: impl Fn(BrokerId) -> bool) {
+        self.forwarded.retain(|_, forwarded| {
+            if forwarded.outcome.is_some() || !lost(forwarded.to) {
+                return true;
+            }
+            if let Some(answer) = forwarded.answer.take() {
+                let _ = answer.send(Err(Error::NotController));
+            }
+            false
+        });
+    }
+
     /// Gives the answers that came for forwarded requests once their index is applied, and
-    /// fails those that had none in time.
+    /// fails those that had none in time, or whose voter no longer leads.
     fn answer_forwarded(&mut self) {
+        if let Some(leader) = self.membership.leader() {
+            self.give_up_forwarded(|to| to != leader);
+        }
         let (now, applied) = (self.now_ms(), self.membership.applied());
         self.forwarded.retain(|_, forwarded| {
             let outcome = match forwarded.outcome.take() {
@@ -614,6 +639,7 @@ impl Node {
                         id,
                         Forwarded {
                             answer,
+                            to: leader,
                             deadline_ms: now + FORWARD_TIMEOUT_MS,
                             outcome: None,
                         },

@@ -359,6 +359,9 @@ impl Broker {
                     requests: RefCell::default(),
                 });
                 coremq_runtime::install(context.clone());
+                if let Some(ids) = &context.producer_ids {
+                    ids.prefetch();
+                }
                 let loaded = groups::load(&context).await?;
                 if loaded > 0 {
                     log::info!("shard {shard}: {loaded} committed offsets recovered");

@@ -3,9 +3,14 @@
 //! log), so no two brokers, and no two runs of one, give the same id. A data directory
 //! written before the metadata log has `meta/producer_ids`, the end of the last block it
 //! reserved: it is read, never written, and every block starts after it.
+//!
+//! The next block is fetched in the background, at start and once nine tenths of the
+//! current one are handed out (as Kafka's `RPCProducerIdManager` does), so InitProducerId
+//! seldom waits for the controller, and not while a failover elects another one.
 
 use std::cell::Cell;
 use std::path::Path;
+use std::time::Duration;
 
 use coremq_runtime::sync::Semaphore;
 
@@ -14,6 +19,9 @@ use crate::protocol::error_code;
 use crate::protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 
 const FILE: &str = "producer_ids";
+/// How long a background fetch of the next block waits before asking again when no
+/// controller answered.
+const PREFETCH_RETRY: Duration = Duration::from_millis(200);
 
 /// Shard 0's allocator.
 #[derive(Debug)]
@@ -23,6 +31,12 @@ pub struct ProducerIds {
     next: Cell<i64>,
     block_end: Cell<i64>,
     allocating: Semaphore,
+    /// How many ids the current block holds.
+    block_size: Cell<i64>,
+    /// The next block, fetched ahead: (first id, count).
+    prefetched: Cell<Option<(i64, i64)>>,
+    /// A background fetch is under way.
+    prefetching: Cell<bool>,
 }
 
 impl ProducerIds {
@@ -54,7 +68,46 @@ impl ProducerIds {
             next: Cell::new(0),
             block_end: Cell::new(0),
             allocating: Semaphore::new(1),
+            block_size: Cell::new(0),
+            prefetched: Cell::new(None),
+            prefetching: Cell::new(false),
         }
+    }
+
+    /// Fetches the next block in the background unless one is fetched or being fetched;
+    /// asks again while no controller answers (call on shard 0).
+    pub fn prefetch(&self) {
+        if self.prefetching.get() || self.prefetched.get().is_some() {
+            return;
+        }
+        self.prefetching.set(true);
+        coremq_runtime::spawn_local(async {
+            let context = Context::current();
+            let ids = context
+                .producer_ids
+                .as_ref()
+                .expect("shard 0 allocates producer ids");
+            loop {
+                let block = context
+                    .cluster
+                    .allocate_producer_ids(context.config.node_id, ids.legacy_end)
+                    .await;
+                match block {
+                    Ok(block) => {
+                        ids.prefetched.set(Some(block));
+                        break;
+                    }
+                    Err(coremq_replication::Error::Stopped) => break,
+                    Err(_) => {
+                        if context.sleep_unless_stopping(PREFETCH_RETRY).await {
+                            break;
+                        }
+                    }
+                }
+            }
+            ids.prefetching.set(false);
+        })
+        .detach();
     }
 
     /// The next id, asking the controller for a block when this one is used up.
@@ -65,15 +118,24 @@ impl ProducerIds {
             .await
             .map_err(|_| coremq_replication::Error::Stopped)?;
         if self.next.get() >= self.block_end.get() {
-            let (first, count) = context
-                .cluster
-                .allocate_producer_ids(context.config.node_id, self.legacy_end)
-                .await?;
+            let (first, count) = match self.prefetched.take() {
+                Some(block) => block,
+                None => {
+                    context
+                        .cluster
+                        .allocate_producer_ids(context.config.node_id, self.legacy_end)
+                        .await?
+                }
+            };
             self.next.set(first);
             self.block_end.set(first + count);
+            self.block_size.set(count);
         }
         let id = self.next.get();
         self.next.set(id + 1);
+        if self.block_end.get() - self.next.get() <= self.block_size.get() / 10 {
+            self.prefetch();
+        }
         Ok(id)
     }
 }
