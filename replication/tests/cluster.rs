@@ -17,7 +17,7 @@
 //! acknowledged record is in the leader's log at the offset it was acknowledged with, and the
 //! in-sync replicas' logs are identical up to the high watermark.
 //!
-//! `CLUSTER_SEED=n` replays one seed; `CLUSTER_SEEDS=n` runs seeds 0..n (default 200).
+//! `CLUSTER_SEED=n` replays one seed; `CLUSTER_SEEDS=n` runs seeds 0..n (default 2000).
 
 mod common;
 
@@ -944,5 +944,5 @@ fn run(seed: u64) {
 
 #[test]
 fn no_acknowledged_record_is_lost_under_faults() {
-    common::run_seeds("CLUSTER", 1000, run);
+    common::run_seeds("CLUSTER", 2000, run);
 }

@@ -8,7 +8,7 @@
 //! network heals, a new record must commit everywhere, and the observer must hold the whole
 //! committed log.
 //!
-//! `QUORUM_SEED=n` replays one seed; `QUORUM_SEEDS=n` runs seeds 0..n (default 1000).
+//! `QUORUM_SEED=n` replays one seed; `QUORUM_SEEDS=n` runs seeds 0..n (default 2000).
 
 mod common;
 
@@ -411,5 +411,5 @@ fn run(seed: u64) {
 
 #[test]
 fn the_metadata_log_stays_consistent_under_faults() {
-    common::run_seeds("QUORUM", 1000, run);
+    common::run_seeds("QUORUM", 2000, run);
 }
