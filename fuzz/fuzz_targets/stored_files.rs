@@ -1,7 +1,8 @@
 //! Arbitrary bytes as each small file the engine and the broker read back from disk: the
 //! idempotent-producer snapshot, the log-start checkpoint, the leader epoch checkpoint, the
-//! controller quorum's hard state, a log's config, the topic table, and the keys and values
-//! of `__consumer_offsets` records (offset commits and group membership). The first byte picks the decoder; for
+//! controller quorum's hard state and snapshot, a metadata image, a log's config, the topic
+//! table, and the keys and values of `__consumer_offsets` records (offset commits and group
+//! membership). The first byte picks the decoder; for
 //! the checksummed formats its high bit asks for a correct checksum, so the fuzzer gets past
 //! it into the fields. Every decoder must refuse bad bytes without a panic, and whatever it
 //! accepts must encode to bytes that decode to the same value.
@@ -13,6 +14,7 @@ use coremq_engine::checkpoint;
 use coremq_engine::epochs::LeaderEpochs;
 use coremq_engine::producers::ProducerState;
 use coremq_net::broker::group_offsets;
+use coremq_replication::metadata::MetadataImage;
 use coremq_replication::quorum_store;
 use coremq_replication::topics::TopicTable;
 use libfuzzer_sys::fuzz_target;
@@ -40,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
             bytes.to_vec()
         }
     };
-    match selector % 10 {
+    match selector % 12 {
         0 => {
             if let Ok((state, up_to)) = ProducerState::decode(&checked(data)) {
                 let again = ProducerState::decode(&state.encode(up_to)).expect("re-encoded");
@@ -96,6 +98,17 @@ fuzz_target!(|data: &[u8]| {
             if let Some(committed) = group_offsets::decode_value(&Bytes::copy_from_slice(data)) {
                 let value = Bytes::from(group_offsets::encode_value(&committed));
                 assert_eq!(group_offsets::decode_value(&value), Some(committed));
+            }
+        }
+        10 => {
+            if let Ok(snapshot) = quorum_store::decode_snapshot(&checked(data)) {
+                let bytes = quorum_store::encode_snapshot(&snapshot);
+                assert_eq!(quorum_store::decode_snapshot(&bytes), Ok(snapshot));
+            }
+        }
+        11 => {
+            if let Ok(image) = MetadataImage::decode(data) {
+                assert_eq!(MetadataImage::decode(&image.encode()), Ok(image));
             }
         }
         8 => {

@@ -33,7 +33,7 @@ pub struct ReplicaSettings {
 }
 
 /// Who holds a partition, as the controller decided it (Kafka's PartitionRegistration).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Assignment {
     pub leader: BrokerId,
     pub leader_epoch: i32,

@@ -21,6 +21,7 @@ pub mod observer;
 mod partition;
 pub mod peers;
 pub mod quorum;
+pub mod quorum_storage;
 pub mod quorum_store;
 pub mod replica;
 pub mod roles;

@@ -107,7 +107,7 @@ impl Record {
 }
 
 /// A registered broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerInfo {
     pub incarnation: u64,
     pub endpoints: Vec<Endpoint>,
@@ -117,14 +117,14 @@ pub struct BrokerInfo {
 
 /// A reassignment in progress: the replicas being moved in and out of the partition's
 /// replicas, which hold both (the target first, in the order asked, then those leaving).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reassigning {
     pub adding: Vec<BrokerId>,
     pub removing: Vec<BrokerId>,
 }
 
 /// A partition as the image holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionState {
     pub assignment: Assignment,
     pub partition_epoch: i32,
@@ -173,7 +173,7 @@ impl PartitionState {
 }
 
 /// A topic as the image holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicImage {
     pub name: String,
     pub configs: BTreeMap<String, String>,
@@ -181,10 +181,12 @@ pub struct TopicImage {
 }
 
 /// The cluster metadata as of the last record applied.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataImage {
     pub brokers: BTreeMap<BrokerId, BrokerInfo>,
     pub topics: BTreeMap<[u8; 16], TopicImage>,
+    /// Topic names to ids: rebuilt from `topics` when a snapshot is read.
+    #[serde(skip)]
     names: BTreeMap<String, [u8; 16]>,
     /// The first producer id not yet given to a broker.
     pub next_producer_id: i64,
@@ -233,6 +235,47 @@ impl MetadataImage {
             }
         }
         Ok(())
+    }
+
+    /// The whole image as a snapshot's payload (postcard), which [`MetadataImage::decode`]
+    /// reads back.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("metadata images serialize")
+    }
+
+    /// Reads an image [`MetadataImage::encode`] wrote, refusing one that is not whole or
+    /// does not hold together as `apply` keeps an image: topic names unique, every
+    /// partition's replicas registered and distinct, its in-sync replicas and leader among
+    /// them, a move's replicas among them and not both added and removed.
+    pub fn decode(bytes: &[u8]) -> Result<MetadataImage, String> {
+        let mut image = match postcard::take_from_bytes::<MetadataImage>(bytes) {
+            Ok((image, [])) => image,
+            Ok((_, rest)) => return Err(format!("{} bytes after the image", rest.len())),
+            Err(error) => return Err(format!("not a metadata image: {error}")),
+        };
+        for (id, topic) in &image.topics {
+            if image.names.insert(topic.name.clone(), *id).is_some() {
+                return Err(format!("topic name {} twice", topic.name));
+            }
+            for (index, state) in topic.partitions.iter().enumerate() {
+                image.check_partition(&state.to_record(index as u32))?;
+                if let Some(moving) = &state.reassigning {
+                    let replicas = &state.assignment.replicas;
+                    let among = |broker: &BrokerId| replicas.contains(broker);
+                    let both = moving.adding.iter().any(|b| moving.removing.contains(b));
+                    if !moving.adding.iter().all(among)
+                        || !moving.removing.iter().all(among)
+                        || both
+                    {
+                        return Err(format!(
+                            "{}-{index}: a move outside its replicas",
+                            topic.name
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(image)
     }
 
     /// Applies `record`, or refuses it (leaving the image as it was) if it does not fit.
@@ -453,6 +496,72 @@ mod tests {
             leader_epoch: epoch,
             partition_epoch: epoch,
         }
+    }
+
+    #[test]
+    fn an_image_survives_its_encoding_and_a_broken_one_is_refused() {
+        let mut image = MetadataImage::default();
+        for id in 1..=3 {
+            image.apply(&register(id)).unwrap();
+        }
+        image
+            .apply(&Record::BrokerFence {
+                id: 2,
+                fenced: false,
+            })
+            .unwrap();
+        image
+            .apply(&Record::CreateTopic {
+                id: [1; 16],
+                name: "quotes".into(),
+                configs: vec![("min.insync.replicas".into(), "2".into())],
+                partitions: vec![partition(0, 1, 0, &[1, 2]), partition(1, 2, 0, &[1, 2])],
+            })
+            .unwrap();
+        image
+            .apply(&Record::Reassignment {
+                topic: [1; 16],
+                state: PartitionRecord {
+                    replicas: vec![3, 1, 2],
+                    partition_epoch: 1,
+                    ..partition(1, 2, 0, &[1, 2])
+                },
+                adding: vec![3],
+                removing: vec![2],
+            })
+            .unwrap_or_else(|reason| panic!("{reason}"));
+        image
+            .apply(&Record::ProducerIds {
+                broker: 1,
+                first: 0,
+                count: 1000,
+            })
+            .unwrap();
+        let bytes = image.encode();
+        let read = MetadataImage::decode(&bytes).unwrap();
+        assert_eq!(read, image);
+        assert_eq!(read.topic_id("quotes"), Some([1; 16]));
+        for cut in 0..bytes.len() {
+            assert!(
+                MetadataImage::decode(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut broken = image.clone();
+        broken.topics.get_mut(&[1; 16]).unwrap().partitions[0]
+            .assignment
+            .replicas
+            .push(9);
+        let reason = MetadataImage::decode(&broken.encode()).unwrap_err();
+        assert!(reason.contains("replica 9"), "{reason}");
+        let mut twice = image.clone();
+        let mut copy = twice.topics[&[1; 16]].clone();
+        copy.partitions.clear();
+        twice.topics.insert([2; 16], copy);
+        assert!(
+            MetadataImage::decode(&twice.encode()).is_err(),
+            "one name, two topics"
+        );
     }
 
     #[test]

@@ -44,6 +44,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// [`Error::NotController`] (the frames were lost); it fails sooner when its voter refuses
 /// connections or another voter leads.
 const FORWARD_TIMEOUT_MS: u64 = 5_000;
+/// How many metadata log entries a voter applies between two snapshots.
+const SNAPSHOT_RECORDS: u64 = 10_000;
 /// How often the active controller moves leaderships back to their preferred replicas
 /// (Kafka checks every 300 s; a rolling restart should not leave leaders piled up for long).
 const LEADER_REBALANCE_MS: u64 = 30_000;
@@ -221,6 +223,7 @@ impl Node {
         transport: Option<Transport>,
     ) -> Result<Node, Error> {
         let voters = &config.voters;
+        let mut restored = MetadataImage::default();
         let membership = if voters.contains(&config.broker_id) {
             let (log, log_config) = metadata_log();
             let shard = coremq_engine::engine::Shard::current().expect("opened on a shard");
@@ -244,6 +247,11 @@ impl Node {
             if voters.len() == 1 {
                 quorum.campaign();
             }
+            let image = quorum.restored_image().map_err(|reason| Error::Metadata {
+                path: config.meta_dir.clone(),
+                reason: format!("the controller quorum's snapshot: {reason}"),
+            })?;
+            restored = image.unwrap_or_default();
             Membership::Voter {
                 quorum: Box::new(quorum),
                 store,
@@ -261,7 +269,7 @@ impl Node {
             log_configs,
             membership,
             observers: BTreeMap::new(),
-            image: MetadataImage::default(),
+            image: restored,
             controller: None,
             waiters: Vec::new(),
             transport,
@@ -474,6 +482,18 @@ impl Node {
                     self.observe();
                 }
             }
+            Frame::Snapshot {
+                index,
+                image,
+                committed,
+                leader,
+            } => {
+                if let Membership::Observer(observer) = &mut self.membership
+                    && observer.on_snapshot(from, index, image, committed, leader)
+                {
+                    self.observe();
+                }
+            }
             Frame::Ask { id, request } => self.request(request, Asker::Remote { broker: from, id }),
             Frame::Answer { id, outcome } => {
                 let Some(forwarded) = self.forwarded.get_mut(&id) else {
@@ -494,12 +514,23 @@ impl Node {
         let Membership::Voter { quorum, .. } = &self.membership else {
             return;
         };
-        let (records, through) = quorum.committed_records(index, OBSERVER_FETCH_BYTES);
-        let answer = Frame::Records {
-            records,
-            through,
-            committed: quorum.committed(),
-            leader: quorum.leader(),
+        let answer = match quorum.snapshot_for(index) {
+            // What was asked is in a snapshot now: the image there, then records after it.
+            Some((at, image)) => Frame::Snapshot {
+                index: at,
+                image,
+                committed: quorum.committed(),
+                leader: quorum.leader(),
+            },
+            None => {
+                let (records, through) = quorum.committed_records(index, OBSERVER_FETCH_BYTES);
+                Frame::Records {
+                    records,
+                    through,
+                    committed: quorum.committed(),
+                    leader: quorum.leader(),
+                }
+            }
         };
         if self.observers.get(&observer) != Some(&reply_to) {
             log::info!(
@@ -687,6 +718,23 @@ impl Node {
         });
     }
 
+    /// Takes a snapshot of the image once `SNAPSHOT_RECORDS` entries were applied since
+    /// the last (Kafka's `metadata.log.max.record.bytes.between.snapshots`, counted in
+    /// entries): stored, then the entries it covers leave the log.
+    async fn maybe_snapshot(&mut self) -> Result<(), Error> {
+        let Membership::Voter { quorum, store } = &mut self.membership else {
+            return Ok(());
+        };
+        if quorum.applied() < quorum.snapshot_index() + SNAPSHOT_RECORDS {
+            return Ok(());
+        }
+        match quorum.take_snapshot(&self.image) {
+            Ok(snapshot) => store.store_snapshot(&snapshot, false).await?,
+            Err(error) => log::warn!("cluster metadata: no snapshot taken: {error}"),
+        }
+        Ok(())
+    }
+
     /// Stores what the quorum asks to keep, applies what it committed (carrying out this
     /// broker's part once serving), answers the requests whose records are in, and makes
     /// or drops the active controller as leadership comes and goes.
@@ -694,17 +742,40 @@ impl Node {
         loop {
             let output = match &mut self.membership {
                 Membership::Voter { quorum, .. } => quorum.drain(),
-                Membership::Observer(observer) => Output {
-                    committed: observer.drain(),
-                    ..Output::default()
-                },
+                Membership::Observer(observer) => {
+                    let (image, committed) = observer.drain();
+                    let snapshot = image.map(|(index, image)| {
+                        let mut snapshot = raft::eraftpb::Snapshot::default();
+                        snapshot.mut_metadata().index = index;
+                        snapshot.data = image.into();
+                        snapshot
+                    });
+                    Output {
+                        committed,
+                        snapshot,
+                        ..Output::default()
+                    }
+                }
             };
             if output.entries.is_empty()
                 && output.hard_state.is_none()
                 && output.committed.is_empty()
                 && output.messages.is_empty()
+                && output.snapshot.is_none()
             {
                 break;
+            }
+            let before = self.image.clone();
+            if let Some(snapshot) = &output.snapshot {
+                // A voter's image replaces this node's, which lagged behind what that voter
+                // still had of the log.
+                if let Membership::Voter { store, .. } = &self.membership {
+                    store.store_snapshot(snapshot, true).await?;
+                }
+                match MetadataImage::decode(snapshot.get_data()) {
+                    Ok(image) => self.image = image,
+                    Err(reason) => log::error!("cluster metadata: a snapshot refused: {reason}"),
+                }
             }
             if let Membership::Voter { store, .. } = &self.membership {
                 store.append(&output.entries).await?;
@@ -715,8 +786,7 @@ impl Node {
             for (to, message) in output.messages {
                 self.send(to, &Frame::Quorum(message));
             }
-            if !output.committed.is_empty() {
-                let before = self.image.clone();
+            if !output.committed.is_empty() || output.snapshot.is_some() {
                 for (index, record) in &output.committed {
                     if let Err(reason) = self.image.apply(record) {
                         // Every voter refuses the same record alike.
@@ -734,8 +804,10 @@ impl Node {
                     }
                 }
             }
+            self.maybe_snapshot().await?;
             let controller = self.membership.leader();
-            if !output.committed.is_empty() || controller != self.published_controller {
+            let changed = !output.committed.is_empty() || output.snapshot.is_some();
+            if changed || controller != self.published_controller {
                 self.published_controller = controller;
                 publish(&self.handle, &self.image, controller).await;
             }

@@ -14,6 +14,9 @@ use crate::metadata::Record;
 /// How long an observer waits for a voter's answer before it asks another.
 pub const FETCH_TIMEOUT_MS: u64 = 1_000;
 
+/// A snapshot an observer took: its index and the image there (`MetadataImage::encode`).
+pub type Taken = (u64, Vec<u8>);
+
 /// An observer's progress through the metadata log.
 #[derive(Debug, Clone)]
 pub struct Observer {
@@ -33,6 +36,8 @@ pub struct Observer {
     next_voter: usize,
     /// Records taken, not yet handed out.
     taken: Vec<(u64, Record)>,
+    /// A snapshot taken (before `taken`), not yet handed out.
+    image: Option<Taken>,
 }
 
 impl Observer {
@@ -47,6 +52,7 @@ impl Observer {
             asked: None,
             next_voter: 0,
             taken: Vec::new(),
+            image: None,
         }
     }
 
@@ -108,15 +114,7 @@ impl Observer {
         committed: u64,
         leader: Option<BrokerId>,
     ) -> bool {
-        if self.asked.is_some_and(|(voter, _)| voter == from) {
-            self.asked = None;
-        }
-        if leader.is_some() && leader != self.leader {
-            self.leader = leader;
-            self.confirmed = false;
-        }
-        self.confirmed |= self.leader == Some(from);
-        self.committed = self.committed.max(committed);
+        self.answered(from, committed, leader);
         let follows_on = records
             .first()
             .is_none_or(|&(index, _)| index > self.through);
@@ -128,9 +126,43 @@ impl Observer {
         self.through < self.committed
     }
 
-    /// The records taken since the last drain, in index order.
-    pub fn drain(&mut self) -> Vec<(u64, Record)> {
-        std::mem::take(&mut self.taken)
+    /// Voter `from`'s answer from a log that no longer holds what was asked: the image as
+    /// of `index`, which replaces everything taken before (ignored unless it is ahead).
+    /// Whether there may be more to fetch at once.
+    pub fn on_snapshot(
+        &mut self,
+        from: BrokerId,
+        index: u64,
+        image: Vec<u8>,
+        committed: u64,
+        leader: Option<BrokerId>,
+    ) -> bool {
+        self.answered(from, committed, leader);
+        if index <= self.through {
+            return false;
+        }
+        self.taken.clear();
+        self.image = Some((index, image));
+        self.through = index;
+        self.through < self.committed
+    }
+
+    fn answered(&mut self, from: BrokerId, committed: u64, leader: Option<BrokerId>) {
+        if self.asked.is_some_and(|(voter, _)| voter == from) {
+            self.asked = None;
+        }
+        if leader.is_some() && leader != self.leader {
+            self.leader = leader;
+            self.confirmed = false;
+        }
+        self.confirmed |= self.leader == Some(from);
+        self.committed = self.committed.max(committed);
+    }
+
+    /// What was taken since the last drain: a snapshot's image, if one came, then the
+    /// records after it in index order.
+    pub fn drain(&mut self) -> (Option<Taken>, Vec<(u64, Record)>) {
+        (self.image.take(), std::mem::take(&mut self.taken))
     }
 }
 
@@ -155,7 +187,7 @@ mod tests {
         let more = observer.on_records(0, vec![(1, fence(5)), (3, fence(6))], 3, 5, Some(2));
         assert!(more, "two more committed");
         assert_eq!(observer.leader(), None, "voter 2 has not answered yet");
-        assert_eq!(observer.drain(), [(1, fence(5)), (3, fence(6))]);
+        assert_eq!(observer.drain(), (None, vec![(1, fence(5)), (3, fence(6))]));
         assert!(!observer.caught_up());
         assert_eq!(observer.fetch(20), Some((2, 4)), "from the leader now");
         // Nothing new in the answer but an entry without a record (a leader's no-op).
@@ -163,12 +195,36 @@ mod tests {
         assert_eq!(observer.leader(), Some(2));
         assert!(observer.caught_up());
         assert_eq!(observer.applied(), 5);
-        assert!(observer.drain().is_empty());
+        assert_eq!(observer.drain(), (None, vec![]));
         // A late answer to an older fetch changes nothing.
         observer.fetch(30);
         assert!(!observer.on_records(0, vec![(3, fence(6))], 3, 5, Some(2)));
-        assert!(observer.drain().is_empty());
+        assert_eq!(observer.drain(), (None, vec![]));
         assert_eq!(observer.applied(), 5);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_what_was_taken_and_records_follow_it() {
+        let mut observer = Observer::new(vec![0]);
+        observer.fetch(0);
+        observer.on_records(0, vec![(1, fence(5))], 1, 9, Some(0));
+        // The voter compacted its log: the image at 6 instead of records 2 to 6.
+        observer.fetch(10);
+        assert!(observer.on_snapshot(0, 6, b"image".to_vec(), 9, Some(0)));
+        assert_eq!(observer.applied(), 6);
+        assert_eq!(
+            observer.fetch(20),
+            Some((0, 7)),
+            "records after the snapshot next"
+        );
+        assert!(!observer.on_records(0, vec![(8, fence(7))], 9, 9, Some(0)));
+        assert_eq!(
+            observer.drain(),
+            (Some((6, b"image".to_vec())), vec![(8, fence(7))])
+        );
+        // An older snapshot (an answer to an earlier fetch) changes nothing.
+        assert!(!observer.on_snapshot(0, 4, b"old".to_vec(), 9, Some(0)));
+        assert_eq!(observer.drain(), (None, vec![]));
     }
 
     #[test]

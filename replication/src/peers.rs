@@ -1,6 +1,7 @@
 //! What brokers' metadata nodes send each other: quorum messages between the controller
 //! voters, requests forwarded to the active controller with their answers, and the
-//! committed records observers fetch from the voters. The transport
+//! committed records (or a snapshot of the image, where a voter's log no longer holds them)
+//! observers fetch from the voters. The transport
 //! (TCP between brokers, in `net/`; a simulated network in tests) moves opaque frames and
 //! may lose, repeat or reorder them: Raft tolerates that, and a forwarded request whose
 //! answer is lost times out as [`crate::Error::NotController`], as one to a controller that
@@ -59,6 +60,14 @@ pub enum Frame {
         committed: u64,
         leader: Option<BrokerId>,
     },
+    /// A voter's answer to a [`Frame::Fetch`] from an index its log no longer holds: the
+    /// image (`MetadataImage::encode`) as of index `index`, which replaces the observer's.
+    Snapshot {
+        index: u64,
+        image: Vec<u8>,
+        committed: u64,
+        leader: Option<BrokerId>,
+    },
 }
 
 /// Why a forwarded request was not carried out.
@@ -92,6 +101,14 @@ enum Wire {
         committed: u64,
         leader: Option<BrokerId>,
     },
+    /// A voter's answer to a [`Frame::Fetch`] from an index its log no longer holds: the
+    /// image (`MetadataImage::encode`) as of index `index`, which replaces the observer's.
+    Snapshot {
+        index: u64,
+        image: Vec<u8>,
+        committed: u64,
+        leader: Option<BrokerId>,
+    },
 }
 
 /// `frame` from broker `from`, encoded.
@@ -118,6 +135,17 @@ pub fn encode(from: BrokerId, frame: &Frame) -> Vec<u8> {
         } => Wire::Records {
             records: records.clone(),
             through: *through,
+            committed: *committed,
+            leader: *leader,
+        },
+        Frame::Snapshot {
+            index,
+            image,
+            committed,
+            leader,
+        } => Wire::Snapshot {
+            index: *index,
+            image: image.clone(),
             committed: *committed,
             leader: *leader,
         },
@@ -148,6 +176,17 @@ pub fn decode(bytes: &[u8]) -> Result<(BrokerId, Frame), String> {
         } => Frame::Records {
             records,
             through,
+            committed,
+            leader,
+        },
+        Wire::Snapshot {
+            index,
+            image,
+            committed,
+            leader,
+        } => Frame::Snapshot {
+            index,
+            image,
             committed,
             leader,
         },
@@ -214,6 +253,12 @@ mod tests {
                 through: 13,
                 committed: 20,
                 leader: Some(1),
+            },
+            Frame::Snapshot {
+                index: 40,
+                image: crate::metadata::MetadataImage::default().encode(),
+                committed: 45,
+                leader: None,
             },
         ];
         for frame in frames {

@@ -14,12 +14,12 @@
 use raft::eraftpb::{
     ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
 };
-use raft::storage::MemStorage;
 use raft::{Config, GetEntriesContext, RawNode, StateRole};
 use serde::{Deserialize, Serialize};
 
 use crate::leader::BrokerId;
-use crate::metadata::Record;
+use crate::metadata::{MetadataImage, Record};
+use crate::quorum_storage::QuorumStorage;
 
 /// Raft ids are broker ids plus one: raft-rs reserves 0.
 pub fn raft_id(broker: BrokerId) -> u64 {
@@ -67,12 +67,15 @@ pub struct Output {
     pub entries: Vec<Entry>,
     /// The hard state to store, if it changed.
     pub hard_state: Option<HardState>,
+    /// A snapshot the leader sent: it replaces this voter's log and image (stored before
+    /// `entries`, applied before `committed`).
+    pub snapshot: Option<Snapshot>,
 }
 
 /// This voter's Raft node for the metadata log.
 pub struct QuorumNode {
     id: BrokerId,
-    raw: RawNode<MemStorage>,
+    raw: RawNode<QuorumStorage>,
 }
 
 /// Why a proposal was not taken.
@@ -93,18 +96,20 @@ impl QuorumNode {
     ) -> Result<QuorumNode, raft::Error> {
         let voters: Vec<u64> = voters.iter().map(|&voter| raft_id(voter)).collect();
         let conf_state = ConfState::from((voters, vec![]));
-        QuorumNode::restart(id, MemStorage::new_with_conf_state(conf_state), settings)
+        QuorumNode::restart(id, QuorumStorage::new_with_conf_state(conf_state), settings)
     }
 
     /// A voter coming back with what it had persisted (its log, hard state and voters).
     pub fn restart(
         id: BrokerId,
-        storage: MemStorage,
+        storage: QuorumStorage,
         settings: QuorumSettings,
     ) -> Result<QuorumNode, raft::Error> {
-        // A restarted voter applies its committed log again from the start: the image is rebuilt
-        // from the records (there are no snapshots yet).
-        let applied = 0;
+        // A restarted voter starts from its snapshot's image (`restored_image`) and applies
+        // the committed entries after it again.
+        let applied = storage
+            .snapshot_taken()
+            .map_or(0, |snapshot| snapshot.get_metadata().index);
         let config = Config {
             id: raft_id(id),
             election_tick: settings.election_ticks,
@@ -128,8 +133,50 @@ impl QuorumNode {
     }
 
     /// What this voter persisted, to restart it from after a crash.
-    pub fn storage(&self) -> MemStorage {
+    pub fn storage(&self) -> QuorumStorage {
         self.raw.store().clone()
+    }
+
+    /// The image of the snapshot this voter restarted from (`None` without one): the image
+    /// as of `applied()` before any drain.
+    pub fn restored_image(&self) -> Result<Option<MetadataImage>, String> {
+        match self.raw.store().snapshot_taken() {
+            None => Ok(None),
+            Some(snapshot) => MetadataImage::decode(snapshot.get_data()).map(Some),
+        }
+    }
+
+    /// The last snapshot's index and image, when the log no longer holds index `from` (it
+    /// lies in that snapshot).
+    pub fn snapshot_for(&self, from: u64) -> Option<(u64, Vec<u8>)> {
+        let snapshot = self.raw.store().snapshot_taken()?;
+        let index = snapshot.get_metadata().index;
+        (from <= index).then(|| (index, snapshot.get_data().to_vec()))
+    }
+
+    /// The index of the last snapshot (0 before the first).
+    pub fn snapshot_index(&self) -> u64 {
+        self.raw
+            .store()
+            .snapshot_taken()
+            .map_or(0, |snapshot| snapshot.get_metadata().index)
+    }
+
+    /// Takes a snapshot at the index applied: `image` is the image the caller built from
+    /// every committed record handed out. The entries up to it leave memory; a voter that
+    /// needs them later gets the snapshot. Returns it, to be stored durably before the
+    /// entries it replaces are removed from disk.
+    pub fn take_snapshot(&mut self, image: &MetadataImage) -> Result<Snapshot, raft::Error> {
+        let index = self.applied();
+        let term = self.raw.raft.raft_log.term(index)?;
+        let mut snapshot = Snapshot::default();
+        let metadata = snapshot.mut_metadata();
+        metadata.index = index;
+        metadata.term = term;
+        metadata.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        snapshot.data = image.encode().into();
+        self.raw.mut_store().compact(snapshot.clone())?;
+        Ok(snapshot)
     }
 
     pub fn is_leader(&self) -> bool {
@@ -196,6 +243,7 @@ impl QuorumNode {
     /// entries, so any voter may answer.
     pub fn committed_records(&self, from: u64, max_bytes: u64) -> (Vec<(u64, Record)>, u64) {
         let log = &self.raw.raft.raft_log;
+        // Below the first index is a snapshot's ([`QuorumNode::snapshot_for`]).
         let from = from.max(log.first_index());
         if from > log.committed {
             return (Vec::new(), from - 1);
@@ -235,9 +283,9 @@ impl QuorumNode {
                 let snapshot = ready.snapshot().clone();
                 self.raw
                     .mut_store()
-                    .wl()
-                    .apply_snapshot(snapshot)
+                    .restore(snapshot.clone())
                     .expect("a snapshot from the leader applies");
+                output.snapshot = Some(snapshot);
             }
             Self::collect_records(ready.take_committed_entries(), &mut output);
             if !ready.entries().is_empty() {
@@ -262,6 +310,17 @@ impl QuorumNode {
             self.collect_messages(light.take_messages(), &mut output);
             Self::collect_records(light.take_committed_entries(), &mut output);
             self.raw.advance_apply();
+        }
+        // A snapshot sent is taken as delivered: if it was lost, the voter refuses the
+        // entries after it and gets it again (the network gives no word of a loss).
+        let snapshots_to: Vec<u64> = output
+            .messages
+            .iter()
+            .filter(|(_, message)| message.get_msg_type() == MessageType::MsgSnapshot)
+            .map(|(_, message)| message.to)
+            .collect();
+        for to in snapshots_to {
+            self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
         }
         output
     }

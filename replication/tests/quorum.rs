@@ -8,13 +8,19 @@
 //! network heals, a new record must commit everywhere, and the observer must hold the whole
 //! committed log.
 //!
+//! Voters take snapshots of their image every few records and drop the entries under them:
+//! a restarted voter starts from its snapshot, a voter left behind gets the leader's
+//! snapshot (raft-rs's MsgSnapshot), the observer gets a voter's when it asks below what
+//! that voter's log holds. Every image (applied records, or a snapshot) must equal the
+//! image of the committed log up to its index.
+//!
 //! `QUORUM_SEED=n` replays one seed; `QUORUM_SEEDS=n` runs seeds 0..n (default 2000).
 
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
 
-use coremq_replication::metadata::Record;
+use coremq_replication::metadata::{MetadataImage, Record};
 use coremq_replication::observer::Observer;
 use coremq_replication::peers::{self, Frame};
 use coremq_replication::quorum::{QuorumNode, decode_message, encode_message};
@@ -26,10 +32,14 @@ const VOTERS: [i32; 3] = [0, 1, 2];
 const OBSERVER: i32 = 3;
 /// Simulated time per step.
 const STEP_MS: u64 = 10;
+/// Records a voter applies between two snapshots.
+const SNAPSHOT_EVERY: u64 = 40;
 
 struct Voter {
     node: Option<QuorumNode>,
-    storage: raft::storage::MemStorage,
+    storage: coremq_replication::quorum_storage::QuorumStorage,
+    /// The image of what this voter applied (or the snapshot it started from).
+    image: MetadataImage,
     /// Records this voter applied since it last (re)started, by log index.
     applied: BTreeMap<u64, Record>,
     /// Their encodings.
@@ -51,8 +61,33 @@ struct Sim {
     observer: Observer,
     /// What the observer took, by index.
     observed: BTreeMap<u64, Record>,
+    /// The observer's image.
+    observed_image: MetadataImage,
     /// Frames between the observer and the voters in flight: (delivery step, to, bytes).
     frames: Vec<(u64, i32, Vec<u8>)>,
+}
+
+impl Voter {
+    /// Starts a crashed voter again from what it persisted: its snapshot's image, then the
+    /// entries after it.
+    fn restart(&mut self, id: i32, settings: coremq_replication::quorum::QuorumSettings) {
+        if self.node.is_some() {
+            return;
+        }
+        let node = QuorumNode::restart(id, self.storage.clone(), settings).unwrap();
+        self.image = node.restored_image().unwrap().unwrap_or_default();
+        self.node = Some(node);
+        self.applied.clear();
+        self.seen.clear();
+    }
+}
+
+/// Whether `image` has applied `marker`'s producer ids (markers go up with the index).
+fn holds(image: &MetadataImage, marker: &Record) -> bool {
+    match marker {
+        Record::ProducerIds { first, .. } => image.next_producer_id > *first,
+        _ => unreachable!("only markers are proposed"),
+    }
 }
 
 fn marker(value: u64) -> Record {
@@ -73,6 +108,7 @@ impl Sim {
                     QuorumNode::new(id, &VOTERS, common::quorum_settings(id, &mut rng)).unwrap();
                 Voter {
                     storage: node.storage(),
+                    image: MetadataImage::default(),
                     node: Some(node),
                     applied: BTreeMap::new(),
                     seen: HashSet::new(),
@@ -90,6 +126,7 @@ impl Sim {
             faults: true,
             observer: Observer::new(VOTERS.to_vec()),
             observed: BTreeMap::new(),
+            observed_image: MetadataImage::default(),
             frames: Vec::new(),
         }
     }
@@ -119,12 +156,22 @@ impl Sim {
                     let Some(node) = self.voters[to as usize].node.as_ref() else {
                         continue;
                     };
-                    let (records, through) = node.committed_records(index, 4096);
-                    let answer = Frame::Records {
-                        records,
-                        through,
-                        committed: node.committed(),
-                        leader: node.leader(),
+                    let answer = match node.snapshot_for(index) {
+                        Some((index, image)) => Frame::Snapshot {
+                            index,
+                            image,
+                            committed: node.committed(),
+                            leader: node.leader(),
+                        },
+                        None => {
+                            let (records, through) = node.committed_records(index, 4096);
+                            Frame::Records {
+                                records,
+                                through,
+                                committed: node.committed(),
+                                leader: node.leader(),
+                            }
+                        }
                     };
                     self.send_frame(to, from, &answer);
                 }
@@ -136,24 +183,19 @@ impl Sim {
                 } => {
                     self.observer
                         .on_records(from, records, through, committed, leader);
-                    for (index, record) in self.observer.drain() {
-                        match self.committed.get(&index) {
-                            Some(known) => assert_eq!(
-                                known, &record,
-                                "seed {seed} step {}: the observer took another record at \
-                                 {index}; replay: QUORUM_SEED={seed} cargo test -p \
-                                 coremq-replication --test quorum",
-                                self.step
-                            ),
-                            None => {
-                                self.committed.insert(index, record.clone());
-                            }
-                        }
-                        let previous = self.observed.insert(index, record);
-                        assert!(previous.is_none(), "seed {seed}: index {index} taken twice");
-                    }
+                    self.observer_drain(seed);
                 }
-                _ => unreachable!("only fetches and records travel here"),
+                Frame::Snapshot {
+                    index,
+                    image,
+                    committed,
+                    leader,
+                } => {
+                    self.observer
+                        .on_snapshot(from, index, image, committed, leader);
+                    self.observer_drain(seed);
+                }
+                _ => unreachable!("only fetches, records and snapshots travel here"),
             }
         }
         if let Some((voter, index)) = self.observer.fetch(self.step * STEP_MS) {
@@ -163,6 +205,48 @@ impl Sim {
             };
             self.send_frame(OBSERVER, voter, &fetch);
         }
+    }
+
+    /// Takes what the observer fetched: a snapshot's image must be the committed log's
+    /// there, each record the one committed at its index.
+    fn observer_drain(&mut self, seed: u64) {
+        let (image, records) = self.observer.drain();
+        if let Some((index, image)) = image {
+            let image = MetadataImage::decode(&image).expect("a voter's image decodes");
+            assert_eq!(
+                image,
+                self.image_at(index),
+                "seed {seed} step {}: the observer got another image at {index}; replay: \
+                 QUORUM_SEED={seed} cargo test -p coremq-replication --test quorum",
+                self.step
+            );
+            self.observed_image = image;
+        }
+        for (index, record) in records {
+            match self.committed.get(&index) {
+                Some(known) => assert_eq!(
+                    known, &record,
+                    "seed {seed} step {}: the observer took another record at {index}; \
+                     replay: QUORUM_SEED={seed} cargo test -p coremq-replication --test quorum",
+                    self.step
+                ),
+                None => {
+                    self.committed.insert(index, record.clone());
+                }
+            }
+            let _ = self.observed_image.apply(&record);
+            let previous = self.observed.insert(index, record);
+            assert!(previous.is_none(), "seed {seed}: index {index} taken twice");
+        }
+    }
+
+    /// The image of the committed records up to `index`.
+    fn image_at(&self, index: u64) -> MetadataImage {
+        let mut image = MetadataImage::default();
+        for record in self.committed.range(..=index).map(|(_, record)| record) {
+            let _ = image.apply(record);
+        }
+        image
     }
 
     fn cut_off(&self, a: i32, b: i32) -> bool {
@@ -214,12 +298,7 @@ impl Sim {
             5..=14 => {
                 let settings = common::quorum_settings(id, &mut self.rng);
                 let voter = &mut self.voters[id as usize];
-                if voter.node.is_none() {
-                    let node = QuorumNode::restart(id, voter.storage.clone(), settings).unwrap();
-                    voter.node = Some(node);
-                    voter.applied.clear();
-                    voter.seen.clear();
-                }
+                voter.restart(id, settings);
             }
             15..=19 => {
                 let until = self.step + self.rng.random_range(10..200);
@@ -287,6 +366,21 @@ impl Sim {
             }
         }
         let voter = &mut self.voters[id as usize];
+        if let Some(snapshot) = &output.snapshot {
+            // The leader's snapshot: this voter's image and log start over from it.
+            let index = snapshot.get_metadata().index;
+            voter.image = MetadataImage::decode(snapshot.get_data()).expect("images decode");
+            voter.applied.clear();
+            voter.seen.clear();
+            let image = voter.image.clone();
+            assert_eq!(
+                image,
+                self.image_at(index),
+                "seed {seed} step {}: voter {id} got another image at {index}",
+                self.step
+            );
+        }
+        let voter = &mut self.voters[id as usize];
         for (index, record) in output.committed {
             // Each marker is proposed once: applied at two indexes would be a duplicate.
             assert!(
@@ -295,6 +389,7 @@ impl Sim {
                 self.step
             );
             voter.applied.insert(index, record.clone());
+            let _ = voter.image.apply(&record);
             match self.committed.get(&index) {
                 Some(known) => assert_eq!(
                     known, &record,
@@ -306,6 +401,21 @@ impl Sim {
                     self.committed.insert(index, record);
                 }
             }
+        }
+        // Every few records a snapshot, and the entries under it go.
+        let voter = &mut self.voters[id as usize];
+        let node = voter.node.as_mut().expect("running");
+        if node.applied() >= node.snapshot_index() + SNAPSHOT_EVERY {
+            let index = node.applied();
+            node.take_snapshot(&voter.image)
+                .expect("a snapshot at the applied index");
+            let image = voter.image.clone();
+            assert_eq!(
+                image,
+                self.image_at(index),
+                "seed {seed} step {}: voter {id}'s image at {index} is not the log's",
+                self.step
+            );
         }
     }
 
@@ -330,11 +440,7 @@ fn run(seed: u64) {
     for id in VOTERS {
         let settings = common::quorum_settings(id, &mut sim.rng);
         let voter = &mut sim.voters[id as usize];
-        if voter.node.is_none() {
-            voter.node = Some(QuorumNode::restart(id, voter.storage.clone(), settings).unwrap());
-            voter.applied.clear();
-            voter.seen.clear();
-        }
+        voter.restart(id, settings);
     }
     // A proposal can be lost with a leadership change: propose a new final marker every 200
     // steps until one is applied everywhere.
@@ -356,11 +462,9 @@ fn run(seed: u64) {
                 last.get_or_insert(record);
             }
         }
-        let applied = finals.iter().find(|record| {
-            sim.voters
-                .iter()
-                .all(|voter| voter.applied.values().any(|applied| applied == *record))
-        });
+        let applied = finals
+            .iter()
+            .find(|record| sim.voters.iter().all(|voter| holds(&voter.image, record)));
         if let Some(record) = applied {
             last = Some(record.clone());
             break;
@@ -369,30 +473,27 @@ fn run(seed: u64) {
     let last = last.unwrap_or_else(|| panic!("seed {seed}: no leader to propose to after healing"));
     // The observer catches up with everything committed.
     for _ in 0..1_000 {
-        if sim.observed.values().any(|record| record == &last) {
+        if holds(&sim.observed_image, &last) {
             break;
         }
         sim.run_step(seed);
     }
-    let expected: Vec<&Record> = sim.committed.values().collect();
-    let observed: Vec<&Record> = sim.observed.values().collect();
+    let expected = sim.image_at(u64::MAX);
     assert_eq!(
-        observed, expected,
-        "seed {seed}: the observer holds another log; replay: QUORUM_SEED={seed} cargo test \
+        sim.observed_image, expected,
+        "seed {seed}: the observer holds another image; replay: QUORUM_SEED={seed} cargo test \
          -p coremq-replication --test quorum"
     );
     for (id, voter) in sim.voters.iter().enumerate() {
         assert!(
-            voter.applied.values().any(|record| record == &last),
+            holds(&voter.image, &last),
             "seed {seed}: voter {id} never applied the record proposed after healing; \
              replay: QUORUM_SEED={seed} cargo test -p coremq-replication --test quorum"
         );
-        // A voter that restarted applies the whole log again: it must hold all of it.
-        let expected: Vec<&Record> = sim.committed.range(..).map(|(_, r)| r).collect();
-        let got: Vec<&Record> = voter.applied.values().collect();
+        // Replayed or restored from a snapshot, a voter's image is the whole log's.
         assert_eq!(
-            got, expected,
-            "seed {seed}: voter {id} applied a different log"
+            voter.image, expected,
+            "seed {seed}: voter {id} holds a different image"
         );
     }
     if std::env::var("QUORUM_STATS").is_ok() {

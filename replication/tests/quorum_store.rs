@@ -45,7 +45,7 @@ fn store(handle: &Handle, entries: Vec<Entry>, hard_state: Option<HardState>) {
     .unwrap();
 }
 
-fn load(handle: &Handle) -> raft::storage::MemStorage {
+fn load(handle: &Handle) -> coremq_replication::quorum_storage::QuorumStorage {
     block_on(handle.with_log(&metadata_log(), |log| async move {
         Ok(QuorumStore::new(log).load(vec![1]).await)
     }))
@@ -169,5 +169,75 @@ fn a_single_voter_replays_its_records_after_a_restart() {
     .unwrap();
     drive(&handle, &mut node, &mut replayed);
     assert_eq!(replayed.len(), records.len() + 1);
+    engine.shutdown().unwrap();
+}
+
+/// A voter that took a snapshot restarts from it: its image is the snapshot's, it replays
+/// only the records after it, and the entries under it are gone from the log.
+#[test]
+fn a_voter_restarts_from_its_snapshot_and_replays_only_what_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = |n: i64| Record::ProducerIds {
+        broker: 0,
+        first: n * 1000,
+        count: 1000,
+    };
+    let drive = |handle: &Handle, node: &mut QuorumNode, committed: &mut Vec<Record>| {
+        node.tick();
+        let output = node.drain();
+        store(handle, output.entries, output.hard_state);
+        committed.extend(output.committed.into_iter().map(|(_, record)| record));
+    };
+    let snapshot_index;
+    {
+        let (engine, handle) = start(dir.path());
+        block_on(handle.create_log(&metadata_log(), Some(LogConfig::default()))).unwrap();
+        let mut node = QuorumNode::new(0, &[0], QuorumSettings::default()).unwrap();
+        let mut committed = Vec::new();
+        while !node.is_leader() {
+            drive(&handle, &mut node, &mut committed);
+        }
+        let mut image = coremq_replication::metadata::MetadataImage::default();
+        for n in 0..10 {
+            node.propose(&record(n)).unwrap();
+            drive(&handle, &mut node, &mut committed);
+        }
+        for applied in &committed {
+            image.apply(applied).unwrap();
+        }
+        let snapshot = node.take_snapshot(&image).unwrap();
+        snapshot_index = snapshot.get_metadata().index;
+        block_on(handle.with_log(&metadata_log(), move |log| async move {
+            QuorumStore::new(log).store_snapshot(&snapshot, false).await
+        }))
+        .unwrap();
+        for n in 10..13 {
+            node.propose(&record(n)).unwrap();
+            drive(&handle, &mut node, &mut committed);
+        }
+        assert_eq!(committed.len(), 13);
+        engine.shutdown().unwrap();
+    }
+    let (engine, handle) = start(dir.path());
+    let storage = load(&handle);
+    let mut node = QuorumNode::restart(0, storage, QuorumSettings::default()).unwrap();
+    let image = node.restored_image().unwrap().expect("a snapshot");
+    assert_eq!(
+        image.next_producer_id, 10_000,
+        "the image as of the snapshot"
+    );
+    assert_eq!(node.applied(), snapshot_index);
+    let mut replayed = Vec::new();
+    for _ in 0..100 {
+        drive(&handle, &mut node, &mut replayed);
+        if node.is_leader() && replayed.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(
+        replayed,
+        (10..13).map(record).collect::<Vec<_>>(),
+        "only what follows"
+    );
     engine.shutdown().unwrap();
 }
