@@ -399,16 +399,7 @@ async fn store_groups(context: &Context, only: Option<&str>) {
             Some(&value),
             &[],
         );
-        let written = context
-            .cluster
-            .append(
-                &log,
-                batch.build(),
-                Consistency::Durable {
-                    timeout: OFFSET_COMMIT_TIMEOUT,
-                },
-            )
-            .await;
+        let written = append_durably(context, &log, batch).await;
         match written {
             Ok(_) => {}
             Err(error @ coremq_engine::Error::BatchTooLarge { .. }) => {
@@ -794,16 +785,7 @@ pub async fn offset_commit(
                     &[],
                 );
             }
-            let appended = context
-                .cluster
-                .append(
-                    &log,
-                    batch.build(),
-                    Consistency::Durable {
-                        timeout: OFFSET_COMMIT_TIMEOUT,
-                    },
-                )
-                .await;
+            let appended = append_durably(&context, &log, batch).await;
             let info = appended.map_err(|error| match error {
                 coremq_engine::Error::BatchTooLarge { .. } => {
                     error_code::INVALID_COMMIT_OFFSET_SIZE
@@ -1324,6 +1306,19 @@ async fn delete_offsets(
     Ok(topics)
 }
 
+/// Appends `batch` to `__consumer_offsets` partition `log`, answered once the in-sync
+/// replicas hold it (Kafka's `offsets.commit.timeout.ms`).
+async fn append_durably(
+    context: &Context,
+    log: &TopicPartition,
+    batch: BatchBuilder,
+) -> Result<coremq_engine::AppendInfo, coremq_engine::Error> {
+    let durable = Consistency::Durable {
+        timeout: OFFSET_COMMIT_TIMEOUT,
+    };
+    context.cluster.append(log, batch.build(), durable).await
+}
+
 /// Appends one batch of tombstones to `log` for the records `keys` name; nothing when
 /// there are none.
 async fn write_tombstones(
@@ -1338,17 +1333,7 @@ async fn write_tombstones(
     if batch.is_empty() {
         return Ok(());
     }
-    context
-        .cluster
-        .append(
-            log,
-            batch.build(),
-            Consistency::Durable {
-                timeout: OFFSET_COMMIT_TIMEOUT,
-            },
-        )
-        .await
-        .map(drop)
+    append_durably(context, log, batch).await.map(drop)
 }
 
 /// Deletes every group's commits of `topic`, on every shard, as Kafka does when a topic is
