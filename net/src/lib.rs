@@ -4,5 +4,6 @@
 
 pub mod broker;
 pub mod client;
+pub mod mqtt;
 pub mod protocol;
 pub mod server;

@@ -1,7 +1,8 @@
 //! The protocol-generic server with a protocol that is not Kafka: MQTT-style framing (a type
 //! byte, then the body size in 1 to 4 bytes of 7 bits each), pipelined requests answered in
-//! order however long each takes, handoff to the least loaded shard, and the bounds: a frame
-//! over the size limit or a prefix that never ends closes that connection, not the others.
+//! order however long each takes, frames the protocol pushes between answers, a close the
+//! protocol asks for, handoff to the least loaded shard, and the bounds: a frame over the
+//! size limit or a prefix that never ends closes that connection, not the others.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -10,13 +11,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coremq_engine::{Engine, EngineConfig};
-use coremq_net::server::{self, AcceptMode, FrameSize, Incoming, Limits, Protocol, Server, Shared};
+use coremq_net::server::{
+    self, AcceptMode, CloseReason, FrameSize, Incoming, Limits, Link, Protocol, Server, Shared,
+};
 
-/// Answers a frame `[delay ms][payload]` with `[0x30][size][payload]` after the delay.
+/// Answers a frame `[delay ms][payload]` with `[0x30][size][payload]` after the delay; a
+/// frame of type 0x31 first pushes `push:` and the payload at once; one of type 0xE0 answers
+/// `bye` and closes the connection.
 struct Echo;
 
 impl Protocol for Echo {
     type Request = (u8, Bytes);
+    type Connection = Link;
 
     const CLIENTS: &'static str = "echo clients";
 
@@ -34,9 +40,27 @@ impl Protocol for Echo {
         }
     }
 
-    fn decode(&self, prefix: &[u8], body: Bytes) -> Result<Incoming<Self::Request>, String> {
+    fn open(&self, _peer: Option<SocketAddr>, link: Link) -> Rc<Link> {
+        Rc::new(link)
+    }
+
+    fn decode(
+        &self,
+        link: &Rc<Link>,
+        prefix: &[u8],
+        body: Bytes,
+    ) -> Result<Incoming<Self::Request>, String> {
         match (prefix[0], body.first()) {
             (0x30, Some(&delay)) => Ok(Incoming::Request((delay, body.slice(1..)))),
+            (0x31, Some(&delay)) => {
+                let pushed = [&b"push:"[..], &body[1..]].concat();
+                link.push(vec![Bytes::from(frame(&[], &pushed))]);
+                Ok(Incoming::Request((delay, body.slice(1..))))
+            }
+            (0xE0, _) => {
+                link.close(CloseReason::ProtocolError, "asked to".into());
+                Ok(Incoming::Answered(vec![Bytes::from(frame(&[], b"bye"))]))
+            }
             (0x30, None) => Ok(Incoming::Answered(vec![Bytes::from_static(&[0x30, 0])])),
             (kind, _) => Err(format!("unknown frame type {kind:#x}")),
         }
@@ -44,12 +68,15 @@ impl Protocol for Echo {
 
     async fn respond(
         self: Rc<Self>,
+        _link: Rc<Link>,
         (delay, payload): Self::Request,
         _peer: Option<SocketAddr>,
     ) -> Option<Vec<Bytes>> {
         coremq_runtime::sleep(Duration::from_millis(u64::from(delay))).await;
         Some(vec![Bytes::from(frame(&[], &payload))])
     }
+
+    fn closed(&self, _link: &Rc<Link>) {}
 }
 
 /// `[0x30][size][delay][payload]` with `delay` omitted when empty.
@@ -186,5 +213,28 @@ fn a_frame_over_the_bounds_closes_its_connection_only() {
     good.write_all(&request(0, b"still here")).unwrap();
     assert_eq!(read_response(&mut good), b"still here");
     drop(good);
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn pushed_frames_pass_slow_answers_and_a_protocol_close_writes_what_came_before() {
+    let (engine, _shared, address, _dir) = start(AcceptMode::ReusePort);
+    let mut stream = TcpStream::connect(address).unwrap();
+    let mut bytes = request(200, b"a");
+    bytes[0] = 0x31;
+    stream.write_all(&bytes).unwrap();
+    // The push is written while the answer waits its 200 ms.
+    assert_eq!(read_response(&mut stream), b"push:a");
+    assert_eq!(read_response(&mut stream), b"a");
+    let mut bytes = request(100, b"before");
+    bytes.extend([0xE0, 0x00]);
+    bytes.extend(request(0, b"after"));
+    stream.write_all(&bytes).unwrap();
+    assert_eq!(read_response(&mut stream), b"before");
+    assert_eq!(read_response(&mut stream), b"bye");
+    assert!(closed(&mut stream));
+    let mut other = TcpStream::connect(address).unwrap();
+    other.write_all(&request(0, b"still here")).unwrap();
+    assert_eq!(read_response(&mut other), b"still here");
     engine.shutdown().unwrap();
 }

@@ -89,6 +89,7 @@ impl Context {
 
 impl Protocol for Context {
     type Request = crate::protocol::frame::Request;
+    type Connection = ();
 
     const CLIENTS: &'static str = "Kafka clients";
 
@@ -103,17 +104,29 @@ impl Protocol for Context {
             .map_err(|_| format!("request size {size} is negative"))
     }
 
-    fn decode(&self, _prefix: &[u8], body: Bytes) -> Result<Incoming<Self::Request>, String> {
+    fn open(&self, _peer: Option<SocketAddr>, _link: server::Link) -> Rc<()> {
+        Rc::new(())
+    }
+
+    fn decode(
+        &self,
+        _: &Rc<()>,
+        _prefix: &[u8],
+        body: Bytes,
+    ) -> Result<Incoming<Self::Request>, String> {
         dispatch::decode(self, body).map_err(|error| error.to_string())
     }
 
     async fn respond(
         self: Rc<Self>,
+        _: Rc<()>,
         request: Self::Request,
         peer: Option<SocketAddr>,
     ) -> Option<Vec<Bytes>> {
         dispatch::respond(&self, request, peer).await
     }
+
+    fn closed(&self, _: &Rc<()>) {}
 }
 
 /// Starts the controller listener and the links to the other voters when the broker has

@@ -21,7 +21,7 @@ use coremq_runtime::net::TcpStream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use super::config::{BrokerConfig, Voter};
-use crate::server::{FrameSize, Incoming, Limits, Protocol};
+use crate::server::{FrameSize, Incoming, Limits, Link, Protocol};
 
 /// Frames queued for one voter; more are dropped while it is unreachable or slow (the
 /// quorum sends again).
@@ -39,6 +39,7 @@ pub(crate) struct Inbound {
 
 impl Protocol for Inbound {
     type Request = Bytes;
+    type Connection = ();
 
     const CLIENTS: &'static str = "controller voters";
 
@@ -49,18 +50,25 @@ impl Protocol for Inbound {
         Ok(FrameSize::Body(u32::from_be_bytes(size) as usize))
     }
 
-    fn decode(&self, _prefix: &[u8], body: Bytes) -> Result<Incoming<Bytes>, String> {
+    fn open(&self, _peer: Option<SocketAddr>, _link: Link) -> Rc<()> {
+        Rc::new(())
+    }
+
+    fn decode(&self, _: &Rc<()>, _prefix: &[u8], body: Bytes) -> Result<Incoming<Bytes>, String> {
         Ok(Incoming::Request(body))
     }
 
     async fn respond(
         self: Rc<Self>,
+        _: Rc<()>,
         frame: Bytes,
         _peer: Option<SocketAddr>,
     ) -> Option<Vec<Bytes>> {
         let _ = self.frames.send_async(frame.to_vec()).await;
         None
     }
+
+    fn closed(&self, _: &Rc<()>) {}
 }
 
 /// The controller listener's bounds: frames up to a quorum message's largest, few

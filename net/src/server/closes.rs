@@ -20,7 +20,7 @@ pub(crate) const LINES_PER_WINDOW: u32 = 10;
 /// Why the broker closed a connection (the `reason` label of
 /// `coremq_connections_closed_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloseReason {
+pub enum CloseReason {
     /// No request arrived and none was in flight for `connections_max_idle_ms`.
     Idle,
     /// A request did not arrive whole within `request_read_timeout_ms` of its first byte.
@@ -33,10 +33,17 @@ pub(crate) enum CloseReason {
     BadRequest,
     /// Reading from the socket failed.
     ReadError,
+    /// A packet the protocol forbids where it came (MQTT: a second CONNECT, a PUBLISH
+    /// before CONNECT, a wildcard in a topic name).
+    ProtocolError,
+    /// No packet arrived within one and a half keep-alive periods (MQTT-3.1.2-24).
+    KeepAlive,
+    /// Another connection took the session over with the same client identifier.
+    SessionTakenOver,
 }
 
 impl CloseReason {
-    pub(crate) fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             CloseReason::Idle => "idle",
             CloseReason::SlowRequest => "slow_request",
@@ -44,6 +51,9 @@ impl CloseReason {
             CloseReason::TooManyConnectionsPerIp => "max_connections_per_ip",
             CloseReason::BadRequest => "bad_request",
             CloseReason::ReadError => "read_error",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::KeepAlive => "keep_alive",
+            CloseReason::SessionTakenOver => "session_taken_over",
         }
     }
 }

@@ -26,7 +26,7 @@ use coremq_runtime::net::{AcceptedTcpStream, TcpListener, TcpStream};
 use coremq_runtime::sync::local_channel;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{AcceptMode, CloseReason, FrameSize, Incoming, Limits, Protocol, Server};
+use super::{AcceptMode, CloseReason, FrameSize, Incoming, Limits, Link, Protocol, Server};
 
 /// Open connections by client IP address, all shards together (touched on open and close).
 pub(super) type ConnectionsByIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
@@ -178,19 +178,29 @@ async fn serve<P: Protocol>(server: &Rc<Server<P>>, stream: TcpStream) {
         }
     };
     let limits = &server.shared.limits;
+    let (link, ends) = Link::new();
+    let connection = server.protocol.open(peer, link.clone());
     let (mut reader, writer) = futures_lite::io::split(stream);
     let (queue, responses) =
         local_channel::new_bounded::<coremq_runtime::Task<Response>>(limits.requests_in_flight_max);
     // Requests read whose responses are not written yet: a connection waiting on one (a
     // long poll, a join) is not idle.
     let in_flight = Rc::new(Cell::new(0usize));
-    let writer = coremq_runtime::spawn_local(write_responses(writer, responses, in_flight.clone()));
+    let writer = coremq_runtime::spawn_local(write_responses(
+        writer,
+        responses,
+        ends.pushes,
+        link.clone(),
+        in_flight.clone(),
+    ));
     let stop = server.stopped.clone();
-    loop {
+    while !link.is_closing() {
         let next = futures_lite::future::or(
-            async { Some(read_frame(server, &mut reader, &in_flight).await) },
+            async { Some(read_frame(server, &mut reader, &in_flight, &link).await) },
             async {
-                let _ = stop.recv_async().await;
+                futures_lite::future::or(stop.recv_async(), ends.closed.recv_async())
+                    .await
+                    .ok();
                 None
             },
         )
@@ -204,7 +214,10 @@ async fn serve<P: Protocol>(server: &Rc<Server<P>>, stream: TcpStream) {
             }
         };
         in_flight.set(in_flight.get() + 1);
-        let request = match server.protocol.decode(&frame.prefix, frame.body) {
+        let request = match server
+            .protocol
+            .decode(&connection, &frame.prefix, frame.body)
+        {
             Ok(Incoming::Request(request)) => request,
             Ok(Incoming::Answered(answer)) => {
                 if queue
@@ -221,7 +234,10 @@ async fn serve<P: Protocol>(server: &Rc<Server<P>>, stream: TcpStream) {
                 break;
             }
         };
-        let respond = server.protocol.clone().respond(request, peer);
+        let respond = server
+            .protocol
+            .clone()
+            .respond(connection.clone(), request, peer);
         let task = coremq_runtime::spawn_local(async move {
             let response = respond.await;
             drop(permit);
@@ -231,6 +247,11 @@ async fn serve<P: Protocol>(server: &Rc<Server<P>>, stream: TcpStream) {
             break;
         }
     }
+    if let Some((reason, detail)) = link.closing() {
+        server.closes.note(peer, reason, &detail);
+    }
+    link.end();
+    server.protocol.closed(&connection);
     drop(queue);
     let _ = writer.await;
 }
@@ -257,9 +278,10 @@ async fn read_frame<P: Protocol>(
     server: &Server<P>,
     reader: &mut (impl futures_lite::AsyncRead + Unpin),
     in_flight: &Cell<usize>,
+    link: &Link,
 ) -> Result<Option<(Frame, coremq_runtime::sync::StaticPermit)>, Closing> {
     let limits: &Limits = &server.shared.limits;
-    let (idle, read_timeout) = (limits.idle, limits.read_timeout);
+    let (idle, read_timeout) = (link.idle().unwrap_or(limits.idle), limits.read_timeout);
     let read_failed =
         |error: std::io::Error| (CloseReason::ReadError, format!("read failed: {error}"));
     let mut prefix = vec![0u8; 1];
@@ -271,6 +293,12 @@ async fn read_frame<P: Protocol>(
             Some(Ok(0)) => return Ok(None),
             Some(Ok(_)) => break,
             Some(Err(error)) => return Err(read_failed(error)),
+            None if link.idle().is_some() => {
+                return Err((
+                    CloseReason::KeepAlive,
+                    format!("no packet for {} ms (keep alive)", idle.as_millis()),
+                ));
+            }
             None if in_flight.get() == 0 => {
                 return Err((
                     CloseReason::Idle,
@@ -362,19 +390,69 @@ async fn within<T>(limit: Duration, work: impl std::future::Future<Output = T>) 
     .await
 }
 
-/// Writes responses in request order, merging a response's small chunks into one write.
+/// Writes responses in request order, merging a response's small chunks into one write, and
+/// the frames the protocol pushes between them.
 async fn write_responses(
     mut writer: impl futures_lite::AsyncWrite + Unpin,
     responses: local_channel::LocalReceiver<coremq_runtime::Task<Response>>,
+    pushes: local_channel::LocalReceiver<Vec<Bytes>>,
+    link: Link,
     in_flight: Rc<Cell<usize>>,
 ) {
     const MERGE_BYTES_MAX: usize = 64 << 10;
     let mut pending = BytesMut::new();
-    while let Some(task) = responses.recv().await {
-        let response = task.await;
-        in_flight.set(in_flight.get() - 1);
-        let Some(chunks) = response else {
-            continue;
+    let mut current: Option<coremq_runtime::Task<Response>> = None;
+    let mut responses_open = true;
+    loop {
+        enum Next {
+            Response(Response),
+            Push(Vec<Bytes>),
+            Done,
+        }
+        let next = futures_lite::future::or(
+            async {
+                if let Some(task) = current.as_mut() {
+                    let response = task.await;
+                    current = None;
+                    return Next::Response(response);
+                }
+                if responses_open {
+                    match responses.recv().await {
+                        Some(task) => {
+                            let response = current.insert(task).await;
+                            current = None;
+                            return Next::Response(response);
+                        }
+                        None => responses_open = false,
+                    }
+                }
+                // Every answer is written: what was pushed before the end still goes.
+                match futures_lite::future::poll_once(pushes.recv()).await {
+                    Some(Some(chunks)) => Next::Push(chunks),
+                    _ => Next::Done,
+                }
+            },
+            async {
+                match pushes.recv().await {
+                    Some(chunks) => Next::Push(chunks),
+                    None => std::future::pending().await,
+                }
+            },
+        )
+        .await;
+        let chunks = match next {
+            Next::Done => return,
+            Next::Response(response) => {
+                in_flight.set(in_flight.get() - 1);
+                let Some(chunks) = response else {
+                    continue;
+                };
+                chunks
+            }
+            Next::Push(chunks) => {
+                link.written(chunks.iter().map(Bytes::len).sum());
+                chunks
+            }
         };
         for chunk in chunks {
             if chunk.len() >= MERGE_BYTES_MAX {

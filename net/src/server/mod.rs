@@ -9,6 +9,7 @@
 mod closes;
 mod connection;
 pub mod http;
+mod link;
 mod listener;
 
 use std::cell::RefCell;
@@ -25,8 +26,9 @@ use coremq_runtime::net::TcpListener;
 use coremq_runtime::sync::Semaphore;
 
 use closes::CloseLog;
-pub(crate) use closes::CloseReason;
+pub use closes::CloseReason;
 use connection::ConnectionsByIp;
+pub use link::Link;
 pub use listener::ListenError;
 pub(crate) use listener::{probe, verify};
 
@@ -34,6 +36,10 @@ pub(crate) use listener::{probe, verify};
 pub trait Protocol: 'static {
     /// One decoded request.
     type Request: 'static;
+
+    /// What the protocol keeps of one connection between its frames (`()` where each request
+    /// stands alone).
+    type Connection: 'static;
 
     /// Who connects, for logs and errors ("Kafka clients").
     const CLIENTS: &'static str;
@@ -44,15 +50,32 @@ pub trait Protocol: 'static {
     /// connection.
     fn frame_size(prefix: &[u8]) -> Result<FrameSize, String>;
 
-    /// Decodes one frame (`prefix` and `body`); an error closes the connection.
-    fn decode(&self, prefix: &[u8], body: Bytes) -> Result<Incoming<Self::Request>, String>;
+    /// A connection from `peer` opens; `link` lets the protocol send frames of its own and
+    /// close it.
+    fn open(&self, peer: Option<SocketAddr>, link: Link) -> Rc<Self::Connection>;
+
+    /// Decodes one frame (`prefix` and `body`) of `connection`, in the order frames arrive;
+    /// an error closes the connection.
+    fn decode(
+        &self,
+        connection: &Rc<Self::Connection>,
+        prefix: &[u8],
+        body: Bytes,
+    ) -> Result<Incoming<Self::Request>, String>;
 
     /// Handles `request` from `peer`: the response frame's chunks, or `None` for no answer.
+    /// Requests of a connection are handled concurrently; their answers are written in the
+    /// order the requests came.
     fn respond(
         self: Rc<Self>,
+        connection: Rc<Self::Connection>,
         request: Self::Request,
         peer: Option<SocketAddr>,
     ) -> impl Future<Output = Option<Vec<Bytes>>> + 'static;
+
+    /// The connection stopped reading (the client left, or the server closed it); answers
+    /// and pushes still queued are being written.
+    fn closed(&self, connection: &Rc<Self::Connection>);
 }
 
 /// What the prefix read so far says about a frame.
