@@ -52,6 +52,10 @@ fn start(accept: AcceptMode, dir: &std::path::Path) -> (Broker, SocketAddr) {
         shards: 2,
         pin_shards: false,
         offsets_topic_partitions: 1,
+        mqtt: coremq_net::mqtt::MqttConfig {
+            listener: None,
+            ..Default::default()
+        },
         ..BrokerConfig::default()
     })
     .unwrap();

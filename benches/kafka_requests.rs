@@ -75,6 +75,10 @@ fn request_path(c: &mut Criterion) {
         shards: 1,
         pin_shards: false,
         offsets_topic_partitions: 1,
+        mqtt: coremq_net::mqtt::MqttConfig {
+            listener: None,
+            ..Default::default()
+        },
         ..BrokerConfig::default()
     })
     .unwrap();

@@ -1,5 +1,5 @@
-//! The `coremq` binary: a single-node, thread-per-core broker that speaks the Kafka wire
-//! protocol. Each setting comes from a flag, else its `COREMQ_*` environment variable, else
+//! The `coremq` binary: a thread-per-core broker that speaks the Kafka wire protocol and
+//! MQTT. Each setting comes from a flag, else its `COREMQ_*` environment variable, else
 //! the TOML file given with `--config`, else the embedded default, so `cargo run --release`
 //! is a working broker on 127.0.0.1:9092 with data in `./data`.
 
@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 use coremq_net::broker::config::{Voter, parse_voters};
 use coremq_net::broker::{AcceptMode, Broker, BrokerConfig};
+use coremq_net::mqtt::{MqttConfig, parse_mappings};
 use serde::Deserialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -178,6 +179,37 @@ struct Options {
     /// [default: 2147483647]
     #[arg(long, env = "COREMQ_MAX_CONNECTIONS_PER_IP")]
     max_connections_per_ip: Option<usize>,
+    /// MQTT listener (3.1, 3.1.1 and 5.0 over TCP), `ADDRESS:PORT` or `HOST:PORT`, or `none`
+    /// [default: 127.0.0.1:1883]
+    #[arg(long, env = "COREMQ_MQTT_LISTENER")]
+    #[serde(default, deserialize_with = "parsed")]
+    mqtt_listener: Option<MqttListener>,
+    /// MQTT topic filters to Kafka topics, `FILTER=TOPIC` separated by commas
+    /// (`quotes/#=quotes,sensors/+/temp=temperatures`); the first match wins
+    /// [default: none]
+    #[arg(long, env = "COREMQ_MQTT_TOPIC_MAP")]
+    mqtt_topic_map: Option<String>,
+    /// The Kafka topic of MQTT topics no mapping matches [default: mqtt]
+    #[arg(long, env = "COREMQ_MQTT_DEFAULT_TOPIC")]
+    mqtt_default_topic: Option<String>,
+    /// Largest MQTT packet accepted, in bytes; announced to 5.0 clients [default: 1048576]
+    #[arg(long, env = "COREMQ_MQTT_MAXIMUM_PACKET_SIZE")]
+    mqtt_maximum_packet_size: Option<u32>,
+    /// QoS 1 and 2 messages an MQTT client may leave unacknowledged, each way
+    /// [default: 100]
+    #[arg(long, env = "COREMQ_MQTT_RECEIVE_MAXIMUM")]
+    mqtt_receive_maximum: Option<u16>,
+    /// Messages queued per MQTT session beyond those in flight; more are dropped and
+    /// counted [default: 1000]
+    #[arg(long, env = "COREMQ_MQTT_MAX_QUEUED_MESSAGES")]
+    mqtt_max_queued_messages: Option<usize>,
+    /// Topic aliases an MQTT 5.0 client may set [default: 10]
+    #[arg(long, env = "COREMQ_MQTT_TOPIC_ALIAS_MAXIMUM")]
+    mqtt_topic_alias_maximum: Option<u16>,
+    /// An MQTT connection must send CONNECT within this long, in milliseconds
+    /// [default: 10000]
+    #[arg(long, env = "COREMQ_MQTT_CONNECT_TIMEOUT_MS")]
+    mqtt_connect_timeout_ms: Option<u64>,
 }
 
 impl Options {
@@ -255,6 +287,22 @@ impl Options {
                 .or(file.request_read_timeout_ms),
             max_connections: self.max_connections.or(file.max_connections),
             max_connections_per_ip: self.max_connections_per_ip.or(file.max_connections_per_ip),
+            mqtt_listener: self.mqtt_listener.or(file.mqtt_listener),
+            mqtt_topic_map: self.mqtt_topic_map.or(file.mqtt_topic_map),
+            mqtt_default_topic: self.mqtt_default_topic.or(file.mqtt_default_topic),
+            mqtt_maximum_packet_size: self
+                .mqtt_maximum_packet_size
+                .or(file.mqtt_maximum_packet_size),
+            mqtt_receive_maximum: self.mqtt_receive_maximum.or(file.mqtt_receive_maximum),
+            mqtt_max_queued_messages: self
+                .mqtt_max_queued_messages
+                .or(file.mqtt_max_queued_messages),
+            mqtt_topic_alias_maximum: self
+                .mqtt_topic_alias_maximum
+                .or(file.mqtt_topic_alias_maximum),
+            mqtt_connect_timeout_ms: self
+                .mqtt_connect_timeout_ms
+                .or(file.mqtt_connect_timeout_ms),
         }
     }
 
@@ -266,6 +314,37 @@ impl Options {
                 .map_err(|error| format!("--log-cleanup-policy: {error}"))?,
         };
         let kafka_host = self.kafka_listener.as_ref().and_then(|l| l.host.clone());
+        let mqtt_defaults = MqttConfig::default();
+        let mqtt = MqttConfig {
+            listener: self
+                .mqtt_listener
+                .map_or(mqtt_defaults.listener, |listener| listener.0),
+            mappings: match &self.mqtt_topic_map {
+                None => mqtt_defaults.mappings,
+                Some(text) => {
+                    parse_mappings(text).map_err(|error| format!("--mqtt-topic-map: {error}"))?
+                }
+            },
+            default_topic: self
+                .mqtt_default_topic
+                .unwrap_or(mqtt_defaults.default_topic),
+            maximum_packet_size: self
+                .mqtt_maximum_packet_size
+                .unwrap_or(mqtt_defaults.maximum_packet_size),
+            receive_maximum: self
+                .mqtt_receive_maximum
+                .unwrap_or(mqtt_defaults.receive_maximum),
+            max_queued_messages: self
+                .mqtt_max_queued_messages
+                .unwrap_or(mqtt_defaults.max_queued_messages),
+            topic_alias_maximum: self
+                .mqtt_topic_alias_maximum
+                .unwrap_or(mqtt_defaults.topic_alias_maximum),
+            connect_timeout_ms: self
+                .mqtt_connect_timeout_ms
+                .unwrap_or(mqtt_defaults.connect_timeout_ms),
+            ..mqtt_defaults
+        };
         Ok(BrokerConfig {
             data_dir: self.data_dir.unwrap_or(defaults.data_dir),
             kafka_listener: self
@@ -348,6 +427,7 @@ impl Options {
             max_connections_per_ip: self
                 .max_connections_per_ip
                 .unwrap_or(defaults.max_connections_per_ip),
+            mqtt,
         })
     }
 }
@@ -388,6 +468,22 @@ impl std::str::FromStr for Listener {
             address,
             host: Some(host.to_string()),
         })
+    }
+}
+
+/// The `--mqtt-listener` setting: an address, or `none`.
+#[derive(Debug, Clone)]
+struct MqttListener(Option<SocketAddr>);
+
+impl std::str::FromStr for MqttListener {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<MqttListener, String> {
+        if text == "none" {
+            return Ok(MqttListener(None));
+        }
+        text.parse::<Listener>()
+            .map(|listener| MqttListener(Some(listener.address)))
     }
 }
 

@@ -43,6 +43,8 @@ fn bad_settings_and_environments_are_refused_with_the_cause() {
         &listener,
         "--admin-listener",
         "127.0.0.1:0",
+        "--mqtt-listener",
+        "127.0.0.1:0",
     ];
 
     let data_dir = file.join("data");
@@ -90,6 +92,8 @@ fn a_seccomp_profile_that_blocks_io_uring_is_refused_with_the_cause() {
         "--kafka-listener",
         &listener,
         "--admin-listener",
+        "127.0.0.1:0",
+        "--mqtt-listener",
         "127.0.0.1:0",
     ]
     .map(String::from);
@@ -318,6 +322,8 @@ fn a_second_broker_cannot_share_the_data_directory_or_the_kafka_port() {
             &other_port,
             "--admin-listener",
             "127.0.0.1:0",
+            "--mqtt-listener",
+            "127.0.0.1:0",
         ],
     );
     assert_eq!(code, 1, "{stderr}");
@@ -338,6 +344,8 @@ fn a_second_broker_cannot_share_the_data_directory_or_the_kafka_port() {
             "--kafka-listener",
             &first.bootstrap(),
             "--admin-listener",
+            "127.0.0.1:0",
+            "--mqtt-listener",
             "127.0.0.1:0",
         ],
     );
@@ -371,6 +379,8 @@ fn listeners_are_checked_and_the_startup_line_names_the_broker() {
             "--kafka-listener",
             &wildcard,
             "--admin-listener",
+            "127.0.0.1:0",
+            "--mqtt-listener",
             "127.0.0.1:0",
         ],
     );

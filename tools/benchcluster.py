@@ -48,6 +48,7 @@ class Cluster:
                 "--controller-voters", self.voters,
                 "--kafka-listener", f"127.0.0.1:{self.kafka[broker]}",
                 "--admin-listener", f"127.0.0.1:{self.admin[broker]}",
+                "--mqtt-listener", "none",
                 "--data-dir", os.path.join(self.root, f"data{broker}"),
                 "--shards", "1",
                 "--no-pin",

@@ -171,7 +171,7 @@ class Broker:
         self.process = subprocess.Popen(
             [BROKER, "--data-dir", self.data,
              "--kafka-listener", f"127.0.0.1:{KAFKA_PORT}",
-             "--admin-listener", f"127.0.0.1:{ADMIN_PORT}"],
+             "--admin-listener", f"127.0.0.1:{ADMIN_PORT}", "--mqtt-listener", "none"],
             stdout=self.log, stderr=self.log)
         wait_for_port(KAFKA_PORT, self.process)
 

@@ -14,7 +14,7 @@ for round in 1 2 3; do
     rm -rf $DATA; mkdir -p $DATA
     extra=""
     [ $side = small ] && extra="--cache-bytes 16777216"
-    $BIN/coremq --data-dir $DATA --shards 2 --kafka-listener 127.0.0.1:19092 --admin-listener 127.0.0.1:19093 $extra > /tmp/cap-broker.log 2>&1 &
+    $BIN/coremq --data-dir $DATA --shards 2 --kafka-listener 127.0.0.1:19092 --admin-listener 127.0.0.1:19093 --mqtt-listener none $extra > /tmp/cap-broker.log 2>&1 &
     broker=$!
     for i in $(seq 50); do curl -sf http://127.0.0.1:19093/ready > /dev/null && break; sleep 0.2; done
     $BIN/coremq-perf produce --bootstrap 127.0.0.1:19092 --topic cap --partitions 2 --record-size 1024 --records 1048576 --acks 1 --threads 1 --json 2>/dev/null | tail -1 > /tmp/cap-produce.json

@@ -49,6 +49,10 @@ fn broker_on(dir: &std::path::Path, listener: &str) -> Broker {
         auto_create_topics: false,
         offsets_topic_partitions: 1,
         group_initial_rebalance_delay_ms: 0,
+        mqtt: coremq_net::mqtt::MqttConfig {
+            listener: None,
+            ..Default::default()
+        },
         ..BrokerConfig::default()
     })
     .unwrap()

@@ -22,6 +22,10 @@ fn broker(dir: &Path) -> Broker {
         pin_shards: false,
         auto_create_topics: false,
         offsets_topic_partitions: 1,
+        mqtt: coremq_net::mqtt::MqttConfig {
+            listener: None,
+            ..Default::default()
+        },
         ..BrokerConfig::default()
     })
     .unwrap()

@@ -76,6 +76,10 @@ impl Protocol for Echo {
         Some(vec![Bytes::from(frame(&[], &payload))])
     }
 
+    fn too_large(&self, _link: &Rc<Link>) -> Option<Vec<Bytes>> {
+        None
+    }
+
     fn closed(&self, _link: &Rc<Link>) {}
 }
 

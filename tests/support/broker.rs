@@ -135,6 +135,13 @@ impl Broker {
         } else {
             &["--shards", "2", "--no-pin"]
         };
+        // The MQTT listener on a port of its own choosing, unless the test names one.
+        let mqtt_listener = format!("{host}:0");
+        let mqtt: Vec<&str> = if extra.contains(&"--mqtt-listener") {
+            Vec::new()
+        } else {
+            vec!["--mqtt-listener", &mqtt_listener]
+        };
         let binary = env!("CARGO_BIN_EXE_coremq");
         // `ip netns exec` execs the broker in place: the child's pid is the broker's.
         let mut command = match netns {
@@ -153,6 +160,7 @@ impl Broker {
             .arg("--admin-listener")
             .arg(format!("{host}:{admin_port}"))
             .args(shards)
+            .args(&mqtt)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(output)
@@ -198,6 +206,20 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The port of the MQTT listener, as this start's startup line says.
+    pub fn mqtt_port(&self) -> u16 {
+        let log = self.log();
+        let line = log
+            .get(self.logged_before..)
+            .and_then(|new| new.split("MQTT clients on ").nth(1))
+            .expect("the startup line names the MQTT listener");
+        let address = line.split([',', ' ']).next().unwrap_or_default();
+        address
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .unwrap_or_else(|| panic!("no MQTT port in {line:?}"))
     }
 
     pub fn bootstrap(&self) -> String {

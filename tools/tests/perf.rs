@@ -20,6 +20,10 @@ fn broker(dir: &Path) -> Broker {
         pin_shards: false,
         offsets_topic_partitions: 1,
         group_initial_rebalance_delay_ms: 300,
+        mqtt: coremq_net::mqtt::MqttConfig {
+            listener: None,
+            ..Default::default()
+        },
         ..BrokerConfig::default()
     })
     .unwrap()
@@ -364,6 +368,10 @@ fn a_broker_that_dies_mid_run_ends_the_run_with_a_failed_summary() {
         shards: 2,
         pin_shards: false,
         offsets_topic_partitions: 1,
+        mqtt: coremq_net::mqtt::MqttConfig {
+            listener: None,
+            ..Default::default()
+        },
         ..BrokerConfig::default()
     })
     .unwrap();

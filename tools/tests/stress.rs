@@ -38,6 +38,10 @@ fn fresh_brokers_serve_producer_and_consumer_while_the_machine_is_loaded() {
             shards: 2,
             pin_shards: false,
             offsets_topic_partitions: 1,
+            mqtt: coremq_net::mqtt::MqttConfig {
+                listener: None,
+                ..Default::default()
+            },
             ..BrokerConfig::default()
         })
         .unwrap();

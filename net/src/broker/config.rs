@@ -91,6 +91,8 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// Connections open at once from one IP address (Kafka's `max.connections.per.ip`).
     pub max_connections_per_ip: usize,
+    /// The MQTT front end.
+    pub mqtt: crate::mqtt::MqttConfig,
 }
 
 impl Default for BrokerConfig {
@@ -133,6 +135,7 @@ impl Default for BrokerConfig {
             request_read_timeout_ms: 30_000,
             max_connections: i32::MAX as usize,
             max_connections_per_ip: i32::MAX as usize,
+            mqtt: crate::mqtt::MqttConfig::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::Context;
+use crate::mqtt::Mqtt;
 use crate::protocol::api;
 use crate::server::Server;
 
@@ -20,6 +21,16 @@ struct ShardCounters {
     requests: Vec<(i16, u64)>,
     groups: u64,
     closed: Vec<(&'static str, u64)>,
+    mqtt: MqttCounters,
+}
+
+/// What one shard's MQTT front end reports.
+#[derive(Default)]
+struct MqttCounters {
+    connections: u64,
+    closed: Vec<(&'static str, u64)>,
+    sessions: u64,
+    counters: crate::mqtt::Counters,
 }
 
 fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
@@ -50,7 +61,18 @@ pub(super) async fn metrics(handle: &Handle) -> Result<String, coremq_engine::Er
                         .map(|(key, count)| (*key, *count))
                         .collect();
                     let groups = context.groups.borrow().group_count() as u64;
+                    let mut mqtt = MqttCounters::default();
+                    if let Some(server) = Server::<Mqtt>::current() {
+                        mqtt.connections = server.open_connections() as u64;
+                        mqtt.closed = server.closes();
+                    }
+                    if let Some(front) = Mqtt::current() {
+                        let (counters, sessions) = front.counters();
+                        mqtt.counters = counters;
+                        mqtt.sessions = sessions as u64;
+                    }
                     Ok(ShardCounters {
+                        mqtt,
                         connections: server
                             .as_ref()
                             .map_or(0, |server| server.open_connections())
@@ -215,7 +237,73 @@ fn render(
         "fdatasync latency quantiles since start",
         fsync,
     );
+    render_mqtt(&mut registry, shards);
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
+}
+
+fn render_mqtt(registry: &mut Registry, shards: &[ShardCounters]) {
+    let connections = Family::<Vec<(String, String)>, Gauge>::default();
+    for (shard, counters) in shards.iter().enumerate() {
+        connections
+            .get_or_create(&vec![("shard".to_string(), shard.to_string())])
+            .set(counters.mqtt.connections as i64);
+    }
+    registry.register(
+        "mqtt_connections",
+        "Open MQTT connections, by shard",
+        connections,
+    );
+    let sessions = shards.iter().map(|shard| shard.mqtt.sessions).sum::<u64>();
+    gauge(
+        registry,
+        "mqtt_sessions",
+        "MQTT sessions, connected or not",
+        sessions as i64,
+    );
+    let received = shards
+        .iter()
+        .map(|shard| shard.mqtt.counters.messages_received)
+        .sum::<u64>();
+    counter(
+        registry,
+        "mqtt_messages_received",
+        "Messages MQTT clients published (wills included)",
+        received,
+    );
+    let sent = shards
+        .iter()
+        .map(|shard| shard.mqtt.counters.messages_sent)
+        .sum::<u64>();
+    counter(
+        registry,
+        "mqtt_messages_sent",
+        "Messages sent or queued to MQTT subscribers",
+        sent,
+    );
+    let dropped = Family::<Vec<(String, String)>, Counter>::default();
+    let closed = Family::<Vec<(String, String)>, Counter>::default();
+    for shard in shards {
+        for (reason, count) in &shard.mqtt.counters.dropped {
+            dropped
+                .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+                .inc_by(*count);
+        }
+        for (reason, count) in &shard.mqtt.closed {
+            closed
+                .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+                .inc_by(*count);
+        }
+    }
+    registry.register(
+        "mqtt_messages_dropped",
+        "Messages not delivered to an MQTT subscriber, by reason",
+        dropped,
+    );
+    registry.register(
+        "mqtt_connections_closed",
+        "MQTT connections the broker closed, by reason",
+        closed,
+    );
 }

@@ -39,6 +39,7 @@ use coremq_replication::peers::Address;
 use coremq_replication::topics::TopicTable;
 use coremq_replication::{Cluster, LogConfigs, NodeConfig};
 
+use crate::mqtt::Mqtt;
 use crate::server::http::{self, Phase, PhaseCell};
 use crate::server::{self, FrameSize, Incoming, Limits, Protocol, Server, Shared};
 
@@ -126,6 +127,10 @@ impl Protocol for Context {
         dispatch::respond(&self, request, peer).await
     }
 
+    fn too_large(&self, _: &Rc<()>) -> Option<Vec<Bytes>> {
+        None
+    }
+
     fn closed(&self, _: &Rc<()>) {}
 }
 
@@ -173,10 +178,62 @@ fn limits(config: &BrokerConfig) -> Limits {
     }
 }
 
+/// Creates `name` unless it exists, asking again while no controller answers or too few
+/// brokers have registered for `replication` replicas.
+fn create_at_start(
+    cluster: &Cluster,
+    name: &str,
+    partitions: u32,
+    replication: u16,
+    configs: std::collections::BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let mut waited_for_brokers = false;
+    loop {
+        let created = futures_lite::future::block_on(cluster.create_topic(
+            name.into(),
+            partitions,
+            replication,
+            configs.clone(),
+            Vec::new(),
+        ));
+        match created {
+            Ok(_) => return Ok(()),
+            Err(coremq_replication::Error::NotController) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(coremq_replication::Error::Controller(
+                coremq_replication::controller::ControllerError::NotEnoughBrokers { live, .. },
+            )) => {
+                if !std::mem::replace(&mut waited_for_brokers, true) {
+                    log::info!(
+                        "creating {name} with {replication} replicas: waiting for brokers \
+                         ({live} registered)"
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(error) => return Err(Error::step(format!("creating {name}"), error)),
+        }
+    }
+}
+
+/// The MQTT server's bounds, from the broker's settings.
+fn mqtt_limits(config: &BrokerConfig) -> Limits {
+    Limits {
+        // The fixed header takes at least two of the maximum packet size.
+        frame_bytes_max: (config.mqtt.maximum_packet_size as usize).saturating_sub(2),
+        // Keep alive 0 turns the timeout off (MQTT-3.1.2-24 asks nothing then).
+        idle: Duration::from_millis(u64::from(u32::MAX)),
+        ..limits(config)
+    }
+}
+
 /// A running broker.
 pub struct Broker {
     /// Where the Kafka listener is bound (its port, when the setting's was 0).
     pub kafka_address: std::net::SocketAddr,
+    /// Where the MQTT listener is bound, if there is one.
+    pub mqtt_address: Option<std::net::SocketAddr>,
     /// What the startup line says: addresses, data directory, shards, durability, version.
     pub summary: String,
     engine: Engine,
@@ -254,6 +311,11 @@ impl Broker {
         };
         let shared = Shared::new(limits(&config), handle.clone());
         let address = server::bind::<Context>(&shared, config.kafka_listener)?;
+        let mqtt_shared = Shared::new(mqtt_limits(&config), handle.clone());
+        let mqtt_address = match config.mqtt.listener {
+            Some(listener) => Some(server::bind::<Mqtt>(&mqtt_shared, listener)?),
+            None => None,
+        };
         // With port 0, the bound port is the one clients are told of.
         let config = if address == config.kafka_listener {
             config
@@ -302,44 +364,23 @@ impl Broker {
         let compacted: std::collections::BTreeMap<String, String> =
             [("cleanup.policy".to_string(), "compact".to_string())].into();
         // Every broker asks; the first creates it, with Kafka's replication factor of 3 where
-        // the cluster has three brokers (offsets.topic.replication.factor). Asked again while
-        // no controller answers, or too few brokers have registered yet.
+        // the cluster has three brokers (offsets.topic.replication.factor).
         let replication = config.controller_voters.len().clamp(1, 3) as u16;
-        let mut waited_for_brokers = false;
-        loop {
-            let created = futures_lite::future::block_on(cluster.create_topic(
-                groups::OFFSETS_TOPIC.into(),
-                partitions,
-                replication,
-                compacted.clone(),
-                Vec::new(),
-            ));
-            match created {
-                Ok(_) => break,
-                Err(coremq_replication::Error::NotController) => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                Err(coremq_replication::Error::Controller(
-                    coremq_replication::controller::ControllerError::NotEnoughBrokers {
-                        live, ..
-                    },
-                )) => {
-                    if !std::mem::replace(&mut waited_for_brokers, true) {
-                        log::info!(
-                            "creating {} with {replication} replicas: waiting for brokers \
-                             ({live} registered)",
-                            groups::OFFSETS_TOPIC
-                        );
-                    }
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                Err(error) => {
-                    return Err(Error::step(
-                        format!("creating {}", groups::OFFSETS_TOPIC),
-                        error,
-                    ));
-                }
+        create_at_start(
+            &cluster,
+            groups::OFFSETS_TOPIC,
+            partitions,
+            replication,
+            compacted.clone(),
+        )?;
+        if config.mqtt.listener.is_some() {
+            // The Kafka topics MQTT messages go to, a partition per shard at least.
+            let partitions = config.default_partitions.max(shards as u32);
+            for topic in config.mqtt.kafka_topics() {
+                create_at_start(&cluster, topic, partitions, replication, Default::default())?;
             }
+            let retained = crate::mqtt::RETAINED_TOPIC;
+            create_at_start(&cluster, retained, 1, replication, compacted.clone())?;
         }
         let phase = PhaseCell::default();
         let metrics: http::Metrics = {
@@ -353,6 +394,7 @@ impl Broker {
             .map_err(|reason| Error::Admin { reason })?;
         for shard in 0..shards {
             let (config, cluster, shared) = (config.clone(), cluster.clone(), shared.clone());
+            let (mqtt, mqtt_shared) = (mqtt_address.is_some(), mqtt_shared.clone());
             let shard_handle = handle.clone();
             let producer_ids = if shard == 0 {
                 Some(producer_ids::ProducerIds::stored_end(&config.meta_dir())?)
@@ -380,11 +422,23 @@ impl Broker {
                     log::info!("shard {shard}: {loaded} committed offsets recovered");
                 }
                 coremq_runtime::spawn_local(groups::tick_loop(context.clone())).detach();
+                if mqtt {
+                    let front = Rc::new(Mqtt::new(context.clone(), shard));
+                    coremq_runtime::install(front.clone());
+                    let retained = front.load_retained().await?;
+                    if retained > 0 {
+                        log::info!("shard {shard}: {retained} retained MQTT messages recovered");
+                    }
+                    Server::start(front, mqtt_shared, shard);
+                }
                 Server::start(context, shared, shard);
                 Ok(())
             }))?;
         }
         server::check_listeners::<Context>(&shared, address)?;
+        if let Some(mqtt_address) = mqtt_address {
+            server::check_listeners::<Mqtt>(&mqtt_shared, mqtt_address)?;
+        }
         phase.set(Phase::Serving);
         let (advertised_host, advertised_port) = BrokerConfig {
             kafka_listener: address,
@@ -408,16 +462,21 @@ impl Broker {
         };
         let summary = format!(
             "coremq {} serving Kafka clients on {address} (advertised as \
-             {advertised_host}:{advertised_port}, accept {}), admin HTTP on {}, data in {}, \
-             {shards} shard{}, {flush}",
+             {advertised_host}:{advertised_port}, accept {}), {}, admin HTTP on {}, data in \
+             {}, {shards} shard{}, {flush}",
             env!("CARGO_PKG_VERSION"),
             config.accept,
+            match mqtt_address {
+                Some(mqtt_address) => format!("MQTT clients on {mqtt_address}"),
+                None => "no MQTT listener".to_string(),
+            },
             admin.address(),
             data_dir.display(),
             if shards == 1 { "" } else { "s" },
         );
         Ok(Broker {
             kafka_address: address,
+            mqtt_address,
             summary,
             engine,
             handle,
@@ -480,6 +539,9 @@ impl Broker {
                     let context = Context::current();
                     context.stop.borrow_mut().take();
                     context.groups.borrow_mut().unload_members();
+                    if let Some(server) = Server::<Mqtt>::current() {
+                        server.drain(deadline).await;
+                    }
                     if let Some(server) = Server::<Context>::current() {
                         server.drain(deadline).await;
                     }

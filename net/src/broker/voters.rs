@@ -68,6 +68,10 @@ impl Protocol for Inbound {
         None
     }
 
+    fn too_large(&self, _: &Rc<()>) -> Option<Vec<Bytes>> {
+        None
+    }
+
     fn closed(&self, _: &Rc<()>) {}
 }
 

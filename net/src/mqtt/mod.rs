@@ -1,4 +1,282 @@
-//! The MQTT front end: MQTT 3.1, 3.1.1 and 5.0 clients on the same log as Kafka clients.
+//! The MQTT front end: MQTT 3.1, 3.1.1 and 5.0 clients on the same log as Kafka clients. A
+//! PUBLISH becomes a record of the Kafka topic its MQTT topic maps to (`config.rs`), keyed by
+//! the MQTT topic (`records.rs`), appended in batches (`appender.rs`); subscriptions are
+//! served by reading those topics (`tail.rs`), so what Kafka producers write reaches MQTT
+//! subscribers as well. Sessions (`session.rs`) live on the shard of their connection; a
+//! client identifier's home shard (`registry.rs`) knows where, so a new connection with the
+//! same identifier takes the session over from any shard.
+//!
+//! Each shard runs one [`Mqtt`], the [`Protocol`] its MQTT server serves.
 
+mod appender;
 pub mod codec;
+pub mod config;
+mod connection;
+pub mod records;
+mod registry;
+mod retained;
+mod session;
+mod tail;
 pub mod topic;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use coremq_engine::TopicPartition;
+
+pub use config::{Mapping, MqttConfig, parse_mappings};
+pub use retained::RETAINED_TOPIC;
+
+use crate::broker::Context;
+use crate::server::{FrameSize, Incoming, Link, Protocol};
+use connection::Client;
+use session::{Dropped, Options, Outgoing, Session};
+
+/// One subscription in the shard's tree.
+#[derive(Debug)]
+struct Entry {
+    /// The session's key.
+    key: u64,
+    /// The filter as subscribed (with its `$share` prefix).
+    filter: Rc<str>,
+    options: Options,
+}
+
+/// Counters of one shard, for `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    /// Messages not delivered, by reason.
+    pub dropped: BTreeMap<&'static str, u64>,
+}
+
+/// A shard's MQTT state: its sessions and their subscriptions, tails, appender, and the
+/// client identifiers whose home it is.
+pub(crate) struct Mqtt {
+    context: Rc<Context>,
+    shard: usize,
+    next_key: Cell<u64>,
+    sessions: RefCell<HashMap<String, Rc<Session>>>,
+    by_key: RefCell<HashMap<u64, Rc<Session>>>,
+    tree: RefCell<topic::Tree<Entry>>,
+    /// Subscriptions on this shard that may match each Kafka topic.
+    topic_refs: RefCell<HashMap<String, usize>>,
+    /// Partitions tailed on this shard.
+    tails: RefCell<HashSet<TopicPartition>>,
+    appender: Rc<appender::Appender>,
+    registry: RefCell<registry::Registry>,
+    /// Filled on the shard owning the retained messages' partition.
+    retained: RefCell<retained::Retained>,
+    counters: RefCell<Counters>,
+}
+
+/// Milliseconds since the epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+impl Mqtt {
+    pub fn new(context: Rc<Context>, shard: usize) -> Mqtt {
+        Mqtt {
+            context,
+            shard,
+            next_key: Cell::new(1),
+            sessions: RefCell::default(),
+            by_key: RefCell::default(),
+            tree: RefCell::default(),
+            topic_refs: RefCell::default(),
+            tails: RefCell::default(),
+            appender: Rc::default(),
+            registry: RefCell::default(),
+            retained: RefCell::default(),
+            counters: RefCell::default(),
+        }
+    }
+
+    /// This shard's MQTT state, once started.
+    pub fn current() -> Option<Rc<Mqtt>> {
+        coremq_runtime::local::<Mqtt>()
+    }
+
+    fn config(&self) -> &MqttConfig {
+        &self.context.config.mqtt
+    }
+
+    fn limits(&self) -> session::Limits {
+        let config = self.config();
+        session::Limits {
+            max_queued_messages: config.max_queued_messages,
+            pending_bytes_max: config.pending_bytes_max,
+        }
+    }
+
+    /// This shard's counters, and its sessions (connected or not).
+    pub fn counters(&self) -> (Counters, usize) {
+        (self.counters.borrow().clone(), self.sessions.borrow().len())
+    }
+
+    fn count_dropped(&self, reason: Dropped) {
+        *self
+            .counters
+            .borrow_mut()
+            .dropped
+            .entry(reason.label())
+            .or_default() += 1;
+    }
+
+    /// Delivers to one session, counting what was sent and dropped.
+    fn offer(&self, session: &Session, outgoing: Outgoing, now_ms: i64) {
+        match session.offer(outgoing, &self.limits(), now_ms) {
+            Ok(()) => self.counters.borrow_mut().messages_sent += 1,
+            Err(reason) => self.count_dropped(reason),
+        }
+    }
+
+    /// Adds a subscription of `session` to the tree and the Kafka topics it may read.
+    async fn subscribe(self: &Rc<Self>, session: &Session, filter: &str, options: Options) {
+        let Ok(parsed) = topic::parse_filter(filter) else {
+            return;
+        };
+        let entry = Entry {
+            key: session.key,
+            filter: Rc::from(filter),
+            options,
+        };
+        self.tree.borrow_mut().insert(parsed.filter, entry);
+        let topics: Vec<String> = self
+            .config()
+            .kafka_topics_for(parsed.filter)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        for topic in topics {
+            *self
+                .topic_refs
+                .borrow_mut()
+                .entry(topic.clone())
+                .or_default() += 1;
+            self.ensure_tails(&topic).await;
+        }
+    }
+
+    /// Removes `session`'s subscription `filter` from the tree; whether it had one.
+    fn unsubscribe(&self, session: &Session, filter: &str) -> bool {
+        let Ok(parsed) = topic::parse_filter(filter) else {
+            return false;
+        };
+        let removed = self.tree.borrow_mut().remove(parsed.filter, |entry| {
+            entry.key == session.key && &*entry.filter == filter
+        });
+        if removed == 0 {
+            return false;
+        }
+        let mut refs = self.topic_refs.borrow_mut();
+        for topic in self.config().kafka_topics_for(parsed.filter) {
+            if let Some(count) = refs.get_mut(topic) {
+                *count = count.saturating_sub(removed);
+                if *count == 0 {
+                    refs.remove(topic);
+                }
+            }
+        }
+        true
+    }
+
+    /// Installs a session on this shard, its subscriptions in the tree.
+    async fn install(self: &Rc<Self>, session: Rc<Session>) {
+        let subscriptions: Vec<(String, Options)> = session
+            .state
+            .borrow()
+            .subscriptions
+            .iter()
+            .map(|(filter, options)| (filter.clone(), options.clone()))
+            .collect();
+        self.sessions
+            .borrow_mut()
+            .insert(session.client_id.clone(), session.clone());
+        self.by_key
+            .borrow_mut()
+            .insert(session.key, session.clone());
+        for (filter, options) in subscriptions {
+            self.subscribe(&session, &filter, options).await;
+        }
+    }
+
+    /// Removes a session from this shard: out of the maps and the tree.
+    fn remove(&self, session: &Session) {
+        let current = self.sessions.borrow().get(&session.client_id).cloned();
+        if current.is_some_and(|current| current.key == session.key) {
+            self.sessions.borrow_mut().remove(&session.client_id);
+        }
+        self.by_key.borrow_mut().remove(&session.key);
+        let filters: Vec<String> = session
+            .state
+            .borrow()
+            .subscriptions
+            .keys()
+            .cloned()
+            .collect();
+        for filter in filters {
+            self.unsubscribe(session, &filter);
+        }
+    }
+
+    fn next_key(&self) -> u64 {
+        let key = self.next_key.get();
+        self.next_key.set(key + 1);
+        key
+    }
+}
+
+impl Protocol for Mqtt {
+    type Request = connection::Request;
+    type Connection = Client;
+
+    const CLIENTS: &'static str = "MQTT clients";
+
+    /// The fixed header: a type byte, then the remaining length in one to four bytes.
+    fn frame_size(prefix: &[u8]) -> Result<FrameSize, String> {
+        match codec::remaining_length(prefix) {
+            Ok(Some(length)) => Ok(FrameSize::Body(length)),
+            Ok(None) => Ok(FrameSize::Need(1)),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    fn open(&self, peer: Option<SocketAddr>, link: Link) -> Rc<Client> {
+        let id = self.next_key();
+        Rc::new(Client::new(id, peer, link, self.config()))
+    }
+
+    fn decode(
+        &self,
+        client: &Rc<Client>,
+        prefix: &[u8],
+        body: Bytes,
+    ) -> Result<Incoming<Self::Request>, String> {
+        client.decode(prefix[0], body)
+    }
+
+    async fn respond(
+        self: Rc<Self>,
+        client: Rc<Client>,
+        request: Self::Request,
+        _peer: Option<SocketAddr>,
+    ) -> Option<Vec<Bytes>> {
+        connection::respond(self, client, request).await
+    }
+
+    fn too_large(&self, client: &Rc<Client>) -> Option<Vec<Bytes>> {
+        client.too_large()
+    }
+
+    fn closed(&self, client: &Rc<Client>) {
+        connection::closed(client);
+    }
+}

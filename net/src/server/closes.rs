@@ -31,6 +31,8 @@ pub enum CloseReason {
     TooManyConnectionsPerIp,
     /// A frame that is not a request this broker serves, or of an impossible size.
     BadRequest,
+    /// A frame over the largest size the listener accepts.
+    TooLarge,
     /// Reading from the socket failed.
     ReadError,
     /// A packet the protocol forbids where it came (MQTT: a second CONNECT, a PUBLISH
@@ -50,6 +52,7 @@ impl CloseReason {
             CloseReason::TooManyConnections => "max_connections",
             CloseReason::TooManyConnectionsPerIp => "max_connections_per_ip",
             CloseReason::BadRequest => "bad_request",
+            CloseReason::TooLarge => "too_large",
             CloseReason::ReadError => "read_error",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::KeepAlive => "keep_alive",

@@ -210,6 +210,14 @@ async fn serve<P: Protocol>(server: &Rc<Server<P>>, stream: TcpStream) {
             Some(Ok(Some(read))) => read,
             Some(Err((reason, detail))) => {
                 server.closes.note(peer, reason, &detail);
+                if reason == CloseReason::TooLarge
+                    && let Some(answer) = server.protocol.too_large(&connection)
+                {
+                    let _ = queue
+                        .send(coremq_runtime::spawn_local(async move { Some(answer) }))
+                        .await;
+                    in_flight.set(in_flight.get() + 1);
+                }
                 break;
             }
         };
@@ -344,8 +352,8 @@ async fn read_frame<P: Protocol>(
     let max = limits.frame_bytes_max;
     if size > max {
         return Err((
-            CloseReason::BadRequest,
-            format!("request size {size} is over {max} (socket_request_max_bytes)"),
+            CloseReason::TooLarge,
+            format!("a frame of {size} bytes is over the listener's limit of {max}"),
         ));
     }
     let permit = server

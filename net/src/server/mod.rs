@@ -73,6 +73,9 @@ pub trait Protocol: 'static {
         peer: Option<SocketAddr>,
     ) -> impl Future<Output = Option<Vec<Bytes>>> + 'static;
 
+    /// A frame over the size limit arrived: what to write before the connection closes.
+    fn too_large(&self, connection: &Rc<Self::Connection>) -> Option<Vec<Bytes>>;
+
     /// The connection stopped reading (the client left, or the server closed it); answers
     /// and pushes still queued are being written.
     fn closed(&self, connection: &Rc<Self::Connection>);

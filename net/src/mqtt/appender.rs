@@ -1,0 +1,188 @@
+//! Appends MQTT messages to their Kafka partitions in batches. Messages for a partition that
+//! arrive while its last batch is being appended wait and go together in the next one (group
+//! commit), so a busy partition gets large batches and an idle one no added latency. Order is
+//! kept: a partition's messages are appended in the order they were handed over.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use coremq_engine::record::{BatchBuilder, Header};
+use coremq_engine::{Compression, Timestamp, TopicPartition};
+use coremq_replication::{Cluster, Consistency};
+
+/// How long an append waits for the in-sync replicas (Kafka's default request timeout).
+const APPEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Record bytes in one batch at most, below Kafka's default `max.message.bytes`.
+const BATCH_RECORD_BYTES_MAX: usize = 900 << 10;
+
+/// One record waiting for its batch.
+struct Pending {
+    timestamp: Timestamp,
+    key: Bytes,
+    /// `None`: a tombstone.
+    value: Option<Bytes>,
+    headers: Vec<Header>,
+    durable: bool,
+}
+
+/// The answer every message of one batch gets: `Ok` once stored (durably, when it asked).
+pub struct Outcome {
+    result: RefCell<Option<Result<(), String>>>,
+    /// Disconnected once `result` is set.
+    done: flume::Receiver<()>,
+}
+
+impl Outcome {
+    /// Waits for the batch's append.
+    pub async fn wait(&self) -> Result<(), String> {
+        let _ = self.done.recv_async().await;
+        self.result
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| Err("the append was dropped".into()))
+    }
+}
+
+/// The next batch of one partition: its records and the outcome they will share.
+struct Batch {
+    records: Vec<Pending>,
+    bytes: usize,
+    outcome: Rc<Outcome>,
+    finish: flume::Sender<()>,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        let (finish, done) = flume::bounded(1);
+        Batch {
+            records: Vec::new(),
+            bytes: 0,
+            outcome: Rc::new(Outcome {
+                result: RefCell::new(None),
+                done,
+            }),
+            finish,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Batches not yet appended, the oldest first; a full one is followed by a new one.
+    batches: Vec<Batch>,
+    appending: Cell<bool>,
+}
+
+/// A shard's appenders, one queue per partition it appends MQTT messages to.
+#[derive(Default)]
+pub struct Appender {
+    queues: RefCell<HashMap<TopicPartition, Rc<RefCell<Queue>>>>,
+}
+
+impl Appender {
+    /// Queues a record for `log`; its batch's outcome. `durable`: the batch is appended with
+    /// the topic's durability (acks=all), else as soon as it is written.
+    pub fn append(
+        self: &Rc<Self>,
+        cluster: &Cluster,
+        log: &TopicPartition,
+        key: Bytes,
+        value: Option<Bytes>,
+        headers: Vec<Header>,
+        durable: bool,
+    ) -> Rc<Outcome> {
+        let queue = self
+            .queues
+            .borrow_mut()
+            .entry(log.clone())
+            .or_default()
+            .clone();
+        let bytes = key.len()
+            + value.as_ref().map_or(0, Bytes::len)
+            + headers
+                .iter()
+                .map(|h| h.key.len() + h.value.as_ref().map_or(0, Bytes::len))
+                .sum::<usize>()
+            + 16;
+        let outcome = {
+            let mut queue = queue.borrow_mut();
+            let full = queue.batches.last().is_none_or(|batch| {
+                batch.bytes + bytes > BATCH_RECORD_BYTES_MAX && !batch.records.is_empty()
+            });
+            if full {
+                queue.batches.push(Batch::new());
+            }
+            let batch = queue.batches.last_mut().expect("a batch was just made");
+            batch.bytes += bytes;
+            batch.records.push(Pending {
+                timestamp: Timestamp::now(),
+                key,
+                value,
+                headers,
+                durable,
+            });
+            batch.outcome.clone()
+        };
+        let idle = !queue.borrow().appending.replace(true);
+        if idle {
+            let (cluster, log, appender) = (cluster.clone(), log.clone(), self.clone());
+            coremq_runtime::spawn_local(async move {
+                appender.drain(&cluster, &log, &queue).await;
+            })
+            .detach();
+        }
+        outcome
+    }
+
+    /// Appends the partition's batches one after another until none is left.
+    async fn drain(&self, cluster: &Cluster, log: &TopicPartition, queue: &Rc<RefCell<Queue>>) {
+        loop {
+            let batch = {
+                let mut queue = queue.borrow_mut();
+                if queue.batches.is_empty() {
+                    queue.appending.set(false);
+                    break;
+                }
+                queue.batches.remove(0)
+            };
+            let durable = batch.records.iter().any(|record| record.durable);
+            let mut builder = BatchBuilder::with_capacity(Compression::Zstd, batch.bytes);
+            for record in &batch.records {
+                builder.push(
+                    record.timestamp,
+                    Some(&record.key),
+                    record.value.as_deref(),
+                    &record.headers,
+                );
+            }
+            let consistency = if durable {
+                Consistency::Durable {
+                    timeout: APPEND_TIMEOUT,
+                }
+            } else {
+                Consistency::Leader
+            };
+            let result = cluster
+                .append(log, builder.build(), consistency)
+                .await
+                .map(drop)
+                .map_err(|error| error.to_string());
+            *batch.outcome.result.borrow_mut() = Some(result);
+            drop(batch.finish);
+        }
+        let empty = queue.borrow().batches.is_empty() && !queue.borrow().appending.get();
+        if empty {
+            let mut queues = self.queues.borrow_mut();
+            if queues
+                .get(log)
+                .is_some_and(|current| Rc::ptr_eq(current, queue))
+            {
+                queues.remove(log);
+            }
+        }
+    }
+}
