@@ -237,3 +237,429 @@ fn a_kafka_record_reaches_mqtt_subscribers_of_its_key() {
     );
     assert_eq!(other.messages(1), ["quotes/MSFT 411.2"]);
 }
+
+/// Runs the paho-mqtt scenario `scenario` of `tests/python/mqtt_paho.py`; fails the test
+/// (with its output and the broker's log) unless it passes.
+fn paho(broker: &Broker, scenario: &str) {
+    let dir = python::scripts();
+    let address = format!("127.0.0.1:{}", broker.mqtt_port());
+    let output = Command::new(python::interpreter())
+        .arg(dir.join("mqtt_paho.py"))
+        .args([&address, scenario])
+        .current_dir(&dir)
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "{scenario} failed:\n{}\n{}\nbroker log:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        broker.log()
+    );
+}
+
+#[test]
+fn mqtt_3_1_2_8_a_will_is_published_when_the_connection_drops_and_not_after_disconnect() {
+    let (_dir, broker) = start("will", &[]);
+    paho(&broker, "will_on_abnormal_disconnect");
+}
+
+#[test]
+fn mqtt_3_3_1_5_retained_messages_are_kept_replaced_cleared_and_survive_a_restart() {
+    let (_dir, mut broker) = start("retained", &[]);
+    paho(&broker, "retained_messages");
+    broker.restart();
+    paho(&broker, "retained_check");
+}
+
+#[test]
+fn mqtt_3_1_2_5_a_resumed_session_gets_the_qos_2_messages_queued_while_away_once() {
+    let (_dir, broker) = start("qos2", &[]);
+    paho(&broker, "qos2_exactly_once_across_reconnect");
+}
+
+#[test]
+fn mqtt_3_3_2_15_request_response_carries_response_topic_and_correlation_data() {
+    let (_dir, broker) = start("request-response", &[]);
+    paho(&broker, "request_response");
+}
+
+#[test]
+fn mqtt_3_2_2_17_a_client_publishes_by_topic_alias_and_one_over_the_maximum_disconnects() {
+    let (_dir, broker) = start("aliases", &[]);
+    paho(&broker, "topic_aliases");
+}
+
+#[test]
+fn mqtt_3_2_2_15_a_packet_over_the_maximum_packet_size_gets_disconnect_0x95() {
+    let (_dir, broker) = start("oversized", &["--mqtt-maximum-packet-size", "4096"]);
+    paho(&broker, "oversized_packets");
+}
+
+#[test]
+fn mqtt_3_8_3_3_no_local_subscription_identifiers_and_overlapping_subscriptions() {
+    let (_dir, broker) = start("options", &[]);
+    paho(&broker, "subscription_options");
+}
+
+/// A bare MQTT connection for the checks no client library lets one make (packets out of
+/// order, malformed ones, the server's own topic aliases): packets written with the broker's
+/// codec, whose encoding the clients above check against their own.
+struct Raw {
+    stream: std::net::TcpStream,
+    level: Level,
+}
+
+use bytes::{Bytes, BytesMut};
+use coremq_net::mqtt::codec::{
+    self, Ack, ConnAck, Connect, Level, Packet, Properties, Publish, QoS, Subscribe, Subscription,
+    reason,
+};
+
+impl Raw {
+    fn open(broker: &Broker, level: Level) -> Raw {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", broker.mqtt_port())).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Raw { stream, level }
+    }
+
+    /// Opens and CONNECTs as `client_id`; the CONNACK.
+    fn connect(
+        broker: &Broker,
+        level: Level,
+        client_id: &str,
+        properties: Properties,
+    ) -> (Raw, ConnAck) {
+        let mut raw = Raw::open(broker, level);
+        raw.send(&Packet::Connect(Box::new(Connect {
+            level,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties,
+        })));
+        match raw.receive() {
+            Some(Packet::ConnAck(connack)) => (raw, connack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    fn send(&mut self, packet: &Packet) {
+        let mut out = BytesMut::new();
+        codec::encode(packet, self.level, &mut out).unwrap();
+        self.send_bytes(&out);
+    }
+
+    fn send_bytes(&mut self, bytes: &[u8]) {
+        use std::io::Write as _;
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// The next packet, or `None` once the server closed the connection.
+    fn receive(&mut self) -> Option<Packet> {
+        use std::io::Read as _;
+        let mut header = vec![0u8; 1];
+        self.stream.read_exact(&mut header).ok()?;
+        let length = loop {
+            let mut byte = [0u8];
+            self.stream.read_exact(&mut byte).ok()?;
+            header.push(byte[0]);
+            if let Some(length) = codec::remaining_length(&header).unwrap() {
+                break length;
+            }
+        };
+        let mut body = vec![0u8; length];
+        self.stream.read_exact(&mut body).ok()?;
+        if header[0] >> 4 == codec::kind::CONNACK && self.level == Level::V311 {
+            return Some(codec::decode(header[0], Bytes::from(body), Level::V311).unwrap());
+        }
+        Some(codec::decode(header[0], Bytes::from(body), self.level).unwrap())
+    }
+
+    fn subscribe(&mut self, filter: &str, qos: QoS) {
+        self.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            subscriptions: vec![Subscription {
+                filter: filter.into(),
+                qos,
+                ..Subscription::default()
+            }],
+            properties: Properties::default(),
+        }));
+        assert!(matches!(self.receive(), Some(Packet::SubAck(_))));
+    }
+
+    /// Whether the server closed the connection (after any packets it sent first).
+    fn closed(&mut self) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if self.receive().is_none() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[test]
+fn mqtt_3_1_0_1_a_packet_before_connect_closes_the_connection() {
+    let (_dir, broker) = start("before-connect", &[]);
+    let mut raw = Raw::open(&broker, Level::V311);
+    raw.send(&Packet::Publish(Publish {
+        topic: "a".into(),
+        payload: Bytes::from_static(b"early"),
+        ..Publish::default()
+    }));
+    assert!(raw.receive().is_none(), "closed without an answer");
+    // The broker serves others as before.
+    let (_raw, connack) = Raw::connect(&broker, Level::V311, "fine", Properties::default());
+    assert_eq!(connack.code, reason::SUCCESS);
+}
+
+#[test]
+fn mqtt_3_1_0_2_a_second_connect_is_a_protocol_error() {
+    let (_dir, broker) = start("second-connect", &[]);
+    for level in [Level::V311, Level::V5] {
+        let (mut raw, _) = Raw::connect(&broker, level, "twice", Properties::default());
+        raw.send(&Packet::Connect(Box::new(Connect {
+            level,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: "twice".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        })));
+        if level == Level::V5 {
+            match raw.receive() {
+                Some(Packet::Disconnect(disconnect)) => {
+                    assert_eq!(disconnect.code, reason::PROTOCOL_ERROR)
+                }
+                other => panic!("expected DISCONNECT, got {other:?}"),
+            }
+        }
+        assert!(raw.closed());
+    }
+}
+
+#[test]
+fn mqtt_1_5_4_1_a_string_that_is_not_utf8_closes_the_connection() {
+    let (_dir, broker) = start("utf8", &[]);
+    for level in [Level::V311, Level::V5] {
+        let (mut raw, _) = Raw::connect(&broker, level, "utf8", Properties::default());
+        // PUBLISH QoS 0, topic of two bytes that are not UTF-8.
+        let mut packet = vec![0x30, 0x05, 0x00, 0x02, 0xC3, 0x28, b'x'];
+        if level == Level::V5 {
+            packet = vec![0x30, 0x06, 0x00, 0x02, 0xC3, 0x28, 0x00, b'x'];
+        }
+        raw.send_bytes(&packet);
+        if level == Level::V5 {
+            match raw.receive() {
+                Some(Packet::Disconnect(disconnect)) => {
+                    assert_eq!(disconnect.code, reason::MALFORMED_PACKET)
+                }
+                other => panic!("expected DISCONNECT, got {other:?}"),
+            }
+        }
+        assert!(raw.closed());
+    }
+}
+
+#[test]
+fn mqtt_3_3_2_2_a_wildcard_in_a_publish_topic_closes_the_connection() {
+    let (_dir, broker) = start("wildcard", &[]);
+    let subscriber = Subscriber::start(&broker, &["-t", "#", "-v"]);
+    for level in [Level::V311, Level::V5] {
+        let (mut raw, _) = Raw::connect(&broker, level, "wild", Properties::default());
+        raw.send(&Packet::Publish(Publish {
+            topic: "a/+".into(),
+            payload: Bytes::from_static(b"no"),
+            ..Publish::default()
+        }));
+        if level == Level::V5 {
+            match raw.receive() {
+                Some(Packet::Disconnect(disconnect)) => {
+                    assert_eq!(disconnect.code, reason::TOPIC_NAME_INVALID)
+                }
+                other => panic!("expected DISCONNECT, got {other:?}"),
+            }
+        }
+        assert!(raw.closed());
+    }
+    publish(&broker, &["-t", "after", "-m", "ok"]);
+    assert_eq!(
+        subscriber.messages(1),
+        ["after ok"],
+        "nothing of a/+ was delivered"
+    );
+}
+
+#[test]
+fn mqtt_3_1_2_2_an_unsupported_protocol_level_gets_return_code_1() {
+    let (_dir, broker) = start("level", &[]);
+    let mut raw = Raw::open(&broker, Level::V311);
+    let body = [0, 4, b'M', b'Q', b'T', b'T', 9, 2, 0, 60, 0, 1, b'c'];
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    raw.send_bytes(&packet);
+    match raw.receive() {
+        Some(Packet::ConnAck(connack)) => {
+            assert_eq!(connack.code, reason::V3_UNACCEPTABLE_PROTOCOL_VERSION)
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    assert!(raw.closed());
+}
+
+#[test]
+fn mqtt_3_1_3_8_an_empty_client_id_needs_a_clean_session_and_5_0_gets_one_assigned() {
+    let (_dir, broker) = start("client-id", &[]);
+    let mut raw = Raw::open(&broker, Level::V311);
+    raw.send(&Packet::Connect(Box::new(Connect {
+        level: Level::V311,
+        clean_start: false,
+        keep_alive: 60,
+        client_id: String::new(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    })));
+    match raw.receive() {
+        Some(Packet::ConnAck(connack)) => assert_eq!(connack.code, reason::V3_IDENTIFIER_REJECTED),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    assert!(raw.closed());
+    // MQTT-3.2.2-16: a 5.0 client without an identifier is told the one assigned.
+    let (_raw, connack) = Raw::connect(&broker, Level::V5, "", Properties::default());
+    assert_eq!(connack.code, reason::SUCCESS);
+    let assigned = connack.properties.assigned_client_identifier.unwrap();
+    assert!(!assigned.is_empty());
+}
+
+#[test]
+fn mqtt_3_1_4_3_a_connection_with_the_same_client_id_takes_the_session_over() {
+    let (_dir, broker) = start("takeover", &[]);
+    let mut connections = Vec::new();
+    // Enough connections that some land on each shard.
+    for _ in 0..4 {
+        let (old, _) = Raw::connect(&broker, Level::V5, "same", Properties::default());
+        connections.push(old);
+        let (mut old, _) = Raw::connect(&broker, Level::V5, "same", Properties::default());
+        let mut older = connections.pop().unwrap();
+        match older.receive() {
+            Some(Packet::Disconnect(disconnect)) => {
+                assert_eq!(disconnect.code, reason::SESSION_TAKEN_OVER)
+            }
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
+        assert!(older.closed());
+        old.send(&Packet::PingReq);
+        assert_eq!(old.receive(), Some(Packet::PingResp));
+        connections.push(old);
+    }
+}
+
+#[test]
+fn mqtt_3_1_2_22_a_client_silent_for_one_and_a_half_keep_alives_is_disconnected() {
+    let (_dir, broker) = start("keep-alive", &[]);
+    let mut raw = Raw::open(&broker, Level::V311);
+    raw.send(&Packet::Connect(Box::new(Connect {
+        level: Level::V311,
+        clean_start: true,
+        keep_alive: 1,
+        client_id: "sleepy".into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    })));
+    assert!(matches!(raw.receive(), Some(Packet::ConnAck(_))));
+    let started = Instant::now();
+    assert!(raw.closed());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+}
+
+#[test]
+fn mqtt_3_1_2_26_the_server_uses_topic_aliases_up_to_the_client_maximum() {
+    let (_dir, broker) = start("server-aliases", &[]);
+    let properties = Properties {
+        topic_alias_maximum: Some(2),
+        ..Properties::default()
+    };
+    let (mut raw, _) = Raw::connect(&broker, Level::V5, "aliased", properties);
+    raw.subscribe("alias/#", QoS::AtMostOnce);
+    for topic in ["alias/a", "alias/a", "alias/b", "alias/c", "alias/b"] {
+        publish(&broker, &["-t", topic, "-m", "x"]);
+    }
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let Some(Packet::Publish(publish)) = raw.receive() else {
+            panic!("expected PUBLISH");
+        };
+        seen.push((publish.topic, publish.properties.topic_alias));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("alias/a".to_string(), Some(1)),
+            (String::new(), Some(1)),
+            ("alias/b".to_string(), Some(2)),
+            // Both aliases taken: sent by name, the client's maximum reached.
+            ("alias/c".to_string(), None),
+            (String::new(), Some(2)),
+        ]
+    );
+}
+
+#[test]
+fn mqtt_4_3_3_10_a_qos_2_message_sent_again_before_pubrel_is_stored_once() {
+    let (_dir, broker) = start("qos2-inbound", &["--mqtt-topic-map", "once/#=once"]);
+    let (mut raw, _) = Raw::connect(&broker, Level::V311, "twice", Properties::default());
+    let publish = |dup| {
+        Packet::Publish(Publish {
+            dup,
+            qos: QoS::ExactlyOnce,
+            topic: "once/x".into(),
+            packet_id: 7,
+            payload: Bytes::from_static(b"only once"),
+            ..Publish::default()
+        })
+    };
+    raw.send(&publish(false));
+    assert!(matches!(
+        raw.receive(),
+        Some(Packet::PubRec(Ack { packet_id: 7, .. }))
+    ));
+    raw.send(&publish(true));
+    assert!(matches!(
+        raw.receive(),
+        Some(Packet::PubRec(Ack { packet_id: 7, .. }))
+    ));
+    raw.send(&Packet::PubRel(Ack {
+        packet_id: 7,
+        ..Ack::default()
+    }));
+    assert!(matches!(
+        raw.receive(),
+        Some(Packet::PubComp(Ack { packet_id: 7, .. }))
+    ));
+    // After PUBREL the identifier is free: the same one is a new message.
+    raw.send(&publish(false));
+    assert!(matches!(
+        raw.receive(),
+        Some(Packet::PubRec(Ack { packet_id: 7, .. }))
+    ));
+    let records = kcat(&broker, &["-C", "-t", "once", "-e", "-q", "-f", "%s\n"], "");
+    assert_eq!(records, "only once\nonly once\n");
+}

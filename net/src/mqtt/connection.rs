@@ -100,7 +100,10 @@ impl Client {
             vec![encode(
                 &Packet::Disconnect(Disconnect {
                     code: reason::PACKET_TOO_LARGE,
-                    properties: Properties::default(),
+                    properties: Properties {
+                        reason_string: Some("a packet over the maximum packet size".into()),
+                        ..Properties::default()
+                    },
                 }),
                 Level::V5,
             )]
@@ -329,7 +332,7 @@ async fn connect_client(
         connect.client_id.clone()
     };
     if connect.properties.authentication_method.is_some() {
-        // MQTT-3.1.2-? (4.12): no enhanced authentication method is supported.
+        // Section 4.12: no enhanced authentication method is supported.
         return refuse(
             client,
             level,

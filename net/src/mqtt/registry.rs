@@ -131,7 +131,7 @@ impl Mqtt {
     pub(super) fn may_install(&self, client_id: &str, generation: u64) -> bool {
         let mut registry = self.registry.borrow_mut();
         match registry.taken.get(client_id) {
-            Some(&taken) if taken >= generation => false,
+            Some(&taken) if taken > generation => false,
             Some(_) => {
                 registry.taken.remove(client_id);
                 true

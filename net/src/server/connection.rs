@@ -194,6 +194,8 @@ async fn serve<P: Protocol>(server: &Rc<Server<P>>, stream: TcpStream) {
         in_flight.clone(),
     ));
     let stop = server.stopped.clone();
+    // Whether the server ends the connection while the client may still be sending.
+    let mut linger = false;
     while !link.is_closing() {
         let next = futures_lite::future::or(
             async { Some(read_frame(server, &mut reader, &in_flight, &link).await) },
@@ -210,6 +212,7 @@ async fn serve<P: Protocol>(server: &Rc<Server<P>>, stream: TcpStream) {
             Some(Ok(Some(read))) => read,
             Some(Err((reason, detail))) => {
                 server.closes.note(peer, reason, &detail);
+                linger = true;
                 if reason == CloseReason::TooLarge
                     && let Some(answer) = server.protocol.too_large(&connection)
                 {
@@ -239,6 +242,7 @@ async fn serve<P: Protocol>(server: &Rc<Server<P>>, stream: TcpStream) {
             }
             Err(error) => {
                 server.closes.note(peer, CloseReason::BadRequest, &error);
+                linger = true;
                 break;
             }
         };
@@ -257,12 +261,26 @@ async fn serve<P: Protocol>(server: &Rc<Server<P>>, stream: TcpStream) {
     }
     if let Some((reason, detail)) = link.closing() {
         server.closes.note(peer, reason, &detail);
+        linger = true;
     }
     link.end();
     server.protocol.closed(&connection);
     drop(queue);
     let _ = writer.await;
+    if linger {
+        // Closing a socket with unread bytes in it resets the connection, and the client may
+        // lose the last answer (MQTT's DISCONNECT with its reason). What it still sends is
+        // read and dropped until it closes, for a moment at most.
+        let drain = async {
+            let mut discard = [0u8; 16 << 10];
+            while let Ok(1..) = reader.read(&mut discard).await {}
+        };
+        within(LINGER, drain).await;
+    }
 }
+
+/// How long a connection the server ends is drained before its socket closes.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Why a connection is being closed, and the line to log.
 type Closing = (CloseReason, String);

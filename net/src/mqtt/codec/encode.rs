@@ -265,10 +265,10 @@ fn encode_publish_head(publish: &Publish, v5: bool, w: &mut Writer) {
 fn encode_ack(first: u8, ack: &Ack, v5: bool, w: &mut Writer) -> u8 {
     w.u16(ack.packet_id);
     if v5 && (ack.code != 0 || ack.properties != Properties::default()) {
+        // The property length follows the reason code even when 0: the specification allows
+        // leaving it out, but some clients (paho-mqtt 2.1) then ignore the reason code.
         w.u8(ack.code);
-        if ack.properties != Properties::default() {
-            ack.properties.write(w);
-        }
+        ack.properties.write(w);
     }
     first
 }
@@ -281,11 +281,10 @@ fn encode_suback(suback: &SubAck, v5: bool, w: &mut Writer) {
     w.raw(&suback.codes);
 }
 
+/// As for acknowledgements, a reason code is always followed by its property length.
 fn encode_disconnect(disconnect: &Disconnect, w: &mut Writer) {
     if disconnect.code != 0 || disconnect.properties != Properties::default() {
         w.u8(disconnect.code);
-        if disconnect.properties != Properties::default() {
-            disconnect.properties.write(w);
-        }
+        disconnect.properties.write(w);
     }
 }
