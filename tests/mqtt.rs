@@ -663,3 +663,9 @@ fn mqtt_4_3_3_10_a_qos_2_message_sent_again_before_pubrel_is_stored_once() {
     let records = kcat(&broker, &["-C", "-t", "once", "-e", "-q", "-f", "%s\n"], "");
     assert_eq!(records, "only once\nonly once\n");
 }
+
+#[test]
+fn mqtt_4_8_2_a_shared_subscription_splits_a_stream_among_its_members_on_every_shard() {
+    let (_dir, broker) = start("shared", &[]);
+    paho(&broker, "shared_subscriptions");
+}

@@ -18,20 +18,24 @@ if ! command -v cargo-fuzz >/dev/null 2>&1 && ! cargo fuzz --version >/dev/null 
 fi
 cargo --version
 
-say "Kafka clients and network tools for the end-to-end tests"
-# kcat; ip (iproute2) and nft (nftables) for the network-partition test (tests/partition.rs).
+say "Kafka and MQTT clients and network tools for the end-to-end tests"
+# kcat; mosquitto_pub and mosquitto_sub (tests/mqtt.rs); stdbuf (coreutils); ip (iproute2)
+# and nft (nftables) for the network-partition test (tests/partition.rs).
 if ! command -v kcat >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1 \
-  || ! command -v nft >/dev/null 2>&1; then
+  || ! command -v nft >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1 \
+  || ! command -v stdbuf >/dev/null 2>&1; then
   sudo_cmd=""
   if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
   $sudo_cmd apt-get update -qq
-  $sudo_cmd apt-get install -y -qq kcat iproute2 nftables >/dev/null
+  $sudo_cmd apt-get install -y -qq kcat iproute2 nftables mosquitto-clients coreutils >/dev/null
 fi
 kcat -V | head -n 1
-# confluent-kafka (current librdkafka) and kafka-python (pure Python), in a virtual
-# environment under target/ that the end-to-end tests use (tests/kafka_python.rs).
+mosquitto_sub --help | sed -n 2p
+# confluent-kafka (current librdkafka), kafka-python (pure Python) and paho-mqtt, in a
+# virtual environment under target/ that the end-to-end tests use (tests/kafka_python.rs,
+# tests/mqtt.rs).
 venv=target/e2e-venv
-if ! "$venv/bin/python" -c 'import confluent_kafka, kafka' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import confluent_kafka, kafka, paho.mqtt' >/dev/null 2>&1; then
   if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     sudo_cmd=""
     if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
@@ -41,9 +45,9 @@ if ! "$venv/bin/python" -c 'import confluent_kafka, kafka' >/dev/null 2>&1; then
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check \
-    'confluent-kafka==2.16.1' 'kafka-python[lz4,snappy,zstd]==3.0.12'
+    'confluent-kafka==2.16.1' 'kafka-python[lz4,snappy,zstd]==3.0.12' 'paho-mqtt==2.1.0'
 fi
-"$venv/bin/python" -c 'import confluent_kafka, kafka; print("confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__)'
+"$venv/bin/python" -c 'import confluent_kafka, kafka, paho.mqtt; print("confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__, "paho-mqtt", paho.mqtt.__version__)'
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -295,10 +295,58 @@ def subscription_options(address):
     watcher.stop()
 
 
+def shared_subscriptions(address):
+    """$share/{group}/{filter} (MQTT 5.0 section 4.8.2, and from 3.1.1 clients): each message
+    goes to one member of the group, every member gets a share, and a plain subscription of
+    the same filter still gets every message."""
+    workers = [Client(address, version) for version in (V5, V5, V311, V311)]
+    for worker in workers:
+        worker.connect()
+        worker.subscribe("$share/workers/jobs/#", qos=1)
+    watcher = Client(address, V5)
+    watcher.connect()
+    watcher.subscribe("jobs/#", qos=1)
+    publisher = Client(address, V5)
+    publisher.connect()
+    count = 400
+    for index in range(count):
+        publisher.publish(f"jobs/{index % 10}", str(index).encode(), qos=1)
+    seen = [m.payload for m in (watcher.message() for _ in range(count))]
+    assert sorted(seen) == sorted(str(i).encode() for i in range(count)), "the plain one gets all"
+    shares = []
+    for worker in workers:
+        got = []
+        while True:
+            try:
+                got.append(worker.message(timeout=2).payload)
+            except queue.Empty:
+                break
+        shares.append(got)
+    everything = [payload for share in shares for payload in share]
+    assert len(everything) == count, f"{len(everything)} deliveries for {count} messages"
+    assert sorted(everything) == sorted(seen), "each message once"
+    assert all(len(share) > count // 10 for share in shares), [len(s) for s in shares]
+    # A member that leaves gets nothing more; the others take its share.
+    workers[0].stop()
+    time.sleep(0.5)
+    for index in range(100):
+        publisher.publish(f"jobs/{index % 10}", f"late {index}".encode(), qos=1)
+    late = []
+    for worker in workers[1:]:
+        while True:
+            try:
+                late.append(worker.message(timeout=2).payload)
+            except queue.Empty:
+                break
+    assert len(late) == 100, len(late)
+    for client in workers[1:] + [watcher, publisher]:
+        client.stop()
+
+
 SCENARIOS = {f.__name__: f for f in (
     will_on_abnormal_disconnect, retained_messages, retained_check,
     qos2_exactly_once_across_reconnect, request_response, topic_aliases,
-    oversized_packets, subscription_options)}
+    oversized_packets, subscription_options, shared_subscriptions)}
 
 if __name__ == "__main__":
     if len(sys.argv) < 3:

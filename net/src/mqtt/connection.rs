@@ -410,7 +410,6 @@ async fn connect_client(
             receive_maximum: Some(config.receive_maximum),
             maximum_packet_size: Some(config.maximum_packet_size),
             topic_alias_maximum: Some(config.topic_alias_maximum),
-            shared_subscription_available: Some(0),
             ..Properties::default()
         }
     } else {
@@ -439,6 +438,7 @@ async fn connect_client(
     for reason in session.resume(attached, super::now_ms()) {
         mqtt.count_dropped(reason);
     }
+    mqtt.share_presence(&session);
     log::debug!(
         "MQTT client {client_id:?} connected from {:?} (level {}, session present {session_present})",
         client.peer,
@@ -642,18 +642,22 @@ async fn subscribe_client(
         .copied();
     let mut codes = Vec::with_capacity(subscribe.subscriptions.len());
     let mut retained: Vec<(String, Options)> = Vec::new();
+    let shared_no_local = subscribe.subscriptions.iter().any(|subscription| {
+        subscription.no_local
+            && topic::parse_filter(&subscription.filter).is_ok_and(|parsed| parsed.group.is_some())
+    });
+    if shared_no_local {
+        // MQTT-3.8.3-4.
+        return client.violation(
+            reason::PROTOCOL_ERROR,
+            "no-local on a shared subscription".into(),
+        );
+    }
     for subscription in subscribe.subscriptions {
         let code = match topic::parse_filter(&subscription.filter) {
             Err(_) => {
                 if v5 {
                     reason::TOPIC_FILTER_INVALID
-                } else {
-                    reason::V3_SUBSCRIPTION_FAILURE
-                }
-            }
-            Ok(parsed) if parsed.group.is_some() => {
-                if v5 {
-                    reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
                 } else {
                     reason::V3_SUBSCRIPTION_FAILURE
                 }
@@ -678,11 +682,13 @@ async fn subscribe_client(
                     .await;
                 // MQTT-3.3.1-9, MQTT-3.8.4-4: retained messages for the new subscription,
                 // as its retain handling says.
-                let send_retained = match options.retain_handling {
-                    0 => true,
-                    1 => !existed,
-                    _ => false,
-                };
+                // Section 4.8.2: a shared subscription gets no retained messages.
+                let send_retained = parsed.group.is_none()
+                    && match options.retain_handling {
+                        0 => true,
+                        1 => !existed,
+                        _ => false,
+                    };
                 if send_retained {
                     retained.push((parsed.filter.to_string(), options));
                 }
@@ -782,6 +788,7 @@ pub(super) fn closed(client: &Client) {
     let Some(mqtt) = Mqtt::current() else {
         return;
     };
+    mqtt.share_presence(&session);
     if let Some(will) = client.will.borrow_mut().take() {
         publish_will(&mqtt, &session, will);
     }

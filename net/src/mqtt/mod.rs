@@ -16,6 +16,7 @@ pub mod records;
 mod registry;
 mod retained;
 mod session;
+mod shared;
 mod tail;
 pub mod topic;
 
@@ -42,6 +43,8 @@ struct Entry {
     key: u64,
     /// The filter as subscribed (with its `$share` prefix).
     filter: Rc<str>,
+    /// A shared subscription's group.
+    group: Option<shared::Group>,
     options: Options,
 }
 
@@ -69,6 +72,8 @@ pub(crate) struct Mqtt {
     tails: RefCell<HashSet<TopicPartition>>,
     appender: Rc<appender::Appender>,
     registry: RefCell<registry::Registry>,
+    /// The members of every shared subscription group, on every shard.
+    groups: RefCell<shared::Groups>,
     /// Filled on the shard owning the retained messages' partition.
     retained: RefCell<retained::Retained>,
     counters: RefCell<Counters>,
@@ -94,6 +99,7 @@ impl Mqtt {
             tails: RefCell::default(),
             appender: Rc::default(),
             registry: RefCell::default(),
+            groups: RefCell::default(),
             retained: RefCell::default(),
             counters: RefCell::default(),
         }
@@ -143,9 +149,23 @@ impl Mqtt {
         let Ok(parsed) = topic::parse_filter(filter) else {
             return;
         };
+        let group = parsed
+            .group
+            .map(|group| (group.to_string(), parsed.filter.to_string()));
+        if let Some(group) = &group {
+            self.share(shared::Change::Join(
+                group.clone(),
+                shared::Member {
+                    shard: self.shard,
+                    key: session.key,
+                    connected: session.is_connected(),
+                },
+            ));
+        }
         let entry = Entry {
             key: session.key,
             filter: Rc::from(filter),
+            group,
             options,
         };
         self.tree.borrow_mut().insert(parsed.filter, entry);
@@ -175,6 +195,10 @@ impl Mqtt {
         });
         if removed == 0 {
             return false;
+        }
+        if let Some(group) = parsed.group {
+            let group = (group.to_string(), parsed.filter.to_string());
+            self.share(shared::Change::Leave(group, self.shard, session.key));
         }
         let mut refs = self.topic_refs.borrow_mut();
         for topic in self.config().kafka_topics_for(parsed.filter) {
@@ -224,6 +248,35 @@ impl Mqtt {
             .collect();
         for filter in filters {
             self.unsubscribe(session, &filter);
+        }
+    }
+
+    /// Tells every shard whether `session`, a member of shared subscription groups, is
+    /// connected now.
+    fn share_presence(&self, session: &Session) {
+        let filters: Vec<String> = session
+            .state
+            .borrow()
+            .subscriptions
+            .keys()
+            .cloned()
+            .collect();
+        for filter in filters {
+            let Ok(topic::Filter {
+                group: Some(group),
+                filter,
+            }) = topic::parse_filter(&filter)
+            else {
+                continue;
+            };
+            self.share(shared::Change::Join(
+                (group.to_string(), filter.to_string()),
+                shared::Member {
+                    shard: self.shard,
+                    key: session.key,
+                    connected: session.is_connected(),
+                },
+            ));
         }
     }
 

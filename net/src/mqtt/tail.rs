@@ -15,7 +15,8 @@ use coremq_replication::Isolation;
 
 use super::Mqtt;
 use super::records::Message;
-use super::session::Outgoing;
+use super::session::{Options, Outgoing};
+use super::shared::Group;
 
 /// How long a tail waits for new records before it looks again whether it is still wanted.
 const WAIT: Duration = Duration::from_millis(500);
@@ -102,7 +103,7 @@ impl Mqtt {
                 if let Ok(records) = decode_records(&batch, DECOMPRESSED_BYTES_MAX) {
                     for record in records.iter().filter(|record| record.offset >= next) {
                         if let Some(message) = Message::from_record(record) {
-                            self.route(Arc::new(message));
+                            self.route(Arc::new(message), log.partition, record.offset.0);
                         }
                     }
                 }
@@ -113,16 +114,26 @@ impl Mqtt {
         self.tails.borrow_mut().remove(&log);
     }
 
-    /// Offers `message` to every session on this shard with a matching subscription: once per
-    /// session, at the highest QoS of its matching subscriptions (MQTT-3.3.4-2), with every
-    /// matching subscription's identifier (MQTT-3.3.4-3), not to the publisher where no-local
-    /// says so (MQTT-3.8.3-3).
-    pub(super) fn route(&self, message: Arc<Message>) {
+    /// Offers `message` (stored at `offset` of partition `partition`) to every session on
+    /// this shard with a matching subscription: once per session, at the highest QoS of its
+    /// matching subscriptions (MQTT-3.3.4-2), with every matching subscription's identifier
+    /// (MQTT-3.3.4-3), not to the publisher where no-local says so (MQTT-3.8.3-3); and to
+    /// the one member of each matching shared subscription group that gets it, if that one
+    /// is here (`shared.rs`).
+    pub(super) fn route(&self, message: Arc<Message>, partition: u32, offset: u64) {
         let mut matched: HashMap<u64, Outgoing> = HashMap::new();
+        let mut shared: HashMap<Group, Vec<(u64, Options)>> = HashMap::new();
         {
             let tree = self.tree.borrow();
             let sessions = self.by_key.borrow();
             tree.matches(&message.topic, |entry| {
+                if let Some(group) = &entry.group {
+                    shared
+                        .entry(group.clone())
+                        .or_default()
+                        .push((entry.key, entry.options.clone()));
+                    return;
+                }
                 let Some(session) = sessions.get(&entry.key) else {
                     return;
                 };
@@ -150,6 +161,25 @@ impl Mqtt {
         for (key, outgoing) in matched {
             let session = self.by_key.borrow().get(&key).cloned();
             if let Some(session) = session {
+                self.offer(&session, outgoing, now_ms);
+            }
+        }
+        for (group, entries) in shared {
+            let chosen = self.groups.borrow().choose(&group, partition, offset);
+            let Some(chosen) = chosen.filter(|member| member.shard == self.shard) else {
+                continue;
+            };
+            let Some((_, options)) = entries.into_iter().find(|(key, _)| *key == chosen.key) else {
+                continue;
+            };
+            let session = self.by_key.borrow().get(&chosen.key).cloned();
+            if let Some(session) = session {
+                let outgoing = Outgoing {
+                    qos: options.qos.min(message.qos),
+                    retain: options.retain_as_published && message.retain,
+                    subscription_identifiers: options.identifier.into_iter().collect(),
+                    message: message.clone(),
+                };
                 self.offer(&session, outgoing, now_ms);
             }
         }
