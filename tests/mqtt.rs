@@ -245,7 +245,7 @@ fn paho(broker: &Broker, scenario: &str) {
     let address = format!("127.0.0.1:{}", broker.mqtt_port());
     let output = Command::new(python::interpreter())
         .arg(dir.join("mqtt_paho.py"))
-        .args([&address, scenario])
+        .args([&address, scenario, &broker.bootstrap()])
         .current_dir(&dir)
         .output()
         .expect("python runs");
@@ -668,4 +668,28 @@ fn mqtt_4_3_3_10_a_qos_2_message_sent_again_before_pubrel_is_stored_once() {
 fn mqtt_4_8_2_a_shared_subscription_splits_a_stream_among_its_members_on_every_shard() {
     let (_dir, broker) = start("shared", &[]);
     paho(&broker, "shared_subscriptions");
+}
+
+#[test]
+fn mqtt_3_1_2_23_a_persistent_session_keeps_its_subscriptions_and_queue_across_a_restart() {
+    let (_dir, mut broker) = start("durable", &[]);
+    paho(&broker, "durable_before");
+    broker.restart();
+    paho(&broker, "durable_after");
+    // Again, with the broker killed instead of stopped.
+    paho(&broker, "durable_before");
+    broker.stop_with("-KILL");
+    broker.respawn();
+    broker.wait_ready(Duration::from_secs(60)).unwrap();
+    paho(&broker, "durable_after");
+}
+
+#[test]
+fn nothing_acknowledged_on_either_protocol_is_lost_when_the_broker_is_killed() {
+    let (_dir, mut broker) = start("cross", &[]);
+    paho(&broker, "cross_before");
+    broker.stop_with("-KILL");
+    broker.respawn();
+    broker.wait_ready(Duration::from_secs(60)).unwrap();
+    paho(&broker, "cross_after");
 }

@@ -1,5 +1,5 @@
 """MQTT scenarios with paho-mqtt 2.x against the broker: `mqtt_paho.py MQTT_HOST:PORT
-KAFKA_HOST:PORT SCENARIO`. Each scenario asserts what the clients see and exits non-zero
+SCENARIO [KAFKA_HOST:PORT]`. Each scenario asserts what the clients see and exits non-zero
 (with the assertion) when the broker misbehaves."""
 
 import queue
@@ -343,13 +343,119 @@ def shared_subscriptions(address):
         client.stop()
 
 
+def durable_before(address):
+    """Before a restart: persistent sessions (3.1.1 clean session 0, 5.0 expiry 300)
+    subscribe and go away; messages are published for them while they are away."""
+    for version in (V311, V5):
+        keeper = Client(address, version, client_id=f"durable-{version}", clean=False,
+                        expiry=300)
+        keeper.connect()
+        keeper.subscribe(f"durable/{version}/#", qos=1)
+        keeper.stop()
+        publisher = Client(address, version)
+        publisher.connect()
+        for index in range(10):
+            publisher.publish(f"durable/{version}/x", f"before {index}".encode(), qos=1)
+        publisher.stop()
+
+
+def durable_after(address):
+    """After the restart: each session is still there (session present), gets the messages
+    queued before the restart once each and in order, and its subscription still works
+    (MQTT-3.1.2-23, MQTT-3.1.2-5 of 3.1.1)."""
+    for version in (V311, V5):
+        keeper = Client(address, version, client_id=f"durable-{version}", clean=False,
+                        expiry=300)
+        flags, _ = keeper.connect()
+        assert flags.session_present, "the session survived the restart"
+        payloads = [keeper.message().payload for _ in range(10)]
+        assert payloads == [f"before {i}".encode() for i in range(10)], payloads
+        publisher = Client(address, version)
+        publisher.connect()
+        publisher.publish(f"durable/{version}/x", b"after", qos=1)
+        assert keeper.message().payload == b"after"
+        keeper.no_message()
+        keeper.stop()
+        publisher.stop()
+
+
+CROSS_COUNT = 300
+
+
+def cross_before(address, bootstrap):
+    """Before a broker kill: a persistent MQTT session subscribes and goes away; a
+    confluent-kafka producer (acks=all, idempotent) and a paho publisher (QoS 1) each write
+    CROSS_COUNT messages, every one acknowledged."""
+    from confluent_kafka import Producer
+
+    keeper = Client(address, V5, client_id="cross-keeper", clean=False, expiry=600)
+    keeper.connect()
+    keeper.subscribe("bridge/#", qos=1)
+    keeper.stop()
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                         "enable.idempotence": True, "partitioner": "murmur2_random"})
+    failures = []
+    for index in range(CROSS_COUNT):
+        producer.produce("mqtt", key=f"bridge/kafka/{index % 5}", value=f"k{index}",
+                         headers=[("origin", b"kafka")],
+                         on_delivery=lambda err, msg: err and failures.append(err))
+    assert producer.flush(30) == 0 and not failures, failures
+    publisher = Client(address, V311)
+    publisher.connect()
+    for index in range(CROSS_COUNT):
+        publisher.publish(f"bridge/mqtt/{index % 5}", f"m{index}".encode(), qos=1)
+    publisher.stop()
+
+
+def cross_after(address, bootstrap):
+    """After the kill: the MQTT session gets every message written on both sides before it,
+    once each; a Kafka consumer reads every MQTT message with its topic as key, in order per
+    topic, and its QoS in a header."""
+    from confluent_kafka import Consumer
+
+    keeper = Client(address, V5, client_id="cross-keeper", clean=False, expiry=600)
+    flags, _ = keeper.connect()
+    assert flags.session_present
+    got = [keeper.message(timeout=20) for _ in range(2 * CROSS_COUNT)]
+    payloads = sorted(m.payload.decode() for m in got)
+    expected = sorted([f"k{i}" for i in range(CROSS_COUNT)] + [f"m{i}" for i in range(CROSS_COUNT)])
+    assert payloads == expected, "every acknowledged message, once"
+    kafka_side = [m for m in got if m.payload.startswith(b"k")]
+    assert all(m.topic.startswith("bridge/kafka/") for m in kafka_side)
+    keeper.no_message()
+    keeper.stop()
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "cross-check",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe(["mqtt"])
+    records = []
+    deadline = time.monotonic() + 60
+    while len(records) < 2 * CROSS_COUNT and time.monotonic() < deadline:
+        message = consumer.poll(1.0)
+        if message is not None and message.error() is None:
+            records.append(message)
+    consumer.close()
+    assert len(records) == 2 * CROSS_COUNT, len(records)
+    by_key = {}
+    for record in records:
+        by_key.setdefault(record.key().decode(), []).append(record)
+    for index in range(5):
+        mqtt_records = by_key[f"bridge/mqtt/{index}"]
+        values = [r.value().decode() for r in mqtt_records]
+        assert values == [f"m{i}" for i in range(index, CROSS_COUNT, 5)], values[:5]
+        headers = dict(mqtt_records[0].headers())
+        assert headers["mqtt.qos"] == b"1", headers
+
+
 SCENARIOS = {f.__name__: f for f in (
     will_on_abnormal_disconnect, retained_messages, retained_check,
     qos2_exactly_once_across_reconnect, request_response, topic_aliases,
-    oversized_packets, subscription_options, shared_subscriptions)}
+    oversized_packets, subscription_options, shared_subscriptions, durable_before,
+    durable_after, cross_before, cross_after)}
 
 if __name__ == "__main__":
     if len(sys.argv) < 3:
-        sys.exit(f"usage: {sys.argv[0]} MQTT_HOST:PORT SCENARIO")
-    SCENARIOS[sys.argv[2]](sys.argv[1])
+        sys.exit(f"usage: {sys.argv[0]} MQTT_HOST:PORT SCENARIO [KAFKA_HOST:PORT]")
+    scenario = SCENARIOS[sys.argv[2]]
+    arguments = [sys.argv[1], *sys.argv[3:]]
+    scenario(*arguments[:scenario.__code__.co_argcount])
     print(f"{sys.argv[2]}: ok")

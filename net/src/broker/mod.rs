@@ -381,6 +381,14 @@ impl Broker {
             }
             let retained = crate::mqtt::RETAINED_TOPIC;
             create_at_start(&cluster, retained, 1, replication, compacted.clone())?;
+            let sessions = crate::mqtt::SESSIONS_TOPIC;
+            create_at_start(
+                &cluster,
+                sessions,
+                partitions,
+                replication,
+                compacted.clone(),
+            )?;
         }
         let phase = PhaseCell::default();
         let metrics: http::Metrics = {
@@ -394,7 +402,7 @@ impl Broker {
             .map_err(|reason| Error::Admin { reason })?;
         for shard in 0..shards {
             let (config, cluster, shared) = (config.clone(), cluster.clone(), shared.clone());
-            let (mqtt, mqtt_shared) = (mqtt_address.is_some(), mqtt_shared.clone());
+            let mqtt = mqtt_address.is_some();
             let shard_handle = handle.clone();
             let producer_ids = if shard == 0 {
                 Some(producer_ids::ProducerIds::stored_end(&config.meta_dir())?)
@@ -423,19 +431,35 @@ impl Broker {
                 }
                 coremq_runtime::spawn_local(groups::tick_loop(context.clone())).detach();
                 if mqtt {
-                    let front = Rc::new(Mqtt::new(context.clone(), shard));
-                    coremq_runtime::install(front.clone());
-                    let retained = front.load_retained().await?;
-                    if retained > 0 {
-                        log::info!("shard {shard}: {retained} retained MQTT messages recovered");
-                    }
-                    Server::start(front, mqtt_shared, shard);
+                    coremq_runtime::install(Rc::new(Mqtt::new(context.clone(), shard)));
                 }
                 Server::start(context, shared, shard);
                 Ok(())
             }))?;
         }
         server::check_listeners::<Context>(&shared, address)?;
+        // Every shard's MQTT state exists before any loads: restoring a session registers
+        // its client identifier on another shard.
+        for shard in 0..shards {
+            if mqtt_address.is_none() {
+                break;
+            }
+            let mqtt_shared = mqtt_shared.clone();
+            futures_lite::future::block_on(handle.on_shard(shard, move |_| async move {
+                let front = Mqtt::current().expect("installed above");
+                let retained = front.load_retained().await?;
+                if retained > 0 {
+                    log::info!("shard {shard}: {retained} retained MQTT messages recovered");
+                }
+                let sessions = front.load_sessions().await?;
+                if sessions > 0 {
+                    log::info!("shard {shard}: {sessions} MQTT sessions recovered");
+                }
+                coremq_runtime::spawn_local(front.clone().store_loop()).detach();
+                Server::start(front, mqtt_shared, shard);
+                Ok(())
+            }))?;
+        }
         if let Some(mqtt_address) = mqtt_address {
             server::check_listeners::<Mqtt>(&mqtt_shared, mqtt_address)?;
         }

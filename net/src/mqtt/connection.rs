@@ -229,6 +229,7 @@ async fn handle(mqtt: &Rc<Mqtt>, client: &Rc<Client>, packet: Packet) -> Reply {
                 .borrow_mut()
                 .inbound_qos2
                 .remove(&ack.packet_id);
+            session.dirty.set(true);
             if known {
                 client
                     .unacknowledged
@@ -253,7 +254,11 @@ async fn handle(mqtt: &Rc<Mqtt>, client: &Rc<Client>, packet: Packet) -> Reply {
             Reply::Now(subscribe_client(mqtt, client, &session, subscribe).await)
         }
         Packet::Unsubscribe(unsubscribe) => {
-            Reply::Now(Some(unsubscribe_client(mqtt, &session, unsubscribe, level)))
+            let answer = unsubscribe_client(mqtt, &session, unsubscribe, level);
+            if let Err(error) = mqtt.store_session(&session, false).await {
+                log::warn!("MQTT: storing session {:?}: {error}", session.client_id);
+            }
+            Reply::Now(Some(answer))
         }
         Packet::PingReq => Reply::Now(Some(vec![encode(&Packet::PingResp, level)])),
         Packet::Disconnect(disconnect) => {
@@ -375,6 +380,7 @@ async fn connect_client(
         Some(shard) => mqtt.take(shard, &client_id, generation).await,
         None => None,
     };
+    let existed = taken.is_some();
     let (state, session_present) = match taken {
         Some(state) if !connect.clean_start => (state, true),
         _ => (State::default(), false),
@@ -395,7 +401,18 @@ async fn connect_client(
             ..state
         },
     ));
+    // A session it replaces may be stored: its end (or this one's storing) replaces it.
+    session.persisted.set(existed);
     mqtt.install(session.clone()).await;
+    if let Err(error) = mqtt.store_session(&session, false).await {
+        return refuse(
+            client,
+            level,
+            reason::SERVER_UNAVAILABLE,
+            reason::V3_SERVER_UNAVAILABLE,
+            format!("storing the session failed: {error}"),
+        );
+    }
     let keep_alive = match connect.keep_alive {
         // MQTT-3.1.2-24: one and a half keep-alive periods.
         0 => None,
@@ -560,6 +577,7 @@ fn publish_message(
     });
     if qos == QoS::ExactlyOnce {
         session.state.borrow_mut().inbound_qos2.insert(packet_id);
+        session.dirty.set(true);
     }
     let unacknowledged = client.unacknowledged.clone();
     let session = session.clone();
@@ -702,6 +720,9 @@ async fn subscribe_client(
         codes,
         properties: Properties::default(),
     });
+    if let Err(error) = mqtt.store_session(session, false).await {
+        log::warn!("MQTT: storing session {:?}: {error}", session.client_id);
+    }
     // Pushed, so the retained messages behind it follow it on the wire.
     client.link.push(vec![encode(&suback, level)]);
     let now_ms = super::now_ms();
@@ -712,6 +733,7 @@ async fn subscribe_client(
                 message,
                 retain: true,
                 subscription_identifiers: options.identifier.into_iter().collect(),
+                place: None,
             };
             mqtt.offer(session, outgoing, now_ms);
         }
@@ -767,6 +789,7 @@ fn disconnect_client(
             );
         }
         state.expiry_interval = expiry;
+        session.dirty.set(true);
     }
     if disconnect.code != reason::DISCONNECT_WITH_WILL {
         // MQTT-3.14.4-3: a normal DISCONNECT discards the will.
@@ -795,7 +818,16 @@ pub(super) fn closed(client: &Client) {
     let expiry = session.state.borrow().expiry_interval;
     if expiry == 0 {
         end_session(&mqtt, &session);
-    } else if expiry != u32::MAX {
+    } else {
+        let (mqtt, session) = (mqtt.clone(), session.clone());
+        coremq_runtime::spawn_local(async move {
+            if let Err(error) = mqtt.store_session(&session, false).await {
+                log::warn!("MQTT: storing session {:?}: {error}", session.client_id);
+            }
+        })
+        .detach();
+    }
+    if expiry != 0 && expiry != u32::MAX {
         let detaches = session.detaches.get();
         coremq_runtime::spawn_local(async move {
             coremq_runtime::sleep(Duration::from_secs(u64::from(expiry))).await;
@@ -811,6 +843,12 @@ fn end_session(mqtt: &Rc<Mqtt>, session: &Rc<Session>) {
     mqtt.remove(session);
     let (mqtt, session) = (mqtt.clone(), session.clone());
     coremq_runtime::spawn_local(async move {
+        if let Err(error) = mqtt.store_session(&session, true).await {
+            log::warn!(
+                "MQTT: ending stored session {:?}: {error}",
+                session.client_id
+            );
+        }
         mqtt.release(&session.client_id, session.generation).await;
     })
     .detach();

@@ -16,6 +16,7 @@ pub mod records;
 mod registry;
 mod retained;
 mod session;
+mod sessions;
 mod shared;
 mod tail;
 pub mod topic;
@@ -30,6 +31,7 @@ use coremq_engine::TopicPartition;
 
 pub use config::{Mapping, MqttConfig, parse_mappings};
 pub use retained::RETAINED_TOPIC;
+pub use sessions::SESSIONS_TOPIC;
 
 use crate::broker::Context;
 use crate::server::{FrameSize, Incoming, Link, Protocol};
@@ -70,6 +72,8 @@ pub(crate) struct Mqtt {
     topic_refs: RefCell<HashMap<String, usize>>,
     /// Partitions tailed on this shard.
     tails: RefCell<HashSet<TopicPartition>>,
+    /// The offset each tail reads next.
+    tail_next: RefCell<HashMap<TopicPartition, u64>>,
     appender: Rc<appender::Appender>,
     registry: RefCell<registry::Registry>,
     /// The members of every shared subscription group, on every shard.
@@ -97,6 +101,7 @@ impl Mqtt {
             tree: RefCell::default(),
             topic_refs: RefCell::default(),
             tails: RefCell::default(),
+            tail_next: RefCell::default(),
             appender: Rc::default(),
             registry: RefCell::default(),
             groups: RefCell::default(),

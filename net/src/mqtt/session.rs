@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use coremq_engine::TopicPartition;
+
 use super::codec::{self, Level, Packet, Properties, Publish, QoS};
 use super::records::Message;
 use crate::server::Link;
@@ -31,6 +33,16 @@ pub struct Outgoing {
     pub qos: QoS,
     pub retain: bool,
     pub subscription_identifiers: Vec<u32>,
+    /// Where the message is stored (`None` for a retained message sent at subscribe): a
+    /// persistent session remembers it to send again after a restart.
+    pub place: Option<Arc<Place>>,
+}
+
+/// A record's place in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Place {
+    pub log: TopicPartition,
+    pub offset: u64,
 }
 
 /// A QoS 1 or 2 message sent and not yet acknowledged.
@@ -129,6 +141,12 @@ pub struct Session {
     pub attached: RefCell<Option<Attached>>,
     /// Bumped at each detach, so an expiry timer of an earlier disconnect does nothing.
     pub detaches: Cell<u64>,
+    /// Changed since it was last stored (a persistent session is stored again).
+    pub dirty: Cell<bool>,
+    /// Stored in `__mqtt_sessions` (its end writes a tombstone there).
+    pub persisted: Cell<bool>,
+    /// When its last connection ended, in milliseconds since the epoch.
+    pub disconnected_at_ms: Cell<Option<i64>>,
 }
 
 /// Limits the shard's settings put on delivery.
@@ -147,6 +165,9 @@ impl Session {
             state: RefCell::new(state),
             attached: RefCell::new(None),
             detaches: Cell::new(0),
+            dirty: Cell::new(false),
+            persisted: Cell::new(false),
+            disconnected_at_ms: Cell::new(None),
         }
     }
 
@@ -190,6 +211,7 @@ impl Session {
             return Err(Dropped::QueueFull);
         }
         state.queue.push_back(outgoing);
+        self.dirty.set(true);
         Ok(())
     }
 
@@ -210,6 +232,7 @@ impl Session {
         };
         let sent = self.send(outgoing.clone(), packet_id, false, now_ms);
         if sent.is_ok() {
+            self.dirty.set(true);
             self.state.borrow_mut().inflight.push_back(Inflight {
                 packet_id,
                 outgoing,
@@ -322,6 +345,7 @@ impl Session {
         match found {
             Some(index) => {
                 state.inflight.remove(index);
+                self.dirty.set(true);
                 true
             }
             None => false,
@@ -338,10 +362,12 @@ impl Session {
         match found {
             Some(index) if failed => {
                 state.inflight.remove(index);
+                self.dirty.set(true);
                 true
             }
             Some(index) => {
                 state.inflight[index].released = true;
+                self.dirty.set(true);
                 true
             }
             None => false,
@@ -353,6 +379,7 @@ impl Session {
     /// queue as the window allows. The frames to send, in order, after the CONNACK.
     pub fn resume(&self, attached: Attached, now_ms: i64) -> Vec<Dropped> {
         *self.attached.borrow_mut() = Some(attached);
+        self.disconnected_at_ms.set(None);
         let inflight: Vec<Inflight> = self.state.borrow().inflight.iter().cloned().collect();
         let mut dropped = Vec::new();
         for entry in inflight {
@@ -400,5 +427,34 @@ impl Session {
     /// The attached connection's link.
     pub fn link(&self) -> Option<Link> {
         self.attached.borrow().as_ref().map(|a| a.link.clone())
+    }
+}
+
+impl Session {
+    /// Where delivery stands in each partition of `tailed` (partition and the offset the
+    /// shard's tail reads next): the first message not yet acknowledged, queued or in flight
+    /// from it, else the tail's offset (everything before was offered to this session).
+    pub fn positions(&self, tailed: &HashMap<TopicPartition, u64>) -> Vec<Place> {
+        let state = self.state.borrow();
+        let mut positions: HashMap<&TopicPartition, u64> =
+            tailed.iter().map(|(log, &next)| (log, next)).collect();
+        let pending = state
+            .inflight
+            .iter()
+            .filter(|inflight| !inflight.released)
+            .map(|inflight| &inflight.outgoing)
+            .chain(state.queue.iter());
+        for place in pending.filter_map(|outgoing| outgoing.place.as_deref()) {
+            if let Some(position) = positions.get_mut(&place.log) {
+                *position = (*position).min(place.offset);
+            }
+        }
+        positions
+            .into_iter()
+            .map(|(log, offset)| Place {
+                log: log.clone(),
+                offset,
+            })
+            .collect()
     }
 }

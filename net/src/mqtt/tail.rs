@@ -15,7 +15,7 @@ use coremq_replication::Isolation;
 
 use super::Mqtt;
 use super::records::Message;
-use super::session::{Options, Outgoing};
+use super::session::{Options, Outgoing, Place};
 use super::shared::Group;
 
 /// How long a tail waits for new records before it looks again whether it is still wanted.
@@ -50,6 +50,7 @@ impl Mqtt {
                     continue;
                 }
             };
+            self.tail_next.borrow_mut().insert(log.clone(), start.0);
             let mqtt = self.clone();
             coremq_runtime::spawn_local(async move { mqtt.tail(log, start).await }).detach();
         }
@@ -103,24 +104,30 @@ impl Mqtt {
                 if let Ok(records) = decode_records(&batch, DECOMPRESSED_BYTES_MAX) {
                     for record in records.iter().filter(|record| record.offset >= next) {
                         if let Some(message) = Message::from_record(record) {
-                            self.route(Arc::new(message), log.partition, record.offset.0);
+                            let place = Arc::new(Place {
+                                log: log.clone(),
+                                offset: record.offset.0,
+                            });
+                            self.route(Arc::new(message), place);
                         }
                     }
                 }
                 next = next.max(after);
+                self.tail_next.borrow_mut().insert(log.clone(), next.0);
                 coremq_runtime::yield_if_needed().await;
             }
         }
         self.tails.borrow_mut().remove(&log);
+        self.tail_next.borrow_mut().remove(&log);
     }
 
-    /// Offers `message` (stored at `offset` of partition `partition`) to every session on
+    /// Offers `message` (stored at `place`) to every session on
     /// this shard with a matching subscription: once per session, at the highest QoS of its
     /// matching subscriptions (MQTT-3.3.4-2), with every matching subscription's identifier
     /// (MQTT-3.3.4-3), not to the publisher where no-local says so (MQTT-3.8.3-3); and to
     /// the one member of each matching shared subscription group that gets it, if that one
     /// is here (`shared.rs`).
-    pub(super) fn route(&self, message: Arc<Message>, partition: u32, offset: u64) {
+    pub(super) fn route(&self, message: Arc<Message>, place: Arc<Place>) {
         let mut matched: HashMap<u64, Outgoing> = HashMap::new();
         let mut shared: HashMap<Group, Vec<(u64, Options)>> = HashMap::new();
         {
@@ -149,6 +156,7 @@ impl Mqtt {
                     qos,
                     retain,
                     subscription_identifiers: Vec::new(),
+                    place: Some(place.clone()),
                 });
                 outgoing.qos = outgoing.qos.max(qos);
                 outgoing.retain |= retain;
@@ -165,7 +173,10 @@ impl Mqtt {
             }
         }
         for (group, entries) in shared {
-            let chosen = self.groups.borrow().choose(&group, partition, offset);
+            let chosen = self
+                .groups
+                .borrow()
+                .choose(&group, place.log.partition, place.offset);
             let Some(chosen) = chosen.filter(|member| member.shard == self.shard) else {
                 continue;
             };
@@ -179,6 +190,7 @@ impl Mqtt {
                     retain: options.retain_as_published && message.retain,
                     subscription_identifiers: options.identifier.into_iter().collect(),
                     message: message.clone(),
+                    place: Some(place.clone()),
                 };
                 self.offer(&session, outgoing, now_ms);
             }

@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use coremq_runtime::net::{AcceptedTcpStream, TcpListener, TcpStream};
@@ -307,14 +307,30 @@ async fn read_frame<P: Protocol>(
     link: &Link,
 ) -> Result<Option<(Frame, coremq_runtime::sync::StaticPermit)>, Closing> {
     let limits: &Limits = &server.shared.limits;
-    let (idle, read_timeout) = (link.idle().unwrap_or(limits.idle), limits.read_timeout);
+    let read_timeout = limits.read_timeout;
     let read_failed =
         |error: std::io::Error| (CloseReason::ReadError, format!("read failed: {error}"));
     let mut prefix = vec![0u8; 1];
+    let waiting_since = Instant::now();
     loop {
+        // The protocol may change the idle limit while this waits (MQTT's keep alive, set by
+        // the CONNECT read just before): the wait starts again with the new limit, from the
+        // same moment.
+        let idle = link.idle().unwrap_or(limits.idle);
+        let left = idle.saturating_sub(waiting_since.elapsed());
         // Readiness-based reads leave unread bytes in the socket, so giving up on this
         // read after the idle time and starting another loses nothing.
-        let first = within(idle, reader.read(&mut prefix[..1])).await;
+        let first = futures_lite::future::or(
+            async { Some(within(left, reader.read(&mut prefix[..1])).await) },
+            async {
+                link.idle_changed().await;
+                None
+            },
+        )
+        .await;
+        let Some(first) = first else {
+            continue;
+        };
         match first {
             Some(Ok(0)) => return Ok(None),
             Some(Ok(_)) => break,

@@ -25,6 +25,8 @@ struct Inner {
     /// Disconnected when the protocol closes the connection.
     close: RefCell<Option<flume::Sender<()>>>,
     idle: Cell<Option<Duration>>,
+    /// Signalled when `idle` changes.
+    idle_changes: (flume::Sender<()>, flume::Receiver<()>),
 }
 
 /// The server's ends of a link.
@@ -44,6 +46,7 @@ impl Link {
                 closing: RefCell::new(None),
                 close: RefCell::new(Some(close)),
                 idle: Cell::new(None),
+                idle_changes: flume::bounded(1),
             }),
         };
         (link, Ends { pushes, closed })
@@ -100,6 +103,12 @@ impl Link {
     /// no frame arrives for that long, whether or not requests are in flight.
     pub fn set_idle(&self, idle: Option<Duration>) {
         self.inner.idle.set(idle);
+        let _ = self.inner.idle_changes.0.try_send(());
+    }
+
+    /// Waits until the idle limit changes.
+    pub(super) async fn idle_changed(&self) {
+        let _ = self.inner.idle_changes.1.recv_async().await;
     }
 
     pub(super) fn idle(&self) -> Option<Duration> {
