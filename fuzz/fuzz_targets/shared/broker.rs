@@ -1,7 +1,9 @@
 //! A broker for fuzz targets that drive requests through `Broker::handle_frame`: one shard,
-//! a temporary data directory, loopback listeners on free ports, room for 64 partitions.
+//! a temporary data directory, loopback listeners on free ports (Kafka, MQTT, admin), room
+//! for 64 partitions.
 
 use coremq_net::broker::{Broker, BrokerConfig};
+use coremq_net::mqtt::MqttConfig;
 
 /// Starts the broker with the shared settings, adjusted by `adjust`.
 pub fn start(adjust: impl FnOnce(&mut BrokerConfig)) -> (tempfile::TempDir, Broker) {
@@ -13,6 +15,10 @@ pub fn start(adjust: impl FnOnce(&mut BrokerConfig)) -> (tempfile::TempDir, Brok
         shards: 1,
         pin_shards: false,
         partitions_per_shard_max: 64,
+        mqtt: MqttConfig {
+            listener: Some("127.0.0.1:0".parse().unwrap()),
+            ..MqttConfig::default()
+        },
         ..BrokerConfig::default()
     };
     adjust(&mut config);

@@ -538,6 +538,19 @@ impl Broker {
         answer.ok().flatten()
     }
 
+    /// Feeds `bytes` to a new MQTT connection on shard 0 as if they came from a socket (see
+    /// [`server::converse`]): what the broker would have written back. For fuzzing; empty
+    /// without an MQTT listener.
+    pub fn mqtt_converse(&self, bytes: bytes::Bytes, patience: Duration) -> Vec<bytes::Bytes> {
+        let answer = futures_lite::future::block_on(self.handle.on_shard(0, move |_| async move {
+            let Some(front) = Mqtt::current() else {
+                return Ok(Vec::new());
+            };
+            Ok(server::converse(front, &bytes, patience).await)
+        }));
+        answer.unwrap_or_default()
+    }
+
     /// In a cluster, first hands every leadership to another in-sync replica (controlled
     /// shutdown, within `grace`), so clients move on with a retry; then stops accepting,
     /// lets connections finish the requests they have read (up to what is left of

@@ -323,3 +323,64 @@ pub(crate) async fn sleep_unless(stopped: &flume::Receiver<()>, period: Duration
     )
     .await
 }
+
+/// Feeds `bytes` to a new connection of `protocol` as if they came from a socket, frame after
+/// frame, each handled (for at most `patience`) before the next, until the bytes run out or
+/// the protocol closes the connection; what the connection would have written, answers and
+/// pushed frames, in order. For fuzzing a protocol's handling of a whole conversation
+/// without sockets.
+pub async fn converse<P: Protocol>(
+    protocol: Rc<P>,
+    mut bytes: &[u8],
+    patience: Duration,
+) -> Vec<Bytes> {
+    let (link, ends) = Link::new();
+    let connection = protocol.open(None, link.clone());
+    let mut written = Vec::new();
+    let pushes = &ends.pushes;
+    // What was pushed so far, without waiting for more.
+    let drain = async |written: &mut Vec<Bytes>| {
+        while let Some(Some(chunks)) = futures_lite::future::poll_once(pushes.recv()).await {
+            written.extend(chunks);
+        }
+    };
+    while !link.is_closing() && !bytes.is_empty() {
+        let mut prefix_len = 1;
+        let size = loop {
+            match P::frame_size(&bytes[..prefix_len]) {
+                Ok(FrameSize::Body(size)) => break Some(size),
+                Ok(FrameSize::Need(more)) if prefix_len + more <= bytes.len().min(8) => {
+                    prefix_len += more
+                }
+                _ => break None,
+            }
+        };
+        let Some(size) = size.filter(|&size| bytes.len() - prefix_len >= size) else {
+            break;
+        };
+        let prefix = &bytes[..prefix_len];
+        let body = Bytes::copy_from_slice(&bytes[prefix_len..prefix_len + size]);
+        bytes = &bytes[prefix_len + size..];
+        match protocol.decode(&connection, prefix, body) {
+            Ok(Incoming::Request(request)) => {
+                let respond = protocol.clone().respond(connection.clone(), request, None);
+                let answer = futures_lite::future::or(respond, async {
+                    coremq_runtime::sleep(patience).await;
+                    None
+                })
+                .await;
+                drain(&mut written).await;
+                written.extend(answer.into_iter().flatten());
+            }
+            Ok(Incoming::Answered(answer)) => {
+                drain(&mut written).await;
+                written.extend(answer);
+            }
+            Err(_) => break,
+        }
+    }
+    link.end();
+    protocol.closed(&connection);
+    drain(&mut written).await;
+    written
+}
