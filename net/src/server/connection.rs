@@ -311,7 +311,7 @@ async fn read_frame<P: Protocol>(
     let read_failed =
         |error: std::io::Error| (CloseReason::ReadError, format!("read failed: {error}"));
     let mut prefix = vec![0u8; 1];
-    let waiting_since = Instant::now();
+    let mut waiting_since = Instant::now();
     loop {
         // The protocol may change the idle limit while this waits (MQTT's keep alive, set by
         // the CONNECT read just before): the wait starts again with the new limit, from the
@@ -347,7 +347,8 @@ async fn read_frame<P: Protocol>(
                     format!("idle for {} ms (connections_max_idle_ms)", idle.as_millis()),
                 ));
             }
-            None => {}
+            // Waiting on a request in flight is not idling: a new window starts.
+            None => waiting_since = Instant::now(),
         }
     }
     let slow = |what: &str| {
@@ -432,10 +433,23 @@ async fn within<T>(limit: Duration, work: impl std::future::Future<Output = T>) 
     .await
 }
 
-/// Writes responses in request order, merging a response's small chunks into one write, and
-/// the frames the protocol pushes between them.
+/// Writes responses and pushed frames (`write_all`), then ends the stream's write side, so
+/// the client sees the end even while the server still drains what it sends.
 async fn write_responses(
     mut writer: impl futures_lite::AsyncWrite + Unpin,
+    responses: local_channel::LocalReceiver<coremq_runtime::Task<Response>>,
+    pushes: local_channel::LocalReceiver<Vec<Bytes>>,
+    link: Link,
+    in_flight: Rc<Cell<usize>>,
+) {
+    write_all(&mut writer, responses, pushes, link, in_flight).await;
+    let _ = writer.close().await;
+}
+
+/// Writes responses in request order, merging a response's small chunks into one write, and
+/// the frames the protocol pushes between them.
+async fn write_all(
+    writer: &mut (impl futures_lite::AsyncWrite + Unpin),
     responses: local_channel::LocalReceiver<coremq_runtime::Task<Response>>,
     pushes: local_channel::LocalReceiver<Vec<Bytes>>,
     link: Link,
