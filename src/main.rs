@@ -184,6 +184,14 @@ struct Options {
     #[arg(long, env = "COREMQ_MQTT_LISTENER")]
     #[serde(default, deserialize_with = "parsed")]
     mqtt_listener: Option<MqttListener>,
+    /// MQTT over WebSockets (subprotocol `mqtt`), `ADDRESS:PORT` or `HOST:PORT`, or `none`;
+    /// served only with the MQTT listener [default: 127.0.0.1:8083]
+    #[arg(long, env = "COREMQ_MQTT_WS_LISTENER")]
+    #[serde(default, deserialize_with = "parsed")]
+    mqtt_ws_listener: Option<MqttListener>,
+    /// The request path of MQTT over WebSockets [default: /mqtt]
+    #[arg(long, env = "COREMQ_MQTT_WS_PATH")]
+    mqtt_ws_path: Option<String>,
     /// MQTT topic filters to Kafka topics, `FILTER=TOPIC` separated by commas
     /// (`quotes/#=quotes,sensors/+/temp=temperatures`); the first match wins
     /// [default: none]
@@ -288,6 +296,8 @@ impl Options {
             max_connections: self.max_connections.or(file.max_connections),
             max_connections_per_ip: self.max_connections_per_ip.or(file.max_connections_per_ip),
             mqtt_listener: self.mqtt_listener.or(file.mqtt_listener),
+            mqtt_ws_listener: self.mqtt_ws_listener.or(file.mqtt_ws_listener),
+            mqtt_ws_path: self.mqtt_ws_path.or(file.mqtt_ws_path),
             mqtt_topic_map: self.mqtt_topic_map.or(file.mqtt_topic_map),
             mqtt_default_topic: self.mqtt_default_topic.or(file.mqtt_default_topic),
             mqtt_maximum_packet_size: self
@@ -319,6 +329,14 @@ impl Options {
             listener: self
                 .mqtt_listener
                 .map_or(mqtt_defaults.listener, |listener| listener.0),
+            websocket_listener: self
+                .mqtt_ws_listener
+                .map_or(mqtt_defaults.websocket_listener, |listener| listener.0),
+            websocket_path: match self.mqtt_ws_path {
+                Some(path) if path.starts_with('/') => path,
+                Some(path) => return Err(format!("--mqtt-ws-path {path:?} must start with /")),
+                None => mqtt_defaults.websocket_path,
+            },
             mappings: match &self.mqtt_topic_map {
                 None => mqtt_defaults.mappings,
                 Some(text) => {

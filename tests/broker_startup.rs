@@ -45,6 +45,8 @@ fn bad_settings_and_environments_are_refused_with_the_cause() {
         "127.0.0.1:0",
         "--mqtt-listener",
         "127.0.0.1:0",
+        "--mqtt-ws-listener",
+        "127.0.0.1:0",
     ];
 
     let data_dir = file.join("data");
@@ -94,6 +96,8 @@ fn a_seccomp_profile_that_blocks_io_uring_is_refused_with_the_cause() {
         "--admin-listener",
         "127.0.0.1:0",
         "--mqtt-listener",
+        "127.0.0.1:0",
+        "--mqtt-ws-listener",
         "127.0.0.1:0",
     ]
     .map(String::from);
@@ -324,6 +328,8 @@ fn a_second_broker_cannot_share_the_data_directory_or_the_kafka_port() {
             "127.0.0.1:0",
             "--mqtt-listener",
             "127.0.0.1:0",
+            "--mqtt-ws-listener",
+            "127.0.0.1:0",
         ],
     );
     assert_eq!(code, 1, "{stderr}");
@@ -346,6 +352,8 @@ fn a_second_broker_cannot_share_the_data_directory_or_the_kafka_port() {
             "--admin-listener",
             "127.0.0.1:0",
             "--mqtt-listener",
+            "127.0.0.1:0",
+            "--mqtt-ws-listener",
             "127.0.0.1:0",
         ],
     );
@@ -381,6 +389,8 @@ fn listeners_are_checked_and_the_startup_line_names_the_broker() {
             "--admin-listener",
             "127.0.0.1:0",
             "--mqtt-listener",
+            "127.0.0.1:0",
+            "--mqtt-ws-listener",
             "127.0.0.1:0",
         ],
     );

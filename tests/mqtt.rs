@@ -241,8 +241,13 @@ fn a_kafka_record_reaches_mqtt_subscribers_of_its_key() {
 /// Runs the paho-mqtt scenario `scenario` of `tests/python/mqtt_paho.py`; fails the test
 /// (with its output and the broker's log) unless it passes.
 fn paho(broker: &Broker, scenario: &str) {
+    paho_at(broker, broker.mqtt_port(), scenario);
+}
+
+/// As `paho`, against the listener on `port`.
+fn paho_at(broker: &Broker, port: u16, scenario: &str) {
     let dir = python::scripts();
-    let address = format!("127.0.0.1:{}", broker.mqtt_port());
+    let address = format!("127.0.0.1:{port}");
     let output = Command::new(python::interpreter())
         .arg(dir.join("mqtt_paho.py"))
         .args([&address, scenario, &broker.bootstrap()])
@@ -692,4 +697,51 @@ fn nothing_acknowledged_on_either_protocol_is_lost_when_the_broker_is_killed() {
     broker.respawn();
     broker.wait_ready(Duration::from_secs(60)).unwrap();
     paho(&broker, "cross_after");
+}
+
+#[test]
+fn mqtt_6_0_0_4_mqtt_over_websockets_with_the_mqtt_subprotocol() {
+    let (_dir, broker) = start("websockets", &[]);
+    paho_at(&broker, broker.mqtt_ws_port(), "websockets");
+    // A WebSocket upgrade elsewhere than /mqtt, or a plain MQTT CONNECT, is refused.
+    use std::io::{Read as _, Write as _};
+    let mut wrong_path =
+        std::net::TcpStream::connect(("127.0.0.1", broker.mqtt_ws_port())).unwrap();
+    wrong_path
+        .write_all(
+            b"GET /other HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Protocol: mqtt\r\n\r\n",
+        )
+        .unwrap();
+    let mut answer = String::new();
+    let _ = wrong_path.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let (mut raw, _) = {
+        let mut raw = Raw {
+            stream: std::net::TcpStream::connect(("127.0.0.1", broker.mqtt_ws_port())).unwrap(),
+            level: Level::V311,
+        };
+        raw.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        raw.send(&Packet::Connect(Box::new(Connect {
+            level: Level::V311,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: "plain".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        })));
+        (raw, ())
+    };
+    let mut bytes = Vec::new();
+    let _ = raw.stream.read_to_end(&mut bytes);
+    assert!(
+        bytes.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
 }

@@ -22,7 +22,7 @@ class Client:
     """A paho client whose messages, connects and disconnects land in queues."""
 
     def __init__(self, address, version, client_id=None, clean=True, expiry=None,
-                 will=None, properties=None):
+                 will=None, properties=None, websocket_path=None):
         self.address = address
         self.version = version
         self.client_id = client_id or f"paho-{uuid.uuid4().hex[:8]}"
@@ -34,7 +34,11 @@ class Client:
                   "client_id": self.client_id, "protocol": version}
         if version != V5:
             kwargs["clean_session"] = clean
+        if websocket_path:
+            kwargs["transport"] = "websockets"
         self.client = mqtt.Client(**kwargs)
+        if websocket_path:
+            self.client.ws_set_options(path=websocket_path)
         self.client.on_message = lambda c, u, m: self.messages.put(m)
         self.client.on_connect = lambda c, u, f, rc, p: self.connacks.put((f, rc, p))
         self.client.on_disconnect = lambda c, u, f, rc, p: self.disconnects.put(rc)
@@ -446,11 +450,44 @@ def cross_after(address, bootstrap):
         assert headers["mqtt.qos"] == b"1", headers
 
 
+def websockets(address, bootstrap):
+    """MQTT over WebSockets (subprotocol mqtt, path /mqtt): clients of both levels publish and
+    subscribe through it; the messages are Kafka records as over TCP."""
+    from confluent_kafka import Consumer
+
+    for version in (V311, V5):
+        subscriber = Client(address, version, websocket_path="/mqtt")
+        subscriber.connect()
+        subscriber.subscribe(f"web/{version}/#", qos=1)
+        publisher = Client(address, version, websocket_path="/mqtt")
+        publisher.connect()
+        big = b"w" * 200_000
+        for index in range(20):
+            publisher.publish(f"web/{version}/x", f"ws {index}".encode(), qos=1)
+        publisher.publish(f"web/{version}/big", big, qos=1)
+        got = [subscriber.message().payload for _ in range(21)]
+        assert got[:20] == [f"ws {i}".encode() for i in range(20)], got[:3]
+        assert got[20] == big, len(got[20])
+        subscriber.stop()
+        publisher.stop()
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ws-check",
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe(["mqtt"])
+    keys = set()
+    deadline = time.monotonic() + 30
+    while len(keys) < 4 and time.monotonic() < deadline:
+        message = consumer.poll(1.0)
+        if message is not None and message.error() is None:
+            keys.add(message.key().decode())
+    consumer.close()
+    assert keys == {f"web/{v}/{t}" for v in (V311, V5) for t in ("x", "big")}, keys
+
+
 SCENARIOS = {f.__name__: f for f in (
     will_on_abnormal_disconnect, retained_messages, retained_check,
     qos2_exactly_once_across_reconnect, request_response, topic_aliases,
     oversized_packets, subscription_options, shared_subscriptions, durable_before,
-    durable_after, cross_before, cross_after)}
+    durable_after, cross_before, cross_after, websockets)}
 
 if __name__ == "__main__":
     if len(sys.argv) < 3:

@@ -137,11 +137,12 @@ impl Broker {
         };
         // The MQTT listener on a port of its own choosing, unless the test names one.
         let mqtt_listener = format!("{host}:0");
-        let mqtt: Vec<&str> = if extra.contains(&"--mqtt-listener") {
-            Vec::new()
-        } else {
-            vec!["--mqtt-listener", &mqtt_listener]
-        };
+        let mut mqtt: Vec<&str> = Vec::new();
+        for flag in ["--mqtt-listener", "--mqtt-ws-listener"] {
+            if !extra.contains(&flag) {
+                mqtt.extend([flag, mqtt_listener.as_str()]);
+            }
+        }
         let binary = env!("CARGO_BIN_EXE_coremq");
         // `ip netns exec` execs the broker in place: the child's pid is the broker's.
         let mut command = match netns {
@@ -210,16 +211,26 @@ impl Broker {
 
     /// The port of the MQTT listener, as this start's startup line says.
     pub fn mqtt_port(&self) -> u16 {
+        self.logged_port("MQTT clients on ")
+    }
+
+    /// The port of the MQTT over WebSockets listener, as this start's startup line says.
+    pub fn mqtt_ws_port(&self) -> u16 {
+        self.logged_port("over WebSockets on ")
+    }
+
+    /// The port of the address after `what` in this start's startup line.
+    fn logged_port(&self, what: &str) -> u16 {
         let log = self.log();
         let line = log
             .get(self.logged_before..)
-            .and_then(|new| new.split("MQTT clients on ").nth(1))
-            .expect("the startup line names the MQTT listener");
-        let address = line.split([',', ' ']).next().unwrap_or_default();
+            .and_then(|new| new.split(what).nth(1))
+            .unwrap_or_else(|| panic!("the startup line names {what:?}"));
+        let address = line.split([',', ' ', '/']).next().unwrap_or_default();
         address
             .rsplit_once(':')
             .and_then(|(_, port)| port.parse().ok())
-            .unwrap_or_else(|| panic!("no MQTT port in {line:?}"))
+            .unwrap_or_else(|| panic!("no port after {what:?} in {line:?}"))
     }
 
     pub fn bootstrap(&self) -> String {

@@ -17,6 +17,7 @@ pub fn start(adjust: impl FnOnce(&mut BrokerConfig)) -> (tempfile::TempDir, Brok
         partitions_per_shard_max: 64,
         mqtt: MqttConfig {
             listener: Some("127.0.0.1:0".parse().unwrap()),
+            websocket_listener: None,
             ..MqttConfig::default()
         },
         ..BrokerConfig::default()

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::Context;
-use crate::mqtt::Mqtt;
+use crate::mqtt::{Mqtt, OverWebSocket};
 use crate::protocol::api;
 use crate::server::Server;
 
@@ -65,6 +65,10 @@ pub(super) async fn metrics(handle: &Handle) -> Result<String, coremq_engine::Er
                     if let Some(server) = Server::<Mqtt>::current() {
                         mqtt.connections = server.open_connections() as u64;
                         mqtt.closed = server.closes();
+                    }
+                    if let Some(server) = Server::<OverWebSocket>::current() {
+                        mqtt.connections += server.open_connections() as u64;
+                        mqtt.closed.extend(server.closes());
                     }
                     if let Some(front) = Mqtt::current() {
                         let (counters, sessions) = front.counters();
@@ -252,7 +256,7 @@ fn render_mqtt(registry: &mut Registry, shards: &[ShardCounters]) {
     }
     registry.register(
         "mqtt_connections",
-        "Open MQTT connections, by shard",
+        "Open MQTT connections (TCP and WebSockets), by shard",
         connections,
     );
     let sessions = shards.iter().map(|shard| shard.mqtt.sessions).sum::<u64>();

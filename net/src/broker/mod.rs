@@ -39,7 +39,7 @@ use coremq_replication::peers::Address;
 use coremq_replication::topics::TopicTable;
 use coremq_replication::{Cluster, LogConfigs, NodeConfig};
 
-use crate::mqtt::Mqtt;
+use crate::mqtt::{Mqtt, OverWebSocket};
 use crate::server::http::{self, Phase, PhaseCell};
 use crate::server::{self, FrameSize, Incoming, Limits, Protocol, Server, Shared};
 
@@ -175,6 +175,7 @@ fn limits(config: &BrokerConfig) -> Limits {
         read_timeout: Duration::from_millis(config.request_read_timeout_ms),
         connections_max: config.max_connections,
         connections_per_ip_max: config.max_connections_per_ip,
+        websocket: None,
     }
 }
 
@@ -316,6 +317,20 @@ impl Broker {
             Some(listener) => Some(server::bind::<Mqtt>(&mqtt_shared, listener)?),
             None => None,
         };
+        let ws_shared = Shared::new(
+            Limits {
+                websocket: Some(server::WebSocket {
+                    path: config.mqtt.websocket_path.clone(),
+                    subprotocol: "mqtt".into(),
+                }),
+                ..mqtt_limits(&config)
+            },
+            handle.clone(),
+        );
+        let ws_address = match (mqtt_address, config.mqtt.websocket_listener) {
+            (Some(_), Some(listener)) => Some(server::bind::<OverWebSocket>(&ws_shared, listener)?),
+            _ => None,
+        };
         // With port 0, the bound port is the one clients are told of.
         let config = if address == config.kafka_listener {
             config
@@ -444,7 +459,8 @@ impl Broker {
             if mqtt_address.is_none() {
                 break;
             }
-            let mqtt_shared = mqtt_shared.clone();
+            let (mqtt_shared, ws_shared) = (mqtt_shared.clone(), ws_shared.clone());
+            let websocket = ws_address.is_some();
             futures_lite::future::block_on(handle.on_shard(shard, move |_| async move {
                 let front = Mqtt::current().expect("installed above");
                 let retained = front.load_retained().await?;
@@ -456,12 +472,18 @@ impl Broker {
                     log::info!("shard {shard}: {sessions} MQTT sessions recovered");
                 }
                 coremq_runtime::spawn_local(front.clone().store_loop()).detach();
+                if websocket {
+                    Server::start(Rc::new(OverWebSocket(front.clone())), ws_shared, shard);
+                }
                 Server::start(front, mqtt_shared, shard);
                 Ok(())
             }))?;
         }
         if let Some(mqtt_address) = mqtt_address {
             server::check_listeners::<Mqtt>(&mqtt_shared, mqtt_address)?;
+        }
+        if let Some(ws_address) = ws_address {
+            server::check_listeners::<OverWebSocket>(&ws_shared, ws_address)?;
         }
         phase.set(Phase::Serving);
         let (advertised_host, advertised_port) = BrokerConfig {
@@ -490,9 +512,13 @@ impl Broker {
              {}, {shards} shard{}, {flush}",
             env!("CARGO_PKG_VERSION"),
             config.accept,
-            match mqtt_address {
-                Some(mqtt_address) => format!("MQTT clients on {mqtt_address}"),
-                None => "no MQTT listener".to_string(),
+            match (mqtt_address, ws_address) {
+                (Some(mqtt), Some(ws)) => format!(
+                    "MQTT clients on {mqtt} and over WebSockets on {ws}{}",
+                    config.mqtt.websocket_path
+                ),
+                (Some(mqtt), None) => format!("MQTT clients on {mqtt}"),
+                _ => "no MQTT listener".to_string(),
             },
             admin.address(),
             data_dir.display(),
@@ -576,6 +602,9 @@ impl Broker {
                     let context = Context::current();
                     context.stop.borrow_mut().take();
                     context.groups.borrow_mut().unload_members();
+                    if let Some(server) = Server::<OverWebSocket>::current() {
+                        server.drain(deadline).await;
+                    }
                     if let Some(server) = Server::<Mqtt>::current() {
                         server.drain(deadline).await;
                     }

@@ -14,8 +14,12 @@ pub struct Mapping {
 
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
-    /// MQTT over TCP; `None`: no MQTT listener.
+    /// MQTT over TCP; `None`: no MQTT listener (and no MQTT at all).
     pub listener: Option<SocketAddr>,
+    /// MQTT over WebSockets (served only with the TCP listener); `None`: none.
+    pub websocket_listener: Option<SocketAddr>,
+    /// The WebSocket listener's request path.
+    pub websocket_path: String,
     /// MQTT topic filters to Kafka topics, the first match winning.
     pub mappings: Vec<Mapping>,
     /// The Kafka topic of MQTT topics no mapping matches.
@@ -43,6 +47,8 @@ impl Default for MqttConfig {
     fn default() -> MqttConfig {
         MqttConfig {
             listener: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
+            websocket_listener: Some(SocketAddr::from(([127, 0, 0, 1], 8083))),
+            websocket_path: "/mqtt".into(),
             mappings: Vec::new(),
             default_topic: "mqtt".into(),
             maximum_packet_size: 1 << 20,

@@ -338,3 +338,48 @@ impl Protocol for Mqtt {
         connection::closed(client);
     }
 }
+
+/// MQTT over WebSockets: the same protocol and shard state behind the WebSocket listener (a
+/// type of its own, so each listener has its own server, bounds and counts on every shard).
+pub(crate) struct OverWebSocket(pub Rc<Mqtt>);
+
+impl Protocol for OverWebSocket {
+    type Request = connection::Request;
+    type Connection = Client;
+
+    const CLIENTS: &'static str = "MQTT clients over WebSockets";
+
+    fn frame_size(prefix: &[u8]) -> Result<FrameSize, String> {
+        Mqtt::frame_size(prefix)
+    }
+
+    fn open(&self, peer: Option<SocketAddr>, link: Link) -> Rc<Client> {
+        self.0.open(peer, link)
+    }
+
+    fn decode(
+        &self,
+        client: &Rc<Client>,
+        prefix: &[u8],
+        body: Bytes,
+    ) -> Result<Incoming<Self::Request>, String> {
+        self.0.decode(client, prefix, body)
+    }
+
+    async fn respond(
+        self: Rc<Self>,
+        client: Rc<Client>,
+        request: Self::Request,
+        _peer: Option<SocketAddr>,
+    ) -> Option<Vec<Bytes>> {
+        connection::respond(self.0.clone(), client, request).await
+    }
+
+    fn too_large(&self, client: &Rc<Client>) -> Option<Vec<Bytes>> {
+        self.0.too_large(client)
+    }
+
+    fn closed(&self, client: &Rc<Client>) {
+        self.0.closed(client);
+    }
+}

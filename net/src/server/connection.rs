@@ -26,7 +26,9 @@ use coremq_runtime::net::{AcceptedTcpStream, TcpListener, TcpStream};
 use coremq_runtime::sync::local_channel;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{AcceptMode, CloseReason, FrameSize, Incoming, Limits, Link, Protocol, Server};
+use super::{
+    AcceptMode, CloseReason, FrameSize, Incoming, Limits, Link, Protocol, Server, websocket,
+};
 
 /// Open connections by client IP address, all shards together (touched on open and close).
 pub(super) type ConnectionsByIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
@@ -177,6 +179,38 @@ async fn serve<P: Protocol>(server: &Rc<Server<P>>, stream: TcpStream) {
             return;
         }
     };
+    let limits = &server.shared.limits;
+    let Some(websocket) = &limits.websocket else {
+        return serve_stream(server, stream, peer).await;
+    };
+    let mut stream = stream;
+    let accepted = within(
+        limits.read_timeout,
+        websocket::accept(&mut stream, websocket),
+    )
+    .await;
+    match accepted {
+        Some(Ok(leftover)) => {
+            serve_stream(server, websocket::Stream::new(stream, leftover), peer).await;
+        }
+        Some(Err(reason)) => server.closes.note(peer, CloseReason::BadRequest, &reason),
+        None => server.closes.note(
+            peer,
+            CloseReason::SlowRequest,
+            &format!(
+                "the WebSocket upgrade did not arrive within {} ms (request_read_timeout_ms)",
+                limits.read_timeout.as_millis()
+            ),
+        ),
+    }
+}
+
+/// Serves a connection (its bytes, or a WebSocket's payloads) admitted from `peer`.
+async fn serve_stream<P: Protocol>(
+    server: &Rc<Server<P>>,
+    stream: impl futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+    peer: Option<SocketAddr>,
+) {
     let limits = &server.shared.limits;
     let (link, ends) = Link::new();
     let connection = server.protocol.open(peer, link.clone());

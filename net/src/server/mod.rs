@@ -11,6 +11,7 @@ mod connection;
 pub mod http;
 mod link;
 mod listener;
+mod websocket;
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -31,6 +32,7 @@ use connection::ConnectionsByIp;
 pub use link::Link;
 pub use listener::ListenError;
 pub(crate) use listener::{probe, verify};
+pub use websocket::{WebSocket, replay as replay_websocket};
 
 /// A protocol served over TCP: how its frames are delimited and what it does with them.
 pub trait Protocol: 'static {
@@ -147,6 +149,9 @@ pub struct Limits {
     pub connections_max: usize,
     /// Open connections from one IP address, all shards together.
     pub connections_per_ip_max: usize,
+    /// Connections speak the protocol inside WebSocket binary messages after an HTTP
+    /// upgrade (`websocket.rs`), not on the socket itself.
+    pub websocket: Option<WebSocket>,
 }
 
 /// What the servers of one protocol on every shard share.
