@@ -5,10 +5,12 @@
 
 #[path = "support/broker.rs"]
 mod broker;
+#[path = "support/kcat.rs"]
+mod kcat;
 #[path = "support/python.rs"]
 mod python;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -105,27 +107,8 @@ fn publish(broker: &Broker, args: &[&str]) {
 
 /// Runs kcat against the broker's Kafka listener with `args`, feeding it `input`.
 fn kcat(broker: &Broker, args: &[&str], input: &str) -> String {
-    let mut child = Command::new("kcat")
-        .args(["-b", &broker.bootstrap()])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kcat runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "kcat {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    kcat::run(&broker.bootstrap(), args, input)
+        .unwrap_or_else(|error| panic!("kcat {args:?}: {error}"))
 }
 
 #[test]
@@ -321,6 +304,26 @@ use coremq_net::mqtt::codec::{
     reason,
 };
 
+/// A CONNECT without will, user name or password.
+fn connect_packet(
+    level: Level,
+    client_id: impl Into<String>,
+    clean_start: bool,
+    keep_alive: u16,
+    properties: Properties,
+) -> Packet {
+    Packet::Connect(Box::new(Connect {
+        level,
+        clean_start,
+        keep_alive,
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties,
+    }))
+}
+
 impl Raw {
     fn open(broker: &Broker, level: Level) -> Raw {
         let stream = std::net::TcpStream::connect(("127.0.0.1", broker.mqtt_port())).unwrap();
@@ -338,16 +341,7 @@ impl Raw {
         properties: Properties,
     ) -> (Raw, ConnAck) {
         let mut raw = Raw::open(broker, level);
-        raw.send(&Packet::Connect(Box::new(Connect {
-            level,
-            clean_start: true,
-            keep_alive: 60,
-            client_id: client_id.into(),
-            will: None,
-            username: None,
-            password: None,
-            properties,
-        })));
+        raw.send(&connect_packet(level, client_id, true, 60, properties));
         match raw.receive() {
             Some(Packet::ConnAck(connack)) => (raw, connack),
             other => panic!("expected CONNACK, got {other:?}"),
@@ -431,16 +425,13 @@ fn mqtt_3_1_0_2_a_second_connect_is_a_protocol_error() {
     let (_dir, broker) = start("second-connect", &[]);
     for level in [Level::V311, Level::V5] {
         let (mut raw, _) = Raw::connect(&broker, level, "twice", Properties::default());
-        raw.send(&Packet::Connect(Box::new(Connect {
+        raw.send(&connect_packet(
             level,
-            clean_start: true,
-            keep_alive: 60,
-            client_id: "twice".into(),
-            will: None,
-            username: None,
-            password: None,
-            properties: Properties::default(),
-        })));
+            "twice",
+            true,
+            60,
+            Properties::default(),
+        ));
         if level == Level::V5 {
             match raw.receive() {
                 Some(Packet::Disconnect(disconnect)) => {
@@ -526,16 +517,13 @@ fn mqtt_3_1_2_2_an_unsupported_protocol_level_gets_return_code_1() {
 fn mqtt_3_1_3_8_an_empty_client_id_needs_a_clean_session_and_5_0_gets_one_assigned() {
     let (_dir, broker) = start("client-id", &[]);
     let mut raw = Raw::open(&broker, Level::V311);
-    raw.send(&Packet::Connect(Box::new(Connect {
-        level: Level::V311,
-        clean_start: false,
-        keep_alive: 60,
-        client_id: String::new(),
-        will: None,
-        username: None,
-        password: None,
-        properties: Properties::default(),
-    })));
+    raw.send(&connect_packet(
+        Level::V311,
+        String::new(),
+        false,
+        60,
+        Properties::default(),
+    ));
     match raw.receive() {
         Some(Packet::ConnAck(connack)) => assert_eq!(connack.code, reason::V3_IDENTIFIER_REJECTED),
         other => panic!("expected CONNACK, got {other:?}"),
@@ -575,16 +563,13 @@ fn mqtt_3_1_4_3_a_connection_with_the_same_client_id_takes_the_session_over() {
 fn mqtt_3_1_2_22_a_client_silent_for_one_and_a_half_keep_alives_is_disconnected() {
     let (_dir, broker) = start("keep-alive", &[]);
     let mut raw = Raw::open(&broker, Level::V311);
-    raw.send(&Packet::Connect(Box::new(Connect {
-        level: Level::V311,
-        clean_start: true,
-        keep_alive: 1,
-        client_id: "sleepy".into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: Properties::default(),
-    })));
+    raw.send(&connect_packet(
+        Level::V311,
+        "sleepy",
+        true,
+        1,
+        Properties::default(),
+    ));
     assert!(matches!(raw.receive(), Some(Packet::ConnAck(_))));
     let started = Instant::now();
     assert!(raw.closed());
@@ -725,16 +710,13 @@ fn mqtt_6_0_0_4_mqtt_over_websockets_with_the_mqtt_subprotocol() {
         raw.stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        raw.send(&Packet::Connect(Box::new(Connect {
-            level: Level::V311,
-            clean_start: true,
-            keep_alive: 60,
-            client_id: "plain".into(),
-            will: None,
-            username: None,
-            password: None,
-            properties: Properties::default(),
-        })));
+        raw.send(&connect_packet(
+            Level::V311,
+            "plain",
+            true,
+            60,
+            Properties::default(),
+        ));
         (raw, ())
     };
     let mut bytes = Vec::new();

@@ -81,6 +81,15 @@ class Client:
     def message(self, timeout=10):
         return self.messages.get(timeout=timeout)
 
+    def drain(self, wait=2.0):
+        """The messages that come until none has for `wait` seconds."""
+        messages = []
+        while True:
+            try:
+                messages.append(self.messages.get(timeout=wait))
+            except queue.Empty:
+                return messages
+
     def no_message(self, wait=1.0):
         try:
             message = self.messages.get(timeout=wait)
@@ -317,15 +326,7 @@ def shared_subscriptions(address):
         publisher.publish(f"jobs/{index % 10}", str(index).encode(), qos=1)
     seen = [m.payload for m in (watcher.message() for _ in range(count))]
     assert sorted(seen) == sorted(str(i).encode() for i in range(count)), "the plain one gets all"
-    shares = []
-    for worker in workers:
-        got = []
-        while True:
-            try:
-                got.append(worker.message(timeout=2).payload)
-            except queue.Empty:
-                break
-        shares.append(got)
+    shares = [[m.payload for m in worker.drain()] for worker in workers]
     everything = [payload for share in shares for payload in share]
     assert len(everything) == count, f"{len(everything)} deliveries for {count} messages"
     assert sorted(everything) == sorted(seen), "each message once"
@@ -335,13 +336,7 @@ def shared_subscriptions(address):
     time.sleep(0.5)
     for index in range(100):
         publisher.publish(f"jobs/{index % 10}", f"late {index}".encode(), qos=1)
-    late = []
-    for worker in workers[1:]:
-        while True:
-            try:
-                late.append(worker.message(timeout=2).payload)
-            except queue.Empty:
-                break
+    late = [m.payload for worker in workers[1:] for m in worker.drain()]
     assert len(late) == 100, len(late)
     for client in workers[1:] + [watcher, publisher]:
         client.stop()

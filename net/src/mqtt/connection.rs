@@ -213,15 +213,8 @@ async fn handle(mqtt: &Rc<Mqtt>, client: &Rc<Client>, packet: Packet) -> Reply {
             if ack.code >= 0x80 {
                 return Reply::Now(None);
             }
-            let code = if known || !v5 {
-                reason::SUCCESS
-            } else {
-                reason::PACKET_IDENTIFIER_NOT_FOUND
-            };
-            Reply::Now(Some(vec![encode(
-                &Packet::PubRel(ack_with(ack.packet_id, code)),
-                level,
-            )]))
+            let pubrel = Packet::PubRel(ack_for(ack.packet_id, known, v5));
+            Reply::Now(Some(vec![encode(&pubrel, level)]))
         }
         Packet::PubRel(ack) => {
             let known = session
@@ -235,15 +228,8 @@ async fn handle(mqtt: &Rc<Mqtt>, client: &Rc<Client>, packet: Packet) -> Reply {
                     .unacknowledged
                     .set(client.unacknowledged.get().saturating_sub(1));
             }
-            let code = if known || !v5 {
-                reason::SUCCESS
-            } else {
-                reason::PACKET_IDENTIFIER_NOT_FOUND
-            };
-            Reply::Now(Some(vec![encode(
-                &Packet::PubComp(ack_with(ack.packet_id, code)),
-                level,
-            )]))
+            let pubcomp = Packet::PubComp(ack_for(ack.packet_id, known, v5));
+            Reply::Now(Some(vec![encode(&pubcomp, level)]))
         }
         Packet::PubComp(ack) => {
             session.complete(ack.packet_id, QoS::ExactlyOnce);
@@ -273,6 +259,17 @@ async fn handle(mqtt: &Rc<Mqtt>, client: &Rc<Client>, packet: Packet) -> Reply {
             format!("a client may not send {}", other.name()),
         )),
     }
+}
+
+/// The PUBREL or PUBCOMP for `packet_id`: success, or (5.0) packet identifier not found
+/// when it was not `known`.
+fn ack_for(packet_id: u16, known: bool, v5: bool) -> Ack {
+    let code = if known || !v5 {
+        reason::SUCCESS
+    } else {
+        reason::PACKET_IDENTIFIER_NOT_FOUND
+    };
+    ack_with(packet_id, code)
 }
 
 fn ack_with(packet_id: u16, code: u8) -> Ack {

@@ -158,14 +158,7 @@ impl Mqtt {
             .group
             .map(|group| (group.to_string(), parsed.filter.to_string()));
         if let Some(group) = &group {
-            self.share(shared::Change::Join(
-                group.clone(),
-                shared::Member {
-                    shard: self.shard,
-                    key: session.key,
-                    connected: session.is_connected(),
-                },
-            ));
+            self.share(shared::Change::Join(group.clone(), self.member(session)));
         }
         let entry = Entry {
             key: session.key,
@@ -244,14 +237,7 @@ impl Mqtt {
             self.sessions.borrow_mut().remove(&session.client_id);
         }
         self.by_key.borrow_mut().remove(&session.key);
-        let filters: Vec<String> = session
-            .state
-            .borrow()
-            .subscriptions
-            .keys()
-            .cloned()
-            .collect();
-        for filter in filters {
+        for filter in Mqtt::filters(session) {
             self.unsubscribe(session, &filter);
         }
     }
@@ -259,30 +245,64 @@ impl Mqtt {
     /// Tells every shard whether `session`, a member of shared subscription groups, is
     /// connected now.
     fn share_presence(&self, session: &Session) {
-        let filters: Vec<String> = session
+        for filter in Mqtt::filters(session) {
+            if let Ok(topic::Filter {
+                group: Some(group),
+                filter,
+            }) = topic::parse_filter(&filter)
+            {
+                let group = (group.to_string(), filter.to_string());
+                self.share(shared::Change::Join(group, self.member(session)));
+            }
+        }
+    }
+
+    /// Every record of `log` from its start, in order (a compacted internal topic, read whole
+    /// at start).
+    async fn read_partition(
+        &self,
+        log: &TopicPartition,
+    ) -> Result<Vec<coremq_engine::record::Record>, coremq_engine::Error> {
+        let offsets = self.context.cluster.offsets(log).await?;
+        let mut next = offsets.log_start;
+        let mut records = Vec::new();
+        while next < offsets.log_end {
+            let read = self
+                .context
+                .cluster
+                .read(log, next, 1 << 20, coremq_replication::Isolation::Written)
+                .await?;
+            if read.batches.is_empty() {
+                break;
+            }
+            for batch in read.batches {
+                let header = coremq_engine::batch::BatchHeader::parse(&batch)?;
+                records.extend(coremq_engine::record::decode_records(&batch, 64 << 20)?);
+                let after = header.base_offset.0 + u64::from(header.last_offset_delta) + 1;
+                next = coremq_engine::Offset(after);
+            }
+        }
+        Ok(records)
+    }
+
+    /// `session` as a member of shared subscription groups, as it is now.
+    fn member(&self, session: &Session) -> shared::Member {
+        shared::Member {
+            shard: self.shard,
+            key: session.key,
+            connected: session.is_connected(),
+        }
+    }
+
+    /// The filters `session` subscribes to.
+    fn filters(session: &Session) -> Vec<String> {
+        session
             .state
             .borrow()
             .subscriptions
             .keys()
             .cloned()
-            .collect();
-        for filter in filters {
-            let Ok(topic::Filter {
-                group: Some(group),
-                filter,
-            }) = topic::parse_filter(&filter)
-            else {
-                continue;
-            };
-            self.share(shared::Change::Join(
-                (group.to_string(), filter.to_string()),
-                shared::Member {
-                    shard: self.shard,
-                    key: session.key,
-                    connected: session.is_connected(),
-                },
-            ));
-        }
+            .collect()
     }
 
     fn next_key(&self) -> u64 {

@@ -78,6 +78,24 @@ impl Message {
         }
     }
 
+    /// A QoS 1 message with nothing but its topic, payload and time.
+    pub fn bare(topic: String, payload: Bytes, timestamp_ms: i64) -> Message {
+        Message {
+            topic,
+            payload,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            client_id: None,
+            payload_format: None,
+            message_expiry: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+            timestamp_ms,
+        }
+    }
+
     /// The record's headers.
     pub fn headers(&self) -> Vec<Header> {
         let text = |key: &str, value: &str| Header {
@@ -123,20 +141,11 @@ impl Message {
         if !topic::valid_name(topic) || topic.contains('\0') || topic.len() > u16::MAX as usize {
             return None;
         }
-        let mut message = Message {
-            topic: topic.to_string(),
-            payload: record.value.clone().unwrap_or_default(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            client_id: None,
-            payload_format: None,
-            message_expiry: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: Vec::new(),
-            timestamp_ms: record.timestamp.0,
-        };
+        let mut message = Message::bare(
+            topic.to_string(),
+            record.value.clone().unwrap_or_default(),
+            record.timestamp.0,
+        );
         for header in &record.headers {
             let Ok(key) = std::str::from_utf8(&header.key) else {
                 continue;

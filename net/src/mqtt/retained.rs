@@ -8,9 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use coremq_engine::record::decode_records;
-use coremq_engine::{Offset, TopicPartition};
-use coremq_replication::Isolation;
+use coremq_engine::TopicPartition;
 
 use super::records::Message;
 use super::{Mqtt, topic};
@@ -42,38 +40,22 @@ impl Mqtt {
             return Ok(0);
         }
         let log = log();
-        let offsets = self.context.cluster.offsets(&log).await?;
-        let mut next = offsets.log_start;
         let mut messages = BTreeMap::new();
-        while next < offsets.log_end {
-            let read = self
-                .context
-                .cluster
-                .read(&log, next, 1 << 20, Isolation::Written)
-                .await?;
-            if read.batches.is_empty() {
-                break;
-            }
-            for batch in read.batches {
-                let header = coremq_engine::batch::BatchHeader::parse(&batch)?;
-                for record in decode_records(&batch, 64 << 20)? {
-                    let Some(key) = record
-                        .key
-                        .as_ref()
-                        .and_then(|key| std::str::from_utf8(key).ok())
-                    else {
-                        continue;
-                    };
-                    match Message::from_record(&record) {
-                        Some(message) if !message.payload.is_empty() => {
-                            messages.insert(key.to_string(), Arc::new(message));
-                        }
-                        _ => {
-                            messages.remove(key);
-                        }
-                    }
+        for record in self.read_partition(&log).await? {
+            let Some(key) = record
+                .key
+                .as_ref()
+                .and_then(|key| std::str::from_utf8(key).ok())
+            else {
+                continue;
+            };
+            match Message::from_record(&record) {
+                Some(message) if !message.payload.is_empty() => {
+                    messages.insert(key.to_string(), Arc::new(message));
                 }
-                next = Offset(header.base_offset.0 + u64::from(header.last_offset_delta) + 1);
+                _ => {
+                    messages.remove(key);
+                }
             }
         }
         let count = messages.len();

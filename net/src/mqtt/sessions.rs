@@ -219,10 +219,17 @@ impl Mqtt {
             if self.context.cluster.shard_of(&log) != self.shard {
                 continue;
             }
-            for (key, value) in read_all(self, &log).await? {
-                match value.as_deref().and_then(Stored::decode) {
-                    Some(session) => stored.insert(key, session),
-                    None => stored.remove(&key),
+            for record in self.read_partition(&log).await? {
+                let Some(key) = record
+                    .key
+                    .as_ref()
+                    .and_then(|key| std::str::from_utf8(key).ok())
+                else {
+                    continue;
+                };
+                match record.value.as_deref().and_then(Stored::decode) {
+                    Some(session) => stored.insert(key.to_string(), session),
+                    None => stored.remove(key),
                 };
             }
         }
@@ -288,7 +295,12 @@ impl Mqtt {
             };
             let (Some(qos), Some(message)) = (
                 QoS::from_bits(inflight.qos),
-                message.or_else(|| inflight.released.then(released_placeholder)),
+                message.or_else(|| {
+                    // Only its packet identifier matters: PUBREL is sent again, not it.
+                    inflight
+                        .released
+                        .then(|| Message::bare(String::new(), Bytes::new(), 0))
+                }),
             ) else {
                 continue;
             };
@@ -438,60 +450,6 @@ impl Mqtt {
             Err(reason) => self.count_dropped(reason),
         }
     }
-}
-
-/// A stand-in for a message whose PUBREC came: only its packet identifier matters (PUBREL
-/// is sent again, not the message).
-fn released_placeholder() -> Message {
-    Message {
-        topic: String::new(),
-        payload: Bytes::new(),
-        qos: QoS::ExactlyOnce,
-        retain: false,
-        client_id: None,
-        payload_format: None,
-        message_expiry: None,
-        content_type: None,
-        response_topic: None,
-        correlation_data: None,
-        user_properties: Vec::new(),
-        timestamp_ms: 0,
-    }
-}
-
-/// Every record of `log`, key and value, in order (keys that are not UTF-8 skipped).
-async fn read_all(
-    mqtt: &Mqtt,
-    log: &TopicPartition,
-) -> Result<Vec<(String, Option<Bytes>)>, coremq_engine::Error> {
-    let offsets = mqtt.context.cluster.offsets(log).await?;
-    let mut next = offsets.log_start;
-    let mut out = Vec::new();
-    while next < offsets.log_end {
-        let read = mqtt
-            .context
-            .cluster
-            .read(log, next, 1 << 20, Isolation::Written)
-            .await?;
-        if read.batches.is_empty() {
-            break;
-        }
-        for batch in read.batches {
-            let header = coremq_engine::batch::BatchHeader::parse(&batch)?;
-            for record in decode_records(&batch, 64 << 20)? {
-                let Some(key) = record
-                    .key
-                    .as_ref()
-                    .and_then(|key| std::str::from_utf8(key).ok())
-                else {
-                    continue;
-                };
-                out.push((key.to_string(), record.value.clone()));
-            }
-            next = Offset(header.base_offset.0 + u64::from(header.last_offset_delta) + 1);
-        }
-    }
-    Ok(out)
 }
 
 /// The message stored at `offset` of `log`, if it is still there.
