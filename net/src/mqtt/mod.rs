@@ -257,12 +257,12 @@ impl Mqtt {
         }
     }
 
-    /// Every record of `log` from its start, in order (a compacted internal topic, read whole
-    /// at start).
+    /// Every record of `log` from its start, in order, with its key (a compacted internal
+    /// topic, read whole at start; records whose keys are not UTF-8 are skipped).
     async fn read_partition(
         &self,
         log: &TopicPartition,
-    ) -> Result<Vec<coremq_engine::record::Record>, coremq_engine::Error> {
+    ) -> Result<Vec<(String, coremq_engine::record::Record)>, coremq_engine::Error> {
         let offsets = self.context.cluster.offsets(log).await?;
         let mut next = offsets.log_start;
         let mut records = Vec::new();
@@ -277,7 +277,12 @@ impl Mqtt {
             }
             for batch in read.batches {
                 let header = coremq_engine::batch::BatchHeader::parse(&batch)?;
-                records.extend(coremq_engine::record::decode_records(&batch, 64 << 20)?);
+                for record in coremq_engine::record::decode_records(&batch, 64 << 20)? {
+                    let key = record.key.as_ref().map(|key| std::str::from_utf8(key));
+                    if let Some(Ok(key)) = key {
+                        records.push((key.to_string(), record));
+                    }
+                }
                 let after = header.base_offset.0 + u64::from(header.last_offset_delta) + 1;
                 next = coremq_engine::Offset(after);
             }

@@ -41,20 +41,13 @@ impl Mqtt {
         }
         let log = log();
         let mut messages = BTreeMap::new();
-        for record in self.read_partition(&log).await? {
-            let Some(key) = record
-                .key
-                .as_ref()
-                .and_then(|key| std::str::from_utf8(key).ok())
-            else {
-                continue;
-            };
+        for (key, record) in self.read_partition(&log).await? {
             match Message::from_record(&record) {
                 Some(message) if !message.payload.is_empty() => {
-                    messages.insert(key.to_string(), Arc::new(message));
+                    messages.insert(key, Arc::new(message));
                 }
                 _ => {
-                    messages.remove(key);
+                    messages.remove(&key);
                 }
             }
         }

@@ -219,17 +219,10 @@ impl Mqtt {
             if self.context.cluster.shard_of(&log) != self.shard {
                 continue;
             }
-            for record in self.read_partition(&log).await? {
-                let Some(key) = record
-                    .key
-                    .as_ref()
-                    .and_then(|key| std::str::from_utf8(key).ok())
-                else {
-                    continue;
-                };
+            for (key, record) in self.read_partition(&log).await? {
                 match record.value.as_deref().and_then(Stored::decode) {
-                    Some(session) => stored.insert(key.to_string(), session),
-                    None => stored.remove(key),
+                    Some(session) => stored.insert(key, session),
+                    None => stored.remove(&key),
                 };
             }
         }
