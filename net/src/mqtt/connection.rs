@@ -41,6 +41,19 @@ pub(crate) struct Client {
     aliases: RefCell<HashMap<u16, String>>,
     /// QoS 1 and 2 PUBLISH packets received and not yet acknowledged (receive maximum).
     unacknowledged: Rc<Cell<usize>>,
+    /// Reason strings may go on acknowledgements (5.0's request problem information) and fit
+    /// the client's maximum packet size.
+    reasons: Rc<Cell<Reasons>>,
+}
+
+/// What the client allows of reason strings on acknowledgements.
+#[derive(Debug, Clone, Copy)]
+struct Reasons {
+    /// MQTT-3.1.2-29: request problem information 0 allows none.
+    allowed: bool,
+    /// The client's maximum packet size: a reason string that would pass it is left out
+    /// (MQTT-3.4.2-2, MQTT-3.5.2-2).
+    packet_bytes_max: usize,
 }
 
 /// A decoded packet and its place in the connection's order.
@@ -68,6 +81,10 @@ impl Client {
             turn: RefCell::new(None),
             aliases: RefCell::default(),
             unacknowledged: Rc::new(Cell::new(0)),
+            reasons: Rc::new(Cell::new(Reasons {
+                allowed: true,
+                packet_bytes_max: usize::MAX,
+            })),
         }
     }
 
@@ -78,17 +95,23 @@ impl Client {
     /// Closes the connection for a protocol violation: with a DISCONNECT carrying `code` for
     /// a 5.0 client (MQTT-4.13.1-1), without for the others (MQTT-4.8.0-1 of 3.1.1).
     fn violation(&self, code: u8, reason: String) -> Option<Vec<Bytes>> {
-        let answer = self.v5().then(|| {
+        let disconnect = |reason_string| {
+            let properties = Properties {
+                reason_string,
+                ..Properties::default()
+            };
             encode(
-                &Packet::Disconnect(Disconnect {
-                    code,
-                    properties: Properties {
-                        reason_string: Some(reason.clone()),
-                        ..Properties::default()
-                    },
-                }),
+                &Packet::Disconnect(Disconnect { code, properties }),
                 Level::V5,
             )
+        };
+        let answer = self.v5().then(|| {
+            let answer = disconnect(Some(reason.clone()));
+            // MQTT-3.14.2-3: not past the client's maximum packet size.
+            if answer.len() > self.reasons.get().packet_bytes_max {
+                return disconnect(None);
+            }
+            answer
         });
         self.link.close(CloseReason::ProtocolError, reason);
         answer.map(|frame| vec![frame])
@@ -416,6 +439,13 @@ async fn connect_client(
         seconds => Some(Duration::from_millis(u64::from(seconds) * 1500)),
     };
     client.link.set_idle(keep_alive);
+    client.reasons.set(Reasons {
+        allowed: connect.properties.request_problem_information != Some(0),
+        packet_bytes_max: connect
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |max| max as usize),
+    });
     *client.will.borrow_mut() = connect.will;
     *client.session.borrow_mut() = Some(session.clone());
     let properties = if v5 {
@@ -577,6 +607,7 @@ fn publish_message(
         session.dirty.set(true);
     }
     let unacknowledged = client.unacknowledged.clone();
+    let reasons = client.reasons.clone();
     let session = session.clone();
     let outcome = async move {
         match stored {
@@ -623,20 +654,29 @@ fn publish_message(
                         return None;
                     }
                 }
-                let ack = Ack {
-                    packet_id,
-                    code,
-                    properties: Properties {
-                        reason_string: result.err().filter(|_| v5),
-                        ..Properties::default()
-                    },
+                let with_reason = |reason_string| {
+                    let ack = Ack {
+                        packet_id,
+                        code,
+                        properties: Properties {
+                            reason_string,
+                            ..Properties::default()
+                        },
+                    };
+                    let packet = if qos == QoS::AtLeastOnce {
+                        Packet::PubAck(ack)
+                    } else {
+                        Packet::PubRec(ack)
+                    };
+                    encode(&packet, level)
                 };
-                let packet = if qos == QoS::AtLeastOnce {
-                    Packet::PubAck(ack)
-                } else {
-                    Packet::PubRec(ack)
-                };
-                Some(vec![encode(&packet, level)])
+                let reasons = reasons.get();
+                let reason = result.err().filter(|_| v5 && reasons.allowed);
+                let mut answer = with_reason(reason);
+                if answer.len() > reasons.packet_bytes_max {
+                    answer = with_reason(None);
+                }
+                Some(vec![answer])
             }))
         }
     }

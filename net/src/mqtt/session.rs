@@ -255,7 +255,12 @@ impl Session {
             return Err(Dropped::Offline);
         };
         let message = &outgoing.message;
-        let expiry = message.expiry_left(now_ms).ok_or(Dropped::Expired)?;
+        // MQTT-4.3.3-7: a message sent once is sent again even if it expired meanwhile.
+        let expiry = match message.expiry_left(now_ms) {
+            Some(expiry) => expiry,
+            None if dup => None,
+            None => return Err(Dropped::Expired),
+        };
         let v5 = attached.level == Level::V5;
         let mut topic = message.topic.clone();
         let mut properties = Properties::default();

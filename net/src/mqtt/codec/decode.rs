@@ -71,8 +71,8 @@ impl Reader {
         Ok(self.bytes.split_to(length))
     }
 
-    /// A UTF-8 string: well-formed (MQTT-1.5.3-1, MQTT-1.5.4-1) and without U+0000
-    /// (MQTT-1.5.3-2, MQTT-1.5.4-2), else the packet is malformed.
+    /// A UTF-8 string: well-formed (3.1.1 MQTT-1.4.0-1, 5.0 MQTT-1.5.4-1) and without U+0000
+    /// (MQTT-1.4.0-2, MQTT-1.5.4-2), else the packet is malformed.
     pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
         let bytes = self.binary()?;
         let text = std::str::from_utf8(&bytes)
@@ -213,7 +213,7 @@ pub fn decode(fixed_header: u8, body: Bytes, level: Level) -> Result<Packet, Dec
     let packet_type = fixed_header >> 4;
     let flags = fixed_header & 0x0F;
     let v5 = level == Level::V5;
-    // MQTT-2.2.2-1, MQTT-2.2.2-2 (3.1.1: MQTT-2.2.2-1): fixed flags per type.
+    // Fixed flags per type (3.1.1 MQTT-2.2.2-1 and -2, 5.0 MQTT-2.1.3-1).
     let required_flags = match packet_type {
         kind::PUBLISH => None,
         kind::PUBREL | kind::SUBSCRIBE | kind::UNSUBSCRIBE => Some(0b0010),

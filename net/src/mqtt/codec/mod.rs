@@ -2,7 +2,8 @@
 //! from and encoded to bytes, with no I/O. Every length and count read from the wire is
 //! checked against the bytes present before it is used; a body that says more than it holds,
 //! or holds more than it says, is malformed. Strings are checked as both specifications
-//! require of a receiver (well-formed UTF-8 without U+0000: MQTT-1.5.3-1/2, MQTT-1.5.4-1/2).
+//! require of a receiver (well-formed UTF-8 without U+0000: MQTT-1.4.0-1/2 of 3.1.1,
+//! MQTT-1.5.4-1/2 of 5.0).
 //!
 //! What the codec checks is what makes a packet malformed (its layout, reserved flags and
 //! bits, duplicated or misplaced properties). Rules about the session (a packet before
