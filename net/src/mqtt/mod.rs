@@ -258,12 +258,18 @@ impl Mqtt {
     }
 
     /// Every record of `log` from its start, in order, with its key (a compacted internal
-    /// topic, read whole at start; records whose keys are not UTF-8 are skipped).
+    /// topic, read whole at start; records whose keys are not UTF-8 are skipped; none when
+    /// this broker holds no replica of it).
     async fn read_partition(
         &self,
         log: &TopicPartition,
     ) -> Result<Vec<(String, coremq_engine::record::Record)>, coremq_engine::Error> {
-        let offsets = self.context.cluster.offsets(log).await?;
+        let offsets = match self.context.cluster.offsets(log).await {
+            Ok(offsets) => offsets,
+            // In a cluster, a broker holds no replica of some partitions: nothing to read.
+            Err(coremq_engine::Error::UnknownLog { .. }) => return Ok(Vec::new()),
+            Err(error) => return Err(error),
+        };
         let mut next = offsets.log_start;
         let mut records = Vec::new();
         while next < offsets.log_end {
