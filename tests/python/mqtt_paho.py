@@ -107,6 +107,20 @@ class Client:
         self.client.loop_stop()
 
 
+def queue_while_away(address, version, client_id, prefix, text, count, qos):
+    """A persistent session subscribes to `prefix/#` and goes away; then `count` messages
+    `text 0`, `text 1`... are published to `prefix/x` at `qos`, each acknowledged."""
+    keeper = Client(address, version, client_id=client_id, clean=False, expiry=300)
+    keeper.connect()
+    keeper.subscribe(f"{prefix}/#", qos=qos)
+    keeper.stop()
+    publisher = Client(address, version)
+    publisher.connect()
+    for index in range(count):
+        publisher.publish(f"{prefix}/x", f"{text} {index}".encode(), qos=qos)
+    publisher.stop()
+
+
 def will_on_abnormal_disconnect(address):
     """MQTT-3.1.2-8: the will is published when the connection ends without DISCONNECT;
     MQTT-3.1.2-10: a DISCONNECT discards it."""
@@ -178,15 +192,7 @@ def qos2_exactly_once_across_reconnect(address):
     MQTT-4.3.3-x)."""
     for version in (V311, V5):
         name = f"keeper-{version}"
-        keeper = Client(address, version, client_id=name, clean=False, expiry=300)
-        flags, _ = keeper.connect()
-        keeper.subscribe(f"orders/{version}/#", qos=2)
-        keeper.stop()
-        publisher = Client(address, version)
-        publisher.connect()
-        for index in range(20):
-            publisher.publish(f"orders/{version}/x", f"order {index}".encode(), qos=2)
-        publisher.stop()
+        queue_while_away(address, version, name, f"orders/{version}", "order", 20, qos=2)
         keeper = Client(address, version, client_id=name, clean=False, expiry=300)
         flags, _ = keeper.connect()
         assert flags.session_present, "the session was kept"
@@ -346,16 +352,8 @@ def durable_before(address):
     """Before a restart: persistent sessions (3.1.1 clean session 0, 5.0 expiry 300)
     subscribe and go away; messages are published for them while they are away."""
     for version in (V311, V5):
-        keeper = Client(address, version, client_id=f"durable-{version}", clean=False,
-                        expiry=300)
-        keeper.connect()
-        keeper.subscribe(f"durable/{version}/#", qos=1)
-        keeper.stop()
-        publisher = Client(address, version)
-        publisher.connect()
-        for index in range(10):
-            publisher.publish(f"durable/{version}/x", f"before {index}".encode(), qos=1)
-        publisher.stop()
+        queue_while_away(address, version, f"durable-{version}", f"durable/{version}", "before",
+                         10, qos=1)
 
 
 def durable_after(address):

@@ -193,7 +193,7 @@ impl Session {
             if pushed_bytes > limits.pending_bytes_max {
                 return Err(Dropped::SlowSubscriber);
             }
-            return self.send(outgoing, 0, false, now_ms);
+            return self.send(&outgoing, 0, false, now_ms);
         }
         let full = {
             let state = self.state.borrow();
@@ -219,18 +219,19 @@ impl Session {
     fn send_inflight(&self, outgoing: Outgoing, now_ms: i64) -> Result<(), Dropped> {
         let packet_id = {
             let mut state = self.state.borrow_mut();
-            let in_use: HashSet<u16> = state.inflight.iter().map(|i| i.packet_id).collect();
-            let mut id = state.next_packet_id;
-            loop {
+            // Ids go round in order, so the next one is free unless the window wrapped.
+            let mut id = state.next_packet_id.wrapping_add(1).max(1);
+            while state
+                .inflight
+                .iter()
+                .any(|inflight| inflight.packet_id == id)
+            {
                 id = id.wrapping_add(1).max(1);
-                if !in_use.contains(&id) {
-                    break;
-                }
             }
             state.next_packet_id = id;
             id
         };
-        let sent = self.send(outgoing.clone(), packet_id, false, now_ms);
+        let sent = self.send(&outgoing, packet_id, false, now_ms);
         if sent.is_ok() {
             self.dirty.set(true);
             self.state.borrow_mut().inflight.push_back(Inflight {
@@ -245,7 +246,7 @@ impl Session {
     /// Encodes and pushes one PUBLISH over the attached connection.
     fn send(
         &self,
-        outgoing: Outgoing,
+        outgoing: &Outgoing,
         packet_id: u16,
         dup: bool,
         now_ms: i64,
@@ -328,7 +329,7 @@ impl Session {
                 return dropped;
             };
             let sent = if outgoing.qos == QoS::AtMostOnce {
-                self.send(outgoing, 0, false, now_ms)
+                self.send(&outgoing, 0, false, now_ms)
             } else {
                 self.send_inflight(outgoing, now_ms)
             };
@@ -402,7 +403,7 @@ impl Session {
                         attached.link.push(vec![out.freeze()]);
                     }
                 }
-            } else if let Err(reason) = self.send(entry.outgoing, entry.packet_id, true, now_ms) {
+            } else if let Err(reason) = self.send(&entry.outgoing, entry.packet_id, true, now_ms) {
                 // An expired or oversized message in flight is dropped from the session.
                 self.state
                     .borrow_mut()
