@@ -808,6 +808,12 @@ impl Node {
             let controller = self.membership.leader();
             let changed = !output.committed.is_empty() || output.snapshot.is_some();
             if changed || controller != self.published_controller {
+                if controller != self.published_controller {
+                    log::info!(
+                        "cluster metadata: the active controller is {}",
+                        controller.map_or("unknown".to_string(), |id| format!("broker {id}"))
+                    );
+                }
                 self.published_controller = controller;
                 publish(&self.handle, &self.image, controller).await;
             }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use coremq_engine::record::{BatchBuilder, Header};
 use coremq_engine::{Compression, Timestamp, TopicPartition};
 use coremq_replication::{Cluster, Consistency};
+use coremq_runtime::sync::Semaphore;
 
 /// How long an append waits for the in-sync replicas (Kafka's default request timeout).
 const APPEND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,14 +33,15 @@ struct Pending {
 /// The answer every message of one batch gets: `Ok` once stored (durably, when it asked).
 pub struct Outcome {
     result: RefCell<Option<Result<(), String>>>,
-    /// Disconnected once `result` is set.
-    done: flume::Receiver<()>,
+    /// Closed once `result` is set (a semaphore without permits: its waiters leave in
+    /// O(1), where a flume receiver shared by a batch's messages searches them all).
+    done: Semaphore,
 }
 
 impl Outcome {
     /// Waits for the batch's append.
     pub async fn wait(&self) -> Result<(), String> {
-        let _ = self.done.recv_async().await;
+        let _ = self.done.acquire(1).await;
         self.result
             .borrow()
             .clone()
@@ -52,21 +54,25 @@ struct Batch {
     records: Vec<Pending>,
     bytes: usize,
     outcome: Rc<Outcome>,
-    finish: flume::Sender<()>,
 }
 
 impl Batch {
     fn new() -> Batch {
-        let (finish, done) = flume::bounded(1);
         Batch {
             records: Vec::new(),
             bytes: 0,
             outcome: Rc::new(Outcome {
                 result: RefCell::new(None),
-                done,
+                done: Semaphore::new(0),
             }),
-            finish,
         }
+    }
+}
+
+impl Drop for Batch {
+    /// Its messages hear the outcome, or, where it was dropped unappended, that it was.
+    fn drop(&mut self) {
+        self.outcome.done.close();
     }
 }
 
@@ -172,7 +178,7 @@ impl Appender {
                 .map(drop)
                 .map_err(|error| error.to_string());
             *batch.outcome.result.borrow_mut() = Some(result);
-            drop(batch.finish);
+            drop(batch);
         }
         let empty = queue.borrow().batches.is_empty() && !queue.borrow().appending.get();
         if empty {

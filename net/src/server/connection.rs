@@ -184,9 +184,11 @@ async fn serve<P: Protocol>(server: &Rc<Server<P>>, stream: TcpStream) {
         return serve_stream(server, stream, peer).await;
     };
     let mut stream = stream;
+    // Boxed: the upgrade's state (its buffers, the timer racing it) would otherwise stay part
+    // of every connection's future for as long as the connection lives.
     let accepted = within(
         limits.read_timeout,
-        websocket::accept(&mut stream, websocket),
+        Box::pin(websocket::accept(&mut stream, websocket)),
     )
     .await;
     match accepted {
@@ -228,15 +230,18 @@ async fn serve_stream<P: Protocol>(
         in_flight.clone(),
     ));
     let stop = server.stopped.clone();
+    // Made once: each frame waits on the same future, so the server's stop channel keeps one
+    // waiter per connection rather than gaining and losing one per frame (a flume receiver
+    // dropped while waiting searches every waiter of its channel).
+    let stopping = futures_lite::future::or(stop.recv_async(), ends.closed.recv_async());
+    futures_lite::pin!(stopping);
     // Whether the server ends the connection while the client may still be sending.
     let mut linger = false;
     while !link.is_closing() {
         let next = futures_lite::future::or(
             async { Some(read_frame(server, &mut reader, &in_flight, &link).await) },
             async {
-                futures_lite::future::or(stop.recv_async(), ends.closed.recv_async())
-                    .await
-                    .ok();
+                stopping.as_mut().await.ok();
                 None
             },
         )
@@ -306,7 +311,8 @@ async fn serve_stream<P: Protocol>(
         // lose the last answer (MQTT's DISCONNECT with its reason). What it still sends is
         // read and dropped until it closes, for a moment at most.
         let drain = async {
-            let mut discard = [0u8; 16 << 10];
+            // On the heap: an array here would make every connection's future this large.
+            let mut discard = vec![0u8; 16 << 10];
             while let Ok(1..) = reader.read(&mut discard).await {}
         };
         within(LINGER, drain).await;
