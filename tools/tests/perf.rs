@@ -416,3 +416,101 @@ fn a_broker_that_dies_mid_run_ends_the_run_with_a_failed_summary() {
     assert!(stderr.contains("coremq-perf:"), "{stderr}");
     broker.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn mqtt_workloads_count_what_each_client_published_and_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(BrokerConfig {
+        data_dir: dir.path().to_path_buf(),
+        kafka_listener: "127.0.0.1:0".parse().unwrap(),
+        admin_listener: "127.0.0.1:0".parse().unwrap(),
+        shards: 2,
+        pin_shards: false,
+        offsets_topic_partitions: 1,
+        mqtt: coremq_net::mqtt::MqttConfig {
+            listener: Some("127.0.0.1:0".parse().unwrap()),
+            websocket_listener: None,
+            ..Default::default()
+        },
+        ..BrokerConfig::default()
+    })
+    .unwrap();
+    let address = broker.mqtt_address.unwrap().to_string();
+    // Four publishers on two topics, two subscribers of each: every message reaches two.
+    for (qos, version) in [("0", "3.1.1"), ("1", "5"), ("2", "3.1.1")] {
+        let run = summary(&[
+            "mqtt",
+            "--broker",
+            &address,
+            "--mqtt-version",
+            version,
+            "--qos",
+            qos,
+            "--publishers",
+            "4",
+            "--subscribers",
+            "4",
+            "--topics",
+            "2",
+            "--payload",
+            "50..150",
+            "--messages",
+            "400",
+        ]);
+        assert_eq!(run["mode"], "mqtt");
+        assert_eq!(run["produced"]["records"], 400, "{run}");
+        assert_eq!(run["consumed"]["records"], 800, "{run}");
+        assert_eq!(run["undelivered"], 0, "{run}");
+        assert_eq!(run["errors"], serde_json::json!({}), "{run}");
+        assert_percentiles(&run["e2e_latency_ms"], 800);
+        if qos == "0" {
+            assert!(run["ack_latency_ms"].is_null(), "{run}");
+        } else {
+            assert_percentiles(&run["ack_latency_ms"], 400);
+        }
+    }
+    // One publisher to three wildcard subscribers of three topics: each gets everything.
+    let fan_out = summary(&[
+        "mqtt",
+        "--broker",
+        &address,
+        "--subscribers",
+        "3",
+        "--topics",
+        "3",
+        "--wildcard",
+        "--qos",
+        "1",
+        "--messages",
+        "100",
+        "--rate",
+        "500",
+    ]);
+    assert_eq!(fan_out["produced"]["records"], 100, "{fan_out}");
+    assert_eq!(fan_out["consumed"]["records"], 300, "{fan_out}");
+
+    let pid = std::process::id().to_string();
+    let idle = summary(&[
+        "mqtt-idle",
+        "--broker",
+        &address,
+        "--connections",
+        "50",
+        "--hold",
+        "1s",
+        "--broker-pid",
+        &pid,
+    ]);
+    assert_eq!(idle["connections"], 50, "{idle}");
+    assert_eq!(idle["still_open"], 50, "{idle}");
+    assert!(
+        idle["broker_rss_after_bytes"].as_u64().unwrap() > 0,
+        "{idle}"
+    );
+
+    // A broker that refuses to listen fails the run with the reason.
+    let (ok, _, stderr) = perf(&["mqtt", "--broker", "127.0.0.1:1", "--messages", "1"]);
+    assert!(!ok);
+    assert!(stderr.contains("connecting to 127.0.0.1:1"), "{stderr}");
+    broker.shutdown(Duration::from_secs(5)).unwrap();
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use coremq_engine::Compression;
+use coremq_net::mqtt::codec::{Level, QoS};
 
 /// Bytes in the MB of "MB/s", as kafka-producer-perf-test and the OpenMessaging Benchmark
 /// count them.
@@ -34,6 +35,12 @@ pub enum Command {
     /// Raises the offered load step by step until p99 end-to-end latency passes the SLO or
     /// throughput stops growing, then sizes a cluster for a target workload.
     Capacity(Capacity),
+    /// MQTT publishers and subscribers together: publish rate, acknowledgement latency
+    /// (QoS 1 and 2) and end-to-end latency from a send time carried in each payload.
+    Mqtt(MqttWorkload),
+    /// Idle MQTT clients: connects them, holds them, and reports the broker's memory per
+    /// connection when given its process id.
+    MqttIdle(MqttIdle),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -149,6 +156,91 @@ pub struct Capacity {
     pub headroom: f64,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct MqttWorkload {
+    /// The MQTT broker (host:port).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub broker: String,
+    /// Protocol version of every client: 3.1, 3.1.1 or 5.
+    #[arg(long, default_value = "3.1.1", value_parser = parse_mqtt_version)]
+    pub mqtt_version: Level,
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    #[arg(long, default_value_t = 1)]
+    pub subscribers: usize,
+    /// QoS of every PUBLISH and subscription: 0, 1 or 2.
+    #[arg(long, default_value = "0", value_parser = parse_qos)]
+    pub qos: QoS,
+    /// Bytes per payload, or a uniform range `MIN..MAX`. At least 8: the first 8 bytes
+    /// carry the send time.
+    #[arg(long, default_value = "100")]
+    pub payload: RecordSize,
+    /// Topics `PREFIX/0` .. `PREFIX/N-1`: publisher `p` publishes to topic `p % N`,
+    /// subscriber `s` subscribes to topic `s % N`.
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+    #[arg(long, default_value = "coremq-perf")]
+    pub topic_prefix: String,
+    /// Every subscriber subscribes to `PREFIX/#` instead of its one topic.
+    #[arg(long)]
+    pub wildcard: bool,
+    /// Offered load in all: messages/s (`10000`) or bytes/s (`5MB/s`); unlimited by
+    /// default.
+    #[arg(long, default_value = "unlimited")]
+    pub rate: Rate,
+    /// How long to measure, after the warm-up (`30s`, `500ms`, `2m`).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "messages")]
+    pub duration: Option<Duration>,
+    /// Messages to publish in all, instead of a duration.
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Load before measuring, left out of the results.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub warmup: Duration,
+    /// QoS 1 and 2 messages a publisher has unacknowledged at most.
+    #[arg(long, default_value_t = 16)]
+    pub inflight: usize,
+    /// Keep alive of every client, in seconds (0: none).
+    #[arg(long, default_value_t = 60)]
+    pub keep_alive: u16,
+    /// Client threads, one glommio executor each (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print the results as one JSON object on the last line.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the latency histograms, one per second, as an HdrHistogram interval log.
+    #[arg(long)]
+    pub histogram_out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MqttIdle {
+    /// The MQTT broker (host:port).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub broker: String,
+    /// Protocol version of every client: 3.1, 3.1.1 or 5.
+    #[arg(long, default_value = "3.1.1", value_parser = parse_mqtt_version)]
+    pub mqtt_version: Level,
+    /// Clients to connect (clean session, no keep alive). Beyond 20,000 they connect from
+    /// further loopback addresses (127.1.0.1, 127.1.0.2, ...), 20,000 each.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// How long to hold them once all are connected.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub hold: Duration,
+    /// The broker's process: its resident memory is read before connecting and while
+    /// holding, and the difference reported per connection.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Connecting threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Print the results as one JSON object on the last line.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Record value sizes: uniform in `min..=max`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RecordSize {
@@ -252,6 +344,22 @@ fn parse_acks(text: &str) -> Result<i16, String> {
     }
 }
 
+fn parse_mqtt_version(text: &str) -> Result<Level, String> {
+    match text {
+        "3.1" | "3" => Ok(Level::V31),
+        "3.1.1" | "4" => Ok(Level::V311),
+        "5" | "5.0" => Ok(Level::V5),
+        _ => Err(format!("MQTT version {text:?} is not 3.1, 3.1.1 or 5")),
+    }
+}
+
+fn parse_qos(text: &str) -> Result<QoS, String> {
+    text.parse::<u8>()
+        .ok()
+        .and_then(QoS::from_bits)
+        .ok_or_else(|| format!("QoS {text:?} is not 0, 1 or 2"))
+}
+
 fn parse_compression(text: &str) -> Result<Compression, String> {
     Compression::from_name(text)
         .ok_or_else(|| format!("compression {text:?} is not none, gzip, snappy, lz4 or zstd"))
@@ -292,5 +400,10 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert_eq!(parse_acks("all").unwrap(), -1);
         assert!(parse_acks("2").is_err());
+        assert_eq!(parse_mqtt_version("5").unwrap(), Level::V5);
+        assert_eq!(parse_mqtt_version("3.1.1").unwrap(), Level::V311);
+        assert!(parse_mqtt_version("6").is_err());
+        assert_eq!(parse_qos("2").unwrap(), QoS::ExactlyOnce);
+        assert!(parse_qos("3").is_err());
     }
 }

@@ -4,10 +4,14 @@
 //! `produce`, `consume` and `e2e` print a progress line a second (a progress bar on a
 //! terminal) and then throughput, latency percentiles and errors by kind; `--json` adds
 //! the same as one JSON object on the last line. `capacity` runs `e2e` steps of rising
-//! load and sizes a cluster for a target workload. See `coremq-perf --help`.
+//! load and sizes a cluster for a target workload. `mqtt` runs MQTT publishers and
+//! subscribers against any MQTT broker; `mqtt-idle` holds idle MQTT clients and reports the
+//! broker's memory per connection. See `coremq-perf --help`.
 
 mod args;
 mod capacity;
+mod idle;
+mod mqtt;
 mod run;
 mod stats;
 mod workload;
@@ -38,13 +42,21 @@ fn main() -> ExitCode {
             let json = capacity.workload.json;
             (capacity::run(capacity), json)
         }
+        Command::Mqtt(workload) => {
+            let json = workload.json;
+            (mqtt::measure(workload), json)
+        }
+        Command::MqttIdle(idle) => {
+            let json = idle.json;
+            (idle::run(idle), json)
+        }
     };
     match result {
         Ok(summary) => {
             if json {
                 println!("{summary}");
             }
-            match run::failed(&summary) {
+            match run::failed(&summary).or_else(|| idle::failed(&summary)) {
                 None => ExitCode::SUCCESS,
                 Some(failure) => {
                     eprintln!("coremq-perf: {failure}");

@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use coremq_net::client::{ClientConfig, Cluster, StartOffset};
@@ -22,6 +24,9 @@ use crate::workload::{self, INTERVAL, Message, Plan, Shared};
 const DEFAULT_DURATION: Duration = Duration::from_secs(30);
 /// After the producers stop, how long consumers may take to catch up.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// After the producers stop, consumers that receive nothing for this long are done (what
+/// was not delivered by then, a QoS 0 subscriber may never get).
+const DRAIN_IDLE: Duration = Duration::from_secs(3);
 /// A consumer-only run that reads nothing for this long ends.
 const IDLE_LIMIT: Duration = Duration::from_secs(10);
 /// After the duration and the drain, how long the shards may take to stop before the run
@@ -104,7 +109,17 @@ pub fn execute(workload: &Workload, mode: Mode, progress: bool) -> Result<Value,
         (None, Some(_)) => None,
         (None, None) => Some(DEFAULT_DURATION),
     };
-    let measured = gather(&plan, threads, duration, progress)?;
+    let shape = Shape {
+        produce: plan.produce,
+        consume: plan.consume,
+        records: plan.records,
+        duration,
+        warmup: workload.warmup,
+        histogram_out: workload.histogram_out.clone(),
+    };
+    let measured = gather(&shape, progress, |shared, started| {
+        workload::start(&plan, threads, shared, started)
+    })?;
     Ok(summarise(mode, &plan, threads, &measured))
 }
 
@@ -138,31 +153,66 @@ fn key_bytes(workload: &Workload) -> f64 {
     }
 }
 
-/// The run's totals after the warm-up, when measuring began, and why it failed, if it did.
-struct Measured {
-    totals: Stats,
-    measure_start: Instant,
-    failure: Option<String>,
+/// What gathering needs to know of a run, whatever protocol its shards speak.
+pub struct Shape {
+    pub produce: bool,
+    pub consume: bool,
+    /// Records to produce (or, consuming only, to consume) instead of a duration.
+    pub records: Option<u64>,
+    pub duration: Option<Duration>,
+    pub warmup: Duration,
+    pub histogram_out: Option<PathBuf>,
 }
 
-/// Starts the shards and gathers their intervals until they are all done.
-fn gather(
-    plan: &Plan,
-    threads: usize,
-    duration: Option<Duration>,
+/// The run's totals after the warm-up, when measuring began, and why it failed, if it did.
+pub struct Measured {
+    pub totals: Stats,
+    pub measure_start: Instant,
+    pub failure: Option<String>,
+    /// Deliveries owed to consumers that never arrived, over the whole run.
+    pub undelivered: u64,
+}
+
+impl Measured {
+    /// Seconds from the start of measuring to `last`.
+    pub fn seconds_to(&self, last: Option<Instant>) -> f64 {
+        last.map_or(0.0, |last| {
+            last.saturating_duration_since(self.measure_start)
+                .as_secs_f64()
+        })
+    }
+}
+
+/// Records, bytes and their rates over `seconds`, as a summary reports them.
+pub fn rates(records: u64, bytes: u64, seconds: f64) -> Value {
+    let per_second = |amount: f64| {
+        if seconds > 0.0 { amount / seconds } else { 0.0 }
+    };
+    json!({
+        "records": records,
+        "bytes": bytes,
+        "records_per_s": per_second(records as f64),
+        "mb_per_s": per_second(bytes as f64 / MB),
+    })
+}
+
+/// Starts the shards (`start` returns their threads and the channel of their reports) and
+/// gathers their intervals until they are all done.
+pub fn gather(
+    plan: &Shape,
     progress: bool,
+    start: impl FnOnce(&Arc<Shared>, Instant) -> (Vec<JoinHandle<()>>, flume::Receiver<Message>),
 ) -> Result<Measured, String> {
-    let workload = &plan.workload;
     let shared = Arc::new(Shared::default());
     let started = Instant::now();
-    let (handles, messages) = workload::start(plan, threads, &shared, started);
+    let (handles, messages) = start(&shared, started);
     let shards = handles.len();
-    let warmup_intervals = workload.warmup.as_secs_f64().ceil() as u32;
+    let warmup_intervals = plan.warmup.as_secs_f64().ceil() as u32;
     let measure_start = started + INTERVAL * warmup_intervals;
-    let end_at = duration.map(|duration| measure_start + duration);
-    let bar = progress_bar(progress, duration, workload.warmup, plan.records);
+    let end_at = plan.duration.map(|duration| measure_start + duration);
+    let bar = progress_bar(progress, plan.duration, plan.warmup, plan.records);
 
-    let mut histogram_file = match &workload.histogram_out {
+    let mut histogram_file = match &plan.histogram_out {
         Some(path) => {
             Some(BufWriter::new(File::create(path).map_err(|error| {
                 format!("creating {}: {error}", path.display())
@@ -240,8 +290,9 @@ fn gather(
         }
         let drained = match producers_stopped {
             Some(at) => {
-                consumed >= shared.produced.load(Ordering::Relaxed)
+                consumed >= shared.deliveries.load(Ordering::Relaxed)
                     || now.duration_since(at) > DRAIN_GRACE
+                    || now.duration_since(last_progress.0.max(at)) > DRAIN_IDLE
             }
             None => {
                 !plan.produce
@@ -336,10 +387,18 @@ fn gather(
         file.flush()
             .map_err(|error| format!("writing the histogram log: {error}"))?;
     }
+    let undelivered = match plan.produce && plan.consume {
+        true => shared
+            .deliveries
+            .load(Ordering::Relaxed)
+            .saturating_sub(shared.consumed.load(Ordering::Relaxed)),
+        false => 0,
+    };
     Ok(Measured {
         totals,
         measure_start,
         failure,
+        undelivered,
     })
 }
 
@@ -366,25 +425,8 @@ fn progress_bar(
 
 fn summarise(mode: Mode, plan: &Plan, threads: usize, measured: &Measured) -> Value {
     let totals = &measured.totals;
-    let seconds_to = |last: Option<Instant>| {
-        last.map_or(0.0, |last| {
-            last.saturating_duration_since(measured.measure_start)
-                .as_secs_f64()
-        })
-    };
-    let rates = |records: u64, bytes: u64, seconds: f64| {
-        let per_second = |amount: f64| {
-            if seconds > 0.0 { amount / seconds } else { 0.0 }
-        };
-        json!({
-            "records": records,
-            "bytes": bytes,
-            "records_per_s": per_second(records as f64),
-            "mb_per_s": per_second(bytes as f64 / MB),
-        })
-    };
-    let produced_seconds = seconds_to(totals.last_produced);
-    let consumed_seconds = seconds_to(totals.last_consumed);
+    let produced_seconds = measured.seconds_to(totals.last_produced);
+    let consumed_seconds = measured.seconds_to(totals.last_consumed);
     let workload = &plan.workload;
     let mut failure = measured.failure.clone();
     if let (Mode::Consume, Some(records)) = (mode, plan.records)

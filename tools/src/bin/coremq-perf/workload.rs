@@ -9,6 +9,7 @@
 //!   and, in `e2e`, takes the end-to-end latency from that send time.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -75,6 +76,9 @@ pub struct Shared {
     /// Records acknowledged, and consumed, so far by everyone.
     pub produced: AtomicU64,
     pub consumed: AtomicU64,
+    /// Deliveries the acknowledged records owe the consumers (each record once per
+    /// consumer it reaches); the run drains until consumers have them all.
+    pub deliveries: AtomicU64,
     pub producers_left: AtomicUsize,
     pub consumers_ready: AtomicUsize,
 }
@@ -113,24 +117,30 @@ pub fn start(
             continue;
         }
         let shard = handles.len();
-        let handle = LocalExecutorBuilder::new(Placement::Unbound)
-            .name(&format!("perf-{shard}"))
-            .io_memory(IO_MEMORY)
-            .spawn(move || async move {
-                let work = Work {
-                    shard,
-                    producers,
-                    consumers,
-                };
-                run_shard(plan, work, shared, reports, started).await;
-            })
-            .expect("client executor starts");
-        handles.push(thread_of(handle));
+        handles.push(spawn_shard(shard, move || async move {
+            let work = Work {
+                shard,
+                producers,
+                consumers,
+            };
+            run_shard(plan, work, shared, reports, started).await;
+        }));
     }
     (handles, messages)
 }
 
-fn thread_of(handle: glommio::ExecutorJoinHandle<()>) -> JoinHandle<()> {
+/// Runs `body` on a client executor of its own, named after `shard`; the thread returned
+/// ends when it does.
+pub fn spawn_shard<G, F>(shard: usize, body: G) -> JoinHandle<()>
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: Future<Output = ()> + 'static,
+{
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .name(&format!("perf-{shard}"))
+        .io_memory(IO_MEMORY)
+        .spawn(body)
+        .expect("client executor starts");
     std::thread::spawn(move || {
         let _ = handle.join();
     })
@@ -165,6 +175,18 @@ async fn run_shard(
         let work = produce(plan.clone(), id, stats.clone(), shared.clone());
         tasks.push(glommio::spawn_local(work));
     }
+    report_until_done(shard, tasks, stats, reports, started).await;
+}
+
+/// Reports what `stats` gathered once an interval until every task is done, then what the
+/// last interval holds and that the shard is done; a task's error is reported as a failure.
+pub async fn report_until_done(
+    shard: usize,
+    tasks: Vec<glommio::Task<Result<(), String>>>,
+    stats: Rc<RefCell<Stats>>,
+    reports: flume::Sender<Message>,
+    started: Instant,
+) {
     let report = {
         let stats = stats.clone();
         let reports = reports.clone();
@@ -210,7 +232,7 @@ async fn connect(plan: &Plan, role: &str, id: usize) -> Result<Rc<Cluster>, Stri
         .map_err(|error| format!("{role} {id}: {error}"))
 }
 
-fn now_us() -> u64 {
+pub fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -250,6 +272,7 @@ async fn produce(
                 stats.produced_bytes += report.payload as u64;
                 stats.last_produced = Some(now);
                 counter.produced.fetch_add(count, Ordering::Relaxed);
+                counter.deliveries.fetch_add(count, Ordering::Relaxed);
             }
             Err(error) => stats.error(error.kind(), count),
         }
