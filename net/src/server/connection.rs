@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use coremq_runtime::net::{AcceptedTcpStream, TcpListener, TcpStream};
 use coremq_runtime::sync::local_channel;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
@@ -235,11 +235,12 @@ async fn serve_stream<P: Protocol>(
     // dropped while waiting searches every waiter of its channel).
     let stopping = futures_lite::future::or(stop.recv_async(), ends.closed.recv_async());
     futures_lite::pin!(stopping);
+    let mut ahead = ReadAhead::default();
     // Whether the server ends the connection while the client may still be sending.
     let mut linger = false;
     while !link.is_closing() {
         let next = futures_lite::future::or(
-            async { Some(read_frame(server, &mut reader, &in_flight, &link).await) },
+            async { Some(read_frame(server, &mut reader, &mut ahead, &in_flight, &link).await) },
             async {
                 stopping.as_mut().await.ok();
                 None
@@ -334,6 +335,54 @@ struct Frame {
 /// Most prefix bytes a protocol may ask for (MQTT's is 5, Kafka's 4).
 const PREFIX_BYTES_MAX: usize = 8;
 
+/// Bytes a connection reads ahead at most.
+const READ_AHEAD_BYTES: usize = 4 << 10;
+
+/// Bytes read from a connection beyond its current frame, so small frames sent back to back
+/// cost one read for many rather than two or three each. A frame's body is copied out (it
+/// does not pin the chunk). Empty and freed while the connection waits for its next frame,
+/// so an idle connection holds none: that wait reads one byte, and the chunk is read only
+/// once data has arrived.
+#[derive(Default)]
+struct ReadAhead {
+    bytes: BytesMut,
+}
+
+impl ReadAhead {
+    /// Reads what the socket holds now, up to [`READ_AHEAD_BYTES`], without waiting.
+    async fn top_up(
+        &mut self,
+        reader: &mut (impl futures_lite::AsyncRead + Unpin),
+    ) -> std::io::Result<()> {
+        let mut chunk = BytesMut::zeroed(READ_AHEAD_BYTES);
+        // A read that would wait is dropped: readiness-based reads lose nothing so.
+        match futures_lite::future::poll_once(reader.read(&mut chunk)).await {
+            Some(Ok(read)) => {
+                chunk.truncate(read);
+                self.bytes = chunk;
+                Ok(())
+            }
+            Some(Err(error)) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Fills `out` from what was read ahead, then from `reader`.
+    async fn read_exact(
+        &mut self,
+        reader: &mut (impl futures_lite::AsyncRead + Unpin),
+        out: &mut [u8],
+    ) -> std::io::Result<()> {
+        let from_ahead = out.len().min(self.bytes.len());
+        out[..from_ahead].copy_from_slice(&self.bytes[..from_ahead]);
+        self.bytes.advance(from_ahead);
+        if from_ahead < out.len() {
+            reader.read_exact(&mut out[from_ahead..]).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads one frame; `Ok(None)` at a clean end of stream. The body's bytes are reserved
 /// against the shard's budget (the permit) and allocated as they arrive, so a size prefix
 /// alone cannot make the server allocate. Waiting for a frame's first byte with nothing in
@@ -343,6 +392,7 @@ const PREFIX_BYTES_MAX: usize = 8;
 async fn read_frame<P: Protocol>(
     server: &Server<P>,
     reader: &mut (impl futures_lite::AsyncRead + Unpin),
+    ahead: &mut ReadAhead,
     in_flight: &Cell<usize>,
     link: &Link,
 ) -> Result<Option<(Frame, coremq_runtime::sync::StaticPermit)>, Closing> {
@@ -352,43 +402,52 @@ async fn read_frame<P: Protocol>(
         |error: std::io::Error| (CloseReason::ReadError, format!("read failed: {error}"));
     let mut prefix = vec![0u8; 1];
     let mut waiting_since = Instant::now();
-    loop {
-        // The protocol may change the idle limit while this waits (MQTT's keep alive, set by
-        // the CONNECT read just before): the wait starts again with the new limit, from the
-        // same moment.
-        let idle = link.idle().unwrap_or(limits.idle);
-        let left = idle.saturating_sub(waiting_since.elapsed());
-        // Readiness-based reads leave unread bytes in the socket, so giving up on this
-        // read after the idle time and starting another loses nothing.
-        let first = futures_lite::future::or(
-            async { Some(within(left, reader.read(&mut prefix[..1])).await) },
-            async {
-                link.idle_changed().await;
-                None
-            },
-        )
-        .await;
-        let Some(first) = first else {
-            continue;
-        };
-        match first {
-            Some(Ok(0)) => return Ok(None),
-            Some(Ok(_)) => break,
-            Some(Err(error)) => return Err(read_failed(error)),
-            None if link.idle().is_some() => {
-                return Err((
-                    CloseReason::KeepAlive,
-                    format!("no packet for {} ms (keep alive)", idle.as_millis()),
-                ));
+    if let Some(&first) = ahead.bytes.first() {
+        prefix[0] = first;
+        ahead.bytes.advance(1);
+    } else {
+        ahead.bytes = BytesMut::new();
+        loop {
+            // The protocol may change the idle limit while this waits (MQTT's keep alive, set by
+            // the CONNECT read just before): the wait starts again with the new limit, from the
+            // same moment.
+            let idle = link.idle().unwrap_or(limits.idle);
+            let left = idle.saturating_sub(waiting_since.elapsed());
+            // Readiness-based reads leave unread bytes in the socket, so giving up on this
+            // read after the idle time and starting another loses nothing.
+            let first = futures_lite::future::or(
+                async { Some(within(left, reader.read(&mut prefix[..1])).await) },
+                async {
+                    link.idle_changed().await;
+                    None
+                },
+            )
+            .await;
+            let Some(first) = first else {
+                continue;
+            };
+            match first {
+                Some(Ok(0)) => return Ok(None),
+                Some(Ok(_)) => {
+                    ahead.top_up(reader).await.map_err(read_failed)?;
+                    break;
+                }
+                Some(Err(error)) => return Err(read_failed(error)),
+                None if link.idle().is_some() => {
+                    return Err((
+                        CloseReason::KeepAlive,
+                        format!("no packet for {} ms (keep alive)", idle.as_millis()),
+                    ));
+                }
+                None if in_flight.get() == 0 => {
+                    return Err((
+                        CloseReason::Idle,
+                        format!("idle for {} ms (connections_max_idle_ms)", idle.as_millis()),
+                    ));
+                }
+                // Waiting on a request in flight is not idling: a new window starts.
+                None => waiting_since = Instant::now(),
             }
-            None if in_flight.get() == 0 => {
-                return Err((
-                    CloseReason::Idle,
-                    format!("idle for {} ms (connections_max_idle_ms)", idle.as_millis()),
-                ));
-            }
-            // Waiting on a request in flight is not idling: a new window starts.
-            None => waiting_since = Instant::now(),
         }
     }
     let slow = |what: &str| {
@@ -413,8 +472,8 @@ async fn read_frame<P: Protocol>(
                         ));
                     }
                     prefix.resize(start + more, 0);
-                    reader
-                        .read_exact(&mut prefix[start..])
+                    ahead
+                        .read_exact(reader, &mut prefix[start..])
                         .await
                         .map_err(read_failed)?;
                 }
@@ -439,6 +498,9 @@ async fn read_frame<P: Protocol>(
     const STEP_BYTES: usize = 1 << 20;
     let body = async {
         let mut frame = BytesMut::with_capacity(size.min(STEP_BYTES));
+        let from_ahead = size.min(ahead.bytes.len());
+        frame.extend_from_slice(&ahead.bytes[..from_ahead]);
+        ahead.bytes.advance(from_ahead);
         while frame.len() < size {
             let start = frame.len();
             frame.resize(start + (size - start).min(STEP_BYTES), 0);
