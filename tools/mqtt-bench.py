@@ -11,7 +11,9 @@ alternating between them at every step so both see the same machine:
 - fan-out: 1 publisher to 1,000 subscribers of one filter, QoS 0 and QoS 1;
 - end-to-end latency at 50% of mosquitto's highest fan-in QoS 0 rate, ROUNDS rounds;
 - memory per idle connection with CONNECTIONS clients connected (`coremq-perf mqtt-idle`,
-  from the brokers' resident memory before and after).
+  from the resident memory of a freshly restarted broker before and after; as many as the
+  open-file limit allows, which only a process with CAP_SYS_RESOURCE can raise past the
+  hard limit).
 
 A broker's highest rate is the most messages per second its subscribers received in a step
 of rising offered load that it kept up with: the subscribers received at least 98% of what
@@ -94,6 +96,7 @@ class Brokers:
         self.root = root
         self.processes = {}
         self.ports = {}
+        self.commands = {}
         mosquitto_port = free_port()
         config = os.path.join(root, "mosquitto.conf")
         with open(config, "w") as file:
@@ -125,13 +128,23 @@ class Brokers:
         )
 
     def start(self, name, command, port):
-        log = open(os.path.join(self.root, f"{name}.log"), "w")
+        self.commands[name] = command
+        log = open(os.path.join(self.root, f"{name}.log"), "a")
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=raise_files
         )
         self.processes[name] = process
         self.ports[name] = port
         wait_listening(port, process, name)
+
+    def restart(self, name):
+        """A fresh process (coremq on its data directory), so memory measured after starts
+        from a broker that has not grown with earlier workloads."""
+        process = self.processes[name]
+        process.terminate()
+        process.wait(timeout=30)
+        self.start(name, self.commands[name], self.ports[name])
+        time.sleep(2)
 
     def names(self, step):
         """Both brokers, the first one alternating with the step."""
@@ -279,6 +292,7 @@ def memory(args, brokers):
             flush=True,
         )
     for name in ["mosquitto", "coremq"]:
+        brokers.restart(name)
         summary = perf(
             args,
             [
@@ -300,8 +314,6 @@ def memory(args, brokers):
             flush=True,
         )
         results[name] = summary
-        # Let the broker see every client leave before the next one is measured.
-        time.sleep(5)
     return results
 
 
