@@ -727,3 +727,95 @@ fn mqtt_6_0_0_4_mqtt_over_websockets_with_the_mqtt_subprotocol() {
         String::from_utf8_lossy(&bytes)
     );
 }
+
+#[test]
+fn mqtt_3_9_3_1_suback_and_unsuback_codes_follow_the_filters_in_order() {
+    let (_dir, broker) = start("acks-in-order", &[]);
+    for level in [Level::V311, Level::V5] {
+        let id = format!("orders-{}", level as u8);
+        let topic = format!("orders/{}", level as u8);
+        let subscription = |filter: &str, qos| Subscription {
+            filter: filter.into(),
+            qos,
+            ..Subscription::default()
+        };
+        let (mut raw, _) = Raw::connect(&broker, level, &id, Properties::default());
+        // MQTT-3.8.4-4, -5, MQTT-3.9.3-1: one SUBACK with the packet id, a code per filter
+        // in their order, a failure for the invalid one.
+        raw.send(&Packet::Subscribe(Subscribe {
+            packet_id: 7,
+            subscriptions: vec![
+                subscription(&topic, QoS::AtLeastOnce),
+                subscription("orders/#/bad", QoS::AtMostOnce),
+                subscription("other/+", QoS::ExactlyOnce),
+            ],
+            properties: Properties::default(),
+        }));
+        let invalid = match level {
+            Level::V5 => reason::TOPIC_FILTER_INVALID,
+            _ => reason::V3_SUBSCRIPTION_FAILURE,
+        };
+        match raw.receive() {
+            Some(Packet::SubAck(ack)) => {
+                assert_eq!(ack.packet_id, 7);
+                assert_eq!(ack.codes, vec![1, invalid, 2]);
+            }
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+        // MQTT-3.8.4-3: the same filter again replaces the subscription (QoS 0 now).
+        raw.send(&Packet::Subscribe(Subscribe {
+            packet_id: 8,
+            subscriptions: vec![subscription(&topic, QoS::AtMostOnce)],
+            properties: Properties::default(),
+        }));
+        match raw.receive() {
+            Some(Packet::SubAck(ack)) => assert_eq!((ack.packet_id, ack.codes), (8, vec![0])),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+        let (mut publisher, _) =
+            Raw::connect(&broker, level, &format!("{id}-pub"), Properties::default());
+        publisher.send(&Packet::Publish(Publish {
+            qos: QoS::AtLeastOnce,
+            topic: topic.clone(),
+            packet_id: 3,
+            payload: Bytes::from_static(b"one"),
+            ..Publish::default()
+        }));
+        match publisher.receive() {
+            Some(Packet::PubAck(ack)) => assert_eq!(ack.packet_id, 3),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+        match raw.receive() {
+            Some(Packet::Publish(publish)) => {
+                assert_eq!(publish.payload, Bytes::from_static(b"one"));
+                assert_eq!(
+                    publish.qos,
+                    QoS::AtMostOnce,
+                    "the minimum of 1 and the new 0"
+                );
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+        // MQTT-3.12.4-1; and no second copy from the replaced subscription came before it.
+        raw.send(&Packet::PingReq);
+        assert_eq!(raw.receive(), Some(Packet::PingResp));
+        // MQTT-3.10.4-4..6, MQTT-3.11.3-1, -2: one UNSUBACK with the packet id; 5.0 gives a
+        // code per filter in their order, "no subscription existed" for one never made.
+        raw.send(&Packet::Unsubscribe(codec::Unsubscribe {
+            packet_id: 9,
+            filters: vec![topic.clone(), "never/subscribed".into()],
+            properties: Properties::default(),
+        }));
+        match raw.receive() {
+            Some(Packet::UnsubAck(ack)) => {
+                assert_eq!(ack.packet_id, 9);
+                let expected = match level {
+                    Level::V5 => vec![reason::SUCCESS, reason::NO_SUBSCRIPTION_EXISTED],
+                    _ => Vec::new(),
+                };
+                assert_eq!(ack.codes, expected);
+            }
+            other => panic!("expected UNSUBACK, got {other:?}"),
+        }
+    }
+}
