@@ -37,10 +37,8 @@ use serde_json::{Value, json};
 use crate::args::MqttWorkload;
 use crate::run::{self, Shape};
 use crate::stats::{Stats, percentiles, print_summary};
-use crate::workload::{Message, Shared, now_us, report_until_done, spawn_shard};
+use crate::workload::{Message, Pacing, Shared, now_us, report_until_done, spawn_shard};
 
-/// How long a run without a duration or a message count measures.
-const DEFAULT_DURATION: Duration = Duration::from_secs(30);
 /// Connections of one shard in their CONNECT (and SUBSCRIBE) at once.
 const HANDSHAKES: u64 = 64;
 /// Publishes queued for one connection's writer.
@@ -120,11 +118,7 @@ fn execute(workload: &MqttWorkload, progress: bool) -> Result<Value, String> {
         rate: workload.rate.records_per_second(workload.payload.mean()),
         fanout,
     });
-    let duration = match (workload.duration, workload.messages) {
-        (Some(duration), _) => Some(duration),
-        (None, Some(_)) => None,
-        (None, None) => Some(DEFAULT_DURATION),
-    };
+    let duration = run::duration_of(workload.duration, workload.messages);
     let shape = Shape {
         produce: workload.publishers > 0,
         consume: workload.subscribers > 0,
@@ -326,25 +320,19 @@ impl Client {
             self.shared.clone(),
         ));
 
-        let publishers = workload.publishers as u64;
-        let mine = workload
-            .messages
-            .map(|total| total / publishers + u64::from((self.id as u64) < total % publishers));
-        let spacing = self.plan.rate.map(|rate| publishers as f64 / rate);
+        let pacing = Pacing::new(
+            self.id,
+            workload.publishers,
+            workload.messages,
+            self.plan.rate,
+        );
         let size = workload.payload;
         let qos = workload.qos;
         let mut rng = rand::rng();
-        let began = Instant::now();
         let mut sent = 0u64;
         let mut packet_id = 0u16;
-        while !self.shared.stop_producing.load(Ordering::Relaxed) && mine.is_none_or(|n| sent < n) {
-            if let Some(spacing) = spacing {
-                let due = began + Duration::from_secs_f64(spacing * sent as f64);
-                let early = due.saturating_duration_since(Instant::now());
-                if early > Duration::from_micros(200) {
-                    glommio::timer::sleep(early).await;
-                }
-            }
+        while !self.shared.stop_producing.load(Ordering::Relaxed) && pacing.wants(sent) {
+            pacing.wait(sent).await;
             let length = rng.random_range(size.min..=size.max);
             if qos != QoS::AtMostOnce {
                 acks.window

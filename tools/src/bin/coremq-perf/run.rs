@@ -104,11 +104,7 @@ pub fn execute(workload: &Workload, mode: Mode, progress: bool) -> Result<Value,
         start,
         partitions,
     };
-    let duration = match (workload.duration, workload.records) {
-        (Some(duration), _) => Some(duration),
-        (None, Some(_)) => None,
-        (None, None) => Some(DEFAULT_DURATION),
-    };
+    let duration = duration_of(workload.duration, workload.records);
     let shape = Shape {
         produce: plan.produce,
         consume: plan.consume,
@@ -150,6 +146,16 @@ fn key_bytes(workload: &Workload) -> f64 {
         0.0
     } else {
         format!("key-{}", workload.keys / 2).len() as f64
+    }
+}
+
+/// How long a run measures: its duration; none when it counts records instead; else
+/// [`DEFAULT_DURATION`].
+pub fn duration_of(duration: Option<Duration>, records: Option<u64>) -> Option<Duration> {
+    match (duration, records) {
+        (Some(duration), _) => Some(duration),
+        (None, Some(_)) => None,
+        (None, None) => Some(DEFAULT_DURATION),
     }
 }
 

@@ -232,6 +232,43 @@ async fn connect(plan: &Plan, role: &str, id: usize) -> Result<Rc<Cluster>, Stri
         .map_err(|error| format!("{role} {id}: {error}"))
 }
 
+/// One sender's share of a run: how many it sends (of a total, where one is set) and when
+/// each is due (at its share of the offered rate, where one is set).
+pub struct Pacing {
+    began: Instant,
+    /// Seconds between two of this sender's records.
+    spacing: Option<f64>,
+    mine: Option<u64>,
+}
+
+impl Pacing {
+    /// Sender `id` of `senders`, sharing `total` records and `rate` records/s.
+    pub fn new(id: usize, senders: usize, total: Option<u64>, rate: Option<f64>) -> Pacing {
+        let senders = senders.max(1) as u64;
+        Pacing {
+            began: Instant::now(),
+            spacing: rate.map(|rate| senders as f64 / rate),
+            mine: total.map(|total| total / senders + u64::from((id as u64) < total % senders)),
+        }
+    }
+
+    /// Whether record number `sent` (from 0) is still this sender's to send.
+    pub fn wants(&self, sent: u64) -> bool {
+        self.mine.is_none_or(|mine| sent < mine)
+    }
+
+    /// Waits until record number `sent` is due.
+    pub async fn wait(&self, sent: u64) {
+        if let Some(spacing) = self.spacing {
+            let due = self.began + Duration::from_secs_f64(spacing * sent as f64);
+            let early = due.saturating_duration_since(Instant::now());
+            if early > Duration::from_micros(200) {
+                glommio::timer::sleep(early).await;
+            }
+        }
+    }
+}
+
 pub fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -284,12 +321,7 @@ async fn produce(
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
 
-    let producers = workload.producers as u64;
-    let my_records = plan
-        .records
-        .map(|total| total / producers + u64::from((id as u64) < total % producers));
-    // Seconds between two records of this producer.
-    let spacing = plan.rate.map(|rate| producers as f64 / rate);
+    let pacing = Pacing::new(id, workload.producers, plan.records, plan.rate);
     let size = workload.record_size;
     let mut rng = rand::rng();
     let filler: Vec<u8> = (0..size.max + 4096)
@@ -299,16 +331,9 @@ async fn produce(
         .map(|n| format!("key-{n}"))
         .collect();
     let mut value = Vec::with_capacity(size.max);
-    let began = Instant::now();
     let mut sent = 0u64;
-    while !shared.stop_producing.load(Ordering::Relaxed) && my_records.is_none_or(|n| sent < n) {
-        if let Some(spacing) = spacing {
-            let due = began + Duration::from_secs_f64(spacing * sent as f64);
-            let early = due.saturating_duration_since(Instant::now());
-            if early > Duration::from_micros(200) {
-                glommio::timer::sleep(early).await;
-            }
-        }
+    while !shared.stop_producing.load(Ordering::Relaxed) && pacing.wants(sent) {
+        pacing.wait(sent).await;
         let length = rng.random_range(size.min..=size.max);
         let offset = rng.random_range(0..4096);
         let now = now_us();
