@@ -273,6 +273,45 @@ fn truncation_forgets_the_producer_batches_it_removes() {
     engine.shutdown().unwrap();
 }
 
+/// A follower's log is closed to producers: an append admitted before the log was closed,
+/// but not yet given its offsets, fails, as does a retry of a stored batch; the leader's
+/// batches still go in; opened again (this broker leads again), producers append.
+#[test]
+fn a_log_closed_to_producers_refuses_even_appends_admitted_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = tp("fenced", 0);
+    let (engine, handle) = start(dir.path(), 1);
+    block_on(handle.create_log(&log, Some(common::small_segments()))).unwrap();
+    block_on(handle.append(&log, producer_batch(7, 0))).unwrap();
+    let admitted = block_on(handle.with_log(&log, |log| async move {
+        let limits = log.config().batch_limits();
+        let batch = CheckedBatch::new(producer_batch(7, 1), limits)?;
+        // Admitted (the future made, as a request's task is), not yet run.
+        let admitted = log.append_checked(batch, Ack::Written);
+        log.set_producer_appends(false);
+        Ok(admitted.await)
+    }))
+    .unwrap();
+    assert!(matches!(admitted, Err(Error::NotLeader)), "{admitted:?}");
+    let retried = block_on(handle.append(&log, producer_batch(7, 0)));
+    assert!(matches!(retried, Err(Error::NotLeader)), "{retried:?}");
+    let mut leaders = producer_batch(8, 0).to_vec();
+    coremq_engine::batch::set_base_offset(&mut leaders, Offset(1));
+    assert_eq!(
+        append_replica(&handle, &log, leaders.into()).unwrap(),
+        Offset(1)
+    );
+    assert_eq!(block_on(handle.offsets(&log)).unwrap().log_end, Offset(2));
+    block_on(handle.with_log(&log, |log| async move {
+        log.set_producer_appends(true);
+        Ok(())
+    }))
+    .unwrap();
+    let appended = block_on(handle.append(&log, producer_batch(7, 1))).unwrap();
+    assert_eq!(appended.base_offset, Offset(2));
+    engine.shutdown().unwrap();
+}
+
 /// Below the log start (or its first segment), the log empties and starts again there, as a
 /// follower does when the leader's log starts past its end.
 #[test]

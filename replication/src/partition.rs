@@ -1,7 +1,8 @@
 //! A partition as the front ends see it: append with a [`Consistency`], read with an
 //! [`Isolation`]. Where this broker leads it, `Durable` appends wait for the in-sync
 //! replicas (the high watermark) and reads with [`Isolation::Committed`] stop at the high
-//! watermark; followers fetch with [`Partition::replica_read`].
+//! watermark; followers fetch with [`Partition::replica_read`]. Appends are refused
+//! ([`Error::NotLeader`]) where this broker does not lead the partition.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -85,12 +86,16 @@ impl Partition {
         self.after_append(info, consistency).await
     }
 
+    /// Refuses an append unless this broker leads the partition: the caller's check of the
+    /// metadata may be older or newer than the role on this shard. (The log itself refuses
+    /// appends that were admitted here but get their offsets after the role has gone.)
     fn before_append(&self, consistency: Consistency) -> Result<()> {
         match &self.leading {
+            None => Err(Error::NotLeader),
             Some(leading) if matches!(consistency, Consistency::Durable { .. }) => {
                 leading.check_min_insync()
             }
-            _ => Ok(()),
+            Some(_) => Ok(()),
         }
     }
 

@@ -227,6 +227,7 @@ impl Replicas {
     ) {
         let partition = log.topic_partition().clone();
         self.resign(&partition);
+        log.set_producer_appends(true);
         let offsets = log.offsets();
         let state = LeaderState::new(
             assignment,
@@ -287,6 +288,7 @@ impl Replicas {
     ) {
         let partition = log.topic_partition().clone();
         self.resign(&partition);
+        log.set_producer_appends(false);
         log::info!("{partition}: following broker {leader} at epoch {leader_epoch}");
         let following = Rc::new(Following {
             log,
@@ -314,6 +316,7 @@ impl Replicas {
     pub fn resign(&self, partition: &TopicPartition) {
         if let Some(leading) = self.leaders.borrow_mut().remove(partition) {
             leading.resigned.set(true);
+            leading.log.set_producer_appends(false);
         }
         if let Some(following) = self.followers.borrow_mut().remove(partition) {
             following.stopped.set(true);

@@ -114,7 +114,7 @@ def verify(servers, topic, out):
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     # The topic may hold records of other writers too: read until every acknowledged value
     # is seen, or the deadline.
-    seen, duplicates, missing = {}, 0, set(acked)
+    seen, duplicates, missing = {}, [], set(acked)
     deadline = time.monotonic() + 60
     while missing and time.monotonic() < deadline:
         msg = consumer.poll(0.5)
@@ -122,17 +122,19 @@ def verify(servers, topic, out):
             continue
         value = msg.value().decode()
         if value in seen:
-            duplicates += 1
+            duplicates.append(f"{value} at {seen[value]} and {[msg.partition(), msg.offset()]}")
         seen[value] = [msg.partition(), msg.offset()]
         missing.discard(value)
     consumer.close()
     lost = [v for v in acked if v not in seen]
     moved = [v for v in acked if v in seen and seen[v] != acked[v]]
-    print(f"acknowledged {len(acked)}, read {len(seen)}, duplicates {duplicates}, "
+    print(f"acknowledged {len(acked)}, read {len(seen)}, duplicates {len(duplicates)}, "
           f"lost {len(lost)}, moved {len(moved)}")
-    assert not lost, f"acknowledged but lost: {lost[:5]}"
-    assert not moved, f"at another offset than acknowledged: {moved[:5]}"
-    assert duplicates == 0, f"{duplicates} values read twice"
+    assert not lost, f"acknowledged but lost: {[(v, acked[v]) for v in lost[:5]]}"
+    assert not moved, "at another offset than acknowledged: " + ", ".join(
+        f"{v} acknowledged at {acked[v]}, read at {seen[v]}" for v in moved[:5]
+    )
+    assert not duplicates, f"{len(duplicates)} values read twice: {duplicates[:5]}"
 
     # kafka-python (an independent client) reads the same.
     from kafka import KafkaConsumer

@@ -118,6 +118,9 @@ impl Log {
         }
         match origin {
             Origin::Producer => {
+                if !self.producer_appends.get() {
+                    return Err(Error::NotLeader);
+                }
                 let duplicate = {
                     let inner = self.inner.borrow();
                     match inner.producers.check(&header)? {

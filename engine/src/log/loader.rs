@@ -202,6 +202,7 @@ impl Log {
             writer_active: Cell::new(false),
             syncer_active: Cell::new(false),
             closed: Cell::new(false),
+            producer_appends: Cell::new(true),
             compacting: Cell::new(false),
             compacted_through: Cell::new(None),
             metrics,

@@ -175,6 +175,10 @@ pub struct Log {
     /// Whether a task is running fdatasyncs for the `Always` policy.
     syncer_active: Cell<bool>,
     closed: Cell<bool>,
+    /// Whether producers may append (the default). Replication closes it while the log
+    /// follows another broker's: checked where an append gets its offsets, after every wait,
+    /// so an append admitted while this broker led cannot land in a follower's log.
+    producer_appends: Cell<bool>,
     pub(crate) compacting: Cell<bool>,
     /// End of the sealed segments the last compaction pass fully cleaned (no tombstone left
     /// waiting); the next pass runs only once more segments are sealed.

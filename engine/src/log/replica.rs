@@ -67,6 +67,14 @@ impl Log {
         Ok(())
     }
 
+    /// Opens or closes the log to producers' appends (open by default). A follower's log is
+    /// closed: from then on a producer's append that has not yet got its offsets fails with
+    /// [`Error::NotLeader`], whenever it was admitted (Kafka appends to a leader under the
+    /// partition's leader lock for the same reason). Replica appends are not affected.
+    pub fn set_producer_appends(&self, open: bool) {
+        self.producer_appends.set(open);
+    }
+
     /// Where `epoch` ends in this log (OffsetForLeaderEpoch): the largest epoch at or below
     /// it and the first offset of the next one, or the log end for the latest; `None` when
     /// the log knows no such epoch.
