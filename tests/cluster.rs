@@ -19,11 +19,17 @@
 //! controller (two voters of three gone), auto-creation answers LEADER_NOT_AVAILABLE. A
 //! consumer group keeps its member, generation and partitions when its coordinator is
 //! SIGKILLed (the new coordinator replays the stored membership).
+//!
+//! MQTT clients of every broker publish to one log: a broker that does not lead the
+//! partition hands the batch to its leader, and subscribers on every broker read their own
+//! replica.
 
 #[path = "support/broker.rs"]
 mod broker;
 #[path = "support/kcat.rs"]
 mod kcat;
+#[path = "support/mosquitto.rs"]
+mod mosquitto;
 #[path = "support/netns.rs"]
 mod netns;
 #[path = "support/python.rs"]
@@ -1211,4 +1217,50 @@ fn a_topic_auto_created_while_no_controller_is_elected_gets_leader_not_available
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// MQTT across the cluster: clients of each broker publish at QoS 1 to a Kafka topic whose
+/// one partition one broker leads (the other two hand their batches to it over Produce), and
+/// a subscriber on every broker gets every message once, from its own replica; the Kafka
+/// topic holds each once.
+#[test]
+fn mqtt_messages_published_on_any_broker_reach_subscribers_on_every_broker_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let brokers = start_cluster(dir.path(), 1);
+    await_metadata(&brokers[0], Duration::from_secs(60), |seen| {
+        in_sync(seen, "mqtt") == [3] && leaders(seen, "mqtt").iter().all(|&l| l >= 0)
+    })
+    .unwrap_or_else(|seen| panic!("the MQTT topic has three replicas in sync: {seen}"));
+    let subscribers: Vec<mosquitto::Subscriber> = brokers
+        .iter()
+        .map(|broker| mosquitto::Subscriber::start(broker, &["-q", "1", "-t", "cluster/#", "-v"]))
+        .collect();
+    let mut expected = Vec::new();
+    for (id, broker) in brokers.iter().enumerate() {
+        for n in 0..3 {
+            let (topic, payload) = (format!("cluster/b{id}"), format!("m{id}-{n}"));
+            mosquitto::publish(broker, &["-q", "1", "-t", &topic, "-m", &payload]);
+            expected.push(format!("{topic} {payload}"));
+        }
+    }
+    expected.sort();
+    for (id, subscriber) in subscribers.iter().enumerate() {
+        let mut got = subscriber.messages(expected.len());
+        got.sort();
+        assert_eq!(
+            got,
+            expected,
+            "the subscriber on broker {id}\n{}",
+            logs(&brokers)
+        );
+    }
+    let stored = kcat(
+        &brokers[0],
+        &["-C", "-t", "mqtt", "-o", "beginning", "-e", "-f", "%k %s\n"],
+        "",
+    )
+    .expect("kcat reads the MQTT topic");
+    let mut stored: Vec<&str> = stored.lines().collect();
+    stored.sort();
+    assert_eq!(stored, expected, "the Kafka topic holds each message once");
 }

@@ -7,102 +7,21 @@
 mod broker;
 #[path = "support/kcat.rs"]
 mod kcat;
+#[path = "support/mosquitto.rs"]
+mod mosquitto;
 #[path = "support/python.rs"]
 mod python;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use broker::Broker;
+use mosquitto::{Subscriber, publish};
 
 fn start(name: &str, extra: &[&str]) -> (tempfile::TempDir, Broker) {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join(name), extra);
     (dir, broker)
-}
-
-/// A running `mosquitto_sub` whose messages arrive on a channel, one line each.
-struct Subscriber {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Subscriber {
-    /// Starts `mosquitto_sub` with `args` and waits for its SUBACK, so what is published
-    /// afterwards is delivered to it.
-    fn start(broker: &Broker, args: &[&str]) -> Subscriber {
-        let port = broker.mqtt_port().to_string();
-        // Line-buffered: mosquitto_sub's debug lines (the SUBACK) are not flushed otherwise.
-        let mut child = Command::new("stdbuf")
-            .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", &port, "-d"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("mosquitto_sub runs (apt-get install mosquitto-clients)");
-        let (send, lines) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let subscriber = Subscriber { child, lines };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let line = subscriber
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("mosquitto_sub got no SUBACK: {}", broker.log()));
-            if line.contains("received SUBACK") {
-                return subscriber;
-            }
-        }
-    }
-
-    /// The next `count` messages (lines that are not mosquitto_sub's debug output).
-    fn messages(&self, count: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut messages = Vec::new();
-        while messages.len() < count {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = self.lines.recv_timeout(left) else {
-                panic!("{} of {count} messages came: {messages:?}", messages.len());
-            };
-            if !line.starts_with("Client ") && !line.starts_with("Subscribed") {
-                messages.push(line);
-            }
-        }
-        messages
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs `mosquitto_pub` with `args`; fails the test unless it exits 0.
-fn publish(broker: &Broker, args: &[&str]) {
-    let port = broker.mqtt_port().to_string();
-    let output = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port])
-        .args(args)
-        .output()
-        .expect("mosquitto_pub runs");
-    assert!(
-        output.status.success(),
-        "mosquitto_pub {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// Runs kcat against the broker's Kafka listener with `args`, feeding it `input`.

@@ -11,11 +11,11 @@ mod error;
 mod errors;
 mod fetch;
 mod groups;
-mod metadata;
+pub(crate) mod metadata;
 mod metrics;
 mod produce;
 mod producer_ids;
-mod replica_links;
+pub(crate) mod replica_links;
 mod replicas;
 pub mod topics;
 mod voters;
@@ -370,7 +370,7 @@ impl Broker {
             replica_lag_max_ms: config.replica_lag_time_max_ms,
         };
         let links: coremq_replication::LeaderLinks = Arc::new(|| {
-            Rc::new(replica_links::Links::default())
+            Rc::new(replica_links::Links::new("coremq-replica"))
                 as Rc<dyn coremq_replication::fetcher::LeaderLink>
         });
         let cluster = Cluster::start(handle.clone(), node, log_configs, transport, links)

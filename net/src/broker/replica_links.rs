@@ -1,6 +1,8 @@
-//! How a follower reaches its leaders: Kafka's own Fetch (with this broker's replica id) and
-//! OffsetForLeaderEpoch over the in-repo client, one connection per leader broker and shard,
-//! opened again when it breaks.
+//! How a broker reaches the leaders of partitions it does not lead, over Kafka's own
+//! protocol and the in-repo client, one connection per leader broker and shard, opened again
+//! when it breaks: a follower fetches (Fetch with this broker's replica id, and
+//! OffsetForLeaderEpoch); the MQTT front end hands a batch to the leader (Produce,
+//! [`Links::produce`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -8,7 +10,8 @@ use std::net::ToSocketAddrs;
 use std::rc::Rc;
 use std::time::Duration;
 
-use coremq_engine::Offset;
+use bytes::Bytes;
+use coremq_engine::{Offset, TopicPartition};
 use coremq_replication::fetcher::{
     EpochAnswer, EpochQuery, FetchPartition, Fetched, LeaderLink, LocalFuture,
 };
@@ -17,13 +20,15 @@ use coremq_replication::leader::BrokerId;
 use crate::client::Connection;
 use crate::client::{Error, by_topic, within};
 use crate::protocol::api::{RequestBody, ResponseBody};
+use crate::protocol::codec::Records;
 use crate::protocol::codec::Uuid;
 use crate::protocol::error_code;
 use crate::protocol::messages::fetch_request::{self, FetchTopic, ReplicaState};
 use crate::protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
 };
-use crate::protocol::messages::{FetchRequest, OffsetForLeaderEpochRequest};
+use crate::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use crate::protocol::messages::{FetchRequest, OffsetForLeaderEpochRequest, ProduceRequest};
 
 /// How long connecting to a leader may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,12 +38,70 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 const FETCH_BYTES: i32 = 16 << 20;
 
 /// A shard's connections to leader brokers.
-#[derive(Default)]
 pub struct Links {
+    /// The client id the connections present.
+    client_id: &'static str,
     connections: RefCell<HashMap<BrokerId, Rc<Connection>>>,
 }
 
 impl Links {
+    pub fn new(client_id: &'static str) -> Links {
+        Links {
+            client_id,
+            connections: RefCell::default(),
+        }
+    }
+
+    /// Appends `batch` to `partition` on its leader `leader` (a Produce with `acks`, -1 or 1,
+    /// and the leader's wait `timeout`): `Ok` once the leader answered without error.
+    pub async fn produce(
+        &self,
+        leader: BrokerId,
+        address: &(String, u16),
+        partition: &TopicPartition,
+        batch: Bytes,
+        acks: i16,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let request = ProduceRequest {
+            transactional_id: None,
+            acks,
+            timeout_ms: timeout.as_millis().min(i32::MAX as u128) as i32,
+            topic_data: vec![TopicProduceData {
+                name: partition.topic.clone(),
+                partition_data: vec![PartitionProduceData {
+                    index: partition.partition as i32,
+                    records: Some(Records::from(batch)),
+                }],
+            }],
+        };
+        let response = self
+            .call(
+                leader,
+                address,
+                RequestBody::Produce(request),
+                timeout + ANSWER_TIMEOUT,
+            )
+            .await?;
+        let ResponseBody::Produce(response) = response else {
+            return Err("not a Produce response".into());
+        };
+        let answer = response
+            .responses
+            .iter()
+            .filter(|topic| topic.name == partition.topic)
+            .flat_map(|topic| &topic.partition_responses)
+            .find(|answer| answer.index == partition.partition as i32)
+            .ok_or_else(|| format!("broker {leader}: no answer for {partition}"))?;
+        match answer.error_code {
+            error_code::NONE => Ok(()),
+            code => Err(format!(
+                "broker {leader} refused the append to {partition}: {}",
+                error_code::name(code).map_or_else(|| format!("error {code}"), str::to_string)
+            )),
+        }
+    }
+
     async fn connection(
         &self,
         leader: BrokerId,
@@ -53,7 +116,7 @@ impl Links {
             .map_err(|error| Error::Io(format!("resolving {host}:{port}: {error}")))?
             .next()
             .ok_or_else(|| Error::Io(format!("{host}:{port} resolves to no address")))?;
-        let connection = Connection::open(address, "coremq-replica", CONNECT_TIMEOUT).await?;
+        let connection = Connection::open(address, self.client_id, CONNECT_TIMEOUT).await?;
         self.connections
             .borrow_mut()
             .insert(leader, connection.clone());

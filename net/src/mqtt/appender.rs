@@ -1,7 +1,8 @@
 //! Appends MQTT messages to their Kafka partitions in batches. Messages for a partition that
 //! arrive while its last batch is being appended wait and go together in the next one (group
 //! commit), so a busy partition gets large batches and an idle one no added latency. Order is
-//! kept: a partition's messages are appended in the order they were handed over.
+//! kept: a partition's messages are appended in the order they were handed over. A partition
+//! another broker leads gets its batches over Kafka's Produce, as a client's would.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -13,6 +14,8 @@ use coremq_engine::record::{BatchBuilder, Header};
 use coremq_engine::{Compression, Timestamp, TopicPartition};
 use coremq_replication::{Cluster, Consistency};
 use coremq_runtime::sync::Semaphore;
+
+use crate::broker::replica_links::Links;
 
 /// How long an append waits for the in-sync replicas (Kafka's default request timeout).
 const APPEND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,9 +87,19 @@ struct Queue {
 }
 
 /// A shard's appenders, one queue per partition it appends MQTT messages to.
-#[derive(Default)]
 pub struct Appender {
     queues: RefCell<HashMap<TopicPartition, Rc<RefCell<Queue>>>>,
+    /// Connections to the brokers that lead partitions this one does not.
+    leaders: Links,
+}
+
+impl Default for Appender {
+    fn default() -> Appender {
+        Appender {
+            queues: RefCell::default(),
+            leaders: Links::new("coremq-mqtt"),
+        }
+    }
 }
 
 impl Appender {
@@ -144,6 +157,40 @@ impl Appender {
         outcome
     }
 
+    /// Appends one batch here if this broker leads `log`, else on its leader. `durable`:
+    /// the topic's durability with the in-sync replicas (acks=all), else the leader's write.
+    async fn append_batch(
+        &self,
+        cluster: &Cluster,
+        log: &TopicPartition,
+        batch: Bytes,
+        durable: bool,
+    ) -> Result<(), String> {
+        let consistency = if durable {
+            Consistency::Durable {
+                timeout: APPEND_TIMEOUT,
+            }
+        } else {
+            Consistency::Leader
+        };
+        match cluster.append(log, batch.clone(), consistency).await {
+            Ok(_) => Ok(()),
+            Err(coremq_engine::Error::NotLeader) => {
+                let leader = cluster
+                    .leader_of(log)
+                    .ok_or_else(|| format!("{log} has no leader"))?;
+                let address = crate::broker::metadata::broker(&cluster.image(), leader)
+                    .map(|broker| (broker.host, broker.port))
+                    .ok_or_else(|| format!("the leader of {log}, broker {leader}, is unknown"))?;
+                let acks = if durable { -1 } else { 1 };
+                self.leaders
+                    .produce(leader, &address, log, batch, acks, APPEND_TIMEOUT)
+                    .await
+            }
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
     /// Appends the partition's batches one after another until none is left.
     async fn drain(&self, cluster: &Cluster, log: &TopicPartition, queue: &Rc<RefCell<Queue>>) {
         loop {
@@ -165,18 +212,9 @@ impl Appender {
                     &record.headers,
                 );
             }
-            let consistency = if durable {
-                Consistency::Durable {
-                    timeout: APPEND_TIMEOUT,
-                }
-            } else {
-                Consistency::Leader
-            };
-            let result = cluster
-                .append(log, builder.build(), consistency)
-                .await
-                .map(drop)
-                .map_err(|error| error.to_string());
+            let result = self
+                .append_batch(cluster, log, builder.build(), durable)
+                .await;
             *batch.outcome.result.borrow_mut() = Some(result);
             drop(batch);
         }
