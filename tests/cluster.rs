@@ -1222,7 +1222,8 @@ fn a_topic_auto_created_while_no_controller_is_elected_gets_leader_not_available
 /// MQTT across the cluster: clients of each broker publish at QoS 1 to a Kafka topic whose
 /// one partition one broker leads (the other two hand their batches to it over Produce), and
 /// a subscriber on every broker gets every message once, from its own replica; the Kafka
-/// topic holds each once.
+/// topic holds each once. A retained message set on one broker and replaced on another is
+/// the one every broker hands new subscribers, and cleared on a third, none does.
 #[test]
 fn mqtt_messages_published_on_any_broker_reach_subscribers_on_every_broker_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -1263,4 +1264,34 @@ fn mqtt_messages_published_on_any_broker_reach_subscribers_on_every_broker_once(
     let mut stored: Vec<&str> = stored.lines().collect();
     stored.sort();
     assert_eq!(stored, expected, "the Kafka topic holds each message once");
+    drop(subscribers);
+
+    mosquitto::publish(
+        &brokers[1],
+        &["-q", "1", "-r", "-t", "cluster/state", "-m", "on"],
+    );
+    mosquitto::publish(
+        &brokers[2],
+        &["-q", "1", "-r", "-t", "cluster/state", "-m", "off"],
+    );
+    let retained_everywhere = |expected: Option<&str>| {
+        for (id, broker) in brokers.iter().enumerate() {
+            // A follower applies it once its replica learns the new high watermark.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let got = mosquitto::retained(broker, "cluster/state");
+                if got.as_deref() == expected {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "broker {id} retains {got:?}, not {expected:?}\n{}",
+                    logs(&brokers)
+                );
+            }
+        }
+    };
+    retained_everywhere(Some("cluster/state off"));
+    mosquitto::publish(&brokers[0], &["-q", "1", "-r", "-t", "cluster/state", "-n"]);
+    retained_everywhere(None);
 }

@@ -90,3 +90,16 @@ pub fn publish(broker: &Broker, args: &[&str]) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The retained message `mosquitto_sub -v` gets for `topic` on subscribing ("topic payload"),
+/// or `None` if it gets none within a second.
+pub fn retained(broker: &Broker, topic: &str) -> Option<String> {
+    let port = broker.mqtt_port().to_string();
+    let output = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-v", "--retained-only"])
+        .args(["-C", "1", "-W", "1", "-t", topic])
+        .output()
+        .expect("mosquitto_sub runs");
+    let printed = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    (!printed.is_empty()).then_some(printed)
+}

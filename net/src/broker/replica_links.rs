@@ -53,7 +53,8 @@ impl Links {
     }
 
     /// Appends `batch` to `partition` on its leader `leader` (a Produce with `acks`, -1 or 1,
-    /// and the leader's wait `timeout`): `Ok` once the leader answered without error.
+    /// and the leader's wait `timeout`): the batch's base offset once the leader answered
+    /// without error.
     pub async fn produce(
         &self,
         leader: BrokerId,
@@ -62,7 +63,7 @@ impl Links {
         batch: Bytes,
         acks: i16,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<Offset, String> {
         let request = ProduceRequest {
             transactional_id: None,
             acks,
@@ -94,7 +95,9 @@ impl Links {
             .find(|answer| answer.index == partition.partition as i32)
             .ok_or_else(|| format!("broker {leader}: no answer for {partition}"))?;
         match answer.error_code {
-            error_code::NONE => Ok(()),
+            error_code::NONE => u64::try_from(answer.base_offset)
+                .map(Offset)
+                .map_err(|_| format!("broker {leader}: no offset for {partition}")),
             code => Err(format!(
                 "broker {leader} refused the append to {partition}: {}",
                 error_code::name(code).map_or_else(|| format!("error {code}"), str::to_string)

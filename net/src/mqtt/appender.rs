@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coremq_engine::record::{BatchBuilder, Header};
-use coremq_engine::{Compression, Timestamp, TopicPartition};
+use coremq_engine::{Compression, Offset, Timestamp, TopicPartition};
 use coremq_replication::{Cluster, Consistency};
 use coremq_runtime::sync::Semaphore;
 
@@ -33,22 +33,32 @@ struct Pending {
     durable: bool,
 }
 
-/// The answer every message of one batch gets: `Ok` once stored (durably, when it asked).
-pub struct Outcome {
-    result: RefCell<Option<Result<(), String>>>,
+/// The answer every message of one batch gets: the batch's base offset once stored (durably,
+/// when it asked).
+struct Outcome {
+    result: RefCell<Option<Result<Offset, String>>>,
     /// Closed once `result` is set (a semaphore without permits: its waiters leave in
     /// O(1), where a flume receiver shared by a batch's messages searches them all).
     done: Semaphore,
 }
 
-impl Outcome {
-    /// Waits for the batch's append.
-    pub async fn wait(&self) -> Result<(), String> {
-        let _ = self.done.acquire(1).await;
-        self.result
+/// One record handed to the appender: its batch's outcome and its place in the batch.
+pub struct Ticket {
+    outcome: Rc<Outcome>,
+    index: u64,
+}
+
+impl Ticket {
+    /// Waits for the batch's append; the record's offset.
+    pub async fn wait(&self) -> Result<Offset, String> {
+        let _ = self.outcome.done.acquire(1).await;
+        let base = self
+            .outcome
+            .result
             .borrow()
             .clone()
-            .unwrap_or_else(|| Err("the append was dropped".into()))
+            .unwrap_or_else(|| Err("the append was dropped".into()))?;
+        Ok(Offset(base.0 + self.index))
     }
 }
 
@@ -103,7 +113,7 @@ impl Default for Appender {
 }
 
 impl Appender {
-    /// Queues a record for `log`; its batch's outcome. `durable`: the batch is appended with
+    /// Queues a record for `log`; its ticket for the outcome. `durable`: the batch is appended with
     /// the topic's durability (acks=all), else as soon as it is written.
     pub fn append(
         self: &Rc<Self>,
@@ -113,7 +123,7 @@ impl Appender {
         value: Option<Bytes>,
         headers: Vec<Header>,
         durable: bool,
-    ) -> Rc<Outcome> {
+    ) -> Ticket {
         let queue = self
             .queues
             .borrow_mut()
@@ -127,7 +137,7 @@ impl Appender {
                 .map(|h| h.key.len() + h.value.as_ref().map_or(0, Bytes::len))
                 .sum::<usize>()
             + 16;
-        let outcome = {
+        let ticket = {
             let mut queue = queue.borrow_mut();
             let full = queue.batches.last().is_none_or(|batch| {
                 batch.bytes + bytes > BATCH_RECORD_BYTES_MAX && !batch.records.is_empty()
@@ -137,6 +147,7 @@ impl Appender {
             }
             let batch = queue.batches.last_mut().expect("a batch was just made");
             batch.bytes += bytes;
+            let index = batch.records.len() as u64;
             batch.records.push(Pending {
                 timestamp: Timestamp::now(),
                 key,
@@ -144,7 +155,10 @@ impl Appender {
                 headers,
                 durable,
             });
-            batch.outcome.clone()
+            Ticket {
+                outcome: batch.outcome.clone(),
+                index,
+            }
         };
         let idle = !queue.borrow().appending.replace(true);
         if idle {
@@ -154,7 +168,7 @@ impl Appender {
             })
             .detach();
         }
-        outcome
+        ticket
     }
 
     /// Appends one batch here if this broker leads `log`, else on its leader. `durable`:
@@ -165,7 +179,7 @@ impl Appender {
         log: &TopicPartition,
         batch: Bytes,
         durable: bool,
-    ) -> Result<(), String> {
+    ) -> Result<Offset, String> {
         let consistency = if durable {
             Consistency::Durable {
                 timeout: APPEND_TIMEOUT,
@@ -174,7 +188,7 @@ impl Appender {
             Consistency::Leader
         };
         match cluster.append(log, batch.clone(), consistency).await {
-            Ok(_) => Ok(()),
+            Ok(info) => Ok(info.base_offset),
             Err(coremq_engine::Error::NotLeader) => {
                 let leader = cluster
                     .leader_of(log)

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use super::appender::Outcome;
+use super::appender::Ticket;
 use super::codec::{
     self, Ack, ConnAck, Connect, Disconnect, Level, Packet, Properties, Publish, QoS, SubAck,
     Subscribe, Unsubscribe, Will, reason,
@@ -504,8 +504,8 @@ fn partition_of(mqtt: &Mqtt, mqtt_topic: &str) -> Result<coremq_engine::TopicPar
         .ok_or_else(|| format!("Kafka topic {name} has no partition {partition}"))
 }
 
-/// Hands `message` to the appender; its outcome.
-pub(super) fn store(mqtt: &Mqtt, message: &Message) -> Result<Rc<Outcome>, String> {
+/// Hands `message` to the appender; its ticket for the outcome.
+pub(super) fn store(mqtt: &Mqtt, message: &Message) -> Result<Ticket, String> {
     let log = partition_of(mqtt, &message.topic)?;
     mqtt.counters.borrow_mut().messages_received += 1;
     Ok(mqtt.appender.append(
@@ -611,7 +611,9 @@ fn publish_message(
     let session = session.clone();
     let outcome = async move {
         match stored {
-            Ok(outcome) => outcome.wait().await?,
+            Ok(ticket) => {
+                ticket.wait().await?;
+            }
             Err(error) => return Err(error),
         }
         match retained {
@@ -914,7 +916,7 @@ fn publish_will(mqtt: &Rc<Mqtt>, session: &Rc<Session>, will: Will) {
             }
         }
         let stored = match store(&mqtt, &message) {
-            Ok(outcome) => outcome.wait().await,
+            Ok(ticket) => ticket.wait().await.map(drop),
             Err(error) => Err(error),
         };
         let retained = if message.retain {

@@ -79,7 +79,7 @@ pub(crate) struct Mqtt {
     /// The members of every shared subscription group, on every shard.
     groups: RefCell<shared::Groups>,
     /// Filled on the shard owning the retained messages' partition.
-    retained: RefCell<retained::Retained>,
+    retained: retained::Retained,
     counters: RefCell<Counters>,
 }
 
@@ -105,7 +105,7 @@ impl Mqtt {
             appender: Rc::default(),
             registry: RefCell::default(),
             groups: RefCell::default(),
-            retained: RefCell::default(),
+            retained: Default::default(),
             counters: RefCell::default(),
         }
     }

@@ -1,14 +1,22 @@
 //! Retained messages: the last retained message of each topic, kept in the compacted internal
 //! topic `__mqtt_retained` (key: the MQTT topic, value and headers as any MQTT record; an
 //! empty payload is a tombstone, MQTT-3.3.1-10) and in memory on the shard that owns its
-//! partition, which loads it at start. Every shard asks that one for the retained messages
+//! partition, which loads it at start and then follows it: every record stored after, by
+//! this broker or another of the cluster, is applied in log order, and a retained PUBLISH is
+//! answered once it is applied here. Every shard asks that one for the retained messages
 //! matching a new subscription.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use coremq_engine::TopicPartition;
+use coremq_engine::notify::Notify;
+use coremq_engine::record::{Record, decode_records};
+use coremq_engine::{Offset, TopicPartition};
+use coremq_replication::Isolation;
 
 use super::records::Message;
 use super::{Mqtt, topic};
@@ -16,10 +24,34 @@ use super::{Mqtt, topic};
 /// The compacted topic that stores retained messages.
 pub const RETAINED_TOPIC: &str = "__mqtt_retained";
 
+/// How long the follower waits for new records before it looks whether the broker stops.
+const WAIT: Duration = Duration::from_millis(500);
+
 /// The retained messages, on the shard owning [`RETAINED_TOPIC`]'s partition.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct Retained {
-    messages: BTreeMap<String, Arc<Message>>,
+    messages: RefCell<BTreeMap<String, Arc<Message>>>,
+    /// The next offset of the partition to apply.
+    through: Cell<Offset>,
+    /// Whether the partition is followed (this broker holds a replica of it).
+    followed: Cell<bool>,
+    /// Woken when `through` moves or the following stops.
+    applied: Notify,
+}
+
+impl Retained {
+    /// Applies one stored record: its topic's retained message, or none for a tombstone.
+    fn apply(&self, topic: &str, record: &Record) {
+        let mut messages = self.messages.borrow_mut();
+        match Message::from_record(record) {
+            Some(message) if !message.payload.is_empty() => {
+                messages.insert(topic.to_string(), Arc::new(message));
+            }
+            _ => {
+                messages.remove(topic);
+            }
+        }
+    }
 }
 
 fn log() -> TopicPartition {
@@ -34,30 +66,80 @@ impl Mqtt {
         self.context.cluster.shard_of(&log())
     }
 
-    /// Reads `__mqtt_retained` into memory, if this shard owns it; how many it holds.
-    pub(crate) async fn load_retained(&self) -> Result<usize, coremq_engine::Error> {
+    /// Reads `__mqtt_retained` into memory, if this shard owns it, and starts following it;
+    /// how many it holds.
+    pub(crate) async fn load_retained(self: &Rc<Self>) -> Result<usize, coremq_engine::Error> {
         if self.retained_shard() != self.shard {
             return Ok(0);
         }
         let log = log();
-        let mut messages = BTreeMap::new();
+        let end = match self.context.cluster.offsets(&log).await {
+            Ok(offsets) => offsets.log_end,
+            // A broker of a larger cluster may hold no replica of it: its own stores only.
+            Err(coremq_engine::Error::UnknownLog { .. }) => return Ok(0),
+            Err(error) => return Err(error),
+        };
         for (key, record) in self.read_partition(&log).await? {
-            match Message::from_record(&record) {
-                Some(message) if !message.payload.is_empty() => {
-                    messages.insert(key, Arc::new(message));
+            self.retained.apply(&key, &record);
+        }
+        self.retained.through.set(end);
+        self.retained.followed.set(true);
+        coremq_runtime::spawn_local(self.clone().follow_retained()).detach();
+        Ok(self.retained.messages.borrow().len())
+    }
+
+    /// Applies what `__mqtt_retained` gets after the load, up to the high watermark, until
+    /// the broker stops or the partition goes from this broker.
+    async fn follow_retained(self: Rc<Self>) {
+        let log = log();
+        let cluster = &self.context.cluster;
+        while !self.context.is_stopping() {
+            let next = self.retained.through.get();
+            let read = match cluster
+                .wait_readable(&log, next, Isolation::Committed, WAIT)
+                .await
+            {
+                Ok(false) => continue,
+                Ok(true) => {
+                    cluster
+                        .read(&log, next, 1 << 20, Isolation::Committed)
+                        .await
                 }
-                _ => {
-                    messages.remove(&key);
+                Err(error) => Err(error),
+            };
+            let batches = match read {
+                Ok(read) => read.batches,
+                Err(coremq_engine::Error::UnknownLog { .. }) => break,
+                Err(error) => {
+                    log::warn!("MQTT: following {log}: {error}");
+                    self.context.sleep_unless_stopping(WAIT).await;
+                    continue;
+                }
+            };
+            for batch in batches {
+                let Ok(header) = coremq_engine::batch::BatchHeader::parse(&batch) else {
+                    break;
+                };
+                let records = decode_records(&batch, 64 << 20).unwrap_or_default();
+                for record in records.iter().filter(|record| record.offset >= next) {
+                    let key = record.key.as_deref().map(std::str::from_utf8);
+                    if let Some(Ok(key)) = key {
+                        self.retained.apply(key, record);
+                    }
+                }
+                let after = header.next_offset();
+                if after > self.retained.through.get() {
+                    self.retained.through.set(after);
                 }
             }
+            self.retained.applied.notify_all();
         }
-        let count = messages.len();
-        self.retained.borrow_mut().messages = messages;
-        Ok(count)
+        self.retained.followed.set(false);
+        self.retained.applied.notify_all();
     }
 
     /// Stores `message` as its topic's retained message, or clears it for an empty payload;
-    /// answers once durable.
+    /// answers once durable and applied on this broker.
     pub(super) async fn retain(&self, message: Message) -> Result<(), String> {
         let shard = self.retained_shard();
         self.context
@@ -73,22 +155,33 @@ impl Mqtt {
     async fn retain_here(&self, message: Message) -> Result<(), String> {
         let key = Bytes::copy_from_slice(message.topic.as_bytes());
         let (value, headers) = if message.payload.is_empty() {
-            self.retained.borrow_mut().messages.remove(&message.topic);
             (None, Vec::new())
         } else {
-            let headers = message.headers();
-            let mut stored = message.clone();
-            stored.timestamp_ms = super::now_ms();
-            self.retained
-                .borrow_mut()
-                .messages
-                .insert(message.topic.clone(), Arc::new(stored));
-            (Some(message.payload.clone()), headers)
+            (Some(message.payload.clone()), message.headers())
         };
-        let outcome =
-            self.appender
-                .append(&self.context.cluster, &log(), key, value, headers, true);
-        outcome.wait().await
+        let ticket = self
+            .appender
+            .append(&self.context.cluster, &log(), key, value, headers, true);
+        let offset = ticket.wait().await?;
+        while self.retained.followed.get() {
+            if self.retained.through.get() > offset {
+                return Ok(());
+            }
+            self.retained.applied.notified().await;
+        }
+        if self.context.is_stopping() {
+            return Err("the broker is stopping".into());
+        }
+        // Not followed here (no replica on this broker): this broker's own stores apply.
+        let mut messages = self.retained.messages.borrow_mut();
+        if message.payload.is_empty() {
+            messages.remove(&message.topic);
+        } else {
+            let mut stored = message;
+            stored.timestamp_ms = super::now_ms();
+            messages.insert(stored.topic.clone(), Arc::new(stored));
+        }
+        Ok(())
     }
 
     /// The retained messages whose topics match `filter` (without a `$share` prefix) and
@@ -106,8 +199,8 @@ impl Mqtt {
                 let mut expired = Vec::new();
                 let matching = mqtt
                     .retained
-                    .borrow()
                     .messages
+                    .borrow()
                     .iter()
                     .filter(|(name, _)| topic::matches(&filter, name))
                     .filter_map(|(name, message)| match message.expiry_left(now_ms) {
@@ -119,9 +212,9 @@ impl Mqtt {
                     })
                     .collect();
                 // MQTT-3.3.2-5: an expired retained message is not delivered again.
-                let mut retained = mqtt.retained.borrow_mut();
+                let mut retained = mqtt.retained.messages.borrow_mut();
                 for name in expired {
-                    retained.messages.remove(&name);
+                    retained.remove(&name);
                 }
                 Ok(matching)
             })

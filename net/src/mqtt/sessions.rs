@@ -170,7 +170,7 @@ impl Mqtt {
             return Ok(());
         }
         let stored = value.is_some();
-        let outcome = self.appender.append(
+        let ticket = self.appender.append(
             &self.context.cluster,
             &log,
             Bytes::copy_from_slice(session.client_id.as_bytes()),
@@ -178,7 +178,7 @@ impl Mqtt {
             Vec::new(),
             true,
         );
-        outcome.wait().await?;
+        ticket.wait().await?;
         session.persisted.set(stored);
         Ok(())
     }
