@@ -1295,3 +1295,48 @@ fn mqtt_messages_published_on_any_broker_reach_subscribers_on_every_broker_once(
     mosquitto::publish(&brokers[0], &["-q", "1", "-r", "-t", "cluster/state", "-n"]);
     retained_everywhere(None);
 }
+
+/// A persistent MQTT session outlives its broker: a client subscribed at QoS 1 through one
+/// broker, which is then killed, comes back through another and resumes its session there
+/// (its subscription, and the messages published while it was away, from the positions its
+/// first broker stored).
+#[test]
+fn mqtt_a_persistent_session_resumes_on_another_broker_after_its_broker_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut brokers = start_cluster(dir.path(), 1);
+    await_metadata(&brokers[0], Duration::from_secs(60), |seen| {
+        ["mqtt", "__mqtt_sessions"]
+            .iter()
+            .all(|topic| in_sync(seen, topic) == [3])
+    })
+    .unwrap_or_else(|seen| panic!("the MQTT topics have three replicas in sync: {seen}"));
+    let session = ["-i", "roamer", "-c", "-q", "1", "-t", "roam/#", "-v"];
+    drop(mosquitto::Subscriber::start(&brokers[0], &session));
+    // Broker 1 holds the session as broker 0 stored it once its replica is committed; give
+    // it time to learn the high watermark.
+    std::thread::sleep(Duration::from_secs(2));
+    brokers[0].stop_with("-KILL");
+    await_metadata(&brokers[1], Duration::from_secs(60), |seen| {
+        ["mqtt", "__mqtt_sessions"].iter().all(|topic| {
+            let led = leaders(seen, topic);
+            !led.is_empty() && led.iter().all(|&leader| leader == 1 || leader == 2)
+        })
+    })
+    .unwrap_or_else(|seen| panic!("brokers 1 and 2 lead the MQTT topics: {seen}"));
+    let mut expected = Vec::new();
+    for n in 0..3 {
+        let payload = format!("while-away-{n}");
+        mosquitto::publish(&brokers[1], &["-q", "1", "-t", "roam/x", "-m", &payload]);
+        expected.push(format!("roam/x {payload}"));
+    }
+    let resumed = mosquitto::Subscriber::start(&brokers[2], &session);
+    assert!(
+        brokers[2]
+            .log()
+            .contains("resumes the session another broker stored"),
+        "broker 2 resumed it: {}",
+        logs(&brokers)
+    );
+    let got = resumed.messages(expected.len());
+    assert_eq!(got, expected, "the resumed session\n{}", logs(&brokers));
+}

@@ -2,6 +2,8 @@
 //! beside the test, its messages on a channel, and `mosquitto_pub` runs.
 #![allow(dead_code)]
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -13,11 +15,18 @@ use super::broker::Broker;
 pub struct Subscriber {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Messages that came before the SUBACK (a resumed session's queue).
+    early: RefCell<VecDeque<String>>,
+}
+
+/// Whether a line of `mosquitto_sub -d` is a message, not its debug output.
+fn is_message(line: &str) -> bool {
+    !line.starts_with("Client ") && !line.starts_with("Subscribed")
 }
 
 impl Subscriber {
     /// Starts `mosquitto_sub` with `args` and waits for its SUBACK, so what is published
-    /// afterwards is delivered to it.
+    /// afterwards is delivered to it (messages before it are kept).
     pub fn start(broker: &Broker, args: &[&str]) -> Subscriber {
         let port = broker.mqtt_port().to_string();
         // Line-buffered: mosquitto_sub's debug lines (the SUBACK) are not flushed otherwise.
@@ -38,7 +47,11 @@ impl Subscriber {
                 }
             }
         });
-        let subscriber = Subscriber { child, lines };
+        let subscriber = Subscriber {
+            child,
+            lines,
+            early: RefCell::default(),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let line = subscriber
@@ -48,6 +61,9 @@ impl Subscriber {
             if line.contains("received SUBACK") {
                 return subscriber;
             }
+            if is_message(&line) {
+                subscriber.early.borrow_mut().push_back(line);
+            }
         }
     }
 
@@ -55,12 +71,17 @@ impl Subscriber {
     pub fn messages(&self, count: usize) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut messages = Vec::new();
+        while messages.len() < count
+            && let Some(line) = self.early.borrow_mut().pop_front()
+        {
+            messages.push(line);
+        }
         while messages.len() < count {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = self.lines.recv_timeout(left) else {
                 panic!("{} of {count} messages came: {messages:?}", messages.len());
             };
-            if !line.starts_with("Client ") && !line.starts_with("Subscribed") {
+            if is_message(&line) {
                 messages.push(line);
             }
         }

@@ -384,6 +384,9 @@ async fn connect_client(
     } else {
         u32::MAX
     };
+    if !connect.clean_start {
+        mqtt.adopt(&client_id).await;
+    }
     let (previous, generation) = match mqtt.claim(&client_id).await {
         Ok(claim) => claim,
         Err(error) => {

@@ -80,6 +80,9 @@ pub(crate) struct Mqtt {
     groups: RefCell<shared::Groups>,
     /// Filled on the shard owning the retained messages' partition.
     retained: retained::Retained,
+    /// Sessions another broker stored last, by client identifier, on the shard owning their
+    /// partition of `__mqtt_sessions`: a client that comes back here resumes them.
+    parked: RefCell<HashMap<String, sessions::Stored>>,
     counters: RefCell<Counters>,
 }
 
@@ -106,6 +109,7 @@ impl Mqtt {
             registry: RefCell::default(),
             groups: RefCell::default(),
             retained: Default::default(),
+            parked: RefCell::default(),
             counters: RefCell::default(),
         }
     }

@@ -50,6 +50,19 @@ impl Mqtt {
             .map_err(|error| error.to_string())
     }
 
+    /// Whether a session of `client_id` is claimed on this broker.
+    pub(super) async fn is_claimed(&self, client_id: &str) -> bool {
+        let id = client_id.to_string();
+        self.context
+            .handle
+            .on_shard(self.home(client_id), move |_| async move {
+                Ok(Mqtt::current()
+                    .is_some_and(|mqtt| mqtt.registry.borrow().claims.contains_key(&id)))
+            })
+            .await
+            .unwrap_or(false)
+    }
+
     /// Forgets `client_id`'s claim if it is still the one of `generation` (its session ended).
     pub(super) async fn release(&self, client_id: &str, generation: u64) {
         let id = client_id.to_string();

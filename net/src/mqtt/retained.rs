@@ -73,23 +73,25 @@ impl Mqtt {
             return Ok(0);
         }
         let log = log();
+        // Not here yet (a new cluster's replica comes a little later), or never: followed
+        // from its start once it is.
         let end = match self.context.cluster.offsets(&log).await {
-            Ok(offsets) => offsets.log_end,
-            // A broker of a larger cluster may hold no replica of it: its own stores only.
-            Err(coremq_engine::Error::UnknownLog { .. }) => return Ok(0),
+            Ok(offsets) => Some(offsets.log_end),
+            Err(coremq_engine::Error::UnknownLog { .. }) => None,
             Err(error) => return Err(error),
         };
         for (key, record) in self.read_partition(&log).await? {
             self.retained.apply(&key, &record);
         }
-        self.retained.through.set(end);
-        self.retained.followed.set(true);
+        self.retained.through.set(end.unwrap_or_default());
+        self.retained.followed.set(end.is_some());
         coremq_runtime::spawn_local(self.clone().follow_retained()).detach();
         Ok(self.retained.messages.borrow().len())
     }
 
     /// Applies what `__mqtt_retained` gets after the load, up to the high watermark, until
-    /// the broker stops or the partition goes from this broker.
+    /// the broker stops; while this broker holds no replica of it, it looks again now and
+    /// then.
     async fn follow_retained(self: Rc<Self>) {
         let log = log();
         let cluster = &self.context.cluster;
@@ -109,13 +111,18 @@ impl Mqtt {
             };
             let batches = match read {
                 Ok(read) => read.batches,
-                Err(coremq_engine::Error::UnknownLog { .. }) => break,
                 Err(error) => {
-                    log::warn!("MQTT: following {log}: {error}");
+                    let unknown = matches!(error, coremq_engine::Error::UnknownLog { .. });
+                    if !unknown {
+                        log::warn!("MQTT: following {log}: {error}");
+                    } else if self.retained.followed.replace(false) {
+                        self.retained.applied.notify_all();
+                    }
                     self.context.sleep_unless_stopping(WAIT).await;
                     continue;
                 }
             };
+            self.retained.followed.set(true);
             for batch in batches {
                 let Ok(header) = coremq_engine::batch::BatchHeader::parse(&batch) else {
                     break;

@@ -8,6 +8,12 @@
 //!
 //! A session is stored when it is created, when its subscriptions or expiry change (before
 //! the answer), when its connection ends, and otherwise each second while it changes.
+//!
+//! Each record names the broker that stored it (header `mqtt.owner`). A broker restores at
+//! start the sessions it (or no named broker) stored last, and keeps aside, following the
+//! partitions to their high watermark, the ones other brokers of the cluster stored last: a
+//! client that comes back through it (after its broker failed, say) resumes that session
+//! from its stored positions.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -15,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use coremq_engine::record::decode_records;
+use coremq_engine::record::{Header, Record, decode_records};
 use coremq_engine::{Offset, TopicPartition};
 use coremq_replication::Isolation;
 use serde::{Deserialize, Serialize};
@@ -33,6 +39,34 @@ const STORE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The layout's version, first in every value.
 const VERSION: u8 = 1;
+
+/// The record header naming the broker that stored the session (its id in decimal).
+const OWNER_HEADER: &str = "mqtt.owner";
+
+/// How long a follower of the partitions waits for records before it looks whether the
+/// broker stops.
+const FOLLOW_WAIT: Duration = Duration::from_millis(500);
+
+/// The broker that stored `record`, where it says.
+fn owner_of(record: &Record) -> Option<i32> {
+    let header = record
+        .headers
+        .iter()
+        .find(|header| &header.key[..] == OWNER_HEADER.as_bytes())?;
+    std::str::from_utf8(header.value.as_deref()?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Whether a session stored as `stored` has expired by `now_ms`.
+fn expired(stored: &Stored, now_ms: i64) -> bool {
+    let ended_at = stored
+        .disconnected_at_ms
+        .unwrap_or(now_ms)
+        .saturating_add(i64::from(stored.expiry_interval).saturating_mul(1000));
+    stored.expiry_interval != u32::MAX && ended_at <= now_ms
+}
 
 /// A session as stored (postcard).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,12 +204,16 @@ impl Mqtt {
             return Ok(());
         }
         let stored = value.is_some();
+        let owner = Header {
+            key: Bytes::from_static(OWNER_HEADER.as_bytes()),
+            value: Some(Bytes::from(self.context.config.node_id.to_string())),
+        };
         let ticket = self.appender.append(
             &self.context.cluster,
             &log,
             Bytes::copy_from_slice(session.client_id.as_bytes()),
             value,
-            Vec::new(),
+            vec![owner],
             true,
         );
         ticket.wait().await?;
@@ -203,15 +241,20 @@ impl Mqtt {
     }
 
     /// Restores the persistent sessions stored in the partitions of `__mqtt_sessions` this
-    /// shard owns: each registered, its subscriptions in the tree, the messages since its
-    /// positions queued again and what was in flight sent again when it reconnects. How
-    /// many it restored.
+    /// shard owns that this broker stored last: each registered, its subscriptions in the
+    /// tree, the messages since its positions queued again and what was in flight sent again
+    /// when it reconnects. Those another broker stored last are kept aside, and the
+    /// partitions followed from here on. How many it restored.
     pub(crate) async fn load_sessions(self: &Rc<Self>) -> Result<usize, coremq_engine::Error> {
         let table = self.context.topics();
+        let mut loaded = HashMap::new();
         let Some(topic) = table.get(SESSIONS_TOPIC).cloned() else {
+            // A new cluster's topic may reach this broker's table a little later.
+            coremq_runtime::spawn_local(self.clone().follow_session_partitions(loaded)).detach();
             return Ok(0);
         };
-        let mut stored: HashMap<String, Stored> = HashMap::new();
+        let me = self.context.config.node_id;
+        let mut stored: HashMap<String, (Option<i32>, Stored)> = HashMap::new();
         for index in 0..topic.partitions as i32 {
             let Some(log) = topic.log(index) else {
                 continue;
@@ -219,21 +262,29 @@ impl Mqtt {
             if self.context.cluster.shard_of(&log) != self.shard {
                 continue;
             }
+            let end = match self.context.cluster.offsets(&log).await {
+                Ok(offsets) => offsets.log_end,
+                // Not here yet (a new cluster's replica comes a little later), or never.
+                Err(coremq_engine::Error::UnknownLog { .. }) => Offset(0),
+                Err(error) => return Err(error),
+            };
             for (key, record) in self.read_partition(&log).await? {
                 match record.value.as_deref().and_then(Stored::decode) {
-                    Some(session) => stored.insert(key, session),
+                    Some(session) => stored.insert(key, (owner_of(&record), session)),
                     None => stored.remove(&key),
                 };
             }
+            loaded.insert(index, end);
         }
+        coremq_runtime::spawn_local(self.clone().follow_session_partitions(loaded)).detach();
         let now_ms = super::now_ms();
         let mut restored = 0;
-        for (client_id, session) in stored {
-            let ended_at = session
-                .disconnected_at_ms
-                .unwrap_or(now_ms)
-                .saturating_add(i64::from(session.expiry_interval).saturating_mul(1000));
-            if session.expiry_interval != u32::MAX && ended_at <= now_ms {
+        for (client_id, (owner, session)) in stored {
+            if expired(&session, now_ms) {
+                continue;
+            }
+            if owner.is_some_and(|owner| owner != me) {
+                self.parked.borrow_mut().insert(client_id, session);
                 continue;
             }
             if self.restore(client_id, session, now_ms).await {
@@ -241,6 +292,111 @@ impl Mqtt {
             }
         }
         Ok(restored)
+    }
+
+    /// Follows the partitions of `__mqtt_sessions` this shard owns, each from where the load
+    /// (`loaded`, by partition) left it or its start, once the topic is in the table.
+    async fn follow_session_partitions(self: Rc<Self>, loaded: HashMap<i32, Offset>) {
+        let topic = loop {
+            if let Some(topic) = self.context.topics().get(SESSIONS_TOPIC).cloned() {
+                break topic;
+            }
+            if self.context.sleep_unless_stopping(FOLLOW_WAIT).await {
+                return;
+            }
+        };
+        for index in 0..topic.partitions as i32 {
+            let Some(log) = topic.log(index) else {
+                continue;
+            };
+            if self.context.cluster.shard_of(&log) == self.shard {
+                let from = loaded.get(&index).copied().unwrap_or_default();
+                coremq_runtime::spawn_local(self.clone().follow_sessions(log, from)).detach();
+            }
+        }
+    }
+
+    /// Keeps aside the sessions other brokers store in `log` from `from` on (forgetting those
+    /// this broker stores or any broker ends), until the broker stops; while this broker
+    /// holds no replica of `log`, it looks again now and then.
+    async fn follow_sessions(self: Rc<Self>, log: TopicPartition, from: Offset) {
+        let me = self.context.config.node_id;
+        let cluster = &self.context.cluster;
+        let mut next = from;
+        while !self.context.is_stopping() {
+            let read = match cluster
+                .wait_readable(&log, next, Isolation::Committed, FOLLOW_WAIT)
+                .await
+            {
+                Ok(false) => continue,
+                Ok(true) => {
+                    cluster
+                        .read(&log, next, 1 << 20, Isolation::Committed)
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            let batches = match read {
+                Ok(read) => read.batches,
+                Err(error) => {
+                    if !matches!(error, coremq_engine::Error::UnknownLog { .. }) {
+                        log::warn!("MQTT: following {log}: {error}");
+                    }
+                    self.context.sleep_unless_stopping(FOLLOW_WAIT).await;
+                    continue;
+                }
+            };
+            for batch in batches {
+                let Ok(header) = coremq_engine::batch::BatchHeader::parse(&batch) else {
+                    break;
+                };
+                let records = decode_records(&batch, 64 << 20).unwrap_or_default();
+                let mut parked = self.parked.borrow_mut();
+                for record in records.iter().filter(|record| record.offset >= next) {
+                    let Some(Ok(client_id)) = record.key.as_deref().map(std::str::from_utf8) else {
+                        continue;
+                    };
+                    let session = record.value.as_deref().and_then(Stored::decode);
+                    match session {
+                        Some(session) if owner_of(record).is_some_and(|owner| owner != me) => {
+                            parked.insert(client_id.to_string(), session);
+                        }
+                        _ => {
+                            parked.remove(client_id);
+                        }
+                    }
+                }
+                next = next.max(header.next_offset());
+            }
+        }
+    }
+
+    /// Before a connection without clean start claims `client_id`: where no session of it
+    /// is on this broker and another broker stored it last, restores that one here (its
+    /// subscriptions, and the messages since its positions queued), so the claim takes it
+    /// over as it would a session of this broker.
+    pub(super) async fn adopt(self: &Rc<Self>, client_id: &str) {
+        if self.is_claimed(client_id).await {
+            return;
+        }
+        let Some(log) = self.sessions_log(client_id) else {
+            return;
+        };
+        let id = client_id.to_string();
+        let parked = self
+            .context
+            .handle
+            .on_shard(self.context.cluster.shard_of(&log), move |_| async move {
+                Ok(Mqtt::current().and_then(|mqtt| mqtt.parked.borrow_mut().remove(&id)))
+            })
+            .await
+            .ok()
+            .flatten();
+        let now_ms = super::now_ms();
+        if let Some(stored) = parked.filter(|stored| !expired(stored, now_ms)) {
+            log::info!("MQTT: client {client_id:?} resumes the session another broker stored");
+            self.restore(client_id.to_string(), stored, now_ms).await;
+        }
     }
 
     async fn restore(self: &Rc<Self>, client_id: String, stored: Stored, now_ms: i64) -> bool {

@@ -29,7 +29,7 @@ const DECOMPRESSED_BYTES_MAX: usize = 64 << 20;
 
 impl Mqtt {
     /// Starts a tail on every partition of `topic` that has none, each from the partition's
-    /// current end, and returns once they all know where they start (a message stored after
+    /// committed end, and returns once they all know where they start (a message stored after
     /// this returns reaches the subscriptions made before).
     pub(super) async fn ensure_tails(self: &Rc<Self>, topic: &str) {
         let Some(table_topic) = self.context.topics().get(topic).cloned() else {
@@ -43,7 +43,9 @@ impl Mqtt {
                 continue;
             }
             let start = match self.context.cluster.offsets(&log).await {
-                Ok(offsets) => offsets.high_watermark,
+                // Where committed records end: a follower's replica may hold more, which a
+                // tail (reading committed records only) must not skip.
+                Ok(offsets) => offsets.committed,
                 Err(error) => {
                     log::debug!("MQTT: not tailing {log}: {error}");
                     self.tails.borrow_mut().remove(&log);
