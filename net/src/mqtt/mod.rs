@@ -300,6 +300,60 @@ impl Mqtt {
         Ok(records)
     }
 
+    /// Reads `log` from `from` as its high watermark moves, until the broker stops: each
+    /// record with a UTF-8 key goes to `apply` in log order, and after each read `progress`
+    /// hears the next offset to read, or `None` while this broker holds no replica of `log`
+    /// (it looks again every `wait`, as it looks whether the broker stops).
+    async fn follow_log(
+        &self,
+        log: &TopicPartition,
+        from: coremq_engine::Offset,
+        wait: std::time::Duration,
+        mut apply: impl FnMut(&str, &coremq_engine::record::Record),
+        mut progress: impl FnMut(Option<coremq_engine::Offset>),
+    ) {
+        use coremq_replication::Isolation;
+        let cluster = &self.context.cluster;
+        let mut next = from;
+        while !self.context.is_stopping() {
+            let read = match cluster
+                .wait_readable(log, next, Isolation::Committed, wait)
+                .await
+            {
+                Ok(false) => continue,
+                Ok(true) => cluster.read(log, next, 1 << 20, Isolation::Committed).await,
+                Err(error) => Err(error),
+            };
+            let batches = match read {
+                Ok(read) => read.batches,
+                Err(coremq_engine::Error::UnknownLog { .. }) => {
+                    progress(None);
+                    self.context.sleep_unless_stopping(wait).await;
+                    continue;
+                }
+                Err(error) => {
+                    log::warn!("MQTT: following {log}: {error}");
+                    self.context.sleep_unless_stopping(wait).await;
+                    continue;
+                }
+            };
+            for batch in batches {
+                let Ok(header) = coremq_engine::batch::BatchHeader::parse(&batch) else {
+                    break;
+                };
+                let records =
+                    coremq_engine::record::decode_records(&batch, 64 << 20).unwrap_or_default();
+                for record in records.iter().filter(|record| record.offset >= next) {
+                    if let Some(Ok(key)) = record.key.as_deref().map(std::str::from_utf8) {
+                        apply(key, record);
+                    }
+                }
+                next = next.max(header.next_offset());
+            }
+            progress(Some(next));
+        }
+    }
+
     /// `session` as a member of shared subscription groups, as it is now.
     fn member(&self, session: &Session) -> shared::Member {
         shared::Member {

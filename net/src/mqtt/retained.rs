@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coremq_engine::notify::Notify;
-use coremq_engine::record::{Record, decode_records};
+use coremq_engine::record::Record;
 use coremq_engine::{Offset, TopicPartition};
-use coremq_replication::Isolation;
 
 use super::records::Message;
 use super::{Mqtt, topic};
@@ -93,56 +92,19 @@ impl Mqtt {
     /// the broker stops; while this broker holds no replica of it, it looks again now and
     /// then.
     async fn follow_retained(self: Rc<Self>) {
-        let log = log();
-        let cluster = &self.context.cluster;
-        while !self.context.is_stopping() {
-            let next = self.retained.through.get();
-            let read = match cluster
-                .wait_readable(&log, next, Isolation::Committed, WAIT)
-                .await
-            {
-                Ok(false) => continue,
-                Ok(true) => {
-                    cluster
-                        .read(&log, next, 1 << 20, Isolation::Committed)
-                        .await
-                }
-                Err(error) => Err(error),
-            };
-            let batches = match read {
-                Ok(read) => read.batches,
-                Err(error) => {
-                    let unknown = matches!(error, coremq_engine::Error::UnknownLog { .. });
-                    if !unknown {
-                        log::warn!("MQTT: following {log}: {error}");
-                    } else if self.retained.followed.replace(false) {
-                        self.retained.applied.notify_all();
-                    }
-                    self.context.sleep_unless_stopping(WAIT).await;
-                    continue;
-                }
-            };
-            self.retained.followed.set(true);
-            for batch in batches {
-                let Ok(header) = coremq_engine::batch::BatchHeader::parse(&batch) else {
-                    break;
-                };
-                let records = decode_records(&batch, 64 << 20).unwrap_or_default();
-                for record in records.iter().filter(|record| record.offset >= next) {
-                    let key = record.key.as_deref().map(std::str::from_utf8);
-                    if let Some(Ok(key)) = key {
-                        self.retained.apply(key, record);
-                    }
-                }
-                let after = header.next_offset();
-                if after > self.retained.through.get() {
-                    self.retained.through.set(after);
-                }
+        let retained = &self.retained;
+        let from = retained.through.get();
+        let apply = |topic: &str, record: &Record| retained.apply(topic, record);
+        let progress = |next: Option<Offset>| {
+            retained.followed.set(next.is_some());
+            if let Some(next) = next {
+                retained.through.set(next.max(retained.through.get()));
             }
-            self.retained.applied.notify_all();
-        }
-        self.retained.followed.set(false);
-        self.retained.applied.notify_all();
+            retained.applied.notify_all();
+        };
+        self.follow_log(&log(), from, WAIT, apply, progress).await;
+        retained.followed.set(false);
+        retained.applied.notify_all();
     }
 
     /// Stores `message` as its topic's retained message, or clears it for an empty payload;

@@ -321,54 +321,19 @@ impl Mqtt {
     /// holds no replica of `log`, it looks again now and then.
     async fn follow_sessions(self: Rc<Self>, log: TopicPartition, from: Offset) {
         let me = self.context.config.node_id;
-        let cluster = &self.context.cluster;
-        let mut next = from;
-        while !self.context.is_stopping() {
-            let read = match cluster
-                .wait_readable(&log, next, Isolation::Committed, FOLLOW_WAIT)
-                .await
-            {
-                Ok(false) => continue,
-                Ok(true) => {
-                    cluster
-                        .read(&log, next, 1 << 20, Isolation::Committed)
-                        .await
+        let apply = |client_id: &str, record: &Record| {
+            let mut parked = self.parked.borrow_mut();
+            match record.value.as_deref().and_then(Stored::decode) {
+                Some(session) if owner_of(record).is_some_and(|owner| owner != me) => {
+                    parked.insert(client_id.to_string(), session);
                 }
-                Err(error) => Err(error),
-            };
-            let batches = match read {
-                Ok(read) => read.batches,
-                Err(error) => {
-                    if !matches!(error, coremq_engine::Error::UnknownLog { .. }) {
-                        log::warn!("MQTT: following {log}: {error}");
-                    }
-                    self.context.sleep_unless_stopping(FOLLOW_WAIT).await;
-                    continue;
+                _ => {
+                    parked.remove(client_id);
                 }
-            };
-            for batch in batches {
-                let Ok(header) = coremq_engine::batch::BatchHeader::parse(&batch) else {
-                    break;
-                };
-                let records = decode_records(&batch, 64 << 20).unwrap_or_default();
-                let mut parked = self.parked.borrow_mut();
-                for record in records.iter().filter(|record| record.offset >= next) {
-                    let Some(Ok(client_id)) = record.key.as_deref().map(std::str::from_utf8) else {
-                        continue;
-                    };
-                    let session = record.value.as_deref().and_then(Stored::decode);
-                    match session {
-                        Some(session) if owner_of(record).is_some_and(|owner| owner != me) => {
-                            parked.insert(client_id.to_string(), session);
-                        }
-                        _ => {
-                            parked.remove(client_id);
-                        }
-                    }
-                }
-                next = next.max(header.next_offset());
             }
-        }
+        };
+        self.follow_log(&log, from, FOLLOW_WAIT, apply, |_| {})
+            .await;
     }
 
     /// Before a connection without clean start claims `client_id`: where no session of it
