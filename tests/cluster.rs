@@ -1312,9 +1312,24 @@ fn mqtt_a_persistent_session_resumes_on_another_broker_after_its_broker_is_kille
     .unwrap_or_else(|seen| panic!("the MQTT topics have three replicas in sync: {seen}"));
     let session = ["-i", "roamer", "-c", "-q", "1", "-t", "roam/#", "-v"];
     drop(mosquitto::Subscriber::start(&brokers[0], &session));
-    // Broker 1 holds the session as broker 0 stored it once its replica is committed; give
-    // it time to learn the high watermark.
-    std::thread::sleep(Duration::from_secs(2));
+    // Broker 2 keeps the session aside once its replica of the record is committed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !brokers[2]
+        .http_get("/metrics")
+        .1
+        .contains("coremq_mqtt_sessions_elsewhere 1")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "broker 2 learns the session broker 0 stored\n{}",
+            logs(&brokers)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its first record there is the one stored at connect; the one with the subscription
+    // came before the SUBACK, so it is in broker 2's replica already and committed there
+    // with the next fetch answer (each within half a second).
+    std::thread::sleep(Duration::from_millis(1500));
     brokers[0].stop_with("-KILL");
     await_metadata(&brokers[1], Duration::from_secs(60), |seen| {
         ["mqtt", "__mqtt_sessions"].iter().all(|topic| {

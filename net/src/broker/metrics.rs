@@ -30,6 +30,8 @@ struct MqttCounters {
     connections: u64,
     closed: Vec<(&'static str, u64)>,
     sessions: u64,
+    /// Sessions another broker stored last, resumable through this one.
+    elsewhere: u64,
     counters: crate::mqtt::Counters,
 }
 
@@ -71,9 +73,10 @@ pub(super) async fn metrics(handle: &Handle) -> Result<String, coremq_engine::Er
                         mqtt.closed.extend(server.closes());
                     }
                     if let Some(front) = Mqtt::current() {
-                        let (counters, sessions) = front.counters();
+                        let (counters, sessions, elsewhere) = front.counters();
                         mqtt.counters = counters;
                         mqtt.sessions = sessions as u64;
+                        mqtt.elsewhere = elsewhere as u64;
                     }
                     Ok(ShardCounters {
                         mqtt,
@@ -265,6 +268,14 @@ fn render_mqtt(registry: &mut Registry, shards: &[ShardCounters]) {
         "mqtt_sessions",
         "MQTT sessions, connected or not",
         sessions as i64,
+    );
+    let elsewhere = shards.iter().map(|shard| shard.mqtt.elsewhere).sum::<u64>();
+    gauge(
+        registry,
+        "mqtt_sessions_elsewhere",
+        "Persistent MQTT sessions another broker of the cluster stored last, which their \
+         clients can resume through this one",
+        elsewhere as i64,
     );
     let received = shards
         .iter()

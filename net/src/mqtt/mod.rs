@@ -131,9 +131,14 @@ impl Mqtt {
         }
     }
 
-    /// This shard's counters, and its sessions (connected or not).
-    pub fn counters(&self) -> (Counters, usize) {
-        (self.counters.borrow().clone(), self.sessions.borrow().len())
+    /// This shard's counters, its sessions (connected or not), and the sessions it keeps
+    /// aside that another broker stored last.
+    pub fn counters(&self) -> (Counters, usize, usize) {
+        (
+            self.counters.borrow().clone(),
+            self.sessions.borrow().len(),
+            self.parked.borrow().len(),
+        )
     }
 
     fn count_dropped(&self, reason: Dropped) {
