@@ -37,6 +37,11 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes one replica fetch asks for, all partitions together.
 const FETCH_BYTES: i32 = 16 << 20;
 
+/// A leader's error code as Kafka names it, or its number.
+fn code_name(code: i16) -> String {
+    error_code::name(code).map_or_else(|| format!("error {code}"), str::to_string)
+}
+
 /// A shard's connections to leader brokers.
 pub struct Links {
     /// The client id the connections present.
@@ -100,7 +105,7 @@ impl Links {
                 .map_err(|_| format!("broker {leader}: no offset for {partition}")),
             code => Err(format!(
                 "broker {leader} refused the append to {partition}: {}",
-                error_code::name(code).map_or_else(|| format!("error {code}"), str::to_string)
+                code_name(code)
             )),
         }
     }
@@ -235,10 +240,7 @@ impl LeaderLink for Links {
                             log_start: Offset(data.log_start_offset.max(0) as u64),
                             log_end: Offset(data.high_watermark.max(0) as u64),
                         },
-                        code => Fetched::Refused(
-                            error_code::name(code)
-                                .map_or_else(|| format!("error {code}"), str::to_string),
-                        ),
+                        code => Fetched::Refused(code_name(code)),
                     }
                 })
                 .collect();
@@ -291,10 +293,9 @@ impl LeaderLink for Links {
                         .find(|end| end.partition == query.partition.partition as i32);
                     match found {
                         None => Err("not in the answer".to_string()),
-                        Some(end) if end.error_code != error_code::NONE => Err(error_code::name(
-                            end.error_code,
-                        )
-                        .map_or_else(|| format!("error {}", end.error_code), str::to_string)),
+                        Some(end) if end.error_code != error_code::NONE => {
+                            Err(code_name(end.error_code))
+                        }
                         Some(end) if end.leader_epoch < 0 || end.end_offset < 0 => Ok(None),
                         Some(end) => Ok(Some((end.leader_epoch, Offset(end.end_offset as u64)))),
                     }

@@ -41,8 +41,13 @@ pub(super) struct Retained {
 impl Retained {
     /// Applies one stored record: its topic's retained message, or none for a tombstone.
     fn apply(&self, topic: &str, record: &Record) {
+        self.set(topic, Message::from_record(record));
+    }
+
+    /// Makes `message` its topic's retained message, or clears it (none, or an empty payload).
+    fn set(&self, topic: &str, message: Option<Message>) {
         let mut messages = self.messages.borrow_mut();
-        match Message::from_record(record) {
+        match message {
             Some(message) if !message.payload.is_empty() => {
                 messages.insert(topic.to_string(), Arc::new(message));
             }
@@ -142,14 +147,10 @@ impl Mqtt {
             return Err("the broker is stopping".into());
         }
         // Not followed here (no replica on this broker): this broker's own stores apply.
-        let mut messages = self.retained.messages.borrow_mut();
-        if message.payload.is_empty() {
-            messages.remove(&message.topic);
-        } else {
-            let mut stored = message;
-            stored.timestamp_ms = super::now_ms();
-            messages.insert(stored.topic.clone(), Arc::new(stored));
-        }
+        let mut stored = message;
+        stored.timestamp_ms = super::now_ms();
+        let topic = stored.topic.clone();
+        self.retained.set(&topic, Some(stored));
         Ok(())
     }
 
