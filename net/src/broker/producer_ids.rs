@@ -6,12 +6,15 @@
 //!
 //! The next block is fetched in the background, at start and once nine tenths of the
 //! current one are handed out (as Kafka's `RPCProducerIdManager` does), so InitProducerId
-//! seldom waits for the controller, and not while a failover elects another one.
+//! seldom waits for the controller, and not while a failover elects another one. One that
+//! finds its block used up while a fetch is under way waits for that fetch: asking for a
+//! block beside it would leave one unused.
 
 use std::cell::Cell;
 use std::path::Path;
 use std::time::Duration;
 
+use coremq_engine::notify::Notify;
 use coremq_runtime::sync::Semaphore;
 
 use super::{Context, Error};
@@ -37,6 +40,8 @@ pub struct ProducerIds {
     prefetched: Cell<Option<(i64, i64)>>,
     /// A background fetch is under way.
     prefetching: Cell<bool>,
+    /// Notified when a background fetch ends.
+    prefetch_ended: Notify,
 }
 
 impl ProducerIds {
@@ -71,6 +76,7 @@ impl ProducerIds {
             block_size: Cell::new(0),
             prefetched: Cell::new(None),
             prefetching: Cell::new(false),
+            prefetch_ended: Notify::default(),
         }
     }
 
@@ -106,6 +112,7 @@ impl ProducerIds {
                 }
             }
             ids.prefetching.set(false);
+            ids.prefetch_ended.notify_all();
         })
         .detach();
     }
@@ -118,6 +125,11 @@ impl ProducerIds {
             .await
             .map_err(|_| coremq_replication::Error::Stopped)?;
         if self.next.get() >= self.block_end.get() {
+            // A block being fetched (at start, or the last one ran out before it came) is
+            // waited for: asking for another as well would throw one away.
+            while self.prefetching.get() {
+                self.prefetch_ended.notified().await;
+            }
             let (first, count) = match self.prefetched.take() {
                 Some(block) => block,
                 None => {
