@@ -34,6 +34,8 @@ mod mosquitto;
 mod netns;
 #[path = "support/python.rs"]
 mod python;
+#[path = "support/raw_mqtt.rs"]
+mod raw_mqtt;
 #[path = "support/wire.rs"]
 mod wire;
 
@@ -43,6 +45,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use broker::{Broker, free_port};
+use coremq_net::mqtt::codec::{Level, Packet, Properties, QoS, reason};
 use coremq_net::protocol::api::{RequestBody, ResponseBody};
 use coremq_net::protocol::error_code;
 use coremq_net::protocol::messages::create_topics_request::{
@@ -52,6 +55,7 @@ use coremq_net::protocol::messages::{
     CreateTopicsRequest, FindCoordinatorRequest, InitProducerIdRequest,
 };
 use netns::Network;
+use raw_mqtt::Raw;
 use serde_json::Value;
 use wire::Wire;
 
@@ -1354,4 +1358,88 @@ fn mqtt_a_persistent_session_resumes_on_another_broker_after_its_broker_is_kille
     );
     let got = resumed.messages(expected.len());
     assert_eq!(got, expected, "the resumed session\n{}", logs(&brokers));
+}
+
+/// MQTT-3.1.4-3 across the cluster: a client identifier connected through one broker and
+/// then through another is taken over there, the first connection getting DISCONNECT 0x8E
+/// and closed. A persistent session resumed through another broker is given up by the one
+/// that held it, which so never ends it when its expiry there passes: the client resumes it
+/// later through a third broker.
+#[test]
+fn mqtt_3_1_4_3_a_client_id_connected_through_another_broker_takes_the_session_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let brokers = start_cluster(dir.path(), 1);
+    await_metadata(&brokers[0], Duration::from_secs(60), |seen| {
+        ["mqtt", "__mqtt_sessions"]
+            .iter()
+            .all(|topic| in_sync(seen, topic) == [3])
+    })
+    .unwrap_or_else(|seen| panic!("the MQTT topics have three replicas in sync: {seen}"));
+    let (mut first, _) = Raw::connect(&brokers[0], Level::V5, "twin", Properties::default());
+    let second = mosquitto::Subscriber::start(
+        &brokers[1],
+        &["-V", "5", "-i", "twin", "-q", "1", "-t", "twin/#", "-v"],
+    );
+    match first.receive() {
+        Some(Packet::Disconnect(disconnect)) => {
+            assert_eq!(disconnect.code, reason::SESSION_TAKEN_OVER)
+        }
+        other => panic!("expected DISCONNECT, got {other:?}\n{}", logs(&brokers)),
+    }
+    assert!(first.closed(), "broker 0 closes the connection taken over");
+    mosquitto::publish(&brokers[2], &["-q", "1", "-t", "twin/x", "-m", "one"]);
+    assert_eq!(second.messages(1), ["twin/x one"], "{}", logs(&brokers));
+    drop(second);
+
+    // A session that expires on broker 0 four seconds after its connection ends...
+    let expiring = Properties {
+        session_expiry_interval: Some(4),
+        ..Properties::default()
+    };
+    let (mut away, _) = Raw::connect(&brokers[0], Level::V5, "wanderer", expiring);
+    away.subscribe("wander/#", QoS::AtLeastOnce);
+    drop(away);
+    let parked = |broker: &Broker| {
+        broker
+            .http_get("/metrics")
+            .1
+            .contains("coremq_mqtt_sessions_elsewhere 1")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !parked(&brokers[1]) {
+        assert!(
+            Instant::now() < deadline,
+            "broker 1 learns the session broker 0 stored\n{}",
+            logs(&brokers)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ... is resumed through broker 1 for an hour, and left again.
+    let session = [
+        "-V", "5", "-i", "wanderer", "-c", "-x", "3600", "-q", "1", "-t", "wander/#", "-v",
+    ];
+    drop(mosquitto::Subscriber::start(&brokers[1], &session));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !brokers[0]
+        .log()
+        .contains("\"wanderer\" connected through broker 1")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "broker 0 gives its session up\n{}",
+            logs(&brokers)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Past the expiry broker 0 had, a message comes while the client is away, and it
+    // resumes through broker 2.
+    std::thread::sleep(Duration::from_secs(5));
+    mosquitto::publish(&brokers[2], &["-q", "1", "-t", "wander/x", "-m", "later"]);
+    let resumed = mosquitto::Subscriber::start(&brokers[2], &session);
+    assert_eq!(
+        resumed.messages(1),
+        ["wander/x later"],
+        "{}",
+        logs(&brokers)
+    );
 }

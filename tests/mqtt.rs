@@ -11,12 +11,19 @@ mod kcat;
 mod mosquitto;
 #[path = "support/python.rs"]
 mod python;
+#[path = "support/raw_mqtt.rs"]
+mod raw_mqtt;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use broker::Broker;
+use bytes::Bytes;
+use coremq_net::mqtt::codec::{
+    self, Ack, Level, Packet, Properties, Publish, QoS, Subscribe, Subscription, reason,
+};
 use mosquitto::{Subscriber, publish};
+use raw_mqtt::{Raw, connect_packet};
 
 fn start(name: &str, extra: &[&str]) -> (tempfile::TempDir, Broker) {
     let dir = tempfile::tempdir().unwrap();
@@ -207,121 +214,6 @@ fn mqtt_3_2_2_15_a_packet_over_the_maximum_packet_size_gets_disconnect_0x95() {
 fn mqtt_3_8_3_3_no_local_subscription_identifiers_and_overlapping_subscriptions() {
     let (_dir, broker) = start("options", &[]);
     paho(&broker, "subscription_options");
-}
-
-/// A bare MQTT connection for the checks no client library lets one make (packets out of
-/// order, malformed ones, the server's own topic aliases): packets written with the broker's
-/// codec, whose encoding the clients above check against their own.
-struct Raw {
-    stream: std::net::TcpStream,
-    level: Level,
-}
-
-use bytes::{Bytes, BytesMut};
-use coremq_net::mqtt::codec::{
-    self, Ack, ConnAck, Connect, Level, Packet, Properties, Publish, QoS, Subscribe, Subscription,
-    reason,
-};
-
-/// A CONNECT without will, user name or password.
-fn connect_packet(
-    level: Level,
-    client_id: impl Into<String>,
-    clean_start: bool,
-    keep_alive: u16,
-    properties: Properties,
-) -> Packet {
-    Packet::Connect(Box::new(Connect {
-        level,
-        clean_start,
-        keep_alive,
-        client_id: client_id.into(),
-        will: None,
-        username: None,
-        password: None,
-        properties,
-    }))
-}
-
-impl Raw {
-    fn open(broker: &Broker, level: Level) -> Raw {
-        let stream = std::net::TcpStream::connect(("127.0.0.1", broker.mqtt_port())).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        Raw { stream, level }
-    }
-
-    /// Opens and CONNECTs as `client_id`; the CONNACK.
-    fn connect(
-        broker: &Broker,
-        level: Level,
-        client_id: &str,
-        properties: Properties,
-    ) -> (Raw, ConnAck) {
-        let mut raw = Raw::open(broker, level);
-        raw.send(&connect_packet(level, client_id, true, 60, properties));
-        match raw.receive() {
-            Some(Packet::ConnAck(connack)) => (raw, connack),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    fn send(&mut self, packet: &Packet) {
-        let mut out = BytesMut::new();
-        codec::encode(packet, self.level, &mut out).unwrap();
-        self.send_bytes(&out);
-    }
-
-    fn send_bytes(&mut self, bytes: &[u8]) {
-        use std::io::Write as _;
-        let _ = self.stream.write_all(bytes);
-    }
-
-    /// The next packet, or `None` once the server closed the connection.
-    fn receive(&mut self) -> Option<Packet> {
-        use std::io::Read as _;
-        let mut header = vec![0u8; 1];
-        self.stream.read_exact(&mut header).ok()?;
-        let length = loop {
-            let mut byte = [0u8];
-            self.stream.read_exact(&mut byte).ok()?;
-            header.push(byte[0]);
-            if let Some(length) = codec::remaining_length(&header).unwrap() {
-                break length;
-            }
-        };
-        let mut body = vec![0u8; length];
-        self.stream.read_exact(&mut body).ok()?;
-        if header[0] >> 4 == codec::kind::CONNACK && self.level == Level::V311 {
-            return Some(codec::decode(header[0], Bytes::from(body), Level::V311).unwrap());
-        }
-        Some(codec::decode(header[0], Bytes::from(body), self.level).unwrap())
-    }
-
-    fn subscribe(&mut self, filter: &str, qos: QoS) {
-        self.send(&Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            subscriptions: vec![Subscription {
-                filter: filter.into(),
-                qos,
-                ..Subscription::default()
-            }],
-            properties: Properties::default(),
-        }));
-        assert!(matches!(self.receive(), Some(Packet::SubAck(_))));
-    }
-
-    /// Whether the server closed the connection (after any packets it sent first).
-    fn closed(&mut self) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if self.receive().is_none() {
-                return true;
-            }
-        }
-        false
-    }
 }
 
 #[test]

@@ -20,6 +20,7 @@ use super::codec::{
 };
 use super::records::Message;
 use super::session::{Attached, Options, Outgoing, Session, State};
+use super::sessions::Store;
 use super::{Mqtt, MqttConfig, topic};
 use crate::client::partition_for_key;
 use crate::server::{CloseReason, Incoming, Link};
@@ -264,7 +265,7 @@ async fn handle(mqtt: &Rc<Mqtt>, client: &Rc<Client>, packet: Packet) -> Reply {
         }
         Packet::Unsubscribe(unsubscribe) => {
             let answer = unsubscribe_client(mqtt, &session, unsubscribe, level);
-            if let Err(error) = mqtt.store_session(&session, false).await {
+            if let Err(error) = mqtt.store_session(&session, Store::Changed).await {
                 log::warn!("MQTT: storing session {:?}: {error}", session.client_id);
             }
             Reply::Now(Some(answer))
@@ -384,9 +385,7 @@ async fn connect_client(
     } else {
         u32::MAX
     };
-    if !connect.clean_start {
-        mqtt.adopt(&client_id).await;
-    }
+    let stored_claim = mqtt.adopt(&client_id, !connect.clean_start).await;
     let (previous, generation) = match mqtt.claim(&client_id).await {
         Ok(claim) => claim,
         Err(error) => {
@@ -404,8 +403,13 @@ async fn connect_client(
         None => None,
     };
     let existed = taken.is_some();
+    // Later than every claim of the identifier this broker knows of.
+    let claim = stored_claim
+        .max(taken.as_ref().map(|(_, claim)| *claim))
+        .map_or(0, |claim| claim + 1)
+        .max(super::now_ms() as u64);
     let (state, session_present) = match taken {
-        Some(state) if !connect.clean_start => (state, true),
+        Some((state, _)) if !connect.clean_start => (state, true),
         _ => (State::default(), false),
     };
     if !mqtt.may_install(&client_id, generation) || client.link.is_closing() {
@@ -419,6 +423,7 @@ async fn connect_client(
         client_id.clone(),
         mqtt.next_key(),
         generation,
+        claim,
         State {
             expiry_interval,
             ..state
@@ -427,7 +432,7 @@ async fn connect_client(
     // A session it replaces may be stored: its end (or this one's storing) replaces it.
     session.persisted.set(existed);
     mqtt.install(session.clone()).await;
-    if let Err(error) = mqtt.store_session(&session, false).await {
+    if let Err(error) = mqtt.store_session(&session, Store::Claimed).await {
         return refuse(
             client,
             level,
@@ -762,7 +767,7 @@ async fn subscribe_client(
         codes,
         properties: Properties::default(),
     });
-    if let Err(error) = mqtt.store_session(session, false).await {
+    if let Err(error) = mqtt.store_session(session, Store::Changed).await {
         log::warn!("MQTT: storing session {:?}: {error}", session.client_id);
     }
     // Pushed, so the retained messages behind it follow it on the wire.
@@ -863,7 +868,7 @@ pub(super) fn closed(client: &Client) {
     } else {
         let (mqtt, session) = (mqtt.clone(), session.clone());
         coremq_runtime::spawn_local(async move {
-            if let Err(error) = mqtt.store_session(&session, false).await {
+            if let Err(error) = mqtt.store_session(&session, Store::Changed).await {
                 log::warn!("MQTT: storing session {:?}: {error}", session.client_id);
             }
         })
@@ -885,7 +890,7 @@ fn end_session(mqtt: &Rc<Mqtt>, session: &Rc<Session>) {
     mqtt.remove(session);
     let (mqtt, session) = (mqtt.clone(), session.clone());
     coremq_runtime::spawn_local(async move {
-        if let Err(error) = mqtt.store_session(&session, true).await {
+        if let Err(error) = mqtt.store_session(&session, Store::Ended).await {
             log::warn!(
                 "MQTT: ending stored session {:?}: {error}",
                 session.client_id

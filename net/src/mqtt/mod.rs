@@ -82,7 +82,7 @@ pub(crate) struct Mqtt {
     retained: retained::Retained,
     /// Sessions another broker stored last, by client identifier, on the shard owning their
     /// partition of `__mqtt_sessions`: a client that comes back here resumes them.
-    parked: RefCell<HashMap<String, sessions::Stored>>,
+    parked: RefCell<HashMap<String, sessions::Parked>>,
     counters: RefCell<Counters>,
 }
 

@@ -4,7 +4,8 @@
 //! then takes the session from the shard the home named: that shard closes the old
 //! connection (MQTT-3.1.4-3) and hands over the session's state. A take remembers its
 //! generation, so a connection that claimed earlier but installs its session later (two
-//! connections racing with one identifier) finds it was taken over and closes.
+//! connections racing with one identifier) finds it was taken over and closes. Between the
+//! brokers of a cluster, the claims stored with sessions settle it (`sessions.rs`).
 
 use std::collections::HashMap;
 
@@ -12,7 +13,7 @@ use bytes::BytesMut;
 
 use super::Mqtt;
 use super::codec::{self, Disconnect, Level, Packet, Properties, reason};
-use super::session::State;
+use super::session::{Session, State};
 use crate::client::murmur2;
 use crate::server::CloseReason;
 
@@ -50,19 +51,6 @@ impl Mqtt {
             .map_err(|error| error.to_string())
     }
 
-    /// Whether a session of `client_id` is claimed on this broker.
-    pub(super) async fn is_claimed(&self, client_id: &str) -> bool {
-        let id = client_id.to_string();
-        self.context
-            .handle
-            .on_shard(self.home(client_id), move |_| async move {
-                Ok(Mqtt::current()
-                    .is_some_and(|mqtt| mqtt.registry.borrow().claims.contains_key(&id)))
-            })
-            .await
-            .unwrap_or(false)
-    }
-
     /// Forgets `client_id`'s claim if it is still the one of `generation` (its session ended).
     pub(super) async fn release(&self, client_id: &str, generation: u64) {
         let id = client_id.to_string();
@@ -85,14 +73,14 @@ impl Mqtt {
             .await;
     }
 
-    /// Takes `client_id`'s session from `shard` for the claim of `generation`: its state, if
-    /// it had one there.
+    /// Takes `client_id`'s session from `shard` for the claim of `generation`: its state
+    /// and cluster claim, if it had one there.
     pub(super) async fn take(
         &self,
         shard: usize,
         client_id: &str,
         generation: u64,
-    ) -> Option<State> {
+    ) -> Option<(State, u64)> {
         if shard == self.shard {
             return self.take_here(client_id, generation);
         }
@@ -107,7 +95,7 @@ impl Mqtt {
             .flatten()
     }
 
-    fn take_here(&self, client_id: &str, generation: u64) -> Option<State> {
+    fn take_here(&self, client_id: &str, generation: u64) -> Option<(State, u64)> {
         {
             let mut registry = self.registry.borrow_mut();
             let taken = registry.taken.entry(client_id.to_string()).or_default();
@@ -117,6 +105,16 @@ impl Mqtt {
         if session.generation >= generation {
             return None;
         }
+        self.give_up(&session, format!("client {client_id:?} connected again"));
+        let state = session.state.borrow().clone();
+        Some((state, session.claim))
+    }
+
+    /// Ends `session` here for a connection that took it over: its connection gets
+    /// DISCONNECT 0x8E (5.0) and is closed (MQTT-3.1.4-3), and the session is out of this
+    /// shard and never stored again.
+    pub(super) fn give_up(&self, session: &Session, why: String) {
+        session.taken.set(true);
         if let Some(link) = session.link() {
             let level = session.attached.borrow().as_ref().map(|a| a.level);
             if level == Some(Level::V5) {
@@ -129,14 +127,28 @@ impl Mqtt {
                     link.push(vec![out.freeze()]);
                 }
             }
-            link.close(
-                CloseReason::SessionTakenOver,
-                format!("client {client_id:?} connected again"),
-            );
+            link.close(CloseReason::SessionTakenOver, why);
         }
-        self.remove(&session);
-        let state = session.state.borrow().clone();
-        Some(state)
+        self.remove(session);
+    }
+
+    /// The shard holding `client_id`'s session on this broker, if one does.
+    pub(super) async fn session_shard(&self, client_id: &str) -> Option<usize> {
+        let id = client_id.to_string();
+        self.context
+            .handle
+            .on_shard(self.home(client_id), move |_| async move {
+                Ok(Mqtt::current().and_then(|mqtt| {
+                    mqtt.registry
+                        .borrow()
+                        .claims
+                        .get(&id)
+                        .map(|&(shard, _)| shard)
+                }))
+            })
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Whether a session of `generation` may be installed here: no later claim took

@@ -137,6 +137,11 @@ pub struct Session {
     pub key: u64,
     /// The registry's generation of the claim that made it (see `registry.rs`).
     pub generation: u64,
+    /// Its claim across the cluster (see `sessions.rs`): a session stored by another
+    /// broker under a later claim takes it over.
+    pub claim: u64,
+    /// Taken over (by a connection on another shard or broker): never stored again.
+    pub taken: Cell<bool>,
     pub state: RefCell<State>,
     pub attached: RefCell<Option<Attached>>,
     /// Bumped at each detach, so an expiry timer of an earlier disconnect does nothing.
@@ -157,11 +162,13 @@ pub struct Limits {
 }
 
 impl Session {
-    pub fn new(client_id: String, key: u64, generation: u64, state: State) -> Session {
+    pub fn new(client_id: String, key: u64, generation: u64, claim: u64, state: State) -> Session {
         Session {
             client_id,
             key,
             generation,
+            claim,
+            taken: Cell::new(false),
             state: RefCell::new(state),
             attached: RefCell::new(None),
             detaches: Cell::new(0),

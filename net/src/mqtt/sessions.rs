@@ -9,11 +9,22 @@
 //! A session is stored when it is created, when its subscriptions or expiry change (before
 //! the answer), when its connection ends, and otherwise each second while it changes.
 //!
-//! Each record names the broker that stored it (header `mqtt.owner`). A broker restores at
-//! start the sessions it (or no named broker) stored last, and keeps aside, following the
-//! partitions to their high watermark, the ones other brokers of the cluster stored last: a
-//! client that comes back through it (after its broker failed, say) resumes that session
-//! from its stored positions.
+//! Each record names the broker that stored it (header `mqtt.owner`) and the session's claim
+//! (header `mqtt.claim`): when its connection claimed the client identifier, in milliseconds
+//! since the epoch, made later than any claim of the identifier the broker knows of. A
+//! broker restores at start the sessions it (or no named broker) stored last, and keeps
+//! aside, following the partitions to their high watermark, the ones other brokers of the
+//! cluster stored last: a client that comes back through it (after its broker failed, say)
+//! resumes that session from its stored positions.
+//!
+//! A client identifier is held by one broker of the cluster at a time. Where other brokers
+//! follow its partition, a session with no expiry (clean) is stored too when it starts, so
+//! they learn of the claim; a broker that follows a later claim from another broker gives its
+//! session of the identifier up (the connection gets DISCONNECT 0x8E and is closed,
+//! MQTT-3.1.4-3; the session is never stored again), and one that follows an earlier claim
+//! (a store that was on its way when the later claim came) stores its own session again, so
+//! the partition ends with the later claim. Records are applied in order of their claims, not
+//! of their offsets.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -43,20 +54,65 @@ const VERSION: u8 = 1;
 /// The record header naming the broker that stored the session (its id in decimal).
 const OWNER_HEADER: &str = "mqtt.owner";
 
+/// The owner of a record from before the owner header.
+const NO_BROKER: i32 = -1;
+
+/// The record header with the session's claim (milliseconds since the epoch, in decimal).
+const CLAIM_HEADER: &str = "mqtt.claim";
+
 /// How long a follower of the partitions waits for records before it looks whether the
 /// broker stops.
 const FOLLOW_WAIT: Duration = Duration::from_millis(500);
 
-/// The broker that stored `record`, where it says.
-fn owner_of(record: &Record) -> Option<i32> {
+/// The value of `record`'s header `key`, if it has one in UTF-8.
+fn header<'r>(record: &'r Record, key: &str) -> Option<&'r str> {
     let header = record
         .headers
         .iter()
-        .find(|header| &header.key[..] == OWNER_HEADER.as_bytes())?;
-    std::str::from_utf8(header.value.as_deref()?)
-        .ok()?
-        .parse()
-        .ok()
+        .find(|header| &header.key[..] == key.as_bytes())?;
+    std::str::from_utf8(header.value.as_deref()?).ok()
+}
+
+/// The broker that stored `record`, where it says.
+fn owner_of(record: &Record) -> Option<i32> {
+    header(record, OWNER_HEADER)?.parse().ok()
+}
+
+/// A session's claim on its client identifier across the cluster: the later one holds it.
+/// Two claims made in the same millisecond are ordered by broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Claim {
+    pub at: u64,
+    pub broker: i32,
+}
+
+/// The claim `record` was stored under (the earliest for a record from before claims).
+fn claim_of(record: &Record) -> Claim {
+    Claim {
+        at: header(record, CLAIM_HEADER)
+            .and_then(|at| at.parse().ok())
+            .unwrap_or(0),
+        broker: owner_of(record).unwrap_or(NO_BROKER),
+    }
+}
+
+/// A session another broker stored last, kept aside for its client's return.
+#[derive(Debug)]
+pub(super) struct Parked {
+    claim: Claim,
+    stored: Stored,
+}
+
+/// What a store of a session is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Store {
+    /// Its state changed: stored if it is persistent.
+    Changed,
+    /// Its connection claimed the client identifier: stored if it is persistent or other
+    /// brokers follow its partition (so they learn of the claim).
+    Claimed,
+    /// It ended: a tombstone, if it was stored.
+    Ended,
 }
 
 /// Whether a session stored as `stored` has expired by `now_ms`.
@@ -190,35 +246,65 @@ impl Mqtt {
         }
     }
 
-    /// Stores `session` (a tombstone when `ended`) if it is persistent; answers once durable.
-    pub(super) async fn store_session(&self, session: &Session, ended: bool) -> Result<(), String> {
-        if session.state.borrow().expiry_interval == 0 && !ended {
+    /// Stores `session` as `store` says (never one taken over); answers once durable.
+    pub(super) async fn store_session(
+        &self,
+        session: &Session,
+        store: Store,
+    ) -> Result<(), String> {
+        if session.taken.get() {
             return Ok(());
         }
         let Some(log) = self.sessions_log(&session.client_id) else {
             return Err(format!("{SESSIONS_TOPIC} does not exist"));
         };
-        session.dirty.set(false);
-        let value = (!ended).then(|| Bytes::from(self.stored(session).encode()));
-        if value.is_none() && !session.persisted.get() {
+        let persistent = session.state.borrow().expiry_interval != 0;
+        let stores = match store {
+            Store::Changed => persistent,
+            Store::Claimed => persistent || self.followed_elsewhere(&log),
+            Store::Ended => session.persisted.get(),
+        };
+        if !stores {
             return Ok(());
         }
+        session.dirty.set(false);
+        let value = (store != Store::Ended).then(|| Bytes::from(self.stored(session).encode()));
         let stored = value.is_some();
-        let owner = Header {
-            key: Bytes::from_static(OWNER_HEADER.as_bytes()),
-            value: Some(Bytes::from(self.context.config.node_id.to_string())),
+        let header = |key: &'static str, value: String| Header {
+            key: Bytes::from_static(key.as_bytes()),
+            value: Some(Bytes::from(value)),
         };
+        let headers = vec![
+            header(OWNER_HEADER, self.context.config.node_id.to_string()),
+            header(CLAIM_HEADER, session.claim.to_string()),
+        ];
         let ticket = self.appender.append(
             &self.context.cluster,
             &log,
             Bytes::copy_from_slice(session.client_id.as_bytes()),
             value,
-            vec![owner],
+            headers,
             true,
         );
         ticket.wait().await?;
         session.persisted.set(stored);
         Ok(())
+    }
+
+    /// Whether another broker holds a replica of `log` (and so follows it).
+    fn followed_elsewhere(&self, log: &TopicPartition) -> bool {
+        let me = self.context.config.node_id;
+        let image = self.context.cluster.image();
+        image
+            .topic_id(&log.topic)
+            .and_then(|id| image.partition(&id, log.partition))
+            .is_some_and(|partition| {
+                partition
+                    .assignment
+                    .replicas
+                    .iter()
+                    .any(|&replica| replica != me)
+            })
     }
 
     /// Stores every persistent session that changed, each [`STORE_INTERVAL`], until the broker
@@ -233,7 +319,7 @@ impl Mqtt {
                 .cloned()
                 .collect();
             for session in changed {
-                if let Err(error) = self.store_session(&session, false).await {
+                if let Err(error) = self.store_session(&session, Store::Changed).await {
                     log::warn!("MQTT: storing session {:?}: {error}", session.client_id);
                 }
             }
@@ -254,7 +340,7 @@ impl Mqtt {
             return Ok(0);
         };
         let me = self.context.config.node_id;
-        let mut stored: HashMap<String, (Option<i32>, Stored)> = HashMap::new();
+        let mut latest: HashMap<String, (Claim, Option<Stored>)> = HashMap::new();
         for index in 0..topic.partitions as i32 {
             let Some(log) = topic.log(index) else {
                 continue;
@@ -269,29 +355,63 @@ impl Mqtt {
                 Err(error) => return Err(error),
             };
             for (key, record) in self.read_partition(&log).await? {
-                match record.value.as_deref().and_then(Stored::decode) {
-                    Some(session) => stored.insert(key, (owner_of(&record), session)),
-                    None => stored.remove(&key),
-                };
+                let claim = claim_of(&record);
+                if latest.get(&key).is_some_and(|(known, _)| *known > claim) {
+                    // Stored by a broker a later claim had taken the session from.
+                    continue;
+                }
+                let session = record.value.as_deref().and_then(Stored::decode);
+                latest.insert(key, (claim, session));
             }
             loaded.insert(index, end);
         }
         coremq_runtime::spawn_local(self.clone().follow_session_partitions(loaded)).detach();
         let now_ms = super::now_ms();
         let mut restored = 0;
-        for (client_id, (owner, session)) in stored {
+        let mut ended = Vec::new();
+        for (client_id, (claim, session)) in latest {
+            let Some(session) = session else {
+                continue;
+            };
+            // Records from before the owner header name no broker: this one's.
+            let own = claim.broker == NO_BROKER || claim.broker == me;
             if expired(&session, now_ms) {
+                if own {
+                    ended.push((client_id, claim));
+                }
                 continue;
             }
-            if owner.is_some_and(|owner| owner != me) {
-                self.parked.borrow_mut().insert(client_id, session);
+            if !own {
+                let parked = Parked {
+                    claim,
+                    stored: session,
+                };
+                self.parked.borrow_mut().insert(client_id, parked);
                 continue;
             }
-            if self.restore(client_id, session, now_ms).await {
+            if self.restore(client_id, session, claim.at, now_ms).await {
                 restored += 1;
             }
         }
+        if !ended.is_empty() {
+            coremq_runtime::spawn_local(self.clone().end_stored(ended)).detach();
+        }
         Ok(restored)
+    }
+
+    /// Stores tombstones for sessions this broker stored that expired while it was down
+    /// (or, with no expiry, whose connection its stop cut), each under its claim.
+    async fn end_stored(self: Rc<Self>, ended: Vec<(String, Claim)>) {
+        for (client_id, claim) in ended {
+            let session = Session::new(client_id, self.next_key(), 0, claim.at, State::default());
+            session.persisted.set(true);
+            if let Err(error) = self.store_session(&session, Store::Ended).await {
+                log::warn!(
+                    "MQTT: ending expired session {:?}: {error}",
+                    session.client_id
+                );
+            }
+        }
     }
 
     /// Follows the partitions of `__mqtt_sessions` this shard owns, each from where the load
@@ -317,36 +437,96 @@ impl Mqtt {
     }
 
     /// Keeps aside the sessions other brokers store in `log` from `from` on (forgetting those
-    /// this broker stores or any broker ends), until the broker stops; while this broker
-    /// holds no replica of `log`, it looks again now and then.
+    /// this broker stores or any broker ends), and settles each claim another broker stores
+    /// with this broker's session of the client identifier, until the broker stops; while
+    /// this broker holds no replica of `log`, it looks again now and then.
     async fn follow_sessions(self: Rc<Self>, log: TopicPartition, from: Offset) {
         let me = self.context.config.node_id;
         let apply = |client_id: &str, record: &Record| {
+            let claim = claim_of(record);
+            let elsewhere = owner_of(record).is_some_and(|owner| owner != me);
             let mut parked = self.parked.borrow_mut();
-            match record.value.as_deref().and_then(Stored::decode) {
-                Some(session) if owner_of(record).is_some_and(|owner| owner != me) => {
-                    parked.insert(client_id.to_string(), session);
+            if parked
+                .get(client_id)
+                .is_none_or(|known| known.claim <= claim)
+            {
+                let now_ms = super::now_ms();
+                let stored = record
+                    .value
+                    .as_deref()
+                    .and_then(Stored::decode)
+                    .filter(|stored| elsewhere && !expired(stored, now_ms));
+                match stored {
+                    Some(stored) => {
+                        parked.insert(client_id.to_string(), Parked { claim, stored });
+                    }
+                    None => {
+                        parked.remove(client_id);
+                    }
                 }
-                _ => {
-                    parked.remove(client_id);
-                }
+            }
+            if elsewhere {
+                let settle = self.clone().settle(client_id.to_string(), claim);
+                coremq_runtime::spawn_local(settle).detach();
             }
         };
         self.follow_log(&log, from, FOLLOW_WAIT, apply, |_| {})
             .await;
     }
 
-    /// Before a connection without clean start claims `client_id`: where no session of it
-    /// is on this broker and another broker stored it last, restores that one here (its
-    /// subscriptions, and the messages since its positions queued), so the claim takes it
-    /// over as it would a session of this broker.
-    pub(super) async fn adopt(self: &Rc<Self>, client_id: &str) {
-        if self.is_claimed(client_id).await {
-            return;
-        }
-        let Some(log) = self.sessions_log(client_id) else {
+    /// Settles which broker holds `client_id` now that another broker stored its session
+    /// under `claim`: a session of it here under an earlier claim is given up, one under a
+    /// later claim is stored again.
+    async fn settle(self: Rc<Self>, client_id: String, claim: Claim) {
+        let Some(shard) = self.session_shard(&client_id).await else {
             return;
         };
+        let _ = self
+            .context
+            .handle
+            .on_shard(shard, move |_| async move {
+                if let Some(mqtt) = Mqtt::current() {
+                    mqtt.settle_here(&client_id, claim).await;
+                }
+                Ok(())
+            })
+            .await;
+    }
+
+    async fn settle_here(self: &Rc<Self>, client_id: &str, claim: Claim) {
+        let Some(session) = self.sessions.borrow().get(client_id).cloned() else {
+            return;
+        };
+        let mine = Claim {
+            at: session.claim,
+            broker: self.context.config.node_id,
+        };
+        if claim > mine {
+            log::info!(
+                "MQTT: client {client_id:?} connected through broker {}: its session here is given up",
+                claim.broker
+            );
+            self.give_up(
+                &session,
+                format!("client {client_id:?} connected through another broker"),
+            );
+            self.release(client_id, session.generation).await;
+        } else if claim < mine
+            && let Err(error) = self.store_session(&session, Store::Claimed).await
+        {
+            log::warn!("MQTT: storing session {client_id:?} again: {error}");
+        }
+    }
+
+    /// Before a connection claims `client_id`, where no session of it is on this broker and
+    /// another broker stored it last: with `resume`, restores that session here (its
+    /// subscriptions, and the messages since its positions queued), so the claim takes it
+    /// over as it would a session of this broker. The claim it was stored under, if any.
+    pub(super) async fn adopt(self: &Rc<Self>, client_id: &str, resume: bool) -> Option<u64> {
+        if self.session_shard(client_id).await.is_some() {
+            return None;
+        }
+        let log = self.sessions_log(client_id)?;
         let id = client_id.to_string();
         let parked = self
             .context
@@ -356,15 +536,24 @@ impl Mqtt {
             })
             .await
             .ok()
-            .flatten();
+            .flatten()?;
         let now_ms = super::now_ms();
-        if let Some(stored) = parked.filter(|stored| !expired(stored, now_ms)) {
+        if resume && !expired(&parked.stored, now_ms) {
             log::info!("MQTT: client {client_id:?} resumes the session another broker stored");
-            self.restore(client_id.to_string(), stored, now_ms).await;
+            let claim = parked.claim.at;
+            self.restore(client_id.to_string(), parked.stored, claim, now_ms)
+                .await;
         }
+        Some(parked.claim.at)
     }
 
-    async fn restore(self: &Rc<Self>, client_id: String, stored: Stored, now_ms: i64) -> bool {
+    async fn restore(
+        self: &Rc<Self>,
+        client_id: String,
+        stored: Stored,
+        claim: u64,
+        now_ms: i64,
+    ) -> bool {
         let Ok((_, generation)) = self.claim(&client_id).await else {
             return false;
         };
@@ -391,7 +580,13 @@ impl Mqtt {
             expiry_interval: stored.expiry_interval,
             ..State::default()
         };
-        let session = Rc::new(Session::new(client_id, self.next_key(), generation, state));
+        let session = Rc::new(Session::new(
+            client_id,
+            self.next_key(),
+            generation,
+            claim,
+            state,
+        ));
         session.persisted.set(true);
         session
             .disconnected_at_ms
