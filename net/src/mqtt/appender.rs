@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use coremq_engine::record::{BatchBuilder, Header};
 use coremq_engine::{Compression, Offset, Timestamp, TopicPartition};
+use coremq_replication::leader::BrokerId;
 use coremq_replication::{Cluster, Consistency};
 use coremq_runtime::sync::Semaphore;
 
@@ -98,21 +99,23 @@ struct Queue {
 
 /// A shard's appenders, one queue per partition it appends MQTT messages to.
 pub struct Appender {
+    /// This broker.
+    me: BrokerId,
     queues: RefCell<HashMap<TopicPartition, Rc<RefCell<Queue>>>>,
     /// Connections to the brokers that lead partitions this one does not.
     leaders: Links,
 }
 
-impl Default for Appender {
-    fn default() -> Appender {
+impl Appender {
+    /// The appender of broker `me`.
+    pub fn new(me: BrokerId) -> Appender {
         Appender {
+            me,
             queues: RefCell::default(),
             leaders: Links::new("coremq-mqtt"),
         }
     }
-}
 
-impl Appender {
     /// Queues a record for `log`; its ticket for the outcome. `durable`: the batch is appended with
     /// the topic's durability (acks=all), else as soon as it is written.
     pub fn append(
@@ -171,8 +174,10 @@ impl Appender {
         ticket
     }
 
-    /// Appends one batch here if this broker leads `log`, else on its leader. `durable`:
-    /// the topic's durability with the in-sync replicas (acks=all), else the leader's write.
+    /// Appends one batch here if this broker leads `log`, else on its leader (also when
+    /// the metadata named this broker but the partition's role here says otherwise).
+    /// `durable`: the topic's durability with the in-sync replicas (acks=all), else the
+    /// leader's write.
     async fn append_batch(
         &self,
         cluster: &Cluster,
@@ -187,22 +192,23 @@ impl Appender {
         } else {
             Consistency::Leader
         };
-        match cluster.append(log, batch.clone(), consistency).await {
-            Ok(info) => Ok(info.base_offset),
-            Err(coremq_engine::Error::NotLeader) => {
-                let leader = cluster
-                    .leader_of(log)
-                    .ok_or_else(|| format!("{log} has no leader"))?;
-                let address = crate::broker::metadata::broker(&cluster.image(), leader)
-                    .map(|broker| (broker.host, broker.port))
-                    .ok_or_else(|| format!("the leader of {log}, broker {leader}, is unknown"))?;
-                let acks = if durable { -1 } else { 1 };
-                self.leaders
-                    .produce(leader, &address, log, batch, acks, APPEND_TIMEOUT)
-                    .await
+        if cluster.leader_of(log).is_none_or(|leader| leader == self.me) {
+            match cluster.append(log, batch.clone(), consistency).await {
+                Ok(info) => return Ok(info.base_offset),
+                Err(coremq_engine::Error::NotLeader) => {}
+                Err(error) => return Err(error.to_string()),
             }
-            Err(error) => Err(error.to_string()),
         }
+        let leader = cluster
+            .leader_of(log)
+            .ok_or_else(|| format!("{log} has no leader"))?;
+        let address = crate::broker::metadata::broker(&cluster.image(), leader)
+            .map(|broker| (broker.host, broker.port))
+            .ok_or_else(|| format!("the leader of {log}, broker {leader}, is unknown"))?;
+        let acks = if durable { -1 } else { 1 };
+        self.leaders
+            .produce(leader, &address, log, batch, acks, APPEND_TIMEOUT)
+            .await
     }
 
     /// Appends the partition's batches one after another until none is left.

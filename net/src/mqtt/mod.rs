@@ -95,6 +95,7 @@ fn now_ms() -> i64 {
 
 impl Mqtt {
     pub fn new(context: Rc<Context>, shard: usize) -> Mqtt {
+        let appender = appender::Appender::new(context.config.node_id);
         Mqtt {
             context,
             shard,
@@ -105,7 +106,7 @@ impl Mqtt {
             topic_refs: RefCell::default(),
             tails: RefCell::default(),
             tail_next: RefCell::default(),
-            appender: Rc::default(),
+            appender: Rc::new(appender),
             registry: RefCell::default(),
             groups: RefCell::default(),
             retained: Default::default(),
