@@ -32,11 +32,12 @@ fi
 kcat -V | head -n 1
 # (mosquitto_sub --help exits 1 after printing its version.)
 { mosquitto_sub --help || true; } | sed -n 2p
-# confluent-kafka (current librdkafka), kafka-python (pure Python) and paho-mqtt, in a
+# confluent-kafka (current librdkafka), kafka-python (pure Python), paho-mqtt and
+# websocket-client (WebSocket pings, which paho does not send), in a
 # virtual environment under target/ that the end-to-end tests use (tests/kafka_python.rs,
 # tests/mqtt.rs).
 venv=target/e2e-venv
-if ! "$venv/bin/python" -c 'import confluent_kafka, kafka, paho.mqtt' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import confluent_kafka, kafka, paho.mqtt, websocket' >/dev/null 2>&1; then
   if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     sudo_cmd=""
     if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
@@ -46,7 +47,8 @@ if ! "$venv/bin/python" -c 'import confluent_kafka, kafka, paho.mqtt' >/dev/null
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check \
-    'confluent-kafka==2.16.1' 'kafka-python[lz4,snappy,zstd]==3.0.12' 'paho-mqtt==2.1.0'
+    'confluent-kafka==2.16.1' 'kafka-python[lz4,snappy,zstd]==3.0.12' 'paho-mqtt==2.1.0' \
+    'websocket-client==1.8.0'
 fi
 "$venv/bin/python" -c 'import confluent_kafka, kafka, paho.mqtt; print("confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__, "paho-mqtt", paho.mqtt.__version__)'
 

@@ -474,6 +474,21 @@ def websockets(address, bootstrap):
             keys.add(message.key().decode())
     consumer.close()
     assert keys == {f"web/{v}/{t}" for v in (V311, V5) for t in ("x", "big")}, keys
+    # RFC 6455 section 5.5.2: a ping gets a pong of its payload, between the MQTT packets
+    # of the same connection (websocket-client; paho sends no pings).
+    import websocket
+    ws = websocket.create_connection(f"ws://{address}/mqtt", subprotocols=["mqtt"])
+    client_id = b"pinger"
+    variable = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
+    ws.send_binary(bytes([0x10, len(variable)]) + variable)
+    assert ws.recv_data_frame(True)[1].data == b"\x20\x02\x00\x00", "CONNACK"
+    for payload in (b"", b"are you there"):
+        ws.ping(payload)
+        opcode, frame = ws.recv_data_frame(True)
+        assert opcode == websocket.ABNF.OPCODE_PONG and frame.data == payload, (opcode, frame)
+    ws.send_binary(b"\xc0\x00")
+    assert ws.recv_data_frame(True)[1].data == b"\xd0\x00", "PINGRESP"
+    ws.close()
 
 
 SCENARIOS = {f.__name__: f for f in (

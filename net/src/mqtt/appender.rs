@@ -192,7 +192,10 @@ impl Appender {
         } else {
             Consistency::Leader
         };
-        if cluster.leader_of(log).is_none_or(|leader| leader == self.me) {
+        if cluster
+            .leader_of(log)
+            .is_none_or(|leader| leader == self.me)
+        {
             match cluster.append(log, batch.clone(), consistency).await {
                 Ok(info) => return Ok(info.base_offset),
                 Err(coremq_engine::Error::NotLeader) => {}

@@ -26,6 +26,7 @@ use coremq_runtime::net::{AcceptedTcpStream, TcpListener, TcpStream};
 use coremq_runtime::sync::local_channel;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::link::Ends;
 use super::{
     AcceptMode, CloseReason, FrameSize, Incoming, Limits, Link, Protocol, Server, websocket,
 };
@@ -180,8 +181,9 @@ async fn serve<P: Protocol>(server: &Rc<Server<P>>, stream: TcpStream) {
         }
     };
     let limits = &server.shared.limits;
+    let (link, ends) = Link::new();
     let Some(websocket) = &limits.websocket else {
-        return serve_stream(server, stream, peer).await;
+        return serve_stream(server, stream, peer, link, ends).await;
     };
     let mut stream = stream;
     // Boxed: the upgrade's state (its buffers, the timer racing it) would otherwise stay part
@@ -193,7 +195,8 @@ async fn serve<P: Protocol>(server: &Rc<Server<P>>, stream: TcpStream) {
     .await;
     match accepted {
         Some(Ok(leftover)) => {
-            serve_stream(server, websocket::Stream::new(stream, leftover), peer).await;
+            let stream = websocket::Stream::new(stream, leftover, Some(link.clone()));
+            serve_stream(server, stream, peer, link, ends).await;
         }
         Some(Err(reason)) => server.closes.note(peer, CloseReason::BadRequest, &reason),
         None => server.closes.note(
@@ -212,9 +215,10 @@ async fn serve_stream<P: Protocol>(
     server: &Rc<Server<P>>,
     stream: impl futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
     peer: Option<SocketAddr>,
+    link: Link,
+    ends: Ends,
 ) {
     let limits = &server.shared.limits;
-    let (link, ends) = Link::new();
     let connection = server.protocol.open(peer, link.clone());
     let (mut reader, writer) = futures_lite::io::split(stream);
     let (queue, responses) =

@@ -4,8 +4,9 @@
 //! Frames are parsed and the accept key derived by `tungstenite`; the payload is streamed
 //! through, never gathered, so a frame's declared length allocates nothing.
 //!
-//! Server frames are single unmasked binary frames. Ping frames are not answered (MQTT has
-//! its own PINGREQ); a close frame ends the stream; a text frame is an error (MQTT-6.0.0-1).
+//! Server frames are single unmasked binary frames. A ping is answered with a pong of its
+//! payload (RFC 6455 section 5.5.2), written between two binary frames, never inside one; a
+//! close frame ends the stream; a text frame is an error (MQTT-6.0.0-1).
 
 use std::io::{self, Cursor};
 use std::pin::Pin;
@@ -15,8 +16,13 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
+use super::Link;
+
 /// The largest upgrade request read.
 const REQUEST_BYTES_MAX: usize = 8 << 10;
+
+/// The largest payload of a control frame (RFC 6455 section 5.5).
+const CONTROL_PAYLOAD_MAX: u64 = 125;
 
 /// What a WebSocket listener serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,22 +140,67 @@ pub(super) struct Stream<S> {
     buffered: Vec<u8>,
     /// The data frame being read: payload bytes left, its mask, and the mask's place.
     payload: Option<(u64, Option<[u8; 4]>, usize)>,
-    /// A control frame's payload being skipped.
-    skipping: u64,
+    /// A ping or pong being read.
+    control: Option<ControlFrame>,
     closed: bool,
-    /// An encoded frame being written: the bytes and how many are written.
+    /// An encoded binary frame being written: the bytes and how many are written.
     writing: Option<(Vec<u8>, usize)>,
+    /// The pong answering the last ping, to write before the next binary frame: the bytes
+    /// and how many are written.
+    pong: Option<(Vec<u8>, usize)>,
+    /// Wakes the connection's writer to write a pong (none when replaying).
+    link: Option<Link>,
+}
+
+/// A ping or pong frame being read: whether a ping, payload bytes left, its mask, and the
+/// payload so far (at most [`CONTROL_PAYLOAD_MAX`] bytes).
+struct ControlFrame {
+    ping: bool,
+    left: u64,
+    mask: Option<[u8; 4]>,
+    payload: Vec<u8>,
 }
 
 impl<S> Stream<S> {
-    pub(super) fn new(inner: S, leftover: Vec<u8>) -> Stream<S> {
+    /// The stream after the upgrade; `link` wakes the connection's writer for pongs.
+    pub(super) fn new(inner: S, leftover: Vec<u8>, link: Option<Link>) -> Stream<S> {
         Stream {
             inner,
             buffered: leftover,
             payload: None,
-            skipping: 0,
+            control: None,
             closed: false,
             writing: None,
+            pong: None,
+            link,
+        }
+    }
+
+    /// A ping's payload was read: its pong is written before the next binary frame, or at
+    /// the writer's next flush, which an empty push brings about.
+    fn answer_ping(&mut self, mut control: ControlFrame) {
+        if let Some(mask) = control.mask {
+            for (index, byte) in control.payload.iter_mut().enumerate() {
+                *byte ^= mask[index % 4];
+            }
+        }
+        if self.pong.as_ref().is_some_and(|(_, written)| *written > 0) {
+            // One pong is on its way: RFC 6455 lets the last ping go unanswered then.
+            return;
+        }
+        let header = FrameHeader {
+            opcode: OpCode::Control(Control::Pong),
+            ..FrameHeader::default()
+        };
+        let length = control.payload.len() as u64;
+        let mut frame = Vec::with_capacity(header.len(length) + control.payload.len());
+        if header.format(length, &mut frame).is_err() {
+            return;
+        }
+        frame.extend_from_slice(&control.payload);
+        self.pong = Some((frame, 0));
+        if let Some(link) = &self.link {
+            link.push(Vec::new());
         }
     }
 }
@@ -179,13 +230,22 @@ impl<S: AsyncRead + Unpin> AsyncRead for Stream<S> {
             if this.closed || out.is_empty() {
                 return Poll::Ready(Ok(0));
             }
-            if this.skipping > 0 {
-                if this.buffered.is_empty() && !ready!(this.poll_fill(cx))? {
-                    return Poll::Ready(Ok(0));
+            if let Some(control) = &this.control {
+                if control.left > 0 && this.buffered.is_empty() {
+                    if !ready!(this.poll_fill(cx))? {
+                        return Poll::Ready(Ok(0));
+                    }
+                    continue;
                 }
-                let skip = (this.skipping as usize).min(this.buffered.len());
-                this.buffered.drain(..skip);
-                this.skipping -= skip as u64;
+                let mut control = this.control.take().expect("checked above");
+                let count = (control.left as usize).min(this.buffered.len());
+                control.payload.extend(this.buffered.drain(..count));
+                control.left -= count as u64;
+                if control.left > 0 {
+                    this.control = Some(control);
+                } else if control.ping {
+                    this.answer_ping(control);
+                }
                 continue;
             }
             if let Some((left, mask, at)) = this.payload {
@@ -234,7 +294,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for Stream<S> {
                     this.payload = Some((length, header.mask, 0));
                 }
                 OpCode::Control(Control::Close) => this.closed = true,
-                OpCode::Control(_) => this.skipping = length,
+                OpCode::Control(control) => {
+                    if length > CONTROL_PAYLOAD_MAX {
+                        // RFC 6455 section 5.5.
+                        return Poll::Ready(Err(invalid("a control frame over 125 bytes")));
+                    }
+                    this.control = Some(ControlFrame {
+                        ping: control == Control::Ping,
+                        left: length,
+                        mask: header.mask,
+                        payload: Vec::with_capacity(length as usize),
+                    });
+                }
                 OpCode::Data(_) => {
                     return Poll::Ready(Err(invalid("a text frame (MQTT-6.0.0-1)")));
                 }
@@ -251,6 +322,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Stream<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.writing.is_none() {
+            ready!(this.poll_pong(cx))?;
             let header = FrameHeader {
                 opcode: OpCode::Data(Data::Binary),
                 ..FrameHeader::default()
@@ -275,11 +347,31 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Stream<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.writing.is_none() {
+            ready!(self.poll_pong(cx))?;
+        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Stream<S> {
+    /// Writes the pending pong, if any (call between binary frames).
+    fn poll_pong(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some((frame, written)) = self.pong.as_mut() {
+            while *written < frame.len() {
+                let count = ready!(Pin::new(&mut self.inner).poll_write(cx, &frame[*written..]))?;
+                if count == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                *written += count;
+            }
+            self.pong = None;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -322,8 +414,9 @@ impl AsyncWrite for Replay<'_> {
 }
 
 /// Reads `input` as a client's side of a WebSocket connection: the upgrade, then the payload
-/// bytes of its messages until it ends or fails. What the server answered to the upgrade, and
-/// the payload bytes or why they stop. For fuzzing the upgrade and the frame reader.
+/// bytes of its messages until it ends or fails. What the server wrote (its answer to the
+/// upgrade, then the pong of the last ping), and the payload bytes or why they stop. For
+/// fuzzing the upgrade and the frame reader.
 pub fn replay(input: &[u8], websocket: &WebSocket) -> (Vec<u8>, Result<Vec<u8>, String>) {
     futures_lite::future::block_on(async {
         let mut replay = Replay {
@@ -334,12 +427,13 @@ pub fn replay(input: &[u8], websocket: &WebSocket) -> (Vec<u8>, Result<Vec<u8>, 
             Ok(leftover) => leftover,
             Err(reason) => return (replay.output, Err(reason)),
         };
-        let answer = std::mem::take(&mut replay.output);
-        let mut stream = Stream::new(replay, leftover);
+        let mut stream = Stream::new(replay, leftover, None);
         let mut payload = Vec::new();
         let read = stream.read_to_end(&mut payload).await;
+        // The pong of the last ping.
+        let _ = stream.flush().await;
         (
-            answer,
+            stream.inner.output,
             read.map(|_| payload).map_err(|error| error.to_string()),
         )
     })
@@ -378,12 +472,24 @@ Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqttv3.1, mqtt\r\n\r\n";
         input.extend(frame(0x8, b""));
         input.extend(frame(0x2, b"after the close"));
         let (answer, payload) = replay(&input, &websocket());
-        let answer = String::from_utf8(answer).unwrap();
+        // RFC 6455 section 5.5.2: the ping is answered with a pong of its payload.
+        assert!(answer.ends_with(b"\r\n\r\n\x8a\x04ping"), "{answer:?}");
+        let answer = String::from_utf8_lossy(&answer);
         // RFC 6455's example key and its accept value.
         assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
         assert!(answer.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(answer.contains("Sec-WebSocket-Protocol: mqtt\r\n"));
         assert_eq!(payload.unwrap(), b"hello");
+    }
+
+    #[test]
+    fn control_frames_over_125_bytes_end_the_stream() {
+        let mut input = UPGRADE.to_vec();
+        let mask = [1, 2, 3, 4];
+        input.extend([0x89, 0x80 | 126, 0, 126]);
+        input.extend(mask);
+        input.extend([0u8; 126]);
+        assert!(replay(&input, &websocket()).1.is_err());
     }
 
     #[test]
