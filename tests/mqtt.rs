@@ -465,6 +465,79 @@ fn mqtt_4_3_3_10_a_qos_2_message_sent_again_before_pubrel_is_stored_once() {
     assert_eq!(records, "only once\nonly once\n");
 }
 
+/// MQTT-4.3.3-10 across crashes: a persistent session's QoS 2 identifier is stored before
+/// PUBREC (the message sent again after a SIGKILL is known, not stored twice) and its
+/// release before PUBCOMP (the identifier's next message after a SIGKILL is a new one).
+#[test]
+fn mqtt_4_3_3_10_qos_2_identifiers_outlive_a_crash_from_pubrec_and_from_pubcomp() {
+    let (_dir, mut broker) = start("qos2-crash", &["--mqtt-topic-map", "once/#=once"]);
+    let connect = |broker: &Broker| {
+        let mut raw = Raw::open(broker, Level::V311);
+        raw.send(&connect_packet(
+            Level::V311,
+            "crashy",
+            false,
+            60,
+            Properties::default(),
+        ));
+        assert!(matches!(raw.receive(), Some(Packet::ConnAck(_))));
+        raw
+    };
+    let publish = |dup, payload: &'static [u8]| {
+        Packet::Publish(Publish {
+            dup,
+            qos: QoS::ExactlyOnce,
+            topic: "once/x".into(),
+            packet_id: 7,
+            payload: Bytes::from_static(payload),
+            ..Publish::default()
+        })
+    };
+    let pubrel = Packet::PubRel(Ack {
+        packet_id: 7,
+        ..Ack::default()
+    });
+    let crash = |broker: &mut Broker| {
+        broker.stop_with("-KILL");
+        broker.respawn();
+        broker
+            .wait_ready(Duration::from_secs(30))
+            .unwrap_or_else(|failure| panic!("the broker restarts: {failure}"));
+    };
+    let mut raw = connect(&broker);
+    raw.send(&publish(false, b"first"));
+    assert!(matches!(
+        raw.receive(),
+        Some(Packet::PubRec(Ack { packet_id: 7, .. }))
+    ));
+    crash(&mut broker);
+    let mut raw = connect(&broker);
+    raw.send(&publish(true, b"first"));
+    assert!(matches!(
+        raw.receive(),
+        Some(Packet::PubRec(Ack { packet_id: 7, .. }))
+    ));
+    raw.send(&pubrel);
+    assert!(matches!(
+        raw.receive(),
+        Some(Packet::PubComp(Ack { packet_id: 7, .. }))
+    ));
+    crash(&mut broker);
+    let mut raw = connect(&broker);
+    raw.send(&publish(false, b"second"));
+    assert!(matches!(
+        raw.receive(),
+        Some(Packet::PubRec(Ack { packet_id: 7, .. }))
+    ));
+    raw.send(&pubrel);
+    assert!(matches!(
+        raw.receive(),
+        Some(Packet::PubComp(Ack { packet_id: 7, .. }))
+    ));
+    let records = kcat(&broker, &["-C", "-t", "once", "-e", "-q", "-f", "%s\n"], "");
+    assert_eq!(records, "first\nsecond\n", "{}", broker.log());
+}
+
 #[test]
 fn mqtt_4_8_2_a_shared_subscription_splits_a_stream_among_its_members_on_every_shard() {
     let (_dir, broker) = start("shared", &[]);

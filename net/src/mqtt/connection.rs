@@ -252,8 +252,20 @@ async fn handle(mqtt: &Rc<Mqtt>, client: &Rc<Client>, packet: Packet) -> Reply {
                     .unacknowledged
                     .set(client.unacknowledged.get().saturating_sub(1));
             }
-            let pubcomp = Packet::PubComp(ack_for(ack.packet_id, known, v5));
-            Reply::Now(Some(vec![encode(&pubcomp, level)]))
+            let pubcomp = encode(&Packet::PubComp(ack_for(ack.packet_id, known, v5)), level);
+            if !known {
+                return Reply::Now(Some(vec![pubcomp]));
+            }
+            // The identifier is free once PUBCOMP is sent: a persistent session stores that
+            // first, so a broker restarted after it does not take the identifier's next
+            // message for the old one sent again.
+            let (mqtt, session) = (mqtt.clone(), session.clone());
+            Reply::Later(Box::pin(async move {
+                if let Err(error) = mqtt.store_session(&session, Store::Changed).await {
+                    log::warn!("MQTT: storing session {:?}: {error}", session.client_id);
+                }
+                Some(vec![pubcomp])
+            }))
         }
         Packet::PubComp(ack) => {
             session.complete(ack.packet_id, QoS::ExactlyOnce);
@@ -617,16 +629,24 @@ fn publish_message(
     let unacknowledged = client.unacknowledged.clone();
     let reasons = client.reasons.clone();
     let session = session.clone();
-    let outcome = async move {
-        match stored {
-            Ok(ticket) => {
-                ticket.wait().await?;
+    let outcome = {
+        let (mqtt, session) = (mqtt.clone(), session.clone());
+        async move {
+            match stored {
+                Ok(ticket) => {
+                    ticket.wait().await?;
+                }
+                Err(error) => return Err(error),
             }
-            Err(error) => return Err(error),
-        }
-        match retained {
-            Some(retained) => retained.await,
-            None => Ok(()),
+            if qos == QoS::ExactlyOnce {
+                // MQTT-4.3.3-10 across a restart: a persistent session stores the identifier
+                // before PUBREC, so the message sent again after a crash is known.
+                mqtt.store_session(&session, Store::Changed).await?;
+            }
+            match retained {
+                Some(retained) => retained.await,
+                None => Ok(()),
+            }
         }
     };
     match qos {

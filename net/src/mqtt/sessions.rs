@@ -7,7 +7,8 @@
 //! sessions is stored once, in its topic.
 //!
 //! A session is stored when it is created, when its subscriptions or expiry change (before
-//! the answer), when its connection ends, and otherwise each second while it changes.
+//! the answer), before each PUBREC and PUBCOMP it sends (its QoS 2 identifiers), when its
+//! connection ends, and otherwise each second while it changes.
 //!
 //! Each record names the broker that stored it (header `mqtt.owner`) and the session's claim
 //! (header `mqtt.claim`): when its connection claimed the client identifier, in milliseconds
