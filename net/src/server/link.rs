@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use coremq_engine::notify::Notify;
 use coremq_runtime::sync::local_channel::{self, LocalReceiver, LocalSender};
 
 use super::CloseReason;
@@ -25,8 +26,9 @@ struct Inner {
     /// Disconnected when the protocol closes the connection.
     close: RefCell<Option<flume::Sender<()>>>,
     idle: Cell<Option<Duration>>,
-    /// Signalled when `idle` changes.
-    idle_changes: (flume::Sender<()>, flume::Receiver<()>),
+    /// Notified when `idle` changes (waited on by every read of a frame's first byte, so a
+    /// wait costs no allocation).
+    idle_changes: Notify,
 }
 
 /// The server's ends of a link.
@@ -46,7 +48,7 @@ impl Link {
                 closing: RefCell::new(None),
                 close: RefCell::new(Some(close)),
                 idle: Cell::new(None),
-                idle_changes: flume::bounded(1),
+                idle_changes: Notify::default(),
             }),
         };
         (link, Ends { pushes, closed })
@@ -103,12 +105,12 @@ impl Link {
     /// no frame arrives for that long, whether or not requests are in flight.
     pub fn set_idle(&self, idle: Option<Duration>) {
         self.inner.idle.set(idle);
-        let _ = self.inner.idle_changes.0.try_send(());
+        self.inner.idle_changes.notify_all();
     }
 
     /// Waits until the idle limit changes.
     pub(super) async fn idle_changed(&self) {
-        let _ = self.inner.idle_changes.1.recv_async().await;
+        self.inner.idle_changes.notified().await;
     }
 
     pub(super) fn idle(&self) -> Option<Duration> {
