@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use coremq_engine::notify::Notify;
 
 use super::appender::Ticket;
 use super::codec::{
@@ -37,7 +38,7 @@ pub(crate) struct Client {
     /// The will, until a DISCONNECT without it (MQTT-3.1.2-10) or its publication.
     will: RefCell<Option<Will>>,
     /// The last packet handed to its handler: the next waits for it.
-    turn: RefCell<Option<flume::Receiver<()>>>,
+    turn: RefCell<Option<Rc<Turn>>>,
     /// Topic aliases the client set (5.0).
     aliases: RefCell<HashMap<u16, String>>,
     /// QoS 1 and 2 PUBLISH packets received and not yet acknowledged (receive maximum).
@@ -60,8 +61,35 @@ struct Reasons {
 /// A decoded packet and its place in the connection's order.
 pub(crate) struct Request {
     packet: Packet,
-    previous: Option<flume::Receiver<()>>,
-    done: flume::Sender<()>,
+    previous: Option<Rc<Turn>>,
+    done: TurnDone,
+}
+
+/// One packet's turn in its connection's order: done once its handler ran its ordered part
+/// (or was dropped), which the next packet's handler waits for. (A flume channel per packet
+/// did the same at an allocation and a waiter registration more per message.)
+#[derive(Default)]
+pub(crate) struct Turn {
+    done: Cell<bool>,
+    notify: Notify,
+}
+
+impl Turn {
+    async fn wait(&self) {
+        while !self.done.get() {
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// Ends its turn when dropped.
+pub(crate) struct TurnDone(Rc<Turn>);
+
+impl Drop for TurnDone {
+    fn drop(&mut self) {
+        self.0.done.set(true);
+        self.0.notify.notify_all();
+    }
 }
 
 impl Client {
@@ -167,8 +195,9 @@ impl Client {
                 }
             },
         };
-        let (done, next) = flume::bounded(1);
-        let previous = self.turn.replace(Some(next));
+        let turn = Rc::new(Turn::default());
+        let previous = self.turn.replace(Some(turn.clone()));
+        let done = TurnDone(turn);
         Ok(Incoming::Request(Request {
             packet,
             previous,
@@ -200,7 +229,7 @@ pub(super) async fn respond(
         done,
     } = request;
     if let Some(previous) = previous {
-        let _ = previous.recv_async().await;
+        previous.wait().await;
     }
     if client.link.is_closing() {
         return None;

@@ -102,12 +102,26 @@ impl Message {
             key: Bytes::copy_from_slice(key.as_bytes()),
             value: Some(Bytes::copy_from_slice(value.as_bytes())),
         };
-        let mut headers = vec![text(name::QOS, &(self.qos as u8).to_string())];
+        // Fixed names and values are static: these two come with every message.
+        let fixed = |key: &'static str, value: &'static str| Header {
+            key: Bytes::from_static(key.as_bytes()),
+            value: Some(Bytes::from_static(value.as_bytes())),
+        };
+        let qos = match self.qos {
+            QoS::AtMostOnce => "0",
+            QoS::AtLeastOnce => "1",
+            QoS::ExactlyOnce => "2",
+        };
+        let mut headers = Vec::with_capacity(3);
+        headers.push(fixed(name::QOS, qos));
         if self.retain {
-            headers.push(text(name::RETAIN, "1"));
+            headers.push(fixed(name::RETAIN, "1"));
         }
         if let Some(client_id) = &self.client_id {
-            headers.push(text(name::CLIENT_ID, client_id));
+            headers.push(Header {
+                key: Bytes::from_static(name::CLIENT_ID.as_bytes()),
+                value: Some(Bytes::copy_from_slice(client_id.as_bytes())),
+            });
         }
         if let Some(format) = self.payload_format {
             headers.push(text(name::PAYLOAD_FORMAT, &format.to_string()));
