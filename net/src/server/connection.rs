@@ -100,6 +100,13 @@ fn admit<P: Protocol>(
 /// Chunks of one response frame; `None` for a request answered with nothing (acks=0).
 type Response = Option<Vec<Bytes>>;
 
+/// A request's response as the writer gets it: made already (its handler finished when first
+/// polled, as a QoS 0 PUBLISH's or most metadata requests' do), or the task making it.
+enum Answer {
+    Ready(Response),
+    Later(coremq_runtime::Task<Response>),
+}
+
 /// Accepts connections until the server stops: each is served here, or, in
 /// [`AcceptMode::Handoff`], on the shard with the fewest open connections.
 pub(super) async fn accept_loop<P: Protocol>(server: Rc<Server<P>>, listener: TcpListener) {
@@ -221,8 +228,7 @@ async fn serve_stream<P: Protocol>(
     let limits = &server.shared.limits;
     let connection = server.protocol.open(peer, link.clone());
     let (mut reader, writer) = futures_lite::io::split(stream);
-    let (queue, responses) =
-        local_channel::new_bounded::<coremq_runtime::Task<Response>>(limits.requests_in_flight_max);
+    let (queue, responses) = local_channel::new_bounded::<Answer>(limits.requests_in_flight_max);
     // Requests read whose responses are not written yet: a connection waiting on one (a
     // long poll, a join) is not idle.
     let in_flight = Rc::new(Cell::new(0usize));
@@ -270,9 +276,7 @@ async fn serve_stream<P: Protocol>(
                 if reason == CloseReason::TooLarge
                     && let Some(answer) = server.protocol.too_large(&connection)
                 {
-                    let _ = queue
-                        .send(coremq_runtime::spawn_local(async move { Some(answer) }))
-                        .await;
+                    let _ = queue.send(Answer::Ready(Some(answer))).await;
                     in_flight.set(in_flight.get() + 1);
                 }
                 break;
@@ -285,11 +289,7 @@ async fn serve_stream<P: Protocol>(
         {
             Ok(Incoming::Request(request)) => request,
             Ok(Incoming::Answered(answer)) => {
-                if queue
-                    .send(coremq_runtime::spawn_local(async move { Some(answer) }))
-                    .await
-                    .is_err()
-                {
+                if queue.send(Answer::Ready(Some(answer))).await.is_err() {
                     break;
                 }
                 continue;
@@ -300,16 +300,30 @@ async fn serve_stream<P: Protocol>(
                 break;
             }
         };
-        let respond = server
-            .protocol
-            .clone()
-            .respond(connection.clone(), request, peer);
-        let task = coremq_runtime::spawn_local(async move {
-            let response = respond.await;
-            drop(permit);
-            response
-        });
-        if queue.send(task).await.is_err() {
+        let mut respond = Box::pin(server.protocol.clone().respond(
+            connection.clone(),
+            request,
+            peer,
+        ));
+        // A handler that finishes at once needs no task of its own, and one with nothing to
+        // answer (a QoS 0 PUBLISH) not even the writer.
+        let answer = match futures_lite::future::poll_once(respond.as_mut()).await {
+            Some(None) => {
+                drop(permit);
+                in_flight.set(in_flight.get() - 1);
+                continue;
+            }
+            Some(response) => {
+                drop(permit);
+                Answer::Ready(response)
+            }
+            None => Answer::Later(coremq_runtime::spawn_local(async move {
+                let response = respond.await;
+                drop(permit);
+                response
+            })),
+        };
+        if queue.send(answer).await.is_err() {
             break;
         }
     }
@@ -558,7 +572,7 @@ async fn within<T>(limit: Duration, work: impl std::future::Future<Output = T>) 
 /// the client sees the end even while the server still drains what it sends.
 async fn write_responses(
     mut writer: impl futures_lite::AsyncWrite + Unpin,
-    responses: local_channel::LocalReceiver<coremq_runtime::Task<Response>>,
+    responses: local_channel::LocalReceiver<Answer>,
     pushes: local_channel::LocalReceiver<Vec<Bytes>>,
     link: Link,
     in_flight: Rc<Cell<usize>>,
@@ -571,7 +585,7 @@ async fn write_responses(
 /// the frames the protocol pushes between them.
 async fn write_all(
     writer: &mut (impl futures_lite::AsyncWrite + Unpin),
-    responses: local_channel::LocalReceiver<coremq_runtime::Task<Response>>,
+    responses: local_channel::LocalReceiver<Answer>,
     pushes: local_channel::LocalReceiver<Vec<Bytes>>,
     link: Link,
     in_flight: Rc<Cell<usize>>,
@@ -595,7 +609,8 @@ async fn write_all(
                 }
                 if responses_open {
                     match responses.recv().await {
-                        Some(task) => {
+                        Some(Answer::Ready(response)) => return Next::Response(response),
+                        Some(Answer::Later(task)) => {
                             let response = current.insert(task).await;
                             current = None;
                             return Next::Response(response);
