@@ -243,3 +243,38 @@ fn pushed_frames_pass_slow_answers_and_a_protocol_close_writes_what_came_before(
     assert_eq!(read_response(&mut other), b"still here");
     engine.shutdown().unwrap();
 }
+
+#[test]
+fn at_most_requests_in_flight_max_requests_are_read_ahead_of_their_answers() {
+    let (engine, _shared, address, _dir) = start(AcceptMode::ReusePort);
+    let mut stream = TcpStream::connect(address).unwrap();
+    // Each frame pushes at once when read and is answered 200 ms later; the server reads 16
+    // (`requests_in_flight_max`) and no more until the first answer is written.
+    let mut bytes = Vec::new();
+    for index in 0..20 {
+        let mut one = request(200, format!("r{index}").as_bytes());
+        one[0] = 0x31;
+        bytes.extend(one);
+    }
+    stream.write_all(&bytes).unwrap();
+    for index in 0..16 {
+        assert_eq!(
+            read_response(&mut stream),
+            format!("push:r{index}").as_bytes()
+        );
+    }
+    assert_eq!(read_response(&mut stream), b"r0");
+    let mut rest = Vec::new();
+    for _ in 0..23 {
+        rest.push(String::from_utf8(read_response(&mut stream)).unwrap());
+    }
+    let answers: Vec<&String> = rest.iter().filter(|r| !r.starts_with("push:")).collect();
+    let expected: Vec<String> = (1..20).map(|index| format!("r{index}")).collect();
+    assert_eq!(
+        answers,
+        expected.iter().collect::<Vec<_>>(),
+        "in order: {rest:?}"
+    );
+    drop(stream);
+    engine.shutdown().unwrap();
+}

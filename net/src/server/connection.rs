@@ -1,6 +1,6 @@
-//! One client connection: frames read in order, each request handled in its own task (so a
-//! long-polling fetch does not hold up the requests behind it), responses written in the
-//! order the requests came, as the protocol requires.
+//! One client connection: frames read in order, each request handled in its own task unless
+//! its handler finishes at once (so a long-polling fetch does not hold up the requests behind
+//! it), responses written in the order the requests came, as the protocol requires.
 //!
 //! Bounds ([`Limits`]): at most `requests_in_flight_max` requests read ahead of their
 //! responses (then the connection stops reading), frame bytes counted against the shard's
@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use coremq_engine::notify::Notify;
 use coremq_runtime::net::{AcceptedTcpStream, TcpListener, TcpStream};
 use coremq_runtime::sync::local_channel;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
@@ -99,6 +100,25 @@ fn admit<P: Protocol>(
 
 /// Chunks of one response frame; `None` for a request answered with nothing (acks=0).
 type Response = Option<Vec<Bytes>>;
+
+/// Requests read whose responses are not written yet (a connection waiting on one, a long
+/// poll or a join, is not idle), and a notifier of each one written.
+#[derive(Default)]
+struct InFlight {
+    count: Cell<usize>,
+    written: Notify,
+}
+
+impl InFlight {
+    fn add(&self) {
+        self.count.set(self.count.get() + 1);
+    }
+
+    fn answered(&self) {
+        self.count.set(self.count.get() - 1);
+        self.written.notify_all();
+    }
+}
 
 /// A request's response as the writer gets it: made already (its handler finished when first
 /// polled, as a QoS 0 PUBLISH's or most metadata requests' do), or the task making it.
@@ -228,10 +248,9 @@ async fn serve_stream<P: Protocol>(
     let limits = &server.shared.limits;
     let connection = server.protocol.open(peer, link.clone());
     let (mut reader, writer) = futures_lite::io::split(stream);
-    let (queue, responses) = local_channel::new_bounded::<Answer>(limits.requests_in_flight_max);
-    // Requests read whose responses are not written yet: a connection waiting on one (a
-    // long poll, a join) is not idle.
-    let in_flight = Rc::new(Cell::new(0usize));
+    // Unbounded, so an idle connection holds no queue; `in_flight` bounds it instead.
+    let (queue, responses) = local_channel::new_unbounded::<Answer>();
+    let in_flight = Rc::new(InFlight::default());
     let writer = coremq_runtime::spawn_local(write_responses(
         writer,
         responses,
@@ -259,6 +278,26 @@ async fn serve_stream<P: Protocol>(
     // Whether the server ends the connection while the client may still be sending.
     let mut linger = false;
     while !link.is_closing() {
+        // At most `requests_in_flight_max` requests are read ahead of their responses.
+        while in_flight.count.get() >= limits.requests_in_flight_max {
+            let caught_up = futures_lite::future::or(
+                async {
+                    in_flight.written.notified().await;
+                    true
+                },
+                async {
+                    stopping.as_mut().await.ok();
+                    false
+                },
+            )
+            .await;
+            if !caught_up {
+                break;
+            }
+        }
+        if in_flight.count.get() >= limits.requests_in_flight_max {
+            break;
+        }
         let next = futures_lite::future::or(
             async { Some(read_frame(server, &mut reader, &mut ahead, &waiting).await) },
             async {
@@ -277,12 +316,12 @@ async fn serve_stream<P: Protocol>(
                     && let Some(answer) = server.protocol.too_large(&connection)
                 {
                     let _ = queue.send(Answer::Ready(Some(answer))).await;
-                    in_flight.set(in_flight.get() + 1);
+                    in_flight.add();
                 }
                 break;
             }
         };
-        in_flight.set(in_flight.get() + 1);
+        in_flight.add();
         let request = match server
             .protocol
             .decode(&connection, &frame.prefix, frame.body)
@@ -310,7 +349,7 @@ async fn serve_stream<P: Protocol>(
         let answer = match futures_lite::future::poll_once(respond.as_mut()).await {
             Some(None) => {
                 drop(permit);
-                in_flight.set(in_flight.get() - 1);
+                in_flight.answered();
                 continue;
             }
             Some(response) => {
@@ -529,7 +568,7 @@ async fn watch_idle(
     link: Link,
     idle: Duration,
     waiting: Rc<Cell<Option<Instant>>>,
-    in_flight: Rc<Cell<usize>>,
+    in_flight: Rc<InFlight>,
 ) {
     loop {
         let limit = link.idle().unwrap_or(idle);
@@ -541,7 +580,7 @@ async fn watch_idle(
                 link.close(CloseReason::KeepAlive, detail);
                 return;
             }
-            if in_flight.get() == 0 {
+            if in_flight.count.get() == 0 {
                 let detail = format!(
                     "idle for {} ms (connections_max_idle_ms)",
                     limit.as_millis()
@@ -575,7 +614,7 @@ async fn write_responses(
     responses: local_channel::LocalReceiver<Answer>,
     pushes: local_channel::LocalReceiver<Vec<Bytes>>,
     link: Link,
-    in_flight: Rc<Cell<usize>>,
+    in_flight: Rc<InFlight>,
 ) {
     write_all(&mut writer, responses, pushes, link, in_flight).await;
     let _ = writer.close().await;
@@ -588,7 +627,7 @@ async fn write_all(
     responses: local_channel::LocalReceiver<Answer>,
     pushes: local_channel::LocalReceiver<Vec<Bytes>>,
     link: Link,
-    in_flight: Rc<Cell<usize>>,
+    in_flight: Rc<InFlight>,
 ) {
     const MERGE_BYTES_MAX: usize = 64 << 10;
     let mut pending = BytesMut::new();
@@ -635,7 +674,7 @@ async fn write_all(
         let chunks = match next {
             Next::Done => return,
             Next::Response(response) => {
-                in_flight.set(in_flight.get() - 1);
+                in_flight.answered();
                 let Some(chunks) = response else {
                     continue;
                 };
