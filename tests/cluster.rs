@@ -336,6 +336,23 @@ fn logs(brokers: &[Broker]) -> String {
         .collect()
 }
 
+/// Waits up to 30 s for `done`, polling each 100 ms; fails naming `what`, with the logs.
+fn eventually(brokers: &[Broker], what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}\n{}", logs(brokers));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether `broker` keeps aside exactly one session another broker stored.
+fn keeps_one_session_aside(broker: &Broker) -> bool {
+    broker
+        .http_get("/metrics")
+        .1
+        .contains("coremq_mqtt_sessions_elsewhere 1")
+}
+
 #[test]
 fn three_brokers_share_one_metadata_view_and_spread_partitions() {
     let dir = tempfile::tempdir().unwrap();
@@ -1317,19 +1334,11 @@ fn mqtt_a_persistent_session_resumes_on_another_broker_after_its_broker_is_kille
     let session = ["-i", "roamer", "-c", "-q", "1", "-t", "roam/#", "-v"];
     drop(mosquitto::Subscriber::start(&brokers[0], &session));
     // Broker 2 keeps the session aside once its replica of the record is committed.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !brokers[2]
-        .http_get("/metrics")
-        .1
-        .contains("coremq_mqtt_sessions_elsewhere 1")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "broker 2 learns the session broker 0 stored\n{}",
-            logs(&brokers)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        &brokers,
+        "broker 2 learns the session broker 0 stored",
+        || keeps_one_session_aside(&brokers[2]),
+    );
     // Its first record there is the one stored at connect; the one with the subscription
     // came before the SUBACK, so it is in broker 2's replica already and committed there
     // with the next fetch answer (each within half a second).
@@ -1399,38 +1408,21 @@ fn mqtt_3_1_4_3_a_client_id_connected_through_another_broker_takes_the_session_o
     let (mut away, _) = Raw::connect(&brokers[0], Level::V5, "wanderer", expiring);
     away.subscribe("wander/#", QoS::AtLeastOnce);
     drop(away);
-    let parked = |broker: &Broker| {
-        broker
-            .http_get("/metrics")
-            .1
-            .contains("coremq_mqtt_sessions_elsewhere 1")
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !parked(&brokers[1]) {
-        assert!(
-            Instant::now() < deadline,
-            "broker 1 learns the session broker 0 stored\n{}",
-            logs(&brokers)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        &brokers,
+        "broker 1 learns the session broker 0 stored",
+        || keeps_one_session_aside(&brokers[1]),
+    );
     // ... is resumed through broker 1 for an hour, and left again.
     let session = [
         "-V", "5", "-i", "wanderer", "-c", "-x", "3600", "-q", "1", "-t", "wander/#", "-v",
     ];
     drop(mosquitto::Subscriber::start(&brokers[1], &session));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !brokers[0]
-        .log()
-        .contains("\"wanderer\" connected through broker 1")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "broker 0 gives its session up\n{}",
-            logs(&brokers)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(&brokers, "broker 0 gives its session up", || {
+        brokers[0]
+            .log()
+            .contains("\"wanderer\" connected through broker 1")
+    });
     // Past the expiry broker 0 had, a message comes while the client is away, and it
     // resumes through broker 2.
     std::thread::sleep(Duration::from_secs(5));

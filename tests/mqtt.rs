@@ -504,36 +504,27 @@ fn mqtt_4_3_3_10_qos_2_identifiers_outlive_a_crash_from_pubrec_and_from_pubcomp(
             .wait_ready(Duration::from_secs(30))
             .unwrap_or_else(|failure| panic!("the broker restarts: {failure}"));
     };
+    // Sends `packet` and expects PUBREC (or, for a PUBREL, PUBCOMP) for identifier 7.
+    let answered = |raw: &mut Raw, packet: &Packet| {
+        raw.send(packet);
+        let answer = raw.receive();
+        let expected = match (packet, &answer) {
+            (Packet::PubRel(_), Some(Packet::PubComp(ack))) => ack.packet_id == 7,
+            (Packet::Publish(_), Some(Packet::PubRec(ack))) => ack.packet_id == 7,
+            _ => false,
+        };
+        assert!(expected, "{answer:?} for {packet:?}");
+    };
     let mut raw = connect(&broker);
-    raw.send(&publish(false, b"first"));
-    assert!(matches!(
-        raw.receive(),
-        Some(Packet::PubRec(Ack { packet_id: 7, .. }))
-    ));
+    answered(&mut raw, &publish(false, b"first"));
     crash(&mut broker);
     let mut raw = connect(&broker);
-    raw.send(&publish(true, b"first"));
-    assert!(matches!(
-        raw.receive(),
-        Some(Packet::PubRec(Ack { packet_id: 7, .. }))
-    ));
-    raw.send(&pubrel);
-    assert!(matches!(
-        raw.receive(),
-        Some(Packet::PubComp(Ack { packet_id: 7, .. }))
-    ));
+    answered(&mut raw, &publish(true, b"first"));
+    answered(&mut raw, &pubrel);
     crash(&mut broker);
     let mut raw = connect(&broker);
-    raw.send(&publish(false, b"second"));
-    assert!(matches!(
-        raw.receive(),
-        Some(Packet::PubRec(Ack { packet_id: 7, .. }))
-    ));
-    raw.send(&pubrel);
-    assert!(matches!(
-        raw.receive(),
-        Some(Packet::PubComp(Ack { packet_id: 7, .. }))
-    ));
+    answered(&mut raw, &publish(false, b"second"));
+    answered(&mut raw, &pubrel);
     let records = kcat(&broker, &["-C", "-t", "once", "-e", "-q", "-f", "%s\n"], "");
     assert_eq!(records, "first\nsecond\n", "{}", broker.log());
 }
