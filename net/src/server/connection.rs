@@ -277,26 +277,23 @@ async fn serve_stream<P: Protocol>(
     let mut ahead = ReadAhead::default();
     // Whether the server ends the connection while the client may still be sending.
     let mut linger = false;
-    while !link.is_closing() {
+    'frames: while !link.is_closing() {
         // At most `requests_in_flight_max` requests are read ahead of their responses.
         while in_flight.count.get() >= limits.requests_in_flight_max {
-            let caught_up = futures_lite::future::or(
+            let stopped = futures_lite::future::or(
                 async {
                     in_flight.written.notified().await;
-                    true
+                    false
                 },
                 async {
                     stopping.as_mut().await.ok();
-                    false
+                    true
                 },
             )
             .await;
-            if !caught_up {
-                break;
+            if stopped {
+                break 'frames;
             }
-        }
-        if in_flight.count.get() >= limits.requests_in_flight_max {
-            break;
         }
         let next = futures_lite::future::or(
             async { Some(read_frame(server, &mut reader, &mut ahead, &waiting).await) },
