@@ -271,25 +271,38 @@ impl Mqtt {
         session.dirty.set(false);
         let value = (store != Store::Ended).then(|| Bytes::from(self.stored(session).encode()));
         let stored = value.is_some();
+        self.store_record(&log, &session.client_id, session.claim, value)
+            .await?;
+        session.persisted.set(stored);
+        Ok(())
+    }
+
+    /// Appends `client_id`'s record (a tombstone for no `value`) to `log` under `claim`,
+    /// naming this broker; answers once durable.
+    async fn store_record(
+        &self,
+        log: &TopicPartition,
+        client_id: &str,
+        claim: u64,
+        value: Option<Bytes>,
+    ) -> Result<(), String> {
         let header = |key: &'static str, value: String| Header {
             key: Bytes::from_static(key.as_bytes()),
             value: Some(Bytes::from(value)),
         };
         let headers = vec![
             header(OWNER_HEADER, self.context.config.node_id.to_string()),
-            header(CLAIM_HEADER, session.claim.to_string()),
+            header(CLAIM_HEADER, claim.to_string()),
         ];
         let ticket = self.appender.append(
             &self.context.cluster,
-            &log,
-            Bytes::copy_from_slice(session.client_id.as_bytes()),
+            log,
+            Bytes::copy_from_slice(client_id.as_bytes()),
             value,
             headers,
             true,
         );
-        ticket.wait().await?;
-        session.persisted.set(stored);
-        Ok(())
+        ticket.wait().await.map(drop)
     }
 
     /// Whether another broker holds a replica of `log` (and so follows it).
@@ -404,13 +417,11 @@ impl Mqtt {
     /// (or, with no expiry, whose connection its stop cut), each under its claim.
     async fn end_stored(self: Rc<Self>, ended: Vec<(String, Claim)>) {
         for (client_id, claim) in ended {
-            let session = Session::new(client_id, self.next_key(), 0, claim.at, State::default());
-            session.persisted.set(true);
-            if let Err(error) = self.store_session(&session, Store::Ended).await {
-                log::warn!(
-                    "MQTT: ending expired session {:?}: {error}",
-                    session.client_id
-                );
+            let Some(log) = self.sessions_log(&client_id) else {
+                return;
+            };
+            if let Err(error) = self.store_record(&log, &client_id, claim.at, None).await {
+                log::warn!("MQTT: ending expired session {client_id:?}: {error}");
             }
         }
     }
@@ -447,10 +458,14 @@ impl Mqtt {
             let claim = claim_of(record);
             let elsewhere = owner_of(record).is_some_and(|owner| owner != me);
             let mut parked = self.parked.borrow_mut();
-            if parked
-                .get(client_id)
-                .is_none_or(|known| known.claim <= claim)
-            {
+            let known = parked.get(client_id).map(|known| known.claim);
+            if elsewhere && known.is_none_or(|known| known < claim) {
+                // A claim not seen before (the stores each second of a session parked here
+                // repeat its claim, and were settled with its first record).
+                let settle = self.clone().settle(client_id.to_string(), claim);
+                coremq_runtime::spawn_local(settle).detach();
+            }
+            if known.is_none_or(|known| known <= claim) {
                 let now_ms = super::now_ms();
                 let stored = record
                     .value
@@ -465,10 +480,6 @@ impl Mqtt {
                         parked.remove(client_id);
                     }
                 }
-            }
-            if elsewhere {
-                let settle = self.clone().settle(client_id.to_string(), claim);
-                coremq_runtime::spawn_local(settle).detach();
             }
         };
         self.follow_log(&log, from, FOLLOW_WAIT, apply, |_| {})
