@@ -13,6 +13,7 @@ use clap::Parser;
 use coremq_net::broker::config::{Voter, parse_voters};
 use coremq_net::broker::{AcceptMode, Broker, BrokerConfig};
 use coremq_net::mqtt::{MqttConfig, parse_mappings};
+use coremq_net::server::Keepalive;
 use serde::Deserialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -179,6 +180,17 @@ struct Options {
     /// [default: 2147483647]
     #[arg(long, env = "COREMQ_MAX_CONNECTIONS_PER_IP")]
     max_connections_per_ip: Option<usize>,
+    /// TCP keepalive on Kafka and MQTT client connections: seconds without traffic before
+    /// the first probe (keep it below a load balancer's idle timeout) [default: off]
+    #[arg(long, env = "COREMQ_TCP_KEEPALIVE_IDLE_S")]
+    tcp_keepalive_idle_s: Option<u64>,
+    /// Seconds between TCP keepalive probes [default: the system's, 75]
+    #[arg(long, env = "COREMQ_TCP_KEEPALIVE_INTERVAL_S")]
+    tcp_keepalive_interval_s: Option<u64>,
+    /// Unanswered TCP keepalive probes before the connection is dropped [default: the
+    /// system's, 9]
+    #[arg(long, env = "COREMQ_TCP_KEEPALIVE_COUNT")]
+    tcp_keepalive_count: Option<u32>,
     /// MQTT listener (3.1, 3.1.1 and 5.0 over TCP), `ADDRESS:PORT` or `HOST:PORT`, or `none`
     /// [default: 127.0.0.1:1883]
     #[arg(long, env = "COREMQ_MQTT_LISTENER")]
@@ -295,6 +307,11 @@ impl Options {
                 .or(file.request_read_timeout_ms),
             max_connections: self.max_connections.or(file.max_connections),
             max_connections_per_ip: self.max_connections_per_ip.or(file.max_connections_per_ip),
+            tcp_keepalive_idle_s: self.tcp_keepalive_idle_s.or(file.tcp_keepalive_idle_s),
+            tcp_keepalive_interval_s: self
+                .tcp_keepalive_interval_s
+                .or(file.tcp_keepalive_interval_s),
+            tcp_keepalive_count: self.tcp_keepalive_count.or(file.tcp_keepalive_count),
             mqtt_listener: self.mqtt_listener.or(file.mqtt_listener),
             mqtt_ws_listener: self.mqtt_ws_listener.or(file.mqtt_ws_listener),
             mqtt_ws_path: self.mqtt_ws_path.or(file.mqtt_ws_path),
@@ -324,6 +341,22 @@ impl Options {
                 .map_err(|error| format!("--log-cleanup-policy: {error}"))?,
         };
         let kafka_host = self.kafka_listener.as_ref().and_then(|l| l.host.clone());
+        let tcp_keepalive = match self.tcp_keepalive_idle_s {
+            Some(0) => return Err("--tcp-keepalive-idle-s must be at least 1".into()),
+            Some(idle) => Some(Keepalive {
+                idle: Duration::from_secs(idle),
+                interval: self.tcp_keepalive_interval_s.map(Duration::from_secs),
+                count: self.tcp_keepalive_count,
+            }),
+            None if self.tcp_keepalive_interval_s.is_some()
+                || self.tcp_keepalive_count.is_some() =>
+            {
+                return Err("--tcp-keepalive-interval-s and --tcp-keepalive-count need \
+                     --tcp-keepalive-idle-s, which turns keepalive on"
+                    .into());
+            }
+            None => None,
+        };
         let mqtt_defaults = MqttConfig::default();
         let mqtt = MqttConfig {
             listener: self
@@ -445,6 +478,7 @@ impl Options {
             max_connections_per_ip: self
                 .max_connections_per_ip
                 .unwrap_or(defaults.max_connections_per_ip),
+            tcp_keepalive,
             mqtt,
         })
     }

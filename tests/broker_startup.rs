@@ -499,3 +499,59 @@ fn the_group_session_timeout_bounds_are_settings() {
     let lowered = Broker::start(&dir.path().join("lowered"), &flags);
     assert_eq!(join(&lowered), error_code::NONE);
 }
+
+/// The kernel's timer on the broker's end of the connection from local port `client`:
+/// `/proc/net/tcp`'s `tr` (2: keepalive) and when it fires, in clock ticks.
+fn server_side_timer(server: u16, client: u16) -> (u32, u64) {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = |address: &str| u16::from_str_radix(address.rsplit(':').next().unwrap(), 16);
+        if port(fields[1]) == Ok(server) && port(fields[2]) == Ok(client) {
+            let (kind, when) = fields[5].split_once(':').unwrap();
+            return (
+                u32::from_str_radix(kind, 16).unwrap(),
+                u64::from_str_radix(when, 16).unwrap(),
+            );
+        }
+    }
+    panic!("no connection from port {client} to port {server} in /proc/net/tcp");
+}
+
+#[test]
+fn tcp_keepalive_settings_arm_probes_on_kafka_and_mqtt_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = refused("", &["--tcp-keepalive-count", "3"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("need --tcp-keepalive-idle-s"), "{stderr}");
+
+    let keepalive = [
+        "--tcp-keepalive-idle-s",
+        "40",
+        "--tcp-keepalive-interval-s",
+        "5",
+        "--tcp-keepalive-count",
+        "4",
+    ];
+    let broker = Broker::start(&dir.path().join("on"), &keepalive);
+    let plain = Broker::start(&dir.path().join("off"), &[]);
+    let ticks_per_second = 100;
+    for port in [broker.port, broker.mqtt_port()] {
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let local = client.local_addr().unwrap().port();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let (kind, when) = server_side_timer(port, local);
+        assert_eq!(
+            kind, 2,
+            "port {port}: no keepalive timer on the broker's side"
+        );
+        assert!(
+            when > 35 * ticks_per_second && when <= 40 * ticks_per_second,
+            "port {port}: the first probe is due in {when} ticks, not about 40 s"
+        );
+    }
+    let client = std::net::TcpStream::connect(("127.0.0.1", plain.port)).unwrap();
+    let local = client.local_addr().unwrap().port();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(server_side_timer(plain.port, local).0, 0);
+}

@@ -158,6 +158,7 @@ fn start(accept: AcceptMode) -> (Engine, Shared, SocketAddr, tempfile::TempDir) 
         read_timeout: Duration::from_secs(30),
         connections_max: 100,
         connections_per_ip_max: 100,
+        keepalive: None,
         websocket: None,
     };
     let shared = Shared::new(limits, handle.clone());

@@ -91,6 +91,8 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// Connections open at once from one IP address (Kafka's `max.connections.per.ip`).
     pub max_connections_per_ip: usize,
+    /// TCP keepalive on the Kafka and MQTT clients' connections (off by default).
+    pub tcp_keepalive: Option<crate::server::Keepalive>,
     /// The MQTT front end.
     pub mqtt: crate::mqtt::MqttConfig,
 }
@@ -135,6 +137,7 @@ impl Default for BrokerConfig {
             request_read_timeout_ms: 30_000,
             max_connections: i32::MAX as usize,
             max_connections_per_ip: i32::MAX as usize,
+            tcp_keepalive: None,
             mqtt: crate::mqtt::MqttConfig::default(),
         }
     }

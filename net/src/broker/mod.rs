@@ -175,6 +175,7 @@ fn limits(config: &BrokerConfig) -> Limits {
         read_timeout: Duration::from_millis(config.request_read_timeout_ms),
         connections_max: config.max_connections,
         connections_per_ip_max: config.max_connections_per_ip,
+        keepalive: config.tcp_keepalive,
         websocket: None,
     }
 }

@@ -87,6 +87,7 @@ pub(crate) fn limits(config: &BrokerConfig) -> Limits {
         read_timeout: Duration::from_secs(30),
         connections_max: 1024,
         connections_per_ip_max: 1024,
+        keepalive: None,
         websocket: None,
     }
 }

@@ -199,6 +199,9 @@ fn hand_off<P: Protocol>(server: &Server<P>, shard: usize, stream: AcceptedTcpSt
 
 async fn serve<P: Protocol>(server: &Rc<Server<P>>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    if let Some(Err(error)) = (server.shared.limits.keepalive).map(|k| k.apply(&stream)) {
+        log::debug!("TCP keepalive not set: {error}");
+    }
     let peer = stream.peer_addr().ok();
     let _ip_slot = match admit(server, peer) {
         Ok(slot) => slot,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use coremq_engine::Handle;
-use coremq_runtime::net::TcpListener;
+use coremq_runtime::net::{TcpListener, TcpStream};
 use coremq_runtime::sync::Semaphore;
 
 use closes::CloseLog;
@@ -149,9 +149,33 @@ pub struct Limits {
     pub connections_max: usize,
     /// Open connections from one IP address, all shards together.
     pub connections_per_ip_max: usize,
+    /// TCP keepalive on accepted connections; `None`: the system's setting (off).
+    pub keepalive: Option<Keepalive>,
     /// Connections speak the protocol inside WebSocket binary messages after an HTTP
     /// upgrade (`websocket.rs`), not on the socket itself.
     pub websocket: Option<WebSocket>,
+}
+
+/// TCP keepalive: probes after `idle` without traffic, every `interval`, the connection
+/// dropped after `count` unanswered (the system's interval and count where `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Option<Duration>,
+    pub count: Option<u32>,
+}
+
+impl Keepalive {
+    fn apply(&self, stream: &TcpStream) -> std::io::Result<()> {
+        let mut keepalive = socket2::TcpKeepalive::new().with_time(self.idle);
+        if let Some(interval) = self.interval {
+            keepalive = keepalive.with_interval(interval);
+        }
+        if let Some(count) = self.count {
+            keepalive = keepalive.with_retries(count);
+        }
+        socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+    }
 }
 
 /// What the servers of one protocol on every shard share.

@@ -438,6 +438,14 @@ impl<B: RxBuf> AsRawFd for TcpStream<B> {
     }
 }
 
+// coremq addition: the socket as a borrowed descriptor, so socket options glommio has no
+// method for (TCP keepalive) can be set through `socket2::SockRef` without `unsafe`.
+impl<B: RxBuf> AsFd for TcpStream<B> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream.stream().as_fd()
+    }
+}
+
 impl FromRawFd for TcpStream {
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
         let socket = socket2::Socket::from_raw_fd(fd);
