@@ -1,5 +1,7 @@
 //! The workspace's crates depend on each other in one direction only:
-//! runtime <- engine <- replication <- net <- the `coremq` binary and the tools. A crate may use any
+//! runtime <- engine <- replication <- net <- the `coremq` binary and the tools; the Kubernetes
+//! operator stands apart (it uses none of them; the binary's tests check it against the
+//! broker's settings). A crate may use any
 //! crate below it, never one beside or above it. Read from `cargo metadata`, so a new
 //! dependency in any Cargo.toml that points the wrong way fails here. The executor (glommio)
 //! is named only by the runtime, the engine (its file I/O) and the tools (raw-disk baselines,
@@ -10,6 +12,7 @@ use std::process::Command;
 
 /// Each workspace crate and its layer, lowest first.
 const LAYERS: &[(&str, u32)] = &[
+    ("coremq-operator", 0),
     ("coremq-runtime", 0),
     ("coremq-engine", 1),
     ("coremq-replication", 2),

@@ -1,0 +1,8 @@
+//! coremq's Kubernetes operator: a `CoremqCluster` resource reconciled into a StatefulSet of
+//! brokers with their services, configuration, disruption budget and monitoring; dangerous
+//! changes refused; upgrades rolled one broker at a time.
+
+pub mod checks;
+pub mod crd;
+pub mod render;
+pub mod settings;

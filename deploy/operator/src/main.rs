@@ -1,0 +1,69 @@
+//! `coremq-operator run`: reconciles every `CoremqCluster`; `coremq-operator crd`: prints the
+//! CustomResourceDefinition (YAML), as the Helm chart carries it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use kube::{CustomResourceExt, Resource};
+
+use coremq_operator::crd::CoremqCluster;
+use coremq_operator::render;
+
+#[derive(Parser)]
+#[command(about = "coremq's Kubernetes operator")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the CoremqCluster CustomResourceDefinition as YAML.
+    Crd,
+    /// Print the objects a CoremqCluster (a YAML file) becomes, as YAML documents, without
+    /// applying them: to review a change, or to validate the manifests.
+    Render {
+        file: PathBuf,
+        /// The resource's uid, for the objects' owner references (a stored resource has
+        /// one; a file does not).
+        #[arg(long, default_value = "00000000-0000-0000-0000-000000000000")]
+        uid: String,
+    },
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Args::parse().command {
+        Command::Crd => {
+            let yaml =
+                serde_yaml_ng::to_string(&CoremqCluster::crd()).expect("a CRD serializes to YAML");
+            print!("{yaml}");
+        }
+        Command::Render { file, uid } => {
+            let text = std::fs::read_to_string(&file)
+                .unwrap_or_else(|error| fail(&format!("cannot read {}: {error}", file.display())));
+            let mut cluster: CoremqCluster = serde_yaml_ng::from_str(&text)
+                .unwrap_or_else(|error| fail(&format!("{}: {error}", file.display())));
+            if let Err(refusal) = coremq_operator::checks::check_spec(&cluster.spec) {
+                fail(&format!("{}: refused: {refusal}", file.display()));
+            }
+            cluster.meta_mut().uid.get_or_insert(uid);
+            let children = render::render(&cluster);
+            let mut documents = vec![yaml(&children.config_map), yaml(&children.headless)];
+            documents.extend(children.clients.iter().map(yaml));
+            documents.push(yaml(&children.stateful_set));
+            documents.push(yaml(&children.disruption_budget));
+            documents.extend(children.service_monitor.iter().map(yaml));
+            print!("{}", documents.join("---\n"));
+        }
+    }
+}
+
+fn yaml<T: serde::Serialize>(object: &T) -> String {
+    serde_yaml_ng::to_string(object).expect("a Kubernetes object serializes to YAML")
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("coremq-operator: {message}");
+    std::process::exit(1)
+}
