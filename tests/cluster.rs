@@ -39,7 +39,7 @@ mod raw_mqtt;
 #[path = "support/wire.rs"]
 mod wire;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -605,6 +605,130 @@ fn an_observer_joins_takes_a_partition_moved_onto_it_and_is_fenced_once_killed()
         broker_ids(seen) == all && in_sync(seen, "onto") == [2]
     })
     .unwrap_or_else(|seen| panic!("the observer back in sync: {seen}\n{}", logs(&brokers)));
+}
+
+/// `GET /v1/cluster` from `broker`'s admin listener.
+fn cluster_health(broker: &Broker) -> Value {
+    let (status, body) = broker.http_get("/v1/cluster");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Replicas each unfenced broker holds, by id, from `GET /v1/cluster`.
+fn replica_loads(health: &Value) -> BTreeMap<i64, u64> {
+    health["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|broker| broker["fenced"] == false)
+        .map(|broker| {
+            (
+                broker["id"].as_i64().unwrap(),
+                broker["replicas"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Whether nothing is moving or under-replicated.
+fn settled(health: &Value) -> bool {
+    health["reassigning_partitions"] == 0 && health["under_replicated_partitions"] == 0
+}
+
+#[test]
+fn the_admin_api_rebalances_replicas_onto_an_added_broker_and_drains_one_to_be_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut brokers, voters) = start_cluster_of(dir.path(), 1);
+    let (code, message) = create_topic(
+        &brokers[0],
+        CreatableTopic {
+            name: "spread".into(),
+            num_partitions: 6,
+            replication_factor: 2,
+            ..CreatableTopic::default()
+        },
+    );
+    assert_eq!(code, 0, "{message}");
+    let flags = cluster_flags(3, &voters, 1);
+    let listener = format!("127.0.0.1:{}", free_port());
+    let mut flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    flags.extend(["--controller-listener", &listener]);
+    let kafka = format!("127.0.0.1:{}", free_port());
+    brokers.push(Broker::spawn(
+        &dir.path().join("added"),
+        &kafka,
+        free_port(),
+        &flags,
+    ));
+    brokers[3]
+        .wait_ready(Duration::from_secs(60))
+        .unwrap_or_else(|failure| panic!("the added broker starts: {failure}"));
+    eventually(&brokers, "four live brokers, nothing moving", || {
+        let health = cluster_health(&brokers[0]);
+        replica_loads(&health).len() == 4 && settled(&health)
+    });
+    let before = cluster_health(&brokers[0]);
+    assert!(
+        before["controller_id"].as_i64().is_some_and(|id| id < 3),
+        "{before}"
+    );
+    assert_eq!(replica_loads(&before)[&3], 0, "{before}");
+    assert!(
+        before["replication_factor_max"].as_u64() >= Some(2),
+        "{before}"
+    );
+
+    // Rebalanced, the added broker takes replicas until the loads differ by one at most.
+    let (status, body) = brokers[0]
+        .try_http("POST", "/v1/partitions/rebalance")
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert!(!answer["moves"].as_array().unwrap().is_empty(), "{body}");
+    eventually(&brokers, "the replicas spread over four brokers", || {
+        let health = cluster_health(&brokers[1]);
+        let loads = replica_loads(&health);
+        let (low, high) = (loads.values().min(), loads.values().max());
+        settled(&health) && loads.len() == 4 && high.zip(low).is_some_and(|(h, l)| h - l <= 1)
+    });
+
+    // Drained, it gives every replica up, and the topic still serves.
+    let (status, body) = brokers[2].try_http("POST", "/v1/brokers/3/drain").unwrap();
+    assert_eq!(status, 202, "{body}");
+    eventually(&brokers, "broker 3 holds nothing", || {
+        let health = cluster_health(&brokers[0]);
+        settled(&health) && replica_loads(&health)[&3] == 0
+    });
+    let payloads: Vec<String> = (0..20).map(|n| format!("after-drain-{n}")).collect();
+    produce(&brokers[0], "spread", &payloads);
+    let mut expected = payloads.clone();
+    expected.sort();
+    assert_eq!(consume_all(&brokers[1], "spread"), expected);
+
+    // A voter cannot be drained where its replicas have nowhere to go; wrong requests are
+    // refused with their status.
+    brokers[3].stop_with("-TERM");
+    eventually(&brokers, "broker 3 fenced", || {
+        replica_loads(&cluster_health(&brokers[0])).len() == 3
+    });
+    let (status, body) = brokers[0].try_http("POST", "/v1/brokers/0/drain").unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("already on every other live broker"),
+        "{body}"
+    );
+    assert_eq!(
+        brokers[0].try_http("GET", "/v1/brokers/0/drain").unwrap().0,
+        405
+    );
+    assert_eq!(
+        brokers[0]
+            .try_http("POST", "/v1/brokers/x/drain")
+            .unwrap()
+            .0,
+        400
+    );
+    assert_eq!(brokers[0].try_http("GET", "/v1/nothing").unwrap().0, 404);
 }
 
 #[test]

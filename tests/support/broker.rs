@@ -245,11 +245,18 @@ impl Broker {
 
     /// As `http_get`, `None` when the listener cannot be reached.
     pub fn try_http_get(&self, path: &str) -> Option<(u16, String)> {
+        self.try_http("GET", path)
+    }
+
+    /// Sends `method path` without a body to the HTTP admin listener: the status code and
+    /// the body, `None` when the listener cannot be reached.
+    pub fn try_http(&self, method: &str, path: &str) -> Option<(u16, String)> {
         use std::io::{Read, Write};
         let mut stream = TcpStream::connect((self.host.as_str(), self.admin_port)).ok()?;
         write!(
             stream,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n"
         )
         .ok()?;
         let mut response = String::new();

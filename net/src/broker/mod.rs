@@ -13,6 +13,7 @@ mod fetch;
 mod groups;
 pub(crate) mod metadata;
 mod metrics;
+mod operations;
 mod produce;
 mod producer_ids;
 pub(crate) mod replica_links;
@@ -414,8 +415,24 @@ impl Broker {
                     .map_err(|error| error.to_string())
             })
         };
-        let admin = http::AdminServer::start(config.admin_listener, phase.clone(), metrics)
-            .map_err(|reason| Error::Admin { reason })?;
+        let operations: http::Operations = {
+            let handle = handle.clone();
+            Box::new(move |method, path| {
+                let (method, path) = (method.to_string(), path.to_string());
+                let answered = handle.on_shard(0, move |_| async move {
+                    Ok(operations::answer(&Context::current(), &method, &path).await)
+                });
+                futures_lite::future::block_on(answered).unwrap_or_else(|error| {
+                    (
+                        503,
+                        serde_json::json!({"error": error.to_string()}).to_string(),
+                    )
+                })
+            })
+        };
+        let admin =
+            http::AdminServer::start(config.admin_listener, phase.clone(), metrics, operations)
+                .map_err(|reason| Error::Admin { reason })?;
         for shard in 0..shards {
             let (config, cluster, shared) = (config.clone(), cluster.clone(), shared.clone());
             let mqtt = mqtt_address.is_some();

@@ -1,5 +1,6 @@
 //! The HTTP admin listener: `/metrics` (OpenMetrics text, once the shards serve), `/health`
-//! (the process answers) and `/ready` (started and not stopping). It listens before the
+//! (the process answers), `/ready` (started and not stopping) and the operations under
+//! `/v1/` (JSON, while serving; the owner answers them). It listens before the
 //! protocol listeners do, so a client that reached one finds it. It runs on its own thread,
 //! off the shards: the metrics come from a function the owner gives, which asks each shard
 //! for its counters like any cross-shard request, so the data path takes no locks for it.
@@ -10,6 +11,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Renders the metrics for a scrape, or says why they are unavailable.
 pub type Metrics = Box<dyn Fn() -> Result<String, String> + Send>;
+
+/// Answers an operation under `/v1/`: given the method and the path, the status and the
+/// JSON body.
+pub type Operations = Box<dyn Fn(&str, &str) -> (u16, String) + Send>;
 
 /// Where the broker is in its life, as the admin listener reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +62,7 @@ impl AdminServer {
         address: SocketAddr,
         phase: PhaseCell,
         metrics: Metrics,
+        operations: Operations,
     ) -> Result<AdminServer, String> {
         let server = tiny_http::Server::http(address)
             .map_err(|error| format!("HTTP admin listener on {address}: {error}"))?;
@@ -66,7 +72,12 @@ impl AdminServer {
             .name("coremq-admin-http".into())
             .spawn(move || {
                 for request in serving.incoming_requests() {
-                    let (status, content_type, body) = answer(request.url(), &metrics, phase.get());
+                    let (status, content_type, body) = answer(
+                        request.method().as_str(),
+                        request.url(),
+                        (&metrics, &operations),
+                        phase.get(),
+                    );
                     let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type)
                         .expect("a static header is valid");
                     let response = tiny_http::Response::from_string(body)
@@ -95,9 +106,22 @@ impl Drop for AdminServer {
     }
 }
 
-fn answer(url: &str, metrics: &Metrics, phase: Phase) -> (u16, &'static str, String) {
+fn answer(
+    method: &str,
+    url: &str,
+    (metrics, operations): (&Metrics, &Operations),
+    phase: Phase,
+) -> (u16, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
+    const JSON: &str = "application/json";
     match url.split('?').next().unwrap_or_default() {
+        path if path.starts_with("/v1/") => match phase {
+            Phase::Serving => {
+                let (status, body) = operations(method, path);
+                (status, JSON, body)
+            }
+            _ => (503, JSON, r#"{"error":"not serving"}"#.into()),
+        },
         "/health" => (200, TEXT, "ok\n".into()),
         "/ready" if phase == Phase::Serving => (200, TEXT, "ready\n".into()),
         "/ready" => (503, TEXT, "not ready\n".into()),
@@ -113,7 +137,7 @@ fn answer(url: &str, metrics: &Metrics, phase: Phase) -> (u16, &'static str, Str
         _ => (
             404,
             TEXT,
-            "not found: try /metrics, /health or /ready\n".into(),
+            "not found: try /metrics, /health, /ready or /v1/cluster\n".into(),
         ),
     }
 }
