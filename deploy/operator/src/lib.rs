@@ -2,7 +2,9 @@
 //! brokers with their services, configuration, disruption budget and monitoring; dangerous
 //! changes refused; upgrades rolled one broker at a time.
 
+pub mod brokers;
 pub mod checks;
 pub mod crd;
+pub mod reconcile;
 pub mod render;
 pub mod settings;

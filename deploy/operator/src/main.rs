@@ -18,6 +18,9 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Reconcile every CoremqCluster of the Kubernetes cluster (in-cluster config, or the
+    /// kubeconfig), until SIGTERM.
+    Run,
     /// Print the CoremqCluster CustomResourceDefinition as YAML.
     Crd,
     /// Print the objects a CoremqCluster (a YAML file) becomes, as YAML documents, without
@@ -34,6 +37,22 @@ enum Command {
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Args::parse().command {
+        Command::Run => {
+            let runtime = tokio::runtime::Runtime::new()
+                .unwrap_or_else(|error| fail(&format!("cannot start the runtime: {error}")));
+            runtime.block_on(async {
+                let client = kube::Client::try_default().await.unwrap_or_else(|error| {
+                    fail(&format!("no Kubernetes API to talk to: {error}"))
+                });
+                log::info!(
+                    "coremq-operator {} reconciling CoremqClusters",
+                    env!("CARGO_PKG_VERSION")
+                );
+                let brokers = std::sync::Arc::new(coremq_operator::brokers::AdminHttp::default());
+                let context = coremq_operator::reconcile::Context::new(client, brokers);
+                coremq_operator::reconcile::run(context).await;
+            });
+        }
         Command::Crd => {
             let yaml =
                 serde_yaml_ng::to_string(&CoremqCluster::crd()).expect("a CRD serializes to YAML");
