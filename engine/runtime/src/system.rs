@@ -59,8 +59,10 @@ pub(crate) fn preflight() -> Result<(), Error> {
         } else {
             "in a container, the default seccomp profile (Docker, containerd, Kubernetes \
              RuntimeDefault) blocks io_uring_setup: run with a profile that allows the \
-             io_uring_* system calls (for example docker run --security-opt \
-             seccomp=unconfined); Linux 5.8 or later is required"
+             io_uring_* system calls (the container runtimes' default with them added: \
+             deploy/seccomp/coremq.json, docker run --security-opt \
+             seccomp=deploy/seccomp/coremq.json; or seccomp=unconfined); Linux 5.8 or \
+             later is required"
                 .to_string()
         };
         return Err(Error::System {
