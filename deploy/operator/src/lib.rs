@@ -8,3 +8,6 @@ pub mod crd;
 pub mod reconcile;
 pub mod render;
 pub mod settings;
+
+/// The brokers' seccomp profile: the container runtimes' default with io_uring allowed.
+pub const SECCOMP_PROFILE: &str = include_str!("../../seccomp/coremq.json");

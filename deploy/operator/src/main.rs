@@ -23,6 +23,10 @@ enum Command {
     Run,
     /// Print the CoremqCluster CustomResourceDefinition as YAML.
     Crd,
+    /// Write the brokers' seccomp profile (`deploy/seccomp/coremq.json`) into DIR as
+    /// `coremq.json`, then wait for SIGTERM: the Helm chart's DaemonSet runs this with the
+    /// node's `/var/lib/kubelet/seccomp/coremq` mounted at DIR.
+    SeccompInstall { dir: PathBuf },
     /// Print the objects a CoremqCluster (a YAML file) becomes, as YAML documents, without
     /// applying them: to review a change, or to validate the manifests.
     Render {
@@ -51,6 +55,25 @@ fn main() {
                 let brokers = std::sync::Arc::new(coremq_operator::brokers::AdminHttp::default());
                 let context = coremq_operator::reconcile::Context::new(client, brokers);
                 coremq_operator::reconcile::run(context).await;
+            });
+        }
+        Command::SeccompInstall { dir } => {
+            let path = dir.join("coremq.json");
+            let written = std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::write(&path, coremq_operator::SECCOMP_PROFILE));
+            if let Err(error) = written {
+                fail(&format!("cannot write {}: {error}", path.display()));
+            }
+            log::info!("wrote the seccomp profile to {}", path.display());
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|error| fail(&format!("cannot start the runtime: {error}")));
+            runtime.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .unwrap_or_else(|error| fail(&format!("no SIGTERM handler: {error}")));
+                term.recv().await;
             });
         }
         Command::Crd => {

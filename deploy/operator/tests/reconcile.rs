@@ -3,10 +3,12 @@
 //! brokers' admin API answered by `FakeBrokers`: a cluster is created, refused a dangerous
 //! change, scaled up and down, upgraded broker by broker, and recovers a lost pod.
 
+#[path = "support/chart.rs"]
+mod chart;
 #[path = "support/fake_api.rs"]
 mod fake_api;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -133,15 +135,14 @@ impl Harness {
     fn start() -> Harness {
         let api = FakeApi::start();
         let brokers = FakeBrokers::new(api.clone());
-        let client = api.client();
-        let mut context = Context::new(client.clone(), brokers.clone());
+        let mut context = Context::new(api.client(), brokers.clone());
         context.waiting = Duration::from_millis(100);
         context.settled = Duration::from_millis(500);
         tokio::spawn(reconcile::run(context));
         Harness {
+            clusters: Api::namespaced(api.user_client(), NAMESPACE),
             api,
             brokers,
-            clusters: Api::namespaced(client, NAMESPACE),
         }
     }
 
@@ -460,4 +461,75 @@ async fn a_lost_pod_is_made_again_the_cluster_degraded_meanwhile_and_nothing_els
     harness.api.hold_ready("prod-1", false);
     harness.running(3).await;
     assert!(harness.deletions().is_empty(), "{:?}", harness.deletions());
+}
+
+/// The (API group, resource, verb) triples the chart's ClusterRole grants.
+fn granted() -> BTreeSet<(String, String, String)> {
+    let objects = chart::render(&json!({}));
+    let role = objects.iter().find(|o| o["kind"] == "ClusterRole").unwrap();
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for group in rule["apiGroups"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                for verb in rule["verbs"].as_array().unwrap() {
+                    granted.insert((
+                        group.as_str().unwrap().to_string(),
+                        resource.as_str().unwrap().to_string(),
+                        verb.as_str().unwrap().to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    granted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_role_grants_exactly_the_calls_the_operator_makes() {
+    let harness = Harness::start();
+    harness.create(spec(3)).await;
+    harness.running(3).await;
+    // Refused twice alike (the second event is a series: a patch of the first).
+    for _ in 0..2 {
+        harness.change(json!({"clusterId": "other"})).await;
+        harness
+            .until("refused", |h| h.status()["phase"] == "Refused")
+            .await;
+        harness.change(json!({"clusterId": "prod-1"})).await;
+        harness.running(3).await;
+    }
+    harness
+        .change(json!({"brokers": 4, "storage": {"size": "20Gi"}}))
+        .await;
+    harness.running(4).await;
+    let claim = harness
+        .api
+        .object("persistentvolumeclaims", NAMESPACE, "data-prod-0")
+        .unwrap();
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "20Gi");
+    harness.change(json!({"image": "coremq:2"})).await;
+    harness
+        .until("upgraded", |h| h.status()["image"] == "coremq:2")
+        .await;
+    harness
+        .change(json!({"brokers": 3, "monitoring": {"enabled": false},
+                       "listeners": {"kafka": {"port": 9092}, "mqtt": null}}))
+        .await;
+    harness.running(3).await;
+    harness
+        .until("the ServiceMonitor and MQTT Service removed", |h| {
+            h.api.object("servicemonitors", NAMESPACE, "prod").is_none()
+                && h.api.object("services", NAMESPACE, "prod-mqtt").is_none()
+        })
+        .await;
+
+    let calls = harness.api.calls();
+    let granted = granted();
+    let missing: Vec<_> = calls.difference(&granted).collect();
+    assert!(
+        missing.is_empty(),
+        "calls the role does not grant: {missing:?}"
+    );
+    let unused: Vec<_> = granted.difference(&calls).collect();
+    assert!(unused.is_empty(), "granted and never used: {unused:?}");
 }

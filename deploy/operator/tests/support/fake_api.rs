@@ -64,6 +64,9 @@ struct State {
     log: Vec<String>,
     /// Pods the kubelet keeps from becoming ready.
     held: BTreeSet<String>,
+    /// Every kind of call made: API group, resource (`pods`, `coremqclusters/status`) and
+    /// the RBAC verb it needs.
+    calls: BTreeSet<(String, String, String)>,
 }
 
 /// The fake API server; cheap to clone.
@@ -342,12 +345,21 @@ impl FakeApi {
         fake
     }
 
-    /// A `kube::Client` talking to this fake.
+    /// A `kube::Client` talking to this fake, for the operator: its calls are recorded.
     pub fn client(&self) -> kube::Client {
+        self.client_as(true)
+    }
+
+    /// A `kube::Client` for the test itself (a person with kubectl): calls not recorded.
+    pub fn user_client(&self) -> kube::Client {
+        self.client_as(false)
+    }
+
+    fn client_as(&self, recorded: bool) -> kube::Client {
         let fake = self.clone();
         let service = tower::service_fn(move |request: Request<kube::client::Body>| {
             let fake = fake.clone();
-            async move { Ok::<_, Infallible>(fake.handle(request).await) }
+            async move { Ok::<_, Infallible>(fake.handle(request, recorded).await) }
         });
         kube::Client::new(service, "default")
     }
@@ -425,7 +437,12 @@ impl FakeApi {
         self.state.lock().unwrap().log.clone()
     }
 
-    async fn handle(&self, request: Request<kube::client::Body>) -> Response<Body> {
+    /// The calls made so far: (API group, resource, verb).
+    pub fn calls(&self) -> BTreeSet<(String, String, String)> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    async fn handle(&self, request: Request<kube::client::Body>, recorded: bool) -> Response<Body> {
         let method = request.method().clone();
         let uri = request.uri().clone();
         let content_type = request
@@ -460,6 +477,46 @@ impl FakeApi {
             );
         }
         let selector = query.get("labelSelector").cloned().unwrap_or_default();
+        if recorded {
+            let group = if segments[0] == "api" {
+                ""
+            } else {
+                segments[1]
+            };
+            let resource = match subresource {
+                Some(sub) => format!("{plural}/{sub}"),
+                None => plural.to_string(),
+            };
+            let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+            let mut verbs = vec![match (&method, name) {
+                (&Method::GET, None) if watching => "watch",
+                (&Method::GET, None) => "list",
+                (&Method::GET, Some(_)) => "get",
+                (&Method::POST, _) => "create",
+                (&Method::PUT, _) => "update",
+                (&Method::PATCH, _) => "patch",
+                (&Method::DELETE, _) => "delete",
+                _ => "other",
+            }];
+            let mut state = self.state.lock().unwrap();
+            let absent = name.is_none_or(|name| {
+                state
+                    .get(plural, namespace.unwrap_or("default"), name)
+                    .is_none()
+            });
+            // Applying an object that does not exist creates it: that needs `create` too.
+            if method == Method::PATCH
+                && absent
+                && content_type.starts_with("application/apply-patch")
+            {
+                verbs.push("create");
+            }
+            for verb in verbs {
+                state
+                    .calls
+                    .insert((group.to_string(), resource.clone(), verb.to_string()));
+            }
+        }
         match (method, name) {
             (Method::GET, None) if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
                 let from: u64 = query
