@@ -1,12 +1,18 @@
 //! What `deploy/` ships, run for real: the broker under the seccomp profile the operator's
 //! pods use (`deploy/seccomp/coremq.json`, applied with libseccomp as runc and crun apply
 //! it), which must let it serve, where the container runtimes' default profile it is made
-//! from must not.
+//! from must not; and the pods of the operator's StatefulSet, run as local processes in
+//! network namespaces exactly as their template says, forming a cluster and rolled one by
+//! one in the operator's order under an idempotent acks=all producer.
 
 #[path = "support/broker.rs"]
 mod broker;
 #[path = "support/kcat.rs"]
 mod kcat;
+#[path = "support/netns.rs"]
+mod netns;
+#[path = "support/python.rs"]
+mod python;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -102,4 +108,502 @@ fn the_shipped_seccomp_profile_lets_the_broker_serve_and_the_runtime_default_doe
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("io_uring is unavailable"), "{stderr}");
     assert!(stderr.contains("deploy/seccomp/coremq.json"), "{stderr}");
+}
+
+const NAMESPACE: &str = "streaming";
+const PODS: usize = 3;
+
+/// The cluster whose pods run here: three voters, one shard each.
+fn cluster(config: serde_json::Value) -> coremq_operator::crd::CoremqCluster {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "coremq.io/v1alpha1",
+        "kind": "CoremqCluster",
+        "metadata": {"name": "prod", "namespace": NAMESPACE, "uid": "3c1e"},
+        "spec": {
+            "brokers": PODS,
+            "clusterId": "pods",
+            "image": "coremq:test",
+            "storage": {"size": "1Gi"},
+            "shards": 1,
+            "terminationGracePeriodSeconds": 30,
+            "config": config,
+        },
+    }))
+    .unwrap()
+}
+
+/// What the kubelet would give pod `ordinal`'s container from the template: its command
+/// line, environment (`valueFrom` resolved, `$(VAR)` expanded as the kubelet does) and
+/// the volumes it mounts (mount path to the pod's own directory or the ConfigMap's files).
+struct Container {
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    mounts: Vec<(String, PathBuf)>,
+    ready_path: String,
+    ready_port: u16,
+    grace: Duration,
+}
+
+fn container(
+    rendered: &coremq_operator::render::Children,
+    ordinal: usize,
+    pod_dir: &Path,
+) -> Container {
+    let set = rendered.stateful_set.spec.as_ref().unwrap();
+    let template = &set.template;
+    let pod = template.spec.as_ref().unwrap();
+    let main = &pod.containers[0];
+    let pod_name = format!("prod-{ordinal}");
+    let mut labels = template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    labels.insert("apps.kubernetes.io/pod-index".into(), ordinal.to_string());
+    let mut env: Vec<(String, String)> = Vec::new();
+    for var in main.env.as_ref().unwrap() {
+        let value = match (&var.value, &var.value_from) {
+            (Some(value), _) => {
+                // $(NAME) of a variable defined before it, as the kubelet expands.
+                let mut expanded = value.clone();
+                for (name, earlier) in &env {
+                    expanded = expanded.replace(&format!("$({name})"), earlier);
+                }
+                expanded
+            }
+            (None, Some(from)) => {
+                let path = &from.field_ref.as_ref().expect("a fieldRef").field_path;
+                match path.as_str() {
+                    "metadata.name" => pod_name.clone(),
+                    "metadata.namespace" => NAMESPACE.into(),
+                    _ => {
+                        let label = path
+                            .strip_prefix("metadata.labels['")
+                            .and_then(|rest| rest.strip_suffix("']"))
+                            .unwrap_or_else(|| panic!("a fieldPath the kubelet resolves: {path}"));
+                        labels[label].clone()
+                    }
+                }
+            }
+            (None, None) => String::new(),
+        };
+        env.push((var.name.clone(), value));
+    }
+    let mut argv = main.command.clone().unwrap();
+    argv.extend(main.args.clone().unwrap_or_default());
+    let mut mounts = Vec::new();
+    for mount in main.volume_mounts.as_ref().unwrap() {
+        let dir = pod_dir.join(&mount.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_map = pod
+            .volumes
+            .as_ref()
+            .and_then(|volumes| volumes.iter().find(|volume| volume.name == mount.name))
+            .and_then(|volume| volume.config_map.as_ref());
+        if let Some(source) = config_map {
+            assert_eq!(
+                source.name,
+                rendered.config_map.metadata.name.clone().unwrap()
+            );
+            for (file, text) in rendered.config_map.data.as_ref().unwrap() {
+                std::fs::write(dir.join(file), text).unwrap();
+            }
+        } else {
+            let claims = set.volume_claim_templates.as_ref().unwrap();
+            assert!(
+                claims
+                    .iter()
+                    .any(|claim| claim.metadata.name.as_deref() == Some(&mount.name))
+            );
+        }
+        mounts.push((mount.mount_path.clone(), dir));
+    }
+    let probe = main
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    let port = match serde_json::to_value(&probe.port).unwrap() {
+        serde_json::Value::String(name) => {
+            main.ports
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|port| port.name.as_deref() == Some(name.as_str()))
+                .unwrap()
+                .container_port
+        }
+        number => number.as_i64().unwrap() as i32,
+    };
+    Container {
+        argv,
+        env,
+        mounts,
+        ready_path: probe.path.clone().unwrap(),
+        ready_port: port as u16,
+        grace: Duration::from_secs(pod.termination_grace_period_seconds.unwrap() as u64),
+    }
+}
+
+/// The pods' network: a namespace each (and one for the clients), each with a hosts file
+/// naming every pod as the headless Service's DNS would; `ip netns exec` mounts
+/// `/etc/netns/NAME/hosts` over `/etc/hosts`.
+struct Pods {
+    network: netns::Network,
+    dir: PathBuf,
+    bin: PathBuf,
+    children: Vec<Option<Child>>,
+}
+
+impl Pods {
+    fn host(ordinal: usize) -> String {
+        format!("prod-{ordinal}.prod-brokers.{NAMESPACE}.svc.cluster.local")
+    }
+
+    fn new(dir: &Path) -> Pods {
+        let network = netns::Network::create(PODS + 1).expect("network namespaces");
+        let mut hosts = String::from("127.0.0.1 localhost\n");
+        for ordinal in 0..PODS {
+            let address = network.address(ordinal);
+            hosts.push_str(&format!(
+                "{address} {} prod-{ordinal}\n",
+                Pods::host(ordinal)
+            ));
+        }
+        for member in 0..=PODS {
+            let etc = Path::new("/etc/netns").join(network.netns(member));
+            std::fs::create_dir_all(&etc).unwrap();
+            std::fs::write(etc.join("hosts"), &hosts).unwrap();
+        }
+        // The image has `coremq` on its PATH; here it is the binary under test.
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_coremq"), bin.join("coremq")).unwrap();
+        Pods {
+            network,
+            dir: dir.to_path_buf(),
+            bin,
+            children: (0..PODS).map(|_| None).collect(),
+        }
+    }
+
+    /// Starts pod `ordinal` from `rendered`: its container's command in its namespace, its
+    /// volumes bind-mounted at their paths in a mount namespace of its own.
+    fn start(&mut self, rendered: &coremq_operator::render::Children, ordinal: usize) -> Container {
+        let pod_dir = self.dir.join(format!("prod-{ordinal}"));
+        let container = container(rendered, ordinal, &pod_dir);
+        let mut script = String::from("set -e; ");
+        for (index, (path, _)) in container.mounts.iter().enumerate() {
+            std::fs::create_dir_all(path).unwrap();
+            script.push_str(&format!("mount --bind \"${}\" {path}; ", index + 1));
+        }
+        script.push_str(&format!("shift {}; exec \"$@\"", container.mounts.len()));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("prod-{ordinal}.log")))
+            .unwrap();
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.network.netns(ordinal)])
+            .args([
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+                "pod",
+            ])
+            .args(container.mounts.iter().map(|(_, dir)| dir.clone()))
+            .args(&container.argv)
+            .env_clear()
+            .env(
+                "PATH",
+                format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", self.bin.display()),
+            )
+            .envs(container.env.iter().cloned())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.children[ordinal] = Some(command.spawn().unwrap());
+        container
+    }
+
+    fn log(&self, ordinal: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("prod-{ordinal}.log"))).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        (0..PODS)
+            .map(|o| format!("--- prod-{o}\n{}", self.log(o)))
+            .collect()
+    }
+
+    /// GETs `path` from pod `ordinal` on `port`: the status and the body.
+    fn get(&self, ordinal: usize, port: u16, path: &str) -> Option<(u16, String)> {
+        let address = self.network.address(ordinal);
+        let mut stream = TcpStream::connect((address.as_str(), port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        let status = answer.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, answer.split_once("\r\n\r\n")?.1.to_string()))
+    }
+
+    /// Waits until pod `ordinal` answers its readiness probe.
+    fn await_ready(&mut self, ordinal: usize, container: &Container) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let probe = self.get(ordinal, container.ready_port, &container.ready_path);
+            if probe.map(|(status, _)| status) == Some(200) {
+                return;
+            }
+            if let Some(status) = self.children[ordinal].as_mut().unwrap().try_wait().unwrap() {
+                panic!("prod-{ordinal} exited ({status}):\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prod-{ordinal} not ready\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `GET /v1/cluster` from pod `ordinal`.
+    fn health(&self, ordinal: usize, admin: u16) -> Option<serde_json::Value> {
+        let (status, body) = self.get(ordinal, admin, "/v1/cluster")?;
+        (status == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
+    }
+
+    /// SIGTERM to pod `ordinal`, as the kubelet stops a deleted pod; its exit status,
+    /// SIGKILL after the grace period.
+    fn terminate(&mut self, ordinal: usize, grace: Duration) -> std::process::ExitStatus {
+        let mut child = self.children[ordinal].take().unwrap();
+        // The broker is the last process of the chain `ip` -> `unshare` -> `sh` exec'd into.
+        let pid = child.id();
+        let broker = find_descendant(pid).unwrap_or(pid);
+        Command::new("kill")
+            .args(["-TERM", &broker.to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                Command::new("kill")
+                    .args(["-KILL", &broker.to_string()])
+                    .status()
+                    .unwrap();
+                panic!(
+                    "prod-{ordinal} did not stop within its grace\n{}",
+                    self.log(ordinal)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A client command inside the clients' namespace (pod names resolve there).
+    fn client(&self, program: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.network.netns(PODS)])
+            .arg(program)
+            .args(args);
+        command
+    }
+}
+
+/// The deepest process below `pid` (one child each step): the broker under its wrappers.
+fn find_descendant(pid: u32) -> Option<u32> {
+    let mut current = pid;
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{current}/task/{current}/children")).ok()?;
+        match children.split_whitespace().next() {
+            Some(child) => current = child.parse().ok()?,
+            None => return Some(current),
+        }
+    }
+}
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            if let Some(broker) = find_descendant(child.id()) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &broker.to_string()])
+                    .status();
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for member in 0..=PODS {
+            let _ =
+                std::fs::remove_dir_all(Path::new("/etc/netns").join(self.network.netns(member)));
+        }
+    }
+}
+
+#[test]
+fn the_operators_pods_form_a_cluster_and_roll_in_its_order_without_losing_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pods = Pods::new(dir.path());
+    let before = coremq_operator::render::render(&cluster(serde_json::json!({})));
+    let containers: Vec<Container> = (0..PODS)
+        .map(|ordinal| pods.start(&before, ordinal))
+        .collect();
+    for (ordinal, container) in containers.iter().enumerate() {
+        pods.await_ready(ordinal, container);
+    }
+    let admin = coremq_operator::render::ADMIN_PORT as u16;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let health = loop {
+        let health = pods.health(0, admin);
+        let formed = health.as_ref().is_some_and(|health| {
+            health["controller_id"].is_i64()
+                && health["brokers"].as_array().is_some_and(|brokers| {
+                    brokers.len() == PODS && brokers.iter().all(|b| b["fenced"] == false)
+                })
+        });
+        if formed {
+            break health.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no cluster of three: {health:?}\n{}",
+            pods.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    let bootstrap: String = (0..PODS)
+        .map(|o| format!("{}:9092", Pods::host(o)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let script = python::scripts().join("replicated.py");
+    let interpreter = python::interpreter();
+    let run = |pods: &Pods, args: &[&str]| {
+        let mut full = vec![script.to_str().unwrap()];
+        full.extend(args);
+        pods.client(&interpreter, &full)
+            .current_dir(python::scripts())
+            .output()
+            .unwrap()
+    };
+    let created = run(&pods, &[&bootstrap, "create", "rolled", "3"]);
+    assert!(
+        created.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&created.stderr),
+        pods.logs()
+    );
+    let acked = dir.path().join("acked.json");
+    let stop = dir.path().join("stop");
+    let until = format!("until:{}", stop.display());
+    let full = [
+        script.to_str().unwrap(),
+        &bootstrap,
+        "produce",
+        "rolled",
+        &until,
+        acked.to_str().unwrap(),
+    ];
+    let producer = pods
+        .client(&interpreter, &full)
+        .current_dir(python::scripts())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+
+    // The operator's order: highest ordinal first, the controller's leader last; each pod
+    // stopped (SIGTERM, within its grace), started from the new template, and the next only
+    // once it is ready and nothing is under-replicated.
+    let leader = health["controller_id"].as_i64().unwrap() as usize;
+    let mut order: Vec<usize> = (0..PODS).rev().filter(|&o| o != leader).collect();
+    order.push(leader);
+    let after = coremq_operator::render::render(&cluster(
+        serde_json::json!({"connections_max_idle_ms": 300000}),
+    ));
+    let hash = |children: &coremq_operator::render::Children| {
+        children
+            .stateful_set
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[coremq_operator::render::CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    assert_ne!(hash(&before), hash(&after), "the new template differs");
+    for &ordinal in &order {
+        let status = pods.terminate(ordinal, containers[ordinal].grace);
+        assert!(
+            status.success(),
+            "prod-{ordinal} stopped with {status}\n{}",
+            pods.log(ordinal)
+        );
+        let container = pods.start(&after, ordinal);
+        pods.await_ready(ordinal, &container);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let health = pods.health(ordinal, admin);
+            let whole = health.as_ref().is_some_and(|h| {
+                h["under_replicated_partitions"] == 0
+                    && h["brokers"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|b| b["fenced"] == false)
+            });
+            if whole {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prod-{ordinal} back, cluster not whole: {health:?}\n{}",
+                pods.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let file =
+            std::fs::read_to_string(pods.dir.join(format!("prod-{ordinal}/config/coremq.toml")))
+                .unwrap();
+        assert!(file.contains("connections_max_idle_ms = 300000"), "{file}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write(&stop, "").unwrap();
+    let produced = producer.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&produced.stdout).into_owned();
+    assert!(
+        produced.status.success(),
+        "the producer failed: {printed}{}\n{}",
+        String::from_utf8_lossy(&produced.stderr),
+        pods.logs()
+    );
+    println!("{printed}");
+    let verified = run(
+        &pods,
+        &[&bootstrap, "verify", "rolled", acked.to_str().unwrap()],
+    );
+    assert!(
+        verified.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr),
+        pods.logs()
+    );
+    println!("{}", String::from_utf8_lossy(&verified.stdout));
 }
