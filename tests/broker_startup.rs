@@ -185,7 +185,20 @@ fn the_admin_listener_answers_health_readiness_and_metrics() {
     assert_eq!(value("coremq_records_appended_total "), 2.0);
     assert!(value("coremq_requests_total{api=\"Produce\"} ") >= 1.0);
     assert!(value("coremq_partitions ") >= 1.0);
-    assert!(metrics.contains("coremq_fsync_latency_seconds{quantile=\"0.99\"}"));
+    assert!(metrics.contains("coremq_fsync_latency_seconds_bucket{le=\"0.001\"}"));
+    assert!(value("coremq_request_latency_seconds_count{api=\"Produce\"} ") >= 1.0);
+    assert!(value("coremq_request_latency_seconds_bucket{le=\"+Inf\",api=\"Produce\"} ") >= 1.0);
+    assert_eq!(
+        value("coremq_topic_records_appended_total{topic=\"scraped\"} "),
+        2.0
+    );
+    assert_eq!(
+        value("coremq_partition_high_watermark{topic=\"scraped\",partition=\"0\"} "),
+        2.0
+    );
+    assert_eq!(value("coremq_under_replicated_partitions "), 0.0);
+    assert_eq!(value("coremq_controller_active "), 1.0);
+    assert_eq!(value("coremq_build_info{version=\"0.1.0\"} "), 1.0);
     assert!(broker.stop().success());
 }
 

@@ -56,7 +56,7 @@ pub use types::{Offset, Position, Timestamp, TopicPartition};
 #[cfg(feature = "runtime")]
 pub use config::EngineConfig;
 #[cfg(feature = "runtime")]
-pub use engine::{Engine, Handle, abort_on_panic};
+pub use engine::{Engine, Handle, Shard, abort_on_panic};
 #[cfg(feature = "runtime")]
 pub use log::{Ack, AppendInfo, Isolation, LogOffsets, ReadBatches};
 #[cfg(feature = "runtime")]

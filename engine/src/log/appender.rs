@@ -208,6 +208,11 @@ impl Log {
         match origin {
             Origin::Producer => {
                 add(&self.metrics.bytes_appended, size as u64);
+                self.bytes_appended
+                    .set(self.bytes_appended.get() + size as u64);
+                let records = u64::from(header.records_count);
+                self.records_appended
+                    .set(self.records_appended.get() + records);
                 add(
                     &self.metrics.records_appended,
                     u64::from(header.records_count),

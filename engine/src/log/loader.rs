@@ -205,6 +205,8 @@ impl Log {
             producer_appends: Cell::new(true),
             compacting: Cell::new(false),
             compacted_through: Cell::new(None),
+            bytes_appended: Cell::new(0),
+            records_appended: Cell::new(0),
             metrics,
             cache,
             storage,

@@ -183,6 +183,9 @@ pub struct Log {
     /// End of the sealed segments the last compaction pass fully cleaned (no tombstone left
     /// waiting); the next pass runs only once more segments are sealed.
     pub(crate) compacted_through: Cell<Option<Offset>>,
+    /// Bytes and records producers appended to this log since it was opened.
+    pub(crate) bytes_appended: Cell<u64>,
+    pub(crate) records_appended: Cell<u64>,
     pub(crate) metrics: Rc<Metrics>,
     /// The shard's memory budget for recent batches, which this log's cache counts against.
     pub(crate) cache: Rc<ShardCache>,
@@ -224,6 +227,11 @@ impl Log {
             .await?;
         self.inner.borrow_mut().config = config;
         Ok(())
+    }
+
+    /// Bytes and records producers appended to this log (as leader) since it was opened.
+    pub fn appended(&self) -> (u64, u64) {
+        (self.bytes_appended.get(), self.records_appended.get())
     }
 
     /// The next offset to be assigned, without the rest of [`Log::offsets`] (which sums the

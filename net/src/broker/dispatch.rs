@@ -63,8 +63,18 @@ pub async fn respond(
 ) -> Option<Vec<Bytes>> {
     let correlation_id = request.header.correlation_id;
     let version = request.header.request_api_version;
-    let body = handle(context, request, peer).await?;
-    Some(frame::encode_response(correlation_id, version, &body))
+    let key = request.header.request_api_key;
+    let started = std::time::Instant::now();
+    let body = handle(context, request, peer).await;
+    let response = body.map(|body| frame::encode_response(correlation_id, version, &body));
+    let seconds = started.elapsed().as_secs_f64();
+    context
+        .latency
+        .borrow_mut()
+        .entry(key)
+        .or_default()
+        .observe(seconds);
+    response
 }
 
 /// Handles one request from `peer`; `None` when the protocol wants no answer (Produce with

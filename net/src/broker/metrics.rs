@@ -1,27 +1,92 @@
 //! The broker's `/metrics`: the engine's counters, each shard's connections, requests, groups
 //! and closes, and the topic table's size, in OpenMetrics text.
 
-use std::sync::atomic::AtomicU64;
+use std::collections::BTreeMap;
 
 use coremq_engine::{Handle, MetricsSnapshot};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use super::Context;
+use super::latency::{Histograms, Latency};
 use crate::mqtt::{Mqtt, OverWebSocket};
 use crate::protocol::api;
 use crate::server::Server;
+use coremq_engine::TopicPartition;
 
 /// What one shard reports for a scrape.
 struct ShardCounters {
     connections: u64,
     requests: Vec<(i16, u64)>,
+    latency: Vec<(i16, Latency)>,
     groups: u64,
     closed: Vec<(&'static str, u64)>,
     mqtt: MqttCounters,
+    partitions: Vec<PartitionStats>,
+    /// Consumer group lag: group, topic, partition, committed offset, messages behind the
+    /// high watermark (where this broker holds a replica of the partition).
+    lags: Vec<(String, String, i32, i64, i64)>,
+}
+
+/// One partition replica of this shard.
+struct PartitionStats {
+    topic: String,
+    partition: i32,
+    leader: bool,
+    log_end: u64,
+    high_watermark: u64,
+    size_bytes: u64,
+    bytes_appended: u64,
+    records_appended: u64,
+}
+
+/// The whole cluster's health as this broker's metadata says, and whether it leads the
+/// controller quorum.
+struct ClusterFacts {
+    topics: u64,
+    partitions: u64,
+    health: super::operations::Health,
+}
+
+/// Collects what shard `context`'s replicas and groups report.
+async fn shard_partitions(
+    context: &Context,
+) -> (Vec<PartitionStats>, Vec<(String, String, i32, i64, i64)>) {
+    let me = context.config.node_id;
+    let mut partitions = Vec::new();
+    if let Some(shard) = coremq_engine::Shard::current() {
+        for log in shard.logs() {
+            let name = log.topic_partition().clone();
+            let offsets = log.offsets();
+            let (bytes_appended, records_appended) = log.appended();
+            partitions.push(PartitionStats {
+                leader: context.cluster.leader_of(&name) == Some(me),
+                topic: name.topic.to_string(),
+                partition: name.partition as i32,
+                log_end: offsets.log_end.0,
+                high_watermark: offsets.committed.0,
+                size_bytes: offsets.size_bytes,
+                bytes_appended,
+                records_appended,
+            });
+        }
+    }
+    let committed = context.groups.borrow().committed();
+    let mut lags = Vec::with_capacity(committed.len());
+    for (group, topic, partition, offset) in committed {
+        let Ok(name) = TopicPartition::new(&topic, partition as u32) else {
+            continue;
+        };
+        if let Ok(offsets) = context.cluster.offsets(&name).await {
+            let behind = (offsets.committed.0 as i64 - offset).max(0);
+            lags.push((group, topic, partition, offset, behind));
+        }
+    }
+    (partitions, lags)
 }
 
 /// What one shard's MQTT front end reports.
@@ -62,6 +127,13 @@ pub(super) async fn metrics(handle: &Handle) -> Result<String, coremq_engine::Er
                         .iter()
                         .map(|(key, count)| (*key, *count))
                         .collect();
+                    let latency = context
+                        .latency
+                        .borrow()
+                        .iter()
+                        .map(|(key, latency)| (*key, latency.clone()))
+                        .collect();
+                    let (partitions, lags) = shard_partitions(&context).await;
                     let groups = context.groups.borrow().group_count() as u64;
                     let mut mqtt = MqttCounters::default();
                     if let Some(server) = Server::<Mqtt>::current() {
@@ -85,30 +157,40 @@ pub(super) async fn metrics(handle: &Handle) -> Result<String, coremq_engine::Er
                             .map_or(0, |server| server.open_connections())
                             as u64,
                         requests,
+                        latency,
                         groups,
                         closed: server.map(|server| server.closes()).unwrap_or_default(),
+                        partitions,
+                        lags,
                     })
                 })
                 .await?,
         );
     }
-    let (topics, partitions) = handle
+    let cluster = handle
         .on_shard(0, |_| async move {
-            let table = Context::current().topics();
+            let context = Context::current();
+            let table = context.topics();
             let partitions = table.iter().map(|topic| u64::from(topic.partitions)).sum();
-            Ok((table.len() as u64, partitions))
+            let image = context.cluster.image();
+            let health = super::operations::health(
+                &image,
+                context.config.node_id,
+                context.cluster.controller(),
+            );
+            Ok(ClusterFacts {
+                topics: table.len() as u64,
+                partitions,
+                health,
+            })
         })
         .await?;
-    Ok(render(&engine, &shards, topics, partitions))
+    Ok(render(&engine, &shards, &cluster))
 }
 
-fn render(
-    engine: &MetricsSnapshot,
-    shards: &[ShardCounters],
-    topics: u64,
-    partitions: u64,
-) -> String {
+fn render(engine: &MetricsSnapshot, shards: &[ShardCounters], cluster: &ClusterFacts) -> String {
     let mut registry = Registry::with_prefix("coremq");
+    let (topics, partitions) = (cluster.topics, cluster.partitions);
     let counters = [
         (
             "bytes_appended",
@@ -232,22 +314,188 @@ fn render(
         closed,
     );
 
-    let fsync = Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
-    for quantile in [0.5, 0.99, 0.999, 1.0] {
-        let micros = engine.fsync_latency_us.value_at_quantile(quantile);
-        fsync
-            .get_or_create(&vec![("quantile".to_string(), quantile.to_string())])
-            .set(micros as f64 / 1e6);
+    registry.register_collector(Box::new(Histograms {
+        name: "fsync_latency_seconds",
+        help: "fdatasync latency of the logs' group commits",
+        series: vec![(Vec::new(), Latency::from_micros(&engine.fsync_latency_us))],
+    }));
+    let mut by_api: BTreeMap<&'static str, Latency> = BTreeMap::new();
+    for shard in shards {
+        for (key, latency) in &shard.latency {
+            let name =
+                api::api(*key).map_or("unknown", |range| range.name.trim_end_matches("Request"));
+            by_api.entry(name).or_default().merge(latency);
+        }
     }
+    registry.register_collector(Box::new(Histograms {
+        name: "request_latency_seconds",
+        help: "Time to handle a Kafka request and encode its response (a Produce includes \
+               its replication and fsync wait, a Fetch its long poll), by API",
+        series: by_api
+            .into_iter()
+            .map(|(name, latency)| (vec![("api".to_string(), name.to_string())], latency))
+            .collect(),
+    }));
+    render_partitions(&mut registry, shards);
+    render_cluster(&mut registry, &cluster.health);
     registry.register(
-        "fsync_latency_seconds",
-        "fdatasync latency quantiles since start",
-        fsync,
+        "build",
+        "The broker's version",
+        Info::new(vec![(
+            "version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        )]),
     );
     render_mqtt(&mut registry, shards);
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
+}
+
+type Labels = Vec<(String, String)>;
+
+fn partition_labels(topic: &str, partition: i32) -> Labels {
+    vec![
+        ("topic".to_string(), topic.to_string()),
+        ("partition".to_string(), partition.to_string()),
+    ]
+}
+
+/// Per partition (those this broker leads: throughput and offsets; every replica: size) and
+/// per topic, and consumer group lag.
+fn render_partitions(registry: &mut Registry, shards: &[ShardCounters]) {
+    let bytes = Family::<Labels, Counter>::default();
+    let records = Family::<Labels, Counter>::default();
+    let log_end = Family::<Labels, Gauge>::default();
+    let high_watermark = Family::<Labels, Gauge>::default();
+    let size = Family::<Labels, Gauge>::default();
+    let topic_bytes = Family::<Labels, Counter>::default();
+    let topic_records = Family::<Labels, Counter>::default();
+    for partition in shards.iter().flat_map(|shard| &shard.partitions) {
+        let labels = partition_labels(&partition.topic, partition.partition);
+        size.get_or_create(&labels).set(partition.size_bytes as i64);
+        if !partition.leader {
+            continue;
+        }
+        bytes
+            .get_or_create(&labels)
+            .inc_by(partition.bytes_appended);
+        records
+            .get_or_create(&labels)
+            .inc_by(partition.records_appended);
+        log_end.get_or_create(&labels).set(partition.log_end as i64);
+        high_watermark
+            .get_or_create(&labels)
+            .set(partition.high_watermark as i64);
+        let topic = vec![("topic".to_string(), partition.topic.clone())];
+        topic_bytes
+            .get_or_create(&topic)
+            .inc_by(partition.bytes_appended);
+        topic_records
+            .get_or_create(&topic)
+            .inc_by(partition.records_appended);
+    }
+    registry.register(
+        "partition_bytes_appended",
+        "Bytes producers appended to partitions this broker leads, since it started leading",
+        bytes,
+    );
+    registry.register(
+        "partition_records_appended",
+        "Records producers appended to partitions this broker leads",
+        records,
+    );
+    registry.register(
+        "partition_log_end_offset",
+        "Next offset of partitions this broker leads",
+        log_end,
+    );
+    registry.register(
+        "partition_high_watermark",
+        "High watermark (committed end) of partitions this broker leads",
+        high_watermark,
+    );
+    registry.register(
+        "partition_size_bytes",
+        "Bytes of every partition replica on this broker",
+        size,
+    );
+    registry.register(
+        "topic_bytes_appended",
+        "Bytes producers appended to each topic's partitions this broker leads",
+        topic_bytes,
+    );
+    registry.register(
+        "topic_records_appended",
+        "Records producers appended to each topic's partitions this broker leads",
+        topic_records,
+    );
+    let committed = Family::<Labels, Gauge>::default();
+    let lag = Family::<Labels, Gauge>::default();
+    for (group, topic, partition, offset, behind) in shards.iter().flat_map(|shard| &shard.lags) {
+        let mut labels = partition_labels(topic, *partition);
+        labels.insert(0, ("group".to_string(), group.clone()));
+        committed.get_or_create(&labels).set(*offset);
+        lag.get_or_create(&labels).set(*behind);
+    }
+    registry.register(
+        "consumer_group_committed_offset",
+        "Offsets consumer groups this broker coordinates committed",
+        committed,
+    );
+    registry.register(
+        "consumer_group_lag",
+        "Records between a group's committed offset and the partition's high watermark \
+         (groups this broker coordinates, partitions it holds a replica of)",
+        lag,
+    );
+}
+
+/// The cluster as this broker's metadata says: partitions under-replicated, offline and
+/// moving, brokers by state, and the controller quorum's leader.
+fn render_cluster(registry: &mut Registry, health: &super::operations::Health) {
+    gauge(
+        registry,
+        "under_replicated_partitions",
+        "Partitions with a replica out of the in-sync set, in the whole cluster",
+        health.under_replicated_partitions as i64,
+    );
+    gauge(
+        registry,
+        "offline_partitions",
+        "Partitions without a live leader, in the whole cluster",
+        health.offline_partitions as i64,
+    );
+    gauge(
+        registry,
+        "reassigning_partitions",
+        "Partitions with a reassignment in progress",
+        health.reassigning_partitions as i64,
+    );
+    let brokers = Family::<Labels, Gauge>::default();
+    for state in ["live", "fenced"] {
+        let count = health
+            .brokers
+            .iter()
+            .filter(|broker| broker.fenced == (state == "fenced"))
+            .count();
+        brokers
+            .get_or_create(&vec![("state".to_string(), state.to_string())])
+            .set(count as i64);
+    }
+    registry.register("brokers", "Registered brokers, live or fenced", brokers);
+    gauge(
+        registry,
+        "controller_leader",
+        "The broker leading the controller quorum (-1: none elected)",
+        i64::from(health.controller_id.unwrap_or(-1)),
+    );
+    gauge(
+        registry,
+        "controller_active",
+        "1 on the broker leading the controller quorum, else 0",
+        i64::from(health.controller_id == Some(health.node_id)),
+    );
 }
 
 fn render_mqtt(registry: &mut Registry, shards: &[ShardCounters]) {

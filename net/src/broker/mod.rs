@@ -11,6 +11,7 @@ mod error;
 mod errors;
 mod fetch;
 mod groups;
+mod latency;
 pub(crate) mod metadata;
 mod metrics;
 mod operations;
@@ -66,6 +67,8 @@ pub(crate) struct Context {
     pub producer_ids: Option<producer_ids::ProducerIds>,
     /// Requests decoded on this shard, by API key.
     pub requests: RefCell<std::collections::HashMap<i16, u64>>,
+    /// How long this shard's handlers took, by API key.
+    pub latency: RefCell<std::collections::HashMap<i16, latency::Latency>>,
 }
 
 impl Context {
@@ -453,6 +456,7 @@ impl Broker {
                     groups: RefCell::new(groups::Coordinator::default()),
                     producer_ids: producer_ids.map(producer_ids::ProducerIds::new),
                     requests: RefCell::default(),
+                    latency: RefCell::default(),
                 });
                 coremq_runtime::install(context.clone());
                 if let Some(ids) = &context.producer_ids {

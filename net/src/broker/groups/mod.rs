@@ -112,6 +112,23 @@ impl Coordinator {
                 .count()
     }
 
+    /// Every committed offset this shard holds: group, topic, partition, offset.
+    pub fn committed(&self) -> Vec<(String, String, i32, i64)> {
+        self.offsets
+            .iter()
+            .flat_map(|(group, offsets)| {
+                offsets.iter().map(|((topic, partition), stored)| {
+                    (
+                        group.clone(),
+                        topic.clone(),
+                        *partition,
+                        stored.committed.offset,
+                    )
+                })
+            })
+            .collect()
+    }
+
     fn apply(&mut self, group: &str, topic: &str, partition: i32, value: Option<Stored>) {
         let key = (topic.to_string(), partition);
         match value {
