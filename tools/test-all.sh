@@ -21,15 +21,18 @@ cargo --version
 say "Kafka and MQTT clients and network tools for the end-to-end tests"
 # kcat; mosquitto_pub and mosquitto_sub (tests/mqtt.rs); stdbuf (coreutils); ip (iproute2)
 # and nft (nftables) for the network-partition test (tests/partition.rs); libseccomp's
-# Python binding for Debian's python3 (tests/deploy.rs applies deploy/seccomp/coremq.json).
+# Python binding for Debian's python3 (tests/deploy.rs applies deploy/seccomp/coremq.json);
+# Prometheus and promtool (tests/prometheus.rs scrapes a broker, loads the alert rules).
 if ! command -v kcat >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1 \
   || ! command -v nft >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1 \
-  || ! command -v stdbuf >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import seccomp' 2>/dev/null; then
+  || ! command -v stdbuf >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import seccomp' 2>/dev/null \
+  || ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
   sudo_cmd=""
   if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
   $sudo_cmd apt-get update -qq
-  $sudo_cmd apt-get install -y -qq kcat iproute2 nftables mosquitto-clients coreutils \
-    python3 python3-seccomp >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
+    kcat iproute2 nftables mosquitto-clients coreutils python3 python3-seccomp prometheus \
+    >/dev/null
 fi
 kcat -V | head -n 1
 # (mosquitto_sub --help exits 1 after printing its version.)
