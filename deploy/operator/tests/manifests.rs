@@ -221,3 +221,50 @@ fn hadolint_passes_the_dockerfiles() {
         );
     }
 }
+
+/// The CRD's CEL rules, evaluated as the API server does when a resource is stored (with
+/// kube-cel): what the operator would refuse later is refused at admission already.
+#[test]
+fn the_crd_cel_rules_refuse_an_even_quorum_excess_voters_and_a_changed_cluster_id() {
+    let crd = serde_json::to_value(CoremqCluster::crd()).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let good = serde_json::to_value(example("three-brokers.yaml")).unwrap();
+    let errors = |object: &Value, old: Option<&Value>| -> Vec<String> {
+        kube_cel::validate(schema, object, old)
+            .iter()
+            .map(|error| error.to_string())
+            .collect()
+    };
+    assert_eq!(errors(&good, None), Vec::<String>::new());
+    assert_eq!(errors(&good, Some(&good)), Vec::<String>::new());
+
+    let mut even = good.clone();
+    even["spec"]["controllerVoters"] = json!(2);
+    let refused = errors(&even, Some(&good));
+    assert!(
+        refused
+            .iter()
+            .any(|e| e.contains("controllerVoters must be odd")),
+        "{refused:?}"
+    );
+
+    let mut excess = good.clone();
+    excess["spec"]["controllerVoters"] = json!(5);
+    let refused = errors(&excess, Some(&good));
+    assert!(
+        refused.iter().any(|e| e.contains("cannot exceed brokers")),
+        "{refused:?}"
+    );
+
+    let mut renamed = good.clone();
+    renamed["spec"]["clusterId"] = json!("another");
+    let refused = errors(&renamed, Some(&good));
+    assert!(
+        refused
+            .iter()
+            .any(|e| e.contains("clusterId cannot change")),
+        "{refused:?}"
+    );
+    // Creating with any id is fine: the transition rule needs an old object.
+    assert_eq!(errors(&renamed, None), Vec::<String>::new());
+}
