@@ -540,25 +540,26 @@ fn two_voters_left_of_three_keep_their_sessions() {
     }
 }
 
+/// Starts broker 3 outside `voters` (an observer, following the metadata log) with its data
+/// in `data`, and waits until it is ready.
+fn start_observer(brokers: &mut Vec<Broker>, voters: &str, data: &Path) {
+    let flags = cluster_flags(3, voters, 1);
+    let listener = format!("127.0.0.1:{}", free_port());
+    let mut flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    flags.extend(["--controller-listener", &listener]);
+    let kafka = format!("127.0.0.1:{}", free_port());
+    brokers.push(Broker::spawn(data, &kafka, free_port(), &flags));
+    brokers[3]
+        .wait_ready(Duration::from_secs(60))
+        .unwrap_or_else(|failure| panic!("broker 3 starts: {failure}\n{}", logs(brokers)));
+}
+
 #[test]
 fn an_observer_joins_takes_a_partition_moved_onto_it_and_is_fenced_once_killed() {
     let dir = tempfile::tempdir().unwrap();
     let (mut brokers, voters) = start_cluster_of(dir.path(), 1);
     // Broker 3 is not a voter: it follows the metadata log from the voters.
-    let flags = cluster_flags(3, &voters, 1);
-    let listener = format!("127.0.0.1:{}", free_port());
-    let mut flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    flags.extend(["--controller-listener", &listener]);
-    let kafka = format!("127.0.0.1:{}", free_port());
-    brokers.push(Broker::spawn(
-        &dir.path().join("observer"),
-        &kafka,
-        free_port(),
-        &flags,
-    ));
-    brokers[3]
-        .wait_ready(Duration::from_secs(60))
-        .unwrap_or_else(|failure| panic!("the observer starts: {failure}\n{}", logs(&brokers)));
+    start_observer(&mut brokers, &voters, &dir.path().join("observer"));
     let all: BTreeSet<i64> = (0..4).collect();
     await_metadata(&brokers[0], Duration::from_secs(10), |seen| {
         broker_ids(seen) == all
@@ -649,20 +650,7 @@ fn the_admin_api_rebalances_replicas_onto_an_added_broker_and_drains_one_to_be_r
         },
     );
     assert_eq!(code, 0, "{message}");
-    let flags = cluster_flags(3, &voters, 1);
-    let listener = format!("127.0.0.1:{}", free_port());
-    let mut flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    flags.extend(["--controller-listener", &listener]);
-    let kafka = format!("127.0.0.1:{}", free_port());
-    brokers.push(Broker::spawn(
-        &dir.path().join("added"),
-        &kafka,
-        free_port(),
-        &flags,
-    ));
-    brokers[3]
-        .wait_ready(Duration::from_secs(60))
-        .unwrap_or_else(|failure| panic!("the added broker starts: {failure}"));
+    start_observer(&mut brokers, &voters, &dir.path().join("added"));
     eventually(&brokers, "four live brokers, nothing moving", || {
         let health = cluster_health(&brokers[0]);
         replica_loads(&health).len() == 4 && settled(&health)
