@@ -2,8 +2,10 @@
 //! pods use (`deploy/seccomp/coremq.json`, applied with libseccomp as runc and crun apply
 //! it), which must let it serve, where the container runtimes' default profile it is made
 //! from must not; and the pods of the operator's StatefulSet, run as local processes in
-//! network namespaces exactly as their template says, forming a cluster and rolled one by
-//! one in the operator's order under an idempotent acks=all producer.
+//! network namespaces exactly as their template says (command, environment, config file,
+//! volumes, and the security context: user, groups, a read-only root, no capabilities),
+//! forming a cluster and rolled one by one in the operator's order under an idempotent
+//! acks=all producer.
 
 #[path = "support/broker.rs"]
 mod broker;
@@ -138,10 +140,18 @@ fn cluster(config: serde_json::Value) -> coremq_operator::crd::CoremqCluster {
 struct Container {
     argv: Vec<String>,
     env: Vec<(String, String)>,
-    mounts: Vec<(String, PathBuf)>,
+    /// Mount path, the pod's directory mounted there, and whether read-only.
+    mounts: Vec<(String, PathBuf, bool)>,
     ready_path: String,
     ready_port: u16,
     grace: Duration,
+    /// The security context: user and group ids, the volumes' group (fsGroup), a read-only
+    /// root filesystem, every capability dropped, no privilege escalation.
+    user: (i64, i64),
+    fs_group: i64,
+    read_only_root: bool,
+    drop_all: bool,
+    no_new_privileges: bool,
 }
 
 fn container(
@@ -212,7 +222,7 @@ fn container(
                     .any(|claim| claim.metadata.name.as_deref() == Some(&mount.name))
             );
         }
-        mounts.push((mount.mount_path.clone(), dir));
+        mounts.push((mount.mount_path.clone(), dir, mount.read_only == Some(true)));
     }
     let probe = main
         .readiness_probe
@@ -233,6 +243,9 @@ fn container(
         }
         number => number.as_i64().unwrap() as i32,
     };
+    let pod_security = pod.security_context.as_ref().unwrap();
+    let security = main.security_context.as_ref().unwrap();
+    let dropped = security.capabilities.as_ref().and_then(|c| c.drop.clone());
     Container {
         argv,
         env,
@@ -240,6 +253,14 @@ fn container(
         ready_path: probe.path.clone().unwrap(),
         ready_port: port as u16,
         grace: Duration::from_secs(pod.termination_grace_period_seconds.unwrap() as u64),
+        user: (
+            pod_security.run_as_user.unwrap(),
+            pod_security.run_as_group.unwrap(),
+        ),
+        fs_group: pod_security.fs_group.unwrap(),
+        read_only_root: security.read_only_root_filesystem == Some(true),
+        drop_all: dropped.is_some_and(|drop| drop.iter().any(|c| c == "ALL")),
+        no_new_privileges: security.allow_privilege_escalation == Some(false),
     }
 }
 
@@ -273,7 +294,9 @@ impl Pods {
             std::fs::create_dir_all(&etc).unwrap();
             std::fs::write(etc.join("hosts"), &hosts).unwrap();
         }
-        // The image has `coremq` on its PATH; here it is the binary under test.
+        // The image has `coremq` on its PATH; here it is the binary under test, which the
+        // pods' unprivileged user must reach.
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_coremq"), bin.join("coremq")).unwrap();
@@ -290,12 +313,38 @@ impl Pods {
     fn start(&mut self, rendered: &coremq_operator::render::Children, ordinal: usize) -> Container {
         let pod_dir = self.dir.join(format!("prod-{ordinal}"));
         let container = container(rendered, ordinal, &pod_dir);
+        // As the kubelet and the runtime would: the volumes at their paths (read-only where
+        // the mount says), owned by fsGroup; the root filesystem read-only; then the
+        // container's process as its user, without capabilities or privilege escalation.
         let mut script = String::from("set -e; ");
-        for (index, (path, _)) in container.mounts.iter().enumerate() {
+        for (index, (path, dir, read_only)) in container.mounts.iter().enumerate() {
             std::fs::create_dir_all(path).unwrap();
+            let group = container.fs_group.to_string();
+            let owner = format!("{}:{group}", container.user.0);
+            let owned = Command::new("chown").args(["-R", &owner]).arg(dir).status();
+            assert!(owned.unwrap().success());
             script.push_str(&format!("mount --bind \"${}\" {path}; ", index + 1));
+            if *read_only {
+                script.push_str(&format!("mount -o remount,bind,ro {path}; "));
+            }
         }
-        script.push_str(&format!("shift {}; exec \"$@\"", container.mounts.len()));
+        if container.read_only_root {
+            script.push_str("mount -o remount,bind,ro /; ");
+        }
+        let mut privileges = format!(
+            "setpriv --reuid {} --regid {} --groups {} ",
+            container.user.0, container.user.1, container.fs_group
+        );
+        if container.drop_all {
+            privileges.push_str("--inh-caps -all --bounding-set -all ");
+        }
+        if container.no_new_privileges {
+            privileges.push_str("--no-new-privs ");
+        }
+        script.push_str(&format!(
+            "shift {}; exec {privileges}\"$@\"",
+            container.mounts.len()
+        ));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -314,7 +363,7 @@ impl Pods {
                 &script,
                 "pod",
             ])
-            .args(container.mounts.iter().map(|(_, dir)| dir.clone()))
+            .args(container.mounts.iter().map(|(_, dir, _)| dir.clone()))
             .args(&container.argv)
             .env_clear()
             .env(
@@ -481,6 +530,26 @@ fn the_operators_pods_form_a_cluster_and_roll_in_its_order_without_losing_a_reco
         );
         std::thread::sleep(Duration::from_millis(200));
     };
+
+    // Each broker runs as the template's security context says.
+    for ordinal in 0..PODS {
+        let pid = find_descendant(pods.children[ordinal].as_ref().unwrap().id()).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            let line = status.lines().find(|line| line.starts_with(name)).unwrap();
+            line.split_whitespace().nth(1).unwrap().to_string()
+        };
+        assert_eq!(field("Uid:"), "10001", "prod-{ordinal}:\n{status}");
+        assert_eq!(field("Gid:"), "10001", "prod-{ordinal}:\n{status}");
+        assert_eq!(field("CapEff:"), "0000000000000000", "prod-{ordinal}");
+        assert_eq!(field("NoNewPrivs:"), "1", "prod-{ordinal}");
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let root = mounts
+            .lines()
+            .find(|line| line.split(' ').nth(4) == Some("/"))
+            .unwrap();
+        assert!(root.split(' ').nth(5).unwrap().starts_with("ro"), "{root}");
+    }
 
     let bootstrap: String = (0..PODS)
         .map(|o| format!("{}:9092", Pods::host(o)))
