@@ -3,7 +3,8 @@
 //! it), which must let it serve, where the container runtimes' default profile it is made
 //! from must not; and the pods of the operator's StatefulSet, run as local processes in
 //! network namespaces exactly as their template says (command, environment, config file,
-//! volumes, and the security context: user, groups, a read-only root, no capabilities),
+//! volumes, and the security context: user, groups, a read-only root, no capabilities, the
+//! seccomp profile),
 //! forming a cluster and rolled one by one in the operator's order under an idempotent
 //! acks=all producer.
 
@@ -152,6 +153,8 @@ struct Container {
     read_only_root: bool,
     drop_all: bool,
     no_new_privileges: bool,
+    /// The Localhost seccomp profile's path under the kubelet's seccomp directory.
+    seccomp: Option<String>,
 }
 
 fn container(
@@ -261,6 +264,11 @@ fn container(
         read_only_root: security.read_only_root_filesystem == Some(true),
         drop_all: dropped.is_some_and(|drop| drop.iter().any(|c| c == "ALL")),
         no_new_privileges: security.allow_privilege_escalation == Some(false),
+        seccomp: pod_security
+            .seccomp_profile
+            .as_ref()
+            .filter(|profile| profile.type_ == "Localhost")
+            .and_then(|profile| profile.localhost_profile.clone()),
     }
 }
 
@@ -340,6 +348,16 @@ impl Pods {
         }
         if container.no_new_privileges {
             privileges.push_str("--no-new-privs ");
+        }
+        if let Some(profile) = &container.seccomp {
+            // What the chart's DaemonSet installs as the kubelet's `coremq/coremq.json`,
+            // applied as the runtime would (tests/seccomp-exec.py).
+            assert_eq!(profile, "coremq/coremq.json");
+            privileges.push_str(&format!(
+                "/usr/bin/python3 {} {} ",
+                deploy().join("tests/seccomp-exec.py").display(),
+                deploy().join("seccomp/coremq.json").display()
+            ));
         }
         script.push_str(&format!(
             "shift {}; exec {privileges}\"$@\"",
@@ -543,6 +561,7 @@ fn the_operators_pods_form_a_cluster_and_roll_in_its_order_without_losing_a_reco
         assert_eq!(field("Gid:"), "10001", "prod-{ordinal}:\n{status}");
         assert_eq!(field("CapEff:"), "0000000000000000", "prod-{ordinal}");
         assert_eq!(field("NoNewPrivs:"), "1", "prod-{ordinal}");
+        assert_eq!(field("Seccomp:"), "2", "prod-{ordinal}: no seccomp filter");
         let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
         let root = mounts
             .lines()
