@@ -268,3 +268,28 @@ fn the_crd_cel_rules_refuse_an_even_quorum_excess_voters_and_a_changed_cluster_i
     // Creating with any id is fine: the transition rule needs an old object.
     assert_eq!(errors(&renamed, None), Vec::<String>::new());
 }
+
+#[test]
+fn the_charts_prometheus_rule_holds_the_shipped_alert_rules() {
+    let objects = chart::render(&json!({
+        "prometheusRule": {"enabled": true, "labels": {"release": "prometheus"}},
+    }));
+    let rule = objects
+        .iter()
+        .find(|object| object["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule when enabled");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(
+        rule["metadata"]["labels"]["app.kubernetes.io/name"],
+        "coremq-operator"
+    );
+    let path = deploy().join("prometheus/coremq-alerts.yaml");
+    let shipped: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(rule["spec"]["groups"], shipped["groups"]);
+    let defaults = chart::render(&json!({}));
+    assert!(
+        !defaults
+            .iter()
+            .any(|object| object["kind"] == "PrometheusRule")
+    );
+}
