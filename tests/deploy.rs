@@ -549,6 +549,19 @@ fn the_operators_pods_form_a_cluster_and_roll_in_its_order_without_losing_a_reco
         std::thread::sleep(Duration::from_millis(200));
     };
 
+    // The operator reads this answer (its `brokers::Health`): the broker's JSON is its contract.
+    let read: coremq_operator::brokers::Health = serde_json::from_value(health.clone())
+        .unwrap_or_else(|error| panic!("the operator cannot read /v1/cluster ({error}): {health}"));
+    assert!(read.all_live(PODS as i32), "{read:?}");
+    assert_eq!(
+        read.controller_id,
+        health["controller_id"].as_i64().map(|id| id as i32)
+    );
+    assert!(
+        read.partitions > 0 && read.replication_factor_max >= 1,
+        "{read:?}"
+    );
+
     // Each broker runs as the template's security context says.
     for ordinal in 0..PODS {
         let pid = find_descendant(pods.children[ordinal].as_ref().unwrap().id()).unwrap();
